@@ -1,0 +1,422 @@
+"""Offline plan: evaluate a stack in-process under Pulumi's mock runtime.
+
+This reads stacks/Pulumi.<stack>.yaml, sets its config, runs the entry point named in
+Pulumi.yaml (the file `pulumi up` runs) with `pulumi.runtime.set_mocks`, and records every
+resource registration: type, name, parent, inputs and options. Cloud-assigned values (ids, IP
+addresses) are fake but derived from the resource's type and name, so the same stack always
+plans to the same bytes, and flipping one setting changes only what depends on it.
+
+Secrets: encrypted config values (`secure:`) cannot be decrypted without Pulumi, and a secret
+the spec needs but the stack does not set is filled in too; both become visible placeholders,
+still marked secret, so nothing real ever reaches a plan or a rendered file.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import ipaddress
+import json
+import runpy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_NAME_DEFAULT = "blueprints"
+SECRET_MASK = "[secret]"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+SIG_KEY = "4dabf18193072939515e22adb298388d"
+
+
+class PlanError(Exception):
+    """The stack cannot be planned; the message is one or more user-facing lines."""
+
+
+@dataclass
+class PlannedResource:
+    stack: str
+    type: str
+    name: str
+    parent: str | None
+    inputs: dict[str, Any]
+    id: str
+    custom: bool
+    protect: bool = False
+    delete_before_replace: bool = False
+    provider: str | None = None
+    depends_on: list[str] = field(default_factory=list)
+
+    def public_inputs(self) -> dict[str, Any]:
+        """Inputs with every secret value replaced by a mask."""
+        return mask_secrets(self.inputs)
+
+    def plain_inputs(self) -> dict[str, Any]:
+        """Inputs with secret wrappers removed (values as the program passed them)."""
+        return unwrap_secrets(self.inputs)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "type": self.type,
+            "name": self.name,
+            "parent": self.parent,
+            "inputs": self.public_inputs(),
+        }
+
+
+@dataclass
+class Plan:
+    stack: str
+    resources: list[PlannedResource]
+    outputs: dict[str, Any]
+    notes: list[str]
+
+    def of_type(self, type_: str) -> list[PlannedResource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def get(self, name: str) -> PlannedResource:
+        for r in self.resources:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    @property
+    def custom(self) -> list[PlannedResource]:
+        return [r for r in self.resources if r.custom]
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
+
+
+def mask_secrets(value: Any) -> Any:
+    if is_secret(value):
+        return SECRET_MASK
+    if isinstance(value, dict):
+        return {k: mask_secrets(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+def unwrap_secrets(value: Any) -> Any:
+    if is_secret(value):
+        return unwrap_secrets(value.get("value"))
+    if isinstance(value, dict):
+        return {k: unwrap_secrets(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [unwrap_secrets(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic fake cloud values
+
+
+def _digest(*parts: str) -> bytes:
+    return hashlib.sha256("\0".join(parts).encode()).digest()
+
+
+def fake_ip(*parts: str) -> str:
+    """An address in TEST-NET-3 (203.0.113.0/24): documentation space, never a real host."""
+    return str(ipaddress.ip_address("203.0.113.0") + 1 + _digest(*parts)[0] % 254)
+
+
+def fake_id(type_: str, name: str) -> str:
+    d = _digest(type_, name)
+    if type_.startswith("hcloud:"):
+        return str(10_000_000 + int.from_bytes(d[:4], "big") % 90_000_000)
+    hexid = d.hex()[:17]
+    prefixes = {
+        "aws:ec2/instance:Instance": "i-",
+        "aws:ebs/volume:Volume": "vol-",
+        "aws:ec2/eip:Eip": "eipalloc-",
+        "aws:ec2/vpc:Vpc": "vpc-",
+        "aws:ec2/subnet:Subnet": "subnet-",
+        "aws:ec2/securityGroup:SecurityGroup": "sg-",
+        "aws:ec2/internetGateway:InternetGateway": "igw-",
+        "aws:ec2/routeTable:RouteTable": "rtb-",
+        "aws:ec2/eipAssociation:EipAssociation": "eipassoc-",
+        "aws:ec2/keyPair:KeyPair": "key-",
+        "aws:ec2/placementGroup:PlacementGroup": "pg-",
+    }
+    return prefixes.get(type_, f"{name}-") + hexid
+
+
+def fake_outputs(type_: str, name: str, id_: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The computed properties the blueprints read, as the provider would report them."""
+    state = dict(inputs)
+    arn = f"arn:aws:offline:::{name}/{id_}"
+    extra: dict[str, dict[str, Any]] = {
+        "hcloud:index/server:Server": {
+            "ipv4Address": fake_ip(type_, name),
+            "ipv6Address": "2001:db8::1",
+            "status": "running",
+        },
+        "hcloud:index/floatingIp:FloatingIp": {"ipAddress": fake_ip(type_, name)},
+        "hcloud:index/volume:Volume": {"linuxDevice": f"/dev/disk/by-id/scsi-0HC_Volume_{id_}"},
+        "hcloud:index/loadBalancer:LoadBalancer": {"ipv4": fake_ip(type_, name)},
+        "aws:ec2/instance:Instance": {"publicIp": fake_ip(type_, name), "arn": arn},
+        "aws:ec2/eip:Eip": {"publicIp": fake_ip(type_, name), "allocationId": id_},
+        "aws:ec2/keyPair:KeyPair": {"keyName": inputs.get("keyName", name)},
+        "aws:lb/loadBalancer:LoadBalancer": {"arn": arn, "dnsName": f"{name}.elb.offline"},
+        "aws:lb/targetGroup:TargetGroup": {"arn": arn},
+        "aws:ec2/placementGroup:PlacementGroup": {"name": inputs.get("name", name)},
+    }
+    state.update(extra.get(type_, {}))
+    return state
+
+
+def _mocks_module():
+    # Imported lazily: `blueprints validate` and `--help` should not pay for Pulumi's import.
+    import pulumi
+    from pulumi.runtime import mocks as pm
+
+    class OfflineMocks(pm.Mocks):
+        def new_resource(self, args: pm.MockResourceArgs):
+            if not args.custom:
+                return "", {}
+            id_ = fake_id(args.typ, args.name)
+            return id_, fake_outputs(args.typ, args.name, id_, args.inputs)
+
+        def call(self, args: pm.MockCallArgs):
+            if args.token == "aws:ec2/getAmi:getAmi":
+                return {"id": "ami-0offline0ubuntu2404", "architecture": "x86_64"}, None
+            return {"id": f"{args.token}-offline"}, None
+
+    class RecordingMonitor(pm.MockMonitor):
+        def __init__(self, mocks: pm.Mocks, stack: str):
+            super().__init__(mocks)
+            self.stack = stack
+            self.records: list[PlannedResource] = []
+            self.names_by_urn: dict[str, str] = {}
+
+        def RegisterResource(self, request):
+            from pulumi.runtime import rpc
+
+            response = super().RegisterResource(request)
+            if request.type == "pulumi:pulumi:Stack":
+                return response
+            inputs = rpc.deserialize_properties(request.object)
+            self.names_by_urn[response.urn] = request.name
+            provider = request.provider.split("::")[-2] if request.provider else None
+            self.records.append(
+                PlannedResource(
+                    stack=self.stack,
+                    type=request.type,
+                    name=request.name,
+                    parent=self.names_by_urn.get(request.parent),
+                    inputs=_plain(inputs),
+                    id=response.id,
+                    custom=bool(request.custom),
+                    protect=bool(request.protect),
+                    delete_before_replace=bool(request.deleteBeforeReplace),
+                    provider=provider,
+                    depends_on=sorted(self.names_by_urn.get(u, u) for u in request.dependencies),
+                )
+            )
+            return response
+
+    return pulumi, pm, OfflineMocks, RecordingMonitor
+
+
+def _plain(value: Any) -> Any:
+    """Deserialized protobuf values -> plain JSON-able Python (floats that are ints -> int)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Stack files
+
+
+def find_project(start: Path | None = None) -> Path:
+    """The nearest directory (from start, default cwd) holding Pulumi.yaml."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "Pulumi.yaml").is_file():
+            return d
+    raise PlanError(f"{here}: no Pulumi.yaml here or above; run inside a blueprints project")
+
+
+def read_project(project_dir: Path) -> tuple[str, Path, Path]:
+    """(project name, stack config dir, program path) from Pulumi.yaml."""
+    path = project_dir / "Pulumi.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise PlanError(f"{path}: cannot be read as YAML ({exc.__class__.__name__})") from None
+    name = str(data.get("name") or PROJECT_NAME_DEFAULT)
+    stacks = project_dir / str(data.get("stackConfigDir") or ".")
+    main = project_dir / str(data.get("main") or ".")
+    return name, stacks, main
+
+
+def list_stacks(project_dir: Path) -> list[str]:
+    _, stacks_dir, _ = read_project(project_dir)
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in stacks_dir.glob("Pulumi.*.yaml"))
+
+
+def _config_value(value: Any) -> str:
+    """Pulumi hands config to programs as strings; objects and lists as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, sort_keys=True)
+
+
+def _placeholder(key: str) -> str:
+    return f"<secret:{key}>"
+
+
+def _replace_secure(value: Any, key: str, notes: list[str]) -> tuple[Any, bool]:
+    """Replace `{secure: ...}` leaves with placeholders; report whether any were found."""
+    if isinstance(value, dict) and set(value) == {"secure"}:
+        notes.append(f"{key} is encrypted; planned with a placeholder")
+        return _placeholder(key.split(":")[-1]), True
+    if isinstance(value, dict):
+        found = False
+        out = {}
+        for k, v in value.items():
+            out[k], f = _replace_secure(v, f"{key}.{k}", notes)
+            found = found or f
+        return out, found
+    if isinstance(value, list):
+        found = False
+        items = []
+        for i, v in enumerate(value):
+            item, f = _replace_secure(v, f"{key}[{i}]", notes)
+            items.append(item)
+            found = found or f
+        return items, found
+    return value, False
+
+
+def load_stack_config(
+    project: str, stacks_dir: Path, stack: str, project_dir: Path
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """(config for the program, secret keys, notes) from stacks/Pulumi.<stack>.yaml."""
+    path = stacks_dir / f"Pulumi.{stack}.yaml"
+    rel = path.relative_to(project_dir) if path.is_relative_to(project_dir) else path
+    if not path.is_file():
+        known = ", ".join(list_stacks(project_dir)) or "none"
+        raise PlanError(f"{rel}: no such stack file; stacks here: {known}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise PlanError(f"{rel}: is not valid YAML{where}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
+        raise PlanError(f"{rel}: must be a mapping with a `config:` mapping")
+
+    notes: list[str] = []
+    config: dict[str, Any] = {}
+    secret_keys: list[str] = []
+    for raw_key, value in (data.get("config") or {}).items():
+        key = raw_key if ":" in raw_key else f"{project}:{raw_key}"
+        value, secret = _replace_secure(value, key, notes)
+        config[key] = value
+        if secret:
+            secret_keys.append(key)
+
+    # A secret the spec needs but the stack does not set: plan with a placeholder, as
+    # `pulumi up` would stop and ask for it.
+    secrets_key = f"{project}:secrets"
+    spec_path = project_dir / str(config.get(f"{project}:spec", "examples/app.yaml"))
+    try:
+        from blueprints.spec import load_spec
+
+        needed = load_spec(spec_path).secret_names()
+    except Exception:
+        needed = []
+    given = config.get(secrets_key)
+    given = dict(given) if isinstance(given, dict) else {}
+    missing = [n for n in needed if n not in given]
+    if missing:
+        notes.append(
+            "not set in the stack, planned with placeholders: "
+            + ", ".join(f"{secrets_key}.{n}" for n in missing)
+        )
+        given.update({n: _placeholder(n) for n in missing})
+    if given or secrets_key in config:
+        config[secrets_key] = given
+        if secrets_key not in secret_keys:
+            secret_keys.append(secrets_key)
+
+    return {k: _config_value(v) for k, v in sorted(config.items())}, sorted(secret_keys), notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a stack
+
+
+def plan_stack(stack: str, project_dir: Path | None = None) -> Plan:
+    """Evaluate one stack under the mock runtime and return what it would create."""
+    project_dir = (project_dir or find_project()).resolve()
+    project, stacks_dir, main = read_project(project_dir)
+    config, secret_keys, notes = load_stack_config(project, stacks_dir, stack, project_dir)
+    # Each run gets a copy of the current context: Pulumi keeps its runtime state (config,
+    # settings, root resource) in context variables, so stacks planned one after another in
+    # one process cannot see each other's state.
+    return contextvars.copy_context().run(
+        _run, project, stack, project_dir, main, config, secret_keys, notes
+    )
+
+
+def _run(
+    project: str,
+    stack: str,
+    project_dir: Path,
+    main: Path,
+    config: dict[str, str],
+    secret_keys: list[str],
+    notes: list[str],
+) -> Plan:
+    pulumi, pm, offline_mocks, recording_monitor = _mocks_module()
+    from pulumi.runtime import settings as ps
+    from pulumi.runtime.config import set_all_config
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    set_all_config(config, secret_keys)
+    ps.ROOT.set(None)
+    mocks = offline_mocks()
+    monitor = recording_monitor(mocks, stack)
+    pm.set_mocks(mocks, project=project, stack=stack, preview=True, monitor=monitor)
+    ps.SETTINGS.root_directory = str(project_dir)
+    ps.SETTINGS.rpc_manager.clear()
+    ps.SETTINGS.outputs.clear()
+
+    def program() -> None:
+        sys.path.insert(0, str(project_dir))
+        try:
+            runpy.run_path(str(main), run_name="__main__")
+        finally:
+            sys.path.remove(str(project_dir))
+
+    try:
+        _sync_await(run_pulumi_func(program))
+        root = ps.get_root_resource()
+        exported = getattr(root, "outputs", {}) or {}
+        outputs = _sync_await(pulumi.Output.from_input(exported).future(with_unknowns=True))
+    except pulumi.RunError as exc:
+        raise PlanError(str(exc)) from None
+    except Exception as exc:
+        raise PlanError(f"stack {stack}: the program failed: {exc}") from exc
+    resources = sorted(monitor.records, key=lambda r: (r.type, r.name))
+    return Plan(stack=stack, resources=resources, outputs=_plain(outputs or {}), notes=notes)
+
+
+def plan_all(project_dir: Path | None = None, stacks: list[str] | None = None) -> list[Plan]:
+    project_dir = (project_dir or find_project()).resolve()
+    return [plan_stack(s, project_dir) for s in (stacks or list_stacks(project_dir))]

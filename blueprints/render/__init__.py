@@ -1,0 +1,9 @@
+"""Pure rendering: app spec (+ a few facts about the node) -> the text of every file a VM runs.
+
+Nothing here talks to Pulumi or a cloud; the blueprints wire these texts into resources, and
+`blueprints render` writes them to disk.
+"""
+
+from blueprints.render.context import NodeContext
+
+__all__ = ["NodeContext"]

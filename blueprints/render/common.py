@@ -1,0 +1,141 @@
+"""Serializers, quoting and the jinja environment shared by every renderer.
+
+Structured formats (YAML, JSON) only ever come from a serializer with sorted keys. Jinja2 is for
+formats without one (shell scripts, systemd units), and there every value from the spec passes a
+quoting filter: `shell` (shlex.quote) in scripts, `unit_word` (a strict allow-list) in units.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+import yaml
+
+# Characters that need no escaping anywhere in a unit file: systemd expands % (specifiers) and
+# $ (environment) and splits on whitespace and quotes, none of which are in here.
+_UNIT_WORD = re.compile(r"^[A-Za-z0-9@._:/-]+$")
+
+
+def shell_quote(value: object) -> str:
+    """Quote one value as a single shell word; NUL cannot be passed to a process, so refuse it."""
+    text = str(value)
+    if "\0" in text:
+        raise ValueError(f"{text!r} contains a NUL character, which no process argument can hold")
+    return shlex.quote(text)
+
+
+def unit_word(value: object) -> str:
+    """Let a value into a systemd unit only if it cannot mean anything but itself there."""
+    text = str(value)
+    if not _UNIT_WORD.match(text):
+        raise ValueError(
+            f"{text!r} cannot be written into a systemd unit safely "
+            "(allowed: letters, digits and @._:/-)"
+        )
+    return text
+
+
+def systemd_escape_path(path: str) -> str:
+    """The unit-name form of a path, as `systemd-escape --path` prints it."""
+    trimmed = path.strip("/")
+    if not trimmed:
+        return "-"
+    out = []
+    for i, ch in enumerate(trimmed):
+        if ch == "/":
+            out.append("-")
+        elif ch.isascii() and (ch.isalnum() or ch in ":_" or (ch == "." and i > 0)):
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return "".join(out)
+
+
+def docker_env_file(values: Mapping[str, str], what: str = "variable") -> str:
+    """A `docker run --env-file` file: one NAME=value line per variable, sorted by name.
+
+    Docker reads the value verbatim up to the end of the line (no quotes, no escapes), so a value
+    spanning lines cannot be written at all; it gets a clear error instead of a silent truncation.
+    """
+    lines = []
+    for name in sorted(values):
+        value = values[name]
+        for bad, label in (("\n", "a newline"), ("\r", "a carriage return"), ("\0", "a NUL")):
+            if bad in value:
+                raise ValueError(
+                    f"{what} {name} contains {label}; docker env files hold one line per "
+                    "variable, so its value must be a single line"
+                )
+        lines.append(f"{name}={value}\n")
+    return "".join(lines)
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that prints multi-line strings as `|` blocks so embedded files stay readable."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.nodes.ScalarNode:
+    # PyYAML silently falls back to a quoted style when a block cannot represent the text exactly
+    # (trailing spaces, control characters), so this never changes the value.
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(
+        data,
+        Dumper=_Dumper,
+        sort_keys=True,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=1_000_000,
+    )
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def _shell_filter(value: object) -> str:
+    if isinstance(value, jinja2.Undefined):
+        raise ValueError("undefined value passed to the shell filter")
+    return shell_quote(value)
+
+
+def _shell_words(values: Iterable[object]) -> str:
+    return " ".join(shell_quote(v) for v in values)
+
+
+@cache
+def template_env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("blueprints.render", "templates"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["shell"] = _shell_filter
+    env.filters["shell_words"] = _shell_words
+    env.filters["unit_word"] = unit_word
+    return env
+
+
+def render_template(name: str, **values: Any) -> str:
+    return template_env().get_template(name).render(**values)
+
+
+def static_file(name: str) -> str:
+    """A file shipped verbatim (it holds no spec values, so it needs no template)."""
+    return (resources.files("blueprints.render") / "templates" / name).read_text(encoding="utf-8")

@@ -1,0 +1,49 @@
+"""Turn a plan's user data back into files: what `blueprints render` writes to disk.
+
+Reading the user data the program actually passed to each server (rather than calling the
+renderers a second time) guarantees the files on disk are exactly what the VM receives.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+from typing import Any
+
+import yaml
+
+SERVER_TYPES = ("hcloud:index/server:Server", "aws:ec2/instance:Instance")
+
+
+def _decode(entry: dict[str, Any]) -> str:
+    content = entry.get("content", "")
+    encoding = str(entry.get("encoding", "text")).lower()
+    if encoding in ("b64", "base64"):
+        return base64.b64decode(content).decode()
+    if encoding in ("gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
+        return gzip.decompress(base64.b64decode(content)).decode()
+    return str(content)
+
+
+def user_data_files(user_data: str) -> dict[str, str]:
+    """Path on the VM (without the leading /) -> text, for every write_files entry."""
+    doc = yaml.safe_load(user_data) or {}
+    files = {}
+    for entry in doc.get("write_files", []) or []:
+        files[str(entry["path"]).lstrip("/")] = _decode(entry)
+    return files
+
+
+def stack_files(plan) -> dict[str, str]:
+    """Relative path -> text: `<server>/user-data.yaml` and `<server>/<file path>` per server."""
+    files: dict[str, str] = {}
+    for res in plan.resources:
+        if res.type not in SERVER_TYPES:
+            continue
+        user_data = res.plain_inputs().get("userData")
+        if not isinstance(user_data, str):
+            continue
+        files[f"{res.name}/user-data.yaml"] = user_data
+        for path, text in user_data_files(user_data).items():
+            files[f"{res.name}/{path}"] = text
+    return dict(sorted(files.items()))

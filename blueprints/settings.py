@@ -1,0 +1,195 @@
+"""Stack settings: *how* the app runs (blueprint, target, sizes), read from Pulumi stack config.
+
+The app spec says what the app needs; these settings live in stacks/Pulumi.<stack>.yaml under the
+`blueprints:` namespace, with a default for every key so a stack file only states what differs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from blueprints.spec import FieldProblem, SpecError, problems
+
+NAMESPACE = "blueprints"
+
+# Hetzner Cloud locations and the network zone each belongs to (private networks are per zone).
+HCLOUD_LOCATIONS = {
+    "fsn1": "eu-central",
+    "nbg1": "eu-central",
+    "hel1": "eu-central",
+    "ash": "us-east",
+    "hil": "us-west",
+    "sin": "ap-southeast",
+}
+
+BLUEPRINTS = ("single-vm",)
+TARGETS = ("hcloud", "localstack", "aws")
+
+# Server size per (blueprint, cloud). hcloud cx23: 2 vCPU / 4 GB x86 (the 2025 cost-optimized line);
+# aws t3.small: 2 vCPU / 2 GB, a Nitro type, so EBS volumes appear as NVMe with stable by-id paths.
+DEFAULT_SERVER_TYPE = {
+    ("single-vm", "hcloud"): "cx23",
+    ("single-vm", "aws"): "t3.small",
+}
+
+# LocalStack's EC2 accepts any AMI id it knows; this one is in its default image list (Ubuntu).
+LOCALSTACK_AMI = "ami-df5de72bdb3b"
+LOCALSTACK_ENDPOINT = "http://localhost:4566"
+
+_HCLOUD_ONLY = ("location",)
+_AWS_ONLY = ("region", "zone", "ami")
+_LOCALSTACK_ONLY = ("localstack_endpoint",)
+
+
+class StackSettings(BaseModel):
+    """Everything a stack file may set under `blueprints:`; keys are camelCase in the file."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+    blueprint: Literal["single-vm"] = Field(description="Which rung of the ladder this stack runs.")
+    target: Literal["hcloud", "localstack", "aws"] = Field(
+        description="Where it runs: Hetzner Cloud, AWS emulated by LocalStack, or real AWS."
+    )
+    spec: str = Field(
+        default="examples/app.yaml", description="App spec file, relative to the Pulumi project."
+    )
+    active: Literal["primary", "spare"] = Field(
+        default="primary",
+        description="single-vm: the node that holds the data volume and the floating IP. "
+        "`blueprints promote` records a failover here so the next `pulumi up` keeps it.",
+    )
+    server_type: str | None = Field(
+        default=None, description="Server type / instance type; a per-blueprint default if unset."
+    )
+    location: str = Field(
+        default="fsn1",
+        description="hcloud location of servers, volume and floating IP: "
+        + ", ".join(HCLOUD_LOCATIONS),
+    )
+    image: str = Field(default="ubuntu-24.04", description="hcloud OS image.")
+    region: str = Field(default="eu-central-1", description="aws/localstack region.")
+    zone: str | None = Field(
+        default=None,
+        description="aws/localstack availability zone; the region's 'a' zone if unset.",
+    )
+    ami: str | None = Field(
+        default=None,
+        description="aws AMI id; on aws the newest Ubuntu 24.04 is looked up if unset, on "
+        f"localstack {LOCALSTACK_AMI} is used.",
+    )
+    network_cidr: str = Field(default="10.0.0.0/16", description="Private network range.")
+    subnet_cidr: str = Field(default="10.0.1.0/24", description="Subnet the servers live in.")
+    localstack_endpoint: str = Field(
+        default=LOCALSTACK_ENDPOINT, description="LocalStack gateway URL (localstack target only)."
+    )
+    protect_data: bool = Field(
+        default=True,
+        description="Protect the data volume and the floating IP against delete and replace.",
+    )
+
+    @field_validator("network_cidr", "subnet_cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError:
+            raise ValueError(f"must be a private IPv4 range like 10.0.0.0/16 (got {v!r})") from None
+        if net.version != 4 or not net.is_private:
+            raise ValueError(f"must be a private IPv4 range like 10.0.0.0/16 (got {v!r})")
+        return v
+
+    @field_validator("localstack_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL like {LOCALSTACK_ENDPOINT} (got {v!r})")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StackSettings:
+        if self.target == "hcloud" and self.location not in HCLOUD_LOCATIONS:
+            raise FieldProblem(
+                ("location",),
+                f"unknown hcloud location {self.location!r}; "
+                f"allowed: {', '.join(HCLOUD_LOCATIONS)}",
+            )
+        subnet = ipaddress.ip_network(self.subnet_cidr)
+        if not subnet.subnet_of(ipaddress.ip_network(self.network_cidr)):  # type: ignore[arg-type]
+            raise FieldProblem(
+                ("subnet_cidr",),
+                f"{self.subnet_cidr} is not inside networkCidr {self.network_cidr}",
+            )
+        if self.zone is not None and not self.zone.startswith(self.region):
+            raise FieldProblem(("zone",), f"zone {self.zone!r} is not in region {self.region!r}")
+        return self
+
+    @property
+    def cloud(self) -> str:
+        """The provider family: localstack is the aws target pointed at an emulator."""
+        return "aws" if self.target in ("aws", "localstack") else "hcloud"
+
+    @property
+    def size(self) -> str:
+        return self.server_type or DEFAULT_SERVER_TYPE[(self.blueprint, self.cloud)]
+
+    @property
+    def availability_zone(self) -> str:
+        return self.zone or f"{self.region}a"
+
+    @property
+    def network_zone(self) -> str:
+        return HCLOUD_LOCATIONS.get(self.location, "eu-central")
+
+
+def config_key(field: str) -> str:
+    return f"{NAMESPACE}:{to_camel(field)}"
+
+
+def parse_settings(raw: dict[str, Any], source: str) -> StackSettings:
+    """Validate `blueprints:` config (keys without namespace, camelCase) into StackSettings."""
+    try:
+        settings = StackSettings.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for line in problems(StackSettings, exc):
+            path, _, msg = line.partition(": ")
+            key = path.split(".")[0].split("[")[0]
+            if key in StackSettings.model_fields:
+                key = to_camel(key)
+            lines.append(f"{source}: {NAMESPACE}:{key}: {msg}")
+        raise SpecError(lines) from None
+    stray = [
+        f
+        for f in (
+            *([] if settings.cloud == "hcloud" else _HCLOUD_ONLY),
+            *([] if settings.cloud == "aws" else _AWS_ONLY),
+            *([] if settings.target == "localstack" else _LOCALSTACK_ONLY),
+        )
+        if to_camel(f) in raw or f in raw
+    ]
+    if stray:
+        raise SpecError(
+            [
+                f"{source}: {config_key(f)}: does not apply to target {settings.target}; "
+                "remove it from the stack file"
+                for f in stray
+            ]
+        )
+    return settings
+
+
+def read_settings(get: Callable[[str], Any], source: str) -> StackSettings:
+    """Read every known key through `get(camelKey)` (pulumi.Config.get) and validate."""
+    raw = {}
+    for name in StackSettings.model_fields:
+        value = get(to_camel(name))
+        if value is not None:
+            raw[to_camel(name)] = value
+    return parse_settings(raw, source)

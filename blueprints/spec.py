@@ -1,0 +1,712 @@
+"""The app spec: what an application needs, independent of how it runs.
+
+A team writes this once (YAML); every blueprint reads the validated model, never raw YAML.
+`load_spec(path)` turns any problem into a `SpecError` whose lines each name the file, the
+field path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import types
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*\Z")
+HOSTNAME = re.compile(r"^(?=.{1,253}\Z)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z")
+EMAIL = re.compile(r"^[^@\s\"'`$\\]+@[a-z0-9.-]+\.[a-z]{2,63}\Z")
+SSH_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com)"
+    r" [A-Za-z0-9+/]+={0,3}( [^\n\r]*)?\Z"
+)
+_ENV_RULE = "(letters, digits and _, not starting with a digit)"
+HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
+
+_DURATION = re.compile(r"^([0-9]+)(s|m|h)?\Z")
+_MEMORY = re.compile(r"^([0-9]+)(Mi|Gi|M|G)?\Z")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
+_UNIONS = (Union, types.UnionType)
+
+
+class SpecError(Exception):
+    """A spec (or stack setting) that cannot be used; each line names file, field and rule."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class FieldProblem(ValueError):
+    """Raised by cross-field checks so the message can name the exact field path."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str):
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def _duration(value: Any) -> Any:
+    """Accept 10, "10", "10s", "2m", "1h"; return whole seconds between 1s and 1h."""
+    seconds = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if m:
+            seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    if seconds is None:
+        raise ValueError(f"must be a duration such as 10s, 2m or 1h (got {_show(value)})")
+    if not 1 <= seconds <= 3600:
+        raise ValueError(f"must be a duration from 1s to 1h (got {_show(value)})")
+    return seconds
+
+
+def _memory(value: Any) -> Any:
+    """Accept 512 (MiB), "512Mi", "512M", "1Gi", "1G"; return MiB between 16Mi and 256Gi."""
+    mib = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        mib = value
+    elif isinstance(value, str):
+        m = _MEMORY.match(value.strip())
+        if m:
+            mib = int(m.group(1)) * (1024 if m.group(2) in ("Gi", "G") else 1)
+    if mib is None:
+        raise ValueError(f"must be a memory size such as 256Mi or 1Gi (got {_show(value)})")
+    if not 16 <= mib <= 262144:
+        raise ValueError(f"must be a memory size from 16Mi to 256Gi (got {_show(value)})")
+    return mib
+
+
+Seconds = Annotated[int, BeforeValidator(_duration), Field(ge=1, le=3600)]
+MiB = Annotated[int, BeforeValidator(_memory), Field(ge=16, le=262144)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthCheck(_Model):
+    """How to tell that a service is healthy."""
+
+    type: Literal["http", "tcp", "command"] = Field(
+        description="http: GET path on port answers 2xx/3xx; tcp: port accepts a connection; "
+        "command: the command exits 0 inside the container."
+    )
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Container port to probe (http/tcp); defaults to the service's first port.",
+    )
+    path: str = Field(default="/", description="HTTP path to request (http only).")
+    command: list[str] | None = Field(
+        default=None, description="Command and arguments run in the container (command only)."
+    )
+    interval: Seconds = Field(default=10, description="Time between probes (e.g. 10s).")
+    timeout: Seconds = Field(default=5, description="Time one probe may take.")
+    retries: int = Field(
+        default=3, ge=1, le=100, description="Consecutive failures before the service is unhealthy."
+    )
+    start_period: Seconds = Field(
+        default=30, description="Grace time after start during which failures do not count."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c.isspace() for c in v):
+            raise ValueError(
+                f"must be an absolute URL path without spaces, like /healthz (got {v!r})"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> HealthCheck:
+        if self.type == "command" and not self.command:
+            raise FieldProblem(
+                ("command",), "a command health check needs a non-empty command list"
+            )
+        if self.type != "command" and self.command is not None:
+            raise FieldProblem(
+                ("command",), f"command is only allowed with type command, not {self.type}"
+            )
+        if self.timeout > self.interval:
+            raise FieldProblem(
+                ("timeout",),
+                f"must not exceed interval (timeout {self.timeout}s > interval {self.interval}s)",
+            )
+        return self
+
+
+class Port(_Model):
+    """A port the service listens on inside its container, and how it is exposed."""
+
+    port: int = Field(ge=1, le=65535, description="Port the container listens on.")
+    expose: Literal["private", "http", "tcp"] = Field(
+        default="private",
+        description="private: reachable only by other services; http: routed by the reverse proxy "
+        "with TLS on 443; tcp: published as-is on public_port.",
+    )
+    host: str | None = Field(
+        default=None,
+        description="Host name this http port answers (http only); defaults to the app's domain.",
+    )
+    path: str = Field(
+        default="/", description="Path prefix routed to this port (http only), e.g. /api."
+    )
+    public_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Public port for tcp exposure; defaults to port. 22, 80 and 443 are reserved.",
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        if v is not None and not HOSTNAME.match(v):
+            raise ValueError(f"must be a lower-case DNS name like app.example.com (got {v!r})")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not re.match(r"^/[A-Za-z0-9._~/-]*\Z", v):
+            raise ValueError(
+                "must be a URL path prefix of letters, digits and ._~/- starting with / "
+                f"(got {v!r})"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> Port:
+        if self.expose != "http" and (self.host is not None or self.path != "/"):
+            raise FieldProblem(
+                ("host" if self.host else "path",), "host and path routes need expose: http"
+            )
+        if self.expose != "tcp" and self.public_port is not None:
+            raise FieldProblem(("public_port",), "public_port needs expose: tcp")
+        if self.expose == "tcp" and self.published in (22, 80, 443):
+            raise FieldProblem(
+                ("public_port",),
+                f"{self.published} is reserved for SSH and the reverse proxy; "
+                "choose another public_port",
+            )
+        return self
+
+    @property
+    def published(self) -> int:
+        return self.public_port or self.port
+
+
+class Mount(_Model):
+    """A named data volume mounted into a service's container."""
+
+    volume: str = Field(description="Name of a volume declared under volumes.")
+    path: str = Field(description="Absolute path inside the container.")
+    read_only: bool = Field(default=False, description="Mount read-only.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not re.match(r"^/[A-Za-z0-9._/-]*\Z", v) or "/../" in v + "/":
+            raise ValueError(
+                f"must be an absolute container path of letters, digits and ._/- (got {v!r})"
+            )
+        return v
+
+
+class Service(_Model):
+    """One containerised process group of the app."""
+
+    image: str = Field(description="Container image reference, ideally pinned by tag or digest.")
+    command: list[str] | None = Field(
+        default=None, description="Command and arguments; the image's default when omitted."
+    )
+    ports: list[Port] = Field(default_factory=list, description="Ports the service listens on.")
+    env: dict[str, str] = Field(default_factory=dict, description="Plain environment variables.")
+    secret_env: list[str] = Field(
+        default_factory=list,
+        description="Names of environment variables whose values are secrets, set per stack with "
+        "`pulumi config set --secret --path 'secrets.NAME'`.",
+    )
+    replicas: int = Field(default=1, ge=1, le=50, description="Number of instances to run.")
+    cpu: float = Field(default=0.5, gt=0, le=64, description="CPU limit in cores.")
+    memory: MiB = Field(default=256, description="Memory limit, e.g. 256Mi or 1Gi.")
+    health: HealthCheck | None = Field(default=None, description="Health check; none if omitted.")
+    volumes: list[Mount] = Field(default_factory=list, description="Data volumes to mount.")
+    depends_on: list[str] = Field(
+        default_factory=list, description="Services that must be started (and healthy) first."
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not IMAGE_REF.match(v):
+            raise ValueError(
+                "must be a container image reference like nginx:1.27 or ghcr.io/org/app:1.2 "
+                f"(got {v!r})"
+            )
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not ENV_NAME.match(name):
+                raise FieldProblem(
+                    (name,), f"{name!r} is not a valid environment variable name {_ENV_RULE}"
+                )
+        return v
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env(cls, v: list[str]) -> list[str]:
+        for i, name in enumerate(v):
+            if not ENV_NAME.match(name):
+                raise FieldProblem(
+                    (i,), f"{name!r} is not a valid environment variable name {_ENV_RULE}"
+                )
+        return v
+
+    @property
+    def stateful(self) -> bool:
+        return bool(self.volumes)
+
+    @property
+    def public_http_ports(self) -> list[Port]:
+        return [p for p in self.ports if p.expose == "http"]
+
+    @property
+    def public_tcp_ports(self) -> list[Port]:
+        return [p for p in self.ports if p.expose == "tcp"]
+
+
+class Volume(_Model):
+    """A named data volume; its data lives on the cloud volume and survives the VM."""
+
+    size_gb: int = Field(default=10, ge=1, le=10000, description="Size in GB.")
+
+
+class Backups(_Model):
+    """How often data is backed up and how many backups are kept."""
+
+    enabled: bool = Field(default=True, description="Take scheduled backups of the data volume.")
+    schedule: Literal["hourly", "daily", "weekly"] = Field(
+        default="daily", description="How often to back up."
+    )
+    at: str = Field(
+        default="03:00", description="Time of day (UTC, HH:MM) for daily/weekly backups."
+    )
+    keep: int = Field(default=7, ge=1, le=1000, description="How many backups to retain.")
+
+    @field_validator("at")
+    @classmethod
+    def _at(cls, v: str) -> str:
+        if not HHMM.match(v):
+            raise ValueError(f"must be a time of day as HH:MM in UTC, like 03:00 (got {v!r})")
+        return v
+
+
+class Admin(_Model):
+    """Who may administer the machines."""
+
+    ssh_keys: list[str] = Field(
+        default_factory=list, description="SSH public keys of the admins (deploy user)."
+    )
+    cidrs: list[str] = Field(
+        default_factory=list,
+        description="Networks allowed to reach SSH (port 22); empty closes SSH to everyone.",
+    )
+
+    @field_validator("ssh_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        for i, key in enumerate(v):
+            if not SSH_KEY.match(key.strip()):
+                raise FieldProblem(
+                    (i,),
+                    "is not an SSH public key; expected one line starting with ssh-ed25519, "
+                    "ssh-rsa or ecdsa-sha2-nistp256",
+                )
+        return [k.strip() for k in v]
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, cidr in enumerate(v):
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise FieldProblem(
+                    (i,), f"{cidr!r} is not a network in CIDR form like 203.0.113.0/24"
+                ) from None
+            if net.network_address != ipaddress.ip_address(cidr.split("/")[0]):
+                raise FieldProblem((i,), f"{cidr!r} has host bits set; did you mean {net}?")
+            out.append(str(net))
+        return out
+
+
+class AppSpec(_Model):
+    """The whole application: what it needs, independent of blueprint and cloud."""
+
+    name: str = Field(description="App name, a DNS label; prefixes every cloud resource.")
+    domain: str = Field(description="Public DNS name the app is served on (TLS via ACME).")
+    acme_email: str = Field(description="E-mail address for the ACME (Let's Encrypt) account.")
+    services: dict[str, Service] = Field(description="Services by name (DNS labels).")
+    volumes: dict[str, Volume] = Field(
+        default_factory=dict, description="Named data volumes by name (DNS labels)."
+    )
+    backups: Backups = Field(default_factory=Backups, description="Backup schedule and retention.")
+    admin: Admin = Field(default_factory=Admin, description="Admin SSH keys and networks.")
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        if not HOSTNAME.match(v):
+            raise ValueError(f"must be a lower-case DNS name like app.example.com (got {v!r})")
+        return v
+
+    @field_validator("acme_email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        if not EMAIL.match(v):
+            raise ValueError(f"must be an e-mail address like ops@example.com (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> AppSpec:
+        _check_label(("name",), self.name, "app name")
+        if not self.services:
+            raise FieldProblem(("services",), "must declare at least one service")
+        for vname in self.volumes:
+            _check_label(("volumes", vname), vname, "volume name")
+        owners: dict[str, str] = {}
+        routes: dict[tuple[str, str], str] = {}
+        published: dict[int, str] = {}
+        for sname, svc in self.services.items():
+            base = ("services", sname)
+            _check_label(base, sname, "service name")
+            seen_ports: set[int] = set()
+            for i, p in enumerate(svc.ports):
+                if p.port in seen_ports:
+                    raise FieldProblem(
+                        (*base, "ports", i, "port"),
+                        f"port {p.port} is listed twice for this service",
+                    )
+                seen_ports.add(p.port)
+                if p.expose == "http":
+                    key = (p.host or self.domain, p.path)
+                    if key in routes:
+                        raise FieldProblem(
+                            (*base, "ports", i, "path"),
+                            f"route {key[0]}{key[1]} is already served by {routes[key]}",
+                        )
+                    routes[key] = f"service {sname} port {p.port}"
+                if p.expose == "tcp":
+                    if p.published in published:
+                        raise FieldProblem(
+                            (*base, "ports", i, "public_port"),
+                            f"public port {p.published} is already published by "
+                            f"{published[p.published]}",
+                        )
+                    published[p.published] = f"service {sname}"
+            health = svc.health
+            if health and health.type in ("http", "tcp") and health.port is None and not svc.ports:
+                raise FieldProblem(
+                    (*base, "health", "port"),
+                    f"a {health.type} health check needs a port; declare ports or set health.port",
+                )
+            overlap = sorted(set(svc.env) & set(svc.secret_env))
+            if overlap:
+                raise FieldProblem(
+                    (*base, "secret_env"),
+                    f"{overlap[0]} is also set in env; a variable is either plain or secret",
+                )
+            paths: set[str] = set()
+            for i, m in enumerate(svc.volumes):
+                if m.volume not in self.volumes:
+                    declared = ", ".join(sorted(self.volumes)) or "none"
+                    raise FieldProblem(
+                        (*base, "volumes", i, "volume"),
+                        f"names undeclared volume {m.volume!r}; declared volumes: {declared}",
+                    )
+                if m.volume in owners and owners[m.volume] != sname:
+                    raise FieldProblem(
+                        (*base, "volumes", i, "volume"),
+                        f"volume {m.volume!r} is already mounted by service {owners[m.volume]}; "
+                        "each volume belongs to one service",
+                    )
+                owners[m.volume] = sname
+                if m.path in paths:
+                    raise FieldProblem((*base, "volumes", i, "path"), f"{m.path} is mounted twice")
+                paths.add(m.path)
+            if svc.stateful and svc.replicas != 1:
+                raise FieldProblem(
+                    (*base, "replicas"),
+                    f"a service with a data volume runs exactly 1 replica (got {svc.replicas})",
+                )
+            for i, dep in enumerate(svc.depends_on):
+                if dep not in self.services:
+                    raise FieldProblem(
+                        (*base, "depends_on", i),
+                        f"names unknown service {dep!r}; "
+                        f"services: {', '.join(sorted(self.services))}",
+                    )
+                if dep == sname:
+                    raise FieldProblem(
+                        (*base, "depends_on", i), "a service cannot depend on itself"
+                    )
+        cycle = _find_cycle({n: s.depends_on for n, s in self.services.items()})
+        if cycle:
+            raise FieldProblem(
+                ("services", cycle[0], "depends_on"),
+                "dependency cycle: " + " -> ".join(cycle),
+            )
+        return self
+
+    # Convenience views used by the renderers; always in a stable order.
+    def sorted_services(self) -> list[tuple[str, Service]]:
+        return sorted(self.services.items())
+
+    def secret_names(self) -> list[str]:
+        return sorted({n for s in self.services.values() for n in s.secret_env})
+
+    def start_order(self) -> list[str]:
+        """Service names with every dependency before its dependents (ties by name)."""
+        done: list[str] = []
+        pending = dict(sorted(self.services.items()))
+        while pending:
+            ready = [n for n, s in pending.items() if all(d in done for d in s.depends_on)]
+            done.extend(ready)
+            for n in ready:
+                del pending[n]
+        return done
+
+    @property
+    def data_size_gb(self) -> int:
+        """Size of the one cloud data volume the single-VM rungs use.
+
+        All volumes plus 1 GB for TLS state.
+        """
+        return sum(v.size_gb for v in self.volumes.values()) + 1
+
+
+def _check_label(path: tuple[str | int, ...], value: str, what: str) -> None:
+    if not DNS_LABEL.match(value):
+        raise FieldProblem(
+            path,
+            f"{what} {value!r} is not a DNS label (lower-case letters, digits and '-', "
+            "starting with a letter, not ending with '-', at most 63 characters)",
+        )
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, [])):
+            if nxt not in graph:
+                continue
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if state.get(nxt) is None:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if state.get(node) is None:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def format_path(loc: Iterable[str | int]) -> str:
+    """services.web.ports[0].port; a key that is not a plain word is quoted: env['A B']."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.match(str(part)):
+            out += ("." if out else "") + str(part)
+        else:
+            out += f"[{str(part)!r}]"
+    return out or "(top level)"
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML, for the "(got ...)" suffix."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _at(model: type[BaseModel], loc: tuple[str | int, ...]) -> Any:
+    """The annotation found by walking loc from model: field names step into a model's field,
+    dict keys and list indexes step into the container's value type (so a service named
+    `volumes` is not mistaken for the field `volumes`)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap_optional(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            if not isinstance(part, str) or part not in current.model_fields:
+                return None
+            current = current.model_fields[part].annotation
+        elif get_origin(current) in (dict, list):
+            current = get_args(current)[-1]
+        else:
+            return None
+    return _unwrap_optional(current)
+
+
+def _unwrap_optional(ann: Any) -> Any:
+    args = [a for a in get_args(ann) if a is not type(None)] if get_origin(ann) in _UNIONS else []
+    return args[0] if len(args) == 1 else ann
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """The field names of the model at loc (the parent of an unknown key)."""
+    found = _at(model, loc)
+    if isinstance(found, type) and issubclass(found, BaseModel):
+        return sorted(found.model_fields)
+    return []
+
+
+def _description(model: type[BaseModel], loc: tuple[str | int, ...]) -> str | None:
+    parent = _at(model, loc[:-1])
+    if loc and isinstance(parent, type) and issubclass(parent, BaseModel):
+        field = parent.model_fields.get(str(loc[-1]))
+        if field is not None and field.description:
+            text = field.description.rstrip(".")
+            return text[0].lower() + text[1:]
+    return None
+
+
+# Plain wording for pydantic's most common complaints; the rest keep pydantic's text.
+_PLAIN = {
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+}
+
+
+def _describe(model: type[BaseModel], err: dict[str, Any]) -> tuple[tuple[str | int, ...], str]:
+    loc = tuple(err["loc"])
+    etype = err["type"]
+    ctx = err.get("ctx") or {}
+    problem = ctx.get("error")
+    if isinstance(problem, FieldProblem):
+        return loc + problem.path, problem.message
+    if etype == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        return loc, "unknown key; allowed keys here: " + ", ".join(allowed)
+    if etype == "missing":
+        what = _description(model, loc)
+        return loc, f"is required: {what}" if what else "is required"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        return loc, msg[len("Value error, ") :]
+    value = err.get("input")
+    if loc and loc[-1] == "[key]":
+        # a mapping key YAML did not read as a string (on, no, 123, null, ...)
+        return loc[:-2], f"keys must be strings, but YAML read one as {_show(value)}; quote it"
+    if etype in _PLAIN:
+        msg = _PLAIN[etype]
+        if etype == "string_type" and isinstance(value, (int, float)):
+            msg += "; put the value in quotes"
+    elif etype == "greater_than_equal":
+        msg = f"must be at least {ctx['ge']}"
+    elif etype == "less_than_equal":
+        msg = f"must be at most {ctx['le']}"
+    elif etype == "greater_than":
+        msg = f"must be greater than {ctx['gt']}"
+    elif etype == "literal_error":
+        msg = f"must be {ctx['expected']}"
+    else:
+        msg = msg[0].lower() + msg[1:]
+    return loc, f"{msg} (got {_show(value)})"
+
+
+def problems(model: type[BaseModel], exc: ValidationError) -> list[str]:
+    """One line per problem: 'field.path: what is wrong and what is allowed'."""
+    lines = []
+    for err in exc.errors():
+        loc, msg = _describe(model, err)
+        lines.append(f"{format_path(loc)}: {msg}")
+    return lines
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> AppSpec:
+    keys = "name, domain, acme_email and services"
+    if data is None:
+        raise SpecError([f"{source}: is empty; an app spec is a YAML mapping with {keys}"])
+    if not isinstance(data, dict):
+        raise SpecError(
+            [f"{source}: the top level must be a YAML mapping with {keys} (got {_show(data)})"]
+        )
+    try:
+        return AppSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError([f"{source}: {line}" for line in problems(AppSpec, exc)]) from None
+
+
+def load_spec(path: str | Path) -> AppSpec:
+    """Read and validate an app spec YAML file; raise SpecError with one line per problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([f"{p}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"{p}: cannot be read ({exc.__class__.__name__})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        what = getattr(exc, "problem", None) or "invalid syntax"
+        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and cmark:
+            what += f" ({context} from line {cmark.line + 1}, column {cmark.column + 1})"
+        if "<block" in what:
+            what += "; check the indentation"
+        raise SpecError([f"{p}: is not valid YAML at {where}: {what}"]) from None
+    return parse_spec(data, str(p))

@@ -1,0 +1,79 @@
+"""The Pulumi program: read stack settings and the app spec, build the chosen blueprint.
+
+`pulumi up` runs this through blueprints/program.py (Pulumi.yaml `main`); the offline plan runs
+the very same file under Pulumi's mock runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime.config import CONFIG, get_config_env
+
+from blueprints.settings import NAMESPACE, parse_settings
+from blueprints.spec import AppSpec, SpecError, load_spec
+
+SECRETS_KEY = "secrets"
+
+
+def blueprint_classes() -> dict[str, type]:
+    from blueprints.single_vm import SingleVm
+
+    return {"single-vm": SingleVm}
+
+
+def project_dir() -> Path:
+    return Path(pulumi.get_root_directory() or os.getcwd())
+
+
+def namespace_config() -> dict[str, Any]:
+    """Every `blueprints:` key of the running stack, without the namespace (values as given)."""
+    merged = {**get_config_env(), **CONFIG.get()}
+    prefix = f"{NAMESPACE}:"
+    return {k[len(prefix) :]: v for k, v in merged.items() if k.startswith(prefix)}
+
+
+def missing_secrets(app: AppSpec, given: dict[str, Any], source: str) -> list[str]:
+    lines = []
+    for name in app.secret_names():
+        if name not in given:
+            lines.append(
+                f"{source}: {NAMESPACE}:{SECRETS_KEY}.{name}: is not set; run "
+                f"pulumi config set --secret --path '{SECRETS_KEY}.{name}' VALUE"
+            )
+        elif not isinstance(given[name], str) or "\n" in given[name] or "\0" in given[name]:
+            lines.append(
+                f"{source}: {NAMESPACE}:{SECRETS_KEY}.{name}: must be a one-line string "
+                "(docker env files hold one line per variable)"
+            )
+    return lines
+
+
+def deploy() -> None:
+    stack = pulumi.get_stack()
+    source = f"stacks/Pulumi.{stack}.yaml"
+    raw = namespace_config()
+    secret_raw = raw.pop(SECRETS_KEY, None)
+    try:
+        settings = parse_settings(raw, source)
+        app = load_spec(project_dir() / settings.spec)
+        secrets = json.loads(secret_raw) if isinstance(secret_raw, str) else (secret_raw or {})
+        if not isinstance(secrets, dict):
+            raise SpecError([f"{source}: {NAMESPACE}:{SECRETS_KEY}: must be a map of NAME: value"])
+        problems = missing_secrets(app, secrets, source)
+        if problems:
+            raise SpecError(problems)
+    except SpecError as exc:
+        # RunError ends the program with this message and no Python traceback.
+        raise pulumi.RunError(str(exc)) from None
+
+    wanted = {name: secrets[name] for name in app.secret_names()}
+    component = blueprint_classes()[settings.blueprint](
+        app.name, app, settings, pulumi.Output.secret(wanted)
+    )
+    for key, value in component.outputs.items():
+        pulumi.export(key, value)

@@ -1,0 +1,315 @@
+"""AWS building blocks (pulumi-aws), for real AWS and for LocalStack.
+
+LocalStack is not a third target: it is this one with an explicit provider whose endpoints
+point at the emulator, test credentials, and the account/credential checks skipped.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+from blueprints.settings import LOCALSTACK_AMI, StackSettings
+from blueprints.targets.base import (
+    Firewall,
+    FirewallRule,
+    FloatingIp,
+    LoadBalancer,
+    Network,
+    Placement,
+    Server,
+    ServerSpec,
+    SshKey,
+    Target,
+    Volume,
+)
+
+# Canonical's AWS account, owner of the official Ubuntu images.
+CANONICAL_OWNER = "099720109477"
+UBUNTU_NOBLE = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+
+# Services the blueprints use; LocalStack serves all of them on one gateway.
+LOCALSTACK_SERVICES = ("dlm", "ec2", "elbv2", "iam", "sts")
+
+
+def _tags(name: str, labels: dict[str, str]) -> dict[str, str]:
+    return {"Name": name, **labels}
+
+
+class AwsTarget(Target):
+    name = "aws"
+    # InstanceState keeps the spare stopped, so no self-parking in cloud-init.
+    parks_with_cloud_init = False
+    # An Elastic IP is translated by AWS; the instance only sees its private address.
+    floating_ip_in_os = False
+    user_data_limit = 16 * 1024
+    parked_billing_note = (
+        "A stopped EC2 instance is not billed for compute; its root EBS volume still is."
+    )
+
+    def __init__(self, settings: StackSettings, parent: pulumi.Resource):
+        super().__init__(settings, parent)
+        self.provider = self._provider(settings)
+
+    def _provider(self, settings: StackSettings) -> aws.Provider:
+        if settings.target == "localstack":
+            endpoint = settings.localstack_endpoint
+            return aws.Provider(
+                "localstack",
+                region=settings.region,
+                access_key="test",
+                secret_key="test",
+                skip_credentials_validation=True,
+                skip_metadata_api_check=True,
+                skip_requesting_account_id=True,
+                skip_region_validation=True,
+                s3_use_path_style=True,
+                endpoints=[
+                    aws.ProviderEndpointArgs(**{svc: endpoint for svc in LOCALSTACK_SERVICES})
+                ],
+                opts=pulumi.ResourceOptions(parent=self.parent),
+            )
+        return aws.Provider(
+            "aws", region=settings.region, opts=pulumi.ResourceOptions(parent=self.parent)
+        )
+
+    def opts(self, **kwargs) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self.parent, provider=self.provider, **kwargs)
+
+    def _ami(self) -> pulumi.Input[str]:
+        if self.settings.ami:
+            return self.settings.ami
+        if self.settings.target == "localstack":
+            return LOCALSTACK_AMI
+        found = aws.ec2.get_ami_output(
+            most_recent=True,
+            owners=[CANONICAL_OWNER],
+            filters=[
+                aws.ec2.GetAmiFilterArgs(name="name", values=[UBUNTU_NOBLE]),
+                aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
+            ],
+            opts=pulumi.InvokeOptions(provider=self.provider),
+        )
+        return found.id
+
+    def network(self, name: str, labels: dict[str, str]) -> Network:
+        vpc = aws.ec2.Vpc(
+            name,
+            cidr_block=self.settings.network_cidr,
+            enable_dns_hostnames=True,
+            enable_dns_support=True,
+            tags=_tags(name, labels),
+            opts=self.opts(),
+        )
+        subnet = aws.ec2.Subnet(
+            f"{name}-subnet",
+            vpc_id=vpc.id,
+            cidr_block=self.settings.subnet_cidr,
+            availability_zone=self.settings.availability_zone,
+            map_public_ip_on_launch=True,
+            tags=_tags(f"{name}-subnet", labels),
+            opts=self.opts(),
+        )
+        gateway = aws.ec2.InternetGateway(
+            f"{name}-gw", vpc_id=vpc.id, tags=_tags(f"{name}-gw", labels), opts=self.opts()
+        )
+        routes = aws.ec2.RouteTable(
+            f"{name}-routes",
+            vpc_id=vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)],
+            tags=_tags(f"{name}-routes", labels),
+            opts=self.opts(),
+        )
+        assoc = aws.ec2.RouteTableAssociation(
+            f"{name}-routes-assoc", subnet_id=subnet.id, route_table_id=routes.id, opts=self.opts()
+        )
+        return Network(id=vpc.id, subnet_id=subnet.id, ready=[assoc])
+
+    def firewall(
+        self, name: str, network: Network, rules: list[FirewallRule], labels: dict[str, str]
+    ) -> Firewall:
+        # A security group denies all inbound traffic not listed. Private-network traffic is
+        # allowed from the VPC range itself, as on a Hetzner private network.
+        ingress = []
+        for r in rules:
+            v4 = [s for s in r.sources if ":" not in s]
+            v6 = [s for s in r.sources if ":" in s]
+            ingress.append(
+                aws.ec2.SecurityGroupIngressArgs(
+                    protocol=r.protocol,
+                    from_port=r.port,
+                    to_port=r.port,
+                    cidr_blocks=v4,
+                    ipv6_cidr_blocks=v6,
+                    description=r.description,
+                )
+            )
+        ingress.append(
+            aws.ec2.SecurityGroupIngressArgs(
+                protocol="-1",
+                from_port=0,
+                to_port=0,
+                cidr_blocks=[self.settings.network_cidr],
+                description="private network",
+            )
+        )
+        sg = aws.ec2.SecurityGroup(
+            name,
+            name=name,
+            description="blueprints: default deny inbound",
+            vpc_id=network.id,
+            ingress=ingress,
+            egress=[
+                aws.ec2.SecurityGroupEgressArgs(
+                    protocol="-1",
+                    from_port=0,
+                    to_port=0,
+                    cidr_blocks=["0.0.0.0/0"],
+                    ipv6_cidr_blocks=["::/0"],
+                    description="all outbound",
+                )
+            ],
+            tags=_tags(name, labels),
+            opts=self.opts(),
+        )
+        return Firewall(id=sg.id)
+
+    def placement_group(self, name: str, labels: dict[str, str]) -> Placement:
+        pg = aws.ec2.PlacementGroup(
+            name, name=name, strategy="spread", tags=_tags(name, labels), opts=self.opts()
+        )
+        return Placement(id=pg.id)
+
+    def ssh_key(self, name: str, public_keys: list[str], labels: dict[str, str]) -> SshKey | None:
+        if not public_keys:
+            return None
+        key = aws.ec2.KeyPair(
+            name,
+            key_name=name,
+            public_key=public_keys[0],
+            tags=_tags(name, labels),
+            opts=self.opts(),
+        )
+        return SshKey(id=key.key_name)
+
+    def server(self, spec: ServerSpec) -> Server:
+        inst = aws.ec2.Instance(
+            spec.name,
+            ami=self._ami(),
+            instance_type=self.settings.size,
+            subnet_id=spec.network.subnet_id,
+            private_ip=spec.private_ip,
+            vpc_security_group_ids=[spec.firewall.id],
+            placement_group=spec.placement.id,
+            key_name=spec.ssh_key.id if spec.ssh_key else None,
+            user_data=spec.user_data,
+            associate_public_ip_address=True,
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                http_tokens="required", http_endpoint="enabled"
+            ),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                volume_size=20, volume_type="gp3", encrypted=True
+            ),
+            tags=_tags(spec.name, spec.labels),
+            opts=self.opts(depends_on=spec.network.ready),
+        )
+        return Server(
+            resource=inst, id=inst.id, public_ip=inst.public_ip, private_ip=spec.private_ip
+        )
+
+    def volume(self, name: str, size_gb: int, labels: dict[str, str]) -> Volume:
+        vol = aws.ebs.Volume(
+            name,
+            availability_zone=self.settings.availability_zone,
+            size=size_gb,
+            type="gp3",
+            encrypted=True,
+            tags=_tags(name, labels),
+            opts=self.data_protection(),
+        )
+        # Nitro instances expose EBS as NVMe; udev names it after the volume id without the dash.
+        device = vol.id.apply(
+            lambda i: f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{i.replace('-', '')}"
+        )
+        return Volume(resource=vol, id=vol.id, device_path=device)
+
+    def attach_volume(self, name: str, volume: Volume, server: Server) -> pulumi.CustomResource:
+        return aws.ec2.VolumeAttachment(
+            name,
+            device_name="/dev/sdf",
+            volume_id=volume.id,
+            instance_id=server.id,
+            # Stop the old holder before detaching, so the filesystem is unmounted cleanly.
+            stop_instance_before_detaching=True,
+            opts=self.one_at_a_time(),
+        )
+
+    def floating_ip(self, name: str, labels: dict[str, str]) -> FloatingIp:
+        eip = aws.ec2.Eip(name, domain="vpc", tags=_tags(name, labels), opts=self.data_protection())
+        return FloatingIp(resource=eip, id=eip.allocation_id, address=eip.public_ip)
+
+    def assign_floating_ip(
+        self, name: str, ip: FloatingIp, server: Server
+    ) -> pulumi.CustomResource:
+        return aws.ec2.EipAssociation(
+            name,
+            allocation_id=ip.id,
+            instance_id=server.id,
+            allow_reassociation=False,
+            opts=self.one_at_a_time(),
+        )
+
+    def park_server(self, name: str, server: Server, parked: bool) -> pulumi.CustomResource | None:
+        # pulumi-aws keeps instance power state in a resource of its own.
+        return aws.ec2transitgateway.InstanceState(
+            name,
+            instance_id=server.id,
+            state="stopped" if parked else "running",
+            opts=self.opts(),
+        )
+
+    def load_balancer(
+        self,
+        name: str,
+        network: Network,
+        servers: list[Server],
+        ports: list[int],
+        labels: dict[str, str],
+    ) -> LoadBalancer:
+        lb = aws.lb.LoadBalancer(
+            name,
+            name=name,
+            load_balancer_type="network",
+            subnets=[network.subnet_id],
+            tags=_tags(name, labels),
+            opts=self.opts(),
+        )
+        for port in ports:
+            tg = aws.lb.TargetGroup(
+                f"{name}-{port}",
+                port=port,
+                protocol="TCP",
+                vpc_id=network.id,
+                target_type="instance",
+                tags=_tags(f"{name}-{port}", labels),
+                opts=self.opts(),
+            )
+            aws.lb.Listener(
+                f"{name}-{port}",
+                load_balancer_arn=lb.arn,
+                port=port,
+                protocol="TCP",
+                default_actions=[
+                    aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=tg.arn)
+                ],
+                opts=self.opts(),
+            )
+            for i, srv in enumerate(servers):
+                aws.lb.TargetGroupAttachment(
+                    f"{name}-{port}-{i}",
+                    target_group_arn=tg.arn,
+                    target_id=srv.id,
+                    port=port,
+                    opts=self.opts(),
+                )
+        return LoadBalancer(resource=lb, id=lb.arn, address=lb.dns_name)

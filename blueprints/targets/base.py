@@ -1,0 +1,174 @@
+"""The building blocks a blueprint asks a target for.
+
+A blueprint never asks which cloud it is on; it calls these methods and reads the few
+capability flags below. Each target implements them with its own provider's resources.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import pulumi
+
+from blueprints.settings import StackSettings
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """One inbound allowance; everything not allowed is denied."""
+
+    port: int
+    sources: tuple[str, ...]
+    description: str
+    protocol: str = "tcp"
+
+
+@dataclass
+class Network:
+    """A private network the servers share (hcloud network+subnet; aws VPC+subnet+routes)."""
+
+    id: pulumi.Output[str]
+    subnet_id: pulumi.Output[str]
+    # Resources a server must wait for before it can join (hcloud: the subnet).
+    ready: list[pulumi.Resource] = field(default_factory=list)
+
+
+@dataclass
+class Firewall:
+    id: pulumi.Output[str]
+
+
+@dataclass
+class Placement:
+    id: pulumi.Output[str]
+
+
+@dataclass
+class SshKey:
+    id: pulumi.Output[str]
+
+
+@dataclass
+class Server:
+    resource: pulumi.CustomResource
+    id: pulumi.Output[str]
+    public_ip: pulumi.Output[str]
+    private_ip: str
+
+
+@dataclass
+class Volume:
+    resource: pulumi.CustomResource
+    id: pulumi.Output[str]
+    # Stable by-id path of the block device as the OS sees it once attached.
+    device_path: pulumi.Output[str]
+
+
+@dataclass
+class FloatingIp:
+    resource: pulumi.CustomResource
+    id: pulumi.Output[str]
+    address: pulumi.Output[str]
+
+
+@dataclass
+class LoadBalancer:
+    resource: pulumi.CustomResource
+    id: pulumi.Output[str]
+    address: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What a blueprint wants of one server."""
+
+    name: str
+    role: str
+    user_data: pulumi.Input[str]
+    private_ip: str
+    network: Network
+    firewall: Firewall
+    placement: Placement
+    ssh_key: SshKey | None
+    labels: dict[str, str]
+
+
+class Target(ABC):
+    """Building blocks on one cloud. `parent` is the blueprint component owning them."""
+
+    name: str
+    # The cloud cannot create a server powered off, so a cold spare powers itself off at the end
+    # of its first boot (cloud-init power_state). Where False, park_server() manages power.
+    parks_with_cloud_init: bool
+    # The floating address must be configured on the server's interface (not NAT'd by the cloud).
+    floating_ip_in_os: bool
+    # What a parked (powered-off) server costs; shown as a stack output.
+    parked_billing_note: str
+    # Largest user data the cloud accepts, in bytes.
+    user_data_limit: int
+
+    def __init__(self, settings: StackSettings, parent: pulumi.Resource):
+        self.settings = settings
+        self.parent = parent
+
+    def opts(self, **kwargs) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self.parent, **kwargs)
+
+    @abstractmethod
+    def network(self, name: str, labels: dict[str, str]) -> Network: ...
+
+    @abstractmethod
+    def firewall(
+        self, name: str, network: Network, rules: list[FirewallRule], labels: dict[str, str]
+    ) -> Firewall: ...
+
+    @abstractmethod
+    def placement_group(self, name: str, labels: dict[str, str]) -> Placement: ...
+
+    @abstractmethod
+    def ssh_key(
+        self, name: str, public_keys: list[str], labels: dict[str, str]
+    ) -> SshKey | None: ...
+
+    @abstractmethod
+    def server(self, spec: ServerSpec) -> Server: ...
+
+    @abstractmethod
+    def volume(self, name: str, size_gb: int, labels: dict[str, str]) -> Volume: ...
+
+    @abstractmethod
+    def attach_volume(self, name: str, volume: Volume, server: Server) -> pulumi.CustomResource: ...
+
+    @abstractmethod
+    def floating_ip(self, name: str, labels: dict[str, str]) -> FloatingIp: ...
+
+    @abstractmethod
+    def assign_floating_ip(
+        self, name: str, ip: FloatingIp, server: Server
+    ) -> pulumi.CustomResource: ...
+
+    @abstractmethod
+    def park_server(self, name: str, server: Server, parked: bool) -> pulumi.CustomResource | None:
+        """Keep a server powered off (parked) or running, where the cloud's provider can."""
+
+    @abstractmethod
+    def load_balancer(
+        self,
+        name: str,
+        network: Network,
+        servers: list[Server],
+        ports: list[int],
+        labels: dict[str, str],
+    ) -> LoadBalancer:
+        """A TCP load balancer forwarding each port to the same port on the servers."""
+
+    def data_protection(self, **kwargs) -> pulumi.ResourceOptions:
+        """Options for data-holding resources: protected unless the stack opts out."""
+        return self.opts(protect=self.settings.protect_data, **kwargs)
+
+    def one_at_a_time(self, **kwargs) -> pulumi.ResourceOptions:
+        """Options for exclusive links (volume attachment, IP assignment): when the target moves,
+        delete the old link before creating the new one, since a volume cannot be attached to two
+        servers and Pulumi's default is create-before-delete."""
+        return self.opts(delete_before_replace=True, **kwargs)

@@ -1,0 +1,196 @@
+"""Hetzner Cloud building blocks (pulumi-hcloud). The API token is `hcloud:token` (secret)."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_hcloud as hcloud
+
+from blueprints.targets.base import (
+    Firewall,
+    FirewallRule,
+    FloatingIp,
+    LoadBalancer,
+    Network,
+    Placement,
+    Server,
+    ServerSpec,
+    SshKey,
+    Target,
+    Volume,
+)
+
+
+class HcloudTarget(Target):
+    name = "hcloud"
+    # Hetzner has no "create powered off" and no power state in the provider.
+    parks_with_cloud_init = True
+    # A Hetzner floating IP is routed to the server; the OS must own the address.
+    floating_ip_in_os = True
+    user_data_limit = 32 * 1024
+    parked_billing_note = (
+        "Hetzner bills powered-off servers in full: the parked spare costs as much as the primary."
+    )
+
+    def network(self, name: str, labels: dict[str, str]) -> Network:
+        net = hcloud.Network(
+            name, name=name, ip_range=self.settings.network_cidr, labels=labels, opts=self.opts()
+        )
+        subnet = hcloud.NetworkSubnet(
+            f"{name}-subnet",
+            network_id=net.id.apply(int),
+            type="cloud",
+            network_zone=self.settings.network_zone,
+            ip_range=self.settings.subnet_cidr,
+            opts=self.opts(),
+        )
+        return Network(id=net.id, subnet_id=subnet.id, ready=[subnet])
+
+    def firewall(
+        self, name: str, network: Network, rules: list[FirewallRule], labels: dict[str, str]
+    ) -> Firewall:
+        # Hetzner firewalls filter only public interfaces; private-network traffic is not affected.
+        # With inbound rules present, all other inbound traffic is dropped; outbound is open.
+        fw = hcloud.Firewall(
+            name,
+            name=name,
+            labels=labels,
+            rules=[
+                hcloud.FirewallRuleArgs(
+                    direction="in",
+                    protocol=r.protocol,
+                    port=str(r.port),
+                    source_ips=list(r.sources),
+                    description=r.description,
+                )
+                for r in rules
+            ],
+            opts=self.opts(),
+        )
+        return Firewall(id=fw.id)
+
+    def placement_group(self, name: str, labels: dict[str, str]) -> Placement:
+        pg = hcloud.PlacementGroup(name, name=name, type="spread", labels=labels, opts=self.opts())
+        return Placement(id=pg.id)
+
+    def ssh_key(self, name: str, public_keys: list[str], labels: dict[str, str]) -> SshKey | None:
+        # Registering the first admin key stops Hetzner from mailing a root password; every key
+        # reaches the deploy user through cloud-init, and root login is off anyway.
+        if not public_keys:
+            return None
+        key = hcloud.SshKey(
+            name, name=name, public_key=public_keys[0], labels=labels, opts=self.opts()
+        )
+        return SshKey(id=key.id)
+
+    def server(self, spec: ServerSpec) -> Server:
+        srv = hcloud.Server(
+            spec.name,
+            name=spec.name,
+            server_type=self.settings.size,
+            image=self.settings.image,
+            location=self.settings.location,
+            placement_group_id=spec.placement.id.apply(int),
+            firewall_ids=[spec.firewall.id.apply(int)],
+            ssh_keys=[spec.ssh_key.id] if spec.ssh_key else [],
+            user_data=spec.user_data,
+            labels=spec.labels,
+            public_nets=[hcloud.ServerPublicNetArgs(ipv4_enabled=True, ipv6_enabled=True)],
+            networks=[
+                hcloud.ServerNetworkArgs(network_id=spec.network.id.apply(int), ip=spec.private_ip)
+            ],
+            shutdown_before_deletion=True,
+            opts=self.opts(depends_on=spec.network.ready),
+        )
+        return Server(
+            resource=srv, id=srv.id, public_ip=srv.ipv4_address, private_ip=spec.private_ip
+        )
+
+    def volume(self, name: str, size_gb: int, labels: dict[str, str]) -> Volume:
+        vol = hcloud.Volume(
+            name,
+            name=name,
+            size=size_gb,
+            location=self.settings.location,
+            format="ext4",
+            delete_protection=self.settings.protect_data,
+            labels=labels,
+            opts=self.data_protection(),
+        )
+        device = vol.id.apply(lambda i: f"/dev/disk/by-id/scsi-0HC_Volume_{i}")
+        return Volume(resource=vol, id=vol.id, device_path=device)
+
+    def attach_volume(self, name: str, volume: Volume, server: Server) -> pulumi.CustomResource:
+        return hcloud.VolumeAttachment(
+            name,
+            volume_id=volume.id.apply(int),
+            server_id=server.id.apply(int),
+            automount=False,
+            opts=self.one_at_a_time(),
+        )
+
+    def floating_ip(self, name: str, labels: dict[str, str]) -> FloatingIp:
+        fip = hcloud.FloatingIp(
+            name,
+            name=name,
+            type="ipv4",
+            home_location=self.settings.location,
+            delete_protection=self.settings.protect_data,
+            labels=labels,
+            opts=self.data_protection(),
+        )
+        return FloatingIp(resource=fip, id=fip.id, address=fip.ip_address)
+
+    def assign_floating_ip(
+        self, name: str, ip: FloatingIp, server: Server
+    ) -> pulumi.CustomResource:
+        return hcloud.FloatingIpAssignment(
+            name,
+            floating_ip_id=ip.id.apply(int),
+            server_id=server.id.apply(int),
+            opts=self.one_at_a_time(),
+        )
+
+    def park_server(self, name: str, server: Server, parked: bool) -> pulumi.CustomResource | None:
+        return None
+
+    def load_balancer(
+        self,
+        name: str,
+        network: Network,
+        servers: list[Server],
+        ports: list[int],
+        labels: dict[str, str],
+    ) -> LoadBalancer:
+        lb = hcloud.LoadBalancer(
+            name,
+            name=name,
+            load_balancer_type="lb11",
+            location=self.settings.location,
+            labels=labels,
+            opts=self.opts(),
+        )
+        attached = hcloud.LoadBalancerNetwork(
+            f"{name}-net",
+            load_balancer_id=lb.id.apply(int),
+            network_id=network.id.apply(int),
+            opts=self.opts(depends_on=network.ready),
+        )
+        for i, srv in enumerate(servers):
+            hcloud.LoadBalancerTarget(
+                f"{name}-target-{i}",
+                type="server",
+                load_balancer_id=lb.id.apply(int),
+                server_id=srv.id.apply(int),
+                use_private_ip=True,
+                opts=self.opts(depends_on=[attached]),
+            )
+        for port in ports:
+            hcloud.LoadBalancerService(
+                f"{name}-{port}",
+                load_balancer_id=lb.id,
+                protocol="tcp",
+                listen_port=port,
+                destination_port=port,
+                opts=self.opts(),
+            )
+        return LoadBalancer(resource=lb, id=lb.id, address=lb.ipv4)

@@ -1,0 +1,309 @@
+"""The app spec: the example, a corpus of bad specs with their exact messages, and the models'
+own rules (descriptions, defaults, extra="forbid")."""
+
+from __future__ import annotations
+
+import copy
+import string
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from blueprints import spec as spec_module
+from blueprints.spec import (
+    AppSpec,
+    Backups,
+    HealthCheck,
+    Port,
+    SpecError,
+    format_path,
+    load_spec,
+    parse_spec,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "app.yaml"
+CASES_DIR = Path(__file__).resolve().parent / "spec_cases"
+CASES = sorted(CASES_DIR.glob("*.yaml"))
+EXPECT = "# expect: "
+
+DNS_RULE = (
+    "is not a DNS label (lower-case letters, digits and '-', starting with a letter, "
+    "not ending with '-', at most 63 characters)"
+)
+
+MINIMAL: dict[str, Any] = {
+    "name": "shop",
+    "domain": "shop.example.com",
+    "acme_email": "ops@example.com",
+    "services": {"web": {"image": "nginx:1.27", "ports": [{"port": 8000, "expose": "http"}]}},
+}
+
+
+def spec_models() -> list[type[BaseModel]]:
+    """Every pydantic model defined in blueprints/spec.py (including the shared base)."""
+    return [
+        obj
+        for obj in vars(spec_module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, BaseModel)
+        and obj.__module__ == spec_module.__name__
+    ]
+
+
+# ---------------------------------------------------------------- the example
+
+
+def test_example_loads_with_expected_shape() -> None:
+    app = load_spec(EXAMPLE)
+    assert app.name == "shop"
+    assert app.domain == "shop.example.com"
+    assert sorted(app.services) == ["postgres", "redis", "web", "worker"]
+    assert sorted(app.volumes) == ["pgdata"]
+    assert app.volumes["pgdata"].size_gb == 20
+    assert app.data_size_gb == 21
+    assert app.start_order() == ["postgres", "redis", "web", "worker"]
+    assert [name for name, svc in app.sorted_services() if svc.stateful] == ["postgres"]
+    assert app.secret_names() == ["DATABASE_PASSWORD", "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD"]
+
+    web = app.services["web"]
+    assert web.replicas == 2
+    assert web.memory == 512
+    assert [p.port for p in web.public_http_ports] == [8000]
+    assert web.health is not None and web.health.timeout == 3
+    assert app.services["postgres"].memory == 1024
+    worker_health = app.services["worker"].health
+    assert worker_health is not None
+    assert (worker_health.interval, worker_health.timeout) == (30, 10)
+    assert app.admin.cidrs == ["203.0.113.0/24"]
+    assert app.backups == Backups(schedule="daily", at="03:00", keep=7)
+
+
+# ---------------------------------------------------------------- the corpus of bad specs
+
+
+def expected_message(path: Path) -> str:
+    first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+    assert first.startswith(EXPECT), f"{path.name} must start with '{EXPECT}<message>'"
+    return first[len(EXPECT) :]
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_bad_spec_gives_its_one_line(path: Path) -> None:
+    expected = expected_message(path)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.lines == [f"{path}: {expected}"]
+    assert str(info.value) == f"{path}: {expected}"
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_bytes(b"")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.lines == [
+        f"{path}: is empty; an app spec is a YAML mapping with name, domain, acme_email "
+        "and services"
+    ]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.lines == [f"{path}: no such file"]
+
+
+def test_two_independent_problems_give_two_lines(tmp_path: Path) -> None:
+    data = copy.deepcopy(MINIMAL)
+    data["services"]["web"]["replicas"] = "two"
+    data["services"]["web"]["ports"][0]["port"] = 70000
+    path = tmp_path / "app.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert sorted(info.value.lines) == [
+        f"{path}: services.web.ports[0].port: must be at most 65535 (got 70000)",
+        f"{path}: services.web.replicas: must be a whole number (got 'two')",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        (("services", "web", "image"), "nginx:1.27\n", "must be a container image reference"),
+        (("domain",), "shop.example.com\n", "must be a lower-case DNS name"),
+        (("services", "web", "ports", 0, "path"), "/api\n", "must be a URL path prefix"),
+        (("backups", "at"), "03:00\n", "must be a time of day"),
+    ],
+)
+def test_trailing_newline_is_not_accepted(
+    where: tuple[str | int, ...], value: str, message: str
+) -> None:
+    """A value ending in a newline must not slip past a pattern check into a generated file."""
+    data = copy.deepcopy(MINIMAL)
+    node: Any = data
+    for part in where[:-1]:
+        node = node[part] if isinstance(part, int) else node.setdefault(part, {})
+    node[where[-1]] = value
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    [line] = info.value.lines
+    assert line.startswith(f"<spec>: {format_path(where)}: {message}")
+
+
+def test_problem_lines_never_span_lines() -> None:
+    data = copy.deepcopy(MINIMAL)
+    data["services"]["web"]["env"] = {"BAD\nNAME": "x"}
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    assert info.value.lines == [
+        "<spec>: services.web.env['BAD\\nNAME']: 'BAD\\nNAME' is not a valid environment "
+        "variable name (letters, digits and _, not starting with a digit)"
+    ]
+
+
+# ---------------------------------------------------------------- service names (property tests)
+
+dns_labels = st.from_regex(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True)
+bad_char = st.sampled_from(string.ascii_uppercase + "_") | st.characters(categories=("Lu",))
+bad_names = st.tuples(st.text(max_size=12), bad_char, st.text(max_size=12)).map("".join)
+
+
+@settings(deadline=None)
+@given(dns_labels)
+def test_any_dns_label_is_a_valid_service_name(name: str) -> None:
+    data = {
+        "name": "shop",
+        "domain": "shop.example.com",
+        "acme_email": "ops@example.com",
+        "services": {name: {"image": "nginx:1.27", "volumes": [{"volume": name, "path": "/data"}]}},
+        "volumes": {name: {}},
+    }
+    app = parse_spec(yaml.safe_load(yaml.safe_dump(data)))
+    assert list(app.services) == [name]
+    assert app.start_order() == [name]
+    assert app.services[name].volumes[0].volume == name
+    assert list(app.volumes) == [name]
+
+
+@settings(deadline=None)
+@given(bad_names)
+def test_upper_case_or_underscore_is_rejected_with_the_dns_label_message(name: str) -> None:
+    data = copy.deepcopy(MINIMAL)
+    data["services"] = {name: {"image": "nginx:1.27"}}
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    expected = f"<spec>: {format_path(('services', name))}: service name {name!r} {DNS_RULE}"
+    assert info.value.lines == [expected]
+    assert len(expected.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- the models themselves
+
+
+def test_every_model_forbids_unknown_keys() -> None:
+    models = spec_models()
+    assert {m.__name__ for m in models} >= {
+        "AppSpec", "Service", "Port", "HealthCheck", "Mount", "Volume", "Backups", "Admin"
+    }  # fmt: skip
+    for model in models:
+        assert model.model_config.get("extra") == "forbid", model.__name__
+
+
+def test_every_field_has_a_description() -> None:
+    for model in spec_models():
+        for name, field in model.model_fields.items():
+            assert field.description and field.description.strip(), f"{model.__name__}.{name}"
+
+
+# What the docs (field descriptions, README) promise for an omitted field.
+REQUIRED = {
+    "AppSpec": {"name", "domain", "acme_email", "services"},
+    "Service": {"image"},
+    "Port": {"port"},
+    "HealthCheck": {"type"},
+    "Mount": {"volume", "path"},
+    "Volume": set(),
+    "Backups": set(),
+    "Admin": set(),
+}
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "AppSpec": {"volumes": {}, "backups": Backups(), "admin": spec_module.Admin()},
+    "Service": {
+        "command": None,
+        "ports": [],
+        "env": {},
+        "secret_env": [],
+        "replicas": 1,
+        "cpu": 0.5,
+        "memory": 256,
+        "health": None,
+        "volumes": [],
+        "depends_on": [],
+    },
+    "Port": {"expose": "private", "host": None, "path": "/", "public_port": None},
+    "HealthCheck": {
+        "port": None,
+        "path": "/",
+        "command": None,
+        "interval": 10,
+        "timeout": 5,
+        "retries": 3,
+        "start_period": 30,
+    },
+    "Mount": {"read_only": False},
+    "Volume": {"size_gb": 10},
+    "Backups": {"enabled": True, "schedule": "daily", "at": "03:00", "keep": 7},
+    "Admin": {"ssh_keys": [], "cidrs": []},
+}
+
+
+def test_defaults_are_what_the_docs_say() -> None:
+    models = {m.__name__: m for m in spec_models() if m.model_fields}
+    assert set(models) == set(DEFAULTS) == set(REQUIRED)
+    for mname, model in models.items():
+        required = {n for n, f in model.model_fields.items() if f.is_required()}
+        assert required == REQUIRED[mname], mname
+        defaults = {
+            n: f.get_default(call_default_factory=True)
+            for n, f in model.model_fields.items()
+            if not f.is_required()
+        }
+        assert defaults == DEFAULTS[mname], mname
+
+
+def test_a_minimal_spec_gets_the_documented_defaults() -> None:
+    app = parse_spec(copy.deepcopy(MINIMAL))
+    web = app.services["web"]
+    for name, value in DEFAULTS["Service"].items():
+        if name != "ports":
+            assert getattr(web, name) == value, name
+    port = web.ports[0]
+    assert (port.host, port.path, port.public_port) == (None, "/", None)
+    assert app.volumes == {} and app.backups == Backups() and app.admin.cidrs == []
+    # "public_port: defaults to port"
+    assert Port(port=5432, expose="tcp").published == 5432
+    # durations and sizes in the documented units
+    health = HealthCheck(type="http", interval="2m", timeout="1m", start_period="1h")
+    assert (health.interval, health.timeout, health.start_period) == (120, 60, 3600)
+    big = AppSpec.model_validate(
+        {**MINIMAL, "services": {"web": {"image": "nginx:1.27", "memory": "2Gi"}}}
+    )
+    assert big.services["web"].memory == 2048
+
+
+def test_format_path() -> None:
+    assert format_path(()) == "(top level)"
+    assert format_path(("services", "web", "ports", 0, "port")) == "services.web.ports[0].port"
+    assert format_path(("services", "web", "env", "A B")) == "services.web.env['A B']"
