@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -21,6 +23,7 @@ EXIT_BAD_INPUT = 2
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_enable=False,
     no_args_is_help=True,
     rich_markup_mode="rich",
     help="One app spec, four deployment blueprints. Plan and render stacks offline "
@@ -37,6 +40,23 @@ err = Console(stderr=True)
 
 class BadInput(Exception):
     """Shown as one red line per problem and exit status 2."""
+
+
+def _reports_bad_input(command):
+    """Turn the project's user-facing errors into red lines on stderr and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from blueprints.plan import PlanError
+
+        try:
+            return command(*args, **kwargs)
+        except (SpecError, PlanError, BadInput) as exc:
+            for line in str(exc).splitlines():
+                err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper
 
 
 def _project(project: Path | None):
@@ -57,6 +77,7 @@ ProjectOpt = Annotated[
 
 
 @app.command()
+@_reports_bad_input
 def validate(
     spec: Annotated[Path, typer.Argument(help="App spec YAML file.", dir_okay=False)],
 ) -> None:
@@ -66,10 +87,11 @@ def validate(
     """
     app_spec = load_spec(spec)
     services = ", ".join(f"{n} x{s.replicas}" for n, s in app_spec.sorted_services())
-    out.print(f"[green]ok[/green] {spec}: app {app_spec.name} ({services})")
+    out.print(f"[green]ok[/green] {escape(str(spec))}: app {app_spec.name} ({services})")
 
 
 @app.command()
+@_reports_bad_input
 def plan(
     stacks: Annotated[
         list[str] | None, typer.Argument(help="Stack names, e.g. single-vm-hcloud.")
@@ -139,14 +161,16 @@ def _show_plan(p) -> None:
     counts = Counter(r.type for r in p.custom)
     summary = ", ".join(f"{n} {t.split(':')[-1]}" for t, n in sorted(counts.items()))
     out.print(f"{len(p.custom)} cloud resources: {summary}")
-    for key, value in sorted(p.outputs.items()):
-        out.print(f"  [cyan]{key}[/cyan]: {json.dumps(value, sort_keys=True)}")
+    for key, value in sorted(p.public_outputs().items()):
+        shown = escape(json.dumps(value, sort_keys=True))
+        out.print(f"  [cyan]{key}[/cyan]: {shown}", soft_wrap=True)
     for note in p.notes:
-        out.print(f"  [yellow]note[/yellow]: {note}")
+        out.print(f"  [yellow]note[/yellow]: {escape(note)}", soft_wrap=True)
     out.print()
 
 
 @app.command()
+@_reports_bad_input
 def render(
     stack: Annotated[str, typer.Argument(help="Stack name, e.g. single-vm-hcloud.")],
     output: Annotated[
@@ -166,8 +190,10 @@ def render(
     known = list_stacks(root)
     if stack not in known:
         raise BadInput(f"unknown stack {stack!r}; stacks here: {', '.join(known) or 'none'}")
-    files = stack_files(plan_stack(stack, root))
     target = output or Path("rendered") / stack
+    if target.exists() and not target.is_dir():
+        raise BadInput(f"{target}: exists and is not a directory")
+    files = stack_files(plan_stack(stack, root))
     _write_tree(target, files)
     out.print(f"[green]wrote[/green] {len(files)} files to {target}/")
     for path in sorted(files):
@@ -204,27 +230,8 @@ def _rmtree(path: Path) -> None:
 
 
 def main() -> None:
-    """Console entry point: bad input is one red line and exit 2, never a traceback."""
-    from blueprints.plan import PlanError
-
-    try:
-        app(standalone_mode=False)
-    except (SpecError, PlanError, BadInput) as exc:
-        for line in str(exc).splitlines():
-            err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(EXIT_BAD_INPUT)
-        raise
+    """Console entry point. Usage errors exit 2 (click's convention), as does bad input."""
+    app()
 
 
 if __name__ == "__main__":

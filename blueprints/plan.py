@@ -17,6 +17,7 @@ import contextvars
 import hashlib
 import ipaddress
 import json
+import re
 import runpy
 import sys
 from dataclasses import dataclass, field
@@ -73,6 +74,9 @@ class Plan:
     resources: list[PlannedResource]
     outputs: dict[str, Any]
     notes: list[str]
+
+    def public_outputs(self) -> dict[str, Any]:
+        return mask_secrets(self.outputs)
 
     def of_type(self, type_: str) -> list[PlannedResource]:
         return [r for r in self.resources if r.type == type_]
@@ -184,8 +188,8 @@ def _mocks_module():
 
         def call(self, args: pm.MockCallArgs):
             if args.token == "aws:ec2/getAmi:getAmi":
-                return {"id": "ami-0offline0ubuntu2404", "architecture": "x86_64"}, None
-            return {"id": f"{args.token}-offline"}, None
+                return {"id": "ami-0offline0ubuntu2404", "architecture": "x86_64"}
+            return {"id": f"{args.token}-offline"}
 
     class RecordingMonitor(pm.MockMonitor):
         def __init__(self, mocks: pm.Mocks, stack: str):
@@ -282,7 +286,7 @@ def _replace_secure(value: Any, key: str, notes: list[str]) -> tuple[Any, bool]:
     """Replace `{secure: ...}` leaves with placeholders; report whether any were found."""
     if isinstance(value, dict) and set(value) == {"secure"}:
         notes.append(f"{key} is encrypted; planned with a placeholder")
-        return _placeholder(key.split(":")[-1]), True
+        return _placeholder(re.split(r"[:.]", key)[-1]), True
     if isinstance(value, dict):
         found = False
         out = {}
@@ -302,7 +306,11 @@ def _replace_secure(value: Any, key: str, notes: list[str]) -> tuple[Any, bool]:
 
 
 def load_stack_config(
-    project: str, stacks_dir: Path, stack: str, project_dir: Path
+    project: str,
+    stacks_dir: Path,
+    stack: str,
+    project_dir: Path,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[dict[str, str], list[str], list[str]]:
     """(config for the program, secret keys, notes) from stacks/Pulumi.<stack>.yaml."""
     path = stacks_dir / f"Pulumi.{stack}.yaml"
@@ -322,7 +330,8 @@ def load_stack_config(
     notes: list[str] = []
     config: dict[str, Any] = {}
     secret_keys: list[str] = []
-    for raw_key, value in (data.get("config") or {}).items():
+    entries = {**(data.get("config") or {}), **(overrides or {})}
+    for raw_key, value in entries.items():
         key = raw_key if ":" in raw_key else f"{project}:{raw_key}"
         value, secret = _replace_secure(value, key, notes)
         config[key] = value
@@ -360,11 +369,19 @@ def load_stack_config(
 # Running a stack
 
 
-def plan_stack(stack: str, project_dir: Path | None = None) -> Plan:
-    """Evaluate one stack under the mock runtime and return what it would create."""
+def plan_stack(
+    stack: str, project_dir: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Plan:
+    """Evaluate one stack under the mock runtime and return what it would create.
+
+    `overrides` replaces stack config entries (e.g. {"blueprints:active": "spare"}), as
+    `pulumi config set` would, without touching the file.
+    """
     project_dir = (project_dir or find_project()).resolve()
     project, stacks_dir, main = read_project(project_dir)
-    config, secret_keys, notes = load_stack_config(project, stacks_dir, stack, project_dir)
+    config, secret_keys, notes = load_stack_config(
+        project, stacks_dir, stack, project_dir, overrides
+    )
     # Each run gets a copy of the current context: Pulumi keeps its runtime state (config,
     # settings, root resource) in context variables, so stacks planned one after another in
     # one process cannot see each other's state.
@@ -407,14 +424,18 @@ def _run(
     try:
         _sync_await(run_pulumi_func(program))
         root = ps.get_root_resource()
-        exported = getattr(root, "outputs", {}) or {}
-        outputs = _sync_await(pulumi.Output.from_input(exported).future(with_unknowns=True))
+        outputs = {}
+        for key, value in (getattr(root, "outputs", {}) or {}).items():
+            out = pulumi.Output.from_input(value)
+            resolved = _plain(_sync_await(out.future(with_unknowns=True)))
+            secret = _sync_await(out.is_secret())
+            outputs[key] = {SIG_KEY: SECRET_SIG, "value": resolved} if secret else resolved
     except pulumi.RunError as exc:
         raise PlanError(str(exc)) from None
     except Exception as exc:
         raise PlanError(f"stack {stack}: the program failed: {exc}") from exc
     resources = sorted(monitor.records, key=lambda r: (r.type, r.name))
-    return Plan(stack=stack, resources=resources, outputs=_plain(outputs or {}), notes=notes)
+    return Plan(stack=stack, resources=resources, outputs=outputs, notes=notes)
 
 
 def plan_all(project_dir: Path | None = None, stacks: list[str] | None = None) -> list[Plan]:

@@ -148,6 +148,9 @@ class StackSettings(BaseModel):
         return HCLOUD_LOCATIONS.get(self.location, "eu-central")
 
 
+_UNKNOWN = "unknown key; allowed keys here: "
+
+
 def config_key(field: str) -> str:
     return f"{NAMESPACE}:{to_camel(field)}"
 
@@ -163,6 +166,8 @@ def parse_settings(raw: dict[str, Any], source: str) -> StackSettings:
             key = path.split(".")[0].split("[")[0]
             if key in StackSettings.model_fields:
                 key = to_camel(key)
+            if msg.startswith(_UNKNOWN):
+                msg = _UNKNOWN + ", ".join(sorted(to_camel(f) for f in StackSettings.model_fields))
             lines.append(f"{source}: {NAMESPACE}:{key}: {msg}")
         raise SpecError(lines) from None
     stray = [

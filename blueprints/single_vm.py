@@ -76,7 +76,7 @@ class SingleVm(pulumi.ComponentResource):
                 "ip_in_os": target.floating_ip_in_os,
             }
             user_data = pulumi.Output.all(volume.device_path, fip.address, secrets).apply(
-                lambda values, a=ctx_args: _user_data(app, target.user_data_limit, values, **a)
+                lambda values, a=ctx_args: _user_data(app, values, **a)
             )
             servers[node] = target.server(
                 ServerSpec(
@@ -110,17 +110,9 @@ class SingleVm(pulumi.ComponentResource):
         self.register_outputs(self.outputs)
 
 
-def _user_data(
-    app: AppSpec,
-    limit: int,
-    values: list,
-    *,
-    node: str,
-    park: bool,
-    ip_in_os: bool,
-) -> str:
+def _user_data(app: AppSpec, values: list, *, node: str, park: bool, ip_in_os: bool) -> str:
     device, address, secrets = values
-    text = render_cloud_init(
+    return render_cloud_init(
         NodeContext(
             app=app,
             node=node,
@@ -130,10 +122,3 @@ def _user_data(
             secrets=dict(secrets or {}),
         )
     )
-    size = len(text.encode())
-    if size > limit:
-        pulumi.log.warn(
-            f"{node}: user data is {size} bytes, over this cloud's limit of {limit} bytes; "
-            "the server will be rejected. Trim env values or split the app."
-        )
-    return text

@@ -688,6 +688,27 @@ def parse_spec(data: Any, source: str = "<spec>") -> AppSpec:
         raise SpecError([f"{source}: {line}" for line in problems(AppSpec, exc)]) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # unhashable keys are reported by validation
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (first on line {first})",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path) -> AppSpec:
     """Read and validate an app spec YAML file; raise SpecError with one line per problem."""
     p = Path(path)
@@ -698,7 +719,7 @@ def load_spec(path: str | Path) -> AppSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([f"{p}: cannot be read ({exc.__class__.__name__})"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"

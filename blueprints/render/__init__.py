@@ -5,5 +5,6 @@ Nothing here talks to Pulumi or a cloud; the blueprints wire these texts into re
 """
 
 from blueprints.render.context import NodeContext
+from blueprints.render.single_vm import file_permissions, render_cloud_init, render_node_files
 
-__all__ = ["NodeContext"]
+__all__ = ["NodeContext", "file_permissions", "render_cloud_init", "render_node_files"]

@@ -77,14 +77,23 @@ def docker_env_file(values: Mapping[str, str], what: str = "variable") -> str:
     return "".join(lines)
 
 
+_UNICODE_LINE_BREAKS = "\x85\u2028\u2029"
+
+
 class _Dumper(yaml.SafeDumper):
     """SafeDumper that prints multi-line strings as `|` blocks so embedded files stay readable."""
 
 
 def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.nodes.ScalarNode:
-    # PyYAML silently falls back to a quoted style when a block cannot represent the text exactly
-    # (trailing spaces, control characters), so this never changes the value.
-    style = "|" if "\n" in data else None
+    style: str | None = None
+    if any(ch in data for ch in _UNICODE_LINE_BREAKS):
+        # YAML also breaks lines at these; PyYAML would emit them raw (and lose them) in a
+        # block or plain scalar, so only an escaped double-quoted string keeps them.
+        style = '"'
+    elif "\n" in data:
+        # PyYAML falls back to a quoted style by itself when a block cannot hold the text exactly
+        # (trailing spaces, control characters), so asking for a block never changes the value.
+        style = "|"
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
@@ -132,8 +141,8 @@ def template_env() -> jinja2.Environment:
     return env
 
 
-def render_template(name: str, **values: Any) -> str:
-    return template_env().get_template(name).render(**values)
+def render_template(template: str, **values: Any) -> str:
+    return template_env().get_template(template).render(**values)
 
 
 def static_file(name: str) -> str:

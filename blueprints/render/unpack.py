@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from blueprints.targets import userdata
+
 SERVER_TYPES = ("hcloud:index/server:Server", "aws:ec2/instance:Instance")
 
 
@@ -34,14 +36,24 @@ def user_data_files(user_data: str) -> dict[str, str]:
     return files
 
 
+def server_user_data(resource) -> str | None:
+    """The cloud-config text a planned server receives, decoded from the field its cloud uses."""
+    inputs = resource.plain_inputs()
+    if isinstance(inputs.get("userData"), str):
+        return userdata.decode(inputs["userData"])
+    if isinstance(inputs.get("userDataBase64"), str):
+        return userdata.decode(inputs["userDataBase64"], base64_always=True)
+    return None
+
+
 def stack_files(plan) -> dict[str, str]:
     """Relative path -> text: `<server>/user-data.yaml` and `<server>/<file path>` per server."""
     files: dict[str, str] = {}
     for res in plan.resources:
         if res.type not in SERVER_TYPES:
             continue
-        user_data = res.plain_inputs().get("userData")
-        if not isinstance(user_data, str):
+        user_data = server_user_data(res)
+        if user_data is None:
             continue
         files[f"{res.name}/user-data.yaml"] = user_data
         for path, text in user_data_files(user_data).items():

@@ -10,6 +10,7 @@ import pulumi
 import pulumi_aws as aws
 
 from blueprints.settings import LOCALSTACK_AMI, StackSettings
+from blueprints.targets import userdata
 from blueprints.targets.base import (
     Firewall,
     FirewallRule,
@@ -202,7 +203,12 @@ class AwsTarget(Target):
             vpc_security_group_ids=[spec.firewall.id],
             placement_group=spec.placement.id,
             key_name=spec.ssh_key.id if spec.ssh_key else None,
-            user_data=spec.user_data,
+            # Always the base64 field: the limit (16 KB) applies to the decoded bytes there.
+            user_data_base64=pulumi.Output.from_input(spec.user_data).apply(
+                lambda text: userdata.encode(
+                    text, self.user_data_limit, base64_always=True, what=spec.name
+                )
+            ),
             associate_public_ip_address=True,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_tokens="required", http_endpoint="enabled"

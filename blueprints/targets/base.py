@@ -105,7 +105,7 @@ class Target(ABC):
     floating_ip_in_os: bool
     # What a parked (powered-off) server costs; shown as a stack output.
     parked_billing_note: str
-    # Largest user data the cloud accepts, in bytes.
+    # Largest user data the cloud accepts, in bytes; larger user data is compressed.
     user_data_limit: int
 
     def __init__(self, settings: StackSettings, parent: pulumi.Resource):

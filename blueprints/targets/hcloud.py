@@ -5,6 +5,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_hcloud as hcloud
 
+from blueprints.targets import userdata
 from blueprints.targets.base import (
     Firewall,
     FirewallRule,
@@ -92,7 +93,11 @@ class HcloudTarget(Target):
             placement_group_id=spec.placement.id.apply(int),
             firewall_ids=[spec.firewall.id.apply(int)],
             ssh_keys=[spec.ssh_key.id] if spec.ssh_key else [],
-            user_data=spec.user_data,
+            user_data=pulumi.Output.from_input(spec.user_data).apply(
+                lambda text: userdata.encode(
+                    text, self.user_data_limit, base64_always=False, what=spec.name
+                )
+            ),
             labels=spec.labels,
             public_nets=[hcloud.ServerPublicNetArgs(ipv4_enabled=True, ipv6_enabled=True)],
             networks=[

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Benchmark: wall time and peak memory of offline planning.
+
+Measures, each in a fresh process (so imports count, as they do for a user):
+  * `blueprints plan --all` on this project's stacks;
+  * `blueprints plan single-vm-hcloud` and `render` for generated specs with 10/100/500 services.
+
+Targets (issue 2): both single-VM stacks planned in under 1 s together; 500 services under
+10 s and 500 MB. This script prints figures and whether each target is met; it is not a test
+and never fails the build by itself (exit 0), unless --check is given.
+
+Usage: .venv/bin/python scripts/benchmark.py [--check] [--sizes 10,100,500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BP = [sys.executable, "-m", "blueprints.cli"]
+
+
+def measure(cmd: list[str], cwd: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MiB, exit code) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        print(f"  command failed ({proc.returncode}): {' '.join(cmd)}\n{err}", file=sys.stderr)
+    return wall, usage.ru_maxrss / 1024, proc.returncode
+
+
+def generated_spec(n: int) -> dict:
+    """A spec with n services in the mix a real app has: public web services, workers, and a
+    stateful service with a volume for every tenth."""
+    services: dict[str, dict] = {}
+    volumes: dict[str, dict] = {}
+    for i in range(n):
+        name = f"svc-{i:03d}"
+        svc: dict = {
+            "image": f"ghcr.io/example/{name}:1.0.{i}",
+            "env": {f"SETTING_{k}": f"value-{i}-{k}" for k in range(3)},
+            "memory": "128Mi",
+            "cpu": 0.1,
+        }
+        if i % 10 == 0:
+            volumes[f"data-{i:03d}"] = {"size_gb": 1}
+            svc["volumes"] = [{"volume": f"data-{i:03d}", "path": "/data"}]
+            svc["ports"] = [{"port": 5432}]
+            svc["health"] = {"type": "tcp", "interval": "10s", "timeout": "2s"}
+        elif i % 3 == 0:
+            svc["ports"] = [{"port": 8000, "expose": "http", "path": f"/{name}"}]
+            svc["replicas"] = 2
+            svc["health"] = {"type": "http", "path": "/healthz"}
+            svc["secret_env"] = ["API_TOKEN"]
+        else:
+            svc["command"] = ["worker", "--queue", name]
+            if i > 0:
+                svc["depends_on"] = [f"svc-{(i // 10) * 10:03d}"]
+        services[name] = svc
+    return {
+        "name": "bench",
+        "domain": "bench.example.com",
+        "acme_email": "ops@example.com",
+        "services": services,
+        "volumes": volumes,
+        "admin": {"cidrs": ["203.0.113.0/24"]},
+    }
+
+
+def bench_project(base: Path, n: int) -> Path:
+    project = base / f"project-{n}"
+    (project / "stacks").mkdir(parents=True)
+    (project / "blueprints").mkdir()
+    (project / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (project / "blueprints/program.py").write_text((ROOT / "blueprints/program.py").read_text())
+    (project / "app.yaml").write_text(yaml.safe_dump(generated_spec(n), sort_keys=True))
+    (project / "stacks/Pulumi.single-vm-hcloud.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "config": {
+                    "blueprints:blueprint": "single-vm",
+                    "blueprints:target": "hcloud",
+                    "blueprints:spec": "app.yaml",
+                }
+            }
+        )
+    )
+    return project
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--sizes", default="10,100,500", help="service counts (default 10,100,500)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    missed: list[str] = []
+
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
+    print(f"{'what':46} {'wall s':>8} {'peak MiB':>9}  target")
+    wall, rss, rc = measure([*BP, "plan", "--all"], ROOT)
+    ok = rc == 0 and wall < 1.0
+    print(f"{'plan --all (both single-vm stacks)':46} {wall:8.2f} {rss:9.0f}  < 1 s: {ok}")
+    if not ok:
+        missed.append("plan --all")
+
+    with tempfile.TemporaryDirectory(prefix="blueprints-bench-") as tmp:
+        for n in sizes:
+            project = bench_project(Path(tmp), n)
+            for verb in ("plan", "render"):
+                cmd = [*BP, verb, "single-vm-hcloud", "--project", str(project)]
+                if verb == "render":
+                    cmd += ["-o", str(project / "out")]
+                wall, rss, rc = measure(cmd, project)
+                target = ""
+                if n == 500:
+                    ok = rc == 0 and wall < 10 and rss < 500
+                    target = f"< 10 s and < 500 MiB: {ok}"
+                    if not ok:
+                        missed.append(f"{verb} {n}")
+                print(f"{f'{verb} single-vm, {n} services':46} {wall:8.2f} {rss:9.0f}  {target}")
+
+    if missed:
+        print("missed: " + ", ".join(missed))
+    return 1 if (missed and args.check) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The `blueprints` command as a user runs it: a real process, exit codes, stdout/stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT / "tests/spec_cases"
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "blueprints.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1"},
+    )
+
+
+def test_help_lists_commands_and_examples():
+    res = run("--help")
+    assert res.returncode == 0
+    for word in ("plan", "render", "validate", "blueprints plan --all --json"):
+        assert word in res.stdout
+
+
+def test_validate_example():
+    res = run("validate", "examples/app.yaml")
+    assert res.returncode == 0, res.stderr
+    assert "ok examples/app.yaml: app shop" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "case", ["dependency_cycle_two.yaml", "yaml_syntax.yaml", "unknown_top_level_key.yaml"]
+)
+def test_validate_bad_spec_exits_2_with_one_line(case):
+    path = CASES / case
+    expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    res = run("validate", str(path))
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [f"error: {path}: {expected}"]
+
+
+def test_validate_missing_file():
+    res = run("validate", "nope.yaml")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: nope.yaml: no such file"
+
+
+def test_plan_all_json_is_for_scripts():
+    res = run("plan", "--all", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert {r["stack"] for r in rows} == {"single-vm-hcloud", "single-vm-localstack"}
+    assert all(set(r) == {"stack", "type", "name", "parent", "inputs"} for r in rows)
+    servers = [r for r in rows if r["type"] == "hcloud:index/server:Server"]
+    assert len(servers) == 2
+    assert all(s["inputs"]["userData"] == "[secret]" for s in servers)
+    instances = [r for r in rows if r["type"] == "aws:ec2/instance:Instance"]
+    assert all(s["inputs"]["userDataBase64"] == "[secret]" for s in instances)
+    assert "<secret:" not in res.stdout  # even placeholders stay masked
+    assert all(s["parent"] == "shop" for s in servers)
+
+
+def test_plan_tree_shows_counts_outputs_and_notes():
+    res = run("plan", "single-vm-hcloud")
+    assert res.returncode == 0, res.stderr
+    assert "shop-single-vm-data hcloud:index/volume:Volume (protected)" in res.stdout
+    assert "11 cloud resources" in res.stdout
+    assert "floatingIp" in res.stdout and "spareBilling" in res.stdout
+    assert "note" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("plan",), "error: name a stack or pass --all; stacks here: "),
+        (("plan", "nomad-gcp"), "error: unknown stack 'nomad-gcp'; stacks here: "),
+        (("plan", "--all", "single-vm-hcloud"), "error: give stack names or --all, not both"),
+        (("render", "nomad-gcp"), "error: unknown stack 'nomad-gcp'; stacks here: "),
+    ],
+)
+def test_bad_arguments_exit_2_without_traceback(args, message):
+    res = run(*args)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith(message), res.stderr
+
+
+def test_usage_error_exits_2():
+    res = run("plan", "--frobnicate")
+    assert res.returncode == 2
+    assert "No such option" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_outside_a_project(tmp_path):
+    res = run("plan", "--all", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "no Pulumi.yaml here or above" in res.stderr
+
+
+def test_render_writes_every_file_and_replaces_old_output(tmp_path):
+    out = tmp_path / "rendered"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")
+    res = run("render", "single-vm-localstack", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert "stale.txt" not in files
+    assert "shop-single-vm-primary/user-data.yaml" in files
+    assert "shop-single-vm-spare/user-data.yaml" in files
+    assert any(f.startswith("shop-single-vm-primary/etc/systemd/system/") for f in files)
+    text = "".join((out / f).read_text() for f in files)
+    assert "<secret:DATABASE_PASSWORD>" in text
+    assert not list(tmp_path.glob(".rendered-*")), "staging directory left behind"
+
+
+def test_render_into_a_file_fails_cleanly(tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("keep me")
+    res = run("render", "single-vm-hcloud", "-o", str(target))
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: {target}: exists and is not a directory"
+    assert target.read_text() == "keep me"

@@ -1,0 +1,917 @@
+"""The single-VM renderer: real validators, targeted assertions, injection round trips, goldens."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blueprints.render import NodeContext, file_permissions, render_cloud_init, render_node_files
+from blueprints.render.common import docker_env_file, dump_yaml, systemd_escape_path
+from blueprints.spec import AppSpec
+import validators
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden" / "single-vm"
+EXAMPLE_DATA: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "app.yaml").read_text())
+
+HCLOUD_DEVICE = "/dev/disk/by-id/scsi-0HC_Volume_12345678"
+AWS_DEVICE = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0"
+FLOATING_IP = "203.0.113.10"
+SCRIPTS = "/usr/local/lib/blueprints/"
+UNITS = "/etc/systemd/system/"
+SECRETS = "/etc/blueprints/secrets/"
+UNIT_SUFFIXES = (".service", ".timer", ".target", ".mount")
+
+
+def secrets_for(app: AppSpec, make=lambda name: f"PLACEHOLDER-{name}") -> dict[str, str]:
+    return {name: make(name) for name in app.secret_names()}
+
+
+def spec(data: Mapping[str, Any] | None = None) -> AppSpec:
+    return AppSpec.model_validate(copy.deepcopy(dict(data or EXAMPLE_DATA)))
+
+
+def context(
+    app: AppSpec,
+    node: str = "primary",
+    *,
+    park: bool = False,
+    floating_ip: str | None = FLOATING_IP,
+    device: str = HCLOUD_DEVICE,
+    secrets: Mapping[str, str] | None = None,
+) -> NodeContext:
+    return NodeContext(
+        app=app,
+        node=node,
+        data_device=device,
+        floating_ip=floating_ip,
+        park_after_first_boot=park,
+        secrets=secrets_for(app) if secrets is None else secrets,
+    )
+
+
+def primary(app: AppSpec | None = None) -> NodeContext:
+    return context(app or spec(), "primary")
+
+
+def spare(app: AppSpec | None = None) -> NodeContext:
+    return context(app or spec(), "spare", park=True)
+
+
+def user_data(ctx: NodeContext) -> dict[str, Any]:
+    text = render_cloud_init(ctx)
+    assert text.startswith("#cloud-config\n")
+    return yaml.safe_load(text)
+
+
+def scripts(files: Mapping[str, str]) -> dict[str, str]:
+    return {p: t for p, t in files.items() if p.startswith(SCRIPTS)}
+
+
+def units(files: Mapping[str, str]) -> dict[str, str]:
+    return {p: t for p, t in files.items() if p.startswith(UNITS)}
+
+
+def unit_values(text: str, key: str) -> list[str]:
+    """All whitespace-separated values of KEY= lines in a unit file."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(f"{key}="):
+            out += line.split("=", 1)[1].split()
+    return out
+
+
+def with_service(data: dict[str, Any], name: str, **fields: Any) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    data["services"][name] = {**data["services"].get(name, {}), **fields}
+    return data
+
+
+# --- running the generated scripts against stand-in commands ----------------------------------
+
+STUB = r"""#!/bin/bash
+# Test stand-in: records its argv (NUL-separated, one file per call) and answers like the tool.
+name=${0##*/}
+record() {
+  local i=0
+  while [[ -e $STUB_CALLS/$i ]]; do i=$((i + 1)); done
+  printf '%s\0' "$name" "$@" >"$STUB_CALLS/$i"
+}
+case $name in
+  docker)
+    if [[ $1 == inspect ]]; then printf '%s\n' "$STUB_INSPECT"; exit 0; fi
+    record "$@"
+    exit "${STUB_DOCKER_STATUS:-0}"
+    ;;
+  curl) record "$@"; printf '%s' "${STUB_HTTP_CODE:-200}"; exit 0 ;;
+  systemctl) [[ $1 == is-active ]] && exit 0; record "$@"; exit 0 ;;
+  blkid) record "$@"; exit "${STUB_BLKID_STATUS:-0}" ;;
+  *) record "$@"; exit 0 ;;
+esac
+"""
+STUBBED = ("docker", "curl", "systemctl", "blkid", "mkfs.ext4")
+
+
+class Sandbox:
+    """Generated scripts on disk plus stand-ins for docker & co. on PATH."""
+
+    def __init__(self, root: Path, files: Mapping[str, str]):
+        self.root = root
+        self.bin = root / "stub-bin"
+        self.calls = root / "calls"
+        self.bin.mkdir(parents=True)
+        self.calls.mkdir()
+        for name in STUBBED:
+            path = self.bin / name
+            path.write_text(STUB)
+            path.chmod(0o755)
+        self.scripts_dir = root / "scripts"
+        validators.lay_out(
+            {p.removeprefix(SCRIPTS): t for p, t in scripts(files).items()},
+            self.scripts_dir,
+            executable=[p.removeprefix(SCRIPTS) for p in scripts(files)],
+        )
+
+    def run(self, script: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        for old in self.calls.iterdir():
+            old.unlink()
+        full_env = {
+            "PATH": f"{self.bin}:{os.environ['PATH']}",
+            "STUB_CALLS": str(self.calls),
+            "STUB_INSPECT": "true 2000-01-01T00:00:00Z 10.0.0.2",
+            "BLUEPRINTS_HEALTH_STATE": str(self.root / "health-state"),
+            "HOME": str(self.root),
+            **env,
+        }
+        return subprocess.run(
+            [str(self.scripts_dir / script), *args],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    def recorded(self) -> list[list[str]]:
+        calls = sorted(self.calls.iterdir(), key=lambda p: int(p.name))
+        return [p.read_bytes().decode().split("\0")[:-1] for p in calls]
+
+
+def expected_docker_run(app: AppSpec, name: str, replica: int = 1) -> list[str]:
+    svc = app.services[name]
+    args = [
+        "docker", "run", "--rm", "--name", f"{name}-{replica}",
+        "--network", app.name, "--network-alias", name,
+        "--cpus", f"{svc.cpu:g}", "--memory", f"{svc.memory}m",
+    ]
+    for var, value in sorted(svc.env.items()):
+        args += ["--env", f"{var}={value}"]
+    if svc.secret_env:
+        args += ["--env-file", f"/etc/blueprints/secrets/{name}.env"]
+    for m in svc.volumes:
+        args += ["--volume", f"/srv/data/{m.volume}:{m.path}" + (":ro" if m.read_only else "")]
+    for p in svc.public_tcp_ports:
+        args += ["--publish", f"{p.published}:{p.port}"]
+    return [*args, svc.image, *(svc.command or [])]
+
+
+# --- the example renders and passes the real validators -------------------------------------
+
+
+def test_example_renders_every_expected_file():
+    files = render_node_files(primary())
+    assert list(files) == sorted(files)
+    expected = {
+        "/etc/ssh/sshd_config.d/10-blueprints.conf",
+        "/etc/apt/apt.conf.d/52blueprints-auto-upgrades",
+        "/etc/docker/daemon.json",
+        "/etc/blueprints/caddy.json",
+        "/etc/netplan/60-floating-ip.yaml",
+        UNITS + "app.target",
+        UNITS + "srv-data.mount",
+        UNITS + "blueprints-format-data.service",
+        UNITS + "blueprints-data.service",
+        UNITS + "blueprints-network.service",
+        UNITS + "blueprints-caddy.service",
+        UNITS + "dev-disk-by\\x2did-scsi\\x2d0HC_Volume_12345678.device.d/blueprints-timeout.conf",
+        SCRIPTS + "caddy",
+        SCRIPTS + "create-network",
+        SCRIPTS + "format-data",
+        SCRIPTS + "prepare-data",
+    }
+    for svc in ("web", "worker", "postgres", "redis"):
+        expected |= {
+            UNITS + f"app-{svc}@.service",
+            UNITS + f"app-{svc}-health.service",
+            UNITS + f"app-{svc}-health.timer",
+            SCRIPTS + f"run-{svc}",
+            SCRIPTS + f"health-{svc}",
+        }
+    expected |= {SECRETS + f"{svc}.env" for svc in ("web", "worker", "postgres")}
+    assert set(files) == expected
+
+
+@pytest.mark.parametrize(
+    "ctx",
+    [
+        pytest.param(primary(), id="primary"),
+        pytest.param(spare(), id="spare-parked"),
+        pytest.param(context(spec(), floating_ip=None, device=AWS_DEVICE), id="aws"),
+    ],
+)
+def test_cloud_init_schema_accepts_user_data(ctx: NodeContext, tmp_path: Path):
+    validators.cloud_init_schema(render_cloud_init(ctx), tmp_path)
+
+
+def test_cloud_init_contents():
+    ctx = primary()
+    data = user_data(ctx)
+    assert set(data) == {
+        "package_update", "packages", "ssh_pwauth", "disable_root", "users", "write_files",
+        "runcmd",
+    }
+    assert data["package_update"] is True
+    assert {"docker.io", "unattended-upgrades"} <= set(data["packages"])
+    assert data["ssh_pwauth"] is False and data["disable_root"] is True
+    [user] = data["users"]
+    assert user["name"] == "deploy"
+    assert user["ssh_authorized_keys"] == list(ctx.app.admin.ssh_keys)
+    assert user["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
+    assert user["lock_passwd"] is True
+    files = render_node_files(ctx)
+    written = {f["path"]: f for f in data["write_files"]}
+    assert [f["path"] for f in data["write_files"]] == list(files)
+    for path, text in files.items():
+        assert written[path]["content"] == text
+        assert written[path]["owner"] == "root:root"
+        assert written[path]["permissions"] == file_permissions(path)
+    runcmd = data["runcmd"]
+    assert "usermod --append --groups docker deploy" in runcmd
+    reload_at = runcmd.index("systemctl daemon-reload")
+    assert reload_at < runcmd.index("systemctl enable app.target")
+    assert reload_at < runcmd.index("systemctl start --no-block app.target")
+    assert runcmd.index("systemctl try-reload-or-restart ssh.service") < reload_at
+
+
+def test_ssh_and_upgrades_config():
+    files = render_node_files(primary())
+    sshd = files["/etc/ssh/sshd_config.d/10-blueprints.conf"].splitlines()
+    for line in ("PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                 "PermitRootLogin no"):
+        assert line in sshd
+    apt = files["/etc/apt/apt.conf.d/52blueprints-auto-upgrades"]
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in apt
+    assert 'APT::Periodic::Update-Package-Lists "1";' in apt
+
+
+def _all_scripts_pass_shellcheck(files: Mapping[str, str], tmp_path: Path) -> None:
+    found = scripts(files)
+    assert found
+    for path, text in found.items():
+        assert text.startswith("#!/bin/bash\n"), path
+        target = tmp_path / Path(path).name
+        target.write_text(text)
+        validators.shellcheck(target, "bash")
+
+
+def test_every_script_passes_shellcheck(tmp_path: Path):
+    _all_scripts_pass_shellcheck(render_node_files(primary()), tmp_path)
+
+
+def test_scripts_of_other_shapes_pass_shellcheck(tmp_path: Path):
+    """No volumes, no http port (so no proxy), tcp and command checks, a published port."""
+    data = copy.deepcopy(EXAMPLE_DATA)
+    data["volumes"] = {}
+    del data["services"]["postgres"]["volumes"]
+    data["services"]["postgres"]["ports"] = [{"port": 5432, "expose": "tcp", "public_port": 15432}]
+    data["services"]["web"]["ports"] = [{"port": 8000}]
+    data["services"]["web"]["health"] = {"type": "tcp"}
+    data["services"]["redis"]["health"] = {"type": "command", "command": ["redis-cli", "ping"]}
+    files = render_node_files(primary(spec(data)))
+    assert SCRIPTS + "caddy" not in files
+    _all_scripts_pass_shellcheck(files, tmp_path)
+
+
+def _verify_units(files: Mapping[str, str], tmp_path: Path) -> None:
+    root = validators.systemd_root(files, tmp_path / "root", executable=scripts(files))
+    names: list[str] = []
+    for path in units(files):
+        name = Path(path).name
+        if path.count("/") > 4 or not name.endswith(UNIT_SUFFIXES):
+            continue  # drop-ins are checked through the unit they belong to
+        if name.endswith("@.service"):
+            target = files[UNITS + "app.target"]
+            names += sorted(u for u in unit_values(target, "Wants") if u.startswith(name[:-8]))
+        else:
+            names.append(name)
+    device_unit = systemd_escape_path(HCLOUD_DEVICE) + ".device"
+    validators.systemd_verify(root, [*names, device_unit])
+
+
+def test_every_unit_passes_systemd_analyze_verify(tmp_path: Path):
+    _verify_units(render_node_files(primary()), tmp_path)
+
+
+def test_systemd_verify_catches_a_broken_unit(tmp_path: Path):
+    """The harness itself: a misspelt key must fail it (systemd only warns about it)."""
+    files = dict(render_node_files(primary()))
+    files[UNITS + "app-redis@.service"] += "Restart=sometimes\n"
+    with pytest.raises(pytest.fail.Exception, match="restart specifier"):
+        _verify_units(files, tmp_path)
+
+
+def test_systemd_escape_path_matches_systemd_escape():
+    for path in (HCLOUD_DEVICE, AWS_DEVICE, "/dev/disk/by-id/a.b_c:d", "/srv/data"):
+        out = subprocess.run(
+            [validators.require("systemd-escape"), "--path", path],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        assert systemd_escape_path(path) == out
+
+
+# --- services, replicas, ordering, health ------------------------------------------------------
+
+
+def test_replicas_produce_one_container_each(tmp_path: Path):
+    data = with_service(EXAMPLE_DATA, "web", replicas=3)
+    app = spec(data)
+    files = render_node_files(primary(app))
+    target = files[UNITS + "app.target"]
+    wanted = unit_values(target, "Wants")
+    assert [u for u in wanted if u.startswith("app-web@")] == [
+        "app-web@1.service", "app-web@2.service", "app-web@3.service"
+    ]
+    assert [u for u in wanted if u.startswith("app-postgres@")] == ["app-postgres@1.service"]
+    box = Sandbox(tmp_path, files)
+    for n in (1, 2, 3):
+        proc = box.run("run-web", "start", str(n))
+        assert proc.returncode == 0, proc.stderr
+        assert box.recorded() == [expected_docker_run(app, "web", n)]
+    caddy = json.loads(files["/etc/blueprints/caddy.json"])
+    [route] = caddy["apps"]["http"]["servers"]["app"]["routes"]
+    assert [u["dial"] for u in route["handle"][0]["upstreams"]] == [
+        "web-1:8000", "web-2:8000", "web-3:8000"
+    ]
+
+
+def test_run_script_rejects_a_bad_replica_number(tmp_path: Path):
+    box = Sandbox(tmp_path, render_node_files(primary()))
+    for bad in ("", "0", "1; touch x", "../1"):
+        assert box.run("run-web", "start", bad).returncode == 2
+    assert box.recorded() == []
+
+
+def test_depends_on_orders_units_after_every_replica_of_the_dependency():
+    data = with_service(EXAMPLE_DATA, "redis", replicas=2)
+    files = render_node_files(primary(spec(data)))
+    web = files[UNITS + "app-web@.service"]
+    deps = ["app-postgres@1.service", "app-redis@1.service", "app-redis@2.service"]
+    for dep in deps:
+        assert dep in unit_values(web, "After")
+        assert dep in unit_values(web, "Wants")
+    postgres = files[UNITS + "app-postgres@.service"]
+    assert not [u for u in unit_values(postgres, "After") if u.startswith("app-")]
+    for text in (web, postgres):
+        assert {"docker.service", "blueprints-network.service"} <= set(unit_values(text, "After"))
+        assert unit_values(text, "RequiresMountsFor") == ["/srv/data"]
+        assert unit_values(text, "Restart") == ["always"]
+
+
+def test_service_units_run_the_script_with_pull_and_health_wait():
+    files = render_node_files(primary())
+    web = files[UNITS + "app-web@.service"]
+    assert "ExecStartPre=/usr/local/lib/blueprints/run-web prepare %i" in web
+    assert "ExecStart=/usr/local/lib/blueprints/run-web start %i" in web
+    assert "ExecStartPost=/usr/local/lib/blueprints/health-web wait %i" in web
+    data = copy.deepcopy(EXAMPLE_DATA)
+    del data["services"]["redis"]["health"]
+    redis = render_node_files(primary(spec(data)))[UNITS + "app-redis@.service"]
+    assert "ExecStartPost" not in redis
+
+
+def test_pull_failure_is_tolerated_only_when_the_image_is_present(tmp_path: Path):
+    box = Sandbox(tmp_path, render_node_files(primary()))
+    proc = box.run("run-redis", "prepare", "1", STUB_DOCKER_STATUS="1")
+    # pull fails, image inspect fails too (same stand-in status): the unit must fail
+    assert proc.returncode != 0
+    proc = box.run("run-redis", "prepare", "1")
+    assert proc.returncode == 0
+    assert box.recorded() == [
+        ["docker", "pull", "--quiet", "redis:7.4-alpine"],
+        ["docker", "rm", "--force", "redis-1"],
+    ]
+
+
+def test_health_timers_exist_exactly_for_services_with_health():
+    data = copy.deepcopy(EXAMPLE_DATA)
+    del data["services"]["redis"]["health"]
+    files = render_node_files(primary(spec(data)))
+    timers = {Path(p).name for p in files if p.endswith(".timer")}
+    assert timers == {f"app-{s}-health.timer" for s in ("web", "worker", "postgres")}
+    assert SCRIPTS + "health-redis" not in files
+    assert UNITS + "app-redis-health.service" not in files
+    assert "app-redis-health.timer" not in files[UNITS + "app.target"]
+    timer = files[UNITS + "app-worker-health.timer"]
+    assert unit_values(timer, "OnUnitActiveSec") == ["30s"]
+    assert unit_values(timer, "AccuracySec") == ["1s"]
+
+
+def _health_box(tmp_path: Path, data: dict[str, Any] | None = None) -> Sandbox:
+    return Sandbox(tmp_path, render_node_files(primary(spec(data or EXAMPLE_DATA))))
+
+
+def test_health_check_restarts_after_retries_consecutive_failures(tmp_path: Path):
+    box = _health_box(tmp_path)  # worker: command check, retries 3 (default)
+    for attempt in (1, 2):
+        proc = box.run("health-worker", "check", STUB_DOCKER_STATUS="1")
+        assert proc.returncode == 0, proc.stderr
+        assert f"probe failed ({attempt} of 3)" in proc.stdout
+        assert not [c for c in box.recorded() if c[0] == "systemctl"]
+    proc = box.run("health-worker", "check", STUB_DOCKER_STATUS="1")
+    assert box.recorded()[-1] == ["systemctl", "--no-block", "try-restart", "app-worker@1.service"]
+    # a success resets the count
+    box.run("health-worker", "check", STUB_DOCKER_STATUS="1")
+    box.run("health-worker", "check")
+    proc = box.run("health-worker", "check", STUB_DOCKER_STATUS="1")
+    assert "(1 of 3)" in proc.stdout
+
+
+def test_health_check_ignores_failures_during_start_period(tmp_path: Path):
+    box = _health_box(tmp_path)
+    just_now = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+    for _ in range(5):
+        proc = box.run("health-worker", "check", STUB_DOCKER_STATUS="1",
+                       STUB_INSPECT=f"true {just_now} 10.0.0.2")
+        assert "start period" in proc.stdout
+    assert not [c for c in box.recorded() if c[0] == "systemctl"]
+
+
+@pytest.mark.parametrize(("code", "healthy"), [("200", True), ("302", True), ("404", False),
+                                                ("503", False), ("000", False)])
+def test_http_health_accepts_2xx_and_3xx(tmp_path: Path, code: str, healthy: bool):
+    box = _health_box(tmp_path)
+    proc = box.run("health-web", "check", STUB_HTTP_CODE=code)
+    assert ("probe failed" not in proc.stdout) is healthy
+    curls = [c for c in box.recorded() if c[0] == "curl"]
+    assert len(curls) == 2  # both replicas probed
+    assert curls[0][-1] == "http://10.0.0.2:8000/healthz"
+
+
+def test_tcp_health_probes_the_port(tmp_path: Path):
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        data = copy.deepcopy(EXAMPLE_DATA)
+        data["services"]["redis"]["ports"] = [{"port": port}]
+        box = _health_box(tmp_path, data)
+        inspect = "true 2000-01-01T00:00:00Z 127.0.0.1"
+        proc = box.run("health-redis", "check", STUB_INSPECT=inspect)
+        assert "probe failed" not in proc.stdout, proc.stdout + proc.stderr
+    proc = box.run("health-redis", "check", STUB_INSPECT=inspect)
+    assert "probe failed (1 of 3)" in proc.stdout
+
+
+def test_health_wait_returns_once_healthy(tmp_path: Path):
+    box = _health_box(tmp_path)
+    proc = box.run("health-postgres", "wait", "1")
+    assert proc.returncode == 0
+    assert "postgres-1: healthy" in proc.stdout
+    assert box.recorded() == [
+        ["docker", "exec", "postgres-1", "pg_isready", "-U", "shop"]
+    ]
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def _secret_ctx(**kwargs: Any) -> NodeContext:
+    app = spec()
+    return context(app, secrets=secrets_for(app, lambda n: f"s3cr3t-{n.lower()}-value"), **kwargs)
+
+
+def test_secrets_only_in_root_only_env_files():
+    ctx = _secret_ctx()
+    files = render_node_files(ctx)
+    values = list(ctx.secrets.values())
+    holders = {p for p, t in files.items() if any(v in t for v in values)}
+    assert holders == {SECRETS + "web.env", SECRETS + "worker.env", SECRETS + "postgres.env"}
+    for path in holders:
+        assert file_permissions(path) == "0600"
+    assert files[SECRETS + "web.env"] == (
+        "DATABASE_PASSWORD=s3cr3t-database_password-value\n"
+        "DJANGO_SECRET_KEY=s3cr3t-django_secret_key-value\n"
+    )
+    assert files[SECRETS + "postgres.env"] == "POSTGRES_PASSWORD=s3cr3t-postgres_password-value\n"
+    for entry in user_data(ctx)["write_files"]:
+        if any(v in entry["content"] for v in values):
+            assert entry["permissions"] == "0600", entry["path"]
+    # the names may be mentioned; the values never are
+    for path, text in {**units(files), **scripts(files)}.items():
+        assert not any(v in text for v in values), path
+    assert "--env-file /etc/blueprints/secrets/web.env" in files[SCRIPTS + "run-web"]
+    assert "--env-file" not in files[SCRIPTS + "run-redis"]
+
+
+@pytest.mark.parametrize("bad", ["two\nlines", "carriage\rreturn", "nul\0byte"])
+def test_secret_that_cannot_be_one_env_file_line_is_rejected(bad: str):
+    app = spec()
+    secrets = {**secrets_for(app), "DJANGO_SECRET_KEY": bad}
+    with pytest.raises(ValueError, match="DJANGO_SECRET_KEY"):
+        render_cloud_init(context(app, secrets=secrets))
+
+
+def test_missing_secret_is_named():
+    app = spec()
+    secrets = secrets_for(app)
+    del secrets["POSTGRES_PASSWORD"]
+    with pytest.raises(ValueError, match="POSTGRES_PASSWORD.*postgres"):
+        render_node_files(context(app, secrets=secrets))
+
+
+def test_docker_env_file_keeps_values_verbatim():
+    text = docker_env_file({"B": " spaced = 'q' \"x\" $(y) #no-comment ", "A": ""})
+    assert text == "A=\nB= spaced = 'q' \"x\" $(y) #no-comment \n"
+
+
+# --- primary, spare, floating IP -------------------------------------------------------------
+
+
+def test_spare_parks_and_is_otherwise_identical():
+    p, s = primary(), spare()
+    assert render_node_files(p) == render_node_files(s)
+    pdata, sdata = user_data(p), user_data(s)
+    assert "power_state" not in pdata
+    assert sdata.pop("power_state") == {
+        "mode": "poweroff",
+        "condition": True,
+        "message": "blueprints: cold spare set up; powering off until it is promoted",
+    }
+    assert pdata == sdata
+
+
+def test_node_name_does_not_reach_any_file():
+    app = spec()
+    a = context(app, "primary")
+    b = context(app, "some-other-node-name")
+    assert render_cloud_init(a) == render_cloud_init(b)
+
+
+def test_floating_ip_netplan_present_iff_floating_ip():
+    files = render_node_files(primary())
+    netplan = yaml.safe_load(files["/etc/netplan/60-floating-ip.yaml"])
+    assert netplan == {"network": {"version": 2, "ethernets": {"eth0": {
+        "addresses": [f"{FLOATING_IP}/32"]}}}}
+    assert file_permissions("/etc/netplan/60-floating-ip.yaml") == "0600"
+    assert "netplan apply" in user_data(primary())["runcmd"]
+    v6 = render_node_files(context(spec(), floating_ip="2001:db8::1"))
+    assert "2001:db8::1/64" in v6["/etc/netplan/60-floating-ip.yaml"]
+    ctx = context(spec(), floating_ip=None, device=AWS_DEVICE)
+    assert not [p for p in render_node_files(ctx) if p.startswith("/etc/netplan/")]
+    assert not [c for c in user_data(ctx)["runcmd"] if "netplan" in c]
+    with pytest.raises(ValueError, match="floating_ip"):
+        render_node_files(context(spec(), floating_ip="10.0.0.1; reboot"))
+
+
+# --- data volume -----------------------------------------------------------------------------
+
+
+def test_data_volume_mount_and_layout():
+    files = render_node_files(context(spec(), device=AWS_DEVICE))
+    mount = files[UNITS + "srv-data.mount"]
+    assert unit_values(mount, "What") == [AWS_DEVICE]
+    assert unit_values(mount, "Where") == ["/srv/data"]
+    assert unit_values(mount, "Type") == ["ext4"]
+    assert "nofail" in unit_values(mount, "Options")[0].split(",")
+    assert unit_values(mount, "Requires") == ["blueprints-format-data.service"]
+    dropin = UNITS + systemd_escape_path(AWS_DEVICE) + ".device.d/blueprints-timeout.conf"
+    assert unit_values(files[dropin], "JobRunningTimeoutSec") == ["180s"]
+    prepare = files[SCRIPTS + "prepare-data"]
+    assert "volume_dir pgdata\n" in prepare
+    assert "install -d -m 0700 /srv/data/caddy" in prepare
+    assert "--volume /srv/data/pgdata:/var/lib/postgresql/data" in files[SCRIPTS + "run-postgres"]
+    assert "--volume /srv/data/caddy:/data" in files[SCRIPTS + "caddy"]
+
+
+def test_bad_data_device_is_rejected():
+    for bad in ("/dev/disk/by-id/x y", "/dev/%n", "relative", "/dev/../etc/passwd", "/dev/$x"):
+        with pytest.raises(ValueError, match="data_device"):
+            render_node_files(context(spec(), device=bad))
+
+
+def _block_device(tmp_path: Path) -> Path:
+    node = tmp_path / "disk"
+    try:
+        os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(7, 250))
+        return node
+    except OSError:
+        pytest.skip("cannot create a block device node here (needs root / CAP_MKNOD)")
+
+
+@pytest.mark.parametrize(("blkid_status", "formats", "ok"), [
+    ("0", False, True),   # has a filesystem: leave it alone
+    ("2", True, True),    # blank: format
+    ("8", False, False),  # ambivalent probe: refuse
+    ("4", False, False),  # usage error: refuse
+])
+def test_format_data_formats_only_a_blank_device(
+    tmp_path: Path, blkid_status: str, formats: bool, ok: bool
+):
+    device = _block_device(tmp_path)
+    box = Sandbox(tmp_path / "box", render_node_files(context(spec(), device=str(device))))
+    proc = box.run("format-data", STUB_BLKID_STATUS=blkid_status)
+    assert (proc.returncode == 0) is ok, proc.stderr
+    calls = box.recorded()
+    assert calls[0] == ["blkid", "-p", str(device)]
+    mkfs = [c for c in calls if c[0] == "mkfs.ext4"]
+    assert mkfs == ([["mkfs.ext4", "-q", "-L", "blueprints-data", str(device)]] if formats else [])
+
+
+def test_reserved_caddy_volume_name_is_rejected():
+    data = copy.deepcopy(EXAMPLE_DATA)
+    data["volumes"]["caddy"] = {"size_gb": 1}
+    with pytest.raises(ValueError, match="reserved"):
+        render_node_files(primary(spec(data)))
+
+
+# --- Caddy and published ports ---------------------------------------------------------------
+
+
+def test_caddy_routes_every_public_http_port():
+    data = copy.deepcopy(EXAMPLE_DATA)
+    data["services"]["web"]["ports"] = [
+        {"port": 8000, "expose": "http"},
+        {"port": 8001, "expose": "http", "path": "/api"},
+        {"port": 8002, "expose": "http", "host": "admin.example.com"},
+        {"port": 8003, "expose": "http", "path": "/api/v2/"},
+    ]
+    data["services"]["redis"]["ports"].append({"port": 9000, "expose": "http", "path": "/cache"})
+    app = spec(data)
+    files = render_node_files(primary(app))
+    config = json.loads(files["/etc/blueprints/caddy.json"])
+    routes = config["apps"]["http"]["servers"]["app"]["routes"]
+    seen = []
+    for route in routes:
+        [match] = route["match"]
+        [handler] = route["handle"]
+        assert handler["handler"] == "reverse_proxy" and route["terminal"] is True
+        dials = [u["dial"] for u in handler["upstreams"]]
+        seen.append((match["host"], match.get("path"), dials))
+    assert seen == [
+        (["admin.example.com"], None, ["web-1:8002", "web-2:8002"]),
+        (["shop.example.com"], ["/api/v2", "/api/v2/*"], ["web-1:8003", "web-2:8003"]),
+        (["shop.example.com"], ["/cache", "/cache/*"], ["redis-1:9000"]),
+        (["shop.example.com"], ["/api", "/api/*"], ["web-1:8001", "web-2:8001"]),
+        (["shop.example.com"], None, ["web-1:8000", "web-2:8000"]),
+    ]
+    issuers = config["apps"]["tls"]["automation"]["policies"][0]["issuers"]
+    assert issuers == [{"module": "acme", "email": "ops@example.com"}]
+    assert config["apps"]["http"]["servers"]["app"]["listen"] == [":443"]
+    assert files["/etc/blueprints/caddy.json"] == json.dumps(config, sort_keys=True, indent=2) + "\n"
+    web_proxy = routes[-1]["handle"][0]
+    assert web_proxy["health_checks"]["active"]["uri"] == "/healthz"
+    assert "health_checks" not in routes[2]["handle"][0]  # redis has a tcp check
+
+
+def test_caddy_container_publishes_80_and_443(tmp_path: Path):
+    box = Sandbox(tmp_path, render_node_files(primary()))
+    assert box.run("caddy", "start").returncode == 0
+    [call] = box.recorded()
+    assert call == [
+        "docker", "run", "--rm", "--name", "blueprints_caddy", "--network", "shop",
+        "--publish", "80:80", "--publish", "443:443",
+        "--volume", "/etc/blueprints/caddy.json:/etc/caddy/caddy.json:ro",
+        "--volume", "/srv/data/caddy:/data",
+        "caddy:2.8.4", "caddy", "run", "--config", "/etc/caddy/caddy.json",
+    ]
+
+
+def test_no_http_port_means_no_proxy():
+    data = copy.deepcopy(EXAMPLE_DATA)
+    data["services"]["web"]["ports"] = [{"port": 8000}]
+    files = render_node_files(primary(spec(data)))
+    assert not [p for p in files if "caddy" in Path(p).name]
+    assert "blueprints-caddy" not in files[UNITS + "app.target"]
+    assert "/srv/data/caddy" not in files[SCRIPTS + "prepare-data"]
+
+
+def test_public_tcp_port_is_published(tmp_path: Path):
+    data = copy.deepcopy(EXAMPLE_DATA)
+    data["services"]["postgres"]["ports"] = [{"port": 5432, "expose": "tcp", "public_port": 15432}]
+    app = spec(data)
+    box = Sandbox(tmp_path, render_node_files(primary(app)))
+    box.run("run-postgres", "start", "1")
+    [call] = box.recorded()
+    assert call == expected_docker_run(app, "postgres")
+    assert call[call.index("--publish") + 1] == "15432:5432"
+
+
+def test_public_tcp_port_with_replicas_is_rejected():
+    data = copy.deepcopy(EXAMPLE_DATA)
+    data["services"]["redis"]["ports"] = [{"port": 6379, "expose": "tcp", "public_port": 16379}]
+    data["services"]["redis"]["replicas"] = 2
+    with pytest.raises(ValueError, match="publishes a host port once; set replicas: 1"):
+        render_cloud_init(primary(spec(data)))
+
+
+# --- determinism -------------------------------------------------------------------------------
+
+
+def test_same_input_same_bytes():
+    assert render_cloud_init(spare()) == render_cloud_init(spare())
+    assert render_node_files(primary()) == render_node_files(primary())
+    # insertion order of the spec's mappings must not matter either
+    data = copy.deepcopy(EXAMPLE_DATA)
+    data["services"] = dict(reversed(list(data["services"].items())))
+    for svc in data["services"].values():
+        svc["env"] = dict(reversed(list(svc.get("env", {}).items())))
+        svc["depends_on"] = list(reversed(svc.get("depends_on", [])))
+    app = spec(data)
+    assert render_cloud_init(context(app, park=True)) == render_cloud_init(spare())
+
+
+# --- injection: hostile values change no structure and survive the round trip ----------------
+
+PWNED = "/tmp/blueprints-pwned"
+NASTY = [
+    "it's",
+    'say "hi"',
+    f"$(touch {PWNED})",
+    f"`touch {PWNED}`",
+    "${HOME}",
+    "$HOME",
+    "%n %i %%",
+    "a; touch /tmp/blueprints-pwned; b",
+    "' ; touch /tmp/blueprints-pwned ; '",
+    "back\\slash\\",
+    "tab\there",
+    "-rm",
+    "*",
+    "~",
+    "#not-a-comment",
+    "!!",
+    "",
+    " leading and trailing ",
+    "unicode é ✓ \u2028 \x85",
+    "{{ jinja }} {% raw %}",
+    "\\\n",
+]
+NASTY_MULTILINE = [*NASTY, "line one\nline two", "ends with newline\n", "\n\nblank lines\n\n"]
+NASTY_PATH = "/h'\"$(touch${IFS}/tmp/blueprints-pwned)`id`${HOME}%n;&|<>*?~!#"
+
+
+def nasty_data() -> dict[str, Any]:
+    data = copy.deepcopy(EXAMPLE_DATA)
+    web = data["services"]["web"]
+    web["env"] = {f"NASTY_{i}": v for i, v in enumerate(NASTY_MULTILINE)}
+    web["command"] = list(NASTY_MULTILINE)
+    web["health"]["path"] = NASTY_PATH
+    data["services"]["worker"]["health"]["command"] = ["sh", "-c", *NASTY_MULTILINE]
+    data["services"]["redis"]["command"] = [*NASTY, "--", "-"]
+    return data
+
+
+def nasty_secrets(app: AppSpec) -> dict[str, str]:
+    single_line = [v for v in NASTY if "\n" not in v and "\x85" not in v]
+    return {n: single_line[i % len(single_line)] + f"#{n}" for i, n in enumerate(app.secret_names())}
+
+
+def test_hostile_values_change_no_structure(tmp_path: Path):
+    clean_app, evil_app = spec(), spec(nasty_data())
+    clean = context(clean_app)
+    evil = context(evil_app, secrets=nasty_secrets(evil_app))
+    clean_files, evil_files = render_node_files(clean), render_node_files(evil)
+    assert list(clean_files) == list(evil_files)
+    # units carry no spec values at all, so they are byte for byte the same
+    assert units(clean_files) == units(evil_files)
+    clean_data, evil_data = user_data(clean), user_data(evil)
+    assert set(clean_data) == set(evil_data)
+    for key in clean_data:
+        if key != "write_files":
+            assert clean_data[key] == evil_data[key]
+    evil_written = {f["path"]: f["content"] for f in evil_data["write_files"]}
+    assert [f["path"] for f in clean_data["write_files"]] == list(evil_written)
+    assert evil_written == evil_files
+    validators.cloud_init_schema(render_cloud_init(evil), tmp_path)
+    _verify_units(evil_files, tmp_path)
+
+
+def test_hostile_values_keep_scripts_valid(tmp_path: Path):
+    evil_app = spec(nasty_data())
+    files = render_node_files(context(evil_app, secrets=nasty_secrets(evil_app)))
+    for path, text in scripts(files).items():
+        target = tmp_path / Path(path).name
+        target.write_text(text)
+        proc = subprocess.run(["bash", "-n", str(target)], capture_output=True, text=True,
+                              check=False)
+        assert proc.returncode == 0, (path, proc.stderr)
+        validators.shellcheck(target, "bash")
+
+
+def test_hostile_values_survive_the_round_trip(tmp_path: Path):
+    Path(PWNED).unlink(missing_ok=True)
+    evil_app = spec(nasty_data())
+    files = render_node_files(context(evil_app, secrets=nasty_secrets(evil_app)))
+    box = Sandbox(tmp_path, files)
+    for name in ("web", "redis", "worker"):
+        proc = box.run(f"run-{name}", "start", "1")
+        assert proc.returncode == 0, proc.stderr
+        assert box.recorded() == [expected_docker_run(evil_app, name)]
+    box.run("health-worker", "check")
+    assert box.recorded() == [
+        ["docker", "exec", "worker-1", *evil_app.services["worker"].health.command]
+    ]
+    box.run("health-web", "check")
+    urls = [c[-1] for c in box.recorded() if c[0] == "curl"]
+    assert urls == [f"http://10.0.0.2:8000{NASTY_PATH}"] * 2
+    for name, value in nasty_secrets(evil_app).items():
+        holders = [p for p, t in files.items() if f"\n{name}={value}\n" in "\n" + t]
+        assert holders and all(p.startswith(SECRETS) for p in holders)
+    assert not Path(PWNED).exists()
+
+
+# Values a process can receive: anything but NUL (surrogates cannot be encoded at all).
+env_value = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"),
+                    max_size=40)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(env=st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), env_value,
+                           max_size=4),
+       command=st.lists(env_value, max_size=4))
+def test_any_env_value_and_argument_round_trips(tmp_path_factory, env, command):
+    data = copy.deepcopy(EXAMPLE_DATA)
+    data["services"]["redis"]["env"] = env
+    data["services"]["redis"]["command"] = command
+    app = spec(data)
+    ctx = context(app)
+    files = render_node_files(ctx)
+    written = {f["path"]: f["content"] for f in user_data(ctx)["write_files"]}
+    assert written == files
+    box = Sandbox(tmp_path_factory.mktemp("box"), files)
+    proc = box.run("run-redis", "start", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert box.recorded() == [expected_docker_run(app, "redis")]
+
+
+@given(st.text(st.characters(blacklist_categories=["Cs"]), max_size=60))
+def test_yaml_serializer_round_trips_any_text(text):
+    assert yaml.safe_load(dump_yaml({"content": text, "other": [text]})) == {
+        "content": text, "other": [text]
+    }
+
+
+def test_env_value_with_nul_is_rejected():
+    data = with_service(EXAMPLE_DATA, "redis", env={"BAD": "a\0b"})
+    with pytest.raises(ValueError, match="BAD"):
+        render_node_files(primary(spec(data)))
+
+
+# --- golden files --------------------------------------------------------------------------------
+
+
+GOLDEN_NODES = {"primary": primary, "spare": spare}
+
+
+@pytest.mark.parametrize("node", sorted(GOLDEN_NODES))
+def test_golden_files(node: str, update_golden: bool):
+    ctx = GOLDEN_NODES[node]()
+    rendered = {p.lstrip("/"): t for p, t in render_node_files(ctx).items()}
+    rendered["cloud-init.yaml"] = render_cloud_init(ctx)
+    base = GOLDEN / node
+    if update_golden:
+        shutil.rmtree(base, ignore_errors=True)
+        for rel, text in rendered.items():
+            target = base / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(text.encode())
+    assert base.is_dir(), "no golden files yet; run pytest --update-golden"
+    on_disk = {str(p.relative_to(base)): p for p in base.rglob("*") if p.is_file()}
+    assert sorted(on_disk) == sorted(rendered), "file list changed; pytest --update-golden"
+    for rel, text in rendered.items():
+        assert on_disk[rel].read_bytes() == text.encode(), (
+            f"{rel} differs from its golden file; review, then pytest --update-golden"
+        )
+
+
+def test_golden_example_mentions_no_real_secret():
+    for path in GOLDEN.rglob("*"):
+        if path.is_file():
+            assert re.search(r"PASSWORD=(?!PLACEHOLDER-)", path.read_text()) is None, path
