@@ -719,7 +719,7 @@ def load_spec(path: str | Path) -> AppSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([f"{p}: cannot be read ({exc.__class__.__name__})"]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"

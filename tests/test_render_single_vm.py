@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import validators
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,6 @@ from hypothesis import strategies as st
 from blueprints.render import NodeContext, file_permissions, render_cloud_init, render_node_files
 from blueprints.render.common import docker_env_file, dump_yaml, systemd_escape_path
 from blueprints.spec import AppSpec
-import validators
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "single-vm"
@@ -174,9 +174,19 @@ class Sandbox:
 def expected_docker_run(app: AppSpec, name: str, replica: int = 1) -> list[str]:
     svc = app.services[name]
     args = [
-        "docker", "run", "--rm", "--name", f"{name}-{replica}",
-        "--network", app.name, "--network-alias", name,
-        "--cpus", f"{svc.cpu:g}", "--memory", f"{svc.memory}m",
+        "docker",
+        "run",
+        "--rm",
+        "--name",
+        f"{name}-{replica}",
+        "--network",
+        f"{app.name}-net",
+        "--network-alias",
+        name,
+        "--cpus",
+        f"{svc.cpu:g}",
+        "--memory",
+        f"{svc.memory}m",
     ]
     for var, value in sorted(svc.env.items()):
         args += ["--env", f"{var}={value}"]
@@ -241,7 +251,12 @@ def test_cloud_init_contents():
     ctx = primary()
     data = user_data(ctx)
     assert set(data) == {
-        "package_update", "packages", "ssh_pwauth", "disable_root", "users", "write_files",
+        "package_update",
+        "packages",
+        "ssh_pwauth",
+        "disable_root",
+        "users",
+        "write_files",
         "runcmd",
     }
     assert data["package_update"] is True
@@ -270,8 +285,11 @@ def test_cloud_init_contents():
 def test_ssh_and_upgrades_config():
     files = render_node_files(primary())
     sshd = files["/etc/ssh/sshd_config.d/10-blueprints.conf"].splitlines()
-    for line in ("PasswordAuthentication no", "KbdInteractiveAuthentication no",
-                 "PermitRootLogin no"):
+    for line in (
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin no",
+    ):
         assert line in sshd
     apt = files["/etc/apt/apt.conf.d/52blueprints-auto-upgrades"]
     assert 'APT::Periodic::Unattended-Upgrade "1";' in apt
@@ -306,6 +324,24 @@ def test_scripts_of_other_shapes_pass_shellcheck(tmp_path: Path):
     _all_scripts_pass_shellcheck(files, tmp_path)
 
 
+MINIMAL = {
+    "name": "tiny",
+    "domain": "tiny.example.com",
+    "acme_email": "ops@example.com",
+    "services": {"job": {"image": "busybox:1.36", "command": ["sleep", "infinity"]}},
+}
+
+
+def test_minimal_app_passes_every_validator(tmp_path: Path):
+    """One service: no ports (so no proxy), no volumes, no health, no secrets, no admin keys."""
+    ctx = context(spec(MINIMAL), floating_ip=None)
+    files = render_node_files(ctx)
+    assert not [p for p in files if "caddy" in p or "health" in p or p.startswith(SECRETS)]
+    validators.cloud_init_schema(render_cloud_init(ctx), tmp_path)
+    _all_scripts_pass_shellcheck(files, tmp_path)
+    _verify_units(files, tmp_path)
+
+
 def _verify_units(files: Mapping[str, str], tmp_path: Path) -> None:
     root = validators.systemd_root(files, tmp_path / "root", executable=scripts(files))
     names: list[str] = []
@@ -338,7 +374,9 @@ def test_systemd_escape_path_matches_systemd_escape():
     for path in (HCLOUD_DEVICE, AWS_DEVICE, "/dev/disk/by-id/a.b_c:d", "/srv/data"):
         out = subprocess.run(
             [validators.require("systemd-escape"), "--path", path],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         assert systemd_escape_path(path) == out
 
@@ -353,7 +391,9 @@ def test_replicas_produce_one_container_each(tmp_path: Path):
     target = files[UNITS + "app.target"]
     wanted = unit_values(target, "Wants")
     assert [u for u in wanted if u.startswith("app-web@")] == [
-        "app-web@1.service", "app-web@2.service", "app-web@3.service"
+        "app-web@1.service",
+        "app-web@2.service",
+        "app-web@3.service",
     ]
     assert [u for u in wanted if u.startswith("app-postgres@")] == ["app-postgres@1.service"]
     box = Sandbox(tmp_path, files)
@@ -364,7 +404,9 @@ def test_replicas_produce_one_container_each(tmp_path: Path):
     caddy = json.loads(files["/etc/blueprints/caddy.json"])
     [route] = caddy["apps"]["http"]["servers"]["app"]["routes"]
     assert [u["dial"] for u in route["handle"][0]["upstreams"]] == [
-        "web-1:8000", "web-2:8000", "web-3:8000"
+        "web-1:8000",
+        "web-2:8000",
+        "web-3:8000",
     ]
 
 
@@ -454,14 +496,20 @@ def test_health_check_ignores_failures_during_start_period(tmp_path: Path):
     box = _health_box(tmp_path)
     just_now = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
     for _ in range(5):
-        proc = box.run("health-worker", "check", STUB_DOCKER_STATUS="1",
-                       STUB_INSPECT=f"true {just_now} 10.0.0.2")
+        proc = box.run(
+            "health-worker",
+            "check",
+            STUB_DOCKER_STATUS="1",
+            STUB_INSPECT=f"true {just_now} 10.0.0.2",
+        )
         assert "start period" in proc.stdout
     assert not [c for c in box.recorded() if c[0] == "systemctl"]
 
 
-@pytest.mark.parametrize(("code", "healthy"), [("200", True), ("302", True), ("404", False),
-                                                ("503", False), ("000", False)])
+@pytest.mark.parametrize(
+    ("code", "healthy"),
+    [("200", True), ("302", True), ("404", False), ("503", False), ("000", False)],
+)
 def test_http_health_accepts_2xx_and_3xx(tmp_path: Path, code: str, healthy: bool):
     box = _health_box(tmp_path)
     proc = box.run("health-web", "check", STUB_HTTP_CODE=code)
@@ -493,9 +541,7 @@ def test_health_wait_returns_once_healthy(tmp_path: Path):
     proc = box.run("health-postgres", "wait", "1")
     assert proc.returncode == 0
     assert "postgres-1: healthy" in proc.stdout
-    assert box.recorded() == [
-        ["docker", "exec", "postgres-1", "pg_isready", "-U", "shop"]
-    ]
+    assert box.recorded() == [["docker", "exec", "postgres-1", "pg_isready", "-U", "shop"]]
 
 
 # --- secrets ---------------------------------------------------------------------------------
@@ -541,7 +587,7 @@ def test_missing_secret_is_named():
     app = spec()
     secrets = secrets_for(app)
     del secrets["POSTGRES_PASSWORD"]
-    with pytest.raises(ValueError, match="POSTGRES_PASSWORD.*postgres"):
+    with pytest.raises(ValueError, match=r"POSTGRES_PASSWORD.*postgres"):
         render_node_files(context(app, secrets=secrets))
 
 
@@ -576,8 +622,9 @@ def test_node_name_does_not_reach_any_file():
 def test_floating_ip_netplan_present_iff_floating_ip():
     files = render_node_files(primary())
     netplan = yaml.safe_load(files["/etc/netplan/60-floating-ip.yaml"])
-    assert netplan == {"network": {"version": 2, "ethernets": {"eth0": {
-        "addresses": [f"{FLOATING_IP}/32"]}}}}
+    assert netplan == {
+        "network": {"version": 2, "ethernets": {"eth0": {"addresses": [f"{FLOATING_IP}/32"]}}}
+    }
     assert file_permissions("/etc/netplan/60-floating-ip.yaml") == "0600"
     assert "netplan apply" in user_data(primary())["runcmd"]
     v6 = render_node_files(context(spec(), floating_ip="2001:db8::1"))
@@ -624,12 +671,15 @@ def _block_device(tmp_path: Path) -> Path:
         pytest.skip("cannot create a block device node here (needs root / CAP_MKNOD)")
 
 
-@pytest.mark.parametrize(("blkid_status", "formats", "ok"), [
-    ("0", False, True),   # has a filesystem: leave it alone
-    ("2", True, True),    # blank: format
-    ("8", False, False),  # ambivalent probe: refuse
-    ("4", False, False),  # usage error: refuse
-])
+@pytest.mark.parametrize(
+    ("blkid_status", "formats", "ok"),
+    [
+        ("0", False, True),  # has a filesystem: leave it alone
+        ("2", True, True),  # blank: format
+        ("8", False, False),  # ambivalent probe: refuse
+        ("4", False, False),  # usage error: refuse
+    ],
+)
 def test_format_data_formats_only_a_blank_device(
     tmp_path: Path, blkid_status: str, formats: bool, ok: bool
 ):
@@ -683,7 +733,9 @@ def test_caddy_routes_every_public_http_port():
     issuers = config["apps"]["tls"]["automation"]["policies"][0]["issuers"]
     assert issuers == [{"module": "acme", "email": "ops@example.com"}]
     assert config["apps"]["http"]["servers"]["app"]["listen"] == [":443"]
-    assert files["/etc/blueprints/caddy.json"] == json.dumps(config, sort_keys=True, indent=2) + "\n"
+    assert (
+        files["/etc/blueprints/caddy.json"] == json.dumps(config, sort_keys=True, indent=2) + "\n"
+    )
     web_proxy = routes[-1]["handle"][0]
     assert web_proxy["health_checks"]["active"]["uri"] == "/healthz"
     assert "health_checks" not in routes[2]["handle"][0]  # redis has a tcp check
@@ -694,11 +746,26 @@ def test_caddy_container_publishes_80_and_443(tmp_path: Path):
     assert box.run("caddy", "start").returncode == 0
     [call] = box.recorded()
     assert call == [
-        "docker", "run", "--rm", "--name", "blueprints_caddy", "--network", "shop",
-        "--publish", "80:80", "--publish", "443:443",
-        "--volume", "/etc/blueprints/caddy.json:/etc/caddy/caddy.json:ro",
-        "--volume", "/srv/data/caddy:/data",
-        "caddy:2.8.4", "caddy", "run", "--config", "/etc/caddy/caddy.json",
+        "docker",
+        "run",
+        "--rm",
+        "--name",
+        "blueprints_caddy",
+        "--network",
+        "shop-net",
+        "--publish",
+        "80:80",
+        "--publish",
+        "443:443",
+        "--volume",
+        "/etc/blueprints/caddy.json:/etc/caddy/caddy.json:ro",
+        "--volume",
+        "/srv/data/caddy:/data",
+        "caddy:2.8.4",
+        "caddy",
+        "run",
+        "--config",
+        "/etc/caddy/caddy.json",
     ]
 
 
@@ -771,6 +838,7 @@ NASTY = [
     "unicode é ✓ \u2028 \x85",
     "{{ jinja }} {% raw %}",
     "\\\n",
+    "\u201ccurly\u201d \u2018quotes\u2019",
 ]
 NASTY_MULTILINE = [*NASTY, "line one\nline two", "ends with newline\n", "\n\nblank lines\n\n"]
 NASTY_PATH = "/h'\"$(touch${IFS}/tmp/blueprints-pwned)`id`${HOME}%n;&|<>*?~!#"
@@ -789,7 +857,9 @@ def nasty_data() -> dict[str, Any]:
 
 def nasty_secrets(app: AppSpec) -> dict[str, str]:
     single_line = [v for v in NASTY if "\n" not in v and "\x85" not in v]
-    return {n: single_line[i % len(single_line)] + f"#{n}" for i, n in enumerate(app.secret_names())}
+    return {
+        n: single_line[i % len(single_line)] + f"#{n}" for i, n in enumerate(app.secret_names())
+    }
 
 
 def test_hostile_values_change_no_structure(tmp_path: Path):
@@ -818,8 +888,9 @@ def test_hostile_values_keep_scripts_valid(tmp_path: Path):
     for path, text in scripts(files).items():
         target = tmp_path / Path(path).name
         target.write_text(text)
-        proc = subprocess.run(["bash", "-n", str(target)], capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(
+            ["bash", "-n", str(target)], capture_output=True, text=True, check=False
+        )
         assert proc.returncode == 0, (path, proc.stderr)
         validators.shellcheck(target, "bash")
 
@@ -846,16 +917,24 @@ def test_hostile_values_survive_the_round_trip(tmp_path: Path):
     assert not Path(PWNED).exists()
 
 
-# Values a process can receive: anything but NUL (surrogates cannot be encoded at all).
-env_value = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"),
-                    max_size=40)
+# Values a process can receive: anything but NUL (surrogates cannot be encoded at all). Half the
+# examples draw from characters that mean something to a shell, YAML, jinja or systemd.
+SPECIAL = "'\"\\$`!#%*?[]{}()<>;|&~=-: \t\n\r\x1b\x85\u2028\u00a0\u201c\u2019ab"
+env_value = st.one_of(
+    st.text(st.sampled_from(SPECIAL), max_size=16),
+    st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"), max_size=40),
+)
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(env=st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), env_value,
-                           max_size=4),
-       command=st.lists(env_value, max_size=4))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    env=st.dictionaries(
+        st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), env_value, max_size=4
+    ),
+    command=st.lists(env_value, max_size=4),
+)
 def test_any_env_value_and_argument_round_trips(tmp_path_factory, env, command):
     data = copy.deepcopy(EXAMPLE_DATA)
     data["services"]["redis"]["env"] = env
@@ -871,16 +950,40 @@ def test_any_env_value_and_argument_round_trips(tmp_path_factory, env, command):
     assert box.recorded() == [expected_docker_run(app, "redis")]
 
 
+@settings(max_examples=15, deadline=None)
+@given(values=st.lists(env_value, min_size=1, max_size=5))
+def test_scripts_with_any_values_pass_shellcheck(tmp_path_factory, values):
+    data = copy.deepcopy(EXAMPLE_DATA)
+    data["services"]["redis"]["env"] = {f"V{i}": v for i, v in enumerate(values)}
+    data["services"]["redis"]["command"] = values
+    data["services"]["worker"]["health"]["command"] = values
+    files = render_node_files(primary(spec(data)))
+    workdir = tmp_path_factory.mktemp("shellcheck")
+    for name in ("run-redis", "health-worker"):
+        target = workdir / name
+        target.write_text(files[SCRIPTS + name])
+        validators.shellcheck(target, "bash")
+
+
 @given(st.text(st.characters(blacklist_categories=["Cs"]), max_size=60))
 def test_yaml_serializer_round_trips_any_text(text):
     assert yaml.safe_load(dump_yaml({"content": text, "other": [text]})) == {
-        "content": text, "other": [text]
+        "content": text,
+        "other": [text],
     }
 
 
-def test_env_value_with_nul_is_rejected():
-    data = with_service(EXAMPLE_DATA, "redis", env={"BAD": "a\0b"})
-    with pytest.raises(ValueError, match="BAD"):
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"env": {"BAD": "a\0b"}}, "env BAD"),
+        ({"command": ["ok", "a\0b"]}, "command"),
+        ({"health": {"type": "command", "command": ["a\0b"]}}, "health.command"),
+    ],
+)
+def test_value_with_nul_is_rejected(fields: dict[str, Any], named: str):
+    data = with_service(EXAMPLE_DATA, "redis", **fields)
+    with pytest.raises(ValueError, match=f"service redis: {named} contains a NUL"):
         render_node_files(primary(spec(data)))
 
 

@@ -52,8 +52,9 @@ def shellcheck(path: Path, shell: str = "bash") -> None:
     exe = require("shellcheck")
     proc = _run([exe, "--shell", shell, "--severity", "style", str(path)])
     if proc.returncode != 0:
-        pytest.fail(f"shellcheck found problems in {path.name}:\n{proc.stdout}{proc.stderr}",
-                    pytrace=False)
+        pytest.fail(
+            f"shellcheck found problems in {path.name}:\n{proc.stdout}{proc.stderr}", pytrace=False
+        )
 
 
 def lay_out(files: Mapping[str, str], root: Path, executable: Iterable[str] = ()) -> None:
@@ -95,5 +96,6 @@ def systemd_verify(root: Path, units: list[str]) -> None:
     proc = _run([exe, "verify", f"--root={root}", "--man=no", *units], env=env)
     out = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0 or out:
-        pytest.fail(f"systemd-analyze verify failed (exit {proc.returncode}):\n{out}",
-                    pytrace=False)
+        pytest.fail(
+            f"systemd-analyze verify failed (exit {proc.returncode}):\n{out}", pytrace=False
+        )

@@ -27,7 +27,8 @@ def shell_quote(value: object) -> str:
     """Quote one value as a single shell word; NUL cannot be passed to a process, so refuse it."""
     text = str(value)
     if "\0" in text:
-        raise ValueError(f"{text!r} contains a NUL character, which no process argument can hold")
+        # The value itself stays out of the message: it may be sensitive.
+        raise ValueError("a value contains a NUL character, which no process argument can hold")
     return shlex.quote(text)
 
 

@@ -81,20 +81,21 @@ def render_cloud_init(ctx: NodeContext) -> str:
         # --no-block: starting waits for the data volume, which cloud-init must not wait for.
         "systemctl start --no-block app.target",
     ]
+    deploy_user: dict[str, object] = {
+        "name": DEPLOY_USER,
+        "shell": "/bin/bash",
+        "lock_passwd": True,
+        "sudo": "ALL=(ALL) NOPASSWD:ALL",
+    }
+    if ctx.app.admin.ssh_keys:
+        # cloud-init's schema wants at least one key when the list is given at all.
+        deploy_user["ssh_authorized_keys"] = list(ctx.app.admin.ssh_keys)
     config: dict[str, object] = {
         "package_update": True,
         "packages": ["curl", "docker.io", "unattended-upgrades"],
         "ssh_pwauth": False,
         "disable_root": True,
-        "users": [
-            {
-                "name": DEPLOY_USER,
-                "shell": "/bin/bash",
-                "lock_passwd": True,
-                "sudo": "ALL=(ALL) NOPASSWD:ALL",
-                "ssh_authorized_keys": list(ctx.app.admin.ssh_keys),
-            }
-        ],
+        "users": [deploy_user],
         "write_files": [
             {
                 "path": path,
@@ -148,7 +149,7 @@ def _node_files(ctx: NodeContext) -> dict[str, RenderedFile]:
             "caddy.sh.j2",
             container=CADDY_CONTAINER,
             image=CADDY_IMAGE,
-            network=app.name,
+            network=_network(app),
             config_path=CADDY_CONFIG,
         )
         texts[f"{UNITS}/blueprints-caddy.service"] = _t(
@@ -177,9 +178,14 @@ def _check_app(app: AppSpec) -> None:
     for name, svc in app.sorted_services():
         if svc.public_tcp_ports and svc.replicas > 1:
             raise ValueError(
-                f"service {name} exposes a tcp port and has replicas: {svc.replicas}; the single-vm "
-                "blueprint publishes a host port once; set replicas: 1"
+                f"service {name} exposes a tcp port and has replicas: {svc.replicas}; "
+                "the single-vm blueprint publishes a host port once; set replicas: 1"
             )
+
+
+def _network(app: AppSpec) -> str:
+    # Suffixed so that no app name can pick one of docker's own networks (host, bridge, none).
+    return f"{app.name}-net"
 
 
 def _instances(name: str, svc: Service) -> list[str]:
@@ -220,9 +226,7 @@ def _data_volume_files(ctx: NodeContext) -> dict[str, str]:
         f"{SCRIPTS}/format-data": _t(
             "format-data.sh.j2", device=device, device_wait=DEVICE_WAIT_SECONDS, label=DATA_LABEL
         ),
-        f"{UNITS}/blueprints-data.service": _t(
-            "data.service.j2", script=f"{SCRIPTS}/prepare-data"
-        ),
+        f"{UNITS}/blueprints-data.service": _t("data.service.j2", script=f"{SCRIPTS}/prepare-data"),
         f"{SCRIPTS}/prepare-data": _t("prepare-data.sh.j2", volumes=volumes, caddy=caddy),
     }
 
@@ -232,7 +236,7 @@ def _network_files(app: AppSpec) -> dict[str, str]:
         f"{UNITS}/blueprints-network.service": _t(
             "network.service.j2", script=f"{SCRIPTS}/create-network"
         ),
-        f"{SCRIPTS}/create-network": _t("create-network.sh.j2", network=app.name),
+        f"{SCRIPTS}/create-network": _t("create-network.sh.j2", network=_network(app)),
     }
 
 
@@ -257,11 +261,14 @@ def _service_files(app: AppSpec, name: str, svc: Service) -> dict[str, str]:
     script = f"{SCRIPTS}/run-{name}"
     health_script = f"{SCRIPTS}/health-{name}" if svc.health else None
     deps = sorted(unit for dep in svc.depends_on for unit in _instances(dep, app.services[dep]))
-    for var, value in svc.env.items():
-        if "\0" in value:
+    # A process can receive any text except NUL, so name the field that has one.
+    checked = {f"env {var}": [value] for var, value in svc.env.items()}
+    checked["command"] = list(svc.command or [])
+    checked["health.command"] = list(svc.health.command or []) if svc.health else []
+    for field, values in checked.items():
+        if any("\0" in value for value in values):
             raise ValueError(
-                f"env {var} of service {name} contains a NUL character, which no environment "
-                "variable can hold"
+                f"service {name}: {field} contains a NUL character, which no process can receive"
             )
     files = {
         f"{UNITS}/app-{name}@.service": _t(
@@ -277,7 +284,7 @@ def _service_files(app: AppSpec, name: str, svc: Service) -> dict[str, str]:
             "run-service.sh.j2",
             name=name,
             image=svc.image,
-            network=app.name,
+            network=_network(app),
             cpus=f"{svc.cpu:g}",
             memory=f"{svc.memory}m",
             env_args=[f"{var}={value}" for var, value in sorted(svc.env.items())],
@@ -353,11 +360,16 @@ def _caddy_config(app: AppSpec) -> dict[str, object] | None:
             if port.path != "/":
                 prefix = port.path.rstrip("/")
                 match["path"] = [prefix, prefix + "/*"]
-            routes.append(((host, -len(port.path), port.path), {
-                "match": [match],
-                "handle": [proxy],
-                "terminal": True,
-            }))
+            routes.append(
+                (
+                    (host, -len(port.path), port.path),
+                    {
+                        "match": [match],
+                        "handle": [proxy],
+                        "terminal": True,
+                    },
+                )
+            )
     if not routes:
         return None
     return {
