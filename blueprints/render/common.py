@@ -87,7 +87,7 @@ _BaseDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 class _Dumper(_BaseDumper):  # type: ignore[misc, valid-type]
-    """A safe dumper that prints multi-line strings as `|` blocks so embedded files stay readable."""
+    """A safe dumper printing multi-line strings as `|` blocks, so embedded files read well."""
 
 
 def _represent_str(dumper: Any, data: str) -> yaml.nodes.ScalarNode:
