@@ -19,7 +19,9 @@ from rich.tree import Tree
 
 from blueprints.spec import SpecError, load_spec
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
 
 app = typer.Typer(
     add_completion=False,
@@ -198,6 +200,194 @@ def render(
     out.print(f"[green]wrote[/green] {len(files)} files to {target}/")
     for path in sorted(files):
         out.print(f"  {path}")
+
+
+def _duration(text: str) -> float:
+    from blueprints.spec import _duration as parse
+
+    try:
+        return float(parse(text))
+    except ValueError:
+        raise BadInput(f"--for: {text!r} is not a duration such as 55s, 10m or 1h") from None
+
+
+def _session(stack: str, project: Path | None):
+    from blueprints.failover.session import open_session
+    from blueprints.plan import list_stacks
+
+    root = _project(project)
+    known = list_stacks(root)
+    if stack not in known:
+        raise BadInput(f"unknown stack {stack!r}; stacks here: {', '.join(known) or 'none'}")
+    return open_session(root, stack)
+
+
+def _promotion(session):
+    from blueprints.failover.promote import Promotion
+
+    return Promotion(
+        session.cloud,
+        session.probe,
+        session.record,
+        log=lambda m: err.print(f"[dim]{escape(m)}[/dim]"),
+    )
+
+
+def _failover_errors(command):
+    """Cloud failures exit 1; a refusal (nothing changed, a person must decide) exits 3."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from blueprints.failover.cloud import CloudError
+        from blueprints.failover.promote import PromotionRefused
+
+        try:
+            return command(*args, **kwargs)
+        except PromotionRefused as exc:
+            err.print(f"[yellow]refused:[/yellow] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(EXIT_REFUSED) from None
+        except CloudError as exc:
+            err.print(f"[red]failed:[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(EXIT_FAILED) from None
+
+    return wrapper
+
+
+def _active(session) -> str:
+    from blueprints.failover.session import read_stack
+
+    return read_stack(session.project_dir, session.stack)[1].active
+
+
+@app.command()
+@_reports_bad_input
+@_failover_errors
+def promote(
+    stack: Annotated[str, typer.Argument(help="A single-vm stack, e.g. single-vm-hcloud.")],
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="primary or spare; default: the node that is not active."),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Promote although the app is healthy (planned switchover), or although the old "
+            "node cannot be confirmed off (you fenced it yourself).",
+        ),
+    ] = False,
+    takeover: Annotated[
+        bool, typer.Option("--takeover", help="Continue a promotion another run left behind.")
+    ] = False,
+    notify: Annotated[
+        str | None, typer.Option("--notify", help="Webhook URL to POST a summary to (JSON).")
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Fail over to the parked node: fence, move the volume, boot, move the floating IP, record.
+
+    Safe to rerun: every step checks the cloud first, so a rerun finishes an interrupted
+    promotion. Example: HCLOUD_TOKEN=... blueprints promote single-vm-hcloud
+    """
+    from blueprints.failover.promote import Options
+
+    if to is not None and to not in ("primary", "spare"):
+        raise BadInput(f"--to: must be primary or spare (got {to!r})")
+    session = _session(stack, project)
+    opts = Options(
+        target=to, force=force, takeover=takeover, health_timeout=session.settings.promote_timeout
+    )
+    result = _promotion(session).run(_active(session), opts)
+    summary = _summary(session, result)
+    out.print(summary)
+    if notify:
+        _notify(notify, session, summary)
+
+
+@app.command()
+@_reports_bad_input
+@_failover_errors
+def watch(
+    stack: Annotated[str, typer.Argument(help="A single-vm stack, e.g. single-vm-hcloud.")],
+    for_: Annotated[
+        str | None,
+        typer.Option(
+            "--for",
+            help="Stop after this long (e.g. 55s) for a scheduled CI job; default: forever.",
+        ),
+    ] = None,
+    notify: Annotated[
+        str | None, typer.Option("--notify", help="Webhook URL to POST a summary to (JSON).")
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Probe the app's health URL on the floating IP; promote after K failures in a row.
+
+    Interval, K and timeouts are stack config (blueprints:watchInterval, watchFailures, ...).
+    Example: blueprints watch single-vm-hcloud --for 55s
+    """
+    from blueprints.failover.promote import Options
+    from blueprints.failover.watch import watch as run_watch
+
+    duration = _duration(for_) if for_ else None
+    session = _session(stack, project)
+    s = session.settings
+    err.print(
+        f"watching {session.app.domain} every {s.watch_interval}s, promoting after "
+        f"{s.watch_failures} failures in a row" + (f", for {for_}" if for_ else "")
+    )
+    result = run_watch(
+        _promotion(session),
+        lambda: _active(session),
+        interval=s.watch_interval,
+        failures=s.watch_failures,
+        duration=duration,
+        options=Options(health_timeout=s.promote_timeout),
+        log=lambda m: err.print(escape(m), soft_wrap=True),
+    )
+    if result.promoted is None:
+        out.print(
+            f"{result.probes} probes, {result.failures_in_a_row} failing at the end; no promotion"
+        )
+        return
+    summary = _summary(session, result.promoted)
+    out.print(summary)
+    if notify:
+        _notify(notify, session, summary)
+
+
+@app.command()
+@_reports_bad_input
+@_failover_errors
+def park(
+    stack: Annotated[str, typer.Argument(help="A single-vm stack, e.g. single-vm-hcloud.")],
+    project: ProjectOpt = None,
+) -> None:
+    """Power the standby (the node that is not active) off again, e.g. after repairing it."""
+    from blueprints.failover.promote import park as do_park
+
+    session = _session(stack, project)
+    out.print(do_park(session.cloud, session.settings.active, log=lambda m: err.print(escape(m))))
+
+
+def _summary(session, result) -> str:
+    if result.already:
+        return f"{session.stack}: already running on {result.target}. {result.recorded}"
+    steps = ", ".join(result.done) or "nothing to do"
+    return f"{session.stack}: promoted {result.target} ({steps}). {result.recorded}"
+
+
+def _notify(url: str, session, summary: str) -> None:
+    """POST {"text": ...} (Slack/Mattermost style); a failed notification is only a warning."""
+    import urllib.request
+
+    body = json.dumps({"text": summary, "stack": session.stack}).encode()
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+    except OSError as exc:
+        err.print(f"[yellow]warning:[/yellow] notifying {url} failed: {escape(str(exc))}")
 
 
 def _write_tree(target: Path, files: dict[str, str]) -> None:

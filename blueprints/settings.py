@@ -94,6 +94,30 @@ class StackSettings(BaseModel):
         description="Protect the data volume and the floating IP against delete and replace.",
     )
 
+    # -- failover (single-vm): the watchdog and the promotion ------------------------------
+    # A probe every 5 s is negligible load; 3 failures in a row (about 15 s) ride out a proxy
+    # restart or a network blip yet keep detection far inside a one-minute recovery budget.
+    watch_interval: int = Field(
+        default=5, ge=1, le=300, description="Seconds between the watchdog's health probes."
+    )
+    watch_failures: int = Field(
+        default=3, ge=1, le=100, description="Consecutive failed probes that trigger a promotion."
+    )
+    probe_timeout: int = Field(
+        default=3, ge=1, le=60, description="Seconds one health probe may take."
+    )
+    promote_timeout: int = Field(
+        default=300,
+        ge=10,
+        le=3600,
+        description="Seconds the promoted node may take to boot and answer its health check.",
+    )
+    health_url: str = Field(
+        default="https://{domain}{path}",
+        description="Health URL template; {address} is the node or floating IP probed, {domain} "
+        "and {path} come from the spec (path: the public service's http health check).",
+    )
+
     @field_validator("network_cidr", "subnet_cidr")
     @classmethod
     def _cidr(cls, v: str) -> str:

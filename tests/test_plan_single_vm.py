@@ -347,8 +347,9 @@ def test_planning_is_deterministic(plans):
         (
             {"blueprints:serverTyp": "cx33"},
             "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:serverTyp: unknown key; allowed keys "
-            "here: active, ami, blueprint, image, localstackEndpoint, location, networkCidr, "
-            "protectData, region, serverType, spec, subnetCidr, target, zone",
+            "here: active, ami, blueprint, healthUrl, image, localstackEndpoint, location, "
+            "networkCidr, probeTimeout, promoteTimeout, protectData, region, serverType, spec, "
+            "subnetCidr, target, watchFailures, watchInterval, zone",
         ),
         (
             {"blueprints:spec": "examples/missing.yaml"},

@@ -1,0 +1,1 @@
+"""Cold-spare failover for the single-vm blueprint: watch, promote, park."""

@@ -1,0 +1,107 @@
+"""Everything `watch`, `promote` and `park` need for one stack: settings, spec, cloud client.
+
+Credentials come from the environment, as in a CI job: HCLOUD_TOKEN for Hetzner (the same
+token as `hcloud:token`), the usual AWS variables or profile for AWS. LocalStack gets test
+credentials and its endpoint from the stack. HCLOUD_ENDPOINT points the Hetzner client
+elsewhere (an API proxy, or a test server).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from blueprints.failover.cloud import Cloud
+from blueprints.failover.health import http_probe
+from blueprints.failover.record import record_active
+from blueprints.plan import PlanError, read_project
+from blueprints.settings import NAMESPACE, StackSettings, parse_settings
+from blueprints.spec import AppSpec, SpecError, load_spec
+
+
+@dataclass
+class Session:
+    stack: str
+    project_dir: Path
+    stack_file: Path
+    settings: StackSettings
+    app: AppSpec
+    cloud: Cloud
+    probe: Callable[[str], bool]
+    use_pulumi: bool = True
+
+    def record(self, node: str) -> str:
+        return record_active(
+            self.project_dir, self.stack, self.stack_file, node, use_pulumi=self.use_pulumi
+        )
+
+
+def read_stack(project_dir: Path, stack: str) -> tuple[Path, StackSettings, AppSpec]:
+    _, stacks_dir, _ = read_project(project_dir)
+    path = stacks_dir / f"Pulumi.{stack}.yaml"
+    rel = path.relative_to(project_dir) if path.is_relative_to(project_dir) else path
+    if not path.is_file():
+        raise PlanError(f"{rel}: no such stack file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise PlanError(f"{rel}: is not valid YAML") from None
+    config = data.get("config") if isinstance(data, dict) else None
+    if not isinstance(config, dict):
+        raise PlanError(f"{rel}: must be a mapping with a `config:` mapping")
+    prefix = f"{NAMESPACE}:"
+    raw: dict[str, Any] = {
+        k[len(prefix) :]: v
+        for k, v in config.items()
+        if k.startswith(prefix) and k != f"{prefix}secrets"
+    }
+    settings = parse_settings(raw, str(rel))
+    if settings.blueprint != "single-vm":
+        raise SpecError(
+            [f"{rel}: failover applies to the single-vm blueprint, not {settings.blueprint}"]
+        )
+    app = load_spec(project_dir / settings.spec)
+    return path, settings, app
+
+
+def hcloud_cloud(app: AppSpec, token: str | None = None, endpoint: str | None = None) -> Cloud:
+    from hcloud import Client
+
+    from blueprints.failover.hcloud_cloud import HcloudCloud
+
+    token = token or os.environ.get("HCLOUD_TOKEN")
+    if not token:
+        raise SpecError(
+            ["HCLOUD_TOKEN is not set; export the Hetzner Cloud API token of the project"]
+        )
+    endpoint = endpoint or os.environ.get("HCLOUD_ENDPOINT") or "https://api.hetzner.cloud/v1"
+    client = Client(token=token, api_endpoint=endpoint, application_name="blueprints")
+    return HcloudCloud(client, app.name)
+
+
+def aws_cloud(settings: StackSettings, app: AppSpec, poll: float = 5.0) -> Cloud:
+    import boto3
+
+    from blueprints.failover.aws_cloud import AwsCloud
+
+    kwargs: dict[str, Any] = {"region_name": settings.region}
+    if settings.target == "localstack":
+        kwargs |= {
+            "endpoint_url": settings.localstack_endpoint,
+            "aws_access_key_id": os.environ.get("BLUEPRINTS_LOCALSTACK_KEY", "test"),
+            "aws_secret_access_key": "test",
+        }
+    return AwsCloud(boto3.client("ec2", **kwargs), app.name, poll=poll)
+
+
+def open_session(project_dir: Path, stack: str, *, cloud: Cloud | None = None) -> Session:
+    path, settings, app = read_stack(project_dir, stack)
+    if cloud is None:
+        cloud = hcloud_cloud(app) if settings.cloud == "hcloud" else aws_cloud(settings, app)
+    probe = http_probe(app, settings.health_url, timeout=settings.probe_timeout)
+    return Session(stack, project_dir, path, settings, app, cloud, probe)
