@@ -17,6 +17,7 @@ import contextvars
 import hashlib
 import ipaddress
 import json
+import logging
 import re
 import runpy
 import sys
@@ -47,6 +48,7 @@ class PlannedResource:
     custom: bool
     protect: bool = False
     delete_before_replace: bool = False
+    deleted_with: str | None = None
     provider: str | None = None
     depends_on: list[str] = field(default_factory=list)
 
@@ -218,6 +220,7 @@ def _mocks_module():
                     custom=bool(request.custom),
                     protect=bool(request.protect),
                     delete_before_replace=bool(request.deleteBeforeReplace),
+                    deleted_with=self.names_by_urn.get(request.deletedWith),
                     provider=provider,
                     depends_on=sorted(self.names_by_urn.get(u, u) for u in request.dependencies),
                 )
@@ -332,6 +335,8 @@ def load_stack_config(
     secret_keys: list[str] = []
     entries = {**(data.get("config") or {}), **(overrides or {})}
     for raw_key, value in entries.items():
+        if not isinstance(raw_key, str):
+            raise PlanError(f"{rel}: config key {raw_key!r} is not a string; quote it")
         key = raw_key if ":" in raw_key else f"{project}:{raw_key}"
         value, secret = _replace_secure(value, key, notes)
         config[key] = value
@@ -349,7 +354,18 @@ def load_stack_config(
     except Exception:
         needed = []
     given = config.get(secrets_key)
-    given = dict(given) if isinstance(given, dict) else {}
+    if given is not None and not isinstance(given, dict):
+        raise PlanError(f"{rel}: {secrets_key}: must be a map of NAME: value")
+    given = dict(given or {})
+    raw_secrets = entries.get(secrets_key) or entries.get("secrets") or {}
+    plain = sorted(
+        k for k, v in raw_secrets.items() if not (isinstance(v, dict) and set(v) == {"secure"})
+    )
+    if plain:
+        notes.append(
+            "stored in plain text in the stack file, use `pulumi config set --secret`: "
+            + ", ".join(f"{secrets_key}.{k}" for k in plain)
+        )
     missing = [n for n in needed if n not in given]
     if missing:
         notes.append(
@@ -409,7 +425,8 @@ def _run(
     ps.ROOT.set(None)
     mocks = offline_mocks()
     monitor = recording_monitor(mocks, stack)
-    pm.set_mocks(mocks, project=project, stack=stack, preview=True, monitor=monitor)
+    logger = _note_logger(stack, notes)
+    pm.set_mocks(mocks, project=project, stack=stack, preview=True, monitor=monitor, logger=logger)
     ps.SETTINGS.root_directory = str(project_dir)
     ps.SETTINGS.rpc_manager.clear()
     ps.SETTINGS.outputs.clear()
@@ -436,6 +453,26 @@ def _run(
         raise PlanError(f"stack {stack}: the program failed: {exc}") from exc
     resources = sorted(monitor.records, key=lambda r: (r.type, r.name))
     return Plan(stack=stack, resources=resources, outputs=outputs, notes=notes)
+
+
+class _Notes(logging.Handler):
+    def __init__(self, notes: list[str]):
+        super().__init__(logging.INFO)
+        self.notes = notes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.notes:
+            self.notes.append(message)
+
+
+def _note_logger(stack: str, notes: list[str]) -> logging.Logger:
+    """Where the program's pulumi.log.info/warn/error go: the plan's notes (not stderr)."""
+    logger = logging.getLogger(f"blueprints.plan.{stack}")
+    logger.handlers[:] = [_Notes(notes)]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
 
 
 def plan_all(project_dir: Path | None = None, stacks: list[str] | None = None) -> list[Plan]:

@@ -7,6 +7,7 @@ The app spec says what the app needs; these settings live in stacks/Pulumi.<stac
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -41,7 +42,7 @@ DEFAULT_SERVER_TYPE = {
 LOCALSTACK_AMI = "ami-df5de72bdb3b"
 LOCALSTACK_ENDPOINT = "http://localhost:4566"
 
-_HCLOUD_ONLY = ("location",)
+_HCLOUD_ONLY = ("location", "image", "hcloud_ssh_key")
 _AWS_ONLY = ("region", "zone", "ami")
 _LOCALSTACK_ONLY = ("localstack_endpoint",)
 
@@ -74,6 +75,11 @@ class StackSettings(BaseModel):
         + ", ".join(HCLOUD_LOCATIONS),
     )
     image: str = Field(default="ubuntu-24.04", description="hcloud OS image.")
+    hcloud_ssh_key: str | None = Field(
+        default=None,
+        description="hcloud: name of an SSH key already in the project, used instead of "
+        "uploading the spec's first admin key (Hetzner refuses the same key twice).",
+    )
     region: str = Field(default="eu-central-1", description="aws/localstack region.")
     zone: str | None = Field(
         default=None,
@@ -129,6 +135,13 @@ class StackSettings(BaseModel):
             raise ValueError(f"must be a private IPv4 range like 10.0.0.0/16 (got {v!r})")
         return v
 
+    @field_validator("server_type")
+    @classmethod
+    def _server_type(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,30}", v):
+            raise ValueError(f"must be a server or instance type like cx23 or t3.small (got {v!r})")
+        return v
+
     @field_validator("localstack_endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
@@ -145,6 +158,12 @@ class StackSettings(BaseModel):
                 f"allowed: {', '.join(HCLOUD_LOCATIONS)}",
             )
         subnet = ipaddress.ip_network(self.subnet_cidr)
+        if subnet.num_addresses < 16:
+            raise FieldProblem(
+                ("subnet_cidr",),
+                f"{self.subnet_cidr} is too small; the servers use host addresses .10 and up, "
+                "so use a /28 or larger",
+            )
         if not subnet.subnet_of(ipaddress.ip_network(self.network_cidr)):  # type: ignore[arg-type]
             raise FieldProblem(
                 ("subnet_cidr",),

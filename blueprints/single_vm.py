@@ -54,12 +54,24 @@ class SingleVm(pulumi.ComponentResource):
         app: AppSpec,
         settings: StackSettings,
         secrets: pulumi.Input[Mapping[str, str]],
+        stack: str,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("blueprints:index:SingleVm", name, None, opts)
         target = make_target(settings, self)
-        prefix = f"{app.name}-single-vm"
-        labels = {"app": app.name, "blueprint": "single-vm", "managed-by": "blueprints"}
+        # Cloud names carry the stack, so two stacks of one app can share a cloud project.
+        prefix = f"{app.name}-{stack}"
+        labels = {
+            "app": app.name,
+            "blueprint": "single-vm",
+            "stack": stack,
+            "managed-by": "blueprints",
+        }
+        if app.backups.enabled:
+            pulumi.log.warn(
+                "the spec asks for backups; the single-vm blueprint takes none yet: back up "
+                "/srv/data yourself (the compose blueprint adds volume snapshots)"
+            )
 
         network = target.network(f"{prefix}-net", labels)
         firewall = target.firewall(f"{prefix}-fw", network, firewall_rules(app), labels)

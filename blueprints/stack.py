@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from pulumi.runtime.config import CONFIG, get_config_env
+from pulumi.runtime.config import CONFIG, get_config_env, is_config_secret
 
 from blueprints.settings import NAMESPACE, parse_settings
 from blueprints.spec import AppSpec, SpecError, load_spec
@@ -71,9 +71,14 @@ def deploy() -> None:
         # RunError ends the program with this message and no Python traceback.
         raise pulumi.RunError(str(exc)) from None
 
+    if secret_raw is not None and not is_config_secret(f"{NAMESPACE}:{SECRETS_KEY}"):
+        pulumi.log.warn(
+            f"{NAMESPACE}:{SECRETS_KEY} is stored in plain text in {source}; set each value "
+            "with `pulumi config set --secret --path`"
+        )
     wanted = {name: secrets[name] for name in app.secret_names()}
     component = blueprint_classes()[settings.blueprint](
-        app.name, app, settings, pulumi.Output.secret(wanted)
+        app.name, app, settings, pulumi.Output.secret(wanted), stack=stack
     )
     for key, value in component.outputs.items():
         pulumi.export(key, value)

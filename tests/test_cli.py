@@ -73,7 +73,7 @@ def test_plan_all_json_is_for_scripts():
 def test_plan_tree_shows_counts_outputs_and_notes():
     res = run("plan", "single-vm-hcloud")
     assert res.returncode == 0, res.stderr
-    assert "shop-single-vm-data hcloud:index/volume:Volume (protected)" in res.stdout
+    assert "shop-single-vm-hcloud-data hcloud:index/volume:Volume (protected)" in res.stdout
     assert "11 cloud resources" in res.stdout
     assert "floatingIp" in res.stdout and "spareBilling" in res.stdout
     assert "note" in res.stdout
@@ -116,9 +116,9 @@ def test_render_writes_every_file_and_replaces_old_output(tmp_path):
     assert res.returncode == 0, res.stderr
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert "stale.txt" not in files
-    assert "shop-single-vm-primary/user-data.yaml" in files
-    assert "shop-single-vm-spare/user-data.yaml" in files
-    assert any(f.startswith("shop-single-vm-primary/etc/systemd/system/") for f in files)
+    assert "shop-single-vm-localstack-primary/user-data.yaml" in files
+    assert "shop-single-vm-localstack-spare/user-data.yaml" in files
+    assert any(f.startswith("shop-single-vm-localstack-primary/etc/systemd/system/") for f in files)
     text = "".join((out / f).read_text() for f in files)
     assert "<secret:DATABASE_PASSWORD>" in text
     assert not list(tmp_path.glob(".rendered-*")), "staging directory left behind"

@@ -246,9 +246,9 @@ def _diff(before, after) -> set[str]:
 def test_failover_in_config_moves_only_volume_ip_and_power(plans, flipped, stack):
     before, after, cloud = plans[stack], flipped[stack], cloud_of(stack)
     changed = _diff(before, after)
-    expected = {"shop-single-vm-data-attachment", "shop-single-vm-ip-assignment"}
+    expected = {f"shop-{stack}-data-attachment", f"shop-{stack}-ip-assignment"}
     if cloud == "aws":
-        expected |= {"shop-single-vm-primary-power", "shop-single-vm-spare-power"}
+        expected |= {f"shop-{stack}-primary-power", f"shop-{stack}-spare-power"}
     assert changed == expected
     nodes = servers(after, cloud)
     key = "serverId" if cloud == "hcloud" else "instanceId"
@@ -259,8 +259,8 @@ def test_failover_in_config_moves_only_volume_ip_and_power(plans, flipped, stack
     if cloud == "aws":
         states = {r.name: r.inputs["state"] for r in after.of_type(POWER)}
         assert states == {
-            "shop-single-vm-primary-power": "stopped",
-            "shop-single-vm-spare-power": "running",
+            f"shop-{stack}-primary-power": "stopped",
+            f"shop-{stack}-spare-power": "running",
         }
 
 
@@ -347,13 +347,27 @@ def test_planning_is_deterministic(plans):
         (
             {"blueprints:serverTyp": "cx33"},
             "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:serverTyp: unknown key; allowed keys "
-            "here: active, ami, blueprint, healthUrl, image, localstackEndpoint, location, "
-            "networkCidr, probeTimeout, promoteTimeout, protectData, region, serverType, spec, "
-            "subnetCidr, target, watchFailures, watchInterval, zone",
+            "here: active, ami, blueprint, hcloudSshKey, healthUrl, image, localstackEndpoint, "
+            "location, networkCidr, probeTimeout, promoteTimeout, protectData, region, "
+            "serverType, spec, subnetCidr, target, watchFailures, watchInterval, zone",
         ),
         (
             {"blueprints:spec": "examples/missing.yaml"},
             f"{ROOT}/examples/missing.yaml: no such file",
+        ),
+        (
+            {"blueprints:subnetCidr": "10.0.1.0/29"},
+            "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:subnetCidr: 10.0.1.0/29 is too "
+            "small; the servers use host addresses .10 and up, so use a /28 or larger",
+        ),
+        (
+            {"blueprints:serverType": "cx23\nrm"},
+            "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:serverType: must be a server or "
+            "instance type like cx23 or t3.small (got 'cx23\\nrm')",
+        ),
+        (
+            {"blueprints:secrets": "hunter2"},
+            "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:secrets: must be a map of NAME: value",
         ),
         (
             {"blueprints:subnetCidr": "10.9.0.0/24"},
@@ -397,3 +411,61 @@ def _copy_project(tmp_path: Path) -> Path:
     (project / "blueprints").mkdir()
     shutil.copy(ROOT / "blueprints/program.py", project / "blueprints/program.py")
     return project
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_replacements_are_safe_for_the_data(plans, stack):
+    """A replaced server goes first (its name is reused; on AWS a new instance is the only way a
+    changed user data is applied), and the volume attachment is not detached on its own while
+    the server still runs: it goes with the server, which shuts down cleanly first."""
+    plan, cloud = plans[stack], cloud_of(stack)
+    nodes = servers(plan, cloud)
+    assert all(s.delete_before_replace for s in nodes.values())
+    attachment = only(plan, ATTACH[cloud])
+    assert attachment.deleted_with == nodes["primary"].name
+    if cloud == "hcloud":
+        assert all(s.inputs["shutdownBeforeDeletion"] is True for s in nodes.values())
+    else:
+        for s in nodes.values():
+            assert s.inputs["userDataReplaceOnChange"] is True
+            assert s.inputs["metadataOptions"]["httpPutResponseHopLimit"] == 1
+            assert s.inputs["metadataOptions"]["httpTokens"] == "required"
+        assert attachment.inputs["stopInstanceBeforeDetaching"] is True
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_cloud_names_and_labels_carry_the_stack(plans, stack):
+    cloud = cloud_of(stack)
+    for server in servers(plans[stack], cloud).values():
+        labels = server.inputs["labels" if cloud == "hcloud" else "tags"]
+        assert labels["stack"] == stack and labels["app"] == "shop"
+        name = server.inputs["name"] if cloud == "hcloud" else labels["Name"]
+        assert name.startswith(f"shop-{stack}-")
+
+
+def test_existing_hcloud_ssh_key_is_referenced_not_uploaded():
+    plan = plan_stack("single-vm-hcloud", ROOT, {"blueprints:hcloudSshKey": "ops-laptop"})
+    assert plan.of_type("hcloud:index/sshKey:SshKey") == []
+    assert {tuple(s.inputs["sshKeys"]) for s in servers(plan, "hcloud").values()} == {
+        ("ops-laptop",)
+    }
+
+
+def test_plain_text_secrets_are_flagged(tmp_path):
+    project = _copy_project(tmp_path)
+    stack = project / "stacks/Pulumi.single-vm-hcloud.yaml"
+    data = yaml.safe_load(stack.read_text())
+    data["config"]["blueprints:secrets"] = {
+        "DATABASE_PASSWORD": "plain",
+        "DJANGO_SECRET_KEY": {"secure": "v1:AAAA"},
+    }
+    stack.write_text(yaml.safe_dump(data))
+    notes = plan_stack("single-vm-hcloud", project).notes
+    assert any(
+        n.startswith("stored in plain text") and "secrets.DATABASE_PASSWORD" in n for n in notes
+    )
+    assert not any("plain text" in n and "DJANGO_SECRET_KEY" in n for n in notes)
+
+
+def test_program_warnings_become_plan_notes(plans):
+    assert any("takes none yet" in n for n in plans["single-vm-hcloud"].notes)

@@ -210,14 +210,18 @@ class AwsTarget(Target):
                 )
             ),
             associate_public_ip_address=True,
+            # IMDSv2 only, one hop: containers (a hop further, behind docker's bridge) cannot
+            # read the user data, which holds the app's secrets.
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
-                http_tokens="required", http_endpoint="enabled"
+                http_tokens="required", http_endpoint="enabled", http_put_response_hop_limit=1
             ),
+            # cloud-init applies user data once per instance, so a changed spec needs a new one.
+            user_data_replace_on_change=True,
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 volume_size=20, volume_type="gp3", encrypted=True
             ),
             tags=_tags(spec.name, spec.labels),
-            opts=self.opts(depends_on=spec.network.ready),
+            opts=self.opts(depends_on=spec.network.ready, delete_before_replace=True),
         )
         return Server(
             resource=inst, id=inst.id, public_ip=inst.public_ip, private_ip=spec.private_ip
@@ -247,7 +251,7 @@ class AwsTarget(Target):
             instance_id=server.id,
             # Stop the old holder before detaching, so the filesystem is unmounted cleanly.
             stop_instance_before_detaching=True,
-            opts=self.one_at_a_time(),
+            opts=self.one_at_a_time(deleted_with=server.resource),
         )
 
     def floating_ip(self, name: str, labels: dict[str, str]) -> FloatingIp:

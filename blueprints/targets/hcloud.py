@@ -76,6 +76,10 @@ class HcloudTarget(Target):
     def ssh_key(self, name: str, public_keys: list[str], labels: dict[str, str]) -> SshKey | None:
         # Registering the first admin key stops Hetzner from mailing a root password; every key
         # reaches the deploy user through cloud-init, and root login is off anyway.
+        if self.settings.hcloud_ssh_key:
+            # Hetzner refuses a second key with the same fingerprint in one project, so a key
+            # that is already uploaded is referenced by name instead of created.
+            return SshKey(id=pulumi.Output.from_input(self.settings.hcloud_ssh_key))
         if not public_keys:
             return None
         key = hcloud.SshKey(
@@ -103,8 +107,10 @@ class HcloudTarget(Target):
             networks=[
                 hcloud.ServerNetworkArgs(network_id=spec.network.id.apply(int), ip=spec.private_ip)
             ],
+            # A replaced server is shut down cleanly (unmounting the volume) and deleted before
+            # its successor exists: its name is taken until then, and the volume can move.
             shutdown_before_deletion=True,
-            opts=self.opts(depends_on=spec.network.ready),
+            opts=self.opts(depends_on=spec.network.ready, delete_before_replace=True),
         )
         return Server(
             resource=srv, id=srv.id, public_ip=srv.ipv4_address, private_ip=spec.private_ip
@@ -130,7 +136,7 @@ class HcloudTarget(Target):
             volume_id=volume.id.apply(int),
             server_id=server.id.apply(int),
             automount=False,
-            opts=self.one_at_a_time(),
+            opts=self.one_at_a_time(deleted_with=server.resource),
         )
 
     def floating_ip(self, name: str, labels: dict[str, str]) -> FloatingIp:
