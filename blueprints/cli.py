@@ -193,10 +193,12 @@ def render(
     if stack not in known:
         raise BadInput(f"unknown stack {stack!r}; stacks here: {', '.join(known) or 'none'}")
     target = output or Path("rendered") / stack
-    if target.exists() and not target.is_dir():
-        raise BadInput(f"{target}: exists and is not a directory")
+    _check_output_dir(target)
     files = stack_files(plan_stack(stack, root))
-    _write_tree(target, files)
+    try:
+        _write_tree(target.resolve(), files)
+    except OSError as exc:
+        raise BadInput(f"{target}: cannot be written ({exc.strerror or exc})") from None
     out.print(f"[green]wrote[/green] {len(files)} files to {target}/")
     for path in sorted(files):
         out.print(f"  {path}")
@@ -390,13 +392,31 @@ def _notify(url: str, session, summary: str) -> None:
         err.print(f"[yellow]warning:[/yellow] notifying {url} failed: {escape(str(exc))}")
 
 
-def _write_tree(target: Path, files: dict[str, str]) -> None:
-    """Write all files or none: build the tree beside the target, then swap it in."""
+RENDER_MARKER = ".blueprints-render"
+
+
+def _check_output_dir(target: Path) -> None:
+    """Only a new directory, an empty one, or one an earlier render wrote may be replaced."""
     if target.exists() and not target.is_dir():
         raise BadInput(f"{target}: exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not (target / RENDER_MARKER).is_file():
+        raise BadInput(
+            f"{target}: is a non-empty directory that `blueprints render` did not write; "
+            "choose a new or empty directory (its contents would be replaced)"
+        )
+    for parent in target.parents:
+        if parent.exists() and not parent.is_dir():
+            raise BadInput(f"{target}: {parent} is not a directory")
+
+
+def _write_tree(target: Path, files: dict[str, str]) -> None:
+    """Write all files or none: build the tree beside the target, then swap it in."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
+        (staging / RENDER_MARKER).write_text(
+            "Written by `blueprints render`; the next render replaces this directory.\n"
+        )
         for rel, text in files.items():
             dest = staging / rel
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -110,12 +110,13 @@ def test_outside_a_project(tmp_path):
 
 def test_render_writes_every_file_and_replaces_old_output(tmp_path):
     out = tmp_path / "rendered"
-    out.mkdir()
+    assert run("render", "single-vm-localstack", "-o", str(out)).returncode == 0
     (out / "stale.txt").write_text("from an earlier run")
     res = run("render", "single-vm-localstack", "-o", str(out))
     assert res.returncode == 0, res.stderr
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert "stale.txt" not in files
+    assert ".blueprints-render" in files
     assert "shop-single-vm-localstack-primary/user-data.yaml" in files
     assert "shop-single-vm-localstack-spare/user-data.yaml" in files
     assert any(f.startswith("shop-single-vm-localstack-primary/etc/systemd/system/") for f in files)
@@ -131,3 +132,23 @@ def test_render_into_a_file_fails_cleanly(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip() == f"error: {target}: exists and is not a directory"
     assert target.read_text() == "keep me"
+
+
+def test_render_never_replaces_a_directory_it_did_not_write(tmp_path):
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    for target in (str(mine), "."):
+        res = run("render", "single-vm-hcloud", "-o", target, "-C", str(ROOT), cwd=mine)
+        assert res.returncode == 2, res.stderr
+        assert "is a non-empty directory that `blueprints render` did not write" in res.stderr
+        assert "Traceback" not in res.stderr
+    assert (mine / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_render_below_a_file_fails_cleanly(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    res = run("render", "single-vm-hcloud", "-o", str(tmp_path / "afile" / "sub"))
+    assert res.returncode == 2
+    assert "is not a directory" in res.stderr and "Traceback" not in res.stderr
