@@ -33,11 +33,12 @@ TRANSIENT = {
 
 
 class AwsCloud(Cloud):
-    def __init__(self, ec2, app: str, blueprint: str = "single-vm", poll: float = 5.0):
+    def __init__(self, ec2, app: str, stack: str, blueprint: str = "single-vm", poll: float = 5.0):
         self.ec2 = ec2  # a boto3 EC2 client
         self.filters = [
             {"Name": "tag:app", "Values": [app]},
             {"Name": "tag:blueprint", "Values": [blueprint]},
+            {"Name": "tag:stack", "Values": [stack]},
         ]
         self.app = app
         self.waiter = {"Delay": poll, "MaxAttempts": max(1, int(600 / max(poll, 0.01)))}

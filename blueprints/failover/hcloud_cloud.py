@@ -52,11 +52,12 @@ class HcloudCloud(Cloud):
         self,
         client: Client,
         app: str,
+        stack: str,
         blueprint: str = "single-vm",
         action_max_retries: int | None = None,
     ):
         self.client = client
-        self.selector = f"app={app},blueprint={blueprint}"
+        self.selector = f"app={app},blueprint={blueprint},stack={stack}"
         self.app = app
         self.action_max_retries = action_max_retries
 

@@ -112,11 +112,14 @@ class Promotion:
         value = Lock(target, self.clock(), self.owner).render()
         self._call("recording the promotion on the volume", lambda: self.cloud.write_lock(value))
 
-    def _fence(self, node: str, force: bool) -> Snapshot:
+    def _fence(self, node: str, force: bool, done: list[str]) -> Snapshot:
+        """Make sure `node` is off (it may have come back since the last look)."""
         snap = self._snap()
         if not snap.nodes[node].off:
             self.log(f"fence: powering {node} off (status {snap.nodes[node].status})")
             self._call(f"powering {node} off", lambda: self.cloud.power_off(node))
+            if "fence" not in done:
+                done.append("fence")
             snap = self._snap()
         if not snap.nodes[node].off:
             if not force:
@@ -212,11 +215,12 @@ class Promotion:
 
     def _steps(self, source: str, target: str, opts: Options, done: list[str]) -> None:
         # 1. Fence: the old node goes off, and the address comes off it with its data.
-        snap = self._fence(source, opts.force)
+        snap = self._fence(source, opts.force, done)
         if snap.ip_holder == source:
             self.log(f"fence: taking the floating IP off {source}")
             self._call("unassigning the floating IP", self.cloud.unassign_ip)
-        done.append("fence")
+            if "fence" not in done:
+                done.append("fence")
         self.after_step("fence")
 
         # 2. Boot the target now; without the volume it starts no app, and booting overlaps
@@ -229,7 +233,7 @@ class Promotion:
         self.after_step("boot")
 
         # 3. Detach from the old node, which must still be off (it may have come back).
-        snap = self._fence(source, opts.force)
+        snap = self._fence(source, opts.force, done)
         if snap.volume_holder == source:
             self.log(f"detach: data volume from {source}")
             self._call("detaching the data volume", lambda: self.cloud.detach_volume(source))
@@ -238,7 +242,7 @@ class Promotion:
         self.after_step("detach")
 
         # 4. Attach to the target, once nothing holds it.
-        snap = self._fence(source, opts.force)
+        snap = self._fence(source, opts.force, done)
         if snap.volume_holder is None:
             self.log(f"attach: data volume to {target}")
             self._call("attaching the data volume", lambda: self.cloud.attach_volume(target))
@@ -253,8 +257,8 @@ class Promotion:
         done.append("healthy")
         self.after_step("healthy")
 
-        # 6. Move the address, only onto the node holding the data.
-        snap = self._snap()
+        # 6. Move the address, only onto the node holding the data; the old node stays fenced.
+        snap = self._fence(source, opts.force, done)
         if snap.volume_holder != target:
             raise PromotionFailed(f"the data volume left {target} before the IP moved")
         if snap.ip_holder != target:

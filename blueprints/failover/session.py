@@ -69,7 +69,9 @@ def read_stack(project_dir: Path, stack: str) -> tuple[Path, StackSettings, AppS
     return path, settings, app
 
 
-def hcloud_cloud(app: AppSpec, token: str | None = None, endpoint: str | None = None) -> Cloud:
+def hcloud_cloud(
+    app: AppSpec, stack: str, token: str | None = None, endpoint: str | None = None
+) -> Cloud:
     from hcloud import Client
 
     from blueprints.failover.hcloud_cloud import HcloudCloud
@@ -81,10 +83,10 @@ def hcloud_cloud(app: AppSpec, token: str | None = None, endpoint: str | None = 
         )
     endpoint = endpoint or os.environ.get("HCLOUD_ENDPOINT") or "https://api.hetzner.cloud/v1"
     client = Client(token=token, api_endpoint=endpoint, application_name="blueprints")
-    return HcloudCloud(client, app.name)
+    return HcloudCloud(client, app.name, stack)
 
 
-def aws_cloud(settings: StackSettings, app: AppSpec, poll: float = 5.0) -> Cloud:
+def aws_cloud(settings: StackSettings, app: AppSpec, stack: str, poll: float = 5.0) -> Cloud:
     import boto3
 
     from blueprints.failover.aws_cloud import AwsCloud
@@ -96,12 +98,15 @@ def aws_cloud(settings: StackSettings, app: AppSpec, poll: float = 5.0) -> Cloud
             "aws_access_key_id": os.environ.get("BLUEPRINTS_LOCALSTACK_KEY", "test"),
             "aws_secret_access_key": "test",
         }
-    return AwsCloud(boto3.client("ec2", **kwargs), app.name, poll=poll)
+    return AwsCloud(boto3.client("ec2", **kwargs), app.name, stack, poll=poll)
 
 
 def open_session(project_dir: Path, stack: str, *, cloud: Cloud | None = None) -> Session:
     path, settings, app = read_stack(project_dir, stack)
     if cloud is None:
-        cloud = hcloud_cloud(app) if settings.cloud == "hcloud" else aws_cloud(settings, app)
+        if settings.cloud == "hcloud":
+            cloud = hcloud_cloud(app, stack)
+        else:
+            cloud = aws_cloud(settings, app, stack)
     probe = http_probe(app, settings.health_url, timeout=settings.probe_timeout)
     return Session(stack, project_dir, path, settings, app, cloud, probe)

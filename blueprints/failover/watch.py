@@ -58,6 +58,6 @@ def watch(
                 log(f"{failures} failed probes in a row: promoting")
                 result = promotion.run(active_in_config(), options or Options())
                 return WatchResult(probes, in_a_row, result)
-        if duration is not None and clock() - started + interval > duration:
+        if duration is not None and clock() - started + interval >= duration:
             return WatchResult(probes, in_a_row, None)
         sleep(interval)
