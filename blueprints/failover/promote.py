@@ -6,8 +6,8 @@ promotion again after a crash at any point finishes it. At every moment:
   * the floating IP never points at a server that does not hold the volume (it is taken off the
     old node while fencing and put on the new one only once the app answers there).
 
-The target is booted right after fencing, before the volume moves: a node without the volume
-starts no app unit (they all need /srv/data), and its boot overlaps the detach and attach.
+The target is booted first, before the old node is fenced: a node without the volume starts no
+app unit (they all need /srv/data), and its boot, the longest step, overlaps the rest.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from blueprints.failover.cloud import NODES, Cloud, CloudError, Snapshot, retrying
 
-STEPS = ("fence", "boot", "detach", "attach", "healthy", "address", "record")
+STEPS = ("boot", "fence", "detach", "attach", "healthy", "address", "record")
 
 
 class PromotionRefused(CloudError):
@@ -214,7 +214,16 @@ class Promotion:
             self.log(f"could not mark the promotion as resumable: {exc}")
 
     def _steps(self, source: str, target: str, opts: Options, done: list[str]) -> None:
-        # 1. Fence: the old node goes off, and the address comes off it with its data.
+        # 1. Boot the target first: the OS boot is the longest step, and a node without the
+        # volume starts no app unit (they all need /srv/data) and holds no address.
+        snap = self._snap()
+        if not snap.nodes[target].running:
+            self.log(f"boot: powering {target} on")
+            self._call(f"powering {target} on", lambda: self.cloud.power_on(target))
+            done.append("boot")
+        self.after_step("boot")
+
+        # 2. Fence: the old node goes off, and the address comes off it with its data.
         snap = self._fence(source, opts.force, done)
         if snap.ip_holder == source:
             self.log(f"fence: taking the floating IP off {source}")
@@ -222,15 +231,6 @@ class Promotion:
             if "fence" not in done:
                 done.append("fence")
         self.after_step("fence")
-
-        # 2. Boot the target now; without the volume it starts no app, and booting overlaps
-        # the volume move.
-        snap = self._snap()
-        if not snap.nodes[target].running:
-            self.log(f"boot: powering {target} on")
-            self._call(f"powering {target} on", lambda: self.cloud.power_on(target))
-            done.append("boot")
-        self.after_step("boot")
 
         # 3. Detach from the old node, which must still be off (it may have come back).
         snap = self._fence(source, opts.force, done)

@@ -58,6 +58,8 @@ def watch(
                 log(f"{failures} failed probes in a row: promoting")
                 result = promotion.run(active_in_config(), options or Options())
                 return WatchResult(probes, in_a_row, result)
-        if duration is not None and clock() - started + interval >= duration:
+        # A fixed cadence: a probe that waited for its timeout does not delay the next one.
+        next_probe = started + probes * interval
+        if duration is not None and next_probe - started >= duration:
             return WatchResult(probes, in_a_row, None)
-        sleep(interval)
+        sleep(max(0.0, next_probe - clock()))
