@@ -84,7 +84,9 @@ class SingleVm(pulumi.ComponentResource):
         for index, node in enumerate(NODES):
             ctx_args = {
                 "node": node,
-                "park": node == "spare" and target.parks_with_cloud_init,
+                # Both nodes park themselves at first boot unless they hold the data volume, so
+                # user data never depends on a node's role: a replaced active node stays up.
+                "park": target.parks_with_cloud_init,
                 "ip_in_os": target.floating_ip_in_os,
             }
             user_data = pulumi.Output.all(volume.device_path, fip.address, secrets).apply(
@@ -130,7 +132,7 @@ def _user_data(app: AppSpec, values: list, *, node: str, park: bool, ip_in_os: b
             node=node,
             data_device=device,
             floating_ip=address if ip_in_os else None,
-            park_after_first_boot=park,
+            park_without_volume=park,
             secrets=dict(secrets or {}),
         )
     )

@@ -171,14 +171,16 @@ def test_no_ssh_rule_without_admin_networks(tmp_path):
     assert [r["port"] for r in fw.inputs["rules"]] == ["80", "443"]
 
 
-def test_hcloud_spare_parks_itself_at_first_boot(plans):
+def test_hcloud_nodes_park_themselves_without_the_volume(plans):
     nodes = servers(plans["single-vm-hcloud"], "hcloud")
     spare, primary = user_data(nodes["spare"]), user_data(nodes["primary"])
-    assert spare["power_state"]["mode"] == "poweroff"
-    assert "power_state" not in primary
-    # Otherwise the two nodes are provisioned identically.
-    del spare["power_state"]
+    # Identical user data: the spare parks because it boots without the volume, and a replaced
+    # active node (which has the volume) stays up.
     assert spare == primary
+    state = spare["power_state"]
+    assert state["mode"] == "poweroff"
+    volume = only(plans["single-vm-hcloud"], VOLUME["hcloud"])
+    assert f"/dev/disk/by-id/scsi-0HC_Volume_{volume.id}" in state["condition"]
     assert "bills powered-off servers" in plans["single-vm-hcloud"].outputs["spareBilling"]
 
 
@@ -189,6 +191,7 @@ def test_aws_spare_is_stopped_by_instance_state(plans):
     assert states == {nodes["primary"].id: "running", nodes["spare"].id: "stopped"}
     # On AWS the spare does not power itself off: both user data are the same.
     assert user_data(nodes["spare"]) == user_data(nodes["primary"])
+    assert "power_state" not in user_data(nodes["spare"])
 
 
 def test_localstack_endpoints_and_test_credentials(plans):

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -20,9 +21,22 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blueprints.render import NodeContext, file_permissions, render_cloud_init, render_node_files
-from blueprints.render.common import docker_env_file, dump_yaml, systemd_escape_path
-from blueprints.spec import AppSpec
+from blueprints.render import (
+    NodeContext,
+    check_app,
+    file_permissions,
+    render_cloud_init,
+    render_node_files,
+)
+from blueprints.render.common import (
+    docker_env_file,
+    dump_yaml,
+    systemd_escape_path,
+    unit_name,
+    unit_word,
+)
+from blueprints.render.single_vm import PARK_POLL_SECONDS, PARK_WAIT_SECONDS
+from blueprints.spec import AppSpec, format_path
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "single-vm"
@@ -59,7 +73,7 @@ def context(
         node=node,
         data_device=device,
         floating_ip=floating_ip,
-        park_after_first_boot=park,
+        park_without_volume=park,
         secrets=secrets_for(app) if secrets is None else secrets,
     )
 
@@ -69,7 +83,13 @@ def primary(app: AppSpec | None = None) -> NodeContext:
 
 
 def spare(app: AppSpec | None = None) -> NodeContext:
+    """A node on Hetzner, which parks itself unless it holds the volume (as every node there)."""
     return context(app or spec(), "spare", park=True)
+
+
+def aws_node(app: AppSpec | None = None) -> NodeContext:
+    """A node on AWS: the cloud parks it, and translates the Elastic IP itself."""
+    return context(app or spec(), floating_ip=None, device=AWS_DEVICE)
 
 
 def user_data(ctx: NodeContext) -> dict[str, Any]:
@@ -120,10 +140,15 @@ case $name in
   curl) record "$@"; printf '%s' "${STUB_HTTP_CODE:-200}"; exit 0 ;;
   systemctl) [[ $1 == is-active ]] && exit 0; record "$@"; exit 0 ;;
   blkid) record "$@"; exit "${STUB_BLKID_STATUS:-0}" ;;
+  iptables)
+    record "$@"
+    [[ $* == *--check* ]] && exit "${STUB_IPTABLES_CHECK:-1}"
+    exit "${STUB_IPTABLES_INSERT:-0}"
+    ;;
   *) record "$@"; exit 0 ;;
 esac
 """
-STUBBED = ("docker", "curl", "systemctl", "blkid", "mkfs.ext4")
+STUBBED = ("docker", "curl", "systemctl", "blkid", "mkfs.ext4", "iptables")
 
 
 class Sandbox:
@@ -217,8 +242,10 @@ def test_example_renders_every_expected_file():
         UNITS + "blueprints-data.service",
         UNITS + "blueprints-network.service",
         UNITS + "blueprints-caddy.service",
+        UNITS + "blueprints-metadata-guard.service",
         UNITS + "dev-disk-by\\x2did-scsi\\x2d0HC_Volume_12345678.device.d/blueprints-timeout.conf",
         SCRIPTS + "caddy",
+        SCRIPTS + "metadata-guard",
         SCRIPTS + "create-network",
         SCRIPTS + "format-data",
         SCRIPTS + "prepare-data",
@@ -239,8 +266,8 @@ def test_example_renders_every_expected_file():
     "ctx",
     [
         pytest.param(primary(), id="primary"),
-        pytest.param(spare(), id="spare-parked"),
-        pytest.param(context(spec(), floating_ip=None, device=AWS_DEVICE), id="aws"),
+        pytest.param(spare(), id="hcloud-parks-without-volume"),
+        pytest.param(aws_node(), id="aws"),
     ],
 )
 def test_cloud_init_schema_accepts_user_data(ctx: NodeContext, tmp_path: Path):
@@ -260,7 +287,7 @@ def test_cloud_init_contents():
         "runcmd",
     }
     assert data["package_update"] is True
-    assert {"docker.io", "unattended-upgrades"} <= set(data["packages"])
+    assert {"docker.io", "iptables", "unattended-upgrades"} <= set(data["packages"])
     assert data["ssh_pwauth"] is False and data["disable_root"] is True
     [user] = data["users"]
     assert user["name"] == "deploy"
@@ -599,17 +626,96 @@ def test_docker_env_file_keeps_values_verbatim():
 # --- primary, spare, floating IP -------------------------------------------------------------
 
 
-def test_spare_parks_and_is_otherwise_identical():
-    p, s = primary(), spare()
-    assert render_node_files(p) == render_node_files(s)
-    pdata, sdata = user_data(p), user_data(s)
-    assert "power_state" not in pdata
-    assert sdata.pop("power_state") == {
+# The power_state condition for HCLOUD_DEVICE, exactly as cloud-init receives it.
+PARK_CONDITION = (
+    "device=/dev/disk/by-id/scsi-0HC_Volume_12345678; tries=60; "
+    'while [ ! -b "$device" ] && [ "$tries" -gt 0 ]; do sleep 2; tries=$((tries - 1)); done; '
+    '[ ! -b "$device" ]'
+)
+
+
+def park_condition_of(ctx: NodeContext) -> str:
+    state = user_data(ctx)["power_state"]
+    assert state["mode"] == "poweroff"
+    assert isinstance(state["condition"], str)
+    return state["condition"]
+
+
+def test_parking_depends_on_the_flag_not_on_the_node():
+    """Primary and spare get the same flag on Hetzner, and so byte-identical user data."""
+    app = spec()
+    on_primary, on_spare = context(app, "primary", park=True), context(app, "spare", park=True)
+    assert render_cloud_init(on_primary) == render_cloud_init(on_spare)
+    assert render_node_files(on_primary) == render_node_files(primary())
+    parked, unparked = user_data(on_primary), user_data(primary())
+    assert "power_state" not in unparked
+    assert parked.pop("power_state") == {
         "mode": "poweroff",
-        "condition": True,
-        "message": "blueprints: cold spare set up; powering off until it is promoted",
+        "condition": PARK_CONDITION,
+        "message": "blueprints: no data volume attached; parking this node (powered off) "
+        "until it is promoted",
     }
-    assert pdata == sdata
+    assert parked == unparked
+
+
+def test_park_condition_waits_a_bounded_time(tmp_path: Path):
+    assert (PARK_WAIT_SECONDS, PARK_POLL_SECONDS) == (120, 2)
+    assert park_condition_of(spare()) == PARK_CONDITION
+    assert f"tries={PARK_WAIT_SECONDS // PARK_POLL_SECONDS};" in PARK_CONDITION
+    assert f"sleep {PARK_POLL_SECONDS};" in PARK_CONDITION
+    # cloud-init runs a string condition with /bin/sh
+    script = tmp_path / "park-condition"
+    script.write_text("#!/bin/sh\n" + PARK_CONDITION + "\n")
+    validators.shellcheck(script, "sh")
+    aws = park_condition_of(context(spec(), park=True, device=AWS_DEVICE))
+    assert aws.startswith(f"device={shlex.quote(AWS_DEVICE)}; ")
+
+
+def run_park_condition(
+    condition: str, device: Path, shell: str, polls: int, poll: str = "0.1"
+) -> subprocess.Popen[str]:
+    """Start the real condition text with the device path swapped for DEVICE and a short wait."""
+    swaps = {
+        f"device={shlex.quote(HCLOUD_DEVICE)};": f"device={shlex.quote(str(device))};",
+        f"tries={PARK_WAIT_SECONDS // PARK_POLL_SECONDS};": f"tries={polls};",
+        f"sleep {PARK_POLL_SECONDS};": f"sleep {poll};",
+    }
+    for old, new in swaps.items():
+        assert condition.count(old) == 1, old
+        condition = condition.replace(old, new)
+    return subprocess.Popen([validators.require(shell), "-c", condition], text=True)
+
+
+def _mknod_block(path: Path) -> None:
+    try:
+        os.mknod(path, 0o600 | stat.S_IFBLK, os.makedev(7, 250))
+    except OSError:
+        pytest.skip("cannot create a block device node here (needs root / CAP_MKNOD)")
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_park_condition_powers_off_only_when_the_volume_never_appears(tmp_path: Path, shell: str):
+    condition = park_condition_of(spare())
+    absent = tmp_path / "absent"
+    started = time.monotonic()
+    assert run_park_condition(condition, absent, shell, polls=3).wait(timeout=30) == 0
+    assert time.monotonic() - started >= 0.3  # it did wait before deciding
+    not_a_device = tmp_path / "regular-file"
+    not_a_device.write_text("")
+    assert run_park_condition(condition, not_a_device, shell, polls=2).wait(timeout=30) == 0
+
+    present = tmp_path / "present"
+    _mknod_block(present)
+    started = time.monotonic()
+    assert run_park_condition(condition, present, shell, polls=300).wait(timeout=30) == 1
+    assert time.monotonic() - started < 5
+
+    late = tmp_path / "late"
+    proc = run_park_condition(condition, late, shell, polls=300)
+    time.sleep(0.5)
+    assert proc.poll() is None  # still waiting for the volume
+    _mknod_block(late)
+    assert proc.wait(timeout=10) == 1  # appeared in time: keep running
 
 
 def test_node_name_does_not_reach_any_file():
@@ -657,9 +763,60 @@ def test_data_volume_mount_and_layout():
 
 
 def test_bad_data_device_is_rejected():
-    for bad in ("/dev/disk/by-id/x y", "/dev/%n", "relative", "/dev/../etc/passwd", "/dev/$x"):
+    for bad in (
+        "/dev/disk/by-id/x y",
+        "/dev/%n",
+        "relative",
+        "/dev/../etc/passwd",
+        "/dev/$x",
+        "/dev/disk/by-id/x\n",
+        "/dev/x'; poweroff; '",
+    ):
         with pytest.raises(ValueError, match="data_device"):
             render_node_files(context(spec(), device=bad))
+        with pytest.raises(ValueError, match="data_device"):
+            render_cloud_init(context(spec(), device=bad, park=True))
+
+
+def test_unit_filters_refuse_a_final_newline():
+    for value in ("app.target\n", "a b", "x\nExecStart=/bin/sh"):
+        with pytest.raises(ValueError):
+            unit_word(value)
+        with pytest.raises(ValueError):
+            unit_name(value)
+    for bad in ("dev-\\x2", "dev-\\x2G.device", "dev\\n.device", "a/b.device"):
+        with pytest.raises(ValueError):
+            unit_name(bad)
+    assert unit_name(systemd_escape_path(HCLOUD_DEVICE) + ".device") == (
+        "dev-disk-by\\x2did-scsi\\x2d0HC_Volume_12345678.device"
+    )
+
+
+@pytest.mark.parametrize(
+    "ctx", [pytest.param(primary(), id="hcloud"), pytest.param(aws_node(), id="aws")]
+)
+def test_a_volume_attached_after_boot_starts_the_app(ctx: NodeContext, tmp_path: Path):
+    """app.target is active only with /srv/data mounted and is wanted by the volume's device, so
+    a volume that appears after the mount gave up (late attach, failover to a running node)
+    starts the target, which mounts the volume and starts every service."""
+    files = render_node_files(ctx)
+    device_unit = systemd_escape_path(ctx.data_device) + ".device"
+    target = files[UNITS + "app.target"]
+    assert unit_values(target, "RequiresMountsFor") == ["/srv/data"]
+    assert unit_values(target, "WantedBy") == ["multi-user.target", device_unit]
+    # a node without the volume still starts nothing: every wanted unit needs the mount
+    for unit in unit_values(target, "Wants"):
+        text = files[UNITS + re.sub(r"@\d+\.", "@.", unit)]
+        if not unit.endswith(".timer"):
+            assert unit_values(text, "RequiresMountsFor") == ["/srv/data"], unit
+    assert "systemctl enable app.target" in user_data(ctx)["runcmd"]
+    root = validators.systemd_root(files, tmp_path / "root", executable=scripts(files))
+    validators.systemctl_enable(root, "app.target")
+    system = root / "etc/systemd/system"
+    for wants in (f"{device_unit}.wants", "multi-user.target.wants"):
+        link = system / wants / "app.target"
+        assert link.is_symlink() and os.readlink(link) == "/etc/systemd/system/app.target"
+    validators.systemd_verify(root, ["app.target", device_unit])
 
 
 def _block_device(tmp_path: Path) -> Path:
@@ -693,11 +850,132 @@ def test_format_data_formats_only_a_blank_device(
     assert mkfs == ([["mkfs.ext4", "-q", "-L", "blueprints-data", str(device)]] if formats else [])
 
 
-def test_reserved_caddy_volume_name_is_rejected():
+# --- check_app: the blueprint's own rules, reported before anything is created -------------
+
+RESERVED = (
+    "is reserved by the single-vm blueprint for the reverse proxy's TLS state "
+    "(/srv/data/caddy); rename the volume"
+)
+NUL = "contains a NUL character, which no process can receive"
+
+
+def _tcp_replicas(data: dict[str, Any]) -> None:
+    data["services"]["redis"]["ports"] = [
+        {"port": 6379, "expose": "tcp", "public_port": 16379},
+        {"port": 6380},
+    ]
+    data["services"]["redis"]["replicas"] = 2
+
+
+def _two_tcp_ports(data: dict[str, Any]) -> None:
+    data["services"]["redis"]["ports"] = [
+        {"port": 6379, "expose": "tcp", "public_port": 16379},
+        {"port": 6380, "expose": "tcp"},
+    ]
+    data["services"]["redis"]["replicas"] = 3
+
+
+def _set(path: tuple[str | int, ...], value: Any):
+    def change(data: dict[str, Any]) -> None:
+        node: Any = data
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return change
+
+
+CHECK_APP_CASES = {
+    "reserved-volume": (
+        _set(("volumes", "caddy"), {"size_gb": 1}),
+        [(("volumes", "caddy"), RESERVED)],
+    ),
+    "tcp-port-with-replicas": (
+        _tcp_replicas,
+        [
+            (
+                ("services", "redis", "replicas"),
+                "must be 1 for a service with an expose: tcp port; the single-vm blueprint "
+                "publishes host port 16379 once, for one container (got 2)",
+            )
+        ],
+    ),
+    "tcp-ports-with-replicas": (
+        _two_tcp_ports,
+        [
+            (
+                ("services", "redis", "replicas"),
+                "must be 1 for a service with an expose: tcp port; the single-vm blueprint "
+                "publishes host ports 16379, 6380 once, for one container (got 3)",
+            )
+        ],
+    ),
+    "nul-in-env": (
+        _set(("services", "redis", "env"), {"OK": "fine", "BAD": "a\0b"}),
+        [(("services", "redis", "env", "BAD"), NUL)],
+    ),
+    "nul-in-command": (
+        _set(("services", "redis", "command"), ["ok", "a\0b"]),
+        [(("services", "redis", "command", 1), NUL)],
+    ),
+    "nul-in-health-command": (
+        _set(("services", "worker", "health", "command"), ["celery", "\0"]),
+        [(("services", "worker", "health", "command", 1), NUL)],
+    ),
+    "nul-in-health-path": (
+        _set(("services", "web", "health", "path"), "/healthz\0"),
+        [(("services", "web", "health", "path"), NUL)],
+    ),
+}
+
+
+def test_check_app_accepts_the_example_and_the_minimal_app():
+    assert check_app(spec()) == []
+    assert check_app(spec(MINIMAL)) == []
+
+
+@pytest.mark.parametrize("case", sorted(CHECK_APP_CASES))
+def test_check_app_names_the_field_of_each_problem(case: str):
+    change, expected = CHECK_APP_CASES[case]
     data = copy.deepcopy(EXAMPLE_DATA)
-    data["volumes"]["caddy"] = {"size_gb": 1}
-    with pytest.raises(ValueError, match="reserved"):
+    change(data)
+    app = spec(data)
+    assert check_app(app) == expected
+    # the renderer refuses the same spec, with the same lines
+    lines = "\n".join(f"{format_path(path)}: {msg}" for path, msg in expected)
+    with pytest.raises(ValueError) as raised:
+        render_cloud_init(primary(app))
+    assert str(raised.value) == lines
+
+
+def test_check_app_reports_every_problem_at_once():
+    data = copy.deepcopy(EXAMPLE_DATA)
+    for change, _ in CHECK_APP_CASES.values():
+        if change is not _two_tcp_ports:
+            change(data)
+    data["services"]["redis"]["env"]["ALSO_BAD"] = "\0"
+    problems = check_app(spec(data))
+    assert [path for path, _ in problems] == [
+        ("volumes", "caddy"),
+        ("services", "redis", "replicas"),
+        ("services", "redis", "env", "ALSO_BAD"),
+        ("services", "redis", "env", "BAD"),
+        ("services", "redis", "command", 1),
+        ("services", "web", "health", "path"),
+        ("services", "worker", "health", "command", 1),
+    ]
+    with pytest.raises(ValueError) as raised:
         render_node_files(primary(spec(data)))
+    assert str(raised.value).splitlines() == [
+        "volumes.caddy: " + RESERVED,
+        "services.redis.replicas: must be 1 for a service with an expose: tcp port; the "
+        "single-vm blueprint publishes host port 16379 once, for one container (got 2)",
+        "services.redis.env.ALSO_BAD: " + NUL,
+        "services.redis.env.BAD: " + NUL,
+        "services.redis.command[1]: " + NUL,
+        "services.web.health.path: " + NUL,
+        "services.worker.health.command[1]: " + NUL,
+    ]
 
 
 # --- Caddy and published ports ---------------------------------------------------------------
@@ -769,6 +1047,48 @@ def test_caddy_container_publishes_80_and_443(tmp_path: Path):
     ]
 
 
+# --- containers cannot reach the cloud metadata service --------------------------------------
+
+GUARD = "blueprints-metadata-guard.service"
+METADATA_RULE = ["--destination", "169.254.169.254", "--jump", "DROP"]
+
+
+@pytest.mark.parametrize(
+    "data", [pytest.param(EXAMPLE_DATA, id="example"), pytest.param(MINIMAL, id="minimal")]
+)
+def test_every_container_unit_requires_the_metadata_guard(data: dict[str, Any]):
+    files = render_node_files(primary(spec(data)))
+    guard = files[UNITS + GUARD]
+    assert unit_values(guard, "Requires") == ["docker.service"]
+    assert unit_values(guard, "After") == ["docker.service"]
+    assert unit_values(guard, "Type") == ["oneshot"]
+    assert unit_values(guard, "RemainAfterExit") == ["yes"]
+    assert unit_values(guard, "ExecStart") == [SCRIPTS + "metadata-guard"]
+    # every unit that runs a container: one per service, and the proxy when there is one
+    runners = [p for p in units(files) if p.endswith("@.service")]
+    runners += [p for p in units(files) if p.endswith("blueprints-caddy.service")]
+    assert len(runners) == len(data["services"]) + (data is EXAMPLE_DATA)
+    for path in runners:
+        assert GUARD in unit_values(files[path], "Requires"), path
+        assert GUARD in unit_values(files[path], "After"), path
+
+
+def test_metadata_guard_inserts_its_rule_once(tmp_path: Path):
+    box = Sandbox(tmp_path, render_node_files(primary()))
+    check = ["iptables", "--wait", "--check", "DOCKER-USER", *METADATA_RULE]
+    insert = ["iptables", "--wait", "--insert", "DOCKER-USER", *METADATA_RULE]
+    proc = box.run("metadata-guard")  # the rule is missing
+    assert proc.returncode == 0, proc.stderr
+    assert box.recorded() == [check, insert]
+    proc = box.run("metadata-guard", STUB_IPTABLES_CHECK="0")  # already there
+    assert proc.returncode == 0, proc.stderr
+    assert box.recorded() == [check]
+    # no DOCKER-USER chain (docker without iptables): fail, so no container starts unguarded
+    proc = box.run("metadata-guard", STUB_IPTABLES_INSERT="1")
+    assert proc.returncode != 0
+    assert box.recorded() == [check, insert]
+
+
 def test_no_http_port_means_no_proxy():
     data = copy.deepcopy(EXAMPLE_DATA)
     data["services"]["web"]["ports"] = [{"port": 8000}]
@@ -787,14 +1107,6 @@ def test_public_tcp_port_is_published(tmp_path: Path):
     [call] = box.recorded()
     assert call == expected_docker_run(app, "postgres")
     assert call[call.index("--publish") + 1] == "15432:5432"
-
-
-def test_public_tcp_port_with_replicas_is_rejected():
-    data = copy.deepcopy(EXAMPLE_DATA)
-    data["services"]["redis"]["ports"] = [{"port": 6379, "expose": "tcp", "public_port": 16379}]
-    data["services"]["redis"]["replicas"] = 2
-    with pytest.raises(ValueError, match="publishes a host port once; set replicas: 1"):
-        render_cloud_init(primary(spec(data)))
 
 
 # --- determinism -------------------------------------------------------------------------------
@@ -976,21 +1288,25 @@ def test_yaml_serializer_round_trips_any_text(text):
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"env": {"BAD": "a\0b"}}, "env BAD"),
-        ({"command": ["ok", "a\0b"]}, "command"),
-        ({"health": {"type": "command", "command": ["a\0b"]}}, "health.command"),
+        ({"env": {"BAD": "a\0b"}}, "env.BAD"),
+        ({"command": ["ok", "a\0b"]}, "command[1]"),
+        ({"health": {"type": "command", "command": ["a\0b"]}}, "health.command[0]"),
+        ({"health": {"type": "http", "path": "/a\0b"}, "ports": [{"port": 1}]}, "health.path"),
     ],
 )
 def test_value_with_nul_is_rejected(fields: dict[str, Any], named: str):
     data = with_service(EXAMPLE_DATA, "redis", **fields)
-    with pytest.raises(ValueError, match=f"service redis: {named} contains a NUL"):
+    with pytest.raises(ValueError) as raised:
         render_node_files(primary(spec(data)))
+    assert str(raised.value) == f"services.redis.{named}: {NUL}"
 
 
 # --- golden files --------------------------------------------------------------------------------
 
 
-GOLDEN_NODES = {"primary": primary, "spare": spare}
+# Every node of a stack gets the same user data, so one golden set per cloud: hcloud (parks
+# itself without the volume, floating IP configured in the OS) and aws (neither).
+GOLDEN_NODES = {"hcloud": spare, "aws": aws_node}
 
 
 @pytest.mark.parametrize("node", sorted(GOLDEN_NODES))
@@ -1012,6 +1328,15 @@ def test_golden_files(node: str, update_golden: bool):
         assert on_disk[rel].read_bytes() == text.encode(), (
             f"{rel} differs from its golden file; review, then pytest --update-golden"
         )
+
+
+def test_golden_sets_are_exactly_the_nodes(update_golden: bool):
+    stale = {p for p in GOLDEN.iterdir() if p.name not in GOLDEN_NODES}
+    if update_golden:
+        for path in stale:
+            shutil.rmtree(path)
+        stale = set()
+    assert not stale, "golden files of a node no longer rendered; pytest --update-golden"
 
 
 def test_golden_example_mentions_no_real_secret():

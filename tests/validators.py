@@ -1,6 +1,7 @@
 """Run real validators on generated files; a missing validator fails the test, never skips it.
 
-Install them with scripts/install-validators (cloud-init, shellcheck, systemd-analyze).
+Install them with scripts/install-validators (cloud-init, shellcheck, systemd-analyze,
+systemctl).
 """
 
 from __future__ import annotations
@@ -98,4 +99,16 @@ def systemd_verify(root: Path, units: list[str]) -> None:
     if proc.returncode != 0 or out:
         pytest.fail(
             f"systemd-analyze verify failed (exit {proc.returncode}):\n{out}", pytrace=False
+        )
+
+
+def systemctl_enable(root: Path, unit: str) -> None:
+    """`systemctl --root=ROOT enable UNIT`: the links the VM's `systemctl enable` creates, made
+    offline under root from the unit's [Install] section."""
+    exe = require("systemctl")
+    proc = _run([exe, f"--root={root}", "enable", unit])
+    if proc.returncode != 0:
+        pytest.fail(
+            f"systemctl enable {unit} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}",
+            pytrace=False,
         )

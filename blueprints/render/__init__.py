@@ -5,6 +5,11 @@ Nothing here talks to Pulumi or a cloud; the blueprints wire these texts into re
 """
 
 from blueprints.render.context import NodeContext
-from blueprints.render.single_vm import file_permissions, render_cloud_init, render_node_files
+from blueprints.render.single_vm import (
+    check_app,
+    file_permissions,
+    render_cloud_init,
+    render_node_files,
+)
 
-__all__ = ["NodeContext", "file_permissions", "render_cloud_init", "render_node_files"]
+__all__ = ["NodeContext", "check_app", "file_permissions", "render_cloud_init", "render_node_files"]

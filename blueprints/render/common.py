@@ -2,7 +2,8 @@
 
 Structured formats (YAML, JSON) only ever come from a serializer with sorted keys. Jinja2 is for
 formats without one (shell scripts, systemd units), and there every value from the spec passes a
-quoting filter: `shell` (shlex.quote) in scripts, `unit_word` (a strict allow-list) in units.
+quoting filter: `shell` (shlex.quote) in scripts, `unit_word` (a strict allow-list) in units
+(`unit_name` for the \\xHH escapes of a systemd-escaped unit name).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 
 # Characters that need no escaping anywhere in a unit file: systemd expands % (specifiers) and
 # $ (environment) and splits on whitespace and quotes, none of which are in here.
-_UNIT_WORD = re.compile(r"^[A-Za-z0-9@._:/-]+$")
+_UNIT_WORD = re.compile(r"[A-Za-z0-9@._:/-]+")
 
 
 def shell_quote(value: object) -> str:
@@ -35,11 +36,24 @@ def shell_quote(value: object) -> str:
 def unit_word(value: object) -> str:
     """Let a value into a systemd unit only if it cannot mean anything but itself there."""
     text = str(value)
-    if not _UNIT_WORD.match(text):
+    if not _UNIT_WORD.fullmatch(text):  # fullmatch: `$` would let a final newline in
         raise ValueError(
             f"{text!r} cannot be written into a systemd unit safely "
             "(allowed: letters, digits and @._:/-)"
         )
+    return text
+
+
+# A unit name as systemd-escape writes it: unit_word's characters plus \xHH escapes, nothing else.
+_UNIT_NAME = re.compile(r"(?:[A-Za-z0-9@._:-]|\\x[0-9a-f]{2})+")
+
+
+def unit_name(value: object) -> str:
+    """Let an escaped unit name (dev-disk-by\\x2did-....device) into a unit file; a backslash
+    only as part of a \\xHH escape, which systemd reads back as that byte of the name."""
+    text = str(value)
+    if not _UNIT_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not an escaped systemd unit name")
     return text
 
 
@@ -144,6 +158,7 @@ def template_env() -> jinja2.Environment:
     env.filters["shell"] = _shell_filter
     env.filters["shell_words"] = _shell_words
     env.filters["unit_word"] = unit_word
+    env.filters["unit_name"] = unit_name
     return env
 
 

@@ -1,9 +1,10 @@
 """The single-VM blueprint's node: cloud-init user data and every file it writes.
 
-Each node (primary and cold spare) gets the same files: containers as systemd units, Caddy in
-front, the data volume mounted at /srv/data when it is attached. Which node is *active* never
-shows up here, so promoting the spare changes no user data; only the park flag (power off after
-the first boot) sets the spare's user data apart.
+Each node (primary and cold spare) gets the same user data, byte for byte: containers as
+systemd units, Caddy in front, the data volume mounted at /srv/data whenever it is attached (at
+boot or later), and, where the cloud cannot create a server powered off, a first-boot power-off
+that happens only if the data volume never showed up. Neither the node's role nor which node is
+*active* shows up here, so promoting the spare or replacing a node changes no node's files.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from blueprints.render.common import (
     dump_json,
     dump_yaml,
     render_template,
+    shell_quote,
     static_file,
     systemd_escape_path,
 )
 from blueprints.render.context import NodeContext
-from blueprints.spec import AppSpec, Service
+from blueprints.spec import AppSpec, Service, format_path
+
+# A problem with the app spec: its field path (as blueprints.spec writes them) and what is wrong.
+Problem = tuple[tuple[str | int, ...], str]
 
 SCRIPTS = "/usr/local/lib/blueprints"
 UNITS = "/etc/systemd/system"
@@ -37,6 +42,14 @@ CADDY_DIR = "caddy"
 DATA_LABEL = "blueprints-data"
 # How long a node waits at boot for the data volume to be attached.
 DEVICE_WAIT_SECONDS = 180
+# With park_without_volume: how long the end of the first boot waits for the data volume before
+# powering the node off, and how often it looks.
+PARK_WAIT_SECONDS = 120
+PARK_POLL_SECONDS = 2
+# The cloud metadata service (Hetzner's and AWS's alike) hands out the user data, secrets
+# included; no container may reach it.
+METADATA_IP = "169.254.169.254"
+METADATA_GUARD_UNIT = "blueprints-metadata-guard.service"
 STOP_TIMEOUT_SECONDS = 30
 DEPLOY_USER = "deploy"
 
@@ -46,7 +59,7 @@ _INSPECT_FORMAT = (
     "{{.State.Running}} {{.State.StartedAt}} "
     "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
 )
-_DEVICE = re.compile(r"^/[A-Za-z0-9._:/-]+$")
+_DEVICE = re.compile(r"/[A-Za-z0-9._:/-]+")
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,8 @@ def render_cloud_init(ctx: NodeContext) -> str:
         runcmd.append("netplan apply")
     runcmd += [
         "systemctl daemon-reload",
+        # Links app.target into multi-user.target.wants/ and into the data device's
+        # .device.wants/, so the app also starts when the volume is attached after boot.
         "systemctl enable app.target",
         # --no-block: starting waits for the data volume, which cloud-init must not wait for.
         "systemctl start --no-block app.target",
@@ -92,7 +107,7 @@ def render_cloud_init(ctx: NodeContext) -> str:
         deploy_user["ssh_authorized_keys"] = list(ctx.app.admin.ssh_keys)
     config: dict[str, object] = {
         "package_update": True,
-        "packages": ["curl", "docker.io", "unattended-upgrades"],
+        "packages": ["curl", "docker.io", "iptables", "unattended-upgrades"],
         "ssh_pwauth": False,
         "disable_root": True,
         "users": [deploy_user],
@@ -107,13 +122,31 @@ def render_cloud_init(ctx: NodeContext) -> str:
         ],
         "runcmd": runcmd,
     }
-    if ctx.park_after_first_boot:
+    if ctx.park_without_volume:
+        # cloud-init runs power_state once per instance, after the first boot's final stage.
         config["power_state"] = {
             "mode": "poweroff",
-            "condition": True,
-            "message": "blueprints: cold spare set up; powering off until it is promoted",
+            "condition": park_condition(ctx.data_device),
+            "message": "blueprints: no data volume attached; parking this node (powered off) "
+            "until it is promoted",
         }
     return "#cloud-config\n" + dump_yaml(config)
+
+
+def park_condition(device: str) -> str:
+    """The power_state condition of a node that parks itself unless it holds the data volume.
+
+    cloud-init runs the text with /bin/sh and powers off only on exit status 0: here, when the
+    device is still no block device after up to PARK_WAIT_SECONDS. Once it is there the command
+    exits 1 (condition not met) and the node keeps running.
+    """
+    polls = PARK_WAIT_SECONDS // PARK_POLL_SECONDS
+    return (
+        f"device={shell_quote(_checked_device(device))}; tries={polls}; "
+        'while [ ! -b "$device" ] && [ "$tries" -gt 0 ]; do '
+        f"sleep {PARK_POLL_SECONDS}; "
+        'tries=$((tries - 1)); done; [ ! -b "$device" ]'
+    )
 
 
 def file_permissions(path: str) -> str:
@@ -128,7 +161,11 @@ def file_permissions(path: str) -> str:
 
 def _node_files(ctx: NodeContext) -> dict[str, RenderedFile]:
     app = ctx.app
-    _check_app(app)
+    # The program reports check_app's problems before it creates anything; this is the second
+    # line of defence, for a caller that did not ask.
+    problems = check_app(app)
+    if problems:
+        raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
     texts: dict[str, str] = {
         "/etc/ssh/sshd_config.d/10-blueprints.conf": static_file("sshd-hardening.conf"),
         "/etc/apt/apt.conf.d/52blueprints-auto-upgrades": static_file("auto-upgrades.conf"),
@@ -139,6 +176,7 @@ def _node_files(ctx: NodeContext) -> dict[str, RenderedFile]:
     }
     texts.update(_data_volume_files(ctx))
     texts.update(_network_files(app))
+    texts.update(_metadata_guard_files())
     texts.update(_secret_files(app, ctx.secrets))
     for name, svc in app.sorted_services():
         texts.update(_service_files(app, name, svc))
@@ -153,9 +191,16 @@ def _node_files(ctx: NodeContext) -> dict[str, RenderedFile]:
             config_path=CADDY_CONFIG,
         )
         texts[f"{UNITS}/blueprints-caddy.service"] = _t(
-            "caddy.service.j2", script=f"{SCRIPTS}/caddy", config_path=CADDY_CONFIG
+            "caddy.service.j2",
+            script=f"{SCRIPTS}/caddy",
+            config_path=CADDY_CONFIG,
+            guard=METADATA_GUARD_UNIT,
         )
-    texts[f"{UNITS}/app.target"] = _t("app.target.j2", units=_app_units(app, caddy is not None))
+    texts[f"{UNITS}/app.target"] = _t(
+        "app.target.j2",
+        units=_app_units(app, caddy is not None),
+        device_unit=_device_unit(ctx.data_device),
+    )
     if ctx.floating_ip is not None:
         texts["/etc/netplan/60-floating-ip.yaml"] = _floating_ip_netplan(ctx.floating_ip)
     return {
@@ -168,19 +213,50 @@ def _t(template: str, **values: object) -> str:
     return render_template(f"single-vm/{template}", **values)
 
 
-def _check_app(app: AppSpec) -> None:
-    """Rules of this blueprint on top of the spec's own."""
+NUL_MESSAGE = "contains a NUL character, which no process can receive"
+
+
+def check_app(app: AppSpec) -> list[Problem]:
+    """Every rule of the single-vm blueprint on top of the spec's own, for the spec as a whole.
+
+    One (field path, message) per problem, in a stable order, so that the program can report
+    them all, a line each, before it creates any resource. Needs no facts about a node.
+    """
+    problems: list[Problem] = []
     if CADDY_DIR in app.volumes:
-        raise ValueError(
-            f"volume name {CADDY_DIR!r} is reserved by the single-vm blueprint for the reverse "
-            "proxy's TLS state (/srv/data/caddy); rename the volume"
+        problems.append(
+            (
+                ("volumes", CADDY_DIR),
+                "is reserved by the single-vm blueprint for the reverse proxy's TLS state "
+                f"(/srv/data/{CADDY_DIR}); rename the volume",
+            )
         )
     for name, svc in app.sorted_services():
-        if svc.public_tcp_ports and svc.replicas > 1:
-            raise ValueError(
-                f"service {name} exposes a tcp port and has replicas: {svc.replicas}; "
-                "the single-vm blueprint publishes a host port once; set replicas: 1"
+        base: tuple[str | int, ...] = ("services", name)
+        tcp = [str(p.published) for p in svc.public_tcp_ports]
+        if tcp and svc.replicas > 1:
+            ports = f"port {tcp[0]}" if len(tcp) == 1 else f"ports {', '.join(tcp)}"
+            problems.append(
+                (
+                    (*base, "replicas"),
+                    "must be 1 for a service with an expose: tcp port; the single-vm blueprint "
+                    f"publishes host {ports} once, for one container (got {svc.replicas})",
+                )
             )
+        # A process can receive any text except NUL, so name each field that holds one.
+        for var, value in sorted(svc.env.items()):
+            if "\0" in value:
+                problems.append(((*base, "env", var), NUL_MESSAGE))
+        for i, arg in enumerate(svc.command or []):
+            if "\0" in arg:
+                problems.append(((*base, "command", i), NUL_MESSAGE))
+        if svc.health is not None:
+            for i, arg in enumerate(svc.health.command or []):
+                if "\0" in arg:
+                    problems.append(((*base, "health", "command", i), NUL_MESSAGE))
+            if "\0" in svc.health.path:
+                problems.append(((*base, "health", "path"), NUL_MESSAGE))
+    return problems
 
 
 def _network(app: AppSpec) -> str:
@@ -203,13 +279,22 @@ def _app_units(app: AppSpec, caddy: bool) -> list[str]:
     return sorted(units)
 
 
-def _data_volume_files(ctx: NodeContext) -> dict[str, str]:
-    device = ctx.data_device
-    if not _DEVICE.match(device) or "/../" in device + "/" or "//" in device:
+def _checked_device(device: str) -> str:
+    if not _DEVICE.fullmatch(device) or "/../" in device + "/" or "//" in device:
         raise ValueError(
             f"data_device {device!r} is not a plain device path like "
             "/dev/disk/by-id/scsi-0HC_Volume_12345678"
         )
+    return device
+
+
+def _device_unit(device: str) -> str:
+    """The .device unit systemd keeps for the data volume's block device (once it appears)."""
+    return systemd_escape_path(_checked_device(device)) + ".device"
+
+
+def _data_volume_files(ctx: NodeContext) -> dict[str, str]:
+    device = _checked_device(ctx.data_device)
     escaped = systemd_escape_path(device)
     volumes = sorted(ctx.app.volumes)
     caddy = any(svc.public_http_ports for svc in ctx.app.services.values())
@@ -240,6 +325,16 @@ def _network_files(app: AppSpec) -> dict[str, str]:
     }
 
 
+def _metadata_guard_files() -> dict[str, str]:
+    script = f"{SCRIPTS}/metadata-guard"
+    return {
+        f"{UNITS}/{METADATA_GUARD_UNIT}": _t(
+            "metadata-guard.service.j2", script=script, metadata_ip=METADATA_IP
+        ),
+        script: _t("metadata-guard.sh.j2", metadata_ip=METADATA_IP),
+    }
+
+
 def _secret_files(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
     out = {}
     for name, svc in app.sorted_services():
@@ -261,15 +356,6 @@ def _service_files(app: AppSpec, name: str, svc: Service) -> dict[str, str]:
     script = f"{SCRIPTS}/run-{name}"
     health_script = f"{SCRIPTS}/health-{name}" if svc.health else None
     deps = sorted(unit for dep in svc.depends_on for unit in _instances(dep, app.services[dep]))
-    # A process can receive any text except NUL, so name the field that has one.
-    checked = {f"env {var}": [value] for var, value in svc.env.items()}
-    checked["command"] = list(svc.command or [])
-    checked["health.command"] = list(svc.health.command or []) if svc.health else []
-    for field, values in checked.items():
-        if any("\0" in value for value in values):
-            raise ValueError(
-                f"service {name}: {field} contains a NUL character, which no process can receive"
-            )
     files = {
         f"{UNITS}/app-{name}@.service": _t(
             "service@.service.j2",
@@ -278,6 +364,7 @@ def _service_files(app: AppSpec, name: str, svc: Service) -> dict[str, str]:
             deps=deps,
             script=script,
             health_script=health_script,
+            guard=METADATA_GUARD_UNIT,
             stop_timeout=STOP_TIMEOUT_SECONDS,
         ),
         script: _t(
