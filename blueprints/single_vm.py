@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import pulumi
 
-from blueprints.render import NodeContext, render_cloud_init
+from blueprints.render import NodeContext, check_app, render_cloud_init
 from blueprints.settings import StackSettings
 from blueprints.spec import AppSpec
 from blueprints.targets import FirewallRule, make_target
@@ -47,6 +47,11 @@ def node_ip(settings: StackSettings, index: int) -> str:
 class SingleVm(pulumi.ComponentResource):
     """Primary + cold spare in one spread placement group, the data volume and floating IP on
     the active node."""
+
+    @staticmethod
+    def check(app: AppSpec) -> list[tuple[tuple[str | int, ...], str]]:
+        """Spec rules of this blueprint (beyond the spec's own), as (field path, message)."""
+        return check_app(app)
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env, is_config_secret
 
 from blueprints.settings import NAMESPACE, parse_settings
-from blueprints.spec import AppSpec, SpecError, load_spec
+from blueprints.spec import AppSpec, SpecError, format_path, load_spec
 
 SECRETS_KEY = "secrets"
 
@@ -64,7 +64,12 @@ def deploy() -> None:
         secrets = json.loads(secret_raw) if isinstance(secret_raw, str) else (secret_raw or {})
         if not isinstance(secrets, dict):
             raise SpecError([f"{source}: {NAMESPACE}:{SECRETS_KEY}: must be a map of NAME: value"])
-        problems = missing_secrets(app, secrets, source)
+        blueprint = blueprint_classes()[settings.blueprint]
+        spec_path = project_dir() / settings.spec
+        problems = [
+            f"{spec_path}: {format_path(path)}: {message}" for path, message in blueprint.check(app)
+        ]
+        problems += missing_secrets(app, secrets, source)
         if problems:
             raise SpecError(problems)
     except SpecError as exc:
@@ -77,8 +82,6 @@ def deploy() -> None:
             "with `pulumi config set --secret --path`"
         )
     wanted = {name: secrets[name] for name in app.secret_names()}
-    component = blueprint_classes()[settings.blueprint](
-        app.name, app, settings, pulumi.Output.secret(wanted), stack=stack
-    )
+    component = blueprint(app.name, app, settings, pulumi.Output.secret(wanted), stack=stack)
     for key, value in component.outputs.items():
         pulumi.export(key, value)

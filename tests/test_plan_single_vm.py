@@ -472,3 +472,22 @@ def test_plain_text_secrets_are_flagged(tmp_path):
 
 def test_program_warnings_become_plan_notes(plans):
     assert any("takes none yet" in n for n in plans["single-vm-hcloud"].notes)
+
+
+def test_blueprint_rules_are_reported_before_any_resource(tmp_path):
+    project = _copy_project(tmp_path)
+    spec = yaml.safe_load((project / "examples/app.yaml").read_text())
+    spec["volumes"]["caddy"] = {"size_gb": 1}
+    spec["services"]["redis"]["ports"] = [{"port": 6379, "expose": "tcp", "public_port": 16379}]
+    spec["services"]["redis"]["replicas"] = 2
+    (project / "examples/app.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(PlanError) as exc:
+        plan_stack("single-vm-hcloud", project)
+    lines = str(exc.value).splitlines()
+    spec_path = project / "examples/app.yaml"
+    assert lines[0] == (
+        f"{spec_path}: volumes.caddy: is reserved by the single-vm blueprint for the reverse "
+        "proxy's TLS state (/srv/data/caddy); rename the volume"
+    )
+    assert lines[1].startswith(f"{spec_path}: services.redis.replicas: must be 1 for a service")
+    assert len(lines) == 2
