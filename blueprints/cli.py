@@ -301,7 +301,7 @@ def promote(
     )
     result = _promotion(session).run(_active(session), opts)
     summary = _summary(session, result)
-    out.print(summary)
+    out.print(escape(summary), soft_wrap=True)
     if notify:
         _notify(notify, session, summary)
 
@@ -353,7 +353,7 @@ def watch(
         )
         return
     summary = _summary(session, result.promoted)
-    out.print(summary)
+    out.print(escape(summary), soft_wrap=True)
     if notify:
         _notify(notify, session, summary)
 
@@ -369,7 +369,8 @@ def park(
     from blueprints.failover.promote import park as do_park
 
     session = _session(stack, project)
-    out.print(do_park(session.cloud, session.settings.active, log=lambda m: err.print(escape(m))))
+    message = do_park(session.cloud, session.settings.active, log=lambda m: err.print(escape(m)))
+    out.print(escape(message), soft_wrap=True)
 
 
 def _summary(session, result) -> str:

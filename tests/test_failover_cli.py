@@ -4,6 +4,7 @@ the fake Hetzner API on 127.0.0.1, and the app's health endpoints on loopback ad
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -128,7 +129,25 @@ def world(tmp_path):
 
 def test_promote_end_to_end(world):
     world.dead.add("primary")
-    res = world.run("promote", STACK)
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args):
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+        res = world.run("promote", STACK, "--notify", url)
+    finally:
+        hook.shutdown()
+        hook.server_close()
     assert res.returncode == 0, res.stderr
     assert "promoted spare (boot, fence, detach, attach, healthy, address, record)" in res.stdout
     assert world.active_in_file() == "spare"
@@ -136,6 +155,9 @@ def test_promote_end_to_end(world):
     assert state["volumes"][world.volume]["server"] == world.ids["spare"]
     assert state["servers"][world.ids["primary"]]["status"] == "off"
     assert world.healthy(ADDRESSES["fip"])
+    assert "pulumi up --refresh --stack single-vm-hcloud" in res.stdout
+    assert len(received) == 1 and received[0]["stack"] == STACK
+    assert received[0]["text"].startswith("single-vm-hcloud: promoted spare")
 
 
 def test_promote_refuses_while_the_app_is_healthy(world):

@@ -46,12 +46,15 @@ def record_active(
 
         ws = auto.LocalWorkspace(work_dir=str(project_dir))
         ws.set_config(stack, KEY, auto.ConfigValue(value=node))
-        return f"recorded {KEY}={node} in stack {stack} with the Pulumi CLI"
+        return (
+            f"recorded {KEY}={node} in stack {stack} with the Pulumi CLI; run "
+            f"`pulumi up --refresh --stack {stack}` so Pulumi adopts the moved volume and IP"
+        )
     path = stack_file
     changed = write_active_to_file(path, node)
     shown = path.relative_to(project_dir) if path.is_relative_to(project_dir) else path
     state = "recorded" if changed else "already"
     return (
-        f"{state} {KEY}: {node} in {shown}; commit it, and the next "
-        f"`pulumi up --stack {stack}` keeps {node} active"
+        f"{state} {KEY}: {node} in {shown}; commit it, then run "
+        f"`pulumi up --refresh --stack {stack}` so Pulumi adopts the moved volume and IP"
     )
