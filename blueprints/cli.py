@@ -299,11 +299,7 @@ def promote(
     opts = Options(
         target=to, force=force, takeover=takeover, health_timeout=session.settings.promote_timeout
     )
-    result = _promotion(session).run(_active(session), opts)
-    summary = _summary(session, result)
-    out.print(escape(summary), soft_wrap=True)
-    if notify:
-        _notify(notify, session, summary)
+    _report(session, _promotion(session).run(_active(session), opts), notify)
 
 
 @app.command()
@@ -352,10 +348,7 @@ def watch(
             f"{result.probes} probes, {result.failures_in_a_row} failing at the end; no promotion"
         )
         return
-    summary = _summary(session, result.promoted)
-    out.print(escape(summary), soft_wrap=True)
-    if notify:
-        _notify(notify, session, summary)
+    _report(session, result.promoted, notify)
 
 
 @app.command()
@@ -373,11 +366,16 @@ def park(
     out.print(escape(message), soft_wrap=True)
 
 
-def _summary(session, result) -> str:
+def _report(session, result, notify: str | None) -> None:
+    """Print what a promotion did and, with --notify, POST the same sentence."""
     if result.already:
-        return f"{session.stack}: already running on {result.target}. {result.recorded}"
-    steps = ", ".join(result.done) or "nothing to do"
-    return f"{session.stack}: promoted {result.target} ({steps}). {result.recorded}"
+        summary = f"{session.stack}: already running on {result.target}. {result.recorded}"
+    else:
+        steps = ", ".join(result.done) or "nothing to do"
+        summary = f"{session.stack}: promoted {result.target} ({steps}). {result.recorded}"
+    out.print(escape(summary), soft_wrap=True)
+    if notify:
+        _notify(notify, session, summary)
 
 
 def _notify(url: str, session, summary: str) -> None:
