@@ -382,3 +382,14 @@ def test_park_after_failback(world):
     assert park(world.cloud, "spare") == "primary is already parked (off)"
     with pytest.raises(PromotionRefused, match="holds the data volume"):
         park(world.cloud, "primary")
+
+
+def test_a_failed_record_is_reported_and_a_rerun_only_records(world):
+    primary_dies(world)
+    promotion = world.promotion()
+    promotion.record = lambda node: (_ for _ in ()).throw(PermissionError("read-only file system"))
+    with pytest.raises(PromotionFailed, match="the app now runs on spare, but recording it failed"):
+        promotion.run("primary", world.options())
+    result = world.promotion(owner="ci-2").run("primary", world.options())
+    assert result.already
+    assert_promoted(world)

@@ -201,7 +201,14 @@ class Promotion:
                 f"promotion to {target} stopped: {exc}. Done so far: "
                 f"{', '.join(done) or 'nothing'}; rerun promote to finish"
             ) from exc
-        recorded = self.record(target)
+        try:
+            recorded = self.record(target)
+        except Exception as exc:  # a file or the Pulumi CLI: report it, the cloud is done
+            self._mark_abandoned(target)
+            raise PromotionFailed(
+                f"the app now runs on {target}, but recording it failed: {exc}. Rerun promote "
+                "(it will only record), or set blueprints:active yourself"
+            ) from exc
         done.append("record")
         self.after_step("record")
         self._call("clearing the promotion record", lambda: self.cloud.write_lock(None))
