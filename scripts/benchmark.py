@@ -110,9 +110,14 @@ def main() -> int:
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
     print(f"{'what':46} {'wall s':>8} {'peak MiB':>9}  target")
-    wall, rss, rc = measure([*BP, "plan", "--all"], ROOT)
-    ok = rc == 0 and wall < 1.0
-    print(f"{'plan --all (both single-vm stacks)':46} {wall:8.2f} {rss:9.0f}  < 1 s: {ok}")
+    # Three runs: the first after a change pays for cold file caches; report the median.
+    runs = [measure([*BP, "plan", "--all"], ROOT) for _ in range(3)]
+    wall = sorted(r[0] for r in runs)[1]
+    rss = max(r[1] for r in runs)
+    ok = all(r[2] == 0 for r in runs) and wall < 1.0
+    spread = f"(runs {', '.join(f'{r[0]:.2f}' for r in runs)})"
+    label = "plan --all (both single-vm stacks), median"
+    print(f"{label:46} {wall:8.2f} {rss:9.0f}  < 1 s: {ok} {spread}")
     if not ok:
         missed.append("plan --all")
 
