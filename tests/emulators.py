@@ -3,22 +3,96 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import boto3
+from botocore.config import Config
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class FaultProxy:
+    """An HTTP proxy in front of the EC2 emulator that answers chosen API actions with an error
+    instead of forwarding them, as a real endpoint under load or a busy resource would."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.pending: dict[str, list[tuple[int, str]]] = {}
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                # Headers and body go out in separate writes; without this, Nagle's algorithm
+                # and delayed ACKs add 40 ms to every call.
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                action = urllib.parse.parse_qs(body.decode()).get("Action", [""])[0]
+                with proxy.lock:
+                    queue = proxy.pending.get(action) or []
+                    fault = queue.pop(0) if queue else None
+                if fault:
+                    status, code = fault
+                    payload = (
+                        '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
+                        f"<Code>{code}</Code><Message>injected for {action}</Message>"
+                        "</Error></Errors><RequestID>fault</RequestID></Response>"
+                    ).encode()
+                    self._answer(status, payload, "text/xml")
+                    return
+                conn = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=30
+                )
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request("POST", self.path, body, headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                self._answer(resp.status, data, resp.getheader("Content-Type", "text/xml"))
+
+            def _answer(self, status: int, data: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def fail_next(self, action: str, status: int, code: str) -> None:
+        with self.lock:
+            self.pending.setdefault(action, []).append((status, code))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
 
 
 class MotoServer:
@@ -61,10 +135,12 @@ class MotoServer:
         req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
         urllib.request.urlopen(req, timeout=10).close()
 
-    def ec2(self, region: str = "eu-central-1"):
+    def ec2(self, region: str = "eu-central-1", url: str | None = None):
+        # One attempt per call: retries are the failover code's job, and the tests watch them.
         return boto3.client(
             "ec2",
-            endpoint_url=self.url,
+            endpoint_url=url or self.url,
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
             region_name=region,
             aws_access_key_id="testing",
             aws_secret_access_key="testing",

@@ -1,9 +1,9 @@
 """Promotion, watchdog and parking against local emulators: moto's EC2 server (the code
 LocalStack's EC2 runs) for AWS and the fake Hetzner API for hcloud, both on 127.0.0.1.
 
-The drivers are the real ones (boto3, the hcloud SDK); faults are injected at the HTTP API
-(botocore's before-call hook answers instead of the server; the fake Hetzner API answers with
-an error). Invariants are checked by describing state after every step.
+The drivers are the real ones (boto3, the hcloud SDK); faults are injected at the HTTP API (a
+proxy in front of moto answers chosen EC2 actions with an error; the fake Hetzner API answers
+with an error). Invariants are checked by describing state after every step.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from botocore.awsrequest import AWSResponse
-from emulators import MotoServer, build_single_vm
+from emulators import FaultProxy, MotoServer, build_single_vm
 from failover_world import Killed, World
 from fakes import FakeHcloud
 
@@ -65,29 +64,17 @@ def _stack_file(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def _aws_world(moto, tmp_path) -> World:
+def _aws_world(moto, tmp_path, proxy: FaultProxy) -> World:
     moto.reset()
-    ec2 = moto.ec2()
-    ids = build_single_vm(ec2)
-    admin = moto.ec2()  # a second client: the world's own hand, never faulted
-    pending: dict[str, list[str]] = {}
-
-    def before_call(model, **_kw):
-        kinds = pending.get(model.name)
-        if not kinds:
-            return None
-        kind = kinds.pop(0)
-        status, code = (503, "ServiceUnavailable") if kind == "5xx" else (400, "IncorrectState")
-        http = AWSResponse("http://127.0.0.1/", status, {}, None)
-        return http, {
-            "Error": {"Code": code, "Message": f"injected {kind}"},
-            "ResponseMetadata": {"HTTPStatusCode": status},
-        }
-
-    ec2.meta.events.register("before-call.ec2", before_call)
+    admin = moto.ec2()  # the world's own hand, straight to the emulator, never faulted
+    ids = build_single_vm(admin)
+    ec2 = moto.ec2(url=proxy.url)  # the promoter's client goes through the fault proxy
 
     def inject(op: str, kind: str) -> None:
-        pending.setdefault(AWS_OPS[op], []).append(kind)
+        if kind == "5xx":
+            proxy.fail_next(AWS_OPS[op], 503, "ServiceUnavailable")
+        else:
+            proxy.fail_next(AWS_OPS[op], 400, "IncorrectState")
 
     def set_power(node: str, on: bool) -> None:
         if on:
@@ -152,7 +139,11 @@ def _hcloud_world(fake: FakeHcloud, tmp_path) -> World:
 @pytest.fixture(params=["aws", "hcloud"])
 def world(request, moto, tmp_path):
     if request.param == "aws":
-        yield _aws_world(moto, tmp_path)
+        proxy = FaultProxy(moto.url)
+        try:
+            yield _aws_world(moto, tmp_path, proxy)
+        finally:
+            proxy.close()
     else:
         with FakeHcloud(action_polls=2) as fake:
             yield _hcloud_world(fake, tmp_path)
