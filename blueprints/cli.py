@@ -67,6 +67,15 @@ def _project(project: Path | None):
     return find_project(project)
 
 
+def _require_stacks(root: Path, stacks: list[str], known: list[str] | None = None) -> None:
+    from blueprints.plan import list_stacks
+
+    known = known if known is not None else list_stacks(root)
+    for stack in stacks:
+        if stack not in known:
+            raise BadInput(f"unknown stack {stack!r}; stacks here: {', '.join(known) or 'none'}")
+
+
 ProjectOpt = Annotated[
     Path | None,
     typer.Option(
@@ -124,9 +133,7 @@ def plan(
     chosen = known if all_stacks else list(stacks or [])
     if not chosen:
         raise BadInput(f"name a stack or pass --all; stacks here: {', '.join(known) or 'none'}")
-    unknown = [s for s in chosen if s not in known]
-    if unknown:
-        raise BadInput(f"unknown stack {unknown[0]!r}; stacks here: {', '.join(known) or 'none'}")
+    _require_stacks(root, chosen, known)
 
     plans = []
     for stack in chosen:
@@ -185,13 +192,11 @@ def render(
 
     Secrets appear as placeholders. Example: blueprints render single-vm-hcloud -o rendered/
     """
-    from blueprints.plan import list_stacks, plan_stack
+    from blueprints.plan import plan_stack
     from blueprints.render.unpack import stack_files
 
     root = _project(project)
-    known = list_stacks(root)
-    if stack not in known:
-        raise BadInput(f"unknown stack {stack!r}; stacks here: {', '.join(known) or 'none'}")
+    _require_stacks(root, [stack])
     target = output or Path("rendered") / stack
     _check_output_dir(target)
     files = stack_files(plan_stack(stack, root))
@@ -215,12 +220,9 @@ def _duration(text: str) -> float:
 
 def _session(stack: str, project: Path | None):
     from blueprints.failover.session import open_session
-    from blueprints.plan import list_stacks
 
     root = _project(project)
-    known = list_stacks(root)
-    if stack not in known:
-        raise BadInput(f"unknown stack {stack!r}; stacks here: {', '.join(known) or 'none'}")
+    _require_stacks(root, [stack])
     return open_session(root, stack)
 
 

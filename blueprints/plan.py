@@ -308,14 +308,10 @@ def _replace_secure(value: Any, key: str, notes: list[str]) -> tuple[Any, bool]:
     return value, False
 
 
-def load_stack_config(
-    project: str,
-    stacks_dir: Path,
-    stack: str,
-    project_dir: Path,
-    overrides: dict[str, Any] | None = None,
-) -> tuple[dict[str, str], list[str], list[str]]:
-    """(config for the program, secret keys, notes) from stacks/Pulumi.<stack>.yaml."""
+def read_stack_file(
+    stacks_dir: Path, stack: str, project_dir: Path
+) -> tuple[Path, Path, dict[str, Any]]:
+    """(path, path as shown, its `config:` mapping) of stacks/Pulumi.<stack>.yaml."""
     path = stacks_dir / f"Pulumi.{stack}.yaml"
     rel = path.relative_to(project_dir) if path.is_relative_to(project_dir) else path
     if not path.is_file():
@@ -329,11 +325,26 @@ def load_stack_config(
         raise PlanError(f"{rel}: is not valid YAML{where}") from None
     if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
         raise PlanError(f"{rel}: must be a mapping with a `config:` mapping")
+    config = data.get("config") or {}
+    for key in config:
+        if not isinstance(key, str):
+            raise PlanError(f"{rel}: config key {key!r} is not a string; quote it")
+    return path, rel, config
 
+
+def load_stack_config(
+    project: str,
+    stacks_dir: Path,
+    stack: str,
+    project_dir: Path,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """(config for the program, secret keys, notes) from stacks/Pulumi.<stack>.yaml."""
+    _, rel, file_config = read_stack_file(stacks_dir, stack, project_dir)
     notes: list[str] = []
     config: dict[str, Any] = {}
     secret_keys: list[str] = []
-    entries = {**(data.get("config") or {}), **(overrides or {})}
+    entries = {**file_config, **(overrides or {})}
     for raw_key, value in entries.items():
         if not isinstance(raw_key, str):
             raise PlanError(f"{rel}: config key {raw_key!r} is not a string; quote it")

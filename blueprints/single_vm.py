@@ -100,7 +100,6 @@ class SingleVm(pulumi.ComponentResource):
             servers[node] = target.server(
                 ServerSpec(
                     name=f"{prefix}-{node}",
-                    role=node,
                     user_data=user_data,
                     private_ip=node_ip(settings, index),
                     network=network,

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from blueprints.failover.cloud import Cloud
 from blueprints.failover.health import http_probe
 from blueprints.failover.record import record_active
-from blueprints.plan import PlanError, read_project
+from blueprints.plan import read_project, read_stack_file
 from blueprints.settings import NAMESPACE, StackSettings, parse_settings
 from blueprints.spec import AppSpec, SpecError, load_spec
 
@@ -43,17 +41,7 @@ class Session:
 
 def read_stack(project_dir: Path, stack: str) -> tuple[Path, StackSettings, AppSpec]:
     _, stacks_dir, _ = read_project(project_dir)
-    path = stacks_dir / f"Pulumi.{stack}.yaml"
-    rel = path.relative_to(project_dir) if path.is_relative_to(project_dir) else path
-    if not path.is_file():
-        raise PlanError(f"{rel}: no such stack file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise PlanError(f"{rel}: is not valid YAML") from None
-    config = data.get("config") if isinstance(data, dict) else None
-    if not isinstance(config, dict):
-        raise PlanError(f"{rel}: must be a mapping with a `config:` mapping")
+    path, rel, config = read_stack_file(stacks_dir, stack, project_dir)
     prefix = f"{NAMESPACE}:"
     raw: dict[str, Any] = {
         k[len(prefix) :]: v

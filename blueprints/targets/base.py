@@ -84,7 +84,6 @@ class ServerSpec:
     """What a blueprint wants of one server."""
 
     name: str
-    role: str
     user_data: pulumi.Input[str]
     private_ip: str
     network: Network
