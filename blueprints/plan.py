@@ -171,6 +171,9 @@ def fake_outputs(type_: str, name: str, id_: str, inputs: dict[str, Any]) -> dic
         "aws:lb/loadBalancer:LoadBalancer": {"arn": arn, "dnsName": f"{name}.elb.offline"},
         "aws:lb/targetGroup:TargetGroup": {"arn": arn},
         "aws:ec2/placementGroup:PlacementGroup": {"name": inputs.get("name", name)},
+        # -- compose --
+        # -- nomad --
+        # -- k8s --
     }
     state.update(extra.get(type_, {}))
     return state

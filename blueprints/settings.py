@@ -28,7 +28,7 @@ HCLOUD_LOCATIONS = {
     "sin": "ap-southeast",
 }
 
-BLUEPRINTS = ("single-vm",)
+BLUEPRINTS = ("single-vm", "compose", "nomad", "k8s")
 TARGETS = ("hcloud", "localstack", "aws")
 
 # Server size per (blueprint, cloud). hcloud cx23: 2 vCPU / 4 GB x86 (the 2025 cost-optimized line);
@@ -36,6 +36,12 @@ TARGETS = ("hcloud", "localstack", "aws")
 DEFAULT_SERVER_TYPE = {
     ("single-vm", "hcloud"): "cx23",
     ("single-vm", "aws"): "t3.small",
+    ("compose", "hcloud"): "cx23",
+    ("compose", "aws"): "t3.small",
+    ("nomad", "hcloud"): "cx23",
+    ("nomad", "aws"): "t3.small",
+    ("k8s", "hcloud"): "cx23",
+    ("k8s", "aws"): "t3.medium",
 }
 
 # LocalStack's EC2 accepts any AMI id it knows; this one is in its default image list (Ubuntu).
@@ -45,6 +51,20 @@ LOCALSTACK_ENDPOINT = "http://localhost:4566"
 _HCLOUD_ONLY = ("location", "image", "hcloud_ssh_key")
 _AWS_ONLY = ("region", "zone", "ami")
 _LOCALSTACK_ONLY = ("localstack_endpoint",)
+# Keys that mean something to one blueprint only; a stack of another blueprint may not set them.
+BLUEPRINT_ONLY: dict[str, tuple[str, ...]] = {
+    "single-vm": (
+        "active",
+        "watch_interval",
+        "watch_failures",
+        "probe_timeout",
+        "promote_timeout",
+        "health_url",
+    ),
+    "compose": ("floating_ip",),
+    "nomad": (),
+    "k8s": (),
+}
 
 
 class StackSettings(BaseModel):
@@ -54,7 +74,9 @@ class StackSettings(BaseModel):
         extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
     )
 
-    blueprint: Literal["single-vm"] = Field(description="Which rung of the ladder this stack runs.")
+    blueprint: Literal["single-vm", "compose", "nomad", "k8s"] = Field(
+        description="Which rung of the ladder this stack runs."
+    )
     target: Literal["hcloud", "localstack", "aws"] = Field(
         description="Where it runs: Hetzner Cloud, AWS emulated by LocalStack, or real AWS."
     )
@@ -123,6 +145,17 @@ class StackSettings(BaseModel):
         description="Health URL template; {address} is the node or floating IP probed, {domain} "
         "and {path} come from the spec (path: the public service's http health check).",
     )
+
+    # -- compose ------------------------------------------------------------------------------
+    floating_ip: bool = Field(
+        default=True,
+        description="compose: put the VM behind a floating IP (Hetzner) / Elastic IP (AWS), so "
+        "a rebuilt VM keeps the address and DNS needs no change.",
+    )
+
+    # -- nomad --------------------------------------------------------------------------------
+
+    # -- k8s ----------------------------------------------------------------------------------
 
     @field_validator("network_cidr", "subnet_cidr")
     @classmethod
@@ -198,6 +231,20 @@ def config_key(field: str) -> str:
     return f"{NAMESPACE}:{to_camel(field)}"
 
 
+def _allowed_fields(raw: dict[str, Any]) -> list[str]:
+    """The keys a stack may set, narrowed by its blueprint and target when those are valid."""
+    blueprint, target = raw.get("blueprint"), raw.get("target")
+    excluded: set[str] = set()
+    if blueprint in BLUEPRINT_ONLY:
+        excluded.update(f for b, fs in BLUEPRINT_ONLY.items() if b != blueprint for f in fs)
+    if target in TARGETS:
+        cloud = "aws" if target in ("aws", "localstack") else "hcloud"
+        excluded.update(_HCLOUD_ONLY if cloud != "hcloud" else ())
+        excluded.update(_AWS_ONLY if cloud != "aws" else ())
+        excluded.update(_LOCALSTACK_ONLY if target != "localstack" else ())
+    return [f for f in StackSettings.model_fields if f not in excluded]
+
+
 def parse_settings(raw: dict[str, Any], source: str) -> StackSettings:
     """Validate `blueprints:` config (keys without namespace, camelCase) into StackSettings."""
     try:
@@ -210,26 +257,32 @@ def parse_settings(raw: dict[str, Any], source: str) -> StackSettings:
             if key in StackSettings.model_fields:
                 key = to_camel(key)
             if msg.startswith(_UNKNOWN):
-                msg = _UNKNOWN + ", ".join(sorted(to_camel(f) for f in StackSettings.model_fields))
+                msg = _UNKNOWN + ", ".join(sorted(to_camel(f) for f in _allowed_fields(raw)))
             lines.append(f"{source}: {NAMESPACE}:{key}: {msg}")
         raise SpecError(lines) from None
+    def given(field: str) -> bool:
+        return to_camel(field) in raw or field in raw
+
     stray = [
-        f
+        f"{source}: {config_key(f)}: does not apply to target {settings.target}; "
+        "remove it from the stack file"
         for f in (
             *([] if settings.cloud == "hcloud" else _HCLOUD_ONLY),
             *([] if settings.cloud == "aws" else _AWS_ONLY),
             *([] if settings.target == "localstack" else _LOCALSTACK_ONLY),
         )
-        if to_camel(f) in raw or f in raw
+        if given(f)
+    ]
+    stray += [
+        f"{source}: {config_key(f)}: applies to the {owner} blueprint only, not to "
+        f"{settings.blueprint}; remove it from the stack file"
+        for owner, fields in BLUEPRINT_ONLY.items()
+        if owner != settings.blueprint
+        for f in fields
+        if given(f)
     ]
     if stray:
-        raise SpecError(
-            [
-                f"{source}: {config_key(f)}: does not apply to target {settings.target}; "
-                "remove it from the stack file"
-                for f in stray
-            ]
-        )
+        raise SpecError(stray)
     return settings
 
 

@@ -6,6 +6,7 @@ the very same file under Pulumi's mock runtime.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -20,10 +21,18 @@ from blueprints.spec import AppSpec, SpecError, format_path, load_spec
 SECRETS_KEY = "secrets"
 
 
-def blueprint_classes() -> dict[str, type]:
-    from blueprints.single_vm import SingleVm
+# Blueprint name -> "module:Class" of its ComponentResource, imported only when a stack uses it.
+BLUEPRINT_COMPONENTS = {
+    "single-vm": "blueprints.single_vm:SingleVm",
+    "compose": "blueprints.compose:Compose",
+    "nomad": "blueprints.nomad:Nomad",
+    "k8s": "blueprints.k8s:K8s",
+}
 
-    return {"single-vm": SingleVm}
+
+def blueprint_class(name: str) -> type:
+    module, _, cls = BLUEPRINT_COMPONENTS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def project_dir() -> Path:
@@ -64,7 +73,7 @@ def deploy() -> None:
         secrets = json.loads(secret_raw) if isinstance(secret_raw, str) else (secret_raw or {})
         if not isinstance(secrets, dict):
             raise SpecError([f"{source}: {NAMESPACE}:{SECRETS_KEY}: must be a map of NAME: value"])
-        blueprint = blueprint_classes()[settings.blueprint]
+        blueprint = blueprint_class(settings.blueprint)
         spec_path = project_dir() / settings.spec
         problems = [
             f"{spec_path}: {format_path(path)}: {message}" for path, message in blueprint.check(app)

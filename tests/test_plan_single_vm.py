@@ -350,9 +350,14 @@ def test_planning_is_deterministic(plans):
         (
             {"blueprints:serverTyp": "cx33"},
             "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:serverTyp: unknown key; allowed keys "
-            "here: active, ami, blueprint, hcloudSshKey, healthUrl, image, localstackEndpoint, "
-            "location, networkCidr, probeTimeout, promoteTimeout, protectData, region, "
-            "serverType, spec, subnetCidr, target, watchFailures, watchInterval, zone",
+            "here: active, blueprint, hcloudSshKey, healthUrl, image, location, networkCidr, "
+            "probeTimeout, promoteTimeout, protectData, serverType, spec, subnetCidr, target, "
+            "watchFailures, watchInterval",
+        ),
+        (
+            {"blueprints:floatingIp": False},
+            "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:floatingIp: applies to the compose "
+            "blueprint only, not to single-vm; remove it from the stack file",
         ),
         (
             {"blueprints:spec": "examples/missing.yaml"},
