@@ -260,6 +260,7 @@ def parse_settings(raw: dict[str, Any], source: str) -> StackSettings:
                 msg = _UNKNOWN + ", ".join(sorted(to_camel(f) for f in _allowed_fields(raw)))
             lines.append(f"{source}: {NAMESPACE}:{key}: {msg}")
         raise SpecError(lines) from None
+
     def given(field: str) -> bool:
         return to_camel(field) in raw or field in raw
 
