@@ -172,6 +172,8 @@ def fake_outputs(type_: str, name: str, id_: str, inputs: dict[str, Any]) -> dic
         "aws:lb/targetGroup:TargetGroup": {"arn": arn},
         "aws:ec2/placementGroup:PlacementGroup": {"name": inputs.get("name", name)},
         # -- compose --
+        "aws:iam/role:Role": {"arn": f"arn:aws:iam::000000000000:role/{inputs.get('name', name)}"},
+        "aws:dlm/lifecyclePolicy:LifecyclePolicy": {"arn": arn},
         # -- nomad --
         # -- k8s --
     }

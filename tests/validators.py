@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -110,5 +111,20 @@ def systemctl_enable(root: Path, unit: str) -> None:
     if proc.returncode != 0:
         pytest.fail(
             f"systemctl enable {unit} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}",
+            pytrace=False,
+        )
+
+
+def check_jsonschema(builtin_schema: str, path: Path) -> None:
+    """`check-jsonschema --builtin-schema NAME F` (schemas ship inside the package, so this
+    works offline); the tool comes with the dev dependencies, beside this interpreter."""
+    exe = Path(sys.executable).parent / "check-jsonschema"
+    if not exe.exists():
+        exe = Path(require("check-jsonschema"))
+    proc = _run([str(exe), "--builtin-schema", builtin_schema, str(path)])
+    if proc.returncode != 0:
+        pytest.fail(
+            f"check-jsonschema ({builtin_schema}) rejected {path.name}:\n"
+            f"{proc.stdout}{proc.stderr}",
             pytrace=False,
         )

@@ -415,17 +415,36 @@ def _service_files(app: AppSpec, name: str, svc: Service) -> dict[str, str]:
     return files
 
 
-def _caddy_config(app: AppSpec) -> dict[str, object] | None:
-    """Caddy's native JSON config, or None when no port is exposed over http."""
+def _caddy_config(app: AppSpec, dynamic: bool = False) -> dict[str, object] | None:
+    """Caddy's native JSON config, or None when no port is exposed over http.
+
+    Upstreams are the replicas' containers by name (single-vm), or with `dynamic`, whatever
+    addresses the service's name resolves to, looked up again every few seconds (Compose, whose
+    DNS answers a service name with every replica).
+    """
     routes = []
     for name, svc in app.sorted_services():
         for port in svc.public_http_ports:
             host = port.host or app.domain
+            upstreams: dict[str, object]
+            if dynamic:
+                upstreams = {
+                    "dynamic_upstreams": {
+                        "source": "a",
+                        "name": name,
+                        "port": str(port.port),
+                        "refresh": "5s",
+                    }
+                }
+            else:
+                upstreams = {
+                    "upstreams": [
+                        {"dial": f"{name}-{n}:{port.port}"} for n in range(1, svc.replicas + 1)
+                    ]
+                }
             proxy: dict[str, object] = {
                 "handler": "reverse_proxy",
-                "upstreams": [
-                    {"dial": f"{name}-{n}:{port.port}"} for n in range(1, svc.replicas + 1)
-                ],
+                **upstreams,
                 # While one replica restarts, retry the request on another rather than fail it.
                 "load_balancing": {
                     "selection_policy": {"policy": "round_robin"},

@@ -6,10 +6,14 @@ point at the emulator, test credentials, and the account/credential checks skipp
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
+
 import pulumi
 import pulumi_aws as aws
 
 from blueprints.settings import LOCALSTACK_AMI, StackSettings
+from blueprints.spec import Backups
 from blueprints.targets import userdata
 from blueprints.targets.base import (
     Firewall,
@@ -29,12 +33,28 @@ from blueprints.targets.base import (
 CANONICAL_OWNER = "099720109477"
 UBUNTU_NOBLE = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
 
+# AWS's managed policy that lets Data Lifecycle Manager snapshot EBS volumes.
+DLM_SERVICE_POLICY = "arn:aws:iam::aws:policy/service-role/AWSDataLifecycleManagerServiceRole"
+
 # Services the blueprints use; LocalStack serves all of them on one gateway.
 LOCALSTACK_SERVICES = ("dlm", "ec2", "elbv2", "iam", "sts")
 
 
 def _tags(name: str, labels: dict[str, str]) -> dict[str, str]:
     return {"Name": name, **labels}
+
+
+def _dlm_create_rule(
+    backups: Backups,
+) -> aws.dlm.LifecyclePolicyPolicyDetailsScheduleCreateRuleArgs:
+    """When DLM takes a snapshot: every hour, every day at `at`, or Sundays at `at` (UTC)."""
+    args = aws.dlm.LifecyclePolicyPolicyDetailsScheduleCreateRuleArgs
+    hour, minute = (int(part) for part in backups.at.split(":"))
+    if backups.schedule == "hourly":
+        return args(interval=1, interval_unit="HOURS")
+    if backups.schedule == "daily":
+        return args(interval=24, interval_unit="HOURS", times=backups.at)
+    return args(cron_expression=f"cron({minute} {hour} ? * SUN *)")
 
 
 class AwsTarget(Target):
@@ -44,6 +64,8 @@ class AwsTarget(Target):
     # An Elastic IP is translated by AWS; the instance only sees its private address.
     floating_ip_in_os = False
     user_data_limit = 16 * 1024
+    # Data Lifecycle Manager snapshots EBS volumes on a schedule.
+    volume_snapshots = True
     parked_billing_note = (
         "A stopped EC2 instance is not billed for compute; its root EBS volume still is."
     )
@@ -201,7 +223,7 @@ class AwsTarget(Target):
             subnet_id=spec.network.subnet_id,
             private_ip=spec.private_ip,
             vpc_security_group_ids=[spec.firewall.id],
-            placement_group=spec.placement.id,
+            placement_group=spec.placement.id if spec.placement else None,
             key_name=spec.ssh_key.id if spec.ssh_key else None,
             # Always the base64 field: the limit (16 KB) applies to the decoded bytes there.
             user_data_base64=pulumi.Output.from_input(spec.user_data).apply(
@@ -278,6 +300,60 @@ class AwsTarget(Target):
             opts=self.opts(),
         )
 
+    def volume_backups(
+        self, name: str, selector: dict[str, str], backups: Backups, labels: dict[str, str]
+    ) -> list[pulumi.CustomResource]:
+        # DLM creates and prunes the snapshots itself, under a role AWS provides for it.
+        role = aws.iam.Role(
+            f"{name}-role",
+            name=name,
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "dlm.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                },
+                sort_keys=True,
+            ),
+            tags=_tags(f"{name}-role", labels),
+            opts=self.opts(),
+        )
+        attached = aws.iam.RolePolicyAttachment(
+            f"{name}-role-policy",
+            role=role.name,
+            policy_arn=DLM_SERVICE_POLICY,
+            opts=self.opts(),
+        )
+        policy = aws.dlm.LifecyclePolicy(
+            name,
+            description=f"{name}: {backups.schedule} snapshots, {backups.keep} kept",
+            execution_role_arn=role.arn,
+            state="ENABLED",
+            policy_details=aws.dlm.LifecyclePolicyPolicyDetailsArgs(
+                resource_types=["VOLUME"],
+                target_tags=selector,
+                schedules=[
+                    aws.dlm.LifecyclePolicyPolicyDetailsScheduleArgs(
+                        name=f"{backups.schedule} at {backups.at} UTC",
+                        create_rule=_dlm_create_rule(backups),
+                        retain_rule=aws.dlm.LifecyclePolicyPolicyDetailsScheduleRetainRuleArgs(
+                            count=backups.keep
+                        ),
+                        copy_tags=True,
+                        tags_to_add={"snapshot-of": name},
+                    )
+                ],
+            ),
+            tags=_tags(name, labels),
+            opts=self.opts(depends_on=[attached]),
+        )
+        return [role, attached, policy]
+
     def load_balancer(
         self,
         name: str,
@@ -285,7 +361,15 @@ class AwsTarget(Target):
         servers: list[Server],
         ports: list[int],
         labels: dict[str, str],
+        *,
+        sources: Mapping[int, Sequence[str]] | None = None,
     ) -> LoadBalancer:
+        extra: dict[str, object] = {}
+        if sources is not None:
+            # A security group on the NLB admits each port from its sources only. The NLB then
+            # connects to the targets from its own private address (client IP preservation
+            # off), which the servers' "private network" rule admits.
+            extra["security_groups"] = [self._load_balancer_group(name, network, sources, labels)]
         lb = aws.lb.LoadBalancer(
             name,
             name=name,
@@ -293,6 +377,7 @@ class AwsTarget(Target):
             subnets=[network.subnet_id],
             tags=_tags(name, labels),
             opts=self.opts(),
+            **extra,
         )
         for port in ports:
             tg = aws.lb.TargetGroup(
@@ -303,6 +388,7 @@ class AwsTarget(Target):
                 target_type="instance",
                 tags=_tags(f"{name}-{port}", labels),
                 opts=self.opts(),
+                **({} if sources is None else {"preserve_client_ip": "false"}),
             )
             aws.lb.Listener(
                 f"{name}-{port}",
@@ -323,3 +409,49 @@ class AwsTarget(Target):
                     opts=self.opts(),
                 )
         return LoadBalancer(resource=lb, id=lb.arn, address=lb.dns_name)
+
+    # The NLB's security group admits exactly `sources` per port.
+    load_balancer_filters_sources = True
+
+    def _load_balancer_group(
+        self,
+        name: str,
+        network: Network,
+        sources: Mapping[int, Sequence[str]],
+        labels: dict[str, str],
+    ) -> pulumi.Output[str]:
+        ingress = []
+        for port, allowed in sorted(sources.items()):
+            v4 = [s for s in allowed if ":" not in s]
+            v6 = [s for s in allowed if ":" in s]
+            if not v4 and not v6:
+                continue  # nobody: no rule at all
+            ingress.append(
+                aws.ec2.SecurityGroupIngressArgs(
+                    protocol="tcp",
+                    from_port=port,
+                    to_port=port,
+                    cidr_blocks=v4,
+                    ipv6_cidr_blocks=v6,
+                    description=f"port {port}",
+                )
+            )
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-lb",
+            name=f"{name}-lb",
+            description="blueprints: load balancer sources",
+            vpc_id=network.id,
+            ingress=ingress,
+            egress=[
+                aws.ec2.SecurityGroupEgressArgs(
+                    protocol="-1",
+                    from_port=0,
+                    to_port=0,
+                    cidr_blocks=[self.settings.network_cidr],
+                    description="to the servers on the private network",
+                )
+            ],
+            tags=_tags(f"{name}-lb", labels),
+            opts=self.opts(),
+        )
+        return sg.id

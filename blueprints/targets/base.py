@@ -7,11 +7,13 @@ capability flags below. Each target implements them with its own provider's reso
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
 
 from blueprints.settings import StackSettings
+from blueprints.spec import Backups
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,11 @@ class ServerSpec:
     private_ip: str
     network: Network
     firewall: Firewall
-    placement: Placement
+    placement: Placement | None
     ssh_key: SshKey | None
     labels: dict[str, str]
+    # The cloud's own backups of the server's disk, where it has them (Hetzner: daily, 7 kept).
+    backups: bool = False
 
 
 class Target(ABC):
@@ -106,6 +110,10 @@ class Target(ABC):
     parked_billing_note: str
     # Largest user data the cloud accepts, in bytes; larger user data is compressed.
     user_data_limit: int
+    # The cloud snapshots a volume on a schedule (volume_backups() does something). Where False,
+    # the data has to reach a backup some other way (on Hetzner: an archive on the server's
+    # disk, which the server backups then copy).
+    volume_snapshots: bool
 
     def __init__(self, settings: StackSettings, parent: pulumi.Resource):
         self.settings = settings
@@ -159,8 +167,34 @@ class Target(ABC):
         servers: list[Server],
         ports: list[int],
         labels: dict[str, str],
+        *,
+        sources: Mapping[int, Sequence[str]] | None = None,
     ) -> LoadBalancer:
-        """A TCP load balancer forwarding each port to the same port on the servers."""
+        """A TCP load balancer forwarding each port to the same port on the servers.
+
+        sources (k8s): per port, the networks allowed to connect through the balancer, and the
+        balancer then reaches the servers from its private address (so the servers' firewalls
+        need no public rule for these ports). Only a target whose balancers can filter
+        (load_balancer_filters_sources) takes a port restricted to less than everyone; without
+        sources the balancer behaves exactly as before."""
+
+    # The cloud's load balancers can limit who connects, per port (AWS: a security group on the
+    # NLB). Hetzner's cannot: a port on its load balancer is open to the whole internet.
+    load_balancer_filters_sources: bool = False
+
+    def cluster_api_token(self) -> pulumi.Output[str] | None:
+        """The cloud API token in-cluster controllers need to manage the cloud's resources
+        (k8s: Hetzner's cloud controller manager and CSI driver), as a secret; None where they
+        need none."""
+        return None
+
+    @abstractmethod
+    def volume_backups(
+        self, name: str, selector: dict[str, str], backups: Backups, labels: dict[str, str]
+    ) -> list[pulumi.CustomResource]:
+        """Scheduled snapshots of the volumes carrying the `selector` tags, per the spec's
+        backup settings (schedule, time of day, how many to keep); [] where the cloud has no
+        volume snapshots (see volume_snapshots)."""
 
     def data_protection(self, **kwargs) -> pulumi.ResourceOptions:
         """Options for data-holding resources: protected unless the stack opts out."""

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+
 import pulumi
 import pulumi_hcloud as hcloud
 
+from blueprints.spec import Backups
 from blueprints.targets import userdata
 from blueprints.targets.base import (
     Firewall,
@@ -28,6 +33,8 @@ class HcloudTarget(Target):
     # A Hetzner floating IP is routed to the server; the OS must own the address.
     floating_ip_in_os = True
     user_data_limit = 32 * 1024
+    # Hetzner Cloud volumes cannot be snapshotted, and server backups leave volumes out.
+    volume_snapshots = False
     parked_billing_note = (
         "Hetzner bills powered-off servers in full: the parked spare costs as much as the primary."
     )
@@ -94,7 +101,8 @@ class HcloudTarget(Target):
             server_type=self.settings.size,
             image=self.settings.image,
             location=self.settings.location,
-            placement_group_id=spec.placement.id.apply(int),
+            placement_group_id=spec.placement.id.apply(int) if spec.placement else None,
+            backups=spec.backups,
             firewall_ids=[spec.firewall.id.apply(int)],
             ssh_keys=[spec.ssh_key.id] if spec.ssh_key else [],
             user_data=pulumi.Output.from_input(spec.user_data).apply(
@@ -164,6 +172,25 @@ class HcloudTarget(Target):
     def park_server(self, name: str, server: Server, parked: bool) -> pulumi.CustomResource | None:
         return None
 
+    def cluster_api_token(self) -> pulumi.Output[str] | None:
+        # The token the provider itself uses: `hcloud:token`, or HCLOUD_TOKEN from the
+        # environment as the provider falls back to. A plan without either gets a placeholder.
+        token = pulumi.Config("hcloud").get_secret("token")
+        if token is not None:
+            return token
+        if os.environ.get("HCLOUD_TOKEN"):
+            return pulumi.Output.secret(os.environ["HCLOUD_TOKEN"])
+        pulumi.log.warn(
+            "hcloud:token is not set; the cluster's cloud controller manager and CSI driver get "
+            "a placeholder token (run `pulumi config set --secret hcloud:token`)"
+        )
+        return pulumi.Output.secret("<secret:token>")
+
+    def volume_backups(
+        self, name: str, selector: dict[str, str], backups: Backups, labels: dict[str, str]
+    ) -> list[pulumi.CustomResource]:
+        return []
+
     def load_balancer(
         self,
         name: str,
@@ -171,7 +198,18 @@ class HcloudTarget(Target):
         servers: list[Server],
         ports: list[int],
         labels: dict[str, str],
+        *,
+        sources: Mapping[int, Sequence[str]] | None = None,
     ) -> LoadBalancer:
+        # A Hetzner load balancer has no source filter, and it reaches the targets over the
+        # private network, where the servers' firewalls do not apply: a port on it is open to
+        # everyone, so a restricted one is refused rather than silently opened.
+        for port, allowed in sorted((sources or {}).items()):
+            if not _everyone(allowed):
+                raise ValueError(
+                    f"{name}: port {port} is limited to {', '.join(allowed) or 'nobody'}, but a "
+                    "Hetzner load balancer cannot filter sources (load_balancer_filters_sources)"
+                )
         lb = hcloud.LoadBalancer(
             name,
             name=name,
@@ -205,3 +243,11 @@ class HcloudTarget(Target):
                 opts=self.opts(),
             )
         return LoadBalancer(resource=lb, id=lb.id, address=lb.ipv4)
+
+
+def _everyone(sources: Sequence[str]) -> bool:
+    """Whether the sources cover every IPv4 and IPv6 address."""
+    nets = [ipaddress.ip_network(s, strict=False) for s in sources]
+    return any(n.prefixlen == 0 and n.version == 4 for n in nets) and any(
+        n.prefixlen == 0 and n.version == 6 for n in nets
+    )

@@ -1,0 +1,119 @@
+"""compose: one VM running the app as a Docker Compose project, data on a cloud volume.
+
+No spare: a dead VM is rebuilt by `pulumi up` (the volume and the floating IP survive it) or
+restored from a backup. Backups follow the spec: scheduled volume snapshots where the cloud has
+them (AWS), otherwise the cloud's server backups plus an archive of the data on the server's
+disk (Hetzner).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+
+from blueprints.render.compose import ComposeContext, check_app, render_cloud_init
+from blueprints.settings import StackSettings
+from blueprints.single_vm import firewall_rules, node_ip
+from blueprints.spec import AppSpec
+from blueprints.targets import make_target
+from blueprints.targets.base import ServerSpec
+
+
+class Compose(pulumi.ComponentResource):
+    """One server in the private network, its data volume, optionally a floating IP, backups."""
+
+    @staticmethod
+    def check(app: AppSpec) -> list[tuple[tuple[str | int, ...], str]]:
+        return check_app(app)
+
+    def __init__(
+        self,
+        name: str,
+        app: AppSpec,
+        settings: StackSettings,
+        secrets: pulumi.Input[Mapping[str, str]],
+        stack: str,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("blueprints:index:Compose", name, None, opts)
+        target = make_target(settings, self)
+        prefix = f"{app.name}-{stack}"
+        labels = {
+            "app": app.name,
+            "blueprint": "compose",
+            "stack": stack,
+            "managed-by": "blueprints",
+        }
+        backups = app.backups
+        # The volume carries this tag so the snapshot policy finds it (and nothing else).
+        selector = {"backup-policy": f"{prefix}-data"}
+
+        network = target.network(f"{prefix}-net", labels)
+        firewall = target.firewall(f"{prefix}-fw", network, firewall_rules(app), labels)
+        key = target.ssh_key(f"{prefix}-admin", list(app.admin.ssh_keys), labels)
+        volume = target.volume(
+            f"{prefix}-data",
+            app.data_size_gb,
+            {**labels, **selector} if backups.enabled else labels,
+        )
+        fip = target.floating_ip(f"{prefix}-ip", labels) if settings.floating_ip else None
+
+        ip_in_os = fip is not None and target.floating_ip_in_os
+        archive = backups.enabled and not target.volume_snapshots
+        address = fip.address if fip is not None else pulumi.Output.from_input("")
+        user_data = pulumi.Output.all(volume.device_path, address, secrets).apply(
+            lambda values: render_cloud_init(
+                ComposeContext(
+                    app=app,
+                    data_device=values[0],
+                    floating_ip=values[1] if ip_in_os else None,
+                    archive_data=archive,
+                    secrets=dict(values[2] or {}),
+                )
+            )
+        )
+        server = target.server(
+            ServerSpec(
+                name=f"{prefix}-vm",
+                user_data=user_data,
+                private_ip=node_ip(settings, 0),
+                network=network,
+                firewall=firewall,
+                placement=None,
+                ssh_key=key,
+                labels=labels,
+                # Where volumes cannot be snapshotted, the server backups carry the archives.
+                backups=archive,
+            )
+        )
+        target.attach_volume(f"{prefix}-data-attachment", volume, server)
+        if fip is not None:
+            target.assign_floating_ip(f"{prefix}-ip-assignment", fip, server)
+        if backups.enabled:
+            target.volume_backups(f"{prefix}-snapshots", selector, backups, labels)
+        else:
+            pulumi.log.warn("the spec turns backups off: nothing backs up the data volume")
+
+        public = fip.address if fip is not None else server.public_ip
+        self.outputs: dict[str, pulumi.Input[object]] = {
+            "address": public,
+            "url": f"https://{app.domain}",
+            "sshCommand": public.apply(lambda ip: f"ssh deploy@{ip}"),
+            "dnsRecord": public.apply(lambda ip: f"{app.domain}. A {ip}"),
+            "backups": _backup_note(app, archive),
+        }
+        self.register_outputs(self.outputs)
+
+
+def _backup_note(app: AppSpec, archive: bool) -> str:
+    b = app.backups
+    if not b.enabled:
+        return "off (the spec turns backups off)"
+    when = "hourly" if b.schedule == "hourly" else f"{b.schedule} at {b.at} UTC"
+    if archive:
+        return (
+            f"{when}: /srv/data archived to /var/backups/blueprints on the server's disk "
+            f"({b.keep} kept), which the cloud's daily server backups copy (7 kept)"
+        )
+    return f"{when}: volume snapshots, {b.keep} kept"

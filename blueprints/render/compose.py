@@ -1,0 +1,379 @@
+"""The compose blueprint's VM: a Docker Compose project rendered from the spec, and its cloud-init.
+
+The compose file comes from a serializer (dump_yaml). Around it: the data volume mounted at
+/srv/data (the single-vm units, reused), a wrapper that runs `docker compose` with the secret
+environment, a systemd unit that brings the project up at boot once the volume is mounted, a
+timer that restarts unhealthy containers (Compose only restarts exited ones) and, where the
+cloud cannot snapshot volumes, a timer that archives /srv/data onto the server's disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from blueprints.render import single_vm as svm
+from blueprints.render.common import (
+    docker_env_file,
+    dump_json,
+    dump_yaml,
+    render_template,
+    static_file,
+    systemd_escape_path,
+)
+from blueprints.spec import AppSpec, Backups, Service, format_path
+
+Problem = svm.Problem
+
+COMPOSE_DIR = "/etc/blueprints/compose"
+COMPOSE_FILE = f"{COMPOSE_DIR}/compose.yaml"
+SECRETS_FILE = f"{svm.SECRETS}/app.env"
+WRAPPER = "/usr/local/sbin/app-compose"
+APP_UNIT = "app-compose.service"
+# Not a DNS label (underscore), so no spec service can take the proxy's name.
+PROXY_SERVICE = "blueprints_proxy"
+# A statically linked busybox (Ubuntu's busybox-static) is bind-mounted into every container
+# with an http or tcp health check, so the probe needs no curl, wget or shell in the image.
+HOST_BUSYBOX = "/usr/bin/busybox"
+PROBE_BUSYBOX = "/.blueprints/busybox"
+AUTOHEAL_UNIT = "app-autoheal"
+BACKUP_UNIT = "blueprints-backup"
+BACKUP_DIR = "/var/backups/blueprints"
+STOP_GRACE_SECONDS = 30
+# The autoheal timer's period is the shortest health interval, within these bounds.
+AUTOHEAL_MIN_SECONDS = 5
+AUTOHEAL_MAX_SECONDS = 30
+
+# The http probe, run by busybox's sh inside the container: one GET with HTTP/1.0 (so the
+# server closes the connection after answering), healthy on a 2xx or 3xx status line; redirects
+# are not followed. Spec values arrive as positional parameters, never inside this text.
+HTTP_PROBE = (
+    'bb="$0"; '
+    'printf \'GET %s HTTP/1.0\\r\\nHost: %s\\r\\nConnection: close\\r\\n\\r\\n\' "$1" "$2" '
+    '| "$bb" nc -w "$4" 127.0.0.1 "$3" | "$bb" head -n 1 '
+    "| \"$bb\" grep -q '^HTTP/[0-9.]* [23][0-9][0-9]'"
+)
+
+
+@dataclass(frozen=True)
+class ComposeContext:
+    """What the renderer needs beyond the spec: cloud-assigned values, resolved by the caller."""
+
+    app: AppSpec
+    # Stable by-id path of the data volume's block device (see NodeContext.data_device).
+    data_device: str
+    # Address the OS must configure itself (a Hetzner floating IP); None where the cloud
+    # translates it (an AWS Elastic IP) or there is no floating address.
+    floating_ip: str | None = None
+    # Archive /srv/data onto the server's own disk per the spec's backup settings, for a cloud
+    # that cannot snapshot volumes but backs up server disks (Hetzner).
+    archive_data: bool = False
+    # Secret environment values by name (placeholders when rendering to disk).
+    secrets: Mapping[str, str] | None = None
+
+
+def check_app(app: AppSpec) -> list[Problem]:
+    """The compose blueprint's rules on top of the spec's own: those of the single VM (one host,
+    the proxy's reserved directory, no NUL in values a process receives)."""
+    problems = svm.check_app(app)
+    return [
+        (path, msg.replace("single-vm blueprint", "compose blueprint")) for path, msg in problems
+    ]
+
+
+def render_compose_file(app: AppSpec) -> str:
+    """The compose file: every service of the spec, plus the reverse proxy."""
+    return dump_yaml(compose_document(app))
+
+
+def compose_document(app: AppSpec) -> dict[str, Any]:
+    services: dict[str, Any] = {}
+    for name, svc in app.sorted_services():
+        services[name] = _escape_interpolation(_service(app, name, svc))
+    if _has_proxy(app):
+        services[PROXY_SERVICE] = {
+            "image": svm.CADDY_IMAGE,
+            "command": ["caddy", "run", "--config", "/etc/caddy/caddy.json"],
+            "restart": "unless-stopped",
+            "ports": ["80:80", "443:443"],
+            "volumes": [
+                _bind(svm.CADDY_CONFIG, "/etc/caddy/caddy.json", read_only=True),
+                _bind(f"/srv/data/{svm.CADDY_DIR}", "/data"),
+            ],
+            "stop_grace_period": f"{STOP_GRACE_SECONDS}s",
+        }
+    return {"name": app.name, "services": services}
+
+
+def _has_proxy(app: AppSpec) -> bool:
+    return any(svc.public_http_ports for svc in app.services.values())
+
+
+def _bind(source: str, target: str, read_only: bool = False) -> dict[str, Any]:
+    # create_host_path false: with the volume not mounted the directory is missing and the
+    # container fails to start, instead of writing its data onto the root disk.
+    return {
+        "type": "bind",
+        "source": source,
+        "target": target,
+        "read_only": read_only,
+        "bind": {"create_host_path": False},
+    }
+
+
+def _service(app: AppSpec, name: str, svc: Service) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "image": svc.image,
+        "restart": "unless-stopped",
+        "stop_grace_period": f"{STOP_GRACE_SECONDS}s",
+        "deploy": {
+            "replicas": svc.replicas,
+            "resources": {"limits": {"cpus": f"{svc.cpu:g}", "memory": f"{svc.memory}M"}},
+        },
+    }
+    if svc.command:
+        out["command"] = list(svc.command)
+    environment: dict[str, str | None] = dict(svc.env)
+    # A name without a value: Compose passes the variable from its own environment, which the
+    # app-compose wrapper fills from the root-only secrets file. No value is in this file.
+    environment.update({var: None for var in svc.secret_env})
+    if environment:
+        out["environment"] = dict(sorted(environment.items()))
+    private = [str(p.port) for p in svc.ports if p.expose != "tcp"]
+    if private:
+        out["expose"] = private
+    published = [f"{p.published}:{p.port}" for p in svc.public_tcp_ports]
+    if published:
+        out["ports"] = published
+    volumes = [_bind(f"/srv/data/{m.volume}", m.path, m.read_only) for m in svc.volumes]
+    health = _healthcheck(app, svc)
+    if health is not None:
+        out["healthcheck"] = health
+        if svc.health is not None and svc.health.type != "command":
+            volumes.append(_bind(HOST_BUSYBOX, PROBE_BUSYBOX, read_only=True))
+    if volumes:
+        out["volumes"] = volumes
+    if svc.depends_on:
+        out["depends_on"] = {
+            dep: {
+                "condition": "service_healthy"
+                if app.services[dep].health is not None
+                else "service_started"
+            }
+            for dep in sorted(svc.depends_on)
+        }
+    return out
+
+
+def _healthcheck(app: AppSpec, svc: Service) -> dict[str, Any] | None:
+    health = svc.health
+    if health is None:
+        return None
+    port = health.port or (svc.ports[0].port if svc.ports else None)
+    if health.type == "http":
+        test = ["CMD", PROBE_BUSYBOX, "sh", "-c", HTTP_PROBE, PROBE_BUSYBOX, health.path]
+        test += [_probe_host(app, svc), str(port), str(health.timeout)]
+    elif health.type == "tcp":
+        # Connects, then runs `busybox true` on the connection: exit 0 once the port accepts.
+        test = ["CMD", PROBE_BUSYBOX, "nc", "-w", str(health.timeout), "127.0.0.1", str(port)]
+        test += ["-e", PROBE_BUSYBOX, "true"]
+    else:
+        test = ["CMD", *(health.command or [])]
+    return {
+        "test": test,
+        "interval": f"{health.interval}s",
+        "timeout": f"{health.timeout}s",
+        "retries": health.retries,
+        "start_period": f"{health.start_period}s",
+    }
+
+
+def _probe_host(app: AppSpec, svc: Service) -> str:
+    """The Host header of an http probe: what the proxy would send (apps often check it)."""
+    for port in svc.public_http_ports:
+        if port.host:
+            return port.host
+    return app.domain
+
+
+def _escape_interpolation(value: Any) -> Any:
+    """Compose substitutes ${VAR} and $VAR in every string of the file; `$$` is a literal `$`."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, list):
+        return [_escape_interpolation(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _escape_interpolation(v) for k, v in value.items()}
+    return value
+
+
+def unescape_interpolation(value: Any) -> Any:
+    """What Compose makes of a string written by _escape_interpolation (for tests and tools)."""
+    if isinstance(value, str):
+        return value.replace("$$", "$")
+    if isinstance(value, list):
+        return [unescape_interpolation(v) for v in value]
+    if isinstance(value, dict):
+        return {k: unescape_interpolation(v) for k, v in value.items()}
+    return value
+
+
+# --- the VM around the compose file ------------------------------------------------------------
+
+
+def render_vm_files(ctx: ComposeContext) -> dict[str, str]:
+    """Absolute path on the VM -> text, for every file the compose VM's cloud-init writes."""
+    app = ctx.app
+    problems = check_app(app)
+    if problems:
+        raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
+    device = svm._checked_device(ctx.data_device)
+    data_ctx = svm.NodeContext(app=app, node="compose", data_device=device, floating_ip=None)
+    texts: dict[str, str] = {
+        "/etc/ssh/sshd_config.d/10-blueprints.conf": static_file("sshd-hardening.conf"),
+        "/etc/apt/apt.conf.d/52blueprints-auto-upgrades": static_file("auto-upgrades.conf"),
+        "/etc/docker/daemon.json": dump_json(
+            {"log-driver": "json-file", "log-opts": {"max-file": "3", "max-size": "10m"}}
+        ),
+        COMPOSE_FILE: render_compose_file(app),
+        WRAPPER: _t(
+            "app-compose.sh.j2",
+            project=app.name,
+            compose_file=COMPOSE_FILE,
+            secrets_file=SECRETS_FILE,
+        ),
+        f"{svm.UNITS}/{APP_UNIT}": _t(
+            "app-compose.service.j2",
+            wrapper=WRAPPER,
+            guard=svm.METADATA_GUARD_UNIT,
+            device_unit=systemd_escape_path(device) + ".device",
+        ),
+        f"{svm.SCRIPTS}/autoheal": _t(
+            "autoheal.sh.j2", project=app.name, stop_timeout=STOP_GRACE_SECONDS
+        ),
+        f"{svm.UNITS}/{AUTOHEAL_UNIT}.service": _t(
+            "autoheal.service.j2", script=f"{svm.SCRIPTS}/autoheal"
+        ),
+        f"{svm.UNITS}/{AUTOHEAL_UNIT}.timer": _t("autoheal.timer.j2", period=autoheal_period(app)),
+    }
+    texts.update(svm._data_volume_files(data_ctx))
+    texts.update(svm._metadata_guard_files())
+    secret_env = _secret_env(app, ctx.secrets or {})
+    if secret_env is not None:
+        texts[SECRETS_FILE] = secret_env
+    caddy = svm._caddy_config(app, dynamic=True)
+    if caddy is not None:
+        texts[svm.CADDY_CONFIG] = dump_json(caddy)
+    if ctx.archive_data and app.backups.enabled:
+        texts[f"{svm.SCRIPTS}/backup"] = _t(
+            "backup.sh.j2",
+            wrapper=WRAPPER,
+            backup_dir=BACKUP_DIR,
+            keep=app.backups.keep,
+            paused=sorted(name for name, svc in app.services.items() if svc.volumes),
+        )
+        texts[f"{svm.UNITS}/{BACKUP_UNIT}.service"] = _t(
+            "backup.service.j2", script=f"{svm.SCRIPTS}/backup"
+        )
+        texts[f"{svm.UNITS}/{BACKUP_UNIT}.timer"] = _t(
+            "backup.timer.j2", calendar=backup_calendar(app.backups), backups=app.backups
+        )
+    if ctx.floating_ip is not None:
+        texts["/etc/netplan/60-floating-ip.yaml"] = svm._floating_ip_netplan(ctx.floating_ip)
+    return dict(sorted(texts.items()))
+
+
+def file_permissions(path: str) -> str:
+    if path == WRAPPER:
+        return "0755"
+    return svm.file_permissions(path)
+
+
+def render_cloud_init(ctx: ComposeContext) -> str:
+    """The VM's user data: a #cloud-config document embedding every file it needs."""
+    files = render_vm_files(ctx)
+    runcmd = [
+        "systemctl try-reload-or-restart ssh.service",
+        f"usermod --append --groups docker {svm.DEPLOY_USER}",
+    ]
+    if ctx.floating_ip is not None:
+        runcmd.append("netplan apply")
+    units = [APP_UNIT, f"{AUTOHEAL_UNIT}.timer"]
+    if f"{svm.UNITS}/{BACKUP_UNIT}.timer" in files:
+        units.append(f"{BACKUP_UNIT}.timer")
+    runcmd += [
+        "systemctl daemon-reload",
+        # Links the app into multi-user.target.wants/ and into the data device's .wants/, so
+        # it also starts when the volume is attached after boot (AWS attaches it then).
+        f"systemctl enable {' '.join(units)}",
+        # --no-block: the app waits for the data volume, which cloud-init must not wait for.
+        f"systemctl start --no-block {' '.join(units)}",
+    ]
+    deploy_user: dict[str, object] = {
+        "name": svm.DEPLOY_USER,
+        "shell": "/bin/bash",
+        "lock_passwd": True,
+        "sudo": "ALL=(ALL) NOPASSWD:ALL",
+    }
+    if ctx.app.admin.ssh_keys:
+        deploy_user["ssh_authorized_keys"] = list(ctx.app.admin.ssh_keys)
+    config: dict[str, object] = {
+        "package_update": True,
+        # Ubuntu's own Docker and Compose v2 packages: security updates come with the distro's
+        # (unattended-upgrades), and the release pins their major versions.
+        "packages": [
+            "busybox-static",
+            "curl",
+            "docker-compose-v2",
+            "docker.io",
+            "iptables",
+            "unattended-upgrades",
+        ],
+        "ssh_pwauth": False,
+        "disable_root": True,
+        "users": [deploy_user],
+        "write_files": [
+            {
+                "path": path,
+                "content": text,
+                "owner": "root:root",
+                "permissions": file_permissions(path),
+            }
+            for path, text in files.items()
+        ],
+        "runcmd": runcmd,
+    }
+    return "#cloud-config\n" + dump_yaml(config)
+
+
+def autoheal_period(app: AppSpec) -> int:
+    intervals = [svc.health.interval for svc in app.services.values() if svc.health]
+    shortest = min(intervals, default=AUTOHEAL_MAX_SECONDS)
+    return max(AUTOHEAL_MIN_SECONDS, min(AUTOHEAL_MAX_SECONDS, shortest))
+
+
+def backup_calendar(backups: Backups) -> str:
+    """The spec's schedule as a systemd OnCalendar= expression (UTC)."""
+    if backups.schedule == "hourly":
+        return "*-*-* *:00:00 UTC"
+    if backups.schedule == "daily":
+        return f"*-*-* {backups.at}:00 UTC"
+    return f"Sun *-*-* {backups.at}:00 UTC"
+
+
+def _secret_env(app: AppSpec, secrets: Mapping[str, str]) -> str | None:
+    names = app.secret_names()
+    if not names:
+        return None
+    missing = [n for n in names if n not in secrets]
+    if missing:
+        raise ValueError(
+            f"secret {missing[0]} has no value; set it with "
+            f"`pulumi config set --secret --path 'secrets.{missing[0]}'`"
+        )
+    return docker_env_file({n: secrets[n] for n in names}, what="secret")
+
+
+def _t(template: str, **values: object) -> str:
+    return render_template(f"compose/{template}", **values)
