@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from blueprints import scaffold
 from blueprints.spec import SpecError, load_spec
 
 EXIT_FAILED = 1
@@ -207,6 +208,102 @@ def render(
     out.print(f"[green]wrote[/green] {len(files)} files to {target}/")
     for path in sorted(files):
         out.print(f"  {path}")
+
+
+def _answer(flag: str, text: str):
+    """An option of `blueprints new` that answers one of the scaffold's questions."""
+    return typer.Option(flag, help=text, rich_help_panel="Answers (default: the template's)")
+
+
+@app.command()
+@_reports_bad_input
+def new(
+    directory: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Directory for the project, new or empty; default ./<project slug>.",
+            file_okay=False,
+        ),
+    ] = None,
+    no_input: Annotated[
+        bool,
+        typer.Option("--no-input", help="Ask nothing: the options given, defaults for the rest."),
+    ] = False,
+    project_name: Annotated[
+        str | None, _answer("--project-name", "Free text for the README; default Shop.")
+    ] = None,
+    project_slug: Annotated[
+        str | None,
+        _answer(
+            "--project-slug",
+            "App and Pulumi project name, a DNS label; default: the name, slugified.",
+        ),
+    ] = None,
+    domain: Annotated[
+        str | None, _answer("--domain", "Domain served with TLS; default <slug>.example.com.")
+    ] = None,
+    acme_email: Annotated[
+        str | None, _answer("--acme-email", "ACME account e-mail; default ops@<domain>.")
+    ] = None,
+    blueprint: Annotated[
+        str | None,
+        _answer(
+            "--blueprint",
+            f"{', '.join(scaffold.BLUEPRINTS)} or {scaffold.ALL_BLUEPRINTS}; default single-vm.",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        _answer(
+            "--target",
+            f"{', '.join(scaffold.TARGETS)} or {scaffold.BOTH_TARGETS}; default both.",
+        ),
+    ] = None,
+    hcloud_location: Annotated[
+        str | None, _answer("--hcloud-location", "Hetzner Cloud location; default fsn1.")
+    ] = None,
+    admin_cidr: Annotated[
+        str | None,
+        _answer("--admin-cidr", "Network allowed to reach SSH; default 203.0.113.0/24."),
+    ] = None,
+    ssh_public_key: Annotated[
+        str | None,
+        _answer(
+            "--ssh-public-key", "Your SSH public key file, read now; default ~/.ssh/id_ed25519.pub."
+        ),
+    ] = None,
+) -> None:
+    """Bake your own project from the scaffold: app spec, stacks, Pulumi project, tests, CI.
+
+    Without --no-input it asks for every answer (options become the suggested ones). All of the
+    project is written, or none of it. Example:
+    blueprints new shop-infra --no-input --blueprint all --domain shop.example.org
+    """
+    given = {
+        key: value
+        for key, value in {
+            "project_name": project_name,
+            "project_slug": project_slug,
+            "domain": domain,
+            "acme_email": acme_email,
+            "blueprint": blueprint,
+            "target": target,
+            "hcloud_location": hcloud_location,
+            "admin_cidr": admin_cidr,
+            "ssh_public_key": ssh_public_key,
+        }.items()
+        if value is not None
+    }
+    try:
+        path = scaffold.bake(directory, given, no_input=no_input)
+    except scaffold.ScaffoldError as exc:
+        raise BadInput(str(exc)) from None
+    except scaffold.AnswersRefused:
+        raise typer.Exit(EXIT_BAD_INPUT) from None  # the template's hook printed why
+    shown = os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+    stacks = sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in (path / "stacks").iterdir())
+    out.print(f"[green]baked[/green] {escape(shown)}/ with stacks {', '.join(stacks)}")
+    out.print(f"next: cd {escape(shown)} && uv sync && uv run pytest; README.md has the rest")
 
 
 def _duration(text: str) -> float:

@@ -152,6 +152,11 @@ def fake_id(type_: str, name: str) -> str:
     return prefixes.get(type_, f"{name}-") + hexid
 
 
+def _fake_pem(label: str, name: str) -> str:
+    """A PEM-shaped placeholder naming the resource it stands for (k8s)."""
+    return f"-----BEGIN {label}-----\nOFFLINE-{name}\n-----END {label}-----\n"
+
+
 def fake_outputs(type_: str, name: str, id_: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """The computed properties the blueprints read, as the provider would report them."""
     state = dict(inputs)
@@ -175,7 +180,27 @@ def fake_outputs(type_: str, name: str, id_: str, inputs: dict[str, Any]) -> dic
         "aws:iam/role:Role": {"arn": f"arn:aws:iam::000000000000:role/{inputs.get('name', name)}"},
         "aws:dlm/lifecyclePolicy:LifecyclePolicy": {"arn": arn},
         # -- nomad --
+        # Visible placeholders (the tls ones are shared with k8s below): the ACL bootstrap
+        # token and the gossip key of a plan are never real.
+        "random:index/randomUuid:RandomUuid": {"result": f"<secret:{name}>"},
+        "random:index/randomBytes:RandomBytes": {
+            "base64": f"<secret:{name}>",
+            "hex": f"<secret:{name}>",
+        },
         # -- k8s --
+        # Visible placeholders, not key material: a plan never holds a real key or token.
+        "random:index/randomPassword:RandomPassword": {"result": f"offline-{name}"},
+        "tls:index/privateKey:PrivateKey": {
+            "privateKeyPem": _fake_pem("PRIVATE KEY", name),
+            "publicKeyPem": _fake_pem("PUBLIC KEY", name),
+        },
+        "tls:index/selfSignedCert:SelfSignedCert": {"certPem": _fake_pem("CERTIFICATE", name)},
+        "tls:index/certRequest:CertRequest": {
+            "certRequestPem": _fake_pem("CERTIFICATE REQUEST", name)
+        },
+        "tls:index/locallySignedCert:LocallySignedCert": {
+            "certPem": _fake_pem("CERTIFICATE", name)
+        },
     }
     state.update(extra.get(type_, {}))
     return state
@@ -360,9 +385,10 @@ def load_stack_config(
             secret_keys.append(key)
 
     # A secret the spec needs but the stack does not set: plan with a placeholder, as
-    # `pulumi up` would stop and ask for it.
-    secrets_key = f"{project}:secrets"
-    spec_path = project_dir / str(config.get(f"{project}:spec", "examples/app.yaml"))
+    # `pulumi up` would stop and ask for it. The keys are in the `blueprints:` namespace whatever
+    # the project is called (a baked project has its own name), where blueprints.stack reads them.
+    secrets_key = "blueprints:secrets"
+    spec_path = project_dir / str(config.get("blueprints:spec", "examples/app.yaml"))
     try:
         from blueprints.spec import load_spec
 

@@ -243,7 +243,7 @@ class Service(_Model):
     secret_env: list[str] = Field(
         default_factory=list,
         description="Names of environment variables whose values are secrets, set per stack with "
-        "`pulumi config set --secret --path 'secrets.NAME'`.",
+        "`pulumi config set --secret --path 'blueprints:secrets.NAME'`.",
     )
     replicas: int = Field(default=1, ge=1, le=50, description="Number of instances to run.")
     cpu: float = Field(default=0.5, gt=0, le=64, description="CPU limit in cores.")

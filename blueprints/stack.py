@@ -52,7 +52,7 @@ def missing_secrets(app: AppSpec, given: dict[str, Any], source: str) -> list[st
         if name not in given:
             lines.append(
                 f"{source}: {NAMESPACE}:{SECRETS_KEY}.{name}: is not set; run "
-                f"pulumi config set --secret --path '{SECRETS_KEY}.{name}' VALUE"
+                f"pulumi config set --secret --path '{NAMESPACE}:{SECRETS_KEY}.{name}' VALUE"
             )
         elif not isinstance(given[name], str) or "\n" in given[name] or "\0" in given[name]:
             lines.append(

@@ -370,7 +370,7 @@ def _secret_env(app: AppSpec, secrets: Mapping[str, str]) -> str | None:
     if missing:
         raise ValueError(
             f"secret {missing[0]} has no value; set it with "
-            f"`pulumi config set --secret --path 'secrets.{missing[0]}'`"
+            f"`pulumi config set --secret --path 'blueprints:secrets.{missing[0]}'`"
         )
     return docker_env_file({n: secrets[n] for n in names}, what="secret")
 

@@ -345,7 +345,7 @@ def _secret_files(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
             if var not in secrets:
                 raise ValueError(
                     f"secret {var} (secret_env of service {name}) has no value; set it with "
-                    f"`pulumi config set --secret --path 'secrets.{var}'`"
+                    f"`pulumi config set --secret --path 'blueprints:secrets.{var}'`"
                 )
             values[var] = secrets[var]
         out[f"{SECRETS}/{name}.env"] = docker_env_file(values, what="secret")
