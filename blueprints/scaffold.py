@@ -47,6 +47,8 @@ from blueprints.spec import DNS_LABEL, EMAIL, HOSTNAME, SSH_KEY, parse_spec
 BLUEPRINTS: tuple[str, ...] = (
     "single-vm",
     "compose",
+    "nomad",
+    "k8s",
 )
 # Targets a baked project gets stacks for. `aws` is the localstack stack pointed at real AWS
 # (copy the file, drop localstackEndpoint), so it is not offered here.

@@ -62,8 +62,18 @@ BLUEPRINT_ONLY: dict[str, tuple[str, ...]] = {
         "health_url",
     ),
     "compose": ("floating_ip",),
-    "nomad": (),
-    "k8s": (),
+    "nomad": (
+        "nomad_version",
+        "heartbeat_grace",
+        "min_heartbeat_ttl",
+        "lost_after",
+        "reschedule_delay",
+    ),
+    "k8s": (
+        "node_monitor_grace_period",
+        "not_ready_toleration_seconds",
+        "unreachable_toleration_seconds",
+    ),
 }
 
 
@@ -154,8 +164,74 @@ class StackSettings(BaseModel):
     )
 
     # -- nomad --------------------------------------------------------------------------------
+    # Failure timing, so recovery time can be computed from config: a node is declared down
+    # after its heartbeat TTL (at least min_heartbeat_ttl) plus heartbeat_grace; its
+    # allocations are then lost and replaced at once (or after lost_after, if set).
+    nomad_version: str = Field(
+        default="1.10.5",
+        description="nomad: Nomad version installed from HashiCorp's apt repository (pinned).",
+    )
+    heartbeat_grace: int = Field(
+        default=10,
+        ge=1,
+        le=3600,
+        description="nomad: seconds a server waits past a client's heartbeat TTL before it "
+        "marks the node down (Nomad's default: 10s).",
+    )
+    min_heartbeat_ttl: int = Field(
+        default=10,
+        ge=1,
+        le=3600,
+        description="nomad: shortest heartbeat TTL, in seconds, the servers give a client "
+        "(Nomad's default: 10s).",
+    )
+    lost_after: int = Field(
+        default=0,
+        ge=0,
+        le=86400,
+        description="nomad: seconds the allocations of a node that missed its heartbeat stay "
+        "'unknown' (and may reconnect) before they are lost; 0: no disconnect block, they are "
+        "lost at once (Nomad's default).",
+    )
+    reschedule_delay: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="nomad: seconds before a failed allocation is placed again, doubling per "
+        "attempt up to 1h (Nomad's default for service jobs: 30s, exponential).",
+    )
+
+    @field_validator("nomad_version")
+    @classmethod
+    def _nomad_version(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", v):
+            raise ValueError(f"must be a Nomad release like 1.10.5 (got {v!r})")
+        return v
 
     # -- k8s ----------------------------------------------------------------------------------
+    # How fast Kubernetes gives up on a dead node. Its own defaults (50s grace, then 300s of
+    # toleration) evict pods about 5m50s after a node dies; these defaults make it about 60s.
+    node_monitor_grace_period: int = Field(
+        default=30,
+        ge=10,
+        le=600,
+        description="k8s: seconds without a heartbeat before a node is marked NotReady/Unknown "
+        "(kube-controller-manager --node-monitor-grace-period; Kubernetes' default is 50).",
+    )
+    not_ready_toleration_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="k8s: seconds a pod stays bound to a NotReady node before it is evicted "
+        "(kube-apiserver --default-not-ready-toleration-seconds; Kubernetes' default is 300).",
+    )
+    unreachable_toleration_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="k8s: seconds a pod stays bound to an unreachable node before it is evicted "
+        "(kube-apiserver --default-unreachable-toleration-seconds; Kubernetes' default is 300).",
+    )
 
     @field_validator("network_cidr", "subnet_cidr")
     @classmethod

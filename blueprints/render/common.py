@@ -135,6 +135,49 @@ def dump_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
+_HCL_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def hcl_string(value: object) -> str:
+    """One value as an HCL quoted string literal (Nomad job files, agent configs).
+
+    HCL's escapes are \\" \\\\ \\n \\r \\t and \\uNNNN (not JSON's \\b or \\f), so other control
+    characters are written as \\uNNNN. HCL also starts an interpolation at `${` and a directive
+    at `%{` inside quotes, so the brace after `$` or `%` is written as \\u007b: HCL then sees
+    `$` followed by a backslash, which starts nothing, and reads the value back as `${`. (HCL's
+    own `$${` means the same, but python-hcl2, the validator, cannot lex it when no `}` follows
+    in the same string.) NUL is refused: no process can receive it.
+    """
+    if isinstance(value, jinja2.Undefined):
+        raise ValueError("undefined value passed to the hcl filter")
+    text = str(value)
+    if "\0" in text:
+        raise ValueError("a value contains a NUL character, which no process can receive")
+    out = []
+    for i, ch in enumerate(text):
+        if ch in _HCL_ESCAPES:
+            out.append(_HCL_ESCAPES[ch])
+        elif ch < " " or ch == "\x7f":
+            out.append(f"\\u{ord(ch):04x}")
+        elif ch == "{" and i and text[i - 1] in "$%":
+            out.append("\\u007b")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+_HCL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def hcl_name(value: object) -> str:
+    """Let a value into HCL as an attribute name (an env block's keys) only if it is a plain
+    identifier; anything else could end the attribute and start another."""
+    text = str(value)
+    if not _HCL_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} cannot be an HCL attribute name (letters, digits and _)")
+    return text
+
+
 def _shell_filter(value: object) -> str:
     if isinstance(value, jinja2.Undefined):
         raise ValueError("undefined value passed to the shell filter")
@@ -159,6 +202,8 @@ def template_env() -> jinja2.Environment:
     env.filters["shell_words"] = _shell_words
     env.filters["unit_word"] = unit_word
     env.filters["unit_name"] = unit_name
+    env.filters["hcl"] = hcl_string
+    env.filters["hcl_name"] = hcl_name
     return env
 
 

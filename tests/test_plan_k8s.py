@@ -1,0 +1,516 @@
+"""Both k8s stacks evaluated offline under Pulumi's mock runtime (blueprints.plan)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from blueprints.plan import PlanError, is_secret, list_stacks, plan_stack
+from blueprints.render.unpack import server_user_data, user_data_files
+
+ROOT = Path(__file__).resolve().parent.parent
+STACKS = ["k8s-hcloud", "k8s-localstack"]
+SERVER = {"hcloud": "hcloud:index/server:Server", "aws": "aws:ec2/instance:Instance"}
+PLACEMENT = {
+    "hcloud": "hcloud:index/placementGroup:PlacementGroup",
+    "aws": "aws:ec2/placementGroup:PlacementGroup",
+}
+UD_FIELD = {"hcloud": "userData", "aws": "userDataBase64"}
+CONFIG = "etc/rancher/k3s/config.yaml"
+MANIFESTS = "var/lib/rancher/k3s/server/manifests/"
+PUBLIC = ("0.0.0.0/0", "::/0")
+ADMIN = ("203.0.113.0/24",)
+
+
+def _pem(label: str, name: str) -> str:
+    return f"-----BEGIN {label}-----\nOFFLINE-{name}\n-----END {label}-----\n"
+
+
+def cloud_of(stack: str) -> str:
+    return "hcloud" if stack.endswith("hcloud") else "aws"
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return {s: plan_stack(s, ROOT) for s in STACKS}
+
+
+def only(plan, type_):
+    found = plan.of_type(type_)
+    assert len(found) == 1, f"expected one {type_}, got {[r.name for r in found]}"
+    return found[0]
+
+
+def servers(plan, cloud) -> dict[str, object]:
+    """node suffix (cp-1 ... worker-3) -> server resource"""
+    prefix = f"shop-{plan.stack}-"
+    return {r.name.removeprefix(prefix): r for r in plan.of_type(SERVER[cloud])}
+
+
+def files(server) -> dict[str, str]:
+    return user_data_files(server_user_data(server))
+
+
+def labels_of(server, cloud):
+    return server.inputs["labels" if cloud == "hcloud" else "tags"]
+
+
+def test_every_k8s_stack_file_is_planned_by_this_suite():
+    assert {s for s in list_stacks(ROOT) if s.startswith("k8s-")} == set(STACKS)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_six_servers_three_control_planes_three_workers_in_one_spread_group(plans, stack):
+    plan, cloud = plans[stack], cloud_of(stack)
+    nodes = servers(plan, cloud)
+    assert sorted(nodes) == ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2", "worker-3"]
+    roles = {n: labels_of(s, cloud)["role"] for n, s in nodes.items()}
+    assert roles == {
+        **{f"cp-{i}": "control-plane" for i in (1, 2, 3)},
+        **{f"worker-{i}": "worker" for i in (1, 2, 3)},
+    }
+    group = only(plan, PLACEMENT[cloud])
+    assert group.inputs["type" if cloud == "hcloud" else "strategy"] == "spread"
+    key = "placementGroupId" if cloud == "hcloud" else "placementGroup"
+    wanted = int(group.id) if cloud == "hcloud" else group.id
+    assert {s.inputs[key] for s in nodes.values()} == {wanted}
+    # fixed private addresses on the private network, in node order
+    ips = {}
+    for n, s in nodes.items():
+        if cloud == "hcloud":
+            [net] = s.inputs["networks"]
+            network = only(plan, "hcloud:index/network:Network")
+            assert net["networkId"] == int(network.id)
+            ips[n] = net["ip"]
+        else:
+            assert s.inputs["subnetId"] == only(plan, "aws:ec2/subnet:Subnet").id
+            ips[n] = s.inputs["privateIp"]
+    assert ips == {
+        "cp-1": "10.0.1.10",
+        "cp-2": "10.0.1.11",
+        "cp-3": "10.0.1.12",
+        "worker-1": "10.0.1.13",
+        "worker-2": "10.0.1.14",
+        "worker-3": "10.0.1.15",
+    }
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_k3s_roles_join_the_first_control_plane(plans, stack):
+    plan, cloud = plans[stack], cloud_of(stack)
+    nodes = servers(plan, cloud)
+    for name, server in nodes.items():
+        node_files = files(server)
+        config = yaml.safe_load(node_files[CONFIG])
+        assert config["node-name"] == f"shop-{stack}-{name}"
+        unit = "k3s.service" if name.startswith("cp") else "k3s-agent.service"
+        assert f"etc/systemd/system/{unit}" in node_files
+        if name == "cp-1":
+            assert "server" not in config
+            assert "usr/local/lib/blueprints/k3s-bootstrap" in node_files
+            assert any(p.startswith(MANIFESTS) for p in node_files)
+        else:
+            assert config["server"] == "https://10.0.1.10:6443"
+            assert not any(p.startswith("var/lib/rancher") for p in node_files)
+        if name.startswith("cp"):
+            assert config["kube-controller-manager-arg"] == ["node-monitor-grace-period=30s"]
+            assert config["kube-apiserver-arg"] == [
+                "default-not-ready-toleration-seconds=30",
+                "default-unreachable-toleration-seconds=30",
+            ]
+
+
+def test_hcloud_ingress_load_balancer_targets_the_workers(plans):
+    plan = plans["k8s-hcloud"]
+    nodes = servers(plan, "hcloud")
+    lb = only(plan, "hcloud:index/loadBalancer:LoadBalancer")
+    assert lb.inputs["name"] == "shop-k8s-hcloud-ingress"
+    targets = plan.of_type("hcloud:index/loadBalancerTarget:LoadBalancerTarget")
+    assert sorted(t.inputs["serverId"] for t in targets) == sorted(
+        int(nodes[f"worker-{i}"].id) for i in (1, 2, 3)
+    )
+    assert all(t.inputs["usePrivateIp"] is True for t in targets)
+    assert all(t.inputs["loadBalancerId"] == int(lb.id) for t in targets)
+    services = plan.of_type("hcloud:index/loadBalancerService:LoadBalancerService")
+    assert sorted(
+        (s.inputs["protocol"], s.inputs["listenPort"], s.inputs["destinationPort"])
+        for s in services
+    ) == [
+        ("tcp", 80, 80),
+        ("tcp", 443, 443),
+    ]
+    net = only(plan, "hcloud:index/loadBalancerNetwork:LoadBalancerNetwork")
+    assert net.inputs["networkId"] == int(only(plan, "hcloud:index/network:Network").id)
+
+
+def test_hcloud_firewall_rules_exactly(plans):
+    """No API load balancer on Hetzner (it cannot filter sources): the API is on the control
+    planes' public addresses, for the admin networks only; workers take SSH only."""
+    plan = plans["k8s-hcloud"]
+    fws = {f.inputs["name"]: f for f in plan.of_type("hcloud:index/firewall:Firewall")}
+    assert sorted(fws) == ["shop-k8s-hcloud-cp-fw", "shop-k8s-hcloud-worker-fw"]
+
+    def rules(fw):
+        return [
+            (r["direction"], r["protocol"], r["port"], tuple(r["sourceIps"]))
+            for r in fw.inputs["rules"]
+        ]
+
+    assert rules(fws["shop-k8s-hcloud-cp-fw"]) == [
+        ("in", "tcp", "22", ADMIN),
+        ("in", "tcp", "6443", ADMIN),
+    ]
+    assert rules(fws["shop-k8s-hcloud-worker-fw"]) == [("in", "tcp", "22", ADMIN)]
+    nodes = servers(plan, "hcloud")
+    for name, server in nodes.items():
+        fw = fws["shop-k8s-hcloud-cp-fw" if name.startswith("cp") else "shop-k8s-hcloud-worker-fw"]
+        assert server.inputs["firewallIds"] == [int(fw.id)]
+    assert (
+        plan.public_outputs()["apiEndpoint"]
+        == f"https://{plan.outputs['controlPlaneIps']['shop-k8s-hcloud-cp-1']}:6443"
+    )
+
+
+def _ingress_rules(sg):
+    return sorted(
+        (
+            r["protocol"],
+            r["fromPort"],
+            r["toPort"],
+            tuple(r.get("cidrBlocks", [])),
+            tuple(r.get("ipv6CidrBlocks", [])),
+        )
+        for r in sg.inputs.get("ingress", [])
+    )
+
+
+def test_aws_security_groups_exactly(plans):
+    plan = plans["k8s-localstack"]
+    sgs = {s.inputs["name"]: s for s in plan.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    assert sorted(sgs) == [
+        "shop-k8s-localstack-api-lb",
+        "shop-k8s-localstack-cp-fw",
+        "shop-k8s-localstack-ingress-lb",
+        "shop-k8s-localstack-worker-fw",
+    ]
+    private = ("-1", 0, 0, ("10.0.0.0/16",), ())
+    ssh = ("tcp", 22, 22, ADMIN, ())
+    # nodes: SSH from the admins and the private network; nothing public, not even 80/443
+    assert _ingress_rules(sgs["shop-k8s-localstack-cp-fw"]) == [private, ssh]
+    assert _ingress_rules(sgs["shop-k8s-localstack-worker-fw"]) == [private, ssh]
+    # the load balancers: the API for the admins only, the web for everyone
+    assert _ingress_rules(sgs["shop-k8s-localstack-api-lb"]) == [("tcp", 6443, 6443, ADMIN, ())]
+    assert _ingress_rules(sgs["shop-k8s-localstack-ingress-lb"]) == [
+        ("tcp", 80, 80, ("0.0.0.0/0",), ("::/0",)),
+        ("tcp", 443, 443, ("0.0.0.0/0",), ("::/0",)),
+    ]
+    for name in ("api-lb", "ingress-lb"):
+        [egress] = sgs[f"shop-k8s-localstack-{name}"].inputs["egress"]
+        assert egress["cidrBlocks"] == ["10.0.0.0/16"]
+
+
+def test_aws_load_balancers_targets_and_listeners(plans):
+    plan = plans["k8s-localstack"]
+    nodes = servers(plan, "aws")
+    sgs = {s.inputs["name"]: s.id for s in plan.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    lbs = {lb.inputs["name"]: lb for lb in plan.of_type("aws:lb/loadBalancer:LoadBalancer")}
+    assert sorted(lbs) == ["shop-k8s-localstack-api", "shop-k8s-localstack-ingress"]
+    for name, lb in lbs.items():
+        assert lb.inputs["loadBalancerType"] == "network"
+        assert lb.inputs["securityGroups"] == [sgs[f"{name}-lb"]]
+    groups = {g.name: g for g in plan.of_type("aws:lb/targetGroup:TargetGroup")}
+    assert sorted(groups) == [
+        "shop-k8s-localstack-api-6443",
+        "shop-k8s-localstack-ingress-443",
+        "shop-k8s-localstack-ingress-80",
+    ]
+    # the balancers reach the nodes from their private address (admitted by the node rules)
+    assert {g.inputs["preserveClientIp"] for g in groups.values()} == {"false"}
+    listeners = sorted(
+        (li.inputs["port"], li.inputs["protocol"])
+        for li in plan.of_type("aws:lb/listener:Listener")
+    )
+    assert listeners == [(80, "TCP"), (443, "TCP"), (6443, "TCP")]
+    attached: dict[str, set[str]] = {}
+    for a in plan.of_type("aws:lb/targetGroupAttachment:TargetGroupAttachment"):
+        group = next(g for g in groups.values() if a.inputs["targetGroupArn"].endswith(g.id))
+        attached.setdefault(group.name, set()).add(a.inputs["targetId"])
+    cps = {nodes[f"cp-{i}"].id for i in (1, 2, 3)}
+    workers = {nodes[f"worker-{i}"].id for i in (1, 2, 3)}
+    assert attached == {
+        "shop-k8s-localstack-api-6443": cps,
+        "shop-k8s-localstack-ingress-443": workers,
+        "shop-k8s-localstack-ingress-80": workers,
+    }
+    out = plan.public_outputs()
+    assert out["apiEndpoint"] == "https://shop-k8s-localstack-api.elb.offline:6443"
+    assert out["dnsRecord"] == "shop.example.com. CNAME shop-k8s-localstack-ingress.elb.offline."
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_token_is_a_generated_secret_on_every_node(plans, stack):
+    plan, cloud = plans[stack], cloud_of(stack)
+    token = only(plan, "random:index/randomPassword:RandomPassword")
+    assert token.inputs["length"] == 48 and token.inputs["special"] is False
+    value = f"offline-{token.name}"
+    for server in servers(plan, cloud).values():
+        assert is_secret(server.inputs[UD_FIELD[cloud]])
+        assert server.public_inputs()[UD_FIELD[cloud]] == "[secret]"
+        node_files = files(server)
+        assert node_files["etc/rancher/k3s/token"] == value + "\n"
+        assert yaml.safe_load(node_files[CONFIG])["token-file"] == "/etc/rancher/k3s/token"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_kubeconfig_is_a_secret_output_signed_by_the_client_ca(plans, stack):
+    plan = plans[stack]
+    assert is_secret(plan.outputs["kubeconfig"])
+    assert plan.public_outputs()["kubeconfig"] == "[secret]"
+    config = yaml.safe_load(plan.outputs["kubeconfig"]["value"])
+    [cluster] = config["clusters"]
+    assert cluster["cluster"]["server"] == plan.outputs["apiEndpoint"]
+    assert cluster["cluster"]["tls-server-name"] == "kubernetes"
+    ca = base64.b64decode(cluster["cluster"]["certificate-authority-data"]).decode()
+    assert ca == _pem("CERTIFICATE", f"shop-{stack}-server-ca")
+    [user] = config["users"]
+    cert = base64.b64decode(user["user"]["client-certificate-data"]).decode()
+    assert f"OFFLINE-shop-{stack}-admin" in cert
+    request = only(plan, "tls:index/certRequest:CertRequest")
+    assert request.inputs["subject"]["organization"] == "system:masters"
+    signed = only(plan, "tls:index/locallySignedCert:LocallySignedCert")
+    assert "client_auth" in signed.inputs["allowedUses"]
+    assert signed.plain_inputs()["caCertPem"] == _pem("CERTIFICATE", f"shop-{stack}-client-ca")
+    assert signed.plain_inputs()["caPrivateKeyPem"] == _pem(
+        "PRIVATE KEY", f"shop-{stack}-client-ca-key"
+    )
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_first_control_plane_gets_the_cluster_cas(plans, stack):
+    plan, cloud = plans[stack], cloud_of(stack)
+    cp1 = files(servers(plan, cloud)["cp-1"])
+    cas = {r.name: r for r in plan.of_type("tls:index/selfSignedCert:SelfSignedCert")}
+    assert sorted(cas) == sorted(
+        f"shop-{stack}-{n}"
+        for n in ("client-ca", "etcd-peer-ca", "etcd-server-ca", "request-header-ca", "server-ca")
+    )
+    assert all(c.inputs["isCaCertificate"] is True for c in cas.values())
+    tls_dir = "var/lib/rancher/k3s/server/tls/"
+    assert cp1[tls_dir + "server-ca.crt"].endswith(
+        f"OFFLINE-shop-{stack}-server-ca\n-----END CERTIFICATE-----\n"
+    )
+    assert f"OFFLINE-shop-{stack}-etcd-peer-ca-key" in cp1[tls_dir + "etcd/peer-ca.key"]
+    assert f"OFFLINE-shop-{stack}-service-account-key" in cp1[tls_dir + "service.key"]
+    service_key = plan.get(f"shop-{stack}-service-account-key")
+    assert service_key.inputs["algorithm"] == "RSA"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_cluster_identity_is_protected_and_nothing_else(plans, stack):
+    plan = plans[stack]
+    protected = {r.type for r in plan.resources if r.protect}
+    assert protected == {
+        "random:index/randomPassword:RandomPassword",
+        "tls:index/privateKey:PrivateKey",
+        "tls:index/selfSignedCert:SelfSignedCert",
+    }
+    # the admin credentials are renewable, not protected
+    admin = [r for r in plan.resources if "-admin" in r.name and r.type.startswith("tls:")]
+    assert len(admin) == 3 and not any(r.protect for r in admin)
+
+
+def test_protection_can_be_switched_off():
+    plan = plan_stack("k8s-localstack", ROOT, {"blueprints:protectData": False})
+    assert not any(r.protect for r in plan.resources)
+
+
+def test_hcloud_cloud_controller_gets_the_network_and_a_token_placeholder(plans):
+    plan = plans["k8s-hcloud"]
+    cp1 = files(servers(plan, "hcloud")["cp-1"])
+    [secret] = yaml.safe_load_all(cp1[MANIFESTS + "blueprints-hcloud-secret.yaml"])
+    network = only(plan, "hcloud:index/network:Network")
+    assert secret["stringData"] == {"token": "<secret:token>", "network": network.id}
+    assert any("hcloud:token is not set" in n for n in plan.notes)
+    assert MANIFESTS + "blueprints-hcloud-ccm.yaml" in cp1
+
+
+def test_hcloud_token_from_config_reaches_the_cluster_secret():
+    plan = plan_stack("k8s-hcloud", ROOT, {"hcloud:token": {"secure": "v1:AAAA"}})
+    cp1 = files(servers(plan, "hcloud")["cp-1"])
+    [secret] = yaml.safe_load_all(cp1[MANIFESTS + "blueprints-hcloud-secret.yaml"])
+    # an encrypted value plans as a placeholder; it is never decrypted here
+    assert secret["stringData"]["token"] == "<secret:token>"
+    assert not any("hcloud:token is not set" in n for n in plan.notes)
+
+
+def test_aws_cluster_gets_local_path_storage_and_no_hetzner_addons(plans):
+    cp1 = files(servers(plans["k8s-localstack"], "aws")["cp-1"])
+    assert not any("hcloud" in p for p in cp1)
+    [storage] = yaml.safe_load_all(cp1[MANIFESTS + "blueprints-storage.yaml"])
+    assert storage["provisioner"] == "rancher.io/local-path"
+    config = yaml.safe_load(cp1[CONFIG])
+    assert "disable-cloud-controller" not in config
+
+
+def test_localstack_endpoints_and_providers(plans):
+    plan = plans["k8s-localstack"]
+    provider = only(plan, "pulumi:providers:aws")
+    inputs = provider.plain_inputs()
+    endpoints = inputs["endpoints"]
+    if isinstance(endpoints, str):
+        endpoints = json.loads(endpoints)
+    assert endpoints[0]["ec2"] == endpoints[0]["elbv2"] == "http://localhost:4566"
+    aws_resources = [r for r in plan.custom if r.type.startswith("aws:")]
+    assert aws_resources and {r.provider for r in aws_resources} == {provider.name}
+    assert {s.inputs["ami"] for s in servers(plan, "aws").values()} == {"ami-df5de72bdb3b"}
+    assert {s.inputs["instanceType"] for s in servers(plan, "aws").values()} == {"t3.medium"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_user_data_fits_the_cloud_limit(plans, stack):
+    cloud = cloud_of(stack)
+    for server in servers(plans[stack], cloud).values():
+        sent = server.plain_inputs()[UD_FIELD[cloud]]
+        size = len(sent) if cloud == "hcloud" else len(base64.b64decode(sent))
+        assert size <= {"hcloud": 32 * 1024, "aws": 16 * 1024}[cloud]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_outputs(plans, stack):
+    out = plans[stack].public_outputs()
+    assert out["url"] == "https://shop.example.com"
+    assert out["k3sVersion"] == "v1.34.9+k3s1"
+    assert sorted(out["controlPlaneIps"]) == [f"shop-{stack}-cp-{i}" for i in (1, 2, 3)]
+    assert sorted(out["workerIps"]) == [f"shop-{stack}-worker-{i}" for i in (1, 2, 3)]
+    assert out["failureTiming"] == {
+        "nodeMonitorGracePeriodSeconds": 30,
+        "notReadyTolerationSeconds": 30,
+        "unreachableTolerationSeconds": 30,
+        "podEvictionAfterSeconds": 60,
+    }
+    assert out["sshCommand"] == f"ssh deploy@{out['controlPlaneIps'][f'shop-{stack}-cp-1']}"
+
+
+def test_failure_timing_is_stack_config():
+    plan = plan_stack(
+        "k8s-hcloud",
+        ROOT,
+        {
+            "blueprints:nodeMonitorGracePeriod": 40,
+            "blueprints:notReadyTolerationSeconds": 300,
+            "blueprints:unreachableTolerationSeconds": 120,
+        },
+    )
+    assert plan.outputs["failureTiming"]["podEvictionAfterSeconds"] == 340
+    for name, server in servers(plan, "hcloud").items():
+        config = yaml.safe_load(files(server)[CONFIG])
+        if name.startswith("cp"):
+            assert config["kube-controller-manager-arg"] == ["node-monitor-grace-period=40s"]
+            assert config["kube-apiserver-arg"] == [
+                "default-not-ready-toleration-seconds=300",
+                "default-unreachable-toleration-seconds=120",
+            ]
+        else:
+            assert "kube-apiserver-arg" not in config
+
+
+@pytest.mark.parametrize(
+    ("stack", "overrides", "message"),
+    [
+        (
+            "k8s-hcloud",
+            {"blueprints:nodeMonitorGracePeriod": 5},
+            "stacks/Pulumi.k8s-hcloud.yaml: blueprints:nodeMonitorGracePeriod: must be at least "
+            "10 (got '5')",
+        ),
+        (
+            "single-vm-hcloud",
+            {"blueprints:unreachableTolerationSeconds": 10},
+            "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:unreachableTolerationSeconds: "
+            "applies to the k8s blueprint only, not to single-vm; remove it from the stack file",
+        ),
+        (
+            "k8s-hcloud",
+            {"blueprints:active": "spare"},
+            "stacks/Pulumi.k8s-hcloud.yaml: blueprints:active: applies to the single-vm blueprint "
+            "only, not to k8s; remove it from the stack file",
+        ),
+    ],
+)
+def test_bad_stack_settings_give_one_clear_line(stack, overrides, message):
+    with pytest.raises(PlanError) as exc:
+        plan_stack(stack, ROOT, overrides)
+    assert str(exc.value) == message
+
+
+def _copy_project(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "Pulumi.yaml", project)
+    for folder in ("stacks", "examples"):
+        shutil.copytree(ROOT / folder, project / folder)
+    (project / "blueprints").mkdir()
+    shutil.copy(ROOT / "blueprints/program.py", project / "blueprints/program.py")
+    return project
+
+
+def test_blueprint_rules_are_reported_before_any_resource(tmp_path):
+    project = _copy_project(tmp_path)
+    spec = yaml.safe_load((project / "examples/app.yaml").read_text())
+    spec["name"] = "default"
+    (project / "examples/app.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(PlanError) as exc:
+        plan_stack("k8s-localstack", project)
+    assert str(exc.value) == (
+        f"{project / 'examples/app.yaml'}: name: 'default' is the name of a namespace the cluster "
+        "uses itself, and the app runs in a namespace named after it; choose another name"
+    )
+
+
+def test_a_spec_change_touches_only_the_first_control_plane(plans, tmp_path):
+    project = _copy_project(tmp_path)
+    spec = yaml.safe_load((project / "examples/app.yaml").read_text())
+    spec["services"]["web"]["replicas"] = 3
+    (project / "examples/app.yaml").write_text(yaml.safe_dump(spec))
+    after = plan_stack("k8s-hcloud", project)
+    before = plans["k8s-hcloud"]
+    a = {r.name: r.plain_inputs() for r in before.resources}
+    b = {r.name: r.plain_inputs() for r in after.resources}
+    assert a.keys() == b.keys()
+    assert {n for n in a if a[n] != b[n]} == {"shop-k8s-hcloud-cp-1"}
+
+
+def test_planning_is_deterministic(plans):
+    again = plan_stack("k8s-localstack", ROOT)
+    first = plans["k8s-localstack"]
+    assert [r.as_json() for r in again.resources] == [r.as_json() for r in first.resources]
+    assert [r.plain_inputs() for r in again.resources] == [
+        r.plain_inputs() for r in first.resources
+    ]
+    assert again.outputs == first.outputs
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_secrets_reach_only_the_first_control_plane_as_placeholders(plans, stack):
+    plan, cloud = plans[stack], cloud_of(stack)
+    for name, server in servers(plan, cloud).items():
+        text = server_user_data(server)
+        assert ("<secret:DATABASE_PASSWORD>" in text) == (name == "cp-1")
+
+
+def test_hetzner_load_balancer_refuses_a_restricted_port():
+    """Hetzner load balancers cannot filter sources; a restricted port must not open silently."""
+    from blueprints.settings import StackSettings
+    from blueprints.targets.hcloud import HcloudTarget
+
+    target = HcloudTarget(StackSettings(blueprint="k8s", target="hcloud"), None)  # type: ignore[arg-type]
+    assert target.load_balancer_filters_sources is False
+    with pytest.raises(ValueError, match=r"port 6443 is limited to 203\.0\.113\.0/24"):
+        target.load_balancer("api", None, [], [6443], {}, sources={6443: ADMIN})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"limited to 0\.0\.0\.0/0"):  # IPv4 only is not everyone
+        target.load_balancer("web", None, [], [80], {}, sources={80: ("0.0.0.0/0",)})  # type: ignore[arg-type]

@@ -1,0 +1,313 @@
+"""Both nomad stacks evaluated offline under Pulumi's mock runtime (blueprints.plan)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+import yaml
+
+from blueprints.plan import PlanError, is_secret, list_stacks, plan_stack
+from blueprints.render import nomad as r
+from blueprints.render.unpack import server_user_data, stack_files, user_data_files
+
+ROOT = Path(__file__).resolve().parent.parent
+# Paths as user_data_files() gives them (no leading slash).
+APP_JOB_FILE, GOSSIP_CONFIG, KEY_FILE, TOKEN_FILE = (
+    p.lstrip("/") for p in (r.APP_JOB_FILE, r.GOSSIP_CONFIG, r.KEY_FILE, r.TOKEN_FILE)
+)
+STACKS = ["nomad-hcloud", "nomad-localstack"]
+SERVER = {"hcloud": "hcloud:index/server:Server", "aws": "aws:ec2/instance:Instance"}
+VOLUME = {"hcloud": "hcloud:index/volume:Volume", "aws": "aws:ebs/volume:Volume"}
+ATTACH = {
+    "hcloud": "hcloud:index/volumeAttachment:VolumeAttachment",
+    "aws": "aws:ec2/volumeAttachment:VolumeAttachment",
+}
+PLACEMENT = {
+    "hcloud": "hcloud:index/placementGroup:PlacementGroup",
+    "aws": "aws:ec2/placementGroup:PlacementGroup",
+}
+UD_FIELD = {"hcloud": "userData", "aws": "userDataBase64"}
+NODES = ["node-1", "node-2", "node-3"]
+PRIVATE_IPS = {"node-1": "10.0.1.10", "node-2": "10.0.1.11", "node-3": "10.0.1.12"}
+
+
+def cloud_of(stack: str) -> str:
+    return "hcloud" if stack.endswith("hcloud") else "aws"
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return {s: plan_stack(s, ROOT) for s in STACKS}
+
+
+def only(plan, type_):
+    found = plan.of_type(type_)
+    assert len(found) == 1, f"expected one {type_}, got {[r.name for r in found]}"
+    return found[0]
+
+
+def servers(plan, cloud):
+    return {r.name.split("-", 3)[-1]: r for r in plan.of_type(SERVER[cloud])}
+
+
+def rid(resource, cloud):
+    """A resource's id as another resource's input refers to it (hcloud: an integer)."""
+    return int(resource.id) if cloud == "hcloud" else resource.id
+
+
+def node_files(server) -> dict[str, str]:
+    text = server_user_data(server)
+    assert text is not None and text.startswith("#cloud-config\n")
+    return user_data_files(text)
+
+
+def test_every_nomad_stack_file_is_planned_by_this_suite():
+    assert {s for s in list_stacks(ROOT) if s.startswith("nomad-")} == set(STACKS)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_three_servers_in_one_spread_group_on_the_private_network(plans, stack):
+    plan, cloud = plans[stack], cloud_of(stack)
+    nodes = servers(plan, cloud)
+    assert sorted(nodes) == NODES
+    group = only(plan, PLACEMENT[cloud])
+    assert group.inputs["type" if cloud == "hcloud" else "strategy"] == "spread"
+    key = "placementGroupId" if cloud == "hcloud" else "placementGroup"
+    assert {s.inputs[key] for s in nodes.values()} == {rid(group, cloud)}
+    if cloud == "hcloud":
+        network = only(plan, "hcloud:index/network:Network")
+        for name, s in nodes.items():
+            [net] = s.inputs["networks"]
+            assert net == {"networkId": rid(network, cloud), "ip": PRIVATE_IPS[name]}
+    else:
+        subnet = only(plan, "aws:ec2/subnet:Subnet")
+        for name, s in nodes.items():
+            assert s.inputs["privateIp"] == PRIVATE_IPS[name]
+            assert s.inputs["subnetId"] == subnet.id
+
+
+def test_hcloud_load_balancer_targets_and_services(plans):
+    plan = plans["nomad-hcloud"]
+    lb = only(plan, "hcloud:index/loadBalancer:LoadBalancer")
+    nodes = servers(plan, "hcloud")
+    targets = plan.of_type("hcloud:index/loadBalancerTarget:LoadBalancerTarget")
+    assert sorted(t.inputs["serverId"] for t in targets) == sorted(
+        rid(s, "hcloud") for s in nodes.values()
+    )
+    assert all(t.inputs["usePrivateIp"] is True for t in targets)
+    assert {t.inputs["loadBalancerId"] for t in targets} == {rid(lb, "hcloud")}
+    services = plan.of_type("hcloud:index/loadBalancerService:LoadBalancerService")
+    assert sorted(
+        (s.inputs["protocol"], s.inputs["listenPort"], s.inputs["destinationPort"])
+        for s in services
+    ) == [("tcp", 80, 80), ("tcp", 443, 443)]
+    only(plan, "hcloud:index/loadBalancerNetwork:LoadBalancerNetwork")
+
+
+def test_aws_load_balancer_listeners_and_targets(plans):
+    plan = plans["nomad-localstack"]
+    lb = only(plan, "aws:lb/loadBalancer:LoadBalancer")
+    assert lb.inputs["loadBalancerType"] == "network"
+    listeners = plan.of_type("aws:lb/listener:Listener")
+    assert sorted(x.inputs["port"] for x in listeners) == [80, 443]
+    groups = plan.of_type("aws:lb/targetGroup:TargetGroup")
+    assert sorted(g.inputs["port"] for g in groups) == [80, 443]
+    # the nodes see the balancer's private address, so they need no public 80/443 rule
+    assert {str(g.inputs.get("preserveClientIp")).lower() for g in groups} == {"false"}
+    nodes = servers(plan, "aws")
+    attachments = plan.of_type("aws:lb/targetGroupAttachment:TargetGroupAttachment")
+    assert sorted((a.inputs["port"], a.inputs["targetId"]) for a in attachments) == sorted(
+        (port, s.id) for port in (80, 443) for s in nodes.values()
+    )
+
+
+def test_hcloud_firewall_rules_exactly(plans):
+    plan = plans["nomad-hcloud"]
+    fw = only(plan, "hcloud:index/firewall:Firewall")
+    rules = sorted(
+        (r["direction"], r["protocol"], r["port"], tuple(r["sourceIps"]))
+        for r in fw.inputs["rules"]
+    )
+    # Hetzner firewalls do not filter the private network: RPC/Serf stay there, 80/443 arrive
+    # from the load balancer's private address.
+    assert rules == [
+        ("in", "tcp", "22", ("203.0.113.0/24",)),
+        ("in", "tcp", "4646", ("203.0.113.0/24",)),
+    ]
+    for s in servers(plan, "hcloud").values():
+        assert s.inputs["firewallIds"] == [rid(fw, "hcloud")]
+
+
+def test_aws_security_group_rules_exactly(plans):
+    plan = plans["nomad-localstack"]
+    nodes = servers(plan, "aws")
+    [node_group] = {g for s in nodes.values() for g in s.inputs["vpcSecurityGroupIds"]}
+    sg = next(r for r in plan.of_type("aws:ec2/securityGroup:SecurityGroup") if r.id == node_group)
+    ingress = sorted(
+        (
+            r["protocol"],
+            r["fromPort"],
+            r["toPort"],
+            tuple(r.get("cidrBlocks", [])),
+            tuple(r.get("ipv6CidrBlocks", [])),
+        )
+        for r in sg.inputs["ingress"]
+    )
+    assert ingress == [
+        ("-1", 0, 0, ("10.0.0.0/16",), ()),  # the private network: RPC, Serf, the balancer
+        ("tcp", 22, 22, ("203.0.113.0/24",), ()),
+        ("tcp", 4646, 4646, ("203.0.113.0/24",), ()),
+    ]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_volume_attached_to_the_data_node_only(plans, stack):
+    plan, cloud = plans[stack], cloud_of(stack)
+    nodes = servers(plan, cloud)
+    volume, attachment = only(plan, VOLUME[cloud]), only(plan, ATTACH[cloud])
+    assert attachment.inputs["serverId" if cloud == "hcloud" else "instanceId"] == rid(
+        nodes["node-1"], cloud
+    )
+    assert attachment.inputs["volumeId"] == rid(volume, cloud)
+    assert volume.protect and attachment.delete_before_replace
+    assert attachment.deleted_with == nodes["node-1"].name
+    assert volume.inputs["size"] == 21  # pgdata 20 GB + 1 GB for the ingress's TLS state
+    device = (
+        f"/dev/disk/by-id/scsi-0HC_Volume_{volume.id}"
+        if cloud == "hcloud"
+        else f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume.id.replace('-', '')}"
+    )
+    assert device in node_files(nodes["node-1"])["etc/systemd/system/srv-data.mount"]
+    for name in ("node-2", "node-3"):
+        assert "etc/systemd/system/srv-data.mount" not in node_files(nodes[name])
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_secrets_are_marked_secret(plans, stack):
+    plan, cloud = plans[stack], cloud_of(stack)
+    for s in servers(plan, cloud).values():
+        assert is_secret(s.inputs[UD_FIELD[cloud]])
+        assert s.public_inputs()[UD_FIELD[cloud]] == "[secret]"
+    assert is_secret(plan.outputs["nomadToken"])
+    assert plan.public_outputs()["nomadToken"] == "[secret]"
+    token = f"<secret:shop-{stack}-acl-bootstrap>"
+    assert plan.outputs["nomadToken"]["value"] == token
+    files = node_files(servers(plan, cloud)["node-1"])
+    assert files[TOKEN_FILE] == token + "\n"
+    assert f"<secret:shop-{stack}-gossip>" in files[GOSSIP_CONFIG]
+    assert f"OFFLINE-shop-{stack}-node-1-key" in files[KEY_FILE]
+    # nothing secret in any resource's public inputs, nor in the public outputs
+    public = yaml.safe_dump([r.public_inputs() for r in plan.resources])
+    public += yaml.safe_dump(plan.public_outputs())
+    key = f"OFFLINE-shop-{stack}-node-1-key"
+    for secret in (token, f"<secret:shop-{stack}-gossip>", "<secret:DATABASE_PASSWORD>", key):
+        assert secret not in public
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_node_files_differ_only_where_they_must(plans, stack):
+    """Every node has its own address and key; only node-1 has the volume and the bootstrap."""
+    nodes = servers(plans[stack], cloud_of(stack))
+    files = {n: node_files(s) for n, s in nodes.items()}
+    assert set(files["node-2"]) == set(files["node-3"])
+    assert APP_JOB_FILE in files["node-1"] and APP_JOB_FILE not in files["node-2"]
+    assert files["node-2"][KEY_FILE] != files["node-3"][KEY_FILE]
+    for name, ip in PRIVATE_IPS.items():
+        assert f'rpc  = "{ip}"' in files[name]["etc/nomad.d/blueprints.hcl"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_outputs(plans, stack):
+    out = plans[stack].public_outputs()
+    nodes = servers(plans[stack], cloud_of(stack))
+    assert out["url"] == "https://shop.example.com"
+    assert out["dataNode"] == "node-1"
+    assert sorted(out["serverIps"]) == NODES
+    ip = out["serverIps"]["node-1"]
+    assert out["nomadAddress"] == f"https://{ip}:4646"
+    assert out["nomadTunnel"] == f"ssh -N -L 4646:127.0.0.1:4646 deploy@{ip}"
+    assert out["nomadCaCert"].startswith("-----BEGIN CERTIFICATE-----")
+    address = out["loadBalancer"]
+    record = f"shop.example.com. A {address}" if stack.endswith("hcloud") else None
+    assert out["dnsRecord"] == (record or f"shop.example.com. CNAME {address}.")
+    assert len(nodes) == 3
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_user_data_fits_the_cloud_limit(plans, stack):
+    cloud = cloud_of(stack)
+    for s in servers(plans[stack], cloud).values():
+        sent = s.plain_inputs()[UD_FIELD[cloud]]
+        size = len(sent) if cloud == "hcloud" else len(base64.b64decode(sent))
+        assert size <= {"hcloud": 32 * 1024, "aws": 16 * 1024}[cloud]
+
+
+def test_render_to_disk_holds_placeholders_only(plans):
+    files = stack_files(plans["nomad-hcloud"])
+    variables = {p: t for p, t in files.items() if "/etc/blueprints/nomad/variables/" in p}
+    assert variables and all("<secret:" in t for t in variables.values())
+    assert "shop-nomad-hcloud-node-1/etc/blueprints/nomad/jobs/app.nomad.hcl" in files
+
+
+def test_planning_is_deterministic(plans):
+    again = plan_stack("nomad-localstack", ROOT)
+    first = plans["nomad-localstack"]
+    assert [r.as_json() for r in again.resources] == [r.as_json() for r in first.resources]
+    assert [r.plain_inputs() for r in again.resources] == [
+        r.plain_inputs() for r in first.resources
+    ]
+
+
+def test_timing_settings_reach_agent_and_job():
+    plan = plan_stack(
+        "nomad-hcloud",
+        ROOT,
+        {
+            "blueprints:heartbeatGrace": 25,
+            "blueprints:minHeartbeatTtl": 15,
+            "blueprints:lostAfter": 120,
+            "blueprints:rescheduleDelay": 5,
+        },
+    )
+    files = node_files(servers(plan, "hcloud")["node-1"])
+    agent = files["etc/nomad.d/blueprints.hcl"]
+    assert 'heartbeat_grace   = "25s"' in agent and 'min_heartbeat_ttl = "15s"' in agent
+    job = files[APP_JOB_FILE]
+    assert job.count('lost_after = "120s"') == 4 and job.count('delay          = "5s"') == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"blueprints:nomadVersion": "latest"},
+            "stacks/Pulumi.nomad-hcloud.yaml: blueprints:nomadVersion: must be a Nomad release "
+            "like 1.10.5 (got 'latest')",
+        ),
+        (
+            {"blueprints:heartbeatGrace": 0},
+            "stacks/Pulumi.nomad-hcloud.yaml: blueprints:heartbeatGrace: must be at least 1 "
+            "(got '0')",
+        ),
+        (
+            {"blueprints:active": "spare"},
+            "stacks/Pulumi.nomad-hcloud.yaml: blueprints:active: applies to the single-vm "
+            "blueprint only, not to nomad; remove it from the stack file",
+        ),
+    ],
+)
+def test_bad_stack_settings_give_one_clear_line(overrides, message):
+    with pytest.raises(PlanError) as exc:
+        plan_stack("nomad-hcloud", ROOT, overrides)
+    assert str(exc.value) == message
+
+
+def test_nomad_keys_do_not_apply_to_single_vm():
+    with pytest.raises(PlanError) as exc:
+        plan_stack("single-vm-hcloud", ROOT, {"blueprints:lostAfter": 60})
+    assert str(exc.value) == (
+        "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:lostAfter: applies to the nomad "
+        "blueprint only, not to single-vm; remove it from the stack file"
+    )
