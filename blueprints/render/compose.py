@@ -19,9 +19,9 @@ from blueprints.render.common import (
     dump_json,
     dump_yaml,
     render_template,
-    static_file,
     systemd_escape_path,
 )
+from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
 from blueprints.spec import AppSpec, Backups, Service, format_path
 
 Problem = svm.Problem
@@ -231,11 +231,7 @@ def render_vm_files(ctx: ComposeContext) -> dict[str, str]:
     device = svm._checked_device(ctx.data_device)
     data_ctx = svm.NodeContext(app=app, node="compose", data_device=device, floating_ip=None)
     texts: dict[str, str] = {
-        "/etc/ssh/sshd_config.d/10-blueprints.conf": static_file("sshd-hardening.conf"),
-        "/etc/apt/apt.conf.d/52blueprints-auto-upgrades": static_file("auto-upgrades.conf"),
-        "/etc/docker/daemon.json": dump_json(
-            {"log-driver": "json-file", "log-opts": {"max-file": "3", "max-size": "10m"}}
-        ),
+        **host_files(),
         COMPOSE_FILE: render_compose_file(app),
         WRAPPER: _t(
             "app-compose.sh.j2",
@@ -295,7 +291,7 @@ def render_cloud_init(ctx: ComposeContext) -> str:
     files = render_vm_files(ctx)
     runcmd = [
         "systemctl try-reload-or-restart ssh.service",
-        f"usermod --append --groups docker {svm.DEPLOY_USER}",
+        f"usermod --append --groups docker {DEPLOY_USER}",
     ]
     if ctx.floating_ip is not None:
         runcmd.append("netplan apply")
@@ -310,19 +306,13 @@ def render_cloud_init(ctx: ComposeContext) -> str:
         # --no-block: the app waits for the data volume, which cloud-init must not wait for.
         f"systemctl start --no-block {' '.join(units)}",
     ]
-    deploy_user: dict[str, object] = {
-        "name": svm.DEPLOY_USER,
-        "shell": "/bin/bash",
-        "lock_passwd": True,
-        "sudo": "ALL=(ALL) NOPASSWD:ALL",
-    }
-    if ctx.app.admin.ssh_keys:
-        deploy_user["ssh_authorized_keys"] = list(ctx.app.admin.ssh_keys)
-    config: dict[str, object] = {
-        "package_update": True,
-        # Ubuntu's own Docker and Compose v2 packages: security updates come with the distro's
-        # (unattended-upgrades), and the release pins their major versions.
-        "packages": [
+    # Ubuntu's own Docker and Compose v2 packages: security updates come with the distro's
+    # (unattended-upgrades), and the release pins their major versions.
+    return cloud_config(
+        ctx.app.admin.ssh_keys,
+        files,
+        file_permissions,
+        [
             "busybox-static",
             "curl",
             "docker-compose-v2",
@@ -330,21 +320,8 @@ def render_cloud_init(ctx: ComposeContext) -> str:
             "iptables",
             "unattended-upgrades",
         ],
-        "ssh_pwauth": False,
-        "disable_root": True,
-        "users": [deploy_user],
-        "write_files": [
-            {
-                "path": path,
-                "content": text,
-                "owner": "root:root",
-                "permissions": file_permissions(path),
-            }
-            for path, text in files.items()
-        ],
-        "runcmd": runcmd,
-    }
-    return "#cloud-config\n" + dump_yaml(config)
+        runcmd,
+    )
 
 
 def autoheal_period(app: AppSpec) -> int:

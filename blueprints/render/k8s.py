@@ -25,8 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from blueprints.render.common import dump_yaml, render_template, static_file
+from blueprints.render.common import dump_yaml, render_template
 from blueprints.render.single_vm import RenderedFile
+from blueprints.render.vm import cloud_config, host_files
 from blueprints.spec import AppSpec, Port, Service, format_path
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -61,7 +62,6 @@ MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
 K3S_BINARY = "/usr/local/bin/k3s"
 API_PORT = 6443
 STOP_TIMEOUT_SECONDS = 30
-DEPLOY_USER = "deploy"
 # The app's pods run on the workers: the control planes only take cluster add-ons.
 CONTROL_PLANE_TAINT = "CriticalAddonsOnly=true:NoExecute"
 # Namespaces the cluster itself uses; the app's namespace is its name.
@@ -899,8 +899,7 @@ def render_node_files(ctx: ClusterContext, node: K8sNode) -> dict[str, RenderedF
     first = node.role == "server" and node.private_ip == ctx.first_server
     unit = "k3s.service" if node.role == "server" else "k3s-agent.service"
     texts: dict[str, str] = {
-        "/etc/ssh/sshd_config.d/10-blueprints.conf": static_file("sshd-hardening.conf"),
-        "/etc/apt/apt.conf.d/52blueprints-auto-upgrades": static_file("auto-upgrades.conf"),
+        **host_files(docker=False),
         K3S_CONFIG: dump_yaml(k3s_config(ctx, node)),
         TOKEN_FILE: ctx.token + "\n",
         f"{SCRIPTS}/install-k3s": _t("install-k3s.sh.j2", version=K3S_VERSION, binary=K3S_BINARY),
@@ -945,27 +944,13 @@ def render_cloud_init(ctx: ClusterContext, node: K8sNode) -> str:
         # --no-block: a joining node waits for the first one, cloud-init must not.
         f"systemctl start --no-block {unit}",
     ]
-    deploy_user: dict[str, object] = {
-        "name": DEPLOY_USER,
-        "shell": "/bin/bash",
-        "lock_passwd": True,
-        "sudo": "ALL=(ALL) NOPASSWD:ALL",
-    }
-    if ctx.app.admin.ssh_keys:
-        deploy_user["ssh_authorized_keys"] = list(ctx.app.admin.ssh_keys)
-    config: dict[str, object] = {
-        "package_update": True,
-        "packages": ["curl", "unattended-upgrades"],
-        "ssh_pwauth": False,
-        "disable_root": True,
-        "users": [deploy_user],
-        "write_files": [
-            {"path": path, "content": f.content, "owner": "root:root", "permissions": f.permissions}
-            for path, f in sorted(files.items())
-        ],
-        "runcmd": runcmd,
-    }
-    return "#cloud-config\n" + dump_yaml(config)
+    return cloud_config(
+        ctx.app.admin.ssh_keys,
+        {path: f.content for path, f in sorted(files.items())},
+        lambda path: files[path].permissions,
+        ["curl", "unattended-upgrades"],
+        runcmd,
+    )
 
 
 # --- the admin kubeconfig ---------------------------------------------------------------------

@@ -19,9 +19,7 @@ from typing import Any
 
 from blueprints.render.common import (
     dump_json,
-    dump_yaml,
     render_template,
-    static_file,
     systemd_escape_path,
 )
 from blueprints.render.single_vm import (
@@ -31,6 +29,7 @@ from blueprints.render.single_vm import (
     _checked_device,
     _metadata_guard_files,
 )
+from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
 from blueprints.spec import AppSpec, Service, format_path
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -82,7 +81,6 @@ VARIABLES_DIR = f"{BOOTSTRAP_DIR}/variables"
 JOBS_DIR = f"{BOOTSTRAP_DIR}/jobs"
 APP_JOB_FILE = f"{JOBS_DIR}/app.nomad.hcl"
 INGRESS_JOB_FILE = f"{JOBS_DIR}/ingress.nomad.hcl"
-DEPLOY_USER = "deploy"
 KILL_TIMEOUT_SECONDS = 30
 # Nomad's own defaults for service jobs, written out so the job says what it does.
 RESTART = {"attempts": 2, "interval": "30m", "delay": "15s", "mode": "fail"}
@@ -503,11 +501,7 @@ def render_node_files(node: NomadNode) -> dict[str, str]:
     if problems:
         raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
     files: dict[str, str] = {
-        "/etc/ssh/sshd_config.d/10-blueprints.conf": static_file("sshd-hardening.conf"),
-        "/etc/apt/apt.conf.d/52blueprints-auto-upgrades": static_file("auto-upgrades.conf"),
-        "/etc/docker/daemon.json": dump_json(
-            {"log-driver": "json-file", "log-opts": {"max-file": "3", "max-size": "10m"}}
-        ),
+        **host_files(),
         f"{SCRIPTS}/install-nomad": _t(
             "install-nomad.sh.j2",
             version=node.nomad_version + NOMAD_VERSION_SUFFIX,
@@ -624,17 +618,11 @@ def render_cloud_init(node: NomadNode) -> str:
         # --no-block: the cluster forms once all three nodes are up; cloud-init must not wait.
         f"systemctl start --no-block {start}",
     ]
-    deploy_user: dict[str, object] = {
-        "name": DEPLOY_USER,
-        "shell": "/bin/bash",
-        "lock_passwd": True,
-        "sudo": "ALL=(ALL) NOPASSWD:ALL",
-    }
-    if node.app.admin.ssh_keys:
-        deploy_user["ssh_authorized_keys"] = list(node.app.admin.ssh_keys)
-    config: dict[str, object] = {
-        "package_update": True,
-        "packages": [
+    return cloud_config(
+        node.app.admin.ssh_keys,
+        files,
+        file_permissions,
+        [
             "ca-certificates",
             "curl",
             "docker.io",
@@ -642,21 +630,8 @@ def render_cloud_init(node: NomadNode) -> str:
             "iptables",
             "unattended-upgrades",
         ],
-        "ssh_pwauth": False,
-        "disable_root": True,
-        "users": [deploy_user],
-        "write_files": [
-            {
-                "path": path,
-                "content": text,
-                "owner": "root:root",
-                "permissions": file_permissions(path),
-            }
-            for path, text in files.items()
-        ],
-        "runcmd": runcmd,
-    }
-    return "#cloud-config\n" + dump_yaml(config)
+        runcmd,
+    )
 
 
 def _t(template: str, **values: object) -> str:

@@ -20,10 +20,10 @@ from blueprints.render.common import (
     dump_yaml,
     render_template,
     shell_quote,
-    static_file,
     systemd_escape_path,
 )
 from blueprints.render.context import NodeContext
+from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
 from blueprints.spec import AppSpec, Service, format_path
 
 # A problem with the app spec: its field path (as blueprints.spec writes them) and what is wrong.
@@ -51,7 +51,6 @@ PARK_POLL_SECONDS = 2
 METADATA_IP = "169.254.169.254"
 METADATA_GUARD_UNIT = "blueprints-metadata-guard.service"
 STOP_TIMEOUT_SECONDS = 30
-DEPLOY_USER = "deploy"
 
 # What the health script needs to know about a replica's container, in one docker call. A
 # container sits on exactly one network (the app's), so the range yields one address.
@@ -96,41 +95,23 @@ def render_cloud_init(ctx: NodeContext) -> str:
         # --no-block: starting waits for the data volume, which cloud-init must not wait for.
         "systemctl start --no-block app.target",
     ]
-    deploy_user: dict[str, object] = {
-        "name": DEPLOY_USER,
-        "shell": "/bin/bash",
-        "lock_passwd": True,
-        "sudo": "ALL=(ALL) NOPASSWD:ALL",
-    }
-    if ctx.app.admin.ssh_keys:
-        # cloud-init's schema wants at least one key when the list is given at all.
-        deploy_user["ssh_authorized_keys"] = list(ctx.app.admin.ssh_keys)
-    config: dict[str, object] = {
-        "package_update": True,
-        "packages": ["curl", "docker.io", "iptables", "unattended-upgrades"],
-        "ssh_pwauth": False,
-        "disable_root": True,
-        "users": [deploy_user],
-        "write_files": [
-            {
-                "path": path,
-                "content": f.content,
-                "owner": "root:root",
-                "permissions": f.permissions,
-            }
-            for path, f in sorted(files.items())
-        ],
-        "runcmd": runcmd,
-    }
+    extra: dict[str, object] = {}
     if ctx.park_without_volume:
         # cloud-init runs power_state once per instance, after the first boot's final stage.
-        config["power_state"] = {
+        extra["power_state"] = {
             "mode": "poweroff",
             "condition": park_condition(ctx.data_device),
             "message": "blueprints: no data volume attached; parking this node (powered off) "
             "until it is promoted",
         }
-    return "#cloud-config\n" + dump_yaml(config)
+    return cloud_config(
+        ctx.app.admin.ssh_keys,
+        {path: f.content for path, f in sorted(files.items())},
+        lambda path: files[path].permissions,
+        ["curl", "docker.io", "iptables", "unattended-upgrades"],
+        runcmd,
+        **extra,
+    )
 
 
 def park_condition(device: str) -> str:
@@ -166,14 +147,7 @@ def _node_files(ctx: NodeContext) -> dict[str, RenderedFile]:
     problems = check_app(app)
     if problems:
         raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
-    texts: dict[str, str] = {
-        "/etc/ssh/sshd_config.d/10-blueprints.conf": static_file("sshd-hardening.conf"),
-        "/etc/apt/apt.conf.d/52blueprints-auto-upgrades": static_file("auto-upgrades.conf"),
-        # The default json-file log driver never rotates; a chatty container would fill the disk.
-        "/etc/docker/daemon.json": dump_json(
-            {"log-driver": "json-file", "log-opts": {"max-file": "3", "max-size": "10m"}}
-        ),
-    }
+    texts: dict[str, str] = host_files()
     texts.update(_data_volume_files(ctx))
     texts.update(_network_files(app))
     texts.update(_metadata_guard_files())
