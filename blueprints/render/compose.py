@@ -21,7 +21,7 @@ from blueprints.render.common import (
     render_template,
     systemd_escape_path,
 )
-from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
+from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files, secret_values
 from blueprints.spec import AppSpec, Backups, Service, format_path
 
 Problem = svm.Problem
@@ -343,13 +343,7 @@ def _secret_env(app: AppSpec, secrets: Mapping[str, str]) -> str | None:
     names = app.secret_names()
     if not names:
         return None
-    missing = [n for n in names if n not in secrets]
-    if missing:
-        raise ValueError(
-            f"secret {missing[0]} has no value; set it with "
-            f"`pulumi config set --secret --path 'blueprints:secrets.{missing[0]}'`"
-        )
-    return docker_env_file({n: secrets[n] for n in names}, what="secret")
+    return docker_env_file(secret_values(secrets, names), what="secret")
 
 
 def _t(template: str, **values: object) -> str:

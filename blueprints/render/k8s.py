@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from blueprints.render.common import dump_yaml, render_template
 from blueprints.render.single_vm import RenderedFile
-from blueprints.render.vm import cloud_config, host_files
+from blueprints.render.vm import cloud_config, host_files, secret_values
 from blueprints.spec import AppSpec, Port, Service, format_path
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -676,14 +676,7 @@ def secret_objects(app: AppSpec, secrets: Mapping[str, str]) -> list[dict[str, A
     for name, svc in app.sorted_services():
         if not svc.secret_env:
             continue
-        values = {}
-        for var in sorted(svc.secret_env):
-            if var not in secrets:
-                raise ValueError(
-                    f"secret {var} (secret_env of service {name}) has no value; set it with "
-                    f"`pulumi config set --secret --path 'secrets.{var}'`"
-                )
-            values[var] = secrets[var]
+        values = secret_values(secrets, sorted(svc.secret_env), name)
         out.append(
             {
                 "apiVersion": "v1",

@@ -29,7 +29,7 @@ from blueprints.render.single_vm import (
     _checked_device,
     _metadata_guard_files,
 )
-from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
+from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files, secret_values
 from blueprints.spec import AppSpec, Service, format_path
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -588,14 +588,7 @@ def _variable_files(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
     for name, svc in app.sorted_services():
         if not svc.secret_env:
             continue
-        items = {}
-        for var in svc.secret_env:
-            if var not in secrets:
-                raise ValueError(
-                    f"secret {var} (secret_env of service {name}) has no value; set it with "
-                    f"`pulumi config set --secret --path 'secrets.{var}'`"
-                )
-            items[var] = secrets[var]
+        items = secret_values(secrets, svc.secret_env, name)
         # `nomad var put` reads a variable specification; its items are the secret values.
         out[f"{VARIABLES_DIR}/{name}.json"] = dump_json({"Items": items})
     return out

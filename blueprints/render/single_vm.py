@@ -23,7 +23,7 @@ from blueprints.render.common import (
     systemd_escape_path,
 )
 from blueprints.render.context import NodeContext
-from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
+from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files, secret_values
 from blueprints.spec import AppSpec, Service, format_path
 
 # A problem with the app spec: its field path (as blueprints.spec writes them) and what is wrong.
@@ -314,14 +314,7 @@ def _secret_files(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
     for name, svc in app.sorted_services():
         if not svc.secret_env:
             continue
-        values = {}
-        for var in svc.secret_env:
-            if var not in secrets:
-                raise ValueError(
-                    f"secret {var} (secret_env of service {name}) has no value; set it with "
-                    f"`pulumi config set --secret --path 'blueprints:secrets.{var}'`"
-                )
-            values[var] = secrets[var]
+        values = secret_values(secrets, svc.secret_env, name)
         out[f"{SECRETS}/{name}.env"] = docker_env_file(values, what="secret")
     return out
 

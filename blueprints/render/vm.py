@@ -57,3 +57,18 @@ def cloud_config(
         **extra,
     }
     return "#cloud-config\n" + dump_yaml(config)
+
+
+def secret_values(
+    secrets: Mapping[str, str], names: Sequence[str], service: str | None = None
+) -> dict[str, str]:
+    """The values of the named secrets, in the order given; a missing one is named with the
+    command that sets it (the program reports missing secrets first; this guards other callers)."""
+    for var in names:
+        if var not in secrets:
+            owner = f" (secret_env of service {service})" if service else ""
+            raise ValueError(
+                f"secret {var}{owner} has no value; set it with "
+                f"`pulumi config set --secret --path 'blueprints:secrets.{var}'`"
+            )
+    return {var: secrets[var] for var in names}
