@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import validators
 import yaml
+from golden_files import check_golden
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_render_single_vm import (
@@ -703,16 +704,4 @@ def test_golden_files(cloud: str, update_golden: bool):
     context = GOLDEN_CASES[cloud]()
     rendered = {"cloud-init.yaml": rc.render_cloud_init(context)}
     rendered.update({p.lstrip("/"): t for p, t in rc.render_vm_files(context).items()})
-    base = GOLDEN / cloud
-    if update_golden:
-        shutil.rmtree(base, ignore_errors=True)
-        for rel, text in rendered.items():
-            (base / rel).parent.mkdir(parents=True, exist_ok=True)
-            (base / rel).write_text(text)
-    assert base.is_dir(), "no golden files yet; run pytest --update-golden"
-    on_disk = {str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()}
-    assert sorted(on_disk) == sorted(rendered), "file list changed; pytest --update-golden"
-    for rel, text in rendered.items():
-        assert (base / rel).read_text() == text, (
-            f"{rel} differs from its golden file; review, then pytest --update-golden"
-        )
+    check_golden(GOLDEN / cloud, rendered, update_golden)

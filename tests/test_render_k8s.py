@@ -8,7 +8,6 @@ import copy
 import gzip
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ import kubernetes_validate
 import pytest
 import validators
 import yaml
+from golden_files import check_golden, check_no_stale_sets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -1006,30 +1006,12 @@ def test_golden_files(name: str, update_golden: bool):
     ctx = context(cloud=cloud)  # type: ignore[arg-type]
     rendered = {p.lstrip("/"): t for p, t in files_of(ctx, NODES[node]).items()}
     rendered["cloud-init.yaml"] = r.render_cloud_init(ctx, NODES[node])
-    base = GOLDEN / name
-    if update_golden:
-        shutil.rmtree(base, ignore_errors=True)
-        for rel, text in rendered.items():
-            target = base / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(text.encode())
-    assert base.is_dir(), "no golden files yet; run pytest --update-golden"
-    on_disk = {str(p.relative_to(base)): p for p in base.rglob("*") if p.is_file()}
-    assert sorted(on_disk) == sorted(rendered), "file list changed; pytest --update-golden"
-    for rel, text in rendered.items():
-        assert on_disk[rel].read_bytes() == text.encode(), (
-            f"{rel} differs; review, then pytest --update-golden"
-        )
+    check_golden(GOLDEN / name, rendered, update_golden)
 
 
 def test_golden_sets_are_exactly_the_rendered_ones(update_golden: bool):
     present = {f"{c.name}/{n.name}" for c in GOLDEN.iterdir() if c.is_dir() for n in c.iterdir()}
-    stale = present - set(GOLDEN_SETS)
-    if update_golden:
-        for name in stale:
-            shutil.rmtree(GOLDEN / name)
-        stale = set()
-    assert not stale, "golden files of a node no longer rendered; pytest --update-golden"
+    check_no_stale_sets((GOLDEN / name for name in present - set(GOLDEN_SETS)), update_golden)
 
 
 def test_golden_files_hold_only_placeholders():

@@ -7,7 +7,6 @@ import copy
 import json
 import math
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import hcl2
 import pytest
 import validators
 import yaml
+from golden_files import check_golden, check_no_stale_sets
 from hcl2.utils import SerializationOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -695,28 +695,11 @@ def test_golden_files(name: str, update_golden: bool):
     n = node(index=GOLDEN_NODES[name])
     rendered = {p.lstrip("/"): t for p, t in render_node_files(n).items()}
     rendered["cloud-init.yaml"] = render_cloud_init(n)
-    base = GOLDEN / name
-    if update_golden:
-        shutil.rmtree(base, ignore_errors=True)
-        for rel, text in rendered.items():
-            target = base / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(text.encode())
-    assert base.is_dir(), "no golden files yet; run pytest --update-golden"
-    on_disk = {str(p.relative_to(base)): p for p in base.rglob("*") if p.is_file()}
-    assert sorted(on_disk) == sorted(rendered), "file list changed; pytest --update-golden"
-    for rel, text in rendered.items():
-        assert on_disk[rel].read_bytes() == text.encode(), (
-            f"{rel} differs from its golden file; review, then pytest --update-golden"
-        )
+    check_golden(GOLDEN / name, rendered, update_golden)
 
 
 def test_golden_sets_are_exactly_the_nodes(update_golden: bool):
     stale = (
         {p for p in GOLDEN.iterdir() if p.name not in GOLDEN_NODES} if GOLDEN.is_dir() else set()
     )
-    if update_golden:
-        for path in stale:
-            shutil.rmtree(path)
-        stale = set()
-    assert not stale, "golden files of a node no longer rendered; pytest --update-golden"
+    check_no_stale_sets(stale, update_golden)

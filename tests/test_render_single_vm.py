@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import stat
 import subprocess
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import validators
 import yaml
+from golden_files import check_golden, check_no_stale_sets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -1314,29 +1314,12 @@ def test_golden_files(node: str, update_golden: bool):
     ctx = GOLDEN_NODES[node]()
     rendered = {p.lstrip("/"): t for p, t in render_node_files(ctx).items()}
     rendered["cloud-init.yaml"] = render_cloud_init(ctx)
-    base = GOLDEN / node
-    if update_golden:
-        shutil.rmtree(base, ignore_errors=True)
-        for rel, text in rendered.items():
-            target = base / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(text.encode())
-    assert base.is_dir(), "no golden files yet; run pytest --update-golden"
-    on_disk = {str(p.relative_to(base)): p for p in base.rglob("*") if p.is_file()}
-    assert sorted(on_disk) == sorted(rendered), "file list changed; pytest --update-golden"
-    for rel, text in rendered.items():
-        assert on_disk[rel].read_bytes() == text.encode(), (
-            f"{rel} differs from its golden file; review, then pytest --update-golden"
-        )
+    check_golden(GOLDEN / node, rendered, update_golden)
 
 
 def test_golden_sets_are_exactly_the_nodes(update_golden: bool):
     stale = {p for p in GOLDEN.iterdir() if p.name not in GOLDEN_NODES}
-    if update_golden:
-        for path in stale:
-            shutil.rmtree(path)
-        stale = set()
-    assert not stale, "golden files of a node no longer rendered; pytest --update-golden"
+    check_no_stale_sets(stale, update_golden)
 
 
 def test_golden_example_mentions_no_real_secret():
