@@ -17,7 +17,7 @@ from blueprints.settings import StackSettings
 from blueprints.single_vm import firewall_rules, node_ip
 from blueprints.spec import AppSpec
 from blueprints.targets import make_target
-from blueprints.targets.base import ServerSpec
+from blueprints.targets.base import ServerSpec, resource_labels
 
 
 class Compose(pulumi.ComponentResource):
@@ -39,12 +39,7 @@ class Compose(pulumi.ComponentResource):
         super().__init__("blueprints:index:Compose", name, None, opts)
         target = make_target(settings, self)
         prefix = f"{app.name}-{stack}"
-        labels = {
-            "app": app.name,
-            "blueprint": "compose",
-            "stack": stack,
-            "managed-by": "blueprints",
-        }
+        labels = resource_labels(app.name, "compose", stack)
         backups = app.backups
         # The volume carries this tag so the snapshot policy finds it (and nothing else).
         selector = {"backup-policy": f"{prefix}-data"}

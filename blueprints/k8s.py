@@ -21,7 +21,7 @@ from blueprints.settings import StackSettings
 from blueprints.single_vm import PUBLIC, node_ip
 from blueprints.spec import AppSpec
 from blueprints.targets import FirewallRule, make_target
-from blueprints.targets.base import Server, ServerSpec
+from blueprints.targets.base import Server, ServerSpec, resource_labels
 
 CONTROL_PLANES = 3
 WORKERS = 3
@@ -73,7 +73,7 @@ class K8s(pulumi.ComponentResource):
         super().__init__("blueprints:index:K8s", name, None, opts)
         target = make_target(settings, self)
         prefix = f"{app.name}-{stack}"
-        labels = {"app": app.name, "blueprint": "k8s", "stack": stack, "managed-by": "blueprints"}
+        labels = resource_labels(app.name, "k8s", stack)
         timing = render.Timing(
             node_monitor_grace_period=settings.node_monitor_grace_period,
             not_ready_toleration=settings.not_ready_toleration_seconds,

@@ -32,7 +32,7 @@ from blueprints.settings import StackSettings
 from blueprints.single_vm import PUBLIC, node_ip
 from blueprints.spec import AppSpec
 from blueprints.targets import FirewallRule, make_target
-from blueprints.targets.base import Server, ServerSpec
+from blueprints.targets.base import Server, ServerSpec, resource_labels
 
 # Certificates of the cluster's private CA: ten years for the CA, five for the nodes (renewed by
 # replacing the certificate resource, which replaces the nodes).
@@ -82,7 +82,7 @@ class Nomad(pulumi.ComponentResource):
         super().__init__("blueprints:index:Nomad", name, None, opts)
         target = make_target(settings, self)
         prefix = f"{app.name}-{stack}"
-        labels = {"app": app.name, "blueprint": "nomad", "stack": stack, "managed-by": "blueprints"}
+        labels = resource_labels(app.name, "nomad", stack)
         for note in unenforced_health(app):
             pulumi.log.warn(note)
         if app.backups.enabled:

@@ -16,7 +16,7 @@ from blueprints.render import NodeContext, check_app, render_cloud_init
 from blueprints.settings import StackSettings
 from blueprints.spec import AppSpec
 from blueprints.targets import FirewallRule, make_target
-from blueprints.targets.base import Server, ServerSpec
+from blueprints.targets.base import Server, ServerSpec, resource_labels
 
 NODES = ("primary", "spare")
 PUBLIC = ("0.0.0.0/0", "::/0")
@@ -66,12 +66,7 @@ class SingleVm(pulumi.ComponentResource):
         target = make_target(settings, self)
         # Cloud names carry the stack, so two stacks of one app can share a cloud project.
         prefix = f"{app.name}-{stack}"
-        labels = {
-            "app": app.name,
-            "blueprint": "single-vm",
-            "stack": stack,
-            "managed-by": "blueprints",
-        }
+        labels = resource_labels(app.name, "single-vm", stack)
         if app.backups.enabled:
             pulumi.log.warn(
                 "the spec asks for backups; the single-vm blueprint takes none yet: back up "

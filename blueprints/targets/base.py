@@ -16,6 +16,12 @@ from blueprints.settings import StackSettings
 from blueprints.spec import Backups
 
 
+def resource_labels(app: str, blueprint: str, stack: str) -> dict[str, str]:
+    """Labels (tags on AWS) on every resource of a stack; the failover drivers find a stack's
+    servers, volume and address by app, blueprint and stack."""
+    return {"app": app, "blueprint": blueprint, "stack": stack, "managed-by": "blueprints"}
+
+
 @dataclass(frozen=True)
 class FirewallRule:
     """One inbound allowance; everything not allowed is denied."""
