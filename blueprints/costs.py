@@ -1,0 +1,370 @@
+"""Monthly cost of planned resources, from the price table shipped in blueprints/prices.yaml.
+
+Pricing works on what Pulumi sees: a resource's type token and its inputs (camelCase, as in
+Pulumi state). The offline plan (`blueprints compare`) and preview documents (the merge-request
+report's cost delta) both hand over exactly that, so one function prices both.
+
+Only what the table names is priced; anything else that costs money (an unknown server type, a
+location outside the table) is reported as unpriced, never guessed. Free resources (networks,
+firewalls, attachments, keys) contribute nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from importlib import resources as importlib_resources
+from typing import Any
+
+import yaml
+
+CATEGORIES = ("servers", "volumes", "ips", "load balancers", "backups")
+
+HCLOUD_SERVER = "hcloud:index/server:Server"
+HCLOUD_VOLUME = "hcloud:index/volume:Volume"
+HCLOUD_FLOATING_IP = "hcloud:index/floatingIp:FloatingIp"
+HCLOUD_PRIMARY_IP = "hcloud:index/primaryIp:PrimaryIp"
+HCLOUD_LB = "hcloud:index/loadBalancer:LoadBalancer"
+AWS_INSTANCE = "aws:ec2/instance:Instance"
+AWS_INSTANCE_STATE = "aws:ec2transitgateway/instanceState:InstanceState"
+AWS_VOLUME = "aws:ebs/volume:Volume"
+AWS_EIP = "aws:ec2/eip:Eip"
+AWS_LB = "aws:lb/loadBalancer:LoadBalancer"
+AWS_DLM = "aws:dlm/lifecyclePolicy:LifecyclePolicy"
+
+
+class PriceError(Exception):
+    """The price table cannot be read or fetched; one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class ServerType:
+    vcpu: int
+    memory_gib: Decimal
+    price: Decimal  # hcloud: per month; aws: per hour
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """One cloud's prices; `source` and `as_of` say where they come from."""
+
+    cloud: str
+    currency: str
+    source: str
+    as_of: str
+    note: str
+    places: tuple[str, ...]  # hcloud locations / aws regions the prices hold for
+    server_types: Mapping[str, ServerType]
+    data: Mapping[str, Any]
+
+    def decimal(self, *path: str) -> Decimal | None:
+        value: Any = self.data
+        for key in path:
+            if not isinstance(value, Mapping) or key not in value:
+                return None
+            value = value[key]
+        return Decimal(str(value))
+
+    def describe(self) -> str:
+        return f"{self.source}, {self.currency}, as of {self.as_of}"
+
+
+def _table(cloud: str, raw: Mapping[str, Any]) -> PriceTable:
+    try:
+        kind = "server_types" if cloud == "hcloud" else "instance_types"
+        servers = {
+            str(name): ServerType(int(v[0]), Decimal(str(v[1])), Decimal(str(v[2])))
+            for name, v in (raw.get(kind) or {}).items()
+        }
+        places = tuple(raw.get("locations") or raw.get("regions") or ())
+        return PriceTable(
+            cloud=cloud,
+            currency=str(raw["currency"]),
+            source=str(raw["source"]),
+            as_of=str(raw["as_of"]),
+            note=str(raw.get("note", "")).strip(),
+            places=places,
+            server_types=servers,
+            data=raw,
+        )
+    except (KeyError, TypeError, IndexError, ValueError, ArithmeticError) as exc:
+        raise PriceError(f"price table for {cloud} is malformed ({exc})") from None
+
+
+@functools.cache
+def shipped_tables() -> dict[str, PriceTable]:
+    """The price tables shipped with the package, by cloud (hcloud, aws)."""
+    text = importlib_resources.files("blueprints").joinpath("prices.yaml").read_text()
+    raw = yaml.safe_load(text)
+    return {cloud: _table(cloud, raw[cloud]) for cloud in ("hcloud", "aws")}
+
+
+def cloud_of(type_: str) -> str | None:
+    if type_.startswith("hcloud:"):
+        return "hcloud"
+    if type_.startswith("aws:"):
+        return "aws"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pricing
+
+
+@dataclass(frozen=True)
+class CostLine:
+    resource: str
+    category: str
+    amount: Decimal  # per month, in currency
+    currency: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class CostSummary:
+    lines: tuple[CostLine, ...]
+    unpriced: tuple[str, ...]  # "<resource>: why" for anything billable the table lacks
+    tables: tuple[PriceTable, ...]  # the tables the lines came from
+
+    @property
+    def total(self) -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for line in self.lines:
+            totals[line.currency] = totals.get(line.currency, Decimal(0)) + line.amount
+        return dict(sorted(totals.items()))
+
+    def by_category(self) -> dict[str, Decimal]:
+        """Monthly amount per category (all in one currency when the stack is on one cloud)."""
+        out = {c: Decimal(0) for c in CATEGORIES}
+        for line in self.lines:
+            out[line.category] += line.amount
+        return out
+
+
+@dataclass
+class _Pricer:
+    tables: Mapping[str, PriceTable]
+    lines: list[CostLine] = field(default_factory=list)
+    unpriced: list[str] = field(default_factory=list)
+    used: dict[str, PriceTable] = field(default_factory=dict)
+
+    def add(self, cloud: str, resource: str, category: str, amount: Decimal, detail: str):
+        table = self.tables[cloud]
+        self.used[cloud] = table
+        self.lines.append(CostLine(resource, category, amount, table.currency, detail))
+
+    def missing(self, resource: str, why: str) -> None:
+        self.unpriced.append(f"{resource}: {why}")
+
+
+def _gib(value: Any) -> Decimal | None:
+    try:
+        return Decimal(str(value))
+    except (ArithmeticError, ValueError, TypeError):
+        return None
+
+
+def _hcloud(p: _Pricer, type_: str, name: str, inputs: Mapping[str, Any], ctx: dict) -> None:
+    t = p.tables["hcloud"]
+    location = inputs.get("location") or inputs.get("homeLocation")
+    if isinstance(location, str) and t.places and location not in t.places:
+        places = ", ".join(t.places)
+        p.missing(name, f"location {location} is not in the price table ({places})")
+        return
+    if type_ == HCLOUD_SERVER:
+        kind = inputs.get("serverType")
+        server = t.server_types.get(str(kind))
+        if server is None:
+            p.missing(name, f"server type {kind} is not in the price table")
+            return
+        # Hetzner bills a server whatever its power state: a parked spare costs in full.
+        p.add("hcloud", name, "servers", server.price, f"{kind}, billed running or off")
+        nets = inputs.get("publicNets")
+        ipv4 = True if not nets else any(n.get("ipv4Enabled", True) for n in nets)
+        ip_price = t.decimal("primary_ipv4_month")
+        if ipv4 and ip_price is not None:
+            p.add("hcloud", name, "ips", ip_price, "primary IPv4")
+        if inputs.get("backups"):
+            percent = t.decimal("server_backup_percent") or Decimal(0)
+            p.add("hcloud", name, "backups", server.price * percent / 100, f"{percent}% backups")
+    elif type_ == HCLOUD_VOLUME:
+        size, per_gb = _gib(inputs.get("size")), t.decimal("volume_gb_month")
+        if size is None or per_gb is None:
+            p.missing(name, "volume size or price unknown")
+            return
+        p.add("hcloud", name, "volumes", size * per_gb, f"{size} GB")
+    elif type_ == HCLOUD_FLOATING_IP:
+        kind = str(inputs.get("type", "ipv4"))
+        price = t.decimal("floating_ip_month", kind)
+        if price is None:
+            p.missing(name, f"floating IP type {kind} is not in the price table")
+            return
+        p.add("hcloud", name, "ips", price, f"floating {kind}")
+    elif type_ == HCLOUD_PRIMARY_IP:
+        price = t.decimal("primary_ipv4_month") if inputs.get("type") == "ipv4" else Decimal(0)
+        p.add("hcloud", name, "ips", price or Decimal(0), f"primary {inputs.get('type')}")
+    elif type_ == HCLOUD_LB:
+        kind = str(inputs.get("loadBalancerType"))
+        price = t.decimal("load_balancer_types", kind)
+        if price is None:
+            p.missing(name, f"load balancer type {kind} is not in the price table")
+            return
+        p.add("hcloud", name, "load balancers", price, kind)
+
+
+def _aws(p: _Pricer, type_: str, name: str, inputs: Mapping[str, Any], ctx: dict) -> None:
+    t = p.tables["aws"]
+    hours = t.decimal("hours_per_month") or Decimal(730)
+    ip_hour = t.decimal("public_ipv4_hour")
+    if type_ == AWS_INSTANCE:
+        kind = inputs.get("instanceType")
+        server = t.server_types.get(str(kind))
+        if server is None:
+            p.missing(name, f"instance type {kind} is not in the price table")
+            return
+        stopped = ctx["stopped"].get(ctx["id"]) or name in ctx["stopped_names"]
+        if stopped:
+            p.add("aws", name, "servers", Decimal(0), f"{kind}, stopped: no compute charge")
+        else:
+            p.add("aws", name, "servers", server.price * hours, f"{kind}, {hours} h")
+            if inputs.get("associatePublicIpAddress") and ip_hour is not None:
+                p.add("aws", name, "ips", ip_hour * hours, "public IPv4")
+        root = inputs.get("rootBlockDevice")
+        if not isinstance(root, Mapping) or root.get("volumeSize") is None:
+            p.missing(name, "root volume size is the AMI's default, not priced")
+            return
+        vtype = str(root.get("volumeType") or "gp2")
+        size, per_gb = _gib(root.get("volumeSize")), t.decimal("ebs_gb_month", vtype)
+        if size is None or per_gb is None:
+            p.missing(name, f"root volume type {vtype} is not in the price table")
+            return
+        p.add("aws", name, "volumes", size * per_gb, f"root {size} GiB {vtype}")
+    elif type_ == AWS_VOLUME:
+        vtype = str(inputs.get("type") or "gp2")
+        size, per_gb = _gib(inputs.get("size")), t.decimal("ebs_gb_month", vtype)
+        if size is None or per_gb is None:
+            p.missing(name, f"volume type {vtype} or its size is not in the price table")
+            return
+        p.add("aws", name, "volumes", size * per_gb, f"{size} GiB {vtype}")
+        snap = t.decimal("snapshot_gb_month")
+        tags = inputs.get("tags") or {}
+        if snap is not None and any(
+            all(tags.get(k) == v for k, v in target.items()) for target in ctx["dlm_targets"]
+        ):
+            # Snapshots are incremental: one full copy is the floor; churn adds to it.
+            p.add("aws", name, "backups", size * snap, f"snapshots, >= one {size} GiB copy")
+    elif type_ == AWS_EIP:
+        if ip_hour is not None:
+            p.add("aws", name, "ips", ip_hour * hours, "Elastic IP")
+    elif type_ == AWS_LB:
+        kind = str(inputs.get("loadBalancerType") or "application")
+        price = t.decimal("load_balancer_hour", kind)
+        if price is None:
+            p.missing(name, f"load balancer type {kind} is not in the price table")
+            return
+        p.add("aws", name, "load balancers", price * hours, f"{kind}, hourly charge only")
+
+
+def price_resources(
+    resources: Iterable[tuple[Any, ...]],
+    tables: Mapping[str, PriceTable] | None = None,
+) -> CostSummary:
+    """Price (type, name, inputs[, id]) tuples; see the module docstring."""
+    tables = tables if tables is not None else shipped_tables()
+    items = [(r[0], r[1], r[2] or {}, r[3] if len(r) > 3 else None) for r in resources]
+    # Resources that change another's bill: stopped instances, DLM snapshot targets.
+    stopped: dict[Any, bool] = {}
+    stopped_names: set[str] = set()
+    dlm_targets: list[Mapping[str, Any]] = []
+    for type_, name, inputs, _ in items:
+        if type_ == AWS_INSTANCE_STATE and inputs.get("state") == "stopped":
+            stopped[inputs.get("instanceId")] = True
+            if name.endswith("-power"):
+                stopped_names.add(name[: -len("-power")])
+        elif type_ == AWS_DLM:
+            details = inputs.get("policyDetails") or {}
+            if isinstance(details.get("targetTags"), Mapping):
+                dlm_targets.append(details["targetTags"])
+    pricer = _Pricer(tables)
+    for type_, name, inputs, id_ in items:
+        cloud = cloud_of(type_)
+        if cloud not in tables:
+            continue
+        ctx = {"id": id_, "stopped": stopped, "stopped_names": stopped_names}
+        ctx["dlm_targets"] = dlm_targets
+        (_hcloud if cloud == "hcloud" else _aws)(pricer, type_, name, inputs, ctx)
+    return CostSummary(
+        lines=tuple(pricer.lines),
+        unpriced=tuple(pricer.unpriced),
+        tables=tuple(pricer.used[c] for c in sorted(pricer.used)),
+    )
+
+
+def money(amount: Decimal, currency: str) -> str:
+    """12.3456 EUR -> 'EUR 12.35' (display only; sums stay exact)."""
+    return f"{currency} {amount.quantize(Decimal('0.01'))}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Live prices (Hetzner's API)
+
+
+def live_hcloud_table(token: str, endpoint: str | None = None) -> PriceTable:
+    """Hetzner's current price list for this token's project, in the shipped table's shape."""
+    from hcloud import APIException, Client
+
+    client = Client(token=token, api_endpoint=endpoint or "https://api.hetzner.cloud/v1")
+    shipped = shipped_tables()["hcloud"]
+    try:
+        pricing = client.request(method="GET", url="/pricing")["pricing"]
+        specs = {st.name: st for st in client.server_types.get_all()}
+    except APIException as exc:
+        raise PriceError(f"Hetzner's pricing API refused the request: {exc.message}") from None
+    except (KeyError, TypeError):
+        raise PriceError("Hetzner's pricing API answered in an unexpected shape") from None
+    except Exception as exc:  # requests' connection errors and the like
+        raise PriceError(
+            f"cannot reach Hetzner's pricing API ({exc.__class__.__name__}); "
+            "check the network or drop --live-prices"
+        ) from None
+    location = shipped.places[0]
+
+    def monthly(entry: Mapping[str, Any]) -> str | None:
+        for price in entry.get("prices") or []:
+            if price.get("location") == location:
+                return str(price["price_monthly"]["net"])
+        return None
+
+    try:
+        servers = {
+            e["name"]: [specs[e["name"]].cores, specs[e["name"]].memory, monthly(e)]
+            for e in pricing.get("server_types") or []
+            if e["name"] in specs and monthly(e) is not None
+        }
+        raw = {
+            "currency": pricing["currency"],
+            "source": f"Hetzner Cloud API /pricing, net, location {location}",
+            "as_of": "live",
+            "locations": [location],
+            "server_types": servers,
+            "primary_ipv4_month": next(
+                (monthly(e) for e in pricing.get("primary_ips") or [] if e["type"] == "ipv4"),
+                None,
+            ),
+            "floating_ip_month": {
+                e["type"]: monthly(e) for e in pricing.get("floating_ips") or [] if monthly(e)
+            },
+            "volume_gb_month": pricing["volume"]["price_per_gb_month"]["net"],
+            "load_balancer_types": {
+                e["name"]: monthly(e)
+                for e in pricing.get("load_balancer_types") or []
+                if monthly(e) is not None
+            },
+            "server_backup_percent": pricing["server_backup"]["percentage"],
+            "snapshot_gb_month": pricing["image"]["price_per_gb_month"]["net"],
+        }
+    except (KeyError, TypeError, AttributeError):
+        raise PriceError("Hetzner's pricing API answered in an unexpected shape") from None
+    return _table("hcloud", raw)
