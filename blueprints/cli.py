@@ -210,6 +210,113 @@ def render(
         out.print(f"  {path}")
 
 
+COMPARE_FORMATS = ("table", "markdown", "json", "html")
+
+
+@app.command()
+@_reports_bad_input
+def compare(
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec", help="App spec to compare with; default: each stack's own.", dir_okay=False
+        ),
+    ] = None,
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="hcloud, localstack or aws.")
+    ] = "hcloud",
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="table, markdown, json or html.")
+    ] = "table",
+    chart: Annotated[
+        Path | None,
+        typer.Option("--chart", help="Also draw cost vs recovery vs moving parts (.svg or .png)."),
+    ] = None,
+    live_prices: Annotated[
+        bool,
+        typer.Option(
+            "--live-prices",
+            help="Read Hetzner's current prices from its API (needs HCLOUD_TOKEN) instead of "
+            "the table shipped with blueprints.",
+        ),
+    ] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Compare the four blueprints for one target: VMs, cost per month, moving parts, lines
+    of configuration, and what happens when a VM dies. Everything is derived from the stacks'
+    offline plans and rendered files.
+
+    Examples: blueprints compare; blueprints compare -t localstack -f markdown --chart ladder.svg
+    """
+    from blueprints import compare_output
+    from blueprints.compare import TARGETS, CompareError
+    from blueprints.compare import compare as run_compare
+    from blueprints.costs import PriceError, shipped_tables
+
+    if target not in TARGETS:
+        raise BadInput(f"--target: unknown target {target!r}; allowed: {', '.join(TARGETS)}")
+    if fmt not in COMPARE_FORMATS:
+        raise BadInput(f"--format: unknown format {fmt!r}; allowed: {', '.join(COMPARE_FORMATS)}")
+    if chart is not None and chart.suffix.lower() not in compare_output.CHART_SUFFIXES:
+        raise BadInput(f"--chart: {chart} must end in .svg or .png")
+    if chart is not None and not chart.resolve().parent.is_dir():
+        raise BadInput(f"--chart: directory {chart.parent} does not exist")
+    if spec is not None and not spec.is_file():
+        raise BadInput(f"--spec: {spec} does not exist")
+    tables = dict(shipped_tables())
+    try:
+        if live_prices:
+            token = os.environ.get("HCLOUD_TOKEN")
+            if not token:
+                raise BadInput("--live-prices needs HCLOUD_TOKEN (a read-only Hetzner API token)")
+            from blueprints.costs import live_hcloud_table
+
+            err.print("[dim]reading Hetzner's price list...[/dim]")
+            tables["hcloud"] = live_hcloud_table(token, os.environ.get("HCLOUD_ENDPOINT"))
+        err.print(f"[dim]planning the {target} stacks...[/dim]")
+        comparison = run_compare(target, project_dir=_project(project), spec=spec, tables=tables)
+    except (CompareError, PriceError) as exc:
+        raise BadInput(str(exc)) from None
+    if fmt == "json":
+        sys.stdout.write(compare_output.to_json(comparison))
+    elif fmt == "markdown":
+        sys.stdout.write(compare_output.to_markdown(comparison))
+    elif fmt == "html":
+        sys.stdout.write(compare_output.to_html(comparison))
+    else:
+        _show_comparison(comparison)
+    if chart is not None:
+        try:
+            compare_output.write_chart(comparison, chart)
+        except OSError as exc:
+            raise BadInput(f"--chart: {chart} cannot be written ({exc.strerror or exc})") from None
+        err.print(f"[green]wrote[/green] {chart}")
+
+
+def _show_comparison(comparison) -> None:
+    from blueprints.compare_output import cost_rows, sources, summary_rows
+
+    summary = [{k: v for k, v in r.items() if k != "stack"} for r in summary_rows(comparison)]
+    for title, rows in (
+        (f"{comparison.app} on {comparison.target}", summary),
+        ("monthly cost", cost_rows(comparison)),
+    ):
+        table = Table(title=title, show_edge=False)
+        for i, head in enumerate(rows[0]):
+            table.add_column(head, justify="left" if i == 0 else "right", overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(v) for v in row.values()))
+        out.print(table)
+    for row in comparison.rows:
+        f = row.failure
+        out.print(f"[bold]{row.blueprint}[/bold]: {escape(f.detects)}; {escape(f.recovers)}")
+        for s in f.scenarios:
+            how = f"{s.seconds} s" if s.automatic else "manual"
+            out.print(f"  {escape(s.dies)} dies: [cyan]{how}[/cyan], {escape(s.effect)}")
+    for line in sources(comparison):
+        out.print(f"[dim]{escape(line)}[/dim]", soft_wrap=True)
+
+
 def _answer(flag: str, text: str):
     """An option of `blueprints new` that answers one of the scaffold's questions."""
     return typer.Option(flag, help=text, rich_help_panel="Answers (default: the template's)")
@@ -535,6 +642,277 @@ def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+# --- preview-report (issue 9) -----------------------------------------------------------------
+
+EXIT_DATA_LOSS = 4  # `preview-report --fail-on data-loss` and a stateful resource is at risk
+FAIL_ON = ("data-loss",)
+
+
+def _preview_input(arg: str):
+    """FILE, STACK=FILE or - (stdin) -> (explicit stack or None, where, text)."""
+    stack = None
+    path = arg
+    if "=" in arg and not Path(arg).exists():
+        stack, path = arg.split("=", 1)
+        if not stack or not path:
+            raise BadInput(f"{arg}: expected FILE or STACK=FILE")
+    if path == "-":
+        return stack, "stdin", sys.stdin.read()
+    try:
+        return stack, path, Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path}: is a directory, not a preview JSON file") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: is not UTF-8 text") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _preview_stack_name(explicit: str | None, where: str, preview) -> str:
+    if explicit:
+        return explicit
+    stacks = preview.stacks
+    if len(stacks) > 1:
+        raise BadInput(
+            f"{where}: holds steps of several stacks ({', '.join(stacks)}); "
+            "give one preview per stack"
+        )
+    if stacks:
+        return stacks[0]
+    name = Path(where).name
+    if name.startswith("preview-") and name.endswith(".json") and len(name) > len("preview-.json"):
+        return name[len("preview-") : -len(".json")]
+    raise BadInput(
+        f"{where}: has no steps to read the stack name from; pass it as STACK={where} "
+        "or name the file preview-STACK.json"
+    )
+
+
+def _run_pulumi_preview(stack: str) -> tuple[str, str]:
+    """`pulumi preview --json --stack S` -> (where, stdout); its stderr passes through."""
+    import shutil
+    import subprocess
+
+    pulumi = shutil.which("pulumi")
+    if pulumi is None:
+        raise BadInput(
+            f"--stack {stack}: the pulumi CLI is not installed (not on PATH); run "
+            f"`pulumi preview --json --stack {stack} > preview-{stack}.json` where it is "
+            "and pass the files instead"
+        )
+    err.print(f"[dim]running pulumi preview --json --stack {escape(stack)}...[/dim]")
+    try:
+        proc = subprocess.run(
+            [pulumi, "preview", "--json", "--stack", stack],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    except OSError as exc:
+        raise BadInput(f"--stack {stack}: cannot run pulumi ({exc.strerror or exc})") from None
+    if proc.returncode != 0 and not proc.stdout.strip():
+        raise BadInput(
+            f"--stack {stack}: `pulumi preview --json` exited {proc.returncode} without a "
+            "preview document; its messages are above"
+        )
+    return f"pulumi preview --json --stack {stack}", proc.stdout
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    """Write the whole file or leave the old one (or none) in place."""
+    if target.is_dir():
+        raise BadInput(f"--output {target}: is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadInput(f"--output {target}: directory {parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=parent)
+    except OSError as exc:
+        raise BadInput(f"--output {target}: cannot be written ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@app.command("preview-report")
+@_reports_bad_input
+def preview_report(
+    files: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="`pulumi preview --json` outputs: FILE, STACK=FILE, or - for stdin. The stack "
+            "name comes from the resource URNs, else STACK=, else a preview-STACK.json name.",
+            show_default=False,
+        ),
+    ] = None,
+    stack: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stack",
+            "-s",
+            help="Run `pulumi preview --json --stack S` (needs the pulumi CLI); repeatable.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the markdown here instead of stdout."),
+    ] = None,
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-on",
+            help=f"data-loss: exit {EXIT_DATA_LOSS} (after printing and posting the report) "
+            "when a volume, floating/elastic/primary IP or a server holding a volume would be "
+            "replaced or deleted.",
+        ),
+    ] = None,
+    gitlab: Annotated[
+        bool,
+        typer.Option(
+            "--gitlab",
+            help="Post the report as one note on the merge request (updated in place on later "
+            "runs); needs CI_API_V4_URL, CI_PROJECT_ID, CI_MERGE_REQUEST_IID and GITLAB_TOKEN.",
+        ),
+    ] = False,
+    no_prices: Annotated[
+        bool, typer.Option("--no-prices", help="Leave the monthly cost delta out.")
+    ] = False,
+) -> None:
+    """Turn `pulumi preview --json` documents into one markdown report for a merge request.
+
+    Summary table per stack (with the monthly cost delta), a warning for every stateful resource
+    replaced or deleted, then collapsible per-resource property changes; secrets never shown.
+    Exit status: 0, 2 bad input, 1 GitLab refused the note, 4 data loss with --fail-on data-loss.
+    Example: blueprints preview-report prod=preview-prod.json --fail-on data-loss --gitlab
+    """
+    from blueprints.preview.document import PreviewError, loads, parse_preview
+    from blueprints.preview.report import build_report
+
+    for value in fail_on or []:
+        if value not in FAIL_ON:
+            raise BadInput(f"--fail-on: must be {' or '.join(FAIL_ON)} (got {value!r})")
+    if not files and not stack:
+        raise BadInput("give preview JSON files (FILE or STACK=FILE) or --stack S")
+    documents = []
+    try:
+        for arg in files or []:
+            explicit, where, text = _preview_input(arg)
+            preview = parse_preview(loads(text, where), source=where)
+            documents.append((_preview_stack_name(explicit, where, preview), preview))
+        for name in stack or []:
+            where, text = _run_pulumi_preview(name)
+            documents.append((name, parse_preview(loads(text, where), source=where)))
+        seen: set[str] = set()
+        for name, _ in documents:
+            if name in seen:
+                raise BadInput(f"stack {name} is given twice; give one preview per stack")
+            seen.add(name)
+        report = build_report(documents, prices=not no_prices)
+    except PreviewError as exc:
+        raise BadInput(str(exc)) from None
+
+    if output is not None:
+        _write_atomically(output, report.markdown)
+        err.print(f"[green]wrote[/green] {escape(str(output))}")
+    else:
+        sys.stdout.write(report.markdown)
+        sys.stdout.flush()
+    if gitlab:
+        from blueprints.preview.gitlab import GitLabError, upsert_note
+        from blueprints.preview.report import MARKER
+
+        try:
+            result = upsert_note(report.markdown, marker=MARKER)
+        except GitLabError as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_FAILED) from None
+        err.print(f"[green]{result.action}[/green] note {result.note_id}: {escape(result.url)}")
+    if report.data_loss:
+        names = ", ".join(f"{d.stack}/{d.name}" for d in report.dangers)
+        err.print(f"[yellow]data loss:[/yellow] {escape(names)}", soft_wrap=True)
+        if "data-loss" in (fail_on or []):
+            raise typer.Exit(EXIT_DATA_LOSS)
+
+
+# --- diff (issue 9, offline preview) ----------------------------------------------------------
+
+
+@app.command("diff")
+@_reports_bad_input
+def diff(
+    stacks: Annotated[
+        list[str] | None,
+        typer.Argument(help="Stacks to compare; default: every stack on either side."),
+    ] = None,
+    base: Annotated[
+        str,
+        typer.Option(
+            "--base",
+            help="Git ref to compare the working tree with, e.g. origin/main or HEAD~1.",
+            show_default=False,
+        ),
+    ] = ...,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the markdown here instead of stdout."),
+    ] = None,
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-on",
+            help=f"data-loss: exit {EXIT_DATA_LOSS} (after printing and posting the report) "
+            "when a stateful resource would be replaced or deleted.",
+        ),
+    ] = None,
+    gitlab: Annotated[
+        bool,
+        typer.Option(
+            "--gitlab",
+            help="Post the report as one note on the merge request, as preview-report does.",
+        ),
+    ] = False,
+    no_prices: Annotated[
+        bool, typer.Option("--no-prices", help="Leave the monthly cost delta out.")
+    ] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Preview offline: plan the stacks at a git ref and in the working tree, report the diff.
+
+    Both sides run under Pulumi's mock runtime (no cloud account, no backend); the report is
+    the one preview-report writes, with the same --fail-on and --gitlab.
+    Example: blueprints diff --base origin/main --fail-on data-loss
+    """
+    from blueprints.preview.offline import DiffError, offline_documents, workspace
+
+    for value in fail_on or []:
+        if value not in FAIL_ON:
+            raise BadInput(f"--fail-on: must be {' or '.join(FAIL_ON)} (got {value!r})")
+    root = _project(project)
+    shown = ", ".join(stacks) if stacks else "all stacks"
+    err.print(f"[dim]planning {escape(shown)} at {escape(base)} and in the working tree...[/dim]")
+    try:
+        documents = offline_documents(root, base, list(stacks or []))
+    except DiffError as exc:
+        raise BadInput(str(exc)) from None
+    # The documents have the shape of `pulumi preview --json`, so preview-report itself (its
+    # parsing, report, --output, --gitlab and --fail-on) finishes the job.
+    with workspace() as tmp:
+        files = []
+        for stack, document in documents:
+            path = tmp / f"preview-{stack}.json"
+            path.write_text(json.dumps(document, indent=2, sort_keys=True), encoding="utf-8")
+            files.append(f"{stack}={path}")
+        preview_report(
+            files=files, output=output, fail_on=fail_on, gitlab=gitlab, no_prices=no_prices
+        )
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 
 Measures, each in a fresh process (so imports count, as they do for a user):
   * `blueprints plan --all` on the two single-VM stacks (the target) and on every stack;
+  * `blueprints compare` of the four blueprints on one target (issue 7: under 2 s);
   * `blueprints plan single-vm-hcloud` and `render` for generated specs with 10/100/500 services.
 
 Targets (issue 2): both single-VM stacks planned in under 1 s together; 500 services under
@@ -122,12 +123,25 @@ def main() -> int:
         shutil.copytree(ROOT / "examples", single / "examples")
         for stack in sorted((ROOT / "stacks").glob("Pulumi.single-vm-*.yaml")):
             shutil.copy(stack, single / "stacks")
-        for label, cwd, limit in (
-            ("plan --all (both single-vm stacks), median", single, 1.0),
-            ("plan --all (every stack), median", ROOT, None),
+        for label, cwd, limit, verb in (
+            ("plan --all (both single-vm stacks), median", single, 1.0, ["plan", "--all"]),
+            ("plan --all (every stack), median", ROOT, None, ["plan", "--all"]),
+            ("compare (4 blueprints, hcloud), median", ROOT, 2.0, ["compare"]),
+            (
+                "compare (4 blueprints, localstack), median",
+                ROOT,
+                2.0,
+                ["compare", "-t", "localstack"],
+            ),
+            (
+                "compare -f html --chart .svg, median",
+                ROOT,
+                None,
+                ["compare", "-f", "html", "--chart", str(Path(tmp) / "c.svg")],
+            ),
         ):
             # Three runs: the first after a change pays for cold file caches; report the median.
-            cmd = [*BP, "plan", "--all", "--project", str(cwd)]
+            cmd = [*BP, *verb, "--project", str(cwd)]
             runs = [measure(cmd, cwd) for _ in range(3)]
             wall = sorted(r[0] for r in runs)[1]
             rss = max(r[1] for r in runs)

@@ -1,0 +1,333 @@
+"""`blueprints compare`: the four rungs of the ladder side by side, from the stacks themselves.
+
+For one target, each blueprint's stack is planned offline (the same mock run as `blueprints
+plan`) and its servers' files are unpacked (as `blueprints render` writes them). Every figure
+comes from those two: VMs and cloud resources from the plan, cost from the plan priced with
+blueprints/prices.yaml, moving parts and lines of configuration counted in the rendered files,
+and the failure model from the stack's own timeouts (blueprints/failure.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from blueprints import costs
+from blueprints.failure import FailureModel, failure_model
+from blueprints.plan import PlanError, find_project, list_stacks, plan_stack, read_project
+from blueprints.settings import StackSettings, parse_settings
+from blueprints.spec import SpecError, load_spec
+
+LADDER = ("single-vm", "compose", "nomad", "k8s")
+TARGETS = ("hcloud", "localstack", "aws")
+NAMESPACE = "blueprints:"
+
+# Packages whose installation starts a daemon someone has to keep patched.
+PACKAGE_DAEMONS = {"docker.io": "dockerd (with containerd)"}
+# What k3s runs in-cluster unless its config disables it.
+K3S_PACKAGED = ("coredns", "local-storage", "metrics-server", "servicelb", "traefik")
+K8S_WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+class CompareError(Exception):
+    """One sentence for the user."""
+
+
+@dataclass(frozen=True)
+class Part:
+    kind: str  # daemon, scheduled job, container, nomad task, workload, add-on, outside the VMs
+    name: str
+
+
+@dataclass(frozen=True)
+class Row:
+    blueprint: str
+    stack: str
+    target: str
+    vms: int
+    vcpu: int | None
+    memory_gib: Decimal | None
+    cloud_resources: int
+    cost: costs.CostSummary
+    parts: tuple[Part, ...]
+    config_files: int
+    config_lines: int
+    failure: FailureModel
+    notes: tuple[str, ...]
+
+    @property
+    def currency(self) -> str:
+        return next(iter(self.cost.total), "")
+
+    @property
+    def monthly(self) -> Decimal:
+        return sum(self.cost.total.values(), Decimal(0))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    target: str
+    app: str
+    rows: tuple[Row, ...]
+    tables: tuple[costs.PriceTable, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacks
+
+
+def _stack_settings(root: Path, stacks_dir: Path, stack: str) -> StackSettings | None:
+    path = stacks_dir / f"Pulumi.{stack}.yaml"
+    try:
+        config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    raw = {
+        k[len(NAMESPACE) :]: v
+        for k, v in config.items()
+        if isinstance(k, str) and k.startswith(NAMESPACE) and k[len(NAMESPACE) :] != "secrets"
+    }
+    try:
+        return parse_settings(raw, str(path.relative_to(root)))
+    except SpecError:
+        return None
+
+
+def choose_stacks(root: Path, target: str) -> tuple[dict[str, str], list[str]]:
+    """blueprint -> stack for this target (first by name when several), and notes."""
+    _, stacks_dir, _ = read_project(root)
+    found: dict[str, list[str]] = {}
+    for stack in list_stacks(root):
+        settings = _stack_settings(root, stacks_dir, stack)
+        if settings is not None:
+            found.setdefault(f"{settings.blueprint}/{settings.target}", []).append(stack)
+    notes = []
+    chosen: dict[str, str] = {}
+    for blueprint in LADDER:
+        candidates = found.get(f"{blueprint}/{target}", [])
+        if not candidates and target == "aws":
+            # LocalStack stacks run the same AWS program; priced as AWS either way.
+            candidates = found.get(f"{blueprint}/localstack", [])
+            if candidates:
+                notes.append(f"{blueprint}: no aws stack; compared {candidates[0]} (same program)")
+        if candidates:
+            chosen[blueprint] = candidates[0]
+            if len(candidates) > 1:
+                others = ", ".join(candidates[1:])
+                notes.append(f"{blueprint}: compared {candidates[0]}; also here: {others}")
+    if not chosen:
+        raise CompareError(
+            f"no stack with target {target} in {stacks_dir.relative_to(root)}/; "
+            f"a stack file sets blueprints:target to one of {', '.join(TARGETS)}"
+        )
+    return chosen, notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendered files
+
+
+def _unit_type(text: str) -> str:
+    match = re.search(r"^Type=(\S+)", text, re.M)
+    return match.group(1) if match else "simple"
+
+
+def moving_parts(files: Mapping[str, str]) -> tuple[Part, ...]:
+    """Distinct things that run and need upgrading, counted in the servers' rendered files.
+
+    `files` maps "<server>/<path on the VM>" to text, as `blueprints render` writes them.
+    """
+    parts: set[Part] = set()
+    for key, text in files.items():
+        _, _, path = key.partition("/")
+        name = path.rsplit("/", 1)[-1]
+        if path == "user-data.yaml":
+            doc = yaml.safe_load(text) or {}
+            for package in doc.get("packages") or []:
+                if str(package) in PACKAGE_DAEMONS:
+                    parts.add(Part("daemon", PACKAGE_DAEMONS[str(package)]))
+        elif path.startswith("etc/systemd/system/") and name.endswith(".service"):
+            # Oneshot units are setup steps or the work of a timer, not something running.
+            if _unit_type(text) != "oneshot":
+                parts.add(Part("daemon", name[: -len(".service")]))
+        elif path.startswith("etc/systemd/system/") and name.endswith(".timer"):
+            parts.add(Part("scheduled job", name[: -len(".timer")]))
+        elif name in ("compose.yaml", "docker-compose.yaml"):
+            services = (yaml.safe_load(text) or {}).get("services") or {}
+            parts.update(Part("container", str(s)) for s in services)
+        elif name.endswith(".nomad.hcl"):
+            job = re.search(r'^job\s+"([^"]+)"', text, re.M)
+            for task in re.findall(r'^\s*task\s+"([^"]+)"', text, re.M):
+                parts.add(Part("nomad task", f"{job.group(1) if job else '?'}/{task}"))
+        elif "/manifests/" in path and name.endswith((".yaml", ".yml")):
+            for doc in yaml.safe_load_all(text):
+                if not isinstance(doc, dict):
+                    continue
+                kind, meta = doc.get("kind"), doc.get("metadata") or {}
+                if kind in K8S_WORKLOADS:
+                    parts.add(
+                        Part("workload", f"{meta.get('namespace', 'default')}/{meta['name']}")
+                    )
+                elif kind == "HelmChart":
+                    parts.add(Part("add-on", str(meta.get("name"))))
+        elif path == "etc/rancher/k3s/config.yaml":
+            server = key.partition("/")[0]
+            if f"{server}/etc/systemd/system/k3s.service" not in files:
+                continue  # an agent: no packaged components of its own
+            disabled = set((yaml.safe_load(text) or {}).get("disable") or [])
+            for component in K3S_PACKAGED:
+                if component not in disabled:
+                    parts.add(Part("add-on", f"{component} (packaged with k3s)"))
+    return tuple(sorted(parts, key=lambda p: (p.kind, p.name)))
+
+
+def config_size(files: Mapping[str, str]) -> tuple[int, int]:
+    """(files, lines) of generated configuration, each distinct file once (not per server).
+
+    Keys and certificates are generated material, not configuration; user-data.yaml only
+    wraps the other files, so neither is counted.
+    """
+    seen: dict[str, int] = {}
+    for key, text in files.items():
+        _, _, path = key.partition("/")
+        if path == "user-data.yaml" or text.lstrip().startswith("-----BEGIN"):
+            continue
+        digest = hashlib.sha256(f"{path}\0{text}".encode()).hexdigest()
+        seen[digest] = len(text.splitlines())
+    return len(seen), sum(seen.values())
+
+
+def claimed_volumes(files: Mapping[str, str]) -> dict[str, int]:
+    """PersistentVolumeClaims in rendered manifests: claim name -> GiB requested.
+
+    The CSI driver creates these volumes at runtime, so they are not in the plan; they cost
+    like any other volume.
+    """
+    claims: dict[str, int] = {}
+    for key, text in files.items():
+        if "/manifests/" not in key or not key.endswith((".yaml", ".yml")):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if not isinstance(doc, dict) or doc.get("kind") != "StatefulSet":
+                continue
+            spec = doc.get("spec") or {}
+            for claim in spec.get("volumeClaimTemplates") or []:
+                size = str(claim["spec"]["resources"]["requests"]["storage"])
+                gib = int(size.removesuffix("Gi")) if size.endswith("Gi") else 0
+                for i in range(int(spec.get("replicas", 1))):
+                    claims[f"{claim['metadata']['name']}-{doc['metadata']['name']}-{i}"] = gib
+    return dict(sorted(claims.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# One row
+
+
+def _row(
+    root: Path,
+    blueprint: str,
+    stack: str,
+    spec: Path | None,
+    tables: Mapping[str, costs.PriceTable],
+) -> Row:
+    from blueprints.render.unpack import SERVER_TYPES, stack_files
+
+    overrides: dict[str, Any] = {}
+    if spec is not None:
+        overrides["blueprints:spec"] = str(spec)
+    plan = plan_stack(stack, root, overrides)
+    _, stacks_dir, _ = read_project(root)
+    settings = _stack_settings(root, stacks_dir, stack)
+    assert settings is not None  # chosen from stacks whose settings parsed
+    app = load_spec(spec if spec is not None else root / settings.spec)
+    files = stack_files(plan)
+    servers = [r for r in plan.resources if r.type in SERVER_TYPES]
+    cloud = "hcloud" if settings.cloud == "hcloud" else "aws"
+    table = tables[cloud]
+    vcpu: int | None = 0
+    memory: Decimal | None = Decimal(0)
+    for server in servers:
+        kind = server.inputs.get("serverType") or server.inputs.get("instanceType")
+        spec_ = table.server_types.get(str(kind))
+        if spec_ is None or vcpu is None or memory is None:
+            vcpu = memory = None
+            continue
+        vcpu += spec_.vcpu
+        memory += spec_.memory_gib
+    priced: list[tuple[Any, ...]] = [
+        (r.type, r.name, r.plain_inputs(), r.id) for r in plan.resources if r.custom
+    ]
+    notes: list[str] = []
+    claims = claimed_volumes(files)
+    if claims:
+        volume_type = "hcloud:index/volume:Volume" if cloud == "hcloud" else "aws:ebs/volume:Volume"
+        for claim, gib in claims.items():
+            # Hetzner's CSI driver rounds claims up to its 10 GB minimum.
+            size = max(gib, 10) if cloud == "hcloud" else gib
+            inputs = {"size": size, "location": settings.location, "type": "gp3"}
+            priced.append((volume_type, f"pvc {claim}", inputs))
+        notes.append(f"volumes from {len(claims)} PersistentVolumeClaim(s) priced as volumes")
+    cost = costs.price_resources(priced, tables)
+    file_count, lines = config_size(files)
+    failure = failure_model(settings, app)
+    parts = moving_parts(files) + tuple(Part("outside the VMs", name) for name in failure.outside)
+    return Row(
+        blueprint=blueprint,
+        stack=stack,
+        target=settings.target,
+        vms=len(servers),
+        vcpu=vcpu,
+        memory_gib=memory,
+        cloud_resources=sum(1 for r in plan.resources if costs.cloud_of(r.type) and r.custom),
+        cost=cost,
+        parts=parts,
+        config_files=file_count,
+        config_lines=lines,
+        failure=failure,
+        notes=tuple(notes),
+    )
+
+
+def compare(
+    target: str = "hcloud",
+    *,
+    project_dir: Path | None = None,
+    spec: Path | None = None,
+    tables: Mapping[str, costs.PriceTable] | None = None,
+) -> Comparison:
+    if target not in TARGETS:
+        raise CompareError(f"unknown target {target!r}; allowed: {', '.join(TARGETS)}")
+    root = (project_dir or find_project()).resolve()
+    if spec is not None:
+        spec = spec.resolve()
+        app_name = load_spec(spec).name  # a bad spec fails here, with the spec's own message
+    tables = dict(tables or costs.shipped_tables())
+    chosen, notes = choose_stacks(root, target)
+    rows = tuple(_row(root, b, s, spec, tables) for b, s in chosen.items())
+    if spec is None:
+        _, stacks_dir, _ = read_project(root)
+        first = _stack_settings(root, stacks_dir, rows[0].stack)
+        app_name = load_spec(root / first.spec).name if first else "?"
+    used = {t.cloud: t for row in rows for t in row.cost.tables}
+    rows = tuple(
+        Row(
+            **{
+                **row.__dict__,
+                "notes": row.notes + tuple(n for n in notes if n.startswith(row.blueprint)),
+            }
+        )
+        for row in rows
+    )
+    return Comparison(
+        target=target, app=app_name, rows=rows, tables=tuple(used[c] for c in sorted(used))
+    )
+
+
+__all__ = ["CompareError", "Comparison", "PlanError", "Row", "compare", "moving_parts"]

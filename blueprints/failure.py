@@ -1,0 +1,226 @@
+"""What happens when a VM dies: who notices, who recovers, and roughly how long the app is down.
+
+Each blueprint recovers with a different mechanism (a watchdog that promotes the spare; Nomad's
+heartbeats; Kubernetes' node lifecycle), so each has a model here. Every number a model uses
+comes from the stack's own settings (watchdog interval and threshold, Nomad heartbeat TTL and
+grace, Kubernetes grace period and tolerations), from the app spec (replicas, health checks,
+which services hold data), or from the cloud's operation times below. Change a timeout in the
+stack file and the estimate follows.
+
+The cloud operation times are estimates of typical API and boot durations, not measurements;
+they are kept in one table so they are easy to question and to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from blueprints.settings import StackSettings
+from blueprints.spec import AppSpec
+
+# Seconds, per cloud. `boot`: power-on to SSH/cloud-init done for a stock Ubuntu image;
+# `container`: an app container started from a cached image until its first health check runs.
+CLOUD_TIMES: dict[str, dict[str, int]] = {
+    "hcloud": {"boot": 40, "power_off": 5, "detach": 5, "attach": 5, "ip_move": 5, "container": 10},
+    "aws": {"boot": 45, "power_off": 30, "detach": 10, "attach": 10, "ip_move": 5, "container": 10},
+}
+
+# Kubernetes' attach/detach controller waits this long before it force-detaches a volume from
+# a node that stopped answering (kube-controller-manager's maxWaitForUnmountDuration, fixed).
+K8S_FORCE_DETACH = 360
+
+
+@dataclass(frozen=True)
+class Step:
+    what: str
+    seconds: int
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One VM dies; `steps` add up to the app's downtime, or recovery needs a person."""
+
+    dies: str
+    steps: tuple[Step, ...]
+    automatic: bool
+    effect: str  # what users see meanwhile
+
+    @property
+    def seconds(self) -> int | None:
+        return sum(s.seconds for s in self.steps) if self.automatic else None
+
+
+@dataclass(frozen=True)
+class FailureModel:
+    detects: str
+    recovers: str
+    scenarios: tuple[Scenario, ...]
+    single_points: tuple[str, ...]
+    # What the model needs running outside the VMs (a moving part no rendered file shows).
+    outside: tuple[str, ...] = ()
+
+    @property
+    def worst(self) -> Scenario:
+        """The VM whose death costs the most (a manual recovery beats any number)."""
+        return max(self.scenarios, key=lambda s: (not s.automatic, s.seconds or 0))
+
+    @property
+    def best(self) -> Scenario:
+        return min(self.scenarios, key=lambda s: (not s.automatic, s.seconds or 0))
+
+
+def _health_wait(app: AppSpec) -> int:
+    """Until the public service's first passing health check after it starts."""
+    services = [svc for _, svc in app.sorted_services()]
+    public = [s for s in services if s.public_http_ports or s.public_tcp_ports]
+    svc = (public or services)[0]
+    return int(svc.health.interval) if svc.health else 0
+
+
+def _single_vm(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> FailureModel:
+    detect = settings.watch_interval * settings.watch_failures + settings.probe_timeout
+    # The promotion boots the spare first and fences/moves the volume while it boots.
+    moves = times["power_off"] + times["detach"] + times["attach"]
+    steps = (
+        Step(
+            f"watchdog: {settings.watch_failures} failed probes, "
+            f"{settings.watch_interval}s apart, {settings.probe_timeout}s timeout",
+            detect,
+        ),
+        Step(
+            "spare boots while the primary is fenced and the volume moves",
+            max(times["boot"], moves),
+        ),
+        Step("app containers start on the spare", times["container"]),
+        Step("first passing health check", _health_wait(app)),
+        Step("floating IP moves to the spare", times["ip_move"]),
+    )
+    return FailureModel(
+        detects="`blueprints watch` probing the health URL from outside the VMs",
+        recovers="`blueprints promote`: fence primary, move volume, boot spare, move IP",
+        scenarios=(
+            Scenario("primary", steps, True, "app unreachable until the spare answers"),
+            Scenario("spare (parked)", (), True, "nothing; the spare was off"),
+        ),
+        single_points=(
+            "the watchdog process (run it outside both VMs)",
+            "the data volume (one location, no replica)",
+            "the cloud API during a promotion",
+        ),
+        outside=("blueprints watch (the watchdog, outside both VMs)",),
+    )
+
+
+def _compose(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> FailureModel:
+    return FailureModel(
+        detects="nothing automatic for a dead VM (autoheal restarts unhealthy containers only)",
+        recovers="a person: `pulumi up` rebuilds the VM; the volume and IP are reattached",
+        scenarios=(
+            Scenario(
+                "the VM",
+                (),
+                False,
+                "app down until someone rebuilds the VM",
+            ),
+        ),
+        single_points=("the VM", "the data volume"),
+    )
+
+
+def _nomad(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> FailureModel:
+    ttl = settings.min_heartbeat_ttl
+    down = Step(
+        f"node marked down: heartbeat TTL {ttl}s + grace {settings.heartbeat_grace}s",
+        ttl + settings.heartbeat_grace,
+    )
+    lost = Step(f"allocations lost after {settings.lost_after}s", settings.lost_after)
+    restart = Step("replacement containers start on a live node", times["container"])
+    health = Step("first passing health check", _health_wait(app))
+    stateless = tuple(s for s in (down, lost, restart, health) if s.seconds or s is down)
+    public = [s for _, s in app.sorted_services() if s.public_http_ports or s.public_tcp_ports]
+    all_replicated = public and all(s.replicas >= 2 for s in public)
+    other = Scenario(
+        "node-2 or node-3",
+        stateless,
+        True,
+        "requests to the dead node's instances fail until they are replaced"
+        if all_replicated
+        else "a single-instance service is down until it is replaced",
+    )
+    stateful = [name for name, s in app.sorted_services() if s.stateful]
+    node1 = Scenario(
+        "node-1",
+        (),
+        False,
+        "ingress (Traefik) and "
+        + (", ".join(stateful) if stateful else "the host volume")
+        + " are pinned to node-1: down until it is rebuilt",
+    )
+    return FailureModel(
+        detects="Nomad servers: missed client heartbeats",
+        recovers="Nomad scheduler replaces lost allocations on live nodes",
+        scenarios=(other, node1),
+        single_points=("node-1 (data volume, ingress)", "the data volume"),
+    )
+
+
+def _k8s(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> FailureModel:
+    grace = Step(
+        f"node NotReady after --node-monitor-grace-period {settings.node_monitor_grace_period}s",
+        settings.node_monitor_grace_period,
+    )
+    evict = Step(
+        f"pods evicted after unreachable toleration {settings.unreachable_toleration_seconds}s",
+        settings.unreachable_toleration_seconds,
+    )
+    start = Step("replacement pods start on a live worker", times["container"])
+    health = Step("first passing readiness check", _health_wait(app))
+    stateful = [name for name, s in app.sorted_services() if s.stateful]
+    worker_steps = (grace, evict, start, health)
+    scenarios = [
+        Scenario(
+            "a control-plane node",
+            (),
+            True,
+            "nothing for the app; etcd keeps quorum with 2 of 3",
+        ),
+        Scenario(
+            "a worker without stateful pods",
+            worker_steps,
+            True,
+            "replicas on live workers keep serving; single replicas wait for eviction",
+        ),
+    ]
+    if stateful:
+        scenarios.append(
+            Scenario(
+                f"the worker running {', '.join(stateful)}",
+                (),
+                False,
+                "a StatefulSet pod on an unreachable node is never replaced on its own: "
+                "someone deletes the node or the pod, then the volume detaches "
+                f"(up to {K8S_FORCE_DETACH}s)",
+            )
+        )
+    return FailureModel(
+        detects="kube-controller-manager: missed node heartbeats (kubelet leases)",
+        recovers="taint-based eviction; controllers recreate pods on live workers",
+        scenarios=tuple(scenarios),
+        single_points=(
+            ("the stateful pods' volume",)
+            + (("cp-1 as the kubeconfig's API endpoint",) if settings.cloud == "hcloud" else ())
+        ),
+    )
+
+
+FAILURE_MODELS: dict[str, Callable[[StackSettings, AppSpec, dict[str, int]], FailureModel]] = {
+    "single-vm": _single_vm,
+    "compose": _compose,
+    "nomad": _nomad,
+    "k8s": _k8s,
+}
+
+
+def failure_model(settings: StackSettings, app: AppSpec) -> FailureModel:
+    return FAILURE_MODELS[settings.blueprint](settings, app, CLOUD_TIMES[settings.cloud])
