@@ -1,0 +1,447 @@
+"""`blueprints compare`: figures derived from the stacks, priced from the shipped table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import threading
+import xml.etree.ElementTree as ET
+from decimal import Decimal
+from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from blueprints import compare_output, costs
+from blueprints.cli import app
+from blueprints.compare import CompareError, compare, moving_parts
+from blueprints.failure import CLOUD_TIMES, failure_model
+from blueprints.settings import StackSettings
+from blueprints.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+D = Decimal
+
+
+@pytest.fixture(scope="module")
+def hcloud():
+    return compare("hcloud", project_dir=ROOT)
+
+
+@pytest.fixture(scope="module")
+def localstack():
+    return compare("localstack", project_dir=ROOT)
+
+
+def row(comparison, blueprint):
+    return next(r for r in comparison.rows if r.blueprint == blueprint)
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def test_hcloud_cost_is_the_price_table_times_the_planned_resources(hcloud):
+    # Hand-computed for examples/app.yaml from blueprints/prices.yaml (hcloud, net EUR):
+    # cx23 2.99, primary IPv4 0.50, floating IPv4 3.00, volume 0.044/GB, lb11 5.39, backups
+    # 20% of the server. The data volume is pgdata's 20 GB + 1 GB for TLS state = 21 GB.
+    volume = D(21) * D("0.044")
+    expected = {
+        # primary + spare (a powered-off Hetzner server is billed in full), their IPv4s,
+        # the floating IP, the volume
+        "single-vm": 2 * D("2.99") + 2 * D("0.50") + D("3.00") + volume,
+        # one VM with backups, its IPv4, the floating IP, the volume
+        "compose": D("2.99") * D("1.2") + D("0.50") + D("3.00") + volume,
+        # three nodes and their IPv4s, the volume, the load balancer
+        "nomad": 3 * D("2.99") + 3 * D("0.50") + volume + D("5.39"),
+        # six nodes and their IPv4s, the ingress load balancer, postgres' 20 GiB claim
+        "k8s": 6 * D("2.99") + 6 * D("0.50") + D("5.39") + D(20) * D("0.044"),
+    }
+    for blueprint, amount in expected.items():
+        r = row(hcloud, blueprint)
+        assert r.cost.total == {"EUR": amount}, blueprint
+        assert r.cost.unpriced == ()
+    assert row(hcloud, "single-vm").cost.by_category()["servers"] == 2 * D("2.99")
+    assert row(hcloud, "compose").cost.by_category()["backups"] == D("0.598")
+
+
+def test_aws_cost_bills_a_stopped_spare_for_its_disk_only(localstack):
+    # eu-central-1 USD: t3.small 0.024/h, public IPv4 0.005/h, gp3 0.0952/GB-month, 730 h.
+    hours = D(730)
+    r = row(localstack, "single-vm")
+    running = D("0.024") * hours + D("0.005") * hours  # the primary and its public IPv4
+    eip = D("0.005") * hours
+    disks = 2 * D(20) * D("0.0952") + D(21) * D("0.0952")  # two root volumes + data
+    assert r.cost.total == {"USD": running + eip + disks}
+    spare = [line for line in r.cost.lines if line.resource.endswith("-spare")]
+    assert {line.category: line.amount for line in spare} == {
+        "servers": D(0),
+        "volumes": D(20) * D("0.0952"),
+    }
+
+
+def test_aws_snapshots_are_priced_on_the_volume_the_dlm_policy_targets(localstack):
+    r = row(localstack, "compose")
+    backups = [line for line in r.cost.lines if line.category == "backups"]
+    assert [(line.resource, line.amount) for line in backups] == [
+        ("shop-compose-localstack-data", D(21) * D("0.054"))
+    ]
+
+
+def test_unknown_server_type_is_reported_not_guessed():
+    summary = costs.price_resources(
+        [("hcloud:index/server:Server", "big", {"serverType": "ccx63", "location": "fsn1"})]
+    )
+    assert summary.total == {}
+    assert summary.unpriced == ("big: server type ccx63 is not in the price table",)
+    outside = costs.price_resources(
+        [("hcloud:index/server:Server", "us", {"serverType": "cx23", "location": "ash"})]
+    )
+    assert "location ash is not in the price table" in outside.unpriced[0]
+
+
+def test_free_resources_cost_nothing():
+    summary = costs.price_resources(
+        [
+            ("hcloud:index/network:Network", "net", {"ipRange": "10.0.0.0/16"}),
+            ("hcloud:index/firewall:Firewall", "fw", {}),
+            ("random:index/randomPassword:RandomPassword", "pw", {}),
+        ]
+    )
+    assert summary.lines == () and summary.unpriced == ()
+
+
+# ----------------------------------------------------------------------------- live prices
+
+
+PRICING = {
+    "pricing": {
+        "currency": "EUR",
+        "vat_rate": "19.00",
+        "image": {"price_per_gb_month": {"net": "0.0150", "gross": "0.0179"}},
+        "volume": {"price_per_gb_month": {"net": "0.0600", "gross": "0.0714"}},
+        "server_backup": {"percentage": "20.00"},
+        "floating_ips": [
+            {
+                "type": "ipv4",
+                "prices": [{"location": "fsn1", "price_monthly": {"net": "4.0000"}}],
+            }
+        ],
+        "primary_ips": [
+            {
+                "type": "ipv4",
+                "prices": [
+                    {
+                        "location": "fsn1",
+                        "price_hourly": {"net": "0.0010"},
+                        "price_monthly": {"net": "0.7000"},
+                    }
+                ],
+            }
+        ],
+        "server_types": [
+            {
+                "id": 1,
+                "name": "cx23",
+                "prices": [{"location": "fsn1", "price_monthly": {"net": "3.9900"}}],
+            }
+        ],
+        "load_balancer_types": [
+            {
+                "id": 1,
+                "name": "lb11",
+                "prices": [{"location": "fsn1", "price_monthly": {"net": "6.0000"}}],
+            }
+        ],
+    }
+}
+SERVER_TYPES = {
+    "server_types": [
+        {
+            "id": 1,
+            "name": "cx23",
+            "description": "CX23",
+            "cores": 2,
+            "memory": 4.0,
+            "disk": 40,
+            "prices": [],
+            "storage_type": "local",
+            "cpu_type": "shared",
+            "architecture": "x86",
+            "deprecation": None,
+        }
+    ],
+    "meta": {"pagination": {"page": 1, "per_page": 50, "next_page": None, "last_page": 1}},
+}
+
+
+@pytest.fixture
+def pricing_api():
+    class Handler(BaseHTTPRequestHandler):
+        status = 200
+
+        def do_GET(self):
+            if self.headers.get("Authorization") != "Bearer good":
+                body, code = {"error": {"code": "unauthorized", "message": "bad token"}}, 401
+            elif self.path.startswith("/v1/pricing"):
+                body, code = PRICING, 200
+            elif self.path.startswith("/v1/server_types"):
+                body, code = SERVER_TYPES, 200
+            else:
+                body, code = {"error": {"code": "not_found", "message": "no"}}, 404
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_live_prices_replace_the_shipped_table(pricing_api):
+    table = costs.live_hcloud_table("good", pricing_api)
+    assert table.as_of == "live"
+    assert table.server_types["cx23"].price == D("3.9900")
+    summary = costs.price_resources(
+        [
+            ("hcloud:index/server:Server", "vm", {"serverType": "cx23", "location": "fsn1"}),
+            ("hcloud:index/volume:Volume", "data", {"size": 10, "location": "fsn1"}),
+        ],
+        {**costs.shipped_tables(), "hcloud": table},
+    )
+    assert summary.total == {"EUR": D("3.9900") + D("0.7000") + 10 * D("0.0600")}
+
+
+def test_live_prices_errors_are_one_sentence(pricing_api, monkeypatch):
+    with pytest.raises(costs.PriceError, match="refused the request"):
+        costs.live_hcloud_table("bad", pricing_api)
+    res = CliRunner().invoke(
+        app, ["compare", "--live-prices", "-C", str(ROOT)], env={"HCLOUD_TOKEN": ""}
+    )
+    assert res.exit_code == 2
+    assert "--live-prices needs HCLOUD_TOKEN" in res.output
+    monkeypatch.setenv("HCLOUD_TOKEN", "good")
+    monkeypatch.setenv("HCLOUD_ENDPOINT", pricing_api)
+    res = CliRunner().invoke(app, ["compare", "--live-prices", "-f", "json", "-C", str(ROOT)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout[res.stdout.index("{") :])
+    assert data["prices"][0]["as_of"] == "live"
+
+
+# ----------------------------------------------------------------------------- failure model
+
+
+def settings(**kw) -> StackSettings:
+    return StackSettings.model_validate(kw)
+
+
+APP = load_spec(ROOT / "examples/app.yaml")
+
+
+def test_single_vm_recovery_follows_the_watchdog_settings():
+    base = failure_model(settings(blueprint="single-vm", target="hcloud"), APP).worst
+    slower = failure_model(
+        settings(blueprint="single-vm", target="hcloud", watchInterval=10, watchFailures=4), APP
+    ).worst
+    # detection = interval x failures + probe timeout; the promotion itself is unchanged
+    assert slower.seconds - base.seconds == (10 * 4) - (5 * 3)
+    times = CLOUD_TIMES["hcloud"]
+    promotion = max(times["boot"], times["power_off"] + times["detach"] + times["attach"])
+    assert base.seconds == 5 * 3 + 3 + promotion + times["container"] + 10 + times["ip_move"]
+
+
+def test_nomad_recovery_follows_heartbeat_settings():
+    model = failure_model(settings(blueprint="nomad", target="hcloud"), APP)
+    slower = failure_model(
+        settings(blueprint="nomad", target="hcloud", heartbeatGrace=40, lostAfter=60), APP
+    )
+    assert slower.best.seconds - model.best.seconds == 30 + 60
+    # node-1 holds the data volume and Traefik: losing it needs a person
+    assert model.worst.dies == "node-1" and model.worst.seconds is None
+
+
+def test_k8s_recovery_follows_grace_and_toleration():
+    model = failure_model(settings(blueprint="k8s", target="hcloud"), APP)
+    worker = next(s for s in model.scenarios if s.dies.startswith("a worker"))
+    slower = failure_model(
+        settings(
+            blueprint="k8s",
+            target="hcloud",
+            nodeMonitorGracePeriod=50,
+            unreachableTolerationSeconds=300,
+        ),
+        APP,
+    )
+    worker2 = next(s for s in slower.scenarios if s.dies.startswith("a worker"))
+    assert worker2.seconds - worker.seconds == (50 - 30) + (300 - 30)
+    assert model.worst.seconds is None  # the StatefulSet's node: manual
+
+
+def test_a_timeout_in_the_stack_file_changes_the_compared_recovery(tmp_path):
+    project = tmp_path / "p"
+    project.mkdir()
+    for name in ("Pulumi.yaml", "examples"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name)
+    (project / "blueprints").mkdir(parents=True)
+    shutil.copy(ROOT / "blueprints/program.py", project / "blueprints/program.py")
+    (project / "stacks").mkdir()
+    stack = yaml.safe_load((ROOT / "stacks/Pulumi.single-vm-hcloud.yaml").read_text())
+    (project / "stacks/Pulumi.single-vm-hcloud.yaml").write_text(yaml.safe_dump(stack))
+    before = compare("hcloud", project_dir=project).rows[0].failure.worst.seconds
+    stack["config"]["blueprints:watchInterval"] = 20
+    (project / "stacks/Pulumi.single-vm-hcloud.yaml").write_text(yaml.safe_dump(stack))
+    after = compare("hcloud", project_dir=project).rows[0].failure.worst.seconds
+    assert after - before == (20 - 5) * 3
+
+
+# ----------------------------------------------------------------------------- counted parts
+
+
+def test_moving_parts_are_counted_from_rendered_files():
+    unit = "[Service]\nType={}\nExecStart=/bin/true\n"
+    files = {
+        "vm/user-data.yaml": "packages: [docker.io, curl]\n",
+        "vm/etc/systemd/system/app.service": unit.format("simple"),
+        "vm/etc/systemd/system/setup.service": unit.format("oneshot"),
+        "vm/etc/systemd/system/backup.timer": "[Timer]\nOnCalendar=daily\n",
+        "vm/etc/blueprints/compose/compose.yaml": "services: {web: {}, db: {}}\n",
+        "vm2/etc/systemd/system/app.service": unit.format("simple"),  # same unit: once
+    }
+    assert [(p.kind, p.name) for p in moving_parts(files)] == [
+        ("container", "db"),
+        ("container", "web"),
+        ("daemon", "app"),
+        ("daemon", "dockerd (with containerd)"),
+        ("scheduled job", "backup"),
+    ]
+
+
+def test_k3s_packaged_components_follow_the_disable_list():
+    files = {
+        "cp/etc/systemd/system/k3s.service": "[Service]\nType=notify\n",
+        "cp/etc/rancher/k3s/config.yaml": "disable: [traefik, servicelb]\n",
+        "w/etc/systemd/system/k3s-agent.service": "[Service]\nType=notify\n",
+        "w/etc/rancher/k3s/config.yaml": "server: https://10.0.1.10:6443\n",
+    }
+    names = {p.name for p in moving_parts(files)}
+    assert "traefik (packaged with k3s)" not in names
+    assert "coredns (packaged with k3s)" in names
+    assert {"k3s", "k3s-agent"} <= names
+
+
+def test_each_rung_has_its_own_parts(hcloud):
+    kinds = {r.blueprint: {p.kind for p in r.parts} for r in hcloud.rows}
+    assert "outside the VMs" in kinds["single-vm"]  # the watchdog
+    assert "container" in kinds["compose"]
+    assert "nomad task" in kinds["nomad"]
+    assert {"workload", "add-on"} <= kinds["k8s"]
+    assert [r.vms for r in hcloud.rows] == [2, 1, 3, 6]
+    assert all(r.config_lines > 100 for r in hcloud.rows)
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def test_every_format_renders(hcloud):
+    data = json.loads(compare_output.to_json(hcloud))
+    assert [b["blueprint"] for b in data["blueprints"]] == ["single-vm", "compose", "nomad", "k8s"]
+    assert data["prices"][0]["as_of"] == "2025-10"
+    assert data["blueprints"][0]["cost"]["monthly"] == str(row(hcloud, "single-vm").monthly)
+
+    md = compare_output.to_markdown(hcloud)
+    assert md.startswith("## shop: the four blueprints on hcloud\n")
+    assert "| single-vm | single-vm-hcloud | 2 | 4 | 8 GiB |" in md
+    assert "node-1 dies: manual" in md
+
+    page = compare_output.to_html(hcloud)
+    parser = HTMLParser()
+    parser.feed(page)
+    assert page.count("<table>") == 2 and "<svg" in page and "EUR 10.90" in page
+
+
+def test_the_table_format_through_the_cli():
+    res = CliRunner().invoke(app, ["compare", "-C", str(ROOT)], env={"COLUMNS": "160"})
+    assert res.exit_code == 0, res.output
+    assert "EUR 10.90" in res.stdout and "manual" in res.stdout
+    assert "as of 2025-10" in res.stdout
+
+
+def test_output_is_deterministic(hcloud):
+    again = compare("hcloud", project_dir=ROOT)
+    assert compare_output.to_json(again) == compare_output.to_json(hcloud)
+    assert compare_output.chart_bytes(again, ".svg") == compare_output.chart_bytes(hcloud, ".svg")
+
+
+def test_chart_is_a_valid_svg_and_png(tmp_path, hcloud):
+    svg = tmp_path / "ladder.svg"
+    png = tmp_path / "ladder.png"
+    for path in (svg, png):
+        res = CliRunner().invoke(app, ["compare", "-C", str(ROOT), "--chart", str(path)])
+        assert res.exit_code == 0, res.output
+    root = ET.parse(svg).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert "single-vm" in svg.read_text()
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (800, 500)
+    from PIL import Image
+
+    Image.open(png).verify()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "gcp"], "--target: unknown target 'gcp'; allowed: hcloud, localstack, aws"),
+        (["--format", "xml"], "--format: unknown format 'xml'; allowed: table, markdown"),
+        (["--chart", "x.jpg"], "--chart: x.jpg must end in .svg or .png"),
+        (["--chart", "/nonexistent/dir/c.svg"], "--chart: directory /nonexistent/dir"),
+        (["--spec", "nope.yaml"], "--spec: nope.yaml does not exist"),
+    ],
+)
+def test_bad_arguments_get_one_line(args, message):
+    res = CliRunner().invoke(app, ["compare", "-C", str(ROOT), *args])
+    assert res.exit_code == 2
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_a_bad_spec_is_reported_with_its_field(tmp_path):
+    bad = tmp_path / "app.yaml"
+    bad.write_text((ROOT / "examples/app.yaml").read_text().replace("replicas: 2", "replicas: -1"))
+    res = CliRunner().invoke(app, ["compare", "-C", str(ROOT), "--spec", str(bad)])
+    assert res.exit_code == 2
+    assert "replicas" in res.output and "Traceback" not in res.output
+
+
+def test_a_spec_option_changes_what_is_compared(tmp_path):
+    bigger = tmp_path / "app.yaml"
+    text = (ROOT / "examples/app.yaml").read_text().replace("size_gb: 20", "size_gb: 100")
+    bigger.write_text(text)
+    result = compare("hcloud", project_dir=ROOT, spec=bigger)
+    # 100 GB + 1 GB on the single-VM volume instead of 21 GB
+    delta = row(result, "single-vm").monthly - D("10.904")
+    assert delta == D(80) * D("0.044")
+
+
+def test_no_stacks_for_the_target(tmp_path):
+    (tmp_path / "Pulumi.yaml").write_text("name: x\nruntime: python\nstackConfigDir: stacks\n")
+    (tmp_path / "stacks").mkdir()
+    with pytest.raises(CompareError, match="no stack with target aws in stacks/"):
+        compare("aws", project_dir=tmp_path)
