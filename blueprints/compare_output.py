@@ -158,17 +158,19 @@ def _md_table(rows: list[dict[str, str]]) -> list[str]:
     return lines
 
 
-def to_markdown(comparison: Comparison) -> str:
+def to_markdown(comparison: Comparison, level: int = 2) -> str:
+    """Markdown whose top heading is at `level` (2: `##`)."""
+    h, sub = "#" * level, "#" * (level + 1)
     out = [
-        f"## {comparison.app}: the four blueprints on {comparison.target}",
+        f"{h} {comparison.app}: the four blueprints on {comparison.target}",
         "",
         *_md_table(summary_rows(comparison)),
         "",
-        "### Monthly cost",
+        f"{sub} Monthly cost",
         "",
         *_md_table(cost_rows(comparison)),
         "",
-        "### When a VM dies",
+        f"{sub} When a VM dies",
         "",
     ]
     for row in comparison.rows:
@@ -178,10 +180,10 @@ def to_markdown(comparison: Comparison) -> str:
             steps = " + ".join(f"{st.what} ({st.seconds} s)" for st in s.steps)
             tail = f" = {recovery_text(s.seconds)}" if s.automatic and steps else ""
             how = (steps + tail or "no downtime") if s.automatic else "manual"
-            out.append(f"- {s.dies} dies: {how}. {s.effect}.")
+            out.append(f"- {s.dies} dies: {how}. {s.effect[:1].upper()}{s.effect[1:]}.")
         out.append(f"- Single points of failure: {', '.join(f.single_points)}.")
         out.append("")
-    out += ["### Moving parts", ""]
+    out += [f"{sub} Moving parts", ""]
     for row in comparison.rows:
         names = ", ".join(f"{p.name} ({p.kind})" for p in row.parts)
         out.append(f"- **{row.blueprint}** ({len(row.parts)}): {names}")

@@ -97,8 +97,9 @@ def _single_vm(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> 
         Step("floating IP moves to the spare", times["ip_move"]),
     )
     return FailureModel(
-        detects="`blueprints watch` probing the health URL from outside the VMs",
-        recovers="`blueprints promote`: fence primary, move volume, boot spare, move IP",
+        detects="`blueprints watch`, probing the health URL from outside the VMs",
+        recovers="`blueprints promote` (fence the primary, move the volume, boot the spare, "
+        "move the IP)",
         scenarios=(
             Scenario("primary", steps, True, "app unreachable until the spare answers"),
             Scenario("spare (parked)", (), True, "nothing; the spare was off"),
@@ -114,8 +115,9 @@ def _single_vm(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> 
 
 def _compose(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> FailureModel:
     return FailureModel(
-        detects="nothing automatic for a dead VM (autoheal restarts unhealthy containers only)",
-        recovers="a person: `pulumi up` rebuilds the VM; the volume and IP are reattached",
+        detects="nothing, for a dead VM (autoheal only restarts unhealthy containers)",
+        recovers="a person, who restarts the VM or rebuilds it "
+        "(`pulumi up --replace` on the server)",
         scenarios=(
             Scenario(
                 "the VM",
@@ -158,8 +160,8 @@ def _nomad(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> Fail
         + " are pinned to node-1: down until it is rebuilt",
     )
     return FailureModel(
-        detects="Nomad servers: missed client heartbeats",
-        recovers="Nomad scheduler replaces lost allocations on live nodes",
+        detects="the Nomad servers, from missed client heartbeats",
+        recovers="the Nomad scheduler, which replaces lost allocations on live nodes",
         scenarios=(other, node1),
         single_points=("node-1 (data volume, ingress)", "the data volume"),
     )
@@ -204,8 +206,8 @@ def _k8s(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> Failur
             )
         )
     return FailureModel(
-        detects="kube-controller-manager: missed node heartbeats (kubelet leases)",
-        recovers="taint-based eviction; controllers recreate pods on live workers",
+        detects="kube-controller-manager, from missed node heartbeats (kubelet leases)",
+        recovers="taint-based eviction, then the controllers recreate pods on live workers",
         scenarios=tuple(scenarios),
         single_points=(
             ("the stateful pods' volume",)

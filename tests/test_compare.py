@@ -445,3 +445,24 @@ def test_no_stacks_for_the_target(tmp_path):
     (tmp_path / "stacks").mkdir()
     with pytest.raises(CompareError, match="no stack with target aws in stacks/"):
         compare("aws", project_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- README copy
+
+BEGIN, END = "<!-- compare:begin -->\n", "<!-- compare:end -->\n"
+
+
+def test_readme_shows_the_current_comparison(hcloud, update_golden):
+    """The README's rendered comparison and chart are the code's output for the example app."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    current = compare_output.to_markdown(hcloud, level=3)
+    chart = ROOT / "docs/compare-hcloud.svg"
+    svg = compare_output.chart_bytes(hcloud, ".svg")
+    if update_golden:
+        readme.write_text(text[:start] + current + text[end:])
+        chart.write_bytes(svg)
+        return
+    assert text[start:end] == current, "README comparison is stale: pytest --update-golden"
+    assert chart.read_bytes() == svg, "docs/compare-hcloud.svg is stale: pytest --update-golden"
