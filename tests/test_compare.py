@@ -466,3 +466,10 @@ def test_readme_shows_the_current_comparison(hcloud, update_golden):
         return
     assert text[start:end] == current, "README comparison is stale: pytest --update-golden"
     assert chart.read_bytes() == svg, "docs/compare-hcloud.svg is stale: pytest --update-golden"
+
+
+def test_aws_without_aws_stacks_compares_the_localstack_ones(localstack):
+    result = compare("aws", project_dir=ROOT)
+    assert [r.stack for r in result.rows] == [r.stack for r in localstack.rows]
+    assert [r.monthly for r in result.rows] == [r.monthly for r in localstack.rows]
+    assert any("no aws stack; compared single-vm-localstack" in n for n in result.rows[0].notes)
