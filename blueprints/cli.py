@@ -693,7 +693,7 @@ def _preview_stack_name(explicit: str | None, where: str, preview) -> str:
 
 
 def _run_pulumi_preview(stack: str) -> tuple[str, str]:
-    """`pulumi preview --json --stack S` -> (where, stdout); its stderr passes through."""
+    """`pulumi preview --json --show-sames --stack S` -> (where, stdout); stderr passes through."""
     import shutil
     import subprocess
 
@@ -707,7 +707,9 @@ def _run_pulumi_preview(stack: str) -> tuple[str, str]:
     err.print(f"[dim]running pulumi preview --json --stack {escape(stack)}...[/dim]")
     try:
         proc = subprocess.run(
-            [pulumi, "preview", "--json", "--stack", stack],
+            # --show-sames: unchanged volume attachments name the server holding the data
+            # volume; without them a replaced server could not always be recognized as one.
+            [pulumi, "preview", "--json", "--show-sames", "--stack", stack],
             stdout=subprocess.PIPE,
             text=True,
             check=False,
@@ -758,7 +760,8 @@ def preview_report(
         typer.Option(
             "--stack",
             "-s",
-            help="Run `pulumi preview --json --stack S` (needs the pulumi CLI); repeatable.",
+            help="Run `pulumi preview --json --show-sames --stack S` (needs the pulumi CLI); "
+            "repeatable.",
         ),
     ] = None,
     output: Annotated[
@@ -794,7 +797,6 @@ def preview_report(
     Example: blueprints preview-report prod=preview-prod.json --fail-on data-loss --gitlab
     """
     from blueprints.preview.document import PreviewError, loads, parse_preview
-    from blueprints.preview.report import build_report
 
     for value in fail_on or []:
         if value not in FAIL_ON:
@@ -810,12 +812,23 @@ def preview_report(
         for name in stack or []:
             where, text = _run_pulumi_preview(name)
             documents.append((name, parse_preview(loads(text, where), source=where)))
-        seen: set[str] = set()
-        for name, _ in documents:
-            if name in seen:
-                raise BadInput(f"stack {name} is given twice; give one preview per stack")
-            seen.add(name)
-        report = build_report(documents, prices=not no_prices)
+    except PreviewError as exc:
+        raise BadInput(str(exc)) from None
+    _publish_report(documents, None, output, fail_on, gitlab, no_prices)
+
+
+def _publish_report(documents, title, output, fail_on, gitlab, no_prices) -> None:
+    """Build the report, write or print it, post it to GitLab, apply --fail-on."""
+    from blueprints.preview.document import PreviewError
+    from blueprints.preview.report import build_report
+
+    seen: set[str] = set()
+    for name, _ in documents:
+        if name in seen:
+            raise BadInput(f"stack {name} is given twice; give one preview per stack")
+        seen.add(name)
+    try:
+        report = build_report(documents, prices=not no_prices, title=title)
     except PreviewError as exc:
         raise BadInput(str(exc)) from None
 
@@ -886,33 +899,36 @@ def diff(
 ) -> None:
     """Preview offline: plan the stacks at a git ref and in the working tree, report the diff.
 
-    Both sides run under Pulumi's mock runtime (no cloud account, no backend); the report is
-    the one preview-report writes, with the same --fail-on and --gitlab.
+    Both sides run under Pulumi's mock runtime (no cloud account, no backend).
+    The report is the one preview-report writes, with the same --fail-on and --gitlab.
     Example: blueprints diff --base origin/main --fail-on data-loss
     """
-    from blueprints.preview.offline import DiffError, offline_documents, workspace
+    from blueprints.preview.document import PreviewError, parse_preview
+    from blueprints.preview.offline import DiffError, offline_documents
 
     for value in fail_on or []:
         if value not in FAIL_ON:
             raise BadInput(f"--fail-on: must be {' or '.join(FAIL_ON)} (got {value!r})")
     root = _project(project)
     shown = ", ".join(stacks) if stacks else "all stacks"
-    err.print(f"[dim]planning {escape(shown)} at {escape(base)} and in the working tree...[/dim]")
+    err.print(
+        f"[dim]planning {escape(shown)} at {escape(base)} and in the working tree...[/dim]",
+        soft_wrap=True,
+    )
     try:
         documents = offline_documents(root, base, list(stacks or []))
     except DiffError as exc:
         raise BadInput(str(exc)) from None
-    # The documents have the shape of `pulumi preview --json`, so preview-report itself (its
-    # parsing, report, --output, --gitlab and --fail-on) finishes the job.
-    with workspace() as tmp:
-        files = []
-        for stack, document in documents:
-            path = tmp / f"preview-{stack}.json"
-            path.write_text(json.dumps(document, indent=2, sort_keys=True), encoding="utf-8")
-            files.append(f"{stack}={path}")
-        preview_report(
-            files=files, output=output, fail_on=fail_on, gitlab=gitlab, no_prices=no_prices
-        )
+    # The documents have the shape of `pulumi preview --json`: the same parser and report.
+    try:
+        parsed = [
+            (stack, parse_preview(document, source=f"offline diff of {stack}"))
+            for stack, document in documents
+        ]
+    except PreviewError as exc:
+        raise BadInput(str(exc)) from None
+    title = f"Offline diff of the working tree against {base}"
+    _publish_report(parsed, title, output, fail_on, gitlab, no_prices)
 
 
 def main() -> None:

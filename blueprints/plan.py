@@ -51,6 +51,9 @@ class PlannedResource:
     deleted_with: str | None = None
     provider: str | None = None
     depends_on: list[str] = field(default_factory=list)
+    # Resource options `blueprints diff` honours (property paths, as the program gave them).
+    replace_on_changes: list[str] = field(default_factory=list)
+    ignore_changes: list[str] = field(default_factory=list)
 
     def public_inputs(self) -> dict[str, Any]:
         """Inputs with every secret value replaced by a mask."""
@@ -253,6 +256,8 @@ def _mocks_module():
                     deleted_with=self.names_by_urn.get(request.deletedWith),
                     provider=provider,
                     depends_on=sorted(self.names_by_urn.get(u, u) for u in request.dependencies),
+                    replace_on_changes=sorted(request.replaceOnChanges),
+                    ignore_changes=sorted(request.ignoreChanges),
                 )
             )
             return response

@@ -1,0 +1,1 @@
+"""Preview reports: pulumi preview documents -> one markdown comment per merge request."""

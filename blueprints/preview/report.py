@@ -1,0 +1,983 @@
+"""Markdown report of `pulumi preview --json` documents, for one merge-request note.
+
+Layout, most important first: a per-stack summary table (with the monthly cost delta when the
+price table covers the resources), a warning block naming every stateful resource that would be
+replaced or deleted, then per stack its diagnostics and one collapsible block per changed
+resource with property-level changes.
+
+Safety rules:
+- Secret values never appear: Pulumi's secret wrapper and its "[secret]" placeholder are masked,
+  and so is any property whose old or new value (input or output) is secret at any depth.
+- Every user-controlled string (stack, resource and property names, values, messages) is shown
+  as code: a backtick span sized past the longest backtick run in markdown context, HTML-escaped
+  inside `<code>` in HTML context (summaries). So `</details>`, pipes, `@mentions` or `#refs` in
+  a value can neither break the layout nor ping anybody.
+- The report stays under `limit` characters: property values are dropped first, then whole
+  resources (a visible line says how many), never the summary table or the warnings.
+- Same documents, same bytes: Pulumi's step order is kept; everything else is sorted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from blueprints.preview.document import (
+    ROOT_STACK_TYPE,
+    SECRET_MASK,
+    Diagnostic,
+    Preview,
+    PreviewError,
+    PropertyDiff,
+    State,
+    Step,
+    Urn,
+    is_secret,
+    mask_secrets,
+    parse_preview,
+)
+
+MARKER = "<!-- blueprints:preview-report -->"
+GITLAB_NOTE_LIMIT = 1_000_000  # characters GitLab accepts in one note
+DEFAULT_TITLE = "Pulumi preview"
+UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # Pulumi's "known after apply" sentinel
+
+COLUMNS = ("create", "update", "replace", "delete", "same", "other")
+
+# The summary column of each op. A replacement is several steps of one resource (replace,
+# create-replacement, delete-replaced, in either order); it is grouped and counted once.
+CATEGORY = {
+    "same": "same",
+    "create": "create",
+    "update": "update",
+    "delete": "delete",
+    "replace": "replace",
+    "create-replacement": "replace",
+    "delete-replaced": "replace",
+    "import-replacement": "replace",  # the old resource is deleted, an imported one takes over
+    "import": "other",
+    "read": "other",
+    "read-replacement": "other",
+    "discard-replaced": "other",
+    "refresh": "other",
+    "discard": "other",
+    "remove-pending-replace": "other",
+}
+REPLACE_FAMILY = frozenset(
+    {"replace", "create-replacement", "delete-replaced", "import-replacement"}
+)
+READ_REPLACE_FAMILY = frozenset({"read-replacement", "discard-replaced"})
+# Steps that are parts of a logical one; Pulumi's changeSummary does not count them either.
+PHYSICAL_ONLY = frozenset({"create-replacement", "delete-replaced", "discard-replaced"})
+
+OP_NOTES = {
+    "read": "reads an existing resource Pulumi does not manage; nothing changes",
+    "read-replacement": "re-reads an external resource whose id changed; nothing is deleted",
+    "refresh": "refreshes the recorded state from the cloud; nothing changes",
+    "discard": "forgets a read (external) resource; the cloud resource stays",
+    "import": "adopts an existing cloud resource into the stack; nothing is created",
+    "import-replacement": "replaces the resource by an imported one; the old one is deleted",
+    "remove-pending-replace": "drops a resource left pending replacement from the state",
+    "delete": "removed from the program; deleted",
+}
+
+# Stateful resources: losing one loses data or an address clients use.
+STATEFUL = {
+    "hcloud:index/volume:Volume": "volume",
+    "aws:ebs/volume:Volume": "EBS volume",
+    "hcloud:index/floatingIp:FloatingIp": "floating IP",
+    "hcloud:index/primaryIp:PrimaryIp": "primary IP",
+    "aws:ec2/eip:Eip": "elastic IP",
+}
+SERVERS = frozenset({"hcloud:index/server:Server", "aws:ec2/instance:Instance"})
+# Where a server is named as the holder of a volume: attachment (server key), or the volume.
+HOLDER_KEYS = {
+    "hcloud:index/volumeAttachment:VolumeAttachment": "serverId",
+    "aws:ec2/volumeAttachment:VolumeAttachment": "instanceId",
+    "hcloud:index/volume:Volume": "serverId",
+}
+
+VALUE_LIMIT = 400  # characters of one shown value
+DIFF_LINES = 120  # lines of one multi-line text diff
+DIAGNOSTIC_LIMIT = 4000  # characters of one diagnostic message
+DIAGNOSTICS_PER_STACK = 50
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+@dataclass(frozen=True)
+class Change:
+    """What happens to one resource: one step, or the grouped steps of one replacement."""
+
+    stack: str
+    urn: str
+    type: str
+    name: str
+    kind: str  # the op shown: "replace" for a whole replacement family, else the step's op
+    category: str  # the summary column
+    ops: tuple[str, ...]
+    index: int  # position of its first step in the document
+    old: State | None
+    new: State | None
+    diffs: tuple[PropertyDiff, ...] | None
+    diff_reasons: tuple[str, ...]
+    replace_reasons: tuple[str, ...]
+
+    @property
+    def protect(self) -> bool:
+        return bool((self.old and self.old.protect) or (self.new and self.new.protect))
+
+
+@dataclass(frozen=True)
+class Danger:
+    """A stateful resource that would be replaced or deleted."""
+
+    stack: str
+    name: str
+    type: str
+    kind: str  # replace, delete, import-replacement
+    what: str  # volume, EBS volume, floating IP, primary IP, elastic IP, server
+    holder: str | None  # for a server: the attachment (or volume) naming it
+    reasons: tuple[str, ...]
+    protect: bool
+    retain_on_delete: bool
+    index: int
+
+
+@dataclass(frozen=True)
+class CostDelta:
+    delta: Mapping[str, Decimal]  # currency -> monthly amount (after - before)
+    unpriced: tuple[str, ...]  # "name: why"
+
+
+@dataclass(frozen=True)
+class StackSummary:
+    stack: str
+    counts: Mapping[str, int]  # COLUMNS -> count
+    other_ops: Mapping[str, int]  # op -> count of the "other" column
+    errors: int
+    warnings: int
+    dangers: tuple[Danger, ...]
+    cost: CostDelta | None
+    changes: tuple[Change, ...]
+    diagnostics: tuple[Diagnostic, ...]
+    maybe_corrupt: bool
+
+
+@dataclass(frozen=True)
+class Report:
+    markdown: str
+    data_loss: bool
+    stacks: tuple[StackSummary, ...]
+    trimmed_resources: int = 0  # resources whose details were left out to fit the limit
+    trimmed_values: int = 0  # resources shown without property values to fit the limit
+
+    @property
+    def dangers(self) -> tuple[Danger, ...]:
+        return tuple(d for s in self.stacks for d in s.dangers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouping and classification
+
+
+def group_changes(stack: str, preview: Preview) -> tuple[Change, ...]:
+    """One Change per resource operation, in Pulumi's step order."""
+    groups: dict[tuple[str, str | int], list[Step]] = {}
+    for step in preview.steps:
+        if step.op in REPLACE_FAMILY:
+            key: tuple[str, str | int] = (step.urn, "replace")
+        elif step.op in READ_REPLACE_FAMILY:
+            key = (step.urn, "read-replace")
+        else:
+            key = (step.urn, step.index)
+        groups.setdefault(key, []).append(step)
+    changes = [_change(stack, steps) for steps in groups.values()]
+    return tuple(sorted(changes, key=lambda c: c.index))
+
+
+def _change(stack: str, steps: list[Step]) -> Change:
+    ops = tuple(s.op for s in steps)
+    first = steps[0]
+    if REPLACE_FAMILY & set(ops):
+        kind = "import-replacement" if "import-replacement" in ops else "replace"
+        category = "replace"
+    elif READ_REPLACE_FAMILY & set(ops):
+        kind, category = "read-replacement", "other"
+    else:
+        kind, category = first.op, CATEGORY.get(first.op, "other")
+
+    def pick(attr: str, prefer: Iterable[str]):
+        order = {op: i for i, op in enumerate(prefer)}
+        for s in sorted(steps, key=lambda s: (order.get(s.op, len(order)), s.index)):
+            value = getattr(s, attr)
+            if value:
+                return value
+        return None
+
+    old = pick("old", ("replace", "delete-replaced", "import-replacement", "discard-replaced"))
+    new = pick("new", ("replace", "create-replacement", "import-replacement", "read-replacement"))
+    diffs = pick("detailed_diff", ("replace", "create-replacement", "update"))
+    reasons: list[str] = []
+    diff_reasons: list[str] = []
+    for s in steps:
+        reasons += [r for r in s.replace_reasons if r not in reasons]
+        diff_reasons += [r for r in s.diff_reasons if r not in diff_reasons]
+    return Change(
+        stack=stack,
+        urn=first.urn,
+        type=first.type,
+        name=first.name,
+        kind=kind,
+        category=category,
+        ops=ops,
+        index=first.index,
+        old=old,
+        new=new,
+        diffs=diffs,
+        diff_reasons=tuple(diff_reasons),
+        replace_reasons=tuple(reasons),
+    )
+
+
+def _scalar_ref(value: Any) -> str | None:
+    if isinstance(value, bool) or is_secret(value) or value == UNKNOWN:
+        return None
+    if isinstance(value, (str, int)) and str(value):
+        return str(value)
+    return None
+
+
+def _holders(changes: Sequence[Change]) -> dict[str, str]:
+    """Server id or URN -> the name of what attaches a volume to it (attachment or volume)."""
+    found: dict[str, str] = {}
+    for c in changes:
+        key = HOLDER_KEYS.get(c.type)
+        if key is None:
+            continue
+        for state in (c.old, c.new):
+            if state is None:
+                continue
+            refs = [_scalar_ref(state.inputs.get(key)), _scalar_ref(state.outputs.get(key))]
+            refs += list(state.property_dependencies.get(key, ()))
+            if state.deleted_with and c.type != "hcloud:index/volume:Volume":
+                refs.append(state.deleted_with)
+            for ref in refs:
+                if ref:
+                    found.setdefault(ref, c.name)
+    return found
+
+
+def _server_refs(c: Change) -> list[str]:
+    refs = [c.urn]
+    for state in (c.old, c.new):
+        if state is not None:
+            refs += [state.urn, state.id or "", _scalar_ref(state.outputs.get("id")) or ""]
+    return [r for r in refs if r]
+
+
+def find_dangers(changes: Sequence[Change]) -> tuple[Danger, ...]:
+    """Replaces and deletes of volumes, IPs and servers that hold a volume, in step order."""
+    holders = _holders(changes)
+    out = []
+    for c in changes:
+        if c.kind not in ("replace", "delete", "import-replacement"):
+            continue
+        what = STATEFUL.get(c.type)
+        holder = None
+        if what is None and c.type in SERVERS:
+            holder = next((holders[r] for r in _server_refs(c) if r in holders), None)
+            if holder is not None:
+                what = "server"
+        if what is None:
+            continue
+        state = c.old or c.new
+        out.append(
+            Danger(
+                stack=c.stack,
+                name=c.name,
+                type=c.type,
+                kind=c.kind,
+                what=what,
+                holder=holder,
+                reasons=c.replace_reasons,
+                protect=bool(state and state.protect),
+                retain_on_delete=bool(state and state.retain_on_delete),
+                index=c.index,
+            )
+        )
+    return tuple(out)
+
+
+def _counts(changes: Sequence[Change], summary: Mapping[str, int]) -> tuple[dict, dict]:
+    counts = dict.fromkeys(COLUMNS, 0)
+    other: dict[str, int] = {}
+    for c in changes:
+        counts[c.category] += 1
+        if c.category == "other":
+            other[c.kind] = other.get(c.kind, 0) + 1
+    # `pulumi preview --json` leaves out unchanged resources unless --show-sames is given; its
+    # changeSummary still counts them. Take the larger of both for every column.
+    from_summary = dict.fromkeys(COLUMNS, 0)
+    for op, n in summary.items():
+        if op not in PHYSICAL_ONLY:
+            from_summary[CATEGORY.get(op, "other")] += n
+    for col in COLUMNS:
+        counts[col] = max(counts[col], from_summary[col])
+    return counts, dict(sorted(other.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost
+
+
+def _pricer() -> Callable[[Iterable[tuple]], Any] | None:
+    """blueprints.costs.price_resources, or None when it is not available."""
+    try:
+        from blueprints.costs import price_resources
+    except ImportError:
+        return None
+    return price_resources
+
+
+def cost_delta(changes: Sequence[Change]) -> CostDelta | None:
+    """Monthly price of the new states minus that of the old states they replace."""
+    price = _pricer()
+    if price is None:
+        return None
+
+    def priced(state: State, name: str) -> tuple:
+        return (state.type, name, mask_secrets(dict(state.inputs)), state.id)
+
+    def billable(state: State | None) -> bool:
+        return state is not None and state.custom and not state.type.startswith("pulumi:")
+
+    after = [
+        priced(c.new, c.name)
+        for c in changes
+        if c.category in ("create", "update", "replace") and billable(c.new)
+    ]
+    before = [
+        priced(c.old, c.name)
+        for c in changes
+        if c.category in ("delete", "update", "replace") and billable(c.old)
+    ]
+    a_total, a_unpriced = _price_all(price, after)
+    b_total, b_unpriced = _price_all(price, before)
+    currencies = sorted(set(a_total) | set(b_total))
+    delta = {cur: a_total.get(cur, Decimal(0)) - b_total.get(cur, Decimal(0)) for cur in currencies}
+    unpriced = tuple(sorted(set(a_unpriced) | set(b_unpriced)))
+    return CostDelta(delta=delta, unpriced=unpriced)
+
+
+def _price_all(price, resources: list[tuple]) -> tuple[dict[str, Decimal], list[str]]:
+    """Priced together, so one resource can change another's price (a stopped instance's
+    InstanceState, a snapshot policy's target volume); inputs that are secret or not known
+    until apply come back as unpriced, never as a guess."""
+    summary = price(resources)
+    return dict(summary.total), list(summary.unpriced)
+
+
+def format_delta(delta: Mapping[str, Decimal]) -> str:
+    if not delta:
+        return "0"
+    parts = []
+    for cur, amount in sorted(delta.items()):
+        q = amount.quantize(Decimal("0.01"))
+        parts.append(f"{'±' if q == 0 else ('+' if q > 0 else '-')}{abs(q)} {cur}")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Escaping
+
+_CONTROL = {i: f"\\u{i:04x}" for i in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+for _cp in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0xFEFF):
+    _CONTROL[_cp] = f"\\u{_cp:04x}"
+
+
+def one_line(text: str) -> str:
+    """Control, line-separator and bidi characters as visible escapes."""
+    return str(text).translate(_CONTROL)
+
+
+def code(text: str) -> str:
+    """An inline code span that shows `text` literally, whatever it contains."""
+    text = one_line(text)
+    if text == "":
+        return "*(empty)*"
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def html_code(text: str) -> str:
+    """<code> with HTML-escaped text, for raw HTML context (<summary>)."""
+    text = one_line(text)
+    return f"<code>{html.escape(text, quote=True)}</code>" if text else "<i>(empty)</i>"
+
+
+def cell_code(text: str) -> str:
+    """Code in a table cell: pipes and backslashes as entities, so cells cannot be split."""
+    text = one_line(text)
+    if "|" not in text and "\\" not in text:
+        return code(text)
+    safe = "".join(c if c.isalnum() or c in " -_./:=" else f"&#{ord(c)};" for c in text)
+    return f"<code>{safe}</code>"
+
+
+def fenced(text: str, indent: str = "", info: str = "") -> str:
+    """A fenced code block longer than any backtick run in `text`."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    lines = [f"{indent}{fence}{info}"]
+    lines += [f"{indent}{line}" if line else "" for line in text.split("\n")]
+    lines.append(f"{indent}{fence}")
+    return "\n".join(lines)
+
+
+def md_text(text: str) -> str:
+    """Plain text with markdown punctuation backslash-escaped (for the caller's title)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~&:@$%])", r"\\\1", one_line(text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Property values
+
+
+def parse_path(path: str) -> list[str | int] | None:
+    """Pulumi property path (a.b[0]["c.d"]) -> segments; None when it does not parse."""
+    out: list[str | int] = []
+    i, n = 0, len(path)
+    decoder = json.JSONDecoder()
+    while i < n:
+        ch = path[i]
+        if ch == "[":
+            if i + 1 < n and path[i + 1] == '"':
+                try:
+                    key, end = decoder.raw_decode(path, i + 1)
+                except json.JSONDecodeError:
+                    return None
+                if end >= n or path[end] != "]":
+                    return None
+                out.append(str(key))
+                i = end + 1
+            else:
+                end = path.find("]", i)
+                if end < 0 or not path[i + 1 : end].isdigit():
+                    return None
+                out.append(int(path[i + 1 : end]))
+                i = end + 1
+        elif ch == ".":
+            if not out or i + 1 >= n:
+                return None
+            i += 1
+        else:
+            end = i
+            while end < n and path[end] not in ".[":
+                end += 1
+            out.append(path[i:end])
+            i = end
+    return out or None
+
+
+_MISSING = object()
+
+
+def lookup(tree: Any, segments: Sequence[str | int]) -> tuple[Any, bool]:
+    """(value or _MISSING, whether a secret was met on the way or at the end)."""
+    value = tree
+    for seg in segments:
+        if is_secret(value):
+            return _MISSING, True
+        in_map = isinstance(value, Mapping) and isinstance(seg, str) and seg in value
+        in_list = isinstance(value, list) and isinstance(seg, int) and 0 <= seg < len(value)
+        if not (in_map or in_list):
+            return _MISSING, False
+        value = value[seg]
+    return value, _contains_secret(value)
+
+
+def _contains_secret(value: Any) -> bool:
+    if is_secret(value):
+        return True
+    if isinstance(value, Mapping):
+        return any(_contains_secret(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_contains_secret(v) for v in value)
+    return False
+
+
+@dataclass(frozen=True)
+class PropertyChange:
+    path: str
+    kind: str
+    old: Any  # _MISSING when absent
+    new: Any
+    secret: bool
+
+    @property
+    def replaces(self) -> bool:
+        return self.kind.endswith("-replace")
+
+
+def property_changes(c: Change) -> list[PropertyChange]:
+    """The changed properties of one resource, sorted by path, secrets flagged."""
+    diffs = c.diffs
+    if not diffs:
+        paths = list(c.diff_reasons) or list(c.replace_reasons)
+        if paths:
+            replace = set(c.replace_reasons)
+            diffs = tuple(
+                PropertyDiff(p, "update-replace" if p in replace else "update", True)
+                for p in sorted(set(paths))
+            )
+        elif c.kind in ("create", "import", "read", "create-replacement") and c.new:
+            diffs = tuple(PropertyDiff(k, "add", True) for k in sorted(c.new.inputs))
+        else:
+            return []
+    out = []
+    for d in diffs:
+        segments = parse_path(d.path) or [d.path]
+        trees = []
+        if c.old is not None:
+            trees += [c.old.inputs, c.old.outputs]
+        if c.new is not None:
+            trees += [c.new.inputs, c.new.outputs]
+        secret = any(lookup(t, segments)[1] for t in trees)
+        top = segments[0]
+        for state in (c.old, c.new):
+            if state is not None and top in state.additional_secret_outputs:
+                secret = True
+        old: Any = _MISSING
+        if c.old is not None and not d.kind.startswith("add"):
+            source = c.old.inputs if d.input_diff else c.old.outputs
+            old = lookup(source, segments)[0]
+            if old is _MISSING and not d.input_diff:
+                old = lookup(c.old.inputs, segments)[0]
+        new: Any = _MISSING
+        if c.new is not None and not d.kind.startswith("delete"):
+            new = lookup(c.new.inputs, segments)[0]
+        out.append(PropertyChange(d.path, d.kind, old, new, secret))
+    return out
+
+
+def show_value(value: Any) -> str:
+    """One value as a code span: JSON, masked, unknowns named, long ones cut."""
+    if value is _MISSING:
+        return "*(none)*"
+    if value == UNKNOWN:
+        return "*(known after apply)*"
+    value = mask_secrets(value)
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
+    if len(text) > VALUE_LIMIT:
+        text = f"{text[:VALUE_LIMIT]}… ({len(text)} characters)"
+    return code(text)
+
+
+def _text_diff(old: str, new: str) -> str | None:
+    """A unified diff of two multi-line strings, or None when it does not help."""
+    if "\n" not in old and "\n" not in new:
+        return None
+    lines = list(
+        difflib.unified_diff(old.splitlines(), new.splitlines(), "old", "new", n=2, lineterm="")
+    )
+    if len(lines) > DIFF_LINES:
+        lines = [*lines[:DIFF_LINES], f"... ({len(lines) - DIFF_LINES} more diff lines)"]
+    lines = [line if len(line) <= VALUE_LIMIT else line[:VALUE_LIMIT] + "…" for line in lines]
+    return "\n".join(one_line(line) for line in lines)
+
+
+KIND_WORDS = {
+    "add": "added",
+    "add-replace": "added, forces replacement",
+    "update": "changed",
+    "update-replace": "changed, forces replacement",
+    "delete": "removed",
+    "delete-replace": "removed, forces replacement",
+}
+
+
+def _property_line(p: PropertyChange, values: bool) -> str:
+    word = KIND_WORDS.get(p.kind, p.kind)
+    head = f"- {code(p.path)} ({one_line(word) if word in KIND_WORDS.values() else code(word)})"
+    if p.secret:
+        return f"{head}: {SECRET_MASK}"
+    if not values:
+        return head
+    if p.kind.startswith("add"):
+        return f"{head}: {show_value(p.new)}"
+    if p.kind.startswith("delete"):
+        return f"{head}: was {show_value(p.old)}"
+    if isinstance(p.old, str) and isinstance(p.new, str):
+        diff = _text_diff(p.old, p.new)
+        if diff is not None:
+            return f"{head}:\n\n{fenced(diff, indent='  ', info='diff')}\n"
+    return f"{head}: {show_value(p.old)} → {show_value(p.new)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown blocks
+
+
+def _danger_line(d: Danger, many_stacks: bool) -> str:
+    where = f"{code(d.stack)}: " if many_stacks else ""
+    verb = {"delete": "delete", "import-replacement": "replace (by an import)"}.get(d.kind, d.kind)
+    if d.reasons:
+        why = "because " + ", ".join(code(r) for r in d.reasons) + " changed"
+    elif d.kind == "delete":
+        why = "because it is no longer in the program"
+    else:
+        why = "because the provider requires it"
+    holds = f", which holds the data volume (attached by {code(d.holder)})," if d.holder else ""
+    flags = f"protect: {'**yes**' if d.protect else 'no'}"
+    if d.retain_on_delete:
+        flags += ", retainOnDelete: yes (the old cloud resource is kept)"
+    return f"- {where}**{verb}** {d.what} {code(d.name)} ({code(d.type)}){holds} {why}; {flags}"
+
+
+def _warning_block(dangers: Sequence[Danger], many_stacks: bool) -> str:
+    n = len(dangers)
+    lines = [
+        "> [!warning]",
+        f"> **:warning: Data loss: {n} stateful resource{'s' if n != 1 else ''} would be "
+        "replaced or deleted.** A replaced volume starts empty, a replaced IP is a new address; "
+        "copy the data or move the address first.",
+        ">",
+    ]
+    lines += [f"> {_danger_line(d, many_stacks)}" for d in dangers]
+    return "\n".join(lines) + "\n"
+
+
+def _table(stacks: Sequence[StackSummary], with_cost: bool) -> str:
+    head = ["stack", *COLUMNS]
+    if with_cost:
+        head.append("monthly cost")
+    has_diag = any(s.errors or s.warnings for s in stacks)
+    if has_diag:
+        head.append("errors / warnings")
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["--:"] * (len(head) - 1)) + "|",
+    ]
+
+    def row(name: str, counts: Mapping[str, int], cost: str | None, diag: str | None) -> str:
+        cells = [name, *(str(counts[c]) for c in COLUMNS)]
+        if with_cost:
+            cells.append(cost or "n/a")
+        if has_diag:
+            cells.append(diag or "")
+        return "| " + " | ".join(cells) + " |"
+
+    for s in stacks:
+        cost = format_delta(s.cost.delta) if s.cost else None
+        if s.cost and s.cost.unpriced:
+            cost = f"{cost} (partial)"
+        lines.append(row(cell_code(s.stack), s.counts, cost, f"{s.errors} / {s.warnings}"))
+    if len(stacks) > 1:
+        total = {c: sum(s.counts[c] for s in stacks) for c in COLUMNS}
+        cost = None
+        if with_cost:
+            merged: dict[str, Decimal] = {}
+            for s in stacks:
+                for cur, amount in (s.cost.delta if s.cost else {}).items():
+                    merged[cur] = merged.get(cur, Decimal(0)) + amount
+            cost = format_delta(merged)
+            if any(s.cost is None or s.cost.unpriced for s in stacks):
+                cost += " (partial)"
+        errors = sum(s.errors for s in stacks)
+        warnings = sum(s.warnings for s in stacks)
+        lines.append(row("**total**", total, cost, f"{errors} / {warnings}"))
+    return "\n".join(lines) + "\n"
+
+
+def _headline(stacks: Sequence[StackSummary]) -> str:
+    total = {c: sum(s.counts[c] for s in stacks) for c in COLUMNS}
+    words = [f"{total[c]} to {c}" for c in ("create", "update", "replace", "delete")]
+    where = f"{len(stacks)} stack{'s' if len(stacks) != 1 else ''}"
+    if not any(total[c] for c in ("create", "update", "replace", "delete")):
+        return f"**No resource changes** in {where} ({total['same']} unchanged).\n"
+    return f"**{', '.join(words)}** in {where} ({total['same']} unchanged).\n"
+
+
+def _notes(stacks: Sequence[StackSummary], with_cost: bool) -> str:
+    lines = []
+    many = len(stacks) > 1
+    for s in stacks:
+        prefix = f"{code(s.stack)}: " if many else ""
+        if s.other_ops:
+            ops = ", ".join(f"{n} {code(op)}" for op, n in s.other_ops.items())
+            lines.append(f"- {prefix}other steps: {ops}")
+        if with_cost and s.cost and s.cost.unpriced:
+            names = "; ".join(code(u) for u in s.cost.unpriced[:20])
+            more = len(s.cost.unpriced) - 20
+            lines.append(
+                f"- {prefix}not priced: {names}" + (f" and {more} more" if more > 0 else "")
+            )
+        if s.errors:
+            lines.append(f"- {prefix}**the preview reported {s.errors} error(s)**; see below")
+        if s.maybe_corrupt:
+            lines.append(f"- {prefix}**Pulumi reports that the state may be corrupt**")
+    return ("\n".join(lines) + "\n") if lines else ""
+
+
+def _cost_note(with_cost: bool) -> str:
+    if not with_cost:
+        return ""
+    return (
+        "Monthly cost: new prices of created, updated and replaced resources minus old prices "
+        "of deleted, updated and replaced ones, from the price table shipped with blueprints.\n"
+    )
+
+
+def _summary_html(c: Change, danger: bool) -> str:
+    known = c.kind in CATEGORY
+    parts = [f"<b>{c.kind}</b>"] if known else ["<b>unknown op</b>", html_code(c.kind)]
+    parts += [html_code(c.name), html_code(c.type)]
+    if danger:
+        parts.append("⚠️ data loss")
+    if c.protect:
+        parts.append("🔒 protected")
+    return " ".join(parts)
+
+
+def _resource_block(c: Change, danger: bool, values: bool) -> str:
+    body: list[str] = []
+    if c.kind not in CATEGORY:
+        body.append(f"- unknown step operation {code(c.kind)}; shown as Pulumi reported it")
+    elif c.kind in OP_NOTES:
+        body.append(f"- {OP_NOTES[c.kind]}")
+    if len(set(c.ops)) > 1:
+        body.append("- steps: " + ", ".join(code(op) for op in c.ops))
+    if c.replace_reasons:
+        body.append(
+            "- replaced because " + ", ".join(code(r) for r in c.replace_reasons) + " changed"
+        )
+    if c.old is not None and c.new is not None and c.old.protect != c.new.protect:
+        body.append(
+            f"- protect: {'yes' if c.old.protect else 'no'} → {'yes' if c.new.protect else 'no'}"
+        )
+    changes = property_changes(c) if c.kind != "delete" else []
+    body += [_property_line(p, values) for p in changes]
+    if changes and not values:
+        body.append("- *(values trimmed to fit the comment)*")
+    if not body:
+        body.append("- no property changes reported")
+    return (
+        f"<details><summary>{_summary_html(c, danger)}</summary>\n\n"
+        + "\n".join(body)
+        + "\n\n</details>\n"
+    )
+
+
+def _diagnostics_block(s: StackSummary) -> str:
+    shown_kinds = ("error", "warning", "info#err")
+    relevant = [d for d in s.diagnostics if d.severity in shown_kinds]
+    quiet = len(s.diagnostics) - len(relevant)
+    if not relevant and not quiet:
+        return ""
+    if len(relevant) > DIAGNOSTICS_PER_STACK:
+        ranked = sorted(range(len(relevant)), key=lambda i: (relevant[i].severity != "error", i))
+        keep = set(ranked[:DIAGNOSTICS_PER_STACK])
+        dropped = len(relevant) - len(keep)
+        relevant = [d for i, d in enumerate(relevant) if i in keep]
+    else:
+        dropped = 0
+    lines = ["**Diagnostics**", ""]
+    for d in relevant:
+        label = {"info#err": "stderr"}.get(d.severity, d.severity)
+        urn = Urn.parse(d.urn) if d.urn else None
+        where = (
+            f" on {code(urn.name)} ({code(urn.type)})"
+            if urn and urn.type != ROOT_STACK_TYPE
+            else ""
+        )
+        message = d.message
+        if len(message) > DIAGNOSTIC_LIMIT:
+            message = message[:DIAGNOSTIC_LIMIT] + f"\n... ({len(d.message)} characters)"
+        message = "\n".join(one_line(line) for line in message.split("\n"))
+        lines.append(f"- **{label}**{where}:\n\n{fenced(message, indent='  ')}\n")
+    if dropped:
+        lines.append(f"- {dropped} more warnings/errors not shown")
+    if quiet:
+        lines.append(f"- {quiet} informational message(s) not shown")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Assembly
+
+
+def summarize(stack: str, preview: Preview, *, prices: bool) -> StackSummary:
+    changes = group_changes(stack, preview)
+    counts, other = _counts(changes, preview.change_summary)
+    return StackSummary(
+        stack=stack,
+        counts=counts,
+        other_ops=other,
+        errors=sum(1 for d in preview.diagnostics if d.severity == "error"),
+        warnings=sum(1 for d in preview.diagnostics if d.severity == "warning"),
+        dangers=find_dangers(changes),
+        cost=cost_delta(changes) if prices else None,
+        changes=changes,
+        diagnostics=preview.diagnostics,
+        maybe_corrupt=preview.maybe_corrupt,
+    )
+
+
+def _shown(c: Change) -> bool:
+    if c.category != "same":
+        return True
+    return bool(c.old and c.new and c.old.protect != c.new.protect)
+
+
+_PRIORITY = {"replace": 1, "delete": 1, "update": 2, "create": 3, "other": 4, "same": 5}
+
+
+@dataclass
+class _Item:
+    stack: int
+    order: int
+    priority: tuple
+    full: str
+    compact: str
+    state: str = "full"  # full, compact, dropped
+
+
+def build_report(
+    documents: Sequence[tuple[str, Mapping]],
+    *,
+    prices: bool = True,
+    limit: int = GITLAB_NOTE_LIMIT,
+    title: str | None = None,
+) -> Report:
+    """The markdown report of [(stack name, parsed `pulumi preview --json`)], in that order."""
+    summaries = []
+    for stack, doc in documents:
+        preview = doc if isinstance(doc, Preview) else parse_preview(doc, source=f"stack {stack}")
+        summaries.append(summarize(stack, preview, prices=prices))
+    if not summaries:
+        raise PreviewError("no preview documents were given")
+    with_cost = prices and any(s.cost is not None for s in summaries)
+    many = len(summaries) > 1
+    dangers = [d for s in summaries for d in s.dangers]
+
+    core = [
+        f"{MARKER}\n## {md_text(title) if title else DEFAULT_TITLE}\n",
+        _headline(summaries),
+        _table(summaries, with_cost),
+    ]
+    for extra in (_notes(summaries, with_cost), _cost_note(with_cost)):
+        if extra:
+            core.append(extra)
+    if dangers:
+        core.append(_warning_block(dangers, many))
+    else:
+        core.append(
+            "No stateful resource (volume, floating/elastic/primary IP, server holding a "
+            "volume) is replaced or deleted.\n"
+        )
+
+    heads: list[str] = []
+    diags: list[str] = []
+    items: list[_Item] = []
+    for si, s in enumerate(summaries):
+        head = f"### Stack {code(s.stack)}\n"
+        if not any(_shown(c) for c in s.changes):
+            head += "\nNo resource changes.\n"
+        heads.append(head)
+        diags.append(_diagnostics_block(s))
+        danger_idx = {d.index for d in s.dangers}
+        for c in s.changes:
+            if not _shown(c):
+                continue
+            danger = c.index in danger_idx
+            prio = (0 if danger else _PRIORITY.get(c.category, 4), si, c.index)
+            items.append(
+                _Item(
+                    si,
+                    c.index,
+                    prio,
+                    _resource_block(c, danger, values=True),
+                    _resource_block(c, danger, values=False),
+                )
+            )
+
+    def render(note: str, with_diags: bool = True) -> str:
+        blocks = list(core)
+        if note:
+            blocks.append(note)
+        for si in range(len(summaries)):
+            blocks.append(heads[si])
+            if with_diags and diags[si]:
+                blocks.append(diags[si])
+            for it in items:
+                if it.stack == si and it.state != "dropped":
+                    blocks.append(it.full if it.state == "full" else it.compact)
+        return "\n".join(blocks)
+
+    trimmed_values = trimmed_resources = 0
+    text = render("")
+    if len(text) > limit:
+        for it in items:
+            it.state = "dropped"
+        reserve = 200
+        base = len(render("x" * reserve))
+        budget = limit - base
+        ranked = sorted(items, key=lambda it: it.priority)
+        for it in ranked:
+            if len(it.compact) + 1 <= budget:
+                it.state = "compact"
+                budget -= len(it.compact) + 1
+        for it in ranked:
+            extra = len(it.full) - len(it.compact)
+            if it.state == "compact" and extra <= budget:
+                it.state = "full"
+                budget -= extra
+        with_diags = True
+        while True:
+            trimmed_resources = sum(1 for it in items if it.state == "dropped")
+            trimmed_values = sum(1 for it in items if it.state == "compact")
+            note = _trim_note(trimmed_resources, trimmed_values, with_diags, limit)
+            text = render(note, with_diags)
+            if len(text) <= limit:
+                break
+            kept = [it for it in ranked if it.state != "dropped"]
+            if kept:
+                kept[-1].state = "dropped"
+            elif with_diags:
+                with_diags = False
+            else:
+                break  # the summary and warnings alone exceed the limit; they are never cut
+    return Report(
+        markdown=text.rstrip("\n") + "\n",
+        data_loss=bool(dangers),
+        stacks=tuple(summaries),
+        trimmed_resources=trimmed_resources,
+        trimmed_values=trimmed_values,
+    )
+
+
+def _trim_note(resources: int, values: int, with_diags: bool, limit: int) -> str:
+    parts = []
+    if resources:
+        parts.append(f"{resources} resources trimmed")
+    if values:
+        parts.append(f"property values of {values} resources trimmed")
+    if not with_diags:
+        parts.append("diagnostics trimmed")
+    return (
+        f"**Trimmed to fit GitLab's note limit ({limit:,} characters):** "
+        + "; ".join(parts or ["details trimmed"])
+        + ". Run the preview locally for the full diff.\n"
+    )

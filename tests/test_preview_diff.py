@@ -1,0 +1,422 @@
+"""`blueprints diff --base REF`: offline previews from a real git history in a temporary repo.
+
+The repos here hold a baked project (Pulumi.yaml, program.py, stacks/, examples/app.yaml, no
+blueprints/ package), so both sides are planned with the installed blueprints; one test clones
+this repository itself, where each ref is planned with its own blueprints/ code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from blueprints.cli import EXIT_DATA_LOSS, app
+from blueprints.preview.document import parse_preview
+from blueprints.preview.offline import (
+    REPLACE_ON_CHANGE,
+    TEMP_PREFIX,
+    UNKNOWN,
+    DiffError,
+    build_document,
+    diff_inputs,
+    offline_documents,
+)
+from blueprints.preview.report import MARKER
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK = "single-vm-hcloud"
+STACK_FILE = f"stacks/Pulumi.{STACK}.yaml"
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    import os
+
+    res = subprocess.run(
+        ["git", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV},
+        check=True,
+    )
+    return res.stdout
+
+
+def commit_all(repo: Path, message: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+def edit(repo: Path, rel: str, old: str, new: str) -> None:
+    path = repo / rel
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {rel}"
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A baked project with one commit: the stacks and spec of this repository."""
+    repo = tmp_path / "infra"
+    repo.mkdir()
+    shutil.copytree(ROOT / "stacks", repo / "stacks")
+    (repo / "examples").mkdir()
+    shutil.copy(ROOT / "examples/app.yaml", repo / "examples/app.yaml")
+    (repo / "Pulumi.yaml").write_text(
+        (ROOT / "Pulumi.yaml")
+        .read_text()
+        .replace("main: blueprints/program.py", "main: program.py")
+    )
+    (repo / "program.py").write_text("from blueprints.stack import deploy\n\ndeploy()\n")
+    git(repo, "init", "-q", "-b", "main")
+    commit_all(repo, "base")
+    return repo
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch) -> Path:
+    """Where tempfile puts the base ref's copy, to check it is gone afterwards."""
+    path = tmp_path / "scratch"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
+@pytest.fixture
+def made(monkeypatch) -> list[Path]:
+    """Every temporary directory created during the test (to prove cleanup is not vacuous)."""
+    made: list[Path] = []
+    real = tempfile.mkdtemp
+
+    def spy(*args, **kwargs):
+        made.append(Path(real(*args, **kwargs)))
+        return str(made[-1])
+
+    monkeypatch.setattr(tempfile, "mkdtemp", spy)
+    return made
+
+
+runner = CliRunner()
+
+
+def diff(repo: Path, *args: str):
+    return runner.invoke(app, ["diff", "-C", str(repo), *args], env={"COLUMNS": "200"})
+
+
+def steps_by_name(document) -> dict[str, dict]:
+    return {s["urn"].rsplit("::", 1)[-1]: s for s in document["steps"]}
+
+
+def test_server_type_change_is_an_update_without_data_loss(repo, scratch, made):
+    edit(repo, STACK_FILE, "blueprints:serverType: cx23", "blueprints:serverType: cx33")
+    commit_all(repo, "bigger servers")
+
+    [(stack, doc)] = offline_documents(repo, "HEAD~1", [STACK])
+    assert stack == STACK
+    steps = steps_by_name(doc)
+    changed = {n: s["op"] for n, s in steps.items() if s["op"] != "same"}
+    assert changed == {
+        "shop-single-vm-hcloud-primary": "update",
+        "shop-single-vm-hcloud-spare": "update",
+    }
+    primary = steps["shop-single-vm-hcloud-primary"]
+    assert primary["detailedDiff"] == {"serverType": {"kind": "update", "inputDiff": True}}
+    assert primary["diffReasons"] == ["serverType"] and primary["replaceReasons"] == []
+    assert primary["oldState"]["inputs"]["serverType"] == "cx23"
+    assert primary["newState"]["inputs"]["serverType"] == "cx33"
+    assert primary["newState"]["id"] == primary["oldState"]["id"]  # updated in place
+    assert doc["changeSummary"]["update"] == 2 and "replace" not in doc["changeSummary"]
+    parse_preview(doc)  # the report's own reader accepts it
+
+    res = diff(repo, "--base", "HEAD~1", STACK, "--fail-on", "data-loss")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.startswith(MARKER)
+    assert "2 to update" in res.stdout
+    assert "`serverType`" in res.stdout and '"cx23"' in res.stdout and '"cx33"' in res.stdout
+    assert "Data loss" not in res.stdout
+    assert list(scratch.iterdir()) == []
+    base_copies = [p for p in made if p.name.startswith(TEMP_PREFIX)]  # the base ref's tree
+    assert base_copies and all(p.parent == scratch for p in base_copies)
+    assert not any(p.exists() for p in made)
+
+
+def test_location_change_replaces_the_volume_and_fails_on_data_loss(repo, scratch):
+    edit(repo, STACK_FILE, "blueprints:location: fsn1", "blueprints:location: nbg1")
+    commit_all(repo, "move to Nuremberg")
+
+    res = diff(repo, "--base", "HEAD~1", STACK, "--fail-on", "data-loss")
+    assert res.exit_code == EXIT_DATA_LOSS, res.stderr
+    report = res.stdout
+    assert "Data loss" in report
+    warning = report.split("### Stack")[0]  # the warning block comes before the details
+    assert "volume `shop-single-vm-hcloud-data`" in warning
+    assert "because `location` changed" in warning
+    assert "floating IP `shop-single-vm-hcloud-ip`" in warning
+    assert "data loss:" in res.stderr and "shop-single-vm-hcloud-data" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert list(scratch.iterdir()) == []
+
+    # Without --fail-on the same report, exit 0.
+    again = diff(repo, "--base", "HEAD~1", STACK)
+    assert again.exit_code == 0 and again.stdout == report
+
+
+def test_replacement_makes_dependent_ids_unknown(repo):
+    edit(repo, STACK_FILE, "blueprints:location: fsn1", "blueprints:location: nbg1")
+    [(_, doc)] = offline_documents(repo, "HEAD", [STACK])  # working-tree change, uncommitted
+    steps = steps_by_name(doc)
+    volume = steps["shop-single-vm-hcloud-data"]
+    assert volume["op"] == "replace"
+    assert volume["replaceReasons"] == ["location"]
+    assert volume["detailedDiff"] == {"location": {"kind": "update-replace", "inputDiff": True}}
+    assert "id" not in volume["newState"] and volume["newState"]["outputs"] == {}
+    assert volume["oldState"]["protect"] is True
+    attachment = steps["shop-single-vm-hcloud-data-attachment"]
+    assert attachment["op"] == "replace"
+    assert attachment["newState"]["inputs"]["volumeId"] == UNKNOWN
+    assert attachment["replaceReasons"] == ["serverId", "volumeId"]
+    errors = [d for d in doc["diagnostics"] if d["severity"] == "error"]
+    assert {d["urn"].rsplit("::", 1)[-1] for d in errors} == {
+        "shop-single-vm-hcloud-data",
+        "shop-single-vm-hcloud-ip",
+    }
+    assert all("protected" in d["message"] for d in errors)
+
+
+def test_no_change_says_so(repo, scratch, made):
+    res = diff(repo, "--base", "HEAD", STACK)
+    assert res.exit_code == 0, res.stderr
+    assert "No resource changes" in res.stdout
+    assert "## Offline diff of the working tree against HEAD\n" in res.stdout
+    assert "Data loss" not in res.stdout
+    assert list(scratch.iterdir()) == []
+    base_copies = [p for p in made if p.name.startswith(TEMP_PREFIX)]  # the base ref's tree
+    assert base_copies and all(p.parent == scratch for p in base_copies)
+    assert not any(p.exists() for p in made)
+
+
+def test_same_input_same_bytes(repo):
+    edit(repo, STACK_FILE, "blueprints:location: fsn1", "blueprints:location: nbg1")
+    first = diff(repo, "--base", "HEAD", STACK, "single-vm-localstack")
+    second = diff(repo, "--base", "HEAD", STACK, "single-vm-localstack")
+    assert first.exit_code == second.exit_code == 0
+    assert first.stdout == second.stdout
+    assert first.stdout.count("### Stack") == 2
+
+
+def test_unknown_ref_is_one_clear_line(repo, scratch):
+    res = diff(repo, "--base", "no-such-branch")
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --base 'no-such-branch' is not a commit in")
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("ref", ["-x", "--output=/tmp/evil", ""])
+def test_refs_that_look_like_options_are_refused(repo, ref):
+    with pytest.raises(DiffError, match="is not a git ref"):
+        offline_documents(repo, ref, [STACK])
+
+
+def test_not_a_git_repository(tmp_path):
+    project = tmp_path / "loose"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: loose\nmain: program.py\nstackConfigDir: stacks\n")
+    res = diff(project, "--base", "HEAD")
+    assert res.exit_code == 2
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is not inside a git repository" in errors[0]
+    assert "Traceback" not in res.stderr
+
+
+def test_unknown_stack(repo):
+    res = diff(repo, "--base", "HEAD", "nope")
+    assert res.exit_code == 2
+    assert "unknown stack 'nope'" in res.stderr and STACK in res.stderr
+
+
+def test_stack_added_and_removed(repo, scratch):
+    added = repo / "stacks/Pulumi.extra-hcloud.yaml"
+    added.write_text((repo / STACK_FILE).read_text())
+    (repo / "stacks/Pulumi.single-vm-localstack.yaml").unlink()
+    docs = dict(offline_documents(repo, "HEAD", ["extra-hcloud", "single-vm-localstack"]))
+
+    created = docs["extra-hcloud"]
+    assert {s["op"] for s in created["steps"]} == {"create"}
+    assert created["changeSummary"] == {"create": len(created["steps"])}
+    assert all("oldState" not in s for s in created["steps"])
+
+    deleted = docs["single-vm-localstack"]
+    assert {s["op"] for s in deleted["steps"]} == {"delete"}
+    assert all("newState" not in s for s in deleted["steps"])
+    protected = [s for s in deleted["steps"] if s["oldState"]["protect"]]
+    assert protected  # the volume and the elastic IP
+    errors = {d["urn"] for d in deleted["diagnostics"] if d["severity"] == "error"}
+    assert errors == {s["urn"] for s in protected}
+    assert list(scratch.iterdir()) == []
+
+
+def test_base_that_cannot_be_planned_cleans_up(repo, scratch, made):
+    edit(repo, STACK_FILE, "blueprints:serverType: cx23", "blueprints:serverType: [1, 2]")
+    commit_all(repo, "broken")
+    edit(repo, STACK_FILE, "blueprints:serverType: [1, 2]", "blueprints:serverType: cx23")
+    with pytest.raises(DiffError, match=r"^HEAD: stack single-vm-hcloud: "):
+        offline_documents(repo, "HEAD", [STACK])
+    assert made and not any(p.exists() for p in made)
+    assert list(scratch.iterdir()) == []
+
+
+def test_secrets_are_compared_but_never_shown(repo):
+    stack_file = repo / STACK_FILE
+    stack_file.write_text(
+        stack_file.read_text()
+        + "  blueprints:secrets:\n    DATABASE_PASSWORD: old-hunter2\n"
+        + "    DJANGO_SECRET_KEY: django-old\n    POSTGRES_PASSWORD: pg-old\n"
+    )
+    commit_all(repo, "secrets in plain text (bad, but it happens)")
+    edit(repo, STACK_FILE, "old-hunter2", "new-hunter2")
+
+    [(_, doc)] = offline_documents(repo, "HEAD", [STACK])
+    text = json.dumps(doc)
+    for value in ("hunter2", "django-old", "pg-old"):
+        assert value not in text
+    steps = steps_by_name(doc)
+    primary = steps["shop-single-vm-hcloud-primary"]
+    assert "userData" in primary["diffReasons"]  # the changed secret reaches the user data
+    assert primary["oldState"]["inputs"]["userData"] == "[secret]"
+    assert primary["newState"]["inputs"]["userData"] == "[secret]"
+
+    res = diff(repo, "--base", "HEAD", STACK)
+    assert "hunter2" not in res.stdout + res.stderr
+
+
+def test_gitlab_flag_posts_the_same_report(repo):
+    from fake_gitlab import BOT, FakeGitLab
+
+    gl = FakeGitLab()
+    try:
+        gl.world.tokens = {"tok": BOT}
+        gl.world.notes[("9", 3)] = []
+        env = {
+            "COLUMNS": "200",
+            "CI_API_V4_URL": gl.api_url,
+            "CI_PROJECT_ID": "9",
+            "CI_MERGE_REQUEST_IID": "3",
+            "GITLAB_TOKEN": "tok",
+        }
+        edit(repo, STACK_FILE, "blueprints:serverType: cx23", "blueprints:serverType: cx33")
+        res = runner.invoke(
+            app, ["diff", "-C", str(repo), "--base", "HEAD", STACK, "--gitlab"], env=env
+        )
+        assert res.exit_code == 0, res.stderr
+        [note] = gl.world.notes[("9", 3)]
+        assert note["body"] == res.stdout
+        assert re.search(r"created note \d+", res.stderr)
+    finally:
+        gl.stop()
+
+
+def test_diff_inputs_paths():
+    old = {"labels": {"a": "1", "b-c": "2"}, "rules": [{"port": "22"}], "size": 1}
+    new = {"labels": {"a": "1", "b-c": "3", "d": "4"}, "rules": [{"port": "2222"}, {}]}
+    assert diff_inputs(old, new) == {
+        'labels["b-c"]': "update",
+        "labels.d": "add",
+        "rules[0].port": "update",
+        "rules[1]": "add",
+        "size": "delete",
+    }
+
+
+def test_options_the_plan_records_are_honoured():
+    def plan(inputs, **options):
+        resource = {
+            "type": "hcloud:index/firewall:Firewall",
+            "name": "fw",
+            "parent": None,
+            "custom": True,
+            "id": "123",
+            "inputs": inputs,
+            **options,
+        }
+        return {"resources": [resource], "outputs": {}, "notes": []}
+
+    old = plan({"name": "a", "labels": {"x": "1"}})
+    forced = plan({"name": "b", "labels": {"x": "1"}}, replaceOnChanges=["name"])
+    doc = build_document("s", old, forced, old_project="p", new_project="p", base_label="main")
+    [step] = [s for s in doc["steps"] if s["op"] != "same"]
+    assert (step["op"], step["replaceReasons"]) == ("replace", ["name"])
+
+    ignored = plan({"name": "a", "labels": {"x": "2"}}, ignoreChanges=["labels"])
+    doc = build_document("s", old, ignored, old_project="p", new_project="p", base_label="main")
+    assert doc["changeSummary"] == {"same": 2}
+
+
+def test_every_resource_type_the_project_plans_has_replacement_rules():
+    from blueprints.plan import plan_all
+
+    types = {
+        r.type
+        for p in plan_all(ROOT)
+        for r in p.resources
+        if r.custom and not r.type.startswith("pulumi:providers:")
+    }
+    assert types - set(REPLACE_ON_CHANGE) == set()
+
+
+def test_this_repository_plans_each_ref_with_its_own_code(tmp_path, scratch):
+    """A clone of this repository: the base ref's own blueprints/ package plans the base."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "--no-hardlinks", str(ROOT), str(clone))
+    edit(
+        clone,
+        "blueprints/targets/base.py",
+        '"managed-by": "blueprints"}',
+        '"managed-by": "blueprints-next"}',
+    )
+    commit_all(clone, "relabel")
+    [(_, doc)] = offline_documents(clone, "HEAD~1", [STACK])
+    volume = steps_by_name(doc)["shop-single-vm-hcloud-data"]
+    # Only code changed: the installed package would plan both sides alike.
+    assert volume["op"] == "update"
+    assert volume["detailedDiff"] == {'labels["managed-by"]': {"kind": "update", "inputDiff": True}}
+    assert volume["oldState"]["inputs"]["labels"]["managed-by"] == "blueprints"
+    assert volume["newState"]["inputs"]["labels"]["managed-by"] == "blueprints-next"
+    assert list(scratch.iterdir()) == []
+
+
+def test_project_that_did_not_exist_at_the_base(tmp_path):
+    repo = tmp_path / "young"
+    repo.mkdir()
+    (repo / "README.md").write_text("infra to come\n")
+    git(repo, "init", "-q", "-b", "main")
+    commit_all(repo, "readme")
+    shutil.copytree(ROOT / "stacks", repo / "stacks")
+    (repo / "examples").mkdir()
+    shutil.copy(ROOT / "examples/app.yaml", repo / "examples/app.yaml")
+    (repo / "Pulumi.yaml").write_text(
+        (ROOT / "Pulumi.yaml")
+        .read_text()
+        .replace("main: blueprints/program.py", "main: program.py")
+    )
+    (repo / "program.py").write_text("from blueprints.stack import deploy\n\ndeploy()\n")
+    [(_, doc)] = offline_documents(repo, "HEAD", [STACK])
+    assert {s["op"] for s in doc["steps"]} == {"create"}
