@@ -182,9 +182,13 @@ def _hcloud(p: _Pricer, type_: str, name: str, inputs: Mapping[str, Any], ctx: d
         # Hetzner bills a server whatever its power state: a parked spare costs in full.
         p.add("hcloud", name, "servers", server.price, f"{kind}, billed running or off")
         nets = inputs.get("publicNets")
-        ipv4 = True if not nets else any(n.get("ipv4Enabled", True) for n in nets)
         ip_price = t.decimal("primary_ipv4_month")
-        if ipv4 and ip_price is not None:
+        if nets is not None and not (
+            isinstance(nets, list) and all(isinstance(n, Mapping) for n in nets)
+        ):
+            p.missing(name, "primary IPv4: publicNets is not known (secret or computed)")
+        elif (not nets or any(n.get("ipv4Enabled", True) for n in nets)) and ip_price:
+            # Hetzner gives a server a primary IPv4 unless publicNets turns it off.
             p.add("hcloud", name, "ips", ip_price, "primary IPv4")
         if inputs.get("backups"):
             percent = t.decimal("server_backup_percent") or Decimal(0)
@@ -249,7 +253,7 @@ def _aws(p: _Pricer, type_: str, name: str, inputs: Mapping[str, Any], ctx: dict
             return
         p.add("aws", name, "volumes", size * per_gb, f"{size} GiB {vtype}")
         snap = t.decimal("snapshot_gb_month")
-        tags = inputs.get("tags") or {}
+        tags = inputs.get("tags") if isinstance(inputs.get("tags"), Mapping) else {}
         if snap is not None and any(
             all(tags.get(k) == v for k, v in target.items()) for target in ctx["dlm_targets"]
         ):
@@ -274,18 +278,21 @@ def price_resources(
     """Price (type, name, inputs[, id]) tuples; see the module docstring."""
     tables = tables if tables is not None else shipped_tables()
     items = [(r[0], r[1], r[2] or {}, r[3] if len(r) > 3 else None) for r in resources]
+    items = [(t, n, i if isinstance(i, Mapping) else {}, x) for t, n, i, x in items]
     # Resources that change another's bill: stopped instances, DLM snapshot targets.
     stopped: dict[Any, bool] = {}
     stopped_names: set[str] = set()
     dlm_targets: list[Mapping[str, Any]] = []
     for type_, name, inputs, _ in items:
+        if not isinstance(inputs, Mapping):
+            continue
         if type_ == AWS_INSTANCE_STATE and inputs.get("state") == "stopped":
             stopped[inputs.get("instanceId")] = True
             if name.endswith("-power"):
                 stopped_names.add(name[: -len("-power")])
         elif type_ == AWS_DLM:
-            details = inputs.get("policyDetails") or {}
-            if isinstance(details.get("targetTags"), Mapping):
+            details = inputs.get("policyDetails")
+            if isinstance(details, Mapping) and isinstance(details.get("targetTags"), Mapping):
                 dlm_targets.append(details["targetTags"])
     pricer = _Pricer(tables)
     for type_, name, inputs, id_ in items:
@@ -294,7 +301,14 @@ def price_resources(
             continue
         ctx = {"id": id_, "stopped": stopped, "stopped_names": stopped_names}
         ctx["dlm_targets"] = dlm_targets
-        (_hcloud if cloud == "hcloud" else _aws)(pricer, type_, name, inputs, ctx)
+        before = len(pricer.lines)
+        try:
+            (_hcloud if cloud == "hcloud" else _aws)(pricer, type_, name, inputs, ctx)
+        except (TypeError, ValueError, AttributeError, ArithmeticError):
+            # An input that is a secret or not known until apply (a preview's "[secret]" or
+            # unknown value) where a number or a mapping belongs: say so, never guess.
+            del pricer.lines[before:]
+            pricer.missing(name, "an input it is priced by is secret or not known yet")
     return CostSummary(
         lines=tuple(pricer.lines),
         unpriced=tuple(pricer.unpriced),

@@ -473,3 +473,18 @@ def test_aws_without_aws_stacks_compares_the_localstack_ones(localstack):
     assert [r.stack for r in result.rows] == [r.stack for r in localstack.rows]
     assert [r.monthly for r in result.rows] == [r.monthly for r in localstack.rows]
     assert any("no aws stack; compared single-vm-localstack" in n for n in result.rows[0].notes)
+
+
+def test_secret_or_unknown_inputs_are_reported_not_crashed_on():
+    # A preview document carries "[secret]" and not-yet-known values where numbers belong.
+    summary = costs.price_resources(
+        [
+            ("hcloud:index/server:Server", "vm", {"serverType": "cx23", "publicNets": "[secret]"}),
+            ("hcloud:index/volume:Volume", "data", {"size": "[secret]"}),
+            ("aws:ec2/instance:Instance", "i", {"instanceType": "t3.small", "rootBlockDevice": 7}),
+            ("aws:ebs/volume:Volume", "v", {"size": 10, "type": "gp3", "tags": "[secret]"}),
+            ("aws:dlm/lifecyclePolicy:LifecyclePolicy", "p", {"policyDetails": "[secret]"}),
+        ]
+    )
+    assert summary.total == {"EUR": D("2.99"), "USD": D("0.024") * 730 + 10 * D("0.0952")}
+    assert [u.split(":")[0] for u in summary.unpriced] == ["vm", "data", "i"]
