@@ -541,8 +541,9 @@ def gitlab_ci_text(answers: Answers) -> str:
     )
     out += """\
 #
-# Merge requests: validate the app spec, plan every stack offline, run the project's tests, and
-#   `pulumi preview --json` per stack, kept as artifacts preview-<stack>.json.
+# Merge requests: validate the app spec, plan every stack offline, run the project's tests,
+#   `pulumi preview --json` per stack (artifacts preview-<stack>.json), and one report comment on
+#   the merge request (`blueprints preview-report`).
 # Default branch: `pulumi up` per stack. Every job that changes a stack holds the resource_group
 #   named after it, so two deploys of a stack never overlap (nor a deploy and the watchdog).
 # Schedules (CI/CD > Schedules, every minute): the failover watchdog of single-VM stacks.
@@ -554,12 +555,14 @@ def gitlab_ci_text(answers: Answers) -> str:
 #                         stack file, where `pulumi config set --secret` encrypted it)
 #   LOCALSTACK_ENDPOINT   optional: a LocalStack that outlives the job (e.g. on your runner's
 #                         host); only then are the localstack stacks deployed
+#   GITLAB_TOKEN          optional: a project access token with the `api` scope (Reporter or
+#                         above) that posts the preview report on the merge request
 #   WATCHDOG_WEBHOOK      optional: a chat webhook the watchdog posts a promotion to
 
 """
     out += dump_yaml(
         {
-            "stages": ["validate", "preview", "deploy", "watch"],
+            "stages": ["validate", "preview", "report", "deploy", "watch"],
             "variables": {"UV_VERSION": UV_VERSION, "UV_CACHE_DIR": ".uv-cache"},
         }
     )
@@ -597,7 +600,9 @@ def gitlab_ci_text(answers: Answers) -> str:
             "rules": [{"if": MR}],
             "script": [
                 f"pulumi stack select --create {stack}",
-                f"pulumi preview --stack {stack} --json"
+                # --show-sames: the report recognises the server holding the volume through
+                # its (often unchanged) attachment.
+                f"pulumi preview --stack {stack} --json --show-sames"
                 + (
                     " --config blueprints:localstackEndpoint=http://localstack:4566"
                     if stack in emulated
@@ -619,13 +624,29 @@ def gitlab_ci_text(answers: Answers) -> str:
                 "machine's; in CI it is the service).",
             )
         out += _job(f"preview:{stack}", job)
-    out += """\
-# -- merge-request preview report ---------------------------------------------------------------
-# Reserved: a job here will turn the preview-<stack>.json artifacts into one comment on the merge
-# request. It needs a `blueprints` command that does not exist yet; until then, open the preview
-# jobs' artifacts.
-
-"""
+    files = " ".join(f"preview-{stack}.json" for stack in stacks)
+    out += _comment(
+        "One comment on the merge request, updated in place on every pipeline: per-stack "
+        "summary, a warning for any replace or delete of data (volumes, IPs, the server holding "
+        "the volume), the monthly cost delta, per-resource details. It needs GITLAB_TOKEN: a "
+        "project access token with the `api` scope (the job token cannot write notes); without "
+        "it the report is only kept as an artifact. A data-loss change fails the job, so a "
+        "merge that needs a passing pipeline is blocked until someone looks."
+    )
+    out += _job(
+        "preview-report",
+        {
+            "extends": ".blueprints",
+            "stage": "report",
+            "needs": [{"job": f"preview:{stack}", "artifacts": True} for stack in stacks],
+            "rules": [{"if": MR}],
+            "script": [
+                f"uv run blueprints preview-report {files} --output preview-report.md"
+                " --fail-on data-loss ${GITLAB_TOKEN:+--gitlab}",
+            ],
+            "artifacts": {"when": "always", "expire_in": "30 days", "paths": ["preview-report.md"]},
+        },
+    )
     for stack in stacks:
         script = [f"pulumi stack select --create {stack}"]
         rules: list[dict[str, Any]] = [{"if": MAIN}]

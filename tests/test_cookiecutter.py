@@ -239,16 +239,66 @@ def test_gitlab_ci_jobs_per_stack(baked):
             assert dog["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
             assert dog["resource_group"] == jobs[f"deploy:{stack}"]["resource_group"]  # never both
             assert f"uv run blueprints watch {stack} --for 55s" in dog["script"][0]
-        # Only commands that exist; the preview report's place is a comment, not a call.
+        # One report job after every preview, on merge requests only.
+        report = jobs["preview-report"]
+        assert report["rules"] == [{"if": mr}]
+        assert report["stage"] == "report"
+        assert {n["job"] for n in report["needs"]} == {f"preview:{s}" for s in stacks}
+        assert all(n["artifacts"] for n in report["needs"])
+        for stack in stacks:
+            assert f"preview-{stack}.json" in report["script"][0]
+        assert "--fail-on data-loss" in report["script"][0]
+        # Only commands that exist.
         text = (project / ".gitlab-ci.yml").read_text()
         used = set(re.findall(r"uv run blueprints ([a-z-]+)", text))
         assert used <= _commands(), (key, used - _commands())
-        assert "preview report" in text
+        assert "preview-report" in used
         # Every image pinned to a version.
         images = [j["image"] for j in [*jobs.values(), ci[".blueprints"]] if "image" in j]
         images += [s["name"] for j in jobs.values() for s in j.get("services", [])]
         for image in images:
             assert re.search(r":\d+\.\d+", image) and not image.endswith(":latest"), image
+
+
+def _preview_doc(stack: str, project: str, op: str) -> dict:
+    """A `pulumi preview --json` document with one step on the stack's data volume."""
+    urn = f"urn:pulumi:{stack}::{project}::hcloud:index/volume:Volume::data"
+    state = {"urn": urn, "type": "hcloud:index/volume:Volume", "custom": True}
+    step = {
+        "op": op,
+        "urn": urn,
+        "oldState": {**state, "inputs": {"size": 21, "location": "fsn1"}},
+        "newState": {**state, "inputs": {"size": 21, "location": "nbg1"}},
+    }
+    if op == "replace":
+        step["replaceReasons"] = ["location"]
+        step["detailedDiff"] = {"location": {"kind": "update-replace", "inputDiff": True}}
+    return {"steps": [step], "changeSummary": {op: 1}}
+
+
+def test_the_report_job_runs_its_script(baked, tmp_path):
+    """The job's own command line, run on previews like the preview jobs leave behind."""
+    project = baked[("single-vm", "both")]
+    ci = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
+    script = ci["preview-report"]["script"][0].replace(
+        "uv run blueprints", f"{sys.executable} -m blueprints.cli"
+    )
+    name = yaml.safe_load((project / "Pulumi.yaml").read_text())["name"]
+    env = {k: v for k, v in os.environ.items() if k != "GITLAB_TOKEN"}
+    for op, status in (("same", 0), ("replace", 4)):
+        work = tmp_path / op
+        work.mkdir()
+        for stack in stacks_in(project):
+            doc = _preview_doc(stack, name, op)
+            (work / f"preview-{stack}.json").write_text(json.dumps(doc))
+        proc = subprocess.run(
+            ["bash", "-c", script], cwd=work, capture_output=True, text=True, env=env, timeout=120
+        )
+        assert proc.returncode == status, proc.stdout + proc.stderr
+        report = (work / "preview-report.md").read_text()
+        for stack in stacks_in(project):
+            assert stack in report
+        assert ("data loss" in report.lower()) == (op == "replace")
 
 
 # -- the baked project's own tests ------------------------------------------------------------
