@@ -33,6 +33,7 @@ AWS_VOLUME = "aws:ebs/volume:Volume"
 AWS_EIP = "aws:ec2/eip:Eip"
 AWS_LB = "aws:lb/loadBalancer:LoadBalancer"
 AWS_DLM = "aws:dlm/lifecyclePolicy:LifecyclePolicy"
+AWS_EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
 
 
 class PriceError(Exception):
@@ -160,10 +161,14 @@ class _Pricer:
 
 
 def _gib(value: Any) -> Decimal | None:
+    """A size in GB/GiB, or None unless it is a finite, non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        return None
     try:
-        return Decimal(str(value))
+        size = Decimal(str(value))
     except (ArithmeticError, ValueError, TypeError):
         return None
+    return size if size.is_finite() and size >= 0 else None
 
 
 def _hcloud(p: _Pricer, type_: str, name: str, inputs: Mapping[str, Any], ctx: dict) -> None:
@@ -218,8 +223,22 @@ def _hcloud(p: _Pricer, type_: str, name: str, inputs: Mapping[str, Any], ctx: d
         p.add("hcloud", name, "load balancers", price, kind)
 
 
+def _ref(value: Any) -> str | None:
+    """An id another resource refers to, as a hashable key (None when not a plain value)."""
+    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+
+def _region(inputs: Mapping[str, Any]) -> str | None:
+    zone = inputs.get("availabilityZone")
+    return zone[:-1] if isinstance(zone, str) and len(zone) > 1 else None
+
+
 def _aws(p: _Pricer, type_: str, name: str, inputs: Mapping[str, Any], ctx: dict) -> None:
     t = p.tables["aws"]
+    region = _region(inputs)
+    if region is not None and t.places and region not in t.places:
+        p.missing(name, f"region {region} is not in the price table ({', '.join(t.places)})")
+        return
     hours = t.decimal("hours_per_month") or Decimal(730)
     ip_hour = t.decimal("public_ipv4_hour")
     if type_ == AWS_INSTANCE:
@@ -228,12 +247,15 @@ def _aws(p: _Pricer, type_: str, name: str, inputs: Mapping[str, Any], ctx: dict
         if server is None:
             p.missing(name, f"instance type {kind} is not in the price table")
             return
-        stopped = ctx["stopped"].get(ctx["id"]) or name in ctx["stopped_names"]
+        key = _ref(ctx["id"])
+        stopped = (key is not None and key in ctx["stopped"]) or name in ctx["stopped_names"]
         if stopped:
             p.add("aws", name, "servers", Decimal(0), f"{kind}, stopped: no compute charge")
         else:
             p.add("aws", name, "servers", server.price * hours, f"{kind}, {hours} h")
-            if inputs.get("associatePublicIpAddress") and ip_hour is not None:
+            # An associated Elastic IP replaces the auto-assigned address (priced on the EIP).
+            has_eip = key is not None and key in ctx["eip_instances"]
+            if inputs.get("associatePublicIpAddress") and not has_eip and ip_hour is not None:
                 p.add("aws", name, "ips", ip_hour * hours, "public IPv4")
         root = inputs.get("rootBlockDevice")
         if not isinstance(root, Mapping) or root.get("volumeSize") is None:
@@ -280,16 +302,20 @@ def price_resources(
     items = [(r[0], r[1], r[2] or {}, r[3] if len(r) > 3 else None) for r in resources]
     items = [(t, n, i if isinstance(i, Mapping) else {}, x) for t, n, i, x in items]
     # Resources that change another's bill: stopped instances, DLM snapshot targets.
-    stopped: dict[Any, bool] = {}
+    stopped: set[str] = set()
+    eip_instances: set[str] = set()
     stopped_names: set[str] = set()
     dlm_targets: list[Mapping[str, Any]] = []
     for type_, name, inputs, _ in items:
         if not isinstance(inputs, Mapping):
             continue
         if type_ == AWS_INSTANCE_STATE and inputs.get("state") == "stopped":
-            stopped[inputs.get("instanceId")] = True
+            if _ref(inputs.get("instanceId")) is not None:
+                stopped.add(str(inputs.get("instanceId")))
             if name.endswith("-power"):
                 stopped_names.add(name[: -len("-power")])
+        elif type_ == AWS_EIP_ASSOCIATION and _ref(inputs.get("instanceId")) is not None:
+            eip_instances.add(str(inputs.get("instanceId")))
         elif type_ == AWS_DLM:
             details = inputs.get("policyDetails")
             if isinstance(details, Mapping) and isinstance(details.get("targetTags"), Mapping):
@@ -301,6 +327,7 @@ def price_resources(
             continue
         ctx = {"id": id_, "stopped": stopped, "stopped_names": stopped_names}
         ctx["dlm_targets"] = dlm_targets
+        ctx["eip_instances"] = eip_instances
         before = len(pricer.lines)
         try:
             (_hcloud if cloud == "hcloud" else _aws)(pricer, type_, name, inputs, ctx)
@@ -325,12 +352,13 @@ def money(amount: Decimal, currency: str) -> str:
 # Live prices (Hetzner's API)
 
 
-def live_hcloud_table(token: str, endpoint: str | None = None) -> PriceTable:
-    """Hetzner's current price list for this token's project, in the shipped table's shape."""
+def live_hcloud_table(
+    token: str, endpoint: str | None = None, *, location: str = "fsn1"
+) -> PriceTable:
+    """Hetzner's current price list at `location`, in the shipped table's shape."""
     from hcloud import APIException, Client
 
     client = Client(token=token, api_endpoint=endpoint or "https://api.hetzner.cloud/v1")
-    shipped = shipped_tables()["hcloud"]
     try:
         pricing = client.request(method="GET", url="/pricing")["pricing"]
         specs = {st.name: st for st in client.server_types.get_all()}
@@ -343,7 +371,6 @@ def live_hcloud_table(token: str, endpoint: str | None = None) -> PriceTable:
             f"cannot reach Hetzner's pricing API ({exc.__class__.__name__}); "
             "check the network or drop --live-prices"
         ) from None
-    location = shipped.places[0]
 
     def monthly(entry: Mapping[str, Any]) -> str | None:
         for price in entry.get("prices") or []:

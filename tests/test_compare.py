@@ -72,7 +72,7 @@ def test_aws_cost_bills_a_stopped_spare_for_its_disk_only(localstack):
     # eu-central-1 USD: t3.small 0.024/h, public IPv4 0.005/h, gp3 0.0952/GB-month, 730 h.
     hours = D(730)
     r = row(localstack, "single-vm")
-    running = D("0.024") * hours + D("0.005") * hours  # the primary and its public IPv4
+    running = D("0.024") * hours  # the primary; its Elastic IP replaces the auto-assigned IPv4
     eip = D("0.005") * hours
     disks = 2 * D(20) * D("0.0952") + D(21) * D("0.0952")  # two root volumes + data
     assert r.cost.total == {"USD": running + eip + disks}
@@ -81,6 +81,16 @@ def test_aws_cost_bills_a_stopped_spare_for_its_disk_only(localstack):
         "servers": D(0),
         "volumes": D(20) * D("0.0952"),
     }
+    ips = [line.resource for line in r.cost.lines if line.category == "ips"]
+    assert ips == ["shop-single-vm-localstack-ip"]  # one address billed, not two
+
+
+def test_aws_region_outside_the_table_is_flagged():
+    summary = costs.price_resources(
+        [("aws:ebs/volume:Volume", "v", {"size": 10, "availabilityZone": "us-east-1a"})]
+    )
+    assert summary.total == {}
+    assert summary.unpriced == ("v: region us-east-1 is not in the price table (eu-central-1)",)
 
 
 def test_aws_snapshots_are_priced_on_the_volume_the_dlm_policy_targets(localstack):
@@ -269,6 +279,11 @@ def test_nomad_recovery_follows_heartbeat_settings():
         settings(blueprint="nomad", target="hcloud", heartbeatGrace=40, lostAfter=60), APP
     )
     assert slower.best.seconds - model.best.seconds == 30 + 60
+    # a server waits up to twice the TTL (TTL plus a random stagger of up to one TTL)
+    longer_ttl = failure_model(
+        settings(blueprint="nomad", target="hcloud", minHeartbeatTtl=20), APP
+    )
+    assert longer_ttl.best.seconds - model.best.seconds == 2 * (20 - 10)
     # node-1 holds the data volume and Traefik: losing it needs a person
     assert model.worst.dies == "node-1" and model.worst.seconds is None
 
@@ -488,3 +503,34 @@ def test_secret_or_unknown_inputs_are_reported_not_crashed_on():
     )
     assert summary.total == {"EUR": D("2.99"), "USD": D("0.024") * 730 + 10 * D("0.0952")}
     assert [u.split(":")[0] for u in summary.unpriced] == ["vm", "data", "i"]
+
+
+def test_a_stack_with_bad_settings_stops_the_comparison(tmp_path):
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: x\nruntime: python\nstackConfigDir: stacks\n")
+    (project / "stacks").mkdir()
+    (project / "stacks/Pulumi.nomad-hcloud.yaml").write_text(
+        "config:\n  blueprints:blueprint: nomad\n  blueprints:target: hcloud\n"
+        "  blueprints:heartbeatGrce: 5\n"
+    )
+    res = CliRunner().invoke(app, ["compare", "-C", str(project)])
+    assert res.exit_code == 2
+    assert "stacks/Pulumi.nomad-hcloud.yaml: blueprints:heartbeatGrce: unknown key" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_unpriced_resources_mark_the_total_partial(tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(ROOT / "examples", project / "examples")
+    shutil.copy(ROOT / "Pulumi.yaml", project / "Pulumi.yaml")
+    (project / "blueprints").mkdir()
+    shutil.copy(ROOT / "blueprints/program.py", project / "blueprints/program.py")
+    (project / "stacks").mkdir()
+    text = (ROOT / "stacks/Pulumi.compose-hcloud.yaml").read_text()
+    text = text.replace("blueprints:serverType: cx23", "blueprints:serverType: ccx13")
+    (project / "stacks/Pulumi.compose-hcloud.yaml").write_text(text)
+    res = CliRunner().invoke(app, ["compare", "-C", str(project)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "(partial)" in res.stdout
+    assert "not priced compose: shop-compose-hcloud-vm: server type ccx13" in res.stdout
