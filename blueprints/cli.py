@@ -236,8 +236,8 @@ def compare(
         bool,
         typer.Option(
             "--live-prices",
-            help="Read Hetzner's current prices from its API (needs HCLOUD_TOKEN) instead of "
-            "the table shipped with blueprints.",
+            help="hcloud: read Hetzner's current prices from its API (needs HCLOUD_TOKEN) "
+            "instead of the table shipped with blueprints.",
         ),
     ] = False,
     project: ProjectOpt = None,
@@ -249,7 +249,7 @@ def compare(
     Examples: blueprints compare; blueprints compare -t localstack -f markdown --chart ladder.svg
     """
     from blueprints import compare_output
-    from blueprints.compare import TARGETS, CompareError
+    from blueprints.compare import TARGETS, CompareError, hcloud_location
     from blueprints.compare import compare as run_compare
     from blueprints.costs import PriceError, shipped_tables
 
@@ -265,14 +265,22 @@ def compare(
         raise BadInput(f"--spec: {spec} does not exist")
     tables = dict(shipped_tables())
     try:
-        if live_prices:
+        if live_prices and target == "hcloud":
             token = os.environ.get("HCLOUD_TOKEN")
             if not token:
                 raise BadInput("--live-prices needs HCLOUD_TOKEN (a read-only Hetzner API token)")
             from blueprints.costs import live_hcloud_table
 
             err.print("[dim]reading Hetzner's price list...[/dim]")
-            tables["hcloud"] = live_hcloud_table(token, os.environ.get("HCLOUD_ENDPOINT"))
+            location = hcloud_location(_project(project), target)
+            tables["hcloud"] = live_hcloud_table(
+                token, os.environ.get("HCLOUD_ENDPOINT"), location=location
+            )
+        elif live_prices:
+            err.print(
+                f"[yellow]note[/yellow] --live-prices reads Hetzner's prices; {target} "
+                "is priced from the shipped AWS table"
+            )
         err.print(f"[dim]planning the {target} stacks...[/dim]")
         comparison = run_compare(target, project_dir=_project(project), spec=spec, tables=tables)
     except (CompareError, PriceError) as exc:
@@ -313,6 +321,13 @@ def _show_comparison(comparison) -> None:
         for s in f.scenarios:
             how = f"{s.seconds} s" if s.automatic else "manual"
             out.print(f"  {escape(s.dies)} dies: [cyan]{how}[/cyan], {escape(s.effect)}")
+    for row in comparison.rows:
+        for note in row.notes:
+            out.print(f"[yellow]note[/yellow] {row.blueprint}: {escape(note)}", soft_wrap=True)
+        for line in row.cost.unpriced:
+            out.print(
+                f"[yellow]not priced[/yellow] {row.blueprint}: {escape(line)}", soft_wrap=True
+            )
     for line in sources(comparison):
         out.print(f"[dim]{escape(line)}[/dim]", soft_wrap=True)
 
@@ -647,6 +662,7 @@ def _rmtree(path: Path) -> None:
 # --- preview-report (issue 9) -----------------------------------------------------------------
 
 EXIT_DATA_LOSS = 4  # `preview-report --fail-on data-loss` and a stateful resource is at risk
+EXIT_PREVIEW_FAILED = 5  # `--fail-on data-loss` and a preview reported errors: data loss unknown
 FAIL_ON = ("data-loss",)
 
 
@@ -793,7 +809,8 @@ def preview_report(
 
     Summary table per stack (with the monthly cost delta), a warning for every stateful resource
     replaced or deleted, then collapsible per-resource property changes; secrets never shown.
-    Exit status: 0, 2 bad input, 1 GitLab refused the note, 4 data loss with --fail-on data-loss.
+    Exit status: 0, 2 bad input, 1 GitLab refused the note; with --fail-on data-loss, 4 data
+    loss and 5 a preview that reported errors (what it did not reach is unknown).
     Example: blueprints preview-report prod=preview-prod.json --fail-on data-loss --gitlab
     """
     from blueprints.preview.document import PreviewError, loads, parse_preview
@@ -853,6 +870,12 @@ def _publish_report(documents, title, output, fail_on, gitlab, no_prices) -> Non
         err.print(f"[yellow]data loss:[/yellow] {escape(names)}", soft_wrap=True)
         if "data-loss" in (fail_on or []):
             raise typer.Exit(EXIT_DATA_LOSS)
+    if report.failed:
+        names = ", ".join(report.failed)
+        err.print(f"[yellow]preview failed:[/yellow] {escape(names)}", soft_wrap=True)
+        # What a failed preview did not reach may lose data too: do not pass the gate.
+        if "data-loss" in (fail_on or []):
+            raise typer.Exit(EXIT_PREVIEW_FAILED)
 
 
 # --- diff (issue 9, offline preview) ----------------------------------------------------------

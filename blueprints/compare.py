@@ -23,7 +23,7 @@ from blueprints import costs
 from blueprints.failure import FailureModel, failure_model
 from blueprints.plan import PlanError, find_project, list_stacks, plan_stack, read_project
 from blueprints.settings import StackSettings, parse_settings
-from blueprints.spec import SpecError, load_spec
+from blueprints.spec import load_spec
 
 LADDER = ("single-vm", "compose", "nomad", "k8s")
 TARGETS = ("hcloud", "localstack", "aws")
@@ -83,51 +83,57 @@ class Comparison:
 # Stacks
 
 
-def _stack_settings(root: Path, stacks_dir: Path, stack: str) -> StackSettings | None:
+def _stack_settings(root: Path, stacks_dir: Path, stack: str) -> StackSettings:
     path = stacks_dir / f"Pulumi.{stack}.yaml"
+    rel = path.relative_to(root) if path.is_relative_to(root) else path
     try:
         config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
     except (OSError, yaml.YAMLError, AttributeError):
-        return None
+        raise CompareError(f"{rel}: cannot be read as a stack file") from None
     raw = {
         k[len(NAMESPACE) :]: v
         for k, v in config.items()
         if isinstance(k, str) and k.startswith(NAMESPACE) and k[len(NAMESPACE) :] != "secrets"
     }
-    try:
-        return parse_settings(raw, str(path.relative_to(root)))
-    except SpecError:
-        return None
+    # A stack that cannot be compared is an error, not a silently missing row.
+    return parse_settings(raw, str(rel))
 
 
-def choose_stacks(root: Path, target: str) -> tuple[dict[str, str], list[str]]:
-    """blueprint -> stack for this target (first by name when several), and notes."""
+def choose_stacks(root: Path, target: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """blueprint -> stack for this target (first by name when several); blueprint -> notes."""
     _, stacks_dir, _ = read_project(root)
     found: dict[str, list[str]] = {}
     for stack in list_stacks(root):
         settings = _stack_settings(root, stacks_dir, stack)
-        if settings is not None:
-            found.setdefault(f"{settings.blueprint}/{settings.target}", []).append(stack)
-    notes = []
+        found.setdefault(f"{settings.blueprint}/{settings.target}", []).append(stack)
     chosen: dict[str, str] = {}
+    notes: dict[str, list[str]] = {b: [] for b in LADDER}
     for blueprint in LADDER:
         candidates = found.get(f"{blueprint}/{target}", [])
         if not candidates and target == "aws":
             # LocalStack stacks run the same AWS program; priced as AWS either way.
             candidates = found.get(f"{blueprint}/localstack", [])
             if candidates:
-                notes.append(f"{blueprint}: no aws stack; compared {candidates[0]} (same program)")
+                notes[blueprint].append(f"no aws stack; compared {candidates[0]} (same program)")
         if candidates:
             chosen[blueprint] = candidates[0]
             if len(candidates) > 1:
                 others = ", ".join(candidates[1:])
-                notes.append(f"{blueprint}: compared {candidates[0]}; also here: {others}")
+                notes[blueprint].append(f"compared {candidates[0]}; also here: {others}")
     if not chosen:
         raise CompareError(
             f"no stack with target {target} in {stacks_dir.relative_to(root)}/; "
             f"a stack file sets blueprints:target to one of {', '.join(TARGETS)}"
         )
     return chosen, notes
+
+
+def hcloud_location(root: Path, target: str) -> str:
+    """The location of the stacks compared for target (the first, if they differ)."""
+    _, stacks_dir, _ = read_project(root)
+    chosen, _ = choose_stacks(root, target)
+    locations = sorted({_stack_settings(root, stacks_dir, s).location for s in chosen.values()})
+    return locations[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +242,7 @@ def _row(
     stack: str,
     spec: Path | None,
     tables: Mapping[str, costs.PriceTable],
+    notes: list[str],
 ) -> Row:
     from blueprints.render.unpack import SERVER_TYPES, stack_files
 
@@ -245,7 +252,6 @@ def _row(
     plan = plan_stack(stack, root, overrides)
     _, stacks_dir, _ = read_project(root)
     settings = _stack_settings(root, stacks_dir, stack)
-    assert settings is not None  # chosen from stacks whose settings parsed
     app = load_spec(spec if spec is not None else root / settings.spec)
     files = stack_files(plan)
     servers = [r for r in plan.resources if r.type in SERVER_TYPES]
@@ -264,7 +270,7 @@ def _row(
     priced: list[tuple[Any, ...]] = [
         (r.type, r.name, r.plain_inputs(), r.id) for r in plan.resources if r.custom
     ]
-    notes: list[str] = []
+    notes = list(notes)
     claims = claimed_volumes(files)
     if claims:
         volume_type = "hcloud:index/volume:Volume" if cloud == "hcloud" else "aws:ebs/volume:Volume"
@@ -275,6 +281,10 @@ def _row(
             priced.append((volume_type, f"pvc {claim}", inputs))
         notes.append(f"volumes from {len(claims)} PersistentVolumeClaim(s) priced as volumes")
     cost = costs.price_resources(priced, tables)
+    if cloud == "aws" and table.places and settings.region not in table.places:
+        notes.append(
+            f"runs in {settings.region}, priced with {', '.join(table.places)} prices (the table's)"
+        )
     file_count, lines = config_size(files)
     failure = failure_model(settings, app)
     parts = moving_parts(files) + tuple(Part("outside the VMs", name) for name in failure.outside)
@@ -310,21 +320,11 @@ def compare(
         app_name = load_spec(spec).name  # a bad spec fails here, with the spec's own message
     tables = dict(tables or costs.shipped_tables())
     chosen, notes = choose_stacks(root, target)
-    rows = tuple(_row(root, b, s, spec, tables) for b, s in chosen.items())
+    rows = tuple(_row(root, b, s, spec, tables, notes[b]) for b, s in chosen.items())
     if spec is None:
         _, stacks_dir, _ = read_project(root)
-        first = _stack_settings(root, stacks_dir, rows[0].stack)
-        app_name = load_spec(root / first.spec).name if first else "?"
+        app_name = load_spec(root / _stack_settings(root, stacks_dir, rows[0].stack).spec).name
     used = {t.cloud: t for row in rows for t in row.cost.tables}
-    rows = tuple(
-        Row(
-            **{
-                **row.__dict__,
-                "notes": row.notes + tuple(n for n in notes if n.startswith(row.blueprint)),
-            }
-        )
-        for row in rows
-    )
     return Comparison(
         target=target, app=app_name, rows=rows, tables=tuple(used[c] for c in sorted(used))
     )

@@ -29,7 +29,9 @@ def _gib(value: Decimal | None) -> str:
 
 
 def _cost(row: Row) -> str:
-    return " + ".join(money(v, c) for c, v in row.cost.total.items()) or "0"
+    """The monthly total; '(partial)' when something billable could not be priced."""
+    total = " + ".join(money(v, c) for c, v in row.cost.total.items()) or "0"
+    return total + (" (partial)" if row.cost.unpriced else "")
 
 
 def summary_rows(comparison: Comparison) -> list[dict[str, str]]:

@@ -132,9 +132,11 @@ def _compose(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> Fa
 
 def _nomad(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> FailureModel:
     ttl = settings.min_heartbeat_ttl
+    # A server arms each client's timer for TTL plus a random stagger of up to one TTL, plus
+    # the grace: the worst case is 2 x TTL + grace.
     down = Step(
-        f"node marked down: heartbeat TTL {ttl}s + grace {settings.heartbeat_grace}s",
-        ttl + settings.heartbeat_grace,
+        f"node marked down: up to 2 x heartbeat TTL {ttl}s + grace {settings.heartbeat_grace}s",
+        2 * ttl + settings.heartbeat_grace,
     )
     lost = Step(f"allocations lost after {settings.lost_after}s", settings.lost_after)
     restart = Step("replacement containers start on a live node", times["container"])

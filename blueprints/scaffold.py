@@ -639,7 +639,9 @@ def gitlab_ci_text(answers: Answers) -> str:
             "extends": ".blueprints",
             "stage": "report",
             "needs": [{"job": f"preview:{stack}", "artifacts": True} for stack in stacks],
-            "rules": [{"if": MR}],
+            # Also after a failed preview: its JSON carries the errors, the report shows them
+            # and --fail-on data-loss fails (exit 5), since Pulumi stopped before the end.
+            "rules": [{"if": MR, "when": "always"}],
             "script": [
                 f"uv run blueprints preview-report {files} --output preview-report.md"
                 " --fail-on data-loss ${GITLAB_TOKEN:+--gitlab}",

@@ -241,7 +241,7 @@ def test_gitlab_ci_jobs_per_stack(baked):
             assert f"uv run blueprints watch {stack} --for 55s" in dog["script"][0]
         # One report job after every preview, on merge requests only.
         report = jobs["preview-report"]
-        assert report["rules"] == [{"if": mr}]
+        assert report["rules"] == [{"if": mr, "when": "always"}]  # after a failed preview too
         assert report["stage"] == "report"
         assert {n["job"] for n in report["needs"]} == {f"preview:{s}" for s in stacks}
         assert all(n["artifacts"] for n in report["needs"])

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from blueprints.preview.offline import (
     diff_inputs,
     offline_documents,
 )
-from blueprints.preview.report import MARKER
+from blueprints.preview.report import MARKER, build_report
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = "single-vm-hcloud"
@@ -420,3 +421,15 @@ def test_project_that_did_not_exist_at_the_base(tmp_path):
     (repo / "program.py").write_text("from blueprints.stack import deploy\n\ndeploy()\n")
     [(_, doc)] = offline_documents(repo, "HEAD", [STACK])
     assert {s["op"] for s in doc["steps"]} == {"create"}
+
+
+def test_cost_delta_counts_only_the_running_instance(repo):
+    """t3.small -> t3.large on single-vm-localstack: the parked spare is stopped, so only the
+    primary's compute changes price (the unchanged InstanceState is in the document)."""
+    stack = "single-vm-localstack"
+    edit(repo, f"stacks/Pulumi.{stack}.yaml", "serverType: t3.small", "serverType: t3.large")
+    commit_all(repo, "bigger instances")
+    [(name, doc)] = offline_documents(repo, "HEAD~1", [stack])
+    rep = build_report([(name, doc)])
+    hours = Decimal(730)
+    assert rep.stacks[0].cost.delta == {"USD": (Decimal("0.096") - Decimal("0.024")) * hours}

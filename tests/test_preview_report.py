@@ -893,3 +893,28 @@ def test_cli_gitlab_creates_then_updates_one_note(gitlab_server):
     assert "401" in bad.stderr and "Traceback" not in bad.stderr
     missing = run(str(DOCS / "stateless.json"), "--gitlab", env={"CI_PROJECT_ID": "42"})
     assert missing.returncode == 1 and "CI_API_V4_URL" in missing.stderr
+
+
+def test_a_failed_preview_does_not_pass_the_data_loss_gate(tmp_path):
+    """Pulumi stops at the first error: what it did not reach may lose data."""
+    urn = "urn:pulumi:p::proj::pulumi:pulumi:Stack::proj-p"
+    failed = doc(
+        [],
+        summary={"same": 3},
+        diagnostics=[{"urn": urn, "message": "boom: provider refused", "severity": "error"}],
+    )
+    path = tmp_path / "preview-p.json"
+    path.write_text(json.dumps(failed))
+    res = run(str(path), "--fail-on", "data-loss")
+    assert res.returncode == 5, res.stderr
+    assert "**The preview failed for `p`**" in res.stdout
+    assert "No resource changes" in res.stdout  # the counts still follow
+    assert run(str(path)).returncode == 0  # without the gate it is only reported
+
+
+def test_nan_in_a_document_is_bad_input(tmp_path):
+    path = tmp_path / "preview-p.json"
+    path.write_text('{"steps": [], "changeSummary": {"same": NaN}}')
+    res = run(str(path))
+    assert res.returncode == 2
+    assert "contains NaN" in red_line(res)

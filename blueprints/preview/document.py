@@ -174,8 +174,12 @@ def load_preview(path: Path | str, text: str | None = None, *, source: str | Non
 def loads(text: str, where: str) -> Any:
     if not text.strip():
         raise PreviewError(f"{where}: is empty, expected the JSON of `pulumi preview --json`")
+
+    def no_constant(name: str) -> Any:
+        raise PreviewError(f"{where}: contains {name}, which is not JSON a preview can hold")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=no_constant)
     except json.JSONDecodeError as exc:
         raise PreviewError(
             f"{where}: is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"

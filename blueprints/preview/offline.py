@@ -682,7 +682,18 @@ def build_document(
         change = changes[urn]
         count(change.op)
         if change.op == "same":
-            continue  # like `pulumi preview --json` without --show-sames
+            # As `pulumi preview --json --show-sames` does: the report needs unchanged
+            # resources to price a change (a stopped instance) and to find the volume's server.
+            steps.append(
+                {
+                    "op": "same",
+                    "urn": urn,
+                    "provider": provider,
+                    "oldState": _state(old[urn], stack, old_project, old, known_id=True),
+                    "newState": _state(res, stack, new_project, new, known_id=True),
+                }
+            )
+            continue
         step = {
             "op": change.op,
             "urn": urn,
@@ -701,8 +712,8 @@ def build_document(
                 {
                     "urn": urn,
                     "message": f"{res.data['name']} is deleted before its replacement is "
-                    "created (deleteBeforeReplace)",
-                    "severity": "info",
+                    "created (deleteBeforeReplace): expect downtime",
+                    "severity": "warning",
                 }
             )
     for urn, res in old.items():

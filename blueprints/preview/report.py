@@ -184,6 +184,11 @@ class Report:
     def dangers(self) -> tuple[Danger, ...]:
         return tuple(d for s in self.stacks for d in s.dangers)
 
+    @property
+    def failed(self) -> tuple[str, ...]:
+        """Stacks whose preview reported errors: their changes may be incomplete."""
+        return tuple(s.stack for s in self.stacks if s.errors)
+
 
 # ---------------------------------------------------------------------------------------------
 # Grouping and classification
@@ -360,12 +365,20 @@ def cost_delta(changes: Sequence[Change]) -> CostDelta | None:
     def billable(state: State | None) -> bool:
         return state is not None and state.custom and not state.type.startswith("pulumi:")
 
-    after = [
+    # Unchanged resources are priced on both sides: they cancel out, but they can change what
+    # a changed one costs (a stopped instance's InstanceState, the volume a snapshot policy
+    # targets). `--show-sames` puts them in the document.
+    same = [
+        priced(st, c.name)
+        for c in changes
+        if c.category == "same" and billable(st := c.new or c.old)  # type: ignore[arg-type]
+    ]
+    after = same + [
         priced(c.new, c.name)
         for c in changes
         if c.category in ("create", "update", "replace") and billable(c.new)
     ]
-    before = [
+    before = same + [
         priced(c.old, c.name)
         for c in changes
         if c.category in ("delete", "update", "replace") and billable(c.old)
@@ -703,8 +716,17 @@ def _table(stacks: Sequence[StackSummary], with_cost: bool) -> str:
 
 def _headline(stacks: Sequence[StackSummary]) -> str:
     total = {c: sum(s.counts[c] for s in stacks) for c in COLUMNS}
-    words = [f"{total[c]} to {c}" for c in ("create", "update", "replace", "delete")]
     where = f"{len(stacks)} stack{'s' if len(stacks) != 1 else ''}"
+    failed = [s.stack for s in stacks if s.errors]
+    if failed:
+        names = ", ".join(code(n) for n in failed)
+        head = f"**The preview failed for {names}**; its changes below may be incomplete.\n\n"
+        return head + _headline_counts(total, where)
+    return _headline_counts(total, where)
+
+
+def _headline_counts(total: dict[str, int], where: str) -> str:
+    words = [f"{total[c]} to {c}" for c in ("create", "update", "replace", "delete")]
     if not any(total[c] for c in ("create", "update", "replace", "delete")):
         return f"**No resource changes** in {where} ({total['same']} unchanged).\n"
     return f"**{', '.join(words)}** in {where} ({total['same']} unchanged).\n"
