@@ -918,3 +918,12 @@ def test_nan_in_a_document_is_bad_input(tmp_path):
     res = run(str(path))
     assert res.returncode == 2
     assert "contains NaN" in red_line(res)
+
+
+def test_provider_bookkeeping_inputs_are_not_shown_as_properties():
+    new = state("p", VOL, "data", {"size": 10, "__defaults": ["name"]})
+    summary = report_mod.summarize(
+        "p", parse_preview(doc([step("create", "p", VOL, "data", None, new)])), prices=False
+    )
+    [change] = summary.changes
+    assert [p.path for p in report_mod.property_changes(change)] == ["size"]

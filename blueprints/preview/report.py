@@ -556,7 +556,11 @@ def property_changes(c: Change) -> list[PropertyChange]:
                 for p in sorted(set(paths))
             )
         elif c.kind in ("create", "import", "read", "create-replacement") and c.new:
-            diffs = tuple(PropertyDiff(k, "add", True) for k in sorted(c.new.inputs))
+            # Bridged providers keep bookkeeping such as `__defaults` in the inputs: not a
+            # property anyone set.
+            diffs = tuple(
+                PropertyDiff(k, "add", True) for k in sorted(c.new.inputs) if not k.startswith("__")
+            )
         else:
             return []
     out = []
