@@ -665,27 +665,46 @@ EXIT_DATA_LOSS = 4  # `preview-report --fail-on data-loss` and a stateful resour
 EXIT_PREVIEW_FAILED = 5  # `--fail-on data-loss` and a preview reported errors: data loss unknown
 FAIL_ON = ("data-loss",)
 
+# Options preview-report and diff share: both end in the same report (_publish_report).
+ReportOutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Write the markdown here instead of stdout."),
+]
+FailOnOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fail-on",
+        help=f"data-loss: exit {EXIT_DATA_LOSS} (after printing and posting the report) when a "
+        "volume, floating/elastic/primary IP or a server holding a volume would be replaced or "
+        f"deleted, and {EXIT_PREVIEW_FAILED} when a preview reported errors.",
+    ),
+]
+GitLabOpt = Annotated[
+    bool,
+    typer.Option(
+        "--gitlab",
+        help="Post the report as one note on the merge request (updated in place on later "
+        "runs); needs CI_API_V4_URL, CI_PROJECT_ID, CI_MERGE_REQUEST_IID and GITLAB_TOKEN.",
+    ),
+]
+NoPricesOpt = Annotated[bool, typer.Option("--no-prices", help="Leave the monthly cost delta out.")]
 
-def _preview_input(arg: str):
-    """FILE, STACK=FILE or - (stdin) -> (explicit stack or None, where, text)."""
+
+def _check_fail_on(fail_on: list[str] | None) -> None:
+    for value in fail_on or []:
+        if value not in FAIL_ON:
+            raise BadInput(f"--fail-on: must be {' or '.join(FAIL_ON)} (got {value!r})")
+
+
+def _preview_input(arg: str) -> tuple[str | None, str]:
+    """FILE, STACK=FILE or - (stdin) -> (explicit stack or None, path or "-")."""
     stack = None
     path = arg
     if "=" in arg and not Path(arg).exists():
         stack, path = arg.split("=", 1)
         if not stack or not path:
             raise BadInput(f"{arg}: expected FILE or STACK=FILE")
-    if path == "-":
-        return stack, "stdin", sys.stdin.read()
-    try:
-        return stack, path, Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise BadInput(f"{path}: is a directory, not a preview JSON file") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"{path}: is not UTF-8 text") from None
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return stack, path
 
 
 def _preview_stack_name(explicit: str | None, where: str, preview) -> str:
@@ -780,30 +799,10 @@ def preview_report(
             "repeatable.",
         ),
     ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Write the markdown here instead of stdout."),
-    ] = None,
-    fail_on: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--fail-on",
-            help=f"data-loss: exit {EXIT_DATA_LOSS} (after printing and posting the report) "
-            "when a volume, floating/elastic/primary IP or a server holding a volume would be "
-            "replaced or deleted.",
-        ),
-    ] = None,
-    gitlab: Annotated[
-        bool,
-        typer.Option(
-            "--gitlab",
-            help="Post the report as one note on the merge request (updated in place on later "
-            "runs); needs CI_API_V4_URL, CI_PROJECT_ID, CI_MERGE_REQUEST_IID and GITLAB_TOKEN.",
-        ),
-    ] = False,
-    no_prices: Annotated[
-        bool, typer.Option("--no-prices", help="Leave the monthly cost delta out.")
-    ] = False,
+    output: ReportOutputOpt = None,
+    fail_on: FailOnOpt = None,
+    gitlab: GitLabOpt = False,
+    no_prices: NoPricesOpt = False,
 ) -> None:
     """Turn `pulumi preview --json` documents into one markdown report for a merge request.
 
@@ -813,18 +812,19 @@ def preview_report(
     loss and 5 a preview that reported errors (what it did not reach is unknown).
     Example: blueprints preview-report prod=preview-prod.json --fail-on data-loss --gitlab
     """
-    from blueprints.preview.document import PreviewError, loads, parse_preview
+    from blueprints.preview.document import PreviewError, load_preview, loads, parse_preview
 
-    for value in fail_on or []:
-        if value not in FAIL_ON:
-            raise BadInput(f"--fail-on: must be {' or '.join(FAIL_ON)} (got {value!r})")
+    _check_fail_on(fail_on)
     if not files and not stack:
         raise BadInput("give preview JSON files (FILE or STACK=FILE) or --stack S")
     documents = []
     try:
         for arg in files or []:
-            explicit, where, text = _preview_input(arg)
-            preview = parse_preview(loads(text, where), source=where)
+            explicit, path = _preview_input(arg)
+            if path == "-":
+                where, preview = "stdin", load_preview("stdin", sys.stdin.read())
+            else:
+                where, preview = path, load_preview(path)
             documents.append((_preview_stack_name(explicit, where, preview), preview))
         for name in stack or []:
             where, text = _run_pulumi_preview(name)
@@ -896,28 +896,10 @@ def diff(
             show_default=False,
         ),
     ] = ...,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Write the markdown here instead of stdout."),
-    ] = None,
-    fail_on: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--fail-on",
-            help=f"data-loss: exit {EXIT_DATA_LOSS} (after printing and posting the report) "
-            "when a stateful resource would be replaced or deleted.",
-        ),
-    ] = None,
-    gitlab: Annotated[
-        bool,
-        typer.Option(
-            "--gitlab",
-            help="Post the report as one note on the merge request, as preview-report does.",
-        ),
-    ] = False,
-    no_prices: Annotated[
-        bool, typer.Option("--no-prices", help="Leave the monthly cost delta out.")
-    ] = False,
+    output: ReportOutputOpt = None,
+    fail_on: FailOnOpt = None,
+    gitlab: GitLabOpt = False,
+    no_prices: NoPricesOpt = False,
     project: ProjectOpt = None,
 ) -> None:
     """Preview offline: plan the stacks at a git ref and in the working tree, report the diff.
@@ -929,9 +911,7 @@ def diff(
     from blueprints.preview.document import PreviewError, parse_preview
     from blueprints.preview.offline import DiffError, offline_documents
 
-    for value in fail_on or []:
-        if value not in FAIL_ON:
-            raise BadInput(f"--fail-on: must be {' or '.join(FAIL_ON)} (got {value!r})")
+    _check_fail_on(fail_on)
     root = _project(project)
     shown = ", ".join(stacks) if stacks else "all stacks"
     err.print(

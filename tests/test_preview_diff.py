@@ -70,11 +70,9 @@ def edit(repo: Path, rel: str, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A baked project with one commit: the stacks and spec of this repository."""
-    repo = tmp_path / "infra"
-    repo.mkdir()
+def bake_project(repo: Path) -> None:
+    """This repository's stacks and spec as a baked project has them (no blueprints/ package;
+    the installed one runs the program)."""
     shutil.copytree(ROOT / "stacks", repo / "stacks")
     (repo / "examples").mkdir()
     shutil.copy(ROOT / "examples/app.yaml", repo / "examples/app.yaml")
@@ -84,6 +82,14 @@ def repo(tmp_path: Path) -> Path:
         .replace("main: blueprints/program.py", "main: program.py")
     )
     (repo / "program.py").write_text("from blueprints.stack import deploy\n\ndeploy()\n")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A baked project with one commit: the stacks and spec of this repository."""
+    repo = tmp_path / "infra"
+    repo.mkdir()
+    bake_project(repo)
     git(repo, "init", "-q", "-b", "main")
     commit_all(repo, "base")
     return repo
@@ -410,15 +416,7 @@ def test_project_that_did_not_exist_at_the_base(tmp_path):
     (repo / "README.md").write_text("infra to come\n")
     git(repo, "init", "-q", "-b", "main")
     commit_all(repo, "readme")
-    shutil.copytree(ROOT / "stacks", repo / "stacks")
-    (repo / "examples").mkdir()
-    shutil.copy(ROOT / "examples/app.yaml", repo / "examples/app.yaml")
-    (repo / "Pulumi.yaml").write_text(
-        (ROOT / "Pulumi.yaml")
-        .read_text()
-        .replace("main: blueprints/program.py", "main: program.py")
-    )
-    (repo / "program.py").write_text("from blueprints.stack import deploy\n\ndeploy()\n")
+    bake_project(repo)
     [(_, doc)] = offline_documents(repo, "HEAD", [STACK])
     assert {s["op"] for s in doc["steps"]} == {"create"}
 
