@@ -99,14 +99,18 @@ def _stack_settings(root: Path, stacks_dir: Path, stack: str) -> StackSettings:
     return parse_settings(raw, str(rel))
 
 
-def choose_stacks(root: Path, target: str) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """blueprint -> stack for this target (first by name when several); blueprint -> notes."""
+def choose_stacks(
+    root: Path, target: str
+) -> tuple[dict[str, tuple[str, StackSettings]], dict[str, list[str]]]:
+    """blueprint -> (stack, its settings) for this target (first by name when several);
+    blueprint -> notes."""
     _, stacks_dir, _ = read_project(root)
     found: dict[str, list[str]] = {}
+    settings_of: dict[str, StackSettings] = {}
     for stack in list_stacks(root):
-        settings = _stack_settings(root, stacks_dir, stack)
+        settings = settings_of[stack] = _stack_settings(root, stacks_dir, stack)
         found.setdefault(f"{settings.blueprint}/{settings.target}", []).append(stack)
-    chosen: dict[str, str] = {}
+    chosen: dict[str, tuple[str, StackSettings]] = {}
     notes: dict[str, list[str]] = {b: [] for b in LADDER}
     for blueprint in LADDER:
         candidates = found.get(f"{blueprint}/{target}", [])
@@ -116,7 +120,7 @@ def choose_stacks(root: Path, target: str) -> tuple[dict[str, str], dict[str, li
             if candidates:
                 notes[blueprint].append(f"no aws stack; compared {candidates[0]} (same program)")
         if candidates:
-            chosen[blueprint] = candidates[0]
+            chosen[blueprint] = (candidates[0], settings_of[candidates[0]])
             if len(candidates) > 1:
                 others = ", ".join(candidates[1:])
                 notes[blueprint].append(f"compared {candidates[0]}; also here: {others}")
@@ -130,10 +134,8 @@ def choose_stacks(root: Path, target: str) -> tuple[dict[str, str], dict[str, li
 
 def hcloud_location(root: Path, target: str) -> str:
     """The location of the stacks compared for target (the first, if they differ)."""
-    _, stacks_dir, _ = read_project(root)
     chosen, _ = choose_stacks(root, target)
-    locations = sorted({_stack_settings(root, stacks_dir, s).location for s in chosen.values()})
-    return locations[0]
+    return sorted({settings.location for _, settings in chosen.values()})[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +242,7 @@ def _row(
     root: Path,
     blueprint: str,
     stack: str,
+    settings: StackSettings,
     spec: Path | None,
     tables: Mapping[str, costs.PriceTable],
     notes: list[str],
@@ -250,12 +253,10 @@ def _row(
     if spec is not None:
         overrides["blueprints:spec"] = str(spec)
     plan = plan_stack(stack, root, overrides)
-    _, stacks_dir, _ = read_project(root)
-    settings = _stack_settings(root, stacks_dir, stack)
     app = load_spec(spec if spec is not None else root / settings.spec)
     files = stack_files(plan)
     servers = [r for r in plan.resources if r.type in SERVER_TYPES]
-    cloud = "hcloud" if settings.cloud == "hcloud" else "aws"
+    cloud = settings.cloud
     table = tables[cloud]
     vcpu: int | None = 0
     memory: Decimal | None = Decimal(0)
@@ -320,10 +321,13 @@ def compare(
         app_name = load_spec(spec).name  # a bad spec fails here, with the spec's own message
     tables = dict(tables or costs.shipped_tables())
     chosen, notes = choose_stacks(root, target)
-    rows = tuple(_row(root, b, s, spec, tables, notes[b]) for b, s in chosen.items())
+    rows = tuple(
+        _row(root, b, stack, settings, spec, tables, notes[b])
+        for b, (stack, settings) in chosen.items()
+    )
     if spec is None:
-        _, stacks_dir, _ = read_project(root)
-        app_name = load_spec(root / _stack_settings(root, stacks_dir, rows[0].stack).spec).name
+        _, first = next(iter(chosen.values()))
+        app_name = load_spec(root / first.spec).name
     used = {t.cloud: t for row in rows for t in row.cost.tables}
     return Comparison(
         target=target, app=app_name, rows=rows, tables=tuple(used[c] for c in sorted(used))
