@@ -1,10 +1,11 @@
 # The two commands a fresh machine needs (see README):
 #   make demo   install, then validate the example spec, plan every stack and render one
-#   make test   install (with validators), then lint and run the whole test suite
+#   make test   install (with validators and the real-node tools), then lint and run the whole
+#               test suite, real nodes included
 SHELL := /bin/bash
 BP := .venv/bin/blueprints
 
-.PHONY: setup demo test validators lint bench
+.PHONY: setup demo test validators realnode-tools lint bench boot-check
 
 setup:
 	@scripts/bootstrap
@@ -17,11 +18,18 @@ demo: setup
 validators:
 	@scripts/install-validators
 
+realnode-tools:
+	@scripts/install-realnode
+
 lint: setup
 	.venv/bin/ruff check .
 
-test: setup validators lint
+test: setup validators realnode-tools lint
 	.venv/bin/python -m pytest -q
 
 bench: setup
 	.venv/bin/python scripts/benchmark.py
+
+# Slow (about 5 minutes, first run; root): boot one single-VM node's real user data in a QEMU VM.
+boot-check: setup
+	.venv/bin/python scripts/boot-check

@@ -18,3 +18,39 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
+
+
+# --- real nodes (tests/realnode) -------------------------------------------------------------
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        return
+    from tests.realnode.host import sweep
+
+    stale = sweep()
+    if stale:
+        print(f"\nreal-node harness: removed {len(stale)} leftovers of an interrupted run")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    import sys
+
+    if "tests.realnode.node" not in sys.modules:
+        return
+    from tests.realnode import node, rootfs
+    from tests.realnode.host import leftovers
+
+    tr = terminalreporter
+    tr.section("real nodes: measured here")
+    if rootfs.build_seconds is not None:
+        tr.write_line(f"{'build the node root (mmdebstrap)':<66} {rootfs.build_seconds:7.1f} s")
+    else:
+        tr.write_line("build the node root: cached from an earlier run")
+    for what, seconds in node.TIMINGS:
+        tr.write_line(f"{what:<66} {seconds:7.1f} s")
+    left = leftovers()
+    if left:
+        tr.write_line("LEFT BEHIND: " + "; ".join(left), red=True)

