@@ -22,8 +22,6 @@ listed in TEST_ONLY, never a change to a rendered file:
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
 import shlex
 import shutil
@@ -33,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from blueprints.render.unpack import user_data_files
 from tests.realnode.host import PREFIX, WORK_ROOT, HarnessError, run, stop_pid, wait_for
 from tests.realnode.images import StandIn
 from tests.realnode.net import TestNetwork
@@ -383,26 +382,12 @@ def _is_mount(path: Path) -> bool:
     )
 
 
-def _decode(entry: dict) -> bytes:
-    content = entry.get("content", "")
-    encoding = str(entry.get("encoding", "text")).lower()
-    if encoding in ("b64", "base64"):
-        return base64.b64decode(content)
-    if encoding in ("gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
-        return gzip.decompress(base64.b64decode(content))
-    if encoding != "text":
-        raise HarnessError(f"write_files encoding {encoding!r} is not one cloud-init knows")
-    return str(content).encode()
-
-
 def _data_device(user_data: str) -> str | None:
     """The data volume's device path, from the rendered srv-data.mount (What=)."""
-    doc = yaml.safe_load(user_data) or {}
-    for entry in doc.get("write_files") or []:
-        if entry["path"] == "/etc/systemd/system/srv-data.mount":
-            for line in _decode(entry).decode().splitlines():
-                if line.startswith("What="):
-                    return line.split("=", 1)[1].strip()
+    mount = user_data_files(user_data).get("etc/systemd/system/srv-data.mount", "")
+    for line in mount.splitlines():
+        if line.startswith("What="):
+            return line.split("=", 1)[1].strip()
     return None
 
 
@@ -441,11 +426,13 @@ def install_user_data(root: Path, user_data: str, hostname: str, address: str) -
             b"PasswordAuthentication no\n",
             "0600",
         )
+    # The same decoding `blueprints render` uses (text, b64, gzip+b64).
+    contents = user_data_files(user_data)
     for entry in doc.get("write_files") or []:
         _write(
             root,
             entry["path"],
-            _decode(entry),
+            contents[str(entry["path"]).lstrip("/")].encode(),
             str(entry.get("permissions", "0644")),
             str(entry.get("owner", "root:root")),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,9 +10,12 @@ from pathlib import Path
 import yaml
 
 from blueprints.plan import Plan, plan_stack
-from blueprints.render.unpack import SERVER_TYPES, server_user_data
-from tests.realnode.host import HarnessError, wait_for
+from blueprints.render.unpack import SERVER_TYPES, server_user_data, user_data_files
+from blueprints.spec import load_spec
+from tests.realnode.host import WORK_ROOT, HarnessError, wait_for
+from tests.realnode.images import build_standins
 from tests.realnode.net import TestNetwork
+from tests.realnode.node import TIMINGS, DataDisk, Node
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -28,10 +32,7 @@ def user_data(stack: str, server_suffix: str) -> tuple[Plan, str]:
 
 
 def written_file(user_data_text: str, path: str) -> str | None:
-    for entry in (yaml.safe_load(user_data_text) or {}).get("write_files") or []:
-        if entry["path"] == path:
-            return str(entry["content"])
-    return None
+    return user_data_files(user_data_text).get(path.lstrip("/"))
 
 
 def floating_ip(user_data_text: str) -> str | None:
@@ -94,33 +95,25 @@ class StackNode:
     stack: str
     plan: Plan
     user_data: str
+    domain: str
     network: TestNetwork
-    disk: object
-    node: object
+    disk: DataDisk
+    node: Node
     cacert: Path | None = None
 
     def client(self, address: str | None = None) -> HttpsClient:
         """HTTPS to the node's proxy at `address` (default: its floating IP, else its own)."""
         if self.cacert is None:
-            self.cacert = self.network_dir() / "caddy-root.crt"
+            self.cacert = self.node.dir / "caddy-root.crt"
             # Caddy's storage root is /data/caddy in its container, /srv/data/caddy on the node.
             root = self.node.read("/srv/data/caddy/caddy/pki/authorities/local/root.crt")
             self.cacert.write_text(root)
-        domain = self.plan_domain()
         return HttpsClient(
             self.network,
-            domain,
+            self.domain,
             address or floating_ip(self.user_data) or self.node.address,
             self.cacert,
         )
-
-    def plan_domain(self) -> str:
-        from blueprints.spec import load_spec
-
-        return load_spec(PROJECT / "examples/app.yaml").domain
-
-    def network_dir(self) -> Path:
-        return self.node.dir
 
 
 def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
@@ -129,11 +122,6 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
     Records the seconds from start to booted and to ready in node.TIMINGS under `label`.
     The caller must call destroy_stack_node on the result, also when a test fails.
     """
-    from blueprints.spec import load_spec
-    from tests.realnode.host import WORK_ROOT
-    from tests.realnode.images import build_standins
-    from tests.realnode.node import TIMINGS, DataDisk, Node
-
     plan, text = user_data(stack, suffix)
     app = load_spec(PROJECT / "examples/app.yaml")
     images = build_standins(app, WORK_ROOT / "images" / stack)
@@ -149,7 +137,7 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
         active = time.monotonic() - node.started_at
         TIMINGS.append((f"{label}: start -> systemd booted", booted))
         TIMINGS.append((f"{label}: start -> every app unit active and healthy", active))
-        sn = StackNode(stack, plan, text, network, disk, node)
+        sn = StackNode(stack, plan, text, app.domain, network, disk, node)
         if written_file(text, "/etc/blueprints/caddy.json") is not None:
             # Caddy's active health checks start out failing while the replicas' names do not
             # resolve yet, so the proxy can trail the units by up to one check interval.
@@ -177,9 +165,6 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
 
 
 def destroy_stack_node(sn: StackNode) -> None:
-    import shutil
-
-    from tests.realnode.host import WORK_ROOT
 
     try:
         sn.node.destroy()
