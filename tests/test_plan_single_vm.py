@@ -236,6 +236,20 @@ def test_real_aws_looks_up_ubuntu_and_uses_default_credentials(tmp_path):
     assert provider["region"] == "eu-west-1"
     assert {s.inputs["ami"] for s in servers(plan, "aws").values()} == {"ami-0offline0ubuntu2404"}
     assert only(plan, VOLUME["aws"]).inputs["availabilityZone"] == "eu-west-1a"
+    # The looked-up AMI is kept once an instance exists: a newer Ubuntu image is no replacement.
+    assert {tuple(s.ignore_changes) for s in servers(plan, "aws").values()} == {("ami",)}
+
+
+def test_a_pinned_ami_is_the_users_choice_and_changes_replace(tmp_path):
+    project = _copy_project(tmp_path)
+    (project / "stacks/Pulumi.single-vm-aws.yaml").write_text(
+        "config:\n  blueprints:blueprint: single-vm\n  blueprints:target: aws\n"
+        "  blueprints:ami: ami-0123456789abcdef0\n"
+    )
+    plan = plan_stack("single-vm-aws", project)
+    for server in servers(plan, "aws").values():
+        assert server.inputs["ami"] == "ami-0123456789abcdef0"
+        assert server.ignore_changes == []
 
 
 def _diff(before, after) -> set[str]:

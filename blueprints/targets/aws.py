@@ -243,7 +243,15 @@ class AwsTarget(Target):
                 volume_size=20, volume_type="gp3", encrypted=True
             ),
             tags=_tags(spec.name, spec.labels),
-            opts=self.opts(depends_on=spec.network.ready, delete_before_replace=True),
+            opts=self.opts(
+                depends_on=spec.network.ready,
+                delete_before_replace=True,
+                # A looked-up AMI is resolved when the instance is created and kept: the newest
+                # Ubuntu image changes every few weeks, and taking it at every `up` would
+                # replace the servers. A pinned `ami` setting is the user's choice and does
+                # replace them when changed.
+                ignore_changes=[] if self.settings.ami else ["ami"],
+            ),
         )
         return Server(
             resource=inst, id=inst.id, public_ip=inst.public_ip, private_ip=spec.private_ip
