@@ -79,6 +79,24 @@ def test_compose_project_is_up_and_every_container_healthy(vm):
         f"{PROJECT}-blueprints_proxy-1",
     }
     assert all(found[n]["health"] == "healthy" for n in CONTAINERS)
+    # The replicas answer only for the app's domain; the busybox probe sends it, so none was
+    # ever unhealthy or restarted.
+    counts = node.exec(
+        ["docker", "inspect", "--format", "{{.RestartCount}}", *CONTAINERS]
+    ).stdout.split()
+    assert counts == ["0"] * len(CONTAINERS)
+    wrong = node.exec(
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            f"http://{found[f'{PROJECT}-web-1']['ip']}:8000/healthz",
+        ]
+    )
+    assert wrong.stdout == "400"
     # The wrapper fills the secret variables from the root-only file; the compose file has none.
     env = node.exec(["docker", "exec", f"{PROJECT}-web-1", "cat", "/run/standin.env"]).stdout
     assert "DATABASE_PASSWORD=<secret:DATABASE_PASSWORD>" in env

@@ -75,6 +75,15 @@ def test_every_unit_active_and_every_replica_healthy(primary):
     for svc, count in SERVICES.items():
         for n in range(1, count + 1):
             assert f"{svc}-{n}: healthy" in node.journal(f"app-{svc}@{n}.service", 400)
+    # The replicas answer only for the app's domain (as Django's ALLOWED_HOSTS would), yet the
+    # probes pass and nothing was restarted: probes and Caddy send the domain as Host.
+    ip = containers["web-1"]["ip"]
+    wrong = node.exec(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ip}:8000/"])
+    assert wrong.stdout == "400"
+    for n in (1, 2):
+        restarts = node.exec(["systemctl", "show", "--value", "-p", "NRestarts", f"app-web@{n}"])
+        assert restarts.stdout.strip() == "0"
+    assert "restarting" not in node.journal("app-web-health.service", 200)
     # Secrets reach the container from the root-only env file, values verbatim.
     env = node.exec(["docker", "exec", "web-1", "cat", "/run/standin.env"]).stdout
     assert "DATABASE_HOST=postgres" in env

@@ -546,6 +546,27 @@ def test_http_health_accepts_2xx_and_3xx(tmp_path: Path, code: str, healthy: boo
     assert curls[0][-1] == "http://10.0.0.2:8000/healthz"
 
 
+def test_http_probes_send_the_host_the_proxy_sends(tmp_path: Path):
+    # An app that checks its host (Django's ALLOWED_HOSTS) answers 400 to the container's
+    # address; the probe and Caddy's active check send the route's host instead.
+    data = with_service(
+        copy.deepcopy(EXAMPLE_DATA),
+        "web",
+        ports=[{"port": 8000, "expose": "http", "host": "admin.example.com"}],
+    )
+    for app_data, host in ((EXAMPLE_DATA, "shop.example.com"), (data, "admin.example.com")):
+        box = _health_box(tmp_path / host, app_data)
+        box.run("health-web", "check")
+        curl = next(c for c in box.recorded() if c[0] == "curl")
+        assert curl[curl.index("--header") + 1] == f"Host: {host}"
+        config = json.loads(
+            render_node_files(primary(spec(app_data)))["/etc/blueprints/caddy.json"]
+        )
+        routes = config["apps"]["http"]["servers"]["app"]["routes"]
+        web = next(r for r in routes if r["match"][0]["host"] == [host])["handle"][0]
+        assert web["health_checks"]["active"]["headers"] == {"Host": [host]}
+
+
 def test_tcp_health_probes_the_port(tmp_path: Path):
     import socket
 

@@ -173,7 +173,7 @@ def _healthcheck(app: AppSpec, svc: Service) -> dict[str, Any] | None:
     port = health.port or (svc.ports[0].port if svc.ports else None)
     if health.type == "http":
         test = ["CMD", PROBE_BUSYBOX, "sh", "-c", HTTP_PROBE, PROBE_BUSYBOX, health.path]
-        test += [_probe_host(app, svc), str(port), str(health.timeout)]
+        test += [svm.probe_host(app, svc), str(port), str(health.timeout)]
     elif health.type == "tcp":
         # Connects, then runs `busybox true` on the connection: exit 0 once the port accepts.
         test = ["CMD", PROBE_BUSYBOX, "nc", "-w", str(health.timeout), "127.0.0.1", str(port)]
@@ -187,14 +187,6 @@ def _healthcheck(app: AppSpec, svc: Service) -> dict[str, Any] | None:
         "retries": health.retries,
         "start_period": f"{health.start_period}s",
     }
-
-
-def _probe_host(app: AppSpec, svc: Service) -> str:
-    """The Host header of an http probe: what the proxy would send (apps often check it)."""
-    for port in svc.public_http_ports:
-        if port.host:
-            return port.host
-    return app.domain
 
 
 def _escape_interpolation(value: Any) -> Any:

@@ -233,6 +233,16 @@ def check_app(app: AppSpec) -> list[Problem]:
     return problems
 
 
+def probe_host(app: AppSpec, svc: Service) -> str:
+    """The Host header of an http health probe: what the proxy would send, since apps often
+    check it (Django's ALLOWED_HOSTS, Rails' host authorization answer 400 to anything else).
+    The host of the service's first public http port, else the app's domain."""
+    for port in svc.public_http_ports:
+        if port.host:
+            return port.host
+    return app.domain
+
+
 def _network(app: AppSpec) -> str:
     # Suffixed so that no app name can pick one of docker's own networks (host, bridge, none).
     return f"{app.name}-net"
@@ -366,6 +376,7 @@ def _service_files(app: AppSpec, name: str, svc: Service) -> dict[str, str]:
             start_period=health.start_period,
             port=port,
             path=health.path,
+            host=probe_host(app, svc),
             command=list(health.command or []),
             inspect_format=_INSPECT_FORMAT,
         )
@@ -427,6 +438,9 @@ def _caddy_config(app: AppSpec, dynamic: bool = False) -> dict[str, object] | No
                 health_port = svc.health.port or svc.ports[0].port
                 if health_port != port.port:
                     active["port"] = health_port
+                # The route's host, as on the requests it proxies: Caddy would otherwise send
+                # the upstream's address, which an app that checks its host answers with 400.
+                active["headers"] = {"Host": [host]}
                 # Caddy counts only 2xx as healthy here (the host-side check also accepts 3xx).
                 proxy["health_checks"] = {"active": active}
             match: dict[str, object] = {"host": [host]}

@@ -3,9 +3,10 @@
 No registry is reachable from these machines, so the spec's images (ghcr.io/..., postgres:16.4)
 cannot be pulled. Each one is replaced by a small image under the same name: a root file system
 holding a static busybox and an entrypoint that
-- serves HTTP (busybox httpd) on every port the spec gives the services using that image, so http
-  and tcp health checks and the reverse proxy have something real to talk to; the body of `/` is
-  the container's hostname, which tells replicas apart;
+- serves HTTP on every port the spec gives the services using that image (busybox httpd, or a
+  handler that answers only the app's domain, see HOST_CHECKING_HTTP), so http and tcp health
+  checks and the reverse proxy have something real to talk to; the body of `/` is the
+  container's hostname, which tells replicas apart;
 - answers each health check path with 200 while the file behind it exists (a test removes it to
   make a replica unhealthy);
 - provides every health command's program (`pg_isready`, `celery`, ...) as a script that exits 0
@@ -58,13 +59,46 @@ for path in $STANDIN_PATHS; do
   echo ok > "/www$path"
 done
 for port in $STANDIN_PORTS; do
-  httpd -p "$port" -h /www
+  if [ -n "${STANDIN_HOST:-}" ]; then
+    nc -ll -p "$port" -e /standin-http &
+  else
+    httpd -p "$port" -h /www
+  fi
 done
 trap 'exit 0' TERM INT
 while :; do
   sleep 1 &
   wait $!
 done
+"""
+
+# With STANDIN_HOST set, each port is served by this handler instead of httpd: like an app that
+# checks its host (Django's ALLOWED_HOSTS, Rails' host authorization), it answers any other Host
+# with 400. One exchange per connection (busybox nc -ll -e).
+HOST_CHECKING_HTTP = r"""#!/bin/sh
+# Stand-in HTTP handler (blueprints tests): 400 unless the Host header is $STANDIN_HOST.
+cr=$(printf '\r')
+read -r method path version
+host=
+while IFS= read -r line; do
+  line=${line%"$cr"}
+  [ -n "$line" ] || break
+  case $line in
+    [Hh][Oo][Ss][Tt]:*) host=${line#*:}; host=${host# }; host=${host%:*} ;;
+  esac
+done
+path=${path%%\?*}
+if [ "$host" != "$STANDIN_HOST" ]; then
+  status="400 Bad Request"; body="invalid host: $host"
+elif [ "$path" = / ]; then
+  status="200 OK"; body=$(cat /www/index.html)
+elif [ -f "/www$path" ]; then
+  status="200 OK"; body=$(cat "/www$path")
+else
+  status="404 Not Found"; body="not found"
+fi
+printf 'HTTP/1.0 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s\n' \
+  "$status" "$((${#body} + 1))" "$body"
 """
 
 HEALTH_COMMAND = f"""#!/bin/sh
@@ -146,6 +180,7 @@ def _app_image(tarball: Path, commands: set[str]) -> None:
     for applet in BUSYBOX_APPLETS:
         members[f"bin/{applet}"] = (None, 0o777, "busybox")
     members["standin"] = (ENTRYPOINT.encode(), 0o755, None)
+    members["standin-http"] = (HOST_CHECKING_HTTP.encode(), 0o755, None)
     members["etc/passwd"] = (b"root:x:0:0:root:/:/bin/sh\n", 0o644, None)
     members["etc/group"] = (b"root:x:0:\n", 0o644, None)
     for command in sorted(commands):
@@ -170,8 +205,13 @@ def _file_name(tag: str) -> str:
     return f"{safe}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}.tar"
 
 
-def build_standins(app: AppSpec, directory: Path, proxy: bool = True) -> list[StandIn]:
-    """Write one image tarball per distinct image of the spec (plus the proxy's) into directory."""
+def build_standins(
+    app: AppSpec, directory: Path, proxy: bool = True, host: str | None = None
+) -> list[StandIn]:
+    """Write one image tarball per distinct image of the spec (plus the proxy's) into directory.
+
+    With `host`, the app images answer HTTP only for that Host header (400 for any other).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     by_image: dict[str, dict[str, set]] = {}
     for _, svc in app.sorted_services():
@@ -193,6 +233,7 @@ def build_standins(app: AppSpec, directory: Path, proxy: bool = True) -> list[St
             f"ENV {PATH_ENV}",
             _env("STANDIN_PORTS", " ".join(str(p) for p in sorted(want["ports"]))),
             _env("STANDIN_PATHS", " ".join(sorted(want["paths"]))),
+            _env("STANDIN_HOST", host or ""),
         )
         images.append(StandIn(tag=tag, tarball=tarball, changes=changes))
     if proxy:

@@ -124,7 +124,8 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
     """
     plan, text = user_data(stack, suffix)
     app = load_spec(PROJECT / "examples/app.yaml")
-    images = build_standins(app, WORK_ROOT / "images" / stack)
+    # Like Django or Rails in production, the stand-ins answer only for the app's domain.
+    images = build_standins(app, WORK_ROOT / "images" / stack, host=app.domain)
     network = TestNetwork(stack)
     network.create()
     disk = node = None
