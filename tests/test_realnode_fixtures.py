@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,61 @@ def test_ssh_server_on_loopback_runs_commands_with_the_generated_key():
         assert run([*argv, "-o", "IdentitiesOnly=yes", "true"], check=False).returncode == 255
         pid = ssh.proc.pid
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_node_that_fails_to_come_up_leaves_nothing_behind():
+    """A user data the harness cannot install, and a node whose test fails after it booted:
+    both are taken down completely by the same code paths the suites' fixtures use."""
+    from tests.realnode.host import HarnessError
+    from tests.realnode.net import TestNetwork
+    from tests.realnode.node import DataDisk, Node
+
+    good = '#cloud-config\nruncmd: ["true"]\n'
+    with TestNetwork("failing") as network:
+        disk = DataDisk("failing-volume", size_mb=16)
+        try:
+            with pytest.raises(HarnessError, match="bootcmd"):
+                Node("bad", "#cloud-config\nbootcmd: [reboot]\n", network)
+            node = Node("good", good, network, host=11)
+            try:
+                node.start()
+                node.wait_booted()
+                with pytest.raises(AssertionError):
+                    node.wait_active(["no-such.service"], timeout=2)
+            finally:
+                node.destroy()
+        finally:
+            disk.destroy()
+    assert leftovers() == []
+
+
+def test_sweep_removes_what_an_interrupted_run_left():
+    # sweep() takes down everything of the harness, so no node may be up: the suites' nodes are
+    # module fixtures, gone when this module runs.
+    from tests.realnode.host import sweep
+
+    scratch = WORK_ROOT / "fixtures" / "interrupted"
+    (scratch / "mnt").mkdir(parents=True)
+    image = scratch / "disk.img"
+    image.write_bytes(b"\0" * 1024 * 1024)
+    run(["ip", "netns", "add", f"{PREFIX}-interrupted-lan"])
+    loop = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
+    run(["mount", "-t", "tmpfs", "tmpfs", str(scratch / "mnt")])
+    # A process whose command line names the scratch space, as a node's nspawn would.
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)", str(scratch)],
+        start_new_session=True,
+    )
+    try:
+        found = leftovers()
+        assert f"network namespace {PREFIX}-interrupted-lan" in found
+        assert f"mount {scratch / 'mnt'}" in found
+        assert any(item.startswith(f"loop device {loop} ") for item in found)
+        assert any(item.startswith(f"process {sleeper.pid}:") for item in found)
+        assert sorted(sweep()) == sorted(found)
+        sleeper.wait(timeout=10)
+        assert leftovers() == []
+        assert not scratch.exists()
+    finally:
+        stop_pid(sleeper.pid)
+        sweep()
