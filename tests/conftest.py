@@ -28,9 +28,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     if os.geteuid() != 0:
         return
-    from tests.realnode.host import sweep
+    from tests.realnode import host
 
-    stale = sweep()
+    lock = host.lock_session()
+    if lock is None:
+        # Another session runs nodes on this machine: leave it alone, refuse the node tests.
+        host.session_refused = (
+            f"another test session holds {host.SESSION_LOCK} and runs real nodes on this "
+            "machine; the names would collide, so run the node tests after it ends"
+        )
+        return
+    session.config._realnode_lock = lock  # released when the process ends
+    stale = host.sweep()
     if stale:
         print(f"\nreal-node harness: removed {len(stale)} leftovers of an interrupted run")
 

@@ -12,7 +12,15 @@ import pytest
 
 from blueprints.render import single_vm
 from blueprints.spec import load_spec
-from tests.realnode.host import PREFIX, WORK_ROOT, leftovers, require_host, run, stop_pid
+from tests.realnode.host import (
+    PREFIX,
+    WORK_ROOT,
+    leftovers,
+    require_host,
+    run,
+    stop_pid,
+    wait_for,
+)
 from tests.realnode.images import UNHEALTHY_FLAG, build_standins
 from tests.realnode.light import Caddy, DockerEngine, SshServer, internal_ca
 from tests.realnode.net import add_netns, del_netns
@@ -82,7 +90,7 @@ def test_real_caddy_serves_the_rendered_config_over_tls_and_balances():
     try:
         # `ip netns exec` shows /etc/netns/NAME/hosts as /etc/hosts: the rendered upstreams
         # (web-1:8000, web-2:8000) resolve to two busybox httpd on loopback addresses.
-        hosts.mkdir(parents=True)
+        hosts.mkdir(parents=True, exist_ok=True)
         (hosts / "hosts").write_text("127.0.0.1 localhost\n127.0.0.2 web-1\n127.0.0.3 web-2\n")
         for n in (1, 2):
             www = WORK_ROOT / "fixtures" / f"www-{n}"
@@ -133,6 +141,8 @@ def test_real_caddy_serves_the_rendered_config_over_tls_and_balances():
                     check=False,
                 )
 
+            # The root certificate is written before the site's own certificate is issued.
+            wait_for("Caddy to serve the domain", lambda: get().returncode == 0, 30, 0.2)
             bodies = {get().stdout.strip() for _ in range(10)}
             assert bodies == {"web-1", "web-2"}
             # With one replica gone, every request still lands on the other one.

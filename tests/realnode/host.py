@@ -8,6 +8,7 @@ for any of them, so a test (and the session's end) can prove that nothing was le
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -21,6 +22,13 @@ WORK_ROOT = Path(os.environ.get("BLUEPRINTS_REALNODE_WORK", "/var/tmp/blueprints
 # The cached Debian root (and nothing else) lives here between runs.
 CACHE_ROOT = Path(os.environ.get("BLUEPRINTS_REALNODE_CACHE", "/var/cache/blueprints-realnode"))
 
+# Set in the environment of every node's init (systemd-nspawn --setenv), so leftovers() finds a
+# node even when the nspawn process that started it is gone.
+NODE_MARKER = "BPT_NODE"
+# Held (flock) for a whole pytest session that uses the harness; a second session on the same
+# machine would collide on every name, so it is refused instead of sweeping the first one away.
+SESSION_LOCK = WORK_ROOT.parent / "blueprints-realnode.lock"
+
 INSTALL_HINT = "run scripts/install-realnode (make test does)"
 TOOLS = ("systemd-nspawn", "mmdebstrap", "ip", "losetup", "nsenter", "mount", "curl", "sshd")
 
@@ -29,10 +37,16 @@ class HarnessError(RuntimeError):
     """Something the harness could not do; the message says what and what to check."""
 
 
+# Set by the test session (tests/conftest.py) once it holds the harness lock, or why it does not.
+session_refused: str | None = None
+
+
 def require_host() -> None:
-    """Root and the tools the harness drives, or one sentence saying what is missing."""
+    """Root, the tools the harness drives and the harness lock, or one sentence on what is wrong."""
     if os.geteuid() != 0:
         raise HarnessError("real-node tests need root (network namespaces, loop devices, mounts)")
+    if session_refused is not None:
+        raise HarnessError(session_refused)
     missing = [tool for tool in TOOLS if shutil.which(tool) is None and not _sbin(tool)]
     if missing:
         raise HarnessError(f"missing {', '.join(missing)}; {INSTALL_HINT}")
@@ -130,22 +144,51 @@ def leftovers() -> list[str]:
     for line in loops.stdout.splitlines():
         if work in line:
             found.append(f"loop device {line.split()[0]} ({line.split(None, 1)[1]})")
+    netns_files = Path("/etc/netns")
+    if netns_files.is_dir():
+        found += [
+            f"directory {p}" for p in netns_files.iterdir() if p.name.startswith(PREFIX + "-")
+        ]
+    mine = {os.getpid(), os.getppid()}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) in mine:
             continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if work in cmdline or f"--machine={PREFIX}-" in cmdline:
-            found.append(f"process {proc.name}: {cmdline.strip()[:160]}")
+        cmdline = b" ".join(args).decode(errors="replace").strip()
+        ours = any(
+            a.decode(errors="replace").startswith(work + "/")
+            or a.decode(errors="replace").startswith(f"--machine={PREFIX}-")
+            for a in args
+        )
+        if ours or any(e.startswith(f"{NODE_MARKER}={PREFIX}-".encode()) for e in environ):
+            found.append(f"process {proc.name}: {cmdline[:160]}")
     return found
+
+
+def lock_session():
+    """Take the machine-wide harness lock for this process; None if another session holds it.
+
+    Keep the returned file open for as long as nodes may run (the lock goes with it).
+    """
+    SESSION_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(SESSION_LOCK, "w")  # noqa: SIM115 - held open for the session
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def sweep() -> list[str]:
     """Remove what an earlier, interrupted run left (see leftovers); returns what it found.
 
-    Call it only when no harness object of this run exists yet (at the start of a session).
+    Call it only while holding lock_session() and before this session made anything: it takes
+    down every node, namespace and fixture of the harness on this machine.
     """
     found = leftovers()
     for item in found:
@@ -164,6 +207,8 @@ def sweep() -> list[str]:
             run(["losetup", "--detach", item.split()[2]], check=False)
         elif item.startswith("network namespace "):
             run(["ip", "netns", "del", item.split()[2]], check=False)
+        elif item.startswith("directory "):
+            shutil.rmtree(item.split(None, 1)[1], ignore_errors=True)
     for sub in ("nodes", "disks", "fixtures", "images"):
         shutil.rmtree(WORK_ROOT / sub, ignore_errors=True)
     return found

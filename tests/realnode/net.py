@@ -1,9 +1,11 @@
 """A private test network: one network namespace holding a bridge, and a namespace per host.
 
-Addresses come from 198.18.0.0/15 (set aside for network tests); the "floating" range
-203.0.113.0/24 (the one the offline plan hands out) is routed onto the bridge too, so a floating
-address configured on whichever node holds it answers there. Traffic never leaves these
-namespaces: there is no default route and no link to the host's own network.
+Addresses come from 198.18.0.0/15 (set aside for network tests). A floating address (the
+offline plan hands them out of 203.0.113.0/24) is routed to one node at a time, the way Hetzner
+routes a floating IP to the server it is assigned to: `assign(ip, node_address)` points the
+client side's route at that node, which answers because its netplan file put the address on
+eth0 (every node of a stack has that file; only the assigned one gets the traffic). Traffic
+never leaves these namespaces: there is no default route and no link to the host's network.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pathlib import Path
 
 from tests.realnode.host import PREFIX, HarnessError, run
 
-FLOATING_RANGE = "203.0.113.0/24"
 _counter = itertools.count(1)
 
 
@@ -65,7 +66,6 @@ class TestNetwork:
             run(["ip", "-n", self.lan, "link", "add", "br0", "type", "bridge"])
             run(["ip", "-n", self.lan, "addr", "add", f"{self.gateway}/24", "dev", "br0"])
             run(["ip", "-n", self.lan, "link", "set", "br0", "up"])
-            run(["ip", "-n", self.lan, "route", "add", FLOATING_RANGE, "dev", "br0"])
         except HarnessError:
             del_netns(self.lan)
             raise
@@ -105,6 +105,10 @@ class TestNetwork:
     def remove_host(self, ns: str) -> None:
         del_netns(ns)  # its eth0 and the veth's other end go with it
         self.hosts.pop(ns, None)
+
+    def assign(self, floating_ip: str, node_address: str) -> None:
+        """Route `floating_ip` to the node at `node_address` (moving it if routed elsewhere)."""
+        run(["ip", "-n", self.lan, "route", "replace", f"{floating_ip}/32", "via", node_address])
 
     def run(self, argv: list[str], **kwargs):
         """Run a command on the client side of the network (the bridge's namespace)."""

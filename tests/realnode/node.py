@@ -7,10 +7,13 @@
     node.exec(["systemctl", "is-active", "app.target"])   # any command inside the node
     node.reboot(); node.destroy(); disk.destroy()
 
-What cloud-init does on a real VM, `install_user_data` does before the first boot, from the same
-#cloud-config text: users and keys, write_files (content, owner, permissions), and runcmd plus
-power_state as a first-boot unit. A few things cannot be real here; each is a test-only addition
-listed in TEST_ONLY, never a change to a rendered file:
+What cloud-init does on a real VM, `install_user_data` prepares from the same #cloud-config
+text: users and keys before the first boot; write_files (content, owner, permissions) staged and
+copied into place early in the first boot, after systemd loaded its units (as cloud-init's init
+stage does, so a rendered unit counts only after the runcmd's daemon-reload); runcmd in a unit
+like cloud-final; power_state in a process of its own once that is done. Keys it does not know,
+in the document or in an entry, are refused. A few things cannot be real here; each is a
+test-only addition listed in TEST_ONLY, never a change to a rendered file:
 - no udev in a container, so the data volume's /dev/disk/by-id path is a bind of the loop device
   and srv-data.mount gets a drop-in pointing at a second bind outside /dev (a mount on a /dev
   path waits for a device unit only udev announces);
@@ -32,8 +35,17 @@ from pathlib import Path
 import yaml
 
 from blueprints.render.unpack import user_data_files
-from tests.realnode.host import PREFIX, WORK_ROOT, HarnessError, run, stop_pid, wait_for
+from tests.realnode.host import (
+    NODE_MARKER,
+    PREFIX,
+    WORK_ROOT,
+    HarnessError,
+    run,
+    stop_pid,
+    wait_for,
+)
 from tests.realnode.images import StandIn
+from tests.realnode.light import internal_ca
 from tests.realnode.net import TestNetwork
 from tests.realnode.rootfs import PACKAGE_STANDINS, PACKAGES, base_root
 
@@ -42,6 +54,11 @@ CADDY_CONFIG = "etc/blueprints/caddy.json"
 DATA_BIND = "/var/lib/bpt/data-disk"
 IMAGES_DIR = "/var/lib/bpt/images"
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Keys of a write_files entry and of a user the stand-in handles; anything else is refused.
+WRITE_FILE_KEYS = {"path", "content", "encoding", "owner", "permissions"}
+USER_KEYS = {"name", "shell", "lock_passwd", "sudo", "ssh_authorized_keys"}
+# Where write_files wait until cloud-init's init stage would write them (bpt-write-files).
+STAGED = "/var/lib/bpt/write-files"
 # Keys of the user data the stand-in for cloud-init understands; anything else is refused.
 KNOWN_KEYS = {
     "package_update",
@@ -82,8 +99,11 @@ class DataDisk:
     def __init__(self, name: str, size_mb: int = 512):
         self.path = WORK_ROOT / "disks" / f"{name}.img"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "wb") as f:
-            f.truncate(size_mb * 1024 * 1024)
+        try:
+            with open(self.path, "xb") as f:
+                f.truncate(size_mb * 1024 * 1024)
+        except FileExistsError:
+            raise HarnessError(f"{self.path} exists; an earlier run was not cleaned up") from None
         self.loop: str | None = run(["losetup", "--find", "--show", str(self.path)]).stdout.strip()
 
     def destroy(self) -> None:
@@ -123,6 +143,7 @@ class Node:
         self.boots = 0
         self.data_device = _data_device(user_data)
         self._mounted = False
+        self._own_dir = False
         try:
             self._prepare()
         except BaseException:
@@ -132,11 +153,15 @@ class Node:
     # --- life cycle ---------------------------------------------------------------------------
 
     def _prepare(self) -> None:
-        if self.dir.exists():
-            raise HarnessError(f"{self.dir} exists; an earlier run was not cleaned up")
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir()
+        except FileExistsError:
+            raise HarnessError(f"{self.dir} exists; an earlier run was not cleaned up") from None
+        self._own_dir = True
         base = base_root()
         for sub in ("upper", "work", "root", "docker"):
-            (self.dir / sub).mkdir(parents=True)
+            (self.dir / sub).mkdir()
         run(
             [
                 "mount",
@@ -178,6 +203,8 @@ class Node:
             f"--network-namespace-path=/run/netns/{self.netns}",
             "--resolv-conf=off",
             "--capability=all",
+            # Lets host.leftovers() find the node's init even if nspawn itself is gone.
+            f"--setenv={NODE_MARKER}={self.machine}",
             "--system-call-filter=@keyring bpf",
             "--console=pipe",
             f"--bind={self.dir / 'docker'}:/var/lib/docker",
@@ -214,7 +241,32 @@ class Node:
             pids = children.read_text().split()
         except FileNotFoundError:
             return None
-        return int(pids[0]) if pids else None
+        # nspawn first forks helpers; the node's init is the child that is PID 1 of a PID
+        # namespace of its own (the last NSpid field).
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            nspid = next(
+                (ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")), []
+            )
+            if len(nspid) >= 2 and nspid[-1] == "1":
+                return int(pid)
+        return None
+
+    def wait_systemd(self, timeout: float = 30) -> str:
+        """Wait until the node's systemd answers (booted or not); its state, e.g. "starting"."""
+        return wait_for(
+            f"node {self.name}'s systemd to answer",
+            lambda: (
+                self.exec(["systemctl", "is-system-running"], check=False).stdout.strip()
+                not in ("", "offline")
+                and self.exec(["systemctl", "is-system-running"], check=False).stdout.strip()
+            ),
+            timeout,
+            0.2,
+        )
 
     def wait_booted(self, timeout: float = 240) -> float:
         """Wait until the node's systemd has finished starting up; seconds since start()."""
@@ -235,9 +287,13 @@ class Node:
         """Power the node off cleanly (SIGRTMIN+4 to its systemd), killing it after timeout."""
         if self.proc is None:
             return
-        if self.leader is not None and self.proc.poll() is None:
+        if self.leader is not None:
+            # Poweroff; after `timeout` stop_pid SIGKILLs the init, taking the node's PID
+            # namespace (every process in it) along. Only then is nspawn signalled: killing
+            # nspawn alone would leave the container running, reparented.
             stop_pid(self.leader, signal_first=_SIGRTMIN + 4, grace=timeout)
-        stop_pid(self.proc.pid, grace=10)
+        if self.proc.poll() is None:
+            stop_pid(self.proc.pid, grace=10)
         self.proc.wait(timeout=10)
         self.proc = None
         self.leader = None
@@ -249,7 +305,12 @@ class Node:
         self.stop(timeout=10)
 
     def reboot(self) -> None:
+        """Power off and boot again. eth0 keeps only the node's own address, as after a power
+        cycle: whatever the node configures at boot (its netplan files) must do so again."""
         self.stop()
+        assert self.netns is not None
+        run(["ip", "-n", self.netns, "addr", "flush", "dev", "eth0"])
+        run(["ip", "-n", self.netns, "addr", "add", f"{self.address}/24", "dev", "eth0"])
         self.start()
 
     def destroy(self) -> None:
@@ -265,7 +326,9 @@ class Node:
                 if _is_mount(self.root):
                     run(["umount", "--lazy", str(self.root)], check=False)
                 self._mounted = False
-            shutil.rmtree(self.dir, ignore_errors=True)
+            if self._own_dir:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                self._own_dir = False
 
     # --- inside the node ----------------------------------------------------------------------
 
@@ -275,15 +338,20 @@ class Node:
         """Run a command inside the node (all its namespaces), as root."""
         if self.leader is None:
             raise HarnessError(f"node {self.name} is not running")
-        proc = subprocess.run(
-            ["nsenter", f"--target={self.leader}", "--all", "--", *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=input,
-            check=False,
-            env={"PATH": NODE_PATH, "LANG": "C.UTF-8"},
-        )
+        try:
+            proc = subprocess.run(
+                ["nsenter", f"--target={self.leader}", "--all", "--", *argv],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                input=input,
+                check=False,
+                env={"PATH": NODE_PATH, "LANG": "C.UTF-8"},
+            )
+        except subprocess.TimeoutExpired:
+            raise HarnessError(
+                f"node {self.name}: {shlex.join(argv)} did not finish within {timeout:.0f}s"
+            ) from None
         if check and proc.returncode != 0:
             raise HarnessError(
                 f"node {self.name}: {shlex.join(argv)} exited {proc.returncode}:\n"
@@ -410,6 +478,23 @@ def install_user_data(root: Path, user_data: str, hostname: str, address: str) -
             f"package(s) {', '.join(missing)} are not in the node root; add them to "
             "tests/realnode/rootfs.py PACKAGES (or PACKAGE_STANDINS)"
         )
+    for key, entries, allowed in (
+        ("write_files", doc.get("write_files") or [], WRITE_FILE_KEYS),
+        ("users", doc.get("users") or [], USER_KEYS),
+    ):
+        for entry in entries:
+            extra = sorted(set(entry) - allowed) if isinstance(entry, dict) else ["(not a map)"]
+            if extra:
+                raise HarnessError(
+                    f"{key} entry {entry.get('path') or entry.get('name')!r}: "
+                    f"{', '.join(extra)} not handled by the real-node harness; it knows "
+                    f"{', '.join(sorted(allowed))}"
+                )
+    if "busybox-static" not in (doc.get("packages") or []):
+        # The root has busybox for every node; a node whose user data does not install it
+        # must not find it (the compose probes bind-mount it from the host).
+        for path in ("usr/bin/busybox", "bin/busybox"):
+            (root / path).unlink(missing_ok=True)
     if "docker-compose-v2" in (doc.get("packages") or []):
         plugin = root / COMPOSE_PLUGIN
         plugin.parent.mkdir(parents=True, exist_ok=True)
@@ -428,10 +513,12 @@ def install_user_data(root: Path, user_data: str, hostname: str, address: str) -
         )
     # The same decoding `blueprints render` uses (text, b64, gzip+b64).
     contents = user_data_files(user_data)
+    # Staged, not written: cloud-init writes them during the boot, after systemd loaded its
+    # units, so a rendered unit counts only once the runcmd's daemon-reload ran.
     for entry in doc.get("write_files") or []:
         _write(
             root,
-            entry["path"],
+            STAGED + "/" + str(entry["path"]).lstrip("/"),
             contents[str(entry["path"]).lstrip("/")].encode(),
             str(entry.get("permissions", "0644")),
             str(entry.get("owner", "root:root")),
@@ -484,7 +571,7 @@ def _netplan(root: Path, address: str) -> None:
 
 
 def _test_only_files(root: Path) -> None:
-    mount = root / "etc/systemd/system/srv-data.mount"
+    mount = root / STAGED.lstrip("/") / "etc/systemd/system/srv-data.mount"
     if mount.exists():
         _write(
             root,
@@ -492,11 +579,9 @@ def _test_only_files(root: Path) -> None:
             f"# real-node harness: no udev in a container\n[Mount]\nWhat={DATA_BIND}\n".encode(),
             "0644",
         )
-    caddy = root / CADDY_CONFIG
+    caddy = root / STAGED.lstrip("/") / CADDY_CONFIG
     if caddy.exists():
-        config = json.loads(caddy.read_text())
-        config["apps"]["tls"]["automation"]["policies"] = [{"issuers": [{"module": "internal"}]}]
-        config["apps"]["pki"] = {"certificate_authorities": {"local": {"install_trust": False}}}
+        config = internal_ca(json.loads(caddy.read_text()))
         caddy.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -517,6 +602,23 @@ WantedBy=multi-user.target
 """
 
 
+WRITE_FILES_UNIT = f"""[Unit]
+Description=real-node harness: cloud-init's write_files, early in the first boot
+DefaultDependencies=no
+After=local-fs.target
+Before=sysinit.target containerd.service docker.service ssh.service
+ConditionPathExists=!/var/lib/bpt/write-files-done
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'cp -a {STAGED}/. / && touch /var/lib/bpt/write-files-done'
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
 def _first_boot(root: Path, runcmd: list, power_state: dict | None) -> None:
     lines = [
         "#!/bin/sh",
@@ -534,12 +636,24 @@ def _first_boot(root: Path, runcmd: list, power_state: dict | None) -> None:
         if power_state.get("mode") != "poweroff":
             raise HarnessError(f"power_state mode {power_state.get('mode')!r} is not handled")
         condition = power_state.get("condition", True)
+        if not isinstance(condition, str | bool):
+            raise HarnessError(f"power_state condition {condition!r} is not a string or bool")
         test = condition if isinstance(condition, str) else ("true" if condition else "false")
-        lines.append(f"if sh -c {shlex.quote(test)}; then systemctl --no-block poweroff; fi")
+        # As cloud-init does: in a process of its own once the final stage is done, so that the
+        # boot completes while the condition waits.
+        script = f"if sh -c {shlex.quote(test)}; then systemctl poweroff; fi"
+        lines.append(
+            "systemd-run --no-block --unit=bpt-power-state --description="
+            f"{shlex.quote('cloud-init power_state (real-node harness)')} "
+            f"sh -c {shlex.quote(script)}"
+        )
     _write(root, "/var/lib/bpt/first-boot", ("\n".join(lines) + "\n").encode(), "0755")
-    _write(root, "/etc/systemd/system/bpt-first-boot.service", FIRST_BOOT_UNIT.encode(), "0644")
-    wants = root / "etc/systemd/system/multi-user.target.wants"
-    wants.mkdir(parents=True, exist_ok=True)
-    link = wants / "bpt-first-boot.service"
-    if not link.is_symlink():
-        link.symlink_to("/etc/systemd/system/bpt-first-boot.service")
+    for unit, text, target in (
+        ("bpt-write-files.service", WRITE_FILES_UNIT, "sysinit.target"),
+        ("bpt-first-boot.service", FIRST_BOOT_UNIT, "multi-user.target"),
+    ):
+        _write(root, f"/etc/systemd/system/{unit}", text.encode(), "0644")
+        wants = root / "etc/systemd/system" / f"{target}.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        if not (wants / unit).is_symlink():
+            (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")

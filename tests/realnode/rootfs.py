@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -91,9 +92,27 @@ for path in sorted(glob.glob("/etc/netplan/*.yaml")):
         for address in eth.get("addresses") or []:
             subprocess.run(["ip", "addr", "replace", address, "dev", name], check=True)
 """
+# On Ubuntu, netplan's generator and networkd apply /etc/netplan at every boot; the stand-in
+# above does it from this unit (the floating IP file, say, must survive a reboot).
+NETPLAN_UNIT = """[Unit]
+Description=blueprints real-node harness: apply /etc/netplan at boot (netplan stand-in)
+DefaultDependencies=no
+After=local-fs.target
+Before=network.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/netplan apply
+
+[Install]
+WantedBy=multi-user.target
+"""
 # Version of what the harness adds on top of the packages; part of the cache key.
 ROOT_RECIPE = hashlib.sha256(
-    "\n".join([SUITE, *PACKAGES, CGROUP_SCRIPT, CGROUP_UNIT, NETPLAN_STANDIN, "3"]).encode()
+    "\n".join(
+        [SUITE, *PACKAGES, CGROUP_SCRIPT, CGROUP_UNIT, NETPLAN_STANDIN, NETPLAN_UNIT]
+    ).encode()
 ).hexdigest()[:16]
 
 build_seconds: float | None = None  # set when this process built the root (not a cache hit)
@@ -116,6 +135,12 @@ def base_root() -> Path:
         try:
             run(
                 [
+                    # mmdebstrap (root mode) mounts /proc, /sys and /dev/pts inside the tree;
+                    # in a mount namespace of its own they cannot outlive an interrupted build.
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
                     "mmdebstrap",
                     "--variant=apt",
                     "--include=" + ",".join(PACKAGES),
@@ -124,7 +149,7 @@ def base_root() -> Path:
                 ],
                 timeout=1200,
             )
-        except HarnessError as exc:
+        except (HarnessError, subprocess.TimeoutExpired) as exc:
             shutil.rmtree(partial, ignore_errors=True)
             raise HarnessError(f"building the node root failed: {exc}") from None
         _customise(partial)
@@ -138,10 +163,14 @@ def _customise(root: Path) -> None:
     script = root / "usr/local/sbin/bpt-cgroups"
     script.write_text(CGROUP_SCRIPT)
     script.chmod(0o755)
-    (root / "etc/systemd/system/bpt-cgroups.service").write_text(CGROUP_UNIT)
-    wants = root / "etc/systemd/system/sysinit.target.wants"
-    wants.mkdir(parents=True, exist_ok=True)
-    (wants / "bpt-cgroups.service").symlink_to("/etc/systemd/system/bpt-cgroups.service")
+    for unit, text, target in (
+        ("bpt-cgroups.service", CGROUP_UNIT, "sysinit.target"),
+        ("bpt-netplan.service", NETPLAN_UNIT, "multi-user.target"),
+    ):
+        (root / "etc/systemd/system" / unit).write_text(text)
+        wants = root / "etc/systemd/system" / f"{target}.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
     netplan = root / "usr/sbin/netplan"
     netplan.write_text(NETPLAN_STANDIN)
     netplan.chmod(0o755)

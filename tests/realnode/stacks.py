@@ -124,14 +124,17 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
     """
     plan, text = user_data(stack, suffix)
     app = load_spec(PROJECT / "examples/app.yaml")
-    # Like Django or Rails in production, the stand-ins answer only for the app's domain.
-    images = build_standins(app, WORK_ROOT / "images" / stack, host=app.domain)
     network = TestNetwork(stack)
     network.create()
     disk = node = None
     try:
+        # Like Django or Rails in production, the stand-ins answer only for the app's domain.
+        images = build_standins(app, WORK_ROOT / "images" / stack, host=app.domain)
         disk = DataDisk(f"{stack}-volume")
         node = Node(suffix.lstrip("-") or "node", text, network, disk=disk, images=images)
+        fip = floating_ip(text)
+        if fip is not None:
+            network.assign(fip, node.address)
         node.start()
         booted = node.wait_booted()
         ready(node)
@@ -162,6 +165,7 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
         if disk is not None:
             disk.destroy()
         network.destroy()
+        shutil.rmtree(WORK_ROOT / "images" / stack, ignore_errors=True)
         raise
 
 
