@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from tests.realnode.host import require_host, wait_for
+from tests.realnode.host import wait_for
 from tests.realnode.node import TIMINGS
-from tests.realnode.stacks import boot_stack_node, destroy_stack_node
+from tests.realnode.stacks import booted_stack_node
 
 STACK = "compose-hcloud"
 PROJECT = "shop"
@@ -42,12 +42,8 @@ def _ready(node) -> None:
 
 @pytest.fixture(scope="module")
 def vm():
-    require_host()
-    sn = boot_stack_node(STACK, "-vm", _ready, "compose node")
-    try:
+    with booted_stack_node(STACK, "-vm", _ready, "compose node") as sn:
         yield sn
-    finally:
-        destroy_stack_node(sn)
 
 
 def test_blank_volume_is_formatted_once_and_mounted(vm):

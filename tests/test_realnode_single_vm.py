@@ -16,7 +16,7 @@ import pytest
 
 from tests.realnode.host import WORK_ROOT, require_host, wait_for
 from tests.realnode.node import TIMINGS
-from tests.realnode.stacks import boot_stack_node, destroy_stack_node
+from tests.realnode.stacks import booted_stack_node
 
 STACK = "single-vm-hcloud"
 SERVICES = {"web": 2, "worker": 1, "postgres": 1, "redis": 1}
@@ -33,12 +33,8 @@ def _ready(node) -> None:
 
 @pytest.fixture(scope="module")
 def primary():
-    require_host()
-    sn = boot_stack_node(STACK, "-primary", _ready, "single-vm node")
-    try:
+    with booted_stack_node(STACK, "-primary", _ready, "single-vm node") as sn:
         yield sn
-    finally:
-        destroy_stack_node(sn)
 
 
 def _replica_ids(node, service: str) -> dict[str, str]:
@@ -213,6 +209,8 @@ def test_primary_and_spare_side_by_side_only_the_volume_holder_runs_the_app():
     from tests.realnode.net import TestNetwork
     from tests.realnode.node import DataDisk, Node
     from tests.realnode.stacks import PROJECT, HttpsClient, floating_ip, user_data
+
+    require_host()
 
     _, primary_data = user_data(STACK, "-primary")
     _, spare_data = user_data(STACK, "-spare")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import yaml
 from blueprints.plan import Plan, plan_stack
 from blueprints.render.unpack import SERVER_TYPES, server_user_data, user_data_files
 from blueprints.spec import load_spec
-from tests.realnode.host import WORK_ROOT, HarnessError, wait_for
+from tests.realnode.host import WORK_ROOT, HarnessError, require_host, wait_for
 from tests.realnode.images import build_standins
 from tests.realnode.net import TestNetwork
 from tests.realnode.node import TIMINGS, DataDisk, Node
@@ -170,7 +172,6 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
 
 
 def destroy_stack_node(sn: StackNode) -> None:
-
     try:
         sn.node.destroy()
     finally:
@@ -179,3 +180,16 @@ def destroy_stack_node(sn: StackNode) -> None:
         finally:
             sn.network.destroy()
             shutil.rmtree(WORK_ROOT / "images" / sn.stack, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def booted_stack_node(stack: str, suffix: str, ready, label: str) -> Iterator[StackNode]:
+    """boot_stack_node as a context: the node, its volume and its network are gone on exit,
+    also when the body fails. A test module's fixture is `with booted_stack_node(...) as sn:
+    yield sn`."""
+    require_host()
+    sn = boot_stack_node(stack, suffix, ready, label)
+    try:
+        yield sn
+    finally:
+        destroy_stack_node(sn)
