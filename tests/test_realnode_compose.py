@@ -13,7 +13,7 @@ import pytest
 
 from tests.realnode.host import wait_for
 from tests.realnode.node import TIMINGS
-from tests.realnode.stacks import booted_stack_node
+from tests.realnode.stacks import booted_stack_node, http_status
 
 STACK = "compose-hcloud"
 PROJECT = "shop"
@@ -81,18 +81,8 @@ def test_compose_project_is_up_and_every_container_healthy(vm):
         ["docker", "inspect", "--format", "{{.RestartCount}}", *CONTAINERS]
     ).stdout.split()
     assert counts == ["0"] * len(CONTAINERS)
-    wrong = node.exec(
-        [
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            f"http://{found[f'{PROJECT}-web-1']['ip']}:8000/healthz",
-        ]
-    )
-    assert wrong.stdout == "400"
+    web_1 = found[f"{PROJECT}-web-1"]["ip"]
+    assert http_status(node.exec, f"http://{web_1}:8000/healthz") == "400"
     # The wrapper fills the secret variables from the root-only file; the compose file has none.
     env = node.exec(["docker", "exec", f"{PROJECT}-web-1", "cat", "/run/standin.env"]).stdout
     assert "DATABASE_PASSWORD=<secret:DATABASE_PASSWORD>" in env

@@ -16,7 +16,7 @@ import pytest
 
 from tests.realnode.host import WORK_ROOT, require_host, wait_for
 from tests.realnode.node import TIMINGS
-from tests.realnode.stacks import booted_stack_node
+from tests.realnode.stacks import booted_stack_node, http_status
 
 STACK = "single-vm-hcloud"
 SERVICES = {"web": 2, "worker": 1, "postgres": 1, "redis": 1}
@@ -76,8 +76,7 @@ def test_every_unit_active_and_every_replica_healthy(primary):
     # The replicas answer only for the app's domain (as Django's ALLOWED_HOSTS would), yet the
     # probes pass and nothing was restarted: probes and Caddy send the domain as Host.
     ip = containers["web-1"]["ip"]
-    wrong = node.exec(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ip}:8000/"])
-    assert wrong.stdout == "400"
+    assert http_status(node.exec, f"http://{ip}:8000/") == "400"
     for n in (1, 2):
         restarts = node.exec(["systemctl", "show", "--value", "-p", "NRestarts", f"app-web@{n}"])
         assert restarts.stdout.strip() == "0"
@@ -103,23 +102,8 @@ def test_caddy_serves_the_domain_over_tls_on_the_floating_ip_and_balances_web(pr
     assert seen == set(web.values()), f"answers came from {seen}, replicas are {web}"
     assert client.get("/healthz").status == 200
     # Port 80 redirects to HTTPS; only the domain is served.
-    plain = primary.network.run(
-        [
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-            "-H",
-            f"Host: {client.domain}",
-            f"http://{client.address}/",
-        ],
-        check=False,
-    )
-    assert plain.stdout == "308"
+    plain = http_status(primary.network.run, f"http://{client.address}/", client.domain)
+    assert plain == "308"
 
 
 def test_a_killed_container_comes_back_and_web_keeps_serving(primary):

@@ -140,7 +140,6 @@ class Node:
         self.proc: subprocess.Popen | None = None
         self.leader: int | None = None
         self.started_at = 0.0
-        self.boots = 0
         self.data_device = _data_device(user_data)
         self._mounted = False
         self._own_dir = False
@@ -227,7 +226,6 @@ class Node:
                 start_new_session=True,
             )
         self.leader = wait_for(f"node {self.name}'s systemd", self._find_leader, 30, 0.1)
-        self.boots += 1
 
     def _find_leader(self) -> int | None:
         assert self.proc is not None
@@ -255,30 +253,26 @@ class Node:
                 return int(pid)
         return None
 
+    def _system_state(self, *wait: str, timeout: float = 30) -> str | None:
+        """`systemctl is-system-running [--wait]`; None while systemd cannot be reached yet
+        (before its private socket exists systemctl says "offline")."""
+        state = self.exec(
+            ["systemctl", "is-system-running", *wait], check=False, timeout=timeout
+        ).stdout.strip()
+        return None if state in ("", "offline") else state
+
     def wait_systemd(self, timeout: float = 30) -> str:
         """Wait until the node's systemd answers (booted or not); its state, e.g. "starting"."""
-        return wait_for(
-            f"node {self.name}'s systemd to answer",
-            lambda: (
-                self.exec(["systemctl", "is-system-running"], check=False).stdout.strip()
-                not in ("", "offline")
-                and self.exec(["systemctl", "is-system-running"], check=False).stdout.strip()
-            ),
-            timeout,
-            0.2,
-        )
+        return wait_for(f"node {self.name}'s systemd to answer", self._system_state, timeout, 0.2)
 
     def wait_booted(self, timeout: float = 240) -> float:
         """Wait until the node's systemd has finished starting up; seconds since start()."""
-
-        # Until its systemd has set up its private socket, systemctl says "offline".
-        def settled() -> str | None:
-            state = self.exec(
-                ["systemctl", "is-system-running", "--wait"], check=False, timeout=timeout
-            ).stdout.strip()
-            return None if state in ("", "offline") else state
-
-        state = wait_for(f"node {self.name} to boot", settled, timeout, 0.2)
+        state = wait_for(
+            f"node {self.name} to boot",
+            lambda: self._system_state("--wait", timeout=timeout),
+            timeout,
+            0.2,
+        )
         if state not in ("running", "degraded"):
             raise HarnessError(f"node {self.name} did not finish booting: {state}")
         return time.monotonic() - self.started_at

@@ -46,6 +46,15 @@ def floating_ip(user_data_text: str) -> str | None:
     return address.split("/")[0]
 
 
+def http_status(run, url: str, host: str | None = None, timeout: float = 5) -> str:
+    """The status code of one plain-HTTP GET, by curl through `run` (Node.exec or
+    TestNetwork.run), with `host` as the Host header if given; "000" when nothing answered."""
+    argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", str(timeout)]
+    if host is not None:
+        argv += ["-H", f"Host: {host}"]
+    return run([*argv, url], check=False).stdout
+
+
 @dataclass
 class Response:
     status: int  # 0: no HTTP answer (refused, timed out, TLS failed)
