@@ -189,7 +189,9 @@ def render(
     ] = None,
     project: ProjectOpt = None,
 ) -> None:
-    """Write every file the stack's VMs run (user data and each file it installs) to disk.
+    """Write every file the stack's VMs run to disk: each server's bootstrap (its user data and
+    each file it installs) and, beside them in release/, the app's release (the document the
+    node receives and each file in it).
 
     Secrets appear as placeholders. Example: blueprints render single-vm-hcloud -o rendered/
     """

@@ -199,13 +199,15 @@ def moving_parts(files: Mapping[str, str]) -> tuple[Part, ...]:
 def config_size(files: Mapping[str, str]) -> tuple[int, int]:
     """(files, lines) of generated configuration, each distinct file once (not per server).
 
-    Keys and certificates are generated material, not configuration; user-data.yaml only
-    wraps the other files, so neither is counted.
+    Keys and certificates are generated material, not configuration; user-data.yaml and a
+    release's documents (release.yaml, secrets.yaml) only wrap the other files, so neither is
+    counted.
     """
     seen: dict[str, int] = {}
     for key, text in files.items():
         _, _, path = key.partition("/")
-        if path == "user-data.yaml" or text.lstrip().startswith("-----BEGIN"):
+        wrapper = path in ("user-data.yaml", "release.yaml", "secrets.yaml")
+        if wrapper or text.lstrip().startswith("-----BEGIN"):
             continue
         digest = hashlib.sha256(f"{path}\0{text}".encode()).hexdigest()
         seen[digest] = len(text.splitlines())

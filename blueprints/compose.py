@@ -12,9 +12,15 @@ from collections.abc import Mapping
 
 import pulumi
 
-from blueprints.render.compose import ComposeContext, check_app, render_cloud_init
+from blueprints.release import channel
+from blueprints.render.compose import (
+    ComposeContext,
+    check_app,
+    release_documents,
+    render_cloud_init,
+)
 from blueprints.settings import StackSettings
-from blueprints.single_vm import firewall_rules, node_ip
+from blueprints.single_vm import check_release_channel, firewall_rules, node_ip
 from blueprints.spec import AppSpec
 from blueprints.targets import make_target
 from blueprints.targets.base import ServerSpec, resource_labels
@@ -26,6 +32,10 @@ class Compose(pulumi.ComponentResource):
     @staticmethod
     def check(app: AppSpec) -> list[tuple[tuple[str | int, ...], str]]:
         return check_app(app)
+
+    @staticmethod
+    def check_settings(app: AppSpec, settings: StackSettings) -> list[str]:
+        return check_release_channel(app, settings)
 
     def __init__(
         self,
@@ -45,8 +55,9 @@ class Compose(pulumi.ComponentResource):
         selector = {"backup-policy": f"{prefix}-data"}
 
         network = target.network(f"{prefix}-net", labels)
-        firewall = target.firewall(f"{prefix}-fw", network, firewall_rules(app), labels)
-        key = target.ssh_key(f"{prefix}-admin", list(app.admin.ssh_keys), labels)
+        firewall = target.firewall(f"{prefix}-fw", network, firewall_rules(app, settings), labels)
+        deploy_key = channel.deploy_key(f"{prefix}-deploy-key", self)
+        key = target.ssh_key(f"{prefix}-deploy", [deploy_key.public_key_openssh], labels)
         volume = target.volume(
             f"{prefix}-data",
             app.data_size_gb,
@@ -57,14 +68,16 @@ class Compose(pulumi.ComponentResource):
         ip_in_os = fip is not None and target.floating_ip_in_os
         archive = backups.enabled and not target.volume_snapshots
         address = fip.address if fip is not None else pulumi.Output.from_input("")
-        user_data = pulumi.Output.all(volume.device_path, address, secrets).apply(
+        user_data = pulumi.Output.all(
+            volume.device_path, address, deploy_key.public_key_openssh
+        ).apply(
             lambda values: render_cloud_init(
                 ComposeContext(
                     app=app,
                     data_device=values[0],
                     floating_ip=values[1] if ip_in_os else None,
                     archive_data=archive,
-                    secrets=dict(values[2] or {}),
+                    deploy_key=str(values[2]).strip(),
                 )
             )
         )
@@ -82,9 +95,20 @@ class Compose(pulumi.ComponentResource):
                 backups=archive,
             )
         )
-        target.attach_volume(f"{prefix}-data-attachment", volume, server)
+        attachment = target.attach_volume(f"{prefix}-data-attachment", volume, server)
+        ready: list[pulumi.Resource] = [server.resource, attachment]
         if fip is not None:
-            target.assign_floating_ip(f"{prefix}-ip-assignment", fip, server)
+            ready.append(target.assign_floating_ip(f"{prefix}-ip-assignment", fip, server))
+        channel.deliver(
+            prefix,
+            host=fip.address if fip is not None else server.public_ip,
+            key=deploy_key,
+            secrets=secrets,
+            has_secrets=bool(app.secret_names()),
+            documents=lambda key_pem, values: release_documents(app, key_pem, values, archive),
+            depends_on=ready,
+            parent=self,
+        )
         if backups.enabled:
             target.volume_backups(f"{prefix}-snapshots", selector, backups, labels)
         else:
@@ -95,6 +119,7 @@ class Compose(pulumi.ComponentResource):
             "address": public,
             "url": f"https://{app.domain}",
             "sshCommand": public.apply(lambda ip: f"ssh deploy@{ip}"),
+            "deployKey": pulumi.Output.secret(deploy_key.private_key_openssh),
             "dnsRecord": public.apply(lambda ip: f"{app.domain}. A {ip}"),
             "backups": _backup_note(app, archive),
         }

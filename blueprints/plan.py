@@ -13,6 +13,7 @@ still marked secret, so nothing real ever reaches a plan or a rendered file.
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import hashlib
 import ipaddress
@@ -160,6 +161,15 @@ def _fake_pem(label: str, name: str) -> str:
     return f"-----BEGIN {label}-----\nOFFLINE-{name}\n-----END {label}-----\n"
 
 
+def _fake_openssh_key(name: str) -> str:
+    """An OpenSSH ed25519 public key line in the right format whose 32 key bytes are a digest
+    of the resource's name: stable across plans, and no private key exists for it."""
+    blob = b"".join(
+        len(part).to_bytes(4, "big") + part for part in (b"ssh-ed25519", _digest("ssh", name))
+    )
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} offline-{name}"
+
+
 def fake_outputs(type_: str, name: str, id_: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """The computed properties the blueprints read, as the provider would report them."""
     state = dict(inputs)
@@ -196,6 +206,8 @@ def fake_outputs(type_: str, name: str, id_: str, inputs: dict[str, Any]) -> dic
         "tls:index/privateKey:PrivateKey": {
             "privateKeyPem": _fake_pem("PRIVATE KEY", name),
             "publicKeyPem": _fake_pem("PUBLIC KEY", name),
+            "privateKeyOpenssh": _fake_pem("OPENSSH PRIVATE KEY", name),
+            "publicKeyOpenssh": _fake_openssh_key(name),
         },
         "tls:index/selfSignedCert:SelfSignedCert": {"certPem": _fake_pem("CERTIFICATE", name)},
         "tls:index/certRequest:CertRequest": {

@@ -7,6 +7,7 @@ The app spec says what the app needs; these settings live in stacks/Pulumi.<stac
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from typing import Any, Literal
@@ -127,6 +128,13 @@ class StackSettings(BaseModel):
     localstack_endpoint: str = Field(
         default=LOCALSTACK_ENDPOINT, description="LocalStack gateway URL (localstack target only)."
     )
+    deployer_networks: list[str] | None = Field(
+        default=None,
+        description="single-vm, compose: networks `pulumi up` runs from; the release goes over "
+        "SSH from there, so the firewall admits SSH from them. Unset: the spec's admin.cidrs. A "
+        "GitLab shared runner has no fixed address: use a runner of your own (its egress "
+        "address/32) or 0.0.0.0/0 (key-only SSH; the deploy key is the stack's).",
+    )
     protect_data: bool = Field(
         default=True,
         description="Protect the data volume and the floating IP against delete and replace.",
@@ -242,6 +250,31 @@ class StackSettings(BaseModel):
             raise ValueError(f"must be a private IPv4 range like 10.0.0.0/16 (got {v!r})") from None
         if net.version != 4 or not net.is_private:
             raise ValueError(f"must be a private IPv4 range like 10.0.0.0/16 (got {v!r})")
+        return v
+
+    @field_validator("deployer_networks", mode="before")
+    @classmethod
+    def _deployer_list(cls, v: Any) -> Any:
+        # Pulumi config hands a YAML list to the program as its JSON text.
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                raise ValueError(
+                    f"must be a list of networks like ['198.51.100.7/32'] (got {v!r})"
+                ) from None
+        return v
+
+    @field_validator("deployer_networks")
+    @classmethod
+    def _deployer_cidrs(cls, v: list[str] | None) -> list[str] | None:
+        for cidr in v or []:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError:
+                raise ValueError(
+                    f"{cidr!r} is not a network like 198.51.100.7/32 or 2001:db8::/48"
+                ) from None
         return v
 
     @field_validator("server_type")

@@ -3,6 +3,9 @@
 Which node is active is stack config. Flipping it moves the volume attachment and the
 floating IP assignment (and on a cloud whose provider manages power, the two power states) and
 nothing else: both nodes' user data is independent of the active role.
+
+The nodes' user data is their bootstrap only; the app is the release, handed over SSH to
+whichever node holds the floating IP (blueprints.release.channel) and kept on the data volume.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from collections.abc import Mapping
 
 import pulumi
 
+from blueprints.release import channel
 from blueprints.render import NodeContext, check_app, render_cloud_init
+from blueprints.render.single_vm import release_documents
 from blueprints.settings import StackSettings
 from blueprints.spec import AppSpec
 from blueprints.targets import FirewallRule, make_target
@@ -22,16 +27,24 @@ NODES = ("primary", "spare")
 PUBLIC = ("0.0.0.0/0", "::/0")
 
 
-def firewall_rules(app: AppSpec) -> list[FirewallRule]:
+def ssh_networks(app: AppSpec, settings: StackSettings) -> list[str]:
+    """Where SSH is admitted from: the admin networks and those `pulumi up` runs from (the
+    release channel), which default to the admin networks."""
+    deployers = settings.deployer_networks
+    return sorted({*app.admin.cidrs, *(app.admin.cidrs if deployers is None else deployers)})
+
+
+def firewall_rules(app: AppSpec, settings: StackSettings) -> list[FirewallRule]:
     """Inbound allowances for a VM facing the internet directly: 80/443 from anywhere, SSH only
-    from the admin networks (no rule at all when there are none), and any tcp port the spec
-    publishes. Everything else is denied by the target's default."""
+    from the admin and deployer networks, and any tcp port the spec publishes. Everything else
+    is denied by the target's default."""
     rules = [
         FirewallRule(80, PUBLIC, "http (ACME challenge, redirect to https)"),
         FirewallRule(443, PUBLIC, "https"),
     ]
-    if app.admin.cidrs:
-        rules.append(FirewallRule(22, tuple(app.admin.cidrs), "ssh from admin networks"))
+    ssh = ssh_networks(app, settings)
+    if ssh:
+        rules.append(FirewallRule(22, tuple(ssh), "ssh from admin and deployer networks"))
     for name, svc in app.sorted_services():
         for port in svc.public_tcp_ports:
             rules.append(FirewallRule(port.published, PUBLIC, f"{name} tcp {port.port}"))
@@ -52,6 +65,10 @@ class SingleVm(pulumi.ComponentResource):
     def check(app: AppSpec) -> list[tuple[tuple[str | int, ...], str]]:
         """Spec rules of this blueprint (beyond the spec's own), as (field path, message)."""
         return check_app(app)
+
+    @staticmethod
+    def check_settings(app: AppSpec, settings: StackSettings) -> list[str]:
+        return check_release_channel(app, settings)
 
     def __init__(
         self,
@@ -74,9 +91,10 @@ class SingleVm(pulumi.ComponentResource):
             )
 
         network = target.network(f"{prefix}-net", labels)
-        firewall = target.firewall(f"{prefix}-fw", network, firewall_rules(app), labels)
+        firewall = target.firewall(f"{prefix}-fw", network, firewall_rules(app, settings), labels)
         placement = target.placement_group(f"{prefix}-spread", labels)
-        key = target.ssh_key(f"{prefix}-admin", list(app.admin.ssh_keys), labels)
+        deploy_key = channel.deploy_key(f"{prefix}-deploy-key", self)
+        key = target.ssh_key(f"{prefix}-deploy", [deploy_key.public_key_openssh], labels)
         volume = target.volume(f"{prefix}-data", app.data_size_gb, labels)
         fip = target.floating_ip(f"{prefix}-ip", labels)
 
@@ -89,9 +107,9 @@ class SingleVm(pulumi.ComponentResource):
                 "park": target.parks_with_cloud_init,
                 "ip_in_os": target.floating_ip_in_os,
             }
-            user_data = pulumi.Output.all(volume.device_path, fip.address, secrets).apply(
-                lambda values, a=ctx_args: _user_data(app, values, **a)
-            )
+            user_data = pulumi.Output.all(
+                volume.device_path, fip.address, deploy_key.public_key_openssh
+            ).apply(lambda values, a=ctx_args: _user_data(app, values, **a))
             servers[node] = target.server(
                 ServerSpec(
                     name=f"{prefix}-{node}",
@@ -106,16 +124,36 @@ class SingleVm(pulumi.ComponentResource):
             )
 
         active = servers[settings.active]
-        target.attach_volume(f"{prefix}-data-attachment", volume, active)
-        target.assign_floating_ip(f"{prefix}-ip-assignment", fip, active)
-        for node, server in servers.items():
+        attachment = target.attach_volume(f"{prefix}-data-attachment", volume, active)
+        assignment = target.assign_floating_ip(f"{prefix}-ip-assignment", fip, active)
+        power = [
             target.park_server(f"{prefix}-{node}-power", server, parked=node != settings.active)
+            for node, server in servers.items()
+        ]
+        # The release goes to whichever node holds the floating IP, so a promotion needs no
+        # change here: the promoted node already runs the release it found on the volume.
+        channel.deliver(
+            prefix,
+            host=fip.address,
+            key=deploy_key,
+            secrets=secrets,
+            has_secrets=bool(app.secret_names()),
+            documents=lambda key_pem, values: release_documents(app, key_pem, values),
+            depends_on=[
+                active.resource,
+                attachment,
+                assignment,
+                *(p for p in power if p is not None),
+            ],
+            parent=self,
+        )
 
         self.outputs: dict[str, pulumi.Input[object]] = {
             "activeNode": settings.active,
             "floatingIp": fip.address,
             "url": f"https://{app.domain}",
             "sshCommand": fip.address.apply(lambda ip: f"ssh deploy@{ip}"),
+            "deployKey": pulumi.Output.secret(deploy_key.private_key_openssh),
             "serverIps": {node: s.public_ip for node, s in servers.items()},
             "dnsRecord": fip.address.apply(lambda ip: f"{app.domain}. A {ip}"),
             "spareBilling": target.parked_billing_note,
@@ -123,8 +161,19 @@ class SingleVm(pulumi.ComponentResource):
         self.register_outputs(self.outputs)
 
 
+def check_release_channel(app: AppSpec, settings: StackSettings) -> list[str]:
+    """The release travels over SSH: refuse a stack whose firewall would admit it from nowhere."""
+    if ssh_networks(app, settings):
+        return []
+    return [
+        f"{settings.blueprint}: releases are delivered over SSH from where `pulumi up` runs, and "
+        "no network may reach SSH: set blueprints:deployerNetworks (the runner's address/32, or "
+        "0.0.0.0/0 for key-only SSH from anywhere) or admin.cidrs in the spec"
+    ]
+
+
 def _user_data(app: AppSpec, values: list, *, node: str, park: bool, ip_in_os: bool) -> str:
-    device, address, secrets = values
+    device, address, public_key = values
     return render_cloud_init(
         NodeContext(
             app=app,
@@ -132,6 +181,6 @@ def _user_data(app: AppSpec, values: list, *, node: str, park: bool, ip_in_os: b
             data_device=device,
             floating_ip=address if ip_in_os else None,
             park_without_volume=park,
-            secrets=dict(secrets or {}),
+            deploy_key=str(public_key).strip(),
         )
     )

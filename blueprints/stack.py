@@ -78,6 +78,9 @@ def deploy() -> None:
         problems = [
             f"{spec_path}: {format_path(path)}: {message}" for path, message in blueprint.check(app)
         ]
+        check_settings = getattr(blueprint, "check_settings", None)
+        if check_settings is not None:
+            problems += [f"{source}: {line}" for line in check_settings(app, settings)]
         problems += missing_secrets(app, secrets, source)
         if problems:
             raise SpecError(problems)

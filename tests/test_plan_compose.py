@@ -17,10 +17,12 @@ from test_plan_single_vm import (
     VOLUME,
     cloud_of,
     only,
+    release_command,
     text_of,
 )
 
 from blueprints.plan import PlanError, is_secret, list_stacks, plan_stack
+from blueprints.release.bundle import parse_release
 from blueprints.render.unpack import user_data_files
 
 STACKS = ["compose-hcloud", "compose-localstack"]
@@ -153,10 +155,13 @@ def test_hcloud_server_backups_carry_the_nightly_archive(plans):
     server = only(plan, SERVER["hcloud"])
     assert server.plain_inputs()["backups"] is True
     assert plan.of_type(DLM) == []
-    files = user_data_files(text_of(server))
-    assert "usr/local/lib/blueprints/backup" in files
-    assert "OnCalendar=*-*-* 03:00:00 UTC" in files["etc/systemd/system/blueprints-backup.timer"]
-    assert "keep=7\n" in files["usr/local/lib/blueprints/backup"]
+    # the backup units come with the release (their schedule and paused services are the app's)
+    release = parse_release(release_command(plan, "release").plain_inputs()["stdin"])
+    files = {path: entry["text"] for path, entry in release["files"].items()}
+    assert "/usr/local/lib/blueprints/app/backup" in files
+    assert "OnCalendar=*-*-* 03:00:00 UTC" in files["/etc/systemd/system/blueprints-backup.timer"]
+    assert "keep=7\n" in files["/usr/local/lib/blueprints/app/backup"]
+    assert "blueprints-backup.timer" in release["units"]
     assert "7 kept" in plan.public_outputs()["backups"]
 
 
@@ -184,16 +189,22 @@ def test_localstack_endpoints_include_dlm_and_iam(plans):
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_user_data_is_secret_and_holds_the_compose_project(plans, stack):
+def test_the_release_holds_the_compose_project_and_user_data_no_secret(plans, stack):
     plan, cloud = plans[stack], cloud_of(stack)
     server = only(plan, SERVER[cloud])
-    assert is_secret(server.inputs[UD_FIELD[cloud]])
-    files = user_data_files(text_of(server))
-    compose = yaml.safe_load(files["etc/blueprints/compose/compose.yaml"])
+    assert not is_secret(server.inputs[UD_FIELD[cloud]])
+    assert "etc/blueprints/compose/compose.yaml" not in user_data_files(text_of(server))
+    release = parse_release(release_command(plan, "release").plain_inputs()["stdin"])
+    compose = yaml.safe_load(release["files"]["/etc/blueprints/compose/compose.yaml"]["text"])
     assert set(compose["services"]) == {"web", "worker", "postgres", "redis", "blueprints_proxy"}
-    secrets = files["etc/blueprints/secrets/app.env"]
-    assert "DATABASE_PASSWORD=<secret:DATABASE_PASSWORD>\n" in secrets
-    assert "<secret:" not in files["etc/blueprints/compose/compose.yaml"]
+    sent = release_command(plan, "release-secrets")
+    assert is_secret(sent.inputs["stdin"])
+    secrets = yaml.safe_load(sent.plain_inputs()["stdin"])["files"]
+    assert (
+        "DATABASE_PASSWORD=<secret:DATABASE_PASSWORD>\n"
+        in secrets["/etc/blueprints/secrets/app.env"]["text"]
+    )
+    assert "<secret:" not in release["files"]["/etc/blueprints/compose/compose.yaml"]["text"]
 
 
 def test_data_device_follows_the_volume_id(plans):

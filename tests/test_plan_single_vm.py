@@ -68,6 +68,13 @@ def user_data(resource) -> dict:
 
 # The field each cloud takes user data in (aws: base64, so it can be compressed).
 UD_FIELD = {"hcloud": "userData", "aws": "userDataBase64"}
+COMMAND = "command:remote:Command"
+
+
+def release_command(plan, suffix: str):
+    """The release channel's command of a plan whose name ends in -<suffix>."""
+    [found] = [r for r in plan.of_type(COMMAND) if r.name.endswith(f"-{suffix}")]
+    return found
 
 
 def test_every_stack_file_is_planned_by_this_suite():
@@ -162,13 +169,23 @@ def test_aws_security_group_rules_exactly(plans):
         assert server.inputs["vpcSecurityGroupIds"] == [sg.id]
 
 
-def test_no_ssh_rule_without_admin_networks(tmp_path):
+def test_ssh_is_open_to_admin_and_deployer_networks_only(tmp_path):
     project = _copy_project(tmp_path)
     spec = yaml.safe_load((project / "examples/app.yaml").read_text())
     spec["admin"]["cidrs"] = []
     (project / "examples/app.yaml").write_text(yaml.safe_dump(spec))
-    fw = only(plan_stack("single-vm-hcloud", project), "hcloud:index/firewall:Firewall")
-    assert [r["port"] for r in fw.inputs["rules"]] == ["80", "443"]
+    # the release travels over SSH: with no network allowed to reach it, the stack is refused
+    with pytest.raises(PlanError) as exc:
+        plan_stack("single-vm-hcloud", project)
+    assert "set blueprints:deployerNetworks" in str(exc.value)
+    deployers = {"blueprints:deployerNetworks": '["198.51.100.7/32"]'}
+    fw = only(plan_stack("single-vm-hcloud", project, deployers), "hcloud:index/firewall:Firewall")
+    [ssh] = [r for r in fw.inputs["rules"] if r["port"] == "22"]
+    assert ssh["sourceIps"] == ["198.51.100.7/32"]
+    # by default, the deployers are the admin networks
+    fw = only(plan_stack("single-vm-hcloud", ROOT), "hcloud:index/firewall:Firewall")
+    [ssh] = [r for r in fw.inputs["rules"] if r["port"] == "22"]
+    assert ssh["sourceIps"] == ["203.0.113.0/24"]
 
 
 def test_hcloud_nodes_park_themselves_without_the_volume(plans):
@@ -282,13 +299,17 @@ def test_failover_in_config_moves_only_volume_ip_and_power(plans, flipped, stack
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_user_data_is_secret_and_secrets_are_placeholders(plans, stack):
+def test_user_data_holds_no_secret_and_secrets_are_placeholders(plans, stack):
     plan, cloud = plans[stack], cloud_of(stack)
     for server in servers(plan, cloud).values():
-        assert is_secret(server.inputs[UD_FIELD[cloud]])
-        assert server.public_inputs()[UD_FIELD[cloud]] == "[secret]"
-        text = text_of(server)
-        assert "<secret:DATABASE_PASSWORD>" in text
+        # the bootstrap: no app secret in it, so nothing to hide
+        assert not is_secret(server.inputs[UD_FIELD[cloud]])
+        assert "<secret:" not in text_of(server)
+    # the secrets travel in their own command, as a secret
+    sent = release_command(plan, "release-secrets")
+    assert is_secret(sent.inputs["stdin"]) and sent.public_inputs()["stdin"] == "[secret]"
+    assert "DATABASE_PASSWORD=<secret:DATABASE_PASSWORD>" in sent.plain_inputs()["stdin"]
+    assert "<secret:" not in release_command(plan, "release").plain_inputs()["stdin"]
     assert any("DATABASE_PASSWORD" in n for n in plan.notes)
 
 
@@ -364,9 +385,9 @@ def test_planning_is_deterministic(plans):
         (
             {"blueprints:serverTyp": "cx33"},
             "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:serverTyp: unknown key; allowed keys "
-            "here: active, blueprint, hcloudSshKey, healthUrl, image, location, networkCidr, "
-            "probeTimeout, promoteTimeout, protectData, serverType, spec, subnetCidr, target, "
-            "watchFailures, watchInterval",
+            "here: active, blueprint, deployerNetworks, hcloudSshKey, healthUrl, image, location, "
+            "networkCidr, probeTimeout, promoteTimeout, protectData, serverType, spec, subnetCidr, "
+            "target, watchFailures, watchInterval",
         ),
         (
             {"blueprints:floatingIp": False},
@@ -418,7 +439,7 @@ def test_encrypted_secret_becomes_a_placeholder(tmp_path):
     data["config"]["blueprints:secrets"] = {"DATABASE_PASSWORD": {"secure": "v1:AAAA"}}
     stack.write_text(yaml.safe_dump(data))
     plan = plan_stack("single-vm-hcloud", project)
-    text = text_of(servers(plan, "hcloud")["primary"])
+    text = release_command(plan, "release-secrets").plain_inputs()["stdin"]
     assert "v1:AAAA" not in text
     assert "<secret:DATABASE_PASSWORD>" in text
     assert any("encrypted" in n for n in plan.notes)

@@ -304,13 +304,18 @@ def test_secrets_are_compared_but_never_shown(repo):
     for value in ("hunter2", "django-old", "pg-old"):
         assert value not in text
     steps = steps_by_name(doc)
-    primary = steps["shop-single-vm-hcloud-primary"]
-    assert "userData" in primary["diffReasons"]  # the changed secret reaches the user data
-    assert primary["oldState"]["inputs"]["userData"] == "[secret]"
-    assert primary["newState"]["inputs"]["userData"] == "[secret]"
+    # Secrets are no part of a server's user data (issue 15): the servers stay as they are and
+    # the changed value travels in the secrets Command's stdin, a secret.
+    assert steps["shop-single-vm-hcloud-primary"]["op"] == "same"
+    sent = steps["shop-single-vm-hcloud-release-secrets"]
+    assert (sent["op"], sent["diffReasons"]) == ("update", ["stdin"])
+    assert sent["oldState"]["inputs"]["stdin"] == sent["newState"]["inputs"]["stdin"] == "[secret]"
+    # The release names its secrets by a keyed digest, so it is updated too.
+    assert steps["shop-single-vm-hcloud-release"]["op"] == "update"
 
     res = diff(repo, "--base", "HEAD", STACK)
     assert "hunter2" not in res.stdout + res.stderr
+    assert "secrets changed" in res.stdout
 
 
 def test_gitlab_flag_posts_the_same_report(repo):
@@ -431,3 +436,65 @@ def test_cost_delta_counts_only_the_running_instance(repo):
     rep = build_report([(name, doc)])
     hours = Decimal(730)
     assert rep.stacks[0].cost.delta == {"USD": (Decimal("0.096") - Decimal("0.024")) * hours}
+
+
+# ---------------------------------------------------------------------------------------------
+# Releases (issue 15): an app change is an in-place update of the release Command, nothing else
+
+RELEASE_STACKS = [
+    "single-vm-hcloud",
+    "single-vm-localstack",
+    "compose-hcloud",
+    "compose-localstack",
+]
+NEW_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO8mDpqjxnOvJA0XomYEgDYajggdH/7KKl7Q4yGfwYVn dev@ex.com"
+)
+APP_CHANGES = {
+    "image": (
+        '    image: ghcr.io/example/shop-web:1.4.2\n    command: ["gunicorn"',
+        '    image: ghcr.io/example/shop-web:1.4.3\n    command: ["gunicorn"',
+        ["web: image ghcr.io/example/shop-web:1.4.2 -> 1.4.3"],
+    ),
+    "admin-key": (
+        "ops@example.com\n  cidrs:",
+        f"ops@example.com\n    - {NEW_KEY}\n  cidrs:",
+        [f"+{NEW_KEY}"],
+    ),
+    "env": (
+        "      DJANGO_SETTINGS_MODULE: shop.settings.production\n    secret_env: [DATABASE_PASSWORD"
+        ", DJANGO_SECRET_KEY]\n    health:\n      type: http",
+        "      DJANGO_SETTINGS_MODULE: shop.settings.staging\n    secret_env: [DATABASE_PASSWORD"
+        ", DJANGO_SECRET_KEY]\n    health:\n      type: http",
+        ["web: container definition changed", "shop.settings.staging"],
+    ),
+    "replicas": ("    replicas: 2\n", "    replicas: 3\n", ["web: replicas 2 -> 3"]),
+}
+
+
+@pytest.mark.parametrize("change", sorted(APP_CHANGES))
+def test_an_app_change_is_one_release_update_per_stack(repo, change):
+    old, new, shown = APP_CHANGES[change]
+    edit(repo, "examples/app.yaml", old, new)
+
+    docs = offline_documents(repo, "HEAD", RELEASE_STACKS)
+    assert [stack for stack, _ in docs] == RELEASE_STACKS
+    for stack, doc in docs:
+        changed = {
+            s["urn"].rsplit("::", 1)[-1]: (s["op"], s["urn"].split("::")[2].split("$")[-1])
+            for s in doc["steps"]
+            if s["op"] != "same"
+        }
+        assert changed == {f"shop-{stack}-release": ("update", "command:remote:Command")}, stack
+        assert "replace" not in doc["changeSummary"], stack
+
+    res = diff(repo, "--base", "HEAD", *RELEASE_STACKS, "--fail-on", "data-loss")
+    assert res.exit_code == 0, res.stderr
+    report = res.stdout
+    assert "**0 to create, 4 to update, 0 to replace, 0 to delete** in 4 stacks" in report
+    assert "Data loss" not in report and "data loss" not in res.stderr
+    for stack in RELEASE_STACKS:
+        section = report.split(f"### Stack `{stack}`")[1].split("### Stack")[0]
+        assert f"Release `shop-{stack}-release` (update)" in section
+        for text in shown:
+            assert text in section, (stack, text)

@@ -314,8 +314,13 @@ def test_secrets_never_in_the_compose_file_only_in_the_root_only_env_file():
             assert not any(v in text for v in secrets.values()), path
     assert files[rc.SECRETS_FILE] == "".join(f"{n}={v}\n" for n, v in sorted(secrets.items()))
     assert rc.file_permissions(rc.SECRETS_FILE) == "0600"
+    # the secrets travel in their own document, never in the user data or the release document
     written = {f["path"]: f for f in yaml.safe_load(rc.render_cloud_init(ctx(app)))["write_files"]}
-    assert written[rc.SECRETS_FILE]["permissions"] == "0600"
+    assert rc.SECRETS_FILE not in written
+    docs = rc.release_documents(app, "key", secrets, archive=False)
+    assert not any(v in docs.release for v in secrets.values())
+    sent = yaml.safe_load(docs.secrets)["files"][rc.SECRETS_FILE]
+    assert sent == {"mode": "0600", "text": files[rc.SECRETS_FILE]}
 
 
 def test_missing_secret_is_named():
@@ -471,7 +476,7 @@ class BackupBox:
         wrapper = self.bin / "app-compose"
         wrapper.write_text(STUB)
         wrapper.chmod(0o755)
-        text = rc.render_vm_files(ctx(app))[SCRIPTS + "backup"]
+        text = rc.render_vm_files(ctx(app))[SCRIPTS + "app/backup"]
         text = text.replace(rc.WRAPPER, str(wrapper)).replace(rc.BACKUP_DIR, str(self.backups))
         self.script = tmp_path / "backup"
         self.script.write_text(text.replace("/srv/data", str(self.data)))
@@ -562,10 +567,13 @@ def test_backup_calendar_is_valid_for_systemd(backups: dict[str, str], calendar:
 
 
 def test_archive_only_where_asked_and_backups_enabled():
-    assert SCRIPTS + "backup" in rc.render_vm_files(ctx(archive=True))
-    assert SCRIPTS + "backup" not in rc.render_vm_files(ctx(archive=False))
+    assert SCRIPTS + "app/backup" in rc.render_vm_files(ctx(archive=True))
+    assert SCRIPTS + "app/backup" not in rc.render_vm_files(ctx(archive=False))
     off = spec({**copy.deepcopy(EXAMPLE_DATA), "backups": {"enabled": False}})
-    assert SCRIPTS + "backup" not in rc.render_vm_files(ctx(off, archive=True))
+    assert SCRIPTS + "app/backup" not in rc.render_vm_files(ctx(off, archive=True))
+    # the release starts the backup timer (with the autoheal one)
+    units = yaml.safe_load(rc.release_documents(spec(), "k", secrets_for(spec()), True).release)
+    assert units["units"] == ["app-autoheal.timer", "blueprints-backup.timer"]
 
 
 # --- the VM: cloud-init, shell, systemd ------------------------------------------------------
@@ -593,22 +601,21 @@ def test_vm_files_pass_every_validator(context: rc.ComposeContext, tmp_path: Pat
     ]
     device_unit = systemd_escape_path(context.data_device) + ".device"
     validators.systemd_verify(root, [*names, device_unit])
-    validators.systemctl_enable(root, rc.APP_UNIT)
-    wants = root / "etc/systemd/system" / f"{device_unit}.wants" / rc.APP_UNIT
-    assert wants.is_symlink(), "a volume attached after boot must start the app"
+    validators.systemctl_enable(root, "blueprints-release.service")
+    wants = root / "etc/systemd/system" / f"{device_unit}.wants" / "blueprints-release.service"
+    assert wants.is_symlink(), "a volume attached after boot must start the app's release"
 
 
 def test_cloud_init_installs_docker_and_compose_and_starts_the_app():
     config = yaml.safe_load(rc.render_cloud_init(ctx()))
     assert {"docker.io", "docker-compose-v2", "busybox-static"} <= set(config["packages"])
-    assert (
-        "systemctl enable app-compose.service app-autoheal.timer blueprints-backup.timer"
-        in (config["runcmd"])
-    )
+    # the app itself starts from the release on the data volume
+    assert "systemctl enable blueprints-release.service" in config["runcmd"]
+    assert "systemctl start --no-block blueprints-release.service" in config["runcmd"]
     assert "netplan apply" in config["runcmd"]
     aws = yaml.safe_load(rc.render_cloud_init(ctx(floating_ip=None, archive=False)))
     assert "netplan apply" not in aws["runcmd"]
-    assert "systemctl enable app-compose.service app-autoheal.timer" in aws["runcmd"]
+    assert "systemctl enable blueprints-release.service" in aws["runcmd"]
     assert config["ssh_pwauth"] is False and config["disable_root"] is True
 
 
@@ -704,4 +711,8 @@ def test_golden_files(cloud: str, update_golden: bool):
     context = GOLDEN_CASES[cloud]()
     rendered = {"cloud-init.yaml": rc.render_cloud_init(context)}
     rendered.update({p.lstrip("/"): t for p, t in rc.render_vm_files(context).items()})
+    # what the release channel sends (its digests keyed with a fixed stand-in key)
+    rendered["release.yaml"] = rc.release_documents(
+        context.app, "golden-key", context.secrets or {}, context.archive_data
+    ).release
     check_golden(GOLDEN / cloud, rendered, update_golden)

@@ -21,6 +21,7 @@ from golden_files import check_golden, check_no_stale_sets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from blueprints.release.bundle import parse_release
 from blueprints.render import (
     NodeContext,
     check_app,
@@ -35,7 +36,14 @@ from blueprints.render.common import (
     unit_name,
     unit_word,
 )
-from blueprints.render.single_vm import PARK_POLL_SECONDS, PARK_WAIT_SECONDS
+from blueprints.render.single_vm import (
+    PARK_POLL_SECONDS,
+    PARK_WAIT_SECONDS,
+    bootstrap_files,
+    release_documents,
+    release_files,
+    secret_files,
+)
 from blueprints.spec import AppSpec, format_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +54,10 @@ HCLOUD_DEVICE = "/dev/disk/by-id/scsi-0HC_Volume_12345678"
 AWS_DEVICE = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0"
 FLOATING_IP = "203.0.113.10"
 SCRIPTS = "/usr/local/lib/blueprints/"
+APP = SCRIPTS + "app/"
+DEPLOY_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOffline0deploy0key0for0tests00000000000000 deploy"
+)
 UNITS = "/etc/systemd/system/"
 SECRETS = "/etc/blueprints/secrets/"
 UNIT_SUFFIXES = (".service", ".timer", ".target", ".mount")
@@ -74,6 +86,7 @@ def context(
         data_device=device,
         floating_ip=floating_ip,
         park_without_volume=park,
+        deploy_key=DEPLOY_KEY,
         secrets=secrets_for(app) if secrets is None else secrets,
     )
 
@@ -165,10 +178,11 @@ class Sandbox:
             path.write_text(STUB)
             path.chmod(0o755)
         self.scripts_dir = root / "scripts"
+        # By name: the bootstrap's scripts and the release's (under app/) side by side.
         validators.lay_out(
-            {p.removeprefix(SCRIPTS): t for p, t in scripts(files).items()},
+            {Path(p).name: t for p, t in scripts(files).items()},
             self.scripts_dir,
-            executable=[p.removeprefix(SCRIPTS) for p in scripts(files)],
+            executable=[Path(p).name for p in scripts(files)],
         )
 
     def run(self, script: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -244,22 +258,37 @@ def test_example_renders_every_expected_file():
         UNITS + "blueprints-caddy.service",
         UNITS + "blueprints-metadata-guard.service",
         UNITS + "dev-disk-by\\x2did-scsi\\x2d0HC_Volume_12345678.device.d/blueprints-timeout.conf",
+        UNITS + "blueprints-release.service",
+        "/etc/ssh/sshd_config.d/11-blueprints-admin-keys.conf",
         SCRIPTS + "caddy",
         SCRIPTS + "metadata-guard",
         SCRIPTS + "create-network",
         SCRIPTS + "format-data",
         SCRIPTS + "prepare-data",
+        SCRIPTS + "install-agent",
+        SCRIPTS + "release-agent",
+    }
+    # The bootstrap: machine-level files only, whatever the app.
+    expected.remove("/etc/blueprints/caddy.json")
+    expected.remove(UNITS + "app.target")
+    assert set(bootstrap_files(primary())) == expected
+    release = {
+        "/etc/blueprints/caddy.json",
+        "/etc/blueprints/admin-keys/deploy",
+        UNITS + "app.target",
     }
     for svc in ("web", "worker", "postgres", "redis"):
-        expected |= {
+        release |= {
             UNITS + f"app-{svc}@.service",
             UNITS + f"app-{svc}-health.service",
             UNITS + f"app-{svc}-health.timer",
-            SCRIPTS + f"run-{svc}",
-            SCRIPTS + f"health-{svc}",
+            APP + f"run-{svc}",
+            APP + f"health-{svc}",
         }
-    expected |= {SECRETS + f"{svc}.env" for svc in ("web", "worker", "postgres")}
-    assert set(files) == expected
+    assert set(release_files(primary().app)) == release
+    secrets = {SECRETS + f"{svc}.env" for svc in ("web", "worker", "postgres")}
+    assert set(secret_files(primary().app, secrets_for(primary().app))) == secrets
+    assert set(files) == expected | release | secrets
 
 
 @pytest.mark.parametrize(
@@ -291,10 +320,11 @@ def test_cloud_init_contents():
     assert data["ssh_pwauth"] is False and data["disable_root"] is True
     [user] = data["users"]
     assert user["name"] == "deploy"
-    assert user["ssh_authorized_keys"] == list(ctx.app.admin.ssh_keys)
+    # The deploy key only: admins' keys come with each release.
+    assert user["ssh_authorized_keys"] == [DEPLOY_KEY]
     assert user["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
     assert user["lock_passwd"] is True
-    files = render_node_files(ctx)
+    files = {path: f.content for path, f in bootstrap_files(ctx).items()}
     written = {f["path"]: f for f in data["write_files"]}
     assert [f["path"] for f in data["write_files"]] == list(files)
     for path, text in files.items():
@@ -304,8 +334,8 @@ def test_cloud_init_contents():
     runcmd = data["runcmd"]
     assert "usermod --append --groups docker deploy" in runcmd
     reload_at = runcmd.index("systemctl daemon-reload")
-    assert reload_at < runcmd.index("systemctl enable app.target")
-    assert reload_at < runcmd.index("systemctl start --no-block app.target")
+    assert reload_at < runcmd.index("systemctl enable blueprints-release.service")
+    assert reload_at < runcmd.index("systemctl start --no-block blueprints-release.service")
     assert runcmd.index("systemctl try-reload-or-restart ssh.service") < reload_at
 
 
@@ -347,7 +377,7 @@ def test_scripts_of_other_shapes_pass_shellcheck(tmp_path: Path):
     data["services"]["web"]["health"] = {"type": "tcp"}
     data["services"]["redis"]["health"] = {"type": "command", "command": ["redis-cli", "ping"]}
     files = render_node_files(primary(spec(data)))
-    assert SCRIPTS + "caddy" not in files
+    assert "/etc/blueprints/caddy.json" not in files
     _all_scripts_pass_shellcheck(files, tmp_path)
 
 
@@ -363,7 +393,8 @@ def test_minimal_app_passes_every_validator(tmp_path: Path):
     """One service: no ports (so no proxy), no volumes, no health, no secrets, no admin keys."""
     ctx = context(spec(MINIMAL), floating_ip=None)
     files = render_node_files(ctx)
-    assert not [p for p in files if "caddy" in p or "health" in p or p.startswith(SECRETS)]
+    release = {**release_files(ctx.app), **secret_files(ctx.app, {})}
+    assert not [p for p in release if "caddy" in p or "health" in p or p.startswith(SECRETS)]
     validators.cloud_init_schema(render_cloud_init(ctx), tmp_path)
     _all_scripts_pass_shellcheck(files, tmp_path)
     _verify_units(files, tmp_path)
@@ -430,10 +461,12 @@ def test_replicas_produce_one_container_each(tmp_path: Path):
         assert box.recorded() == [expected_docker_run(app, "web", n)]
     caddy = json.loads(files["/etc/blueprints/caddy.json"])
     [route] = caddy["apps"]["http"]["servers"]["app"]["routes"]
+    # and the surge slot, where a release starts a new replica before replacing the old ones
     assert [u["dial"] for u in route["handle"][0]["upstreams"]] == [
         "web-1:8000",
         "web-2:8000",
         "web-3:8000",
+        "web-4:8000",
     ]
 
 
@@ -463,9 +496,9 @@ def test_depends_on_orders_units_after_every_replica_of_the_dependency():
 def test_service_units_run_the_script_with_pull_and_health_wait():
     files = render_node_files(primary())
     web = files[UNITS + "app-web@.service"]
-    assert "ExecStartPre=/usr/local/lib/blueprints/run-web prepare %i" in web
-    assert "ExecStart=/usr/local/lib/blueprints/run-web start %i" in web
-    assert "ExecStartPost=/usr/local/lib/blueprints/health-web wait %i" in web
+    assert "ExecStartPre=/usr/local/lib/blueprints/app/run-web prepare %i" in web
+    assert "ExecStart=/usr/local/lib/blueprints/app/run-web start %i" in web
+    assert "ExecStartPost=/usr/local/lib/blueprints/app/health-web wait %i" in web
     data = copy.deepcopy(EXAMPLE_DATA)
     del data["services"]["redis"]["health"]
     redis = render_node_files(primary(spec(data)))[UNITS + "app-redis@.service"]
@@ -491,7 +524,7 @@ def test_health_timers_exist_exactly_for_services_with_health():
     files = render_node_files(primary(spec(data)))
     timers = {Path(p).name for p in files if p.endswith(".timer")}
     assert timers == {f"app-{s}-health.timer" for s in ("web", "worker", "postgres")}
-    assert SCRIPTS + "health-redis" not in files
+    assert APP + "health-redis" not in files
     assert UNITS + "app-redis-health.service" not in files
     assert "app-redis-health.timer" not in files[UNITS + "app.target"]
     timer = files[UNITS + "app-worker-health.timer"]
@@ -619,8 +652,8 @@ def test_secrets_only_in_root_only_env_files():
     # the names may be mentioned; the values never are
     for path, text in {**units(files), **scripts(files)}.items():
         assert not any(v in text for v in values), path
-    assert "--env-file /etc/blueprints/secrets/web.env" in files[SCRIPTS + "run-web"]
-    assert "--env-file" not in files[SCRIPTS + "run-redis"]
+    assert "--env-file /etc/blueprints/secrets/web.env" in files[APP + "run-web"]
+    assert "--env-file" not in files[APP + "run-redis"]
 
 
 @pytest.mark.parametrize("bad", ["two\nlines", "carriage\rreturn", "nul\0byte"])
@@ -628,7 +661,7 @@ def test_secret_that_cannot_be_one_env_file_line_is_rejected(bad: str):
     app = spec()
     secrets = {**secrets_for(app), "DJANGO_SECRET_KEY": bad}
     with pytest.raises(ValueError, match="DJANGO_SECRET_KEY"):
-        render_cloud_init(context(app, secrets=secrets))
+        secret_files(app, secrets)
 
 
 def test_missing_secret_is_named():
@@ -777,9 +810,12 @@ def test_data_volume_mount_and_layout():
     dropin = UNITS + systemd_escape_path(AWS_DEVICE) + ".device.d/blueprints-timeout.conf"
     assert unit_values(files[dropin], "JobRunningTimeoutSec") == ["180s"]
     prepare = files[SCRIPTS + "prepare-data"]
-    assert "volume_dir pgdata\n" in prepare
-    assert "install -d -m 0700 /srv/data/caddy" in prepare
-    assert "--volume /srv/data/pgdata:/var/lib/postgresql/data" in files[SCRIPTS + "run-postgres"]
+    assert "for dir in /srv/data/.blueprints /srv/data/caddy; do" in prepare
+    assert 'install -d -m 0700 "$dir"' in prepare
+    # the app's volume directories come with the release (the agent creates them)
+    document = yaml.safe_load(release_documents(spec(), "key", secrets_for(spec())).release)
+    assert document["volumes"] == ["pgdata"]
+    assert "--volume /srv/data/pgdata:/var/lib/postgresql/data" in files[APP + "run-postgres"]
     assert "--volume /srv/data/caddy:/data" in files[SCRIPTS + "caddy"]
 
 
@@ -817,27 +853,33 @@ def test_unit_filters_refuse_a_final_newline():
     "ctx", [pytest.param(primary(), id="hcloud"), pytest.param(aws_node(), id="aws")]
 )
 def test_a_volume_attached_after_boot_starts_the_app(ctx: NodeContext, tmp_path: Path):
-    """app.target is active only with /srv/data mounted and is wanted by the volume's device, so
-    a volume that appears after the mount gave up (late attach, failover to a running node)
-    starts the target, which mounts the volume and starts every service."""
+    """The release unit is active only with /srv/data mounted and is wanted by the volume's
+    device, so a volume that appears after the mount gave up (late attach, failover to a running
+    node) starts it: it mounts the volume and starts the release found there, every service."""
     files = render_node_files(ctx)
     device_unit = systemd_escape_path(ctx.data_device) + ".device"
+    release = files[UNITS + "blueprints-release.service"]
+    assert unit_values(release, "RequiresMountsFor") == ["/srv/data"]
+    assert unit_values(release, "WantedBy") == ["multi-user.target", device_unit]
+    agent = "/srv/data/.blueprints/release-agent"
+    assert unit_values(release, "ConditionPathExists") == [agent]
+    assert unit_values(release, "ExecStart") == [SCRIPTS + "release-agent", "activate"]
+    # a node without the volume still starts nothing: every unit the app wants needs the mount
     target = files[UNITS + "app.target"]
     assert unit_values(target, "RequiresMountsFor") == ["/srv/data"]
-    assert unit_values(target, "WantedBy") == ["multi-user.target", device_unit]
-    # a node without the volume still starts nothing: every wanted unit needs the mount
     for unit in unit_values(target, "Wants"):
         text = files[UNITS + re.sub(r"@\d+\.", "@.", unit)]
         if not unit.endswith(".timer"):
             assert unit_values(text, "RequiresMountsFor") == ["/srv/data"], unit
-    assert "systemctl enable app.target" in user_data(ctx)["runcmd"]
+    assert "systemctl enable blueprints-release.service" in user_data(ctx)["runcmd"]
     root = validators.systemd_root(files, tmp_path / "root", executable=scripts(files))
-    validators.systemctl_enable(root, "app.target")
+    validators.systemctl_enable(root, "blueprints-release.service")
     system = root / "etc/systemd/system"
     for wants in (f"{device_unit}.wants", "multi-user.target.wants"):
-        link = system / wants / "app.target"
-        assert link.is_symlink() and os.readlink(link) == "/etc/systemd/system/app.target"
-    validators.systemd_verify(root, ["app.target", device_unit])
+        link = system / wants / "blueprints-release.service"
+        assert link.is_symlink()
+        assert os.readlink(link) == "/etc/systemd/system/blueprints-release.service"
+    validators.systemd_verify(root, ["app.target", "blueprints-release.service", device_unit])
 
 
 def _block_device(tmp_path: Path) -> Path:
@@ -965,7 +1007,7 @@ def test_check_app_names_the_field_of_each_problem(case: str):
     # the renderer refuses the same spec, with the same lines
     lines = "\n".join(f"{format_path(path)}: {msg}" for path, msg in expected)
     with pytest.raises(ValueError) as raised:
-        render_cloud_init(primary(app))
+        release_files(app)
     assert str(raised.value) == lines
 
 
@@ -1023,11 +1065,16 @@ def test_caddy_routes_every_public_http_port():
         dials = [u["dial"] for u in handler["upstreams"]]
         seen.append((match["host"], match.get("path"), dials))
     assert seen == [
-        (["admin.example.com"], None, ["web-1:8002", "web-2:8002"]),
-        (["shop.example.com"], ["/api/v2", "/api/v2/*"], ["web-1:8003", "web-2:8003"]),
-        (["shop.example.com"], ["/cache", "/cache/*"], ["redis-1:9000"]),
-        (["shop.example.com"], ["/api", "/api/*"], ["web-1:8001", "web-2:8001"]),
-        (["shop.example.com"], None, ["web-1:8000", "web-2:8000"]),
+        # replicas and the surge slot
+        (["admin.example.com"], None, ["web-1:8002", "web-2:8002", "web-3:8002"]),
+        (
+            ["shop.example.com"],
+            ["/api/v2", "/api/v2/*"],
+            ["web-1:8003", "web-2:8003", "web-3:8003"],
+        ),
+        (["shop.example.com"], ["/cache", "/cache/*"], ["redis-1:9000", "redis-2:9000"]),
+        (["shop.example.com"], ["/api", "/api/*"], ["web-1:8001", "web-2:8001", "web-3:8001"]),
+        (["shop.example.com"], None, ["web-1:8000", "web-2:8000", "web-3:8000"]),
     ]
     issuers = config["apps"]["tls"]["automation"]["policies"][0]["issuers"]
     assert issuers == [{"module": "acme", "email": "ops@example.com"}]
@@ -1088,7 +1135,8 @@ def test_every_container_unit_requires_the_metadata_guard(data: dict[str, Any]):
     # every unit that runs a container: one per service, and the proxy when there is one
     runners = [p for p in units(files) if p.endswith("@.service")]
     runners += [p for p in units(files) if p.endswith("blueprints-caddy.service")]
-    assert len(runners) == len(data["services"]) + (data is EXAMPLE_DATA)
+    # the proxy's unit is part of every bootstrap
+    assert len(runners) == len(data["services"]) + 1
     for path in runners:
         assert GUARD in unit_values(files[path], "Requires"), path
         assert GUARD in unit_values(files[path], "After"), path
@@ -1114,9 +1162,11 @@ def test_no_http_port_means_no_proxy():
     data = copy.deepcopy(EXAMPLE_DATA)
     data["services"]["web"]["ports"] = [{"port": 8000}]
     files = render_node_files(primary(spec(data)))
-    assert not [p for p in files if "caddy" in Path(p).name]
+    # the proxy is installed with the machine and runs only once a release brings its routes
+    assert "/etc/blueprints/caddy.json" not in files
     assert "blueprints-caddy" not in files[UNITS + "app.target"]
-    assert "/srv/data/caddy" not in files[SCRIPTS + "prepare-data"]
+    caddy = files[UNITS + "blueprints-caddy.service"]
+    assert unit_values(caddy, "ConditionPathExists") == ["/etc/blueprints/caddy.json"]
 
 
 def test_public_tcp_port_is_published(tmp_path: Path):
@@ -1210,7 +1260,9 @@ def test_hostile_values_change_no_structure(tmp_path: Path):
             assert clean_data[key] == evil_data[key]
     evil_written = {f["path"]: f["content"] for f in evil_data["write_files"]}
     assert [f["path"] for f in clean_data["write_files"]] == list(evil_written)
-    assert evil_written == evil_files
+    # the user data is the bootstrap, which no service, env value or secret reaches
+    assert evil_written == {p: f.content for p, f in bootstrap_files(evil).items()}
+    assert evil_written == {f["path"]: f["content"] for f in clean_data["write_files"]}
     validators.cloud_init_schema(render_cloud_init(evil), tmp_path)
     _verify_units(evil_files, tmp_path)
 
@@ -1275,8 +1327,10 @@ def test_any_env_value_and_argument_round_trips(tmp_path_factory, env, command):
     app = spec(data)
     ctx = context(app)
     files = render_node_files(ctx)
-    written = {f["path"]: f["content"] for f in user_data(ctx)["write_files"]}
-    assert written == files
+    # the values travel in the release document (YAML, texts as blocks where they can be)
+    document = parse_release(release_documents(app, "key", secrets_for(app)).release)
+    written = {path: entry["text"] for path, entry in document["files"].items()}
+    assert written == {path: f.content for path, f in release_files(app).items()}
     box = Sandbox(tmp_path_factory.mktemp("box"), files)
     proc = box.run("run-redis", "start", "1")
     assert proc.returncode == 0, proc.stderr
@@ -1294,7 +1348,7 @@ def test_scripts_with_any_values_pass_shellcheck(tmp_path_factory, values):
     workdir = tmp_path_factory.mktemp("shellcheck")
     for name in ("run-redis", "health-worker"):
         target = workdir / name
-        target.write_text(files[SCRIPTS + name])
+        target.write_text(files[APP + name])
         validators.shellcheck(target, "bash")
 
 
@@ -1335,6 +1389,8 @@ def test_golden_files(node: str, update_golden: bool):
     ctx = GOLDEN_NODES[node]()
     rendered = {p.lstrip("/"): t for p, t in render_node_files(ctx).items()}
     rendered["cloud-init.yaml"] = render_cloud_init(ctx)
+    # what the release channel sends (its digests keyed with a fixed stand-in key)
+    rendered["release.yaml"] = release_documents(ctx.app, "golden-key", ctx.secrets).release
     check_golden(GOLDEN / node, rendered, update_golden)
 
 

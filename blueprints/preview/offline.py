@@ -66,7 +66,15 @@ PLAN_TIMEOUT_SECONDS = 900
 #        resource" (pulumi-aws bridges it; Pulumi registry shows these as "forces replacement");
 #  [rnd] terraform-provider-random: every argument `RequiresReplace` (registry docs: "changing
 #        any argument generates a new value");
-#  [tls] terraform-provider-tls: arguments are `RequiresReplace` (earlyRenewalHours is not).
+#  [tls] terraform-provider-tls: arguments are `RequiresReplace` (earlyRenewalHours is not);
+#  [cmd] pulumi/pulumi-command (a native provider, not bridged): in the v1 schema only
+#        `triggers` is tagged replaceOnChanges (provider/pkg/provider/common/inputs.go), and the
+#        SDKs also pass it as the `triggers[*]` replaceOnChanges option, so a trigger change
+#        replaces the resource whatever its docs say about `update`. Any other input (stdin,
+#        environment, the commands, the secret connection) changes in place: the provider's
+#        Update runs the `update` command, or `create` again when there is none
+#        (remote/commandController.go; SDK docs: "If an `update` command isn't provided, then
+#        `create` will also be run when the resource's inputs are modified").
 REPLACE_ON_CHANGE: dict[str, tuple[str, ...]] = {
     # -- Hetzner Cloud --
     "hcloud:index/server:Server": ("datacenter", "image", "location", "sshKeys", "userData"),
@@ -177,6 +185,10 @@ REPLACE_ON_CHANGE: dict[str, tuple[str, ...]] = {
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment": ("policyArn", "role"),  # [aws]
     "aws:dlm/lifecyclePolicy:LifecyclePolicy": (),  # [aws] all in place
     "aws:ec2transitgateway/instanceState:InstanceState": ("instanceId",),  # [aws]
+    # -- commands over SSH (the release channel) and on the machine running Pulumi --
+    "command:remote:Command": ("triggers",),  # [cmd]
+    "command:remote:CopyToRemote": ("triggers",),  # [cmd] source and remotePath in place
+    "command:local:Command": ("triggers",),  # [cmd]
     # -- generated secrets and certificates --
     "random:index/randomBytes:RandomBytes": ("*",),  # [rnd]
     "random:index/randomPassword:RandomPassword": ("*",),  # [rnd]
@@ -436,8 +448,45 @@ def diff_inputs(old: Any, new: Any, path: str = "") -> dict[str, str]:
     return out
 
 
+_SEGMENT = re.compile(r'\["((?:[^"\\]|\\.)*)"\]|\[(\d+|\*)\]|\.?([^.\[]+)')
+
+
+def _segments(path: str) -> list[str] | None:
+    """A property path (`a.b`, `a[0]`, `a["b.c"]`, `triggers[*]`) as its segments; list
+    indexes as digit strings, `*` as a wildcard; None when it does not parse."""
+    out: list[str] = []
+    pos = 0
+    while pos < len(path):
+        m = _SEGMENT.match(path, pos)
+        if m is None or m.end() == pos:
+            return None
+        quoted, index, plain = m.groups()
+        out.append(json.loads(f'"{quoted}"') if quoted is not None else (index or plain))
+        pos = m.end()
+    return out
+
+
+def _match(rule: list[str], path: list[str]) -> bool:
+    return all(r in ("*", p) for r, p in zip(rule, path, strict=False))
+
+
 def _covers(rule: str, path: str) -> bool:
-    return rule == "*" or path == rule or path.startswith((f"{rule}.", f"{rule}["))
+    """The rule names the changed path or one of its parents (wildcards `*` and `[*]`)."""
+    if rule == "*":
+        return True
+    r, p = _segments(rule), _segments(path)
+    if r is None or p is None:
+        return path == rule or path.startswith((f"{rule}.", f"{rule}["))
+    return len(r) <= len(p) and _match(r, p)
+
+
+def _forces(rule: str, path: str) -> bool:
+    """A change at `path` forces replacement under `rule`: the rule covers it, or the changed
+    value holds what the rule names (a whole `triggers` list added under `triggers[*]`)."""
+    if _covers(rule, path):
+        return True
+    r, p = _segments(rule), _segments(path)
+    return r is not None and p is not None and len(p) < len(r) and _match(r, p)
 
 
 def replace_rules(type_: str, inputs: Mapping[str, Any], options: Sequence[str]) -> list[str]:
@@ -571,7 +620,7 @@ def _compare(old: _Res, new: _Res) -> _Change:
     rules = replace_rules(new.data["type"], new.inputs, new.data.get("replaceOnChanges") or [])
     detailed, replace = {}, set()
     for path, kind in sorted(changes.items()):
-        forces = any(_covers(rule, path) for rule in rules)
+        forces = any(_forces(rule, path) for rule in rules)
         if forces:
             replace.add(_top(path))
         detailed[path] = {"kind": f"{kind}-replace" if forces else kind, "inputDiff": True}

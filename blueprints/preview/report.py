@@ -15,11 +15,20 @@ Safety rules:
 - The report stays under `limit` characters: property values are dropped first, then whole
   resources (a visible line says how many), never the summary table or the warnings.
 - Same documents, same bytes: Pulumi's step order is kept; everything else is sorted.
+
+Releases (the release channel, blueprints/release/CONTRACT.md): a `command:remote:Command` whose
+stdin is a release document is shown as what the app changes, not as a changed string: one line
+per changed service (image, replicas, container definition), secrets/volumes/units, then a
+unified diff per changed file; the same lines head the stack's section, outside the collapsed
+block. A stdin that is not a readable release document (garbage, not known until apply, secret)
+keeps the generic rendering, with one line saying why; a SECRETS document is never shown, even
+when a preview holds it unmasked.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import html
 import json
 import re
@@ -42,6 +51,7 @@ from blueprints.preview.document import (
     mask_secrets,
     parse_preview,
 )
+from blueprints.release.bundle import BundleError, parse_release
 
 MARKER = "<!-- blueprints:preview-report -->"
 GITLAB_NOTE_LIMIT = 1_000_000  # characters GitLab accepts in one note
@@ -95,6 +105,8 @@ STATEFUL = {
     "hcloud:index/primaryIp:PrimaryIp": "primary IP",
     "aws:ec2/eip:Eip": "elastic IP",
 }
+# Not stateful: a Command holds no data; a changed stdin updates it in place (see offline.py).
+RELEASE_TYPES = frozenset({"command:remote:Command"})
 SERVERS = frozenset({"hcloud:index/server:Server", "aws:ec2/instance:Instance"})
 # Where a server is named as the holder of a volume: attachment (server key), or the volume.
 HOLDER_KEYS = {
@@ -107,6 +119,8 @@ VALUE_LIMIT = 400  # characters of one shown value
 DIFF_LINES = 120  # lines of one multi-line text diff
 DIAGNOSTIC_LIMIT = 4000  # characters of one diagnostic message
 DIAGNOSTICS_PER_STACK = 50
+RELEASE_HEAD_LINES = 20  # summary lines of one release in the stack's (never trimmed) head
+RELEASE_TEXT_LIMIT = 8_000_000  # characters of a stdin read as a release document
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,8 +620,15 @@ def _text_diff(old: str, new: str) -> str | None:
     """A unified diff of two multi-line strings, or None when it does not help."""
     if "\n" not in old and "\n" not in new:
         return None
+    return _unified(old, new, "old", "new")
+
+
+def _unified(old: str, new: str, old_name: str, new_name: str) -> str:
+    """difflib's unified diff, cut to DIFF_LINES lines of VALUE_LIMIT characters, escaped."""
     lines = list(
-        difflib.unified_diff(old.splitlines(), new.splitlines(), "old", "new", n=2, lineterm="")
+        difflib.unified_diff(
+            old.splitlines(), new.splitlines(), old_name, new_name, n=2, lineterm=""
+        )
     )
     if len(lines) > DIFF_LINES:
         lines = [*lines[:DIFF_LINES], f"... ({len(lines) - DIFF_LINES} more diff lines)"]
@@ -641,6 +662,280 @@ def _property_line(p: PropertyChange, values: bool) -> str:
         if diff is not None:
             return f"{head}:\n\n{fenced(diff, indent='  ', info='diff')}\n"
     return f"{head}: {show_value(p.old)} → {show_value(p.new)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Releases: a Command whose stdin is a release document
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: str
+    kind: str  # added, removed, changed
+    old_mode: Any
+    new_mode: Any
+    diff: str | None  # unified diff of the text; None when only the mode changed, or removed
+
+
+@dataclass(frozen=True)
+class ReleaseDiff:
+    old_id: str | None  # None: no release before (the Command is created)
+    new_id: str
+    lines: tuple[str, ...]  # plain text, one per change, e.g. "web: replicas 2 -> 3"
+    files: tuple[FileChange, ...]
+
+
+@dataclass(frozen=True)
+class _Stdin:
+    status: str  # absent, release, unreadable, secret, secrets-document
+    body: Mapping[str, Any] | None = None
+    why: str = ""
+
+
+def _stdin(state: State | None) -> _Stdin:
+    if state is None or "stdin" not in state.inputs:
+        return _Stdin("absent")
+    value = state.inputs["stdin"]
+    if is_secret(value) or _contains_secret(value):
+        return _Stdin("secret", why="it is secret")
+    if value == UNKNOWN:
+        return _Stdin("unreadable", why="it is known only after apply")
+    if not isinstance(value, str):
+        return _Stdin("unreadable", why="it is not text")
+    return _read_release_text(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_release_text(text: str) -> _Stdin:
+    """parse_release with what a report needs on top: bounded work (no YAML aliases, a size
+    limit), any failure as a reason, unique service names, and a SECRETS document recognized
+    so it is never shown."""
+    import yaml
+
+    if len(text) > RELEASE_TEXT_LIMIT:
+        return _Stdin("unreadable", why=f"it is larger than {RELEASE_TEXT_LIMIT:,} characters")
+    try:
+        # Aliases can make a short document expand without bound when it is walked.
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)):
+            return _Stdin("unreadable", why="it uses YAML aliases, which a release never has")
+        body = parse_release(text)
+    except BundleError as exc:
+        if "blueprints-secrets/" in text:
+            return _Stdin("secrets-document", why="it is a secrets document")
+        return _Stdin("unreadable", why=str(exc).rstrip("."))
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
+        return _Stdin("unreadable", why=f"it is not a release document ({type(exc).__name__})")
+    names = [s["name"] for s in body["services"]]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return _Stdin("unreadable", why=f"it names service {twice[0]!r} twice")
+    return _Stdin("release", body)
+
+
+def _image_change(old: Any, new: Any) -> str:
+    """`repo:1.4.2 -> 1.4.3` when only the tag (or digest) differs, else both in full."""
+
+    def split(ref: str) -> tuple[str, str]:
+        if "@" in ref:
+            name, _, pinned = ref.partition("@")
+            return name, pinned
+        slash = ref.rfind("/")
+        colon = ref.rfind(":")
+        return (ref[:colon], ref[colon + 1 :]) if colon > slash else (ref, "")
+
+    if isinstance(old, str) and isinstance(new, str):
+        (old_name, _), (new_name, new_tag) = split(old), split(new)
+        if old_name == new_name and new_tag:
+            return f"{old} -> {new_tag}"
+    return f"{_text(old)} -> {_text(new)}"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _health(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, Mapping) and set(value) == {"budget"}:
+        return f"{_text(value['budget'])} s budget"
+    return _text(value)
+
+
+def _names(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [_text(v) for v in value] if isinstance(value, list) else [_text(value)]
+
+
+SERVICE_KEYS = ("name", "image", "replicas", "rollout", "digest", "health")
+RELEASE_KEYS = ("format", "release", "rung", "app", "secrets", "volumes", "units", "services")
+
+
+def _service_lines(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[str]:
+    if new is None:
+        return [f"{old['name']}: removed"] if old is not None else []
+    name = new["name"]
+    if old is None:
+        replicas = new.get("replicas")
+        count = f"{replicas} replica{'' if replicas == 1 else 's'}"
+        return [f"{name}: added ({_text(new.get('image'))}, {count})"]
+    lines = []
+    if old.get("image") != new.get("image"):
+        lines.append(f"{name}: image {_image_change(old.get('image'), new.get('image'))}")
+    for key in ("replicas", "rollout"):
+        if old.get(key) != new.get(key):
+            lines.append(f"{name}: {key} {_text(old.get(key))} -> {_text(new.get(key))}")
+    if old.get("health") != new.get("health"):
+        lines.append(f"{name}: health {_health(old.get('health'))} -> {_health(new.get('health'))}")
+    if old.get("digest") != new.get("digest") and old.get("image") == new.get("image"):
+        lines.append(
+            f"{name}: container definition changed (env, secret values, command, volumes, "
+            "ports, health or limits)"
+        )
+    for key in sorted((set(old) | set(new)) - set(SERVICE_KEYS)):
+        if old.get(key) != new.get(key):
+            lines.append(f"{name}: {key} {_text(old.get(key))} -> {_text(new.get(key))}")
+    return lines
+
+
+def _file_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[FileChange]:
+    out = []
+    for path in sorted(set(old) | set(new), key=str):
+        o, n = old.get(path), new.get(path)
+        if o == n:
+            continue
+        if o is None:
+            diff = _unified("", n["text"], "/dev/null", str(path))
+            out.append(FileChange(str(path), "added", None, n.get("mode"), diff))
+        elif n is None:
+            out.append(FileChange(str(path), "removed", o.get("mode"), None, None))
+        else:
+            diff = None
+            if o["text"] != n["text"]:
+                diff = _unified(o["text"], n["text"], str(path), str(path))
+            out.append(FileChange(str(path), "changed", o.get("mode"), n.get("mode"), diff))
+    return out
+
+
+def release_diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> ReleaseDiff:
+    """What a new release document changes against the old one (None: a first release)."""
+    before = old or {}
+    lines = []
+    for key in ("rung", "app"):
+        if old is not None and before.get(key) != new.get(key):
+            lines.append(f"{key}: {_text(before.get(key))} -> {_text(new.get(key))}")
+    old_services = {s["name"]: s for s in before.get("services", [])}
+    new_services = {s["name"]: s for s in new["services"]}
+    for s in new["services"]:
+        lines += _service_lines(old_services.get(s["name"]), s)
+    for s in before.get("services", []):
+        if s["name"] not in new_services:
+            lines += _service_lines(s, None)
+    if old is not None and before.get("secrets") != new.get("secrets"):
+        lines.append("secrets changed")
+    for key in ("volumes", "units"):
+        was, now = _names(before.get(key, [])), _names(new.get(key, []))
+        added = [v for v in now if v not in was]
+        removed = [v for v in was if v not in now]
+        if added:
+            lines.append(f"{key}: added {', '.join(added)}")
+        if removed:
+            lines.append(f"{key}: removed {', '.join(removed)}")
+    for key in sorted((set(before) | set(new)) - {*RELEASE_KEYS, "files"}, key=str):
+        if old is not None and before.get(key) != new.get(key):
+            lines.append(f"{key} {_text(before.get(key))} -> {_text(new.get(key))}")
+    files = _file_changes(before.get("files", {}), new["files"])
+    if old is not None and not lines and not files and old != new:
+        # The id changed (it digests every other field) though no field above did.
+        lines.append("release fields changed that this report does not know; see the stdin")
+    return ReleaseDiff(
+        old_id=_text(before["release"]) if old is not None else None,
+        new_id=_text(new["release"]),
+        lines=tuple(lines),
+        files=tuple(files),
+    )
+
+
+def release_change(c: Change) -> tuple[ReleaseDiff | None, str | None]:
+    """(the release diff of a Command, or None; a sentence why a release is not shown)."""
+    if c.type not in RELEASE_TYPES or c.kind == "delete":
+        return None, None
+    old = _stdin(c.old) if c.kind != "create" else _Stdin("absent")
+    new = _stdin(c.new)
+    if "release" not in (old.status, new.status):
+        return None, None
+    if new.status != "release" or old.status not in ("release", "absent"):
+        side, bad = ("new", new) if new.status != "release" else ("old", old)
+        return None, f"the {side} stdin is not shown as a release: {bad.why}"
+    return release_diff(old.body if old.status == "release" else None, new.body), None
+
+
+def _stdin_hidden(c: Change) -> bool:
+    """A stdin that must never be shown: a SECRETS document a preview holds unmasked."""
+    if c.type not in RELEASE_TYPES:
+        return False
+    return "secrets-document" in (_stdin(c.old).status, _stdin(c.new).status)
+
+
+def _release_head(rd: ReleaseDiff, kind: str) -> str:
+    how = {
+        "update": "rolled out in place by the node's release agent",
+        "replace": "the Command is replaced (see why below); the node receives it as a release",
+    }.get(kind, "")
+    if rd.old_id is None:
+        return f"- release {code(rd.new_id)} (the first one this resource delivers)"
+    if rd.old_id == rd.new_id:
+        return f"- release {code(rd.new_id)} (same id; the document's text changed)"
+    return f"- release {code(rd.old_id)} → {code(rd.new_id)}" + (f": {how}" if how else "")
+
+
+def _release_lines(rd: ReleaseDiff, limit: int | None = None) -> list[str]:
+    lines = list(rd.lines)
+    if rd.files and not lines:
+        n = len(rd.files)
+        lines.append(
+            f"no service, secret, volume or unit changed; {n} file{'s' if n != 1 else ''} changed"
+        )
+    if not lines:
+        lines.append("no field of the release changed")
+    if limit is not None and len(lines) > limit:
+        lines = [*lines[:limit], f"... and {len(lines) - limit} more (see the resource below)"]
+    return lines
+
+
+def _release_body(rd: ReleaseDiff, kind: str, values: bool) -> list[str]:
+    summary = "\n".join(one_line(line) for line in _release_lines(rd))
+    body = [_release_head(rd, kind), f"- what changes:\n\n{fenced(summary, indent='  ')}\n"]
+    for f in rd.files:
+        head = f"- {code(f.path)} ({f.kind})"
+        if f.kind != "removed" and f.old_mode != f.new_mode and f.old_mode is not None:
+            head += f", mode {code(_text(f.old_mode))} → {code(_text(f.new_mode))}"
+        elif f.kind == "added" and f.new_mode is not None:
+            head += f", mode {code(_text(f.new_mode))}"
+        if values and f.diff:
+            body.append(f"{head}:\n\n{fenced(f.diff, indent='  ', info='diff')}\n")
+        else:
+            body.append(head)
+    if rd.files and not values:
+        body.append("- *(file diffs trimmed to fit the comment)*")
+    return body
+
+
+def release_summary(s: StackSummary) -> str:
+    """The release lines of a stack's changed Commands, for the section's head (never cut)."""
+    blocks = []
+    for c in s.changes:
+        if c.category not in ("create", "update", "replace"):
+            continue
+        rd, _ = release_change(c)
+        if rd is None:
+            continue
+        lines = "\n".join(one_line(line) for line in _release_lines(rd, RELEASE_HEAD_LINES))
+        blocks.append(f"Release {code(c.name)} ({c.kind}):\n\n{fenced(lines)}\n")
+    return "\n".join(blocks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -794,6 +1089,18 @@ def _resource_block(c: Change, danger: bool, values: bool) -> str:
             f"- protect: {'yes' if c.old.protect else 'no'} → {'yes' if c.new.protect else 'no'}"
         )
     changes = property_changes(c) if c.kind != "delete" else []
+    release, why_not = release_change(c)
+    if release is not None:
+        body += _release_body(release, c.kind, values)
+        changes = [p for p in changes if _top_key(p.path) != "stdin"]
+    elif why_not:
+        body.append(f"- {one_line(why_not)}; {code('stdin')} is shown as Pulumi reported it")
+    if _stdin_hidden(c):
+        body.append(f"- {code('stdin')} holds a secrets document: not shown")
+        changes = [
+            PropertyChange(p.path, p.kind, p.old, p.new, True) if _top_key(p.path) == "stdin" else p
+            for p in changes
+        ]
     body += [_property_line(p, values) for p in changes]
     if changes and not values:
         body.append("- *(values trimmed to fit the comment)*")
@@ -804,6 +1111,11 @@ def _resource_block(c: Change, danger: bool, values: bool) -> str:
         + "\n".join(body)
         + "\n\n</details>\n"
     )
+
+
+def _top_key(path: str) -> str | int:
+    segments = parse_path(path)
+    return segments[0] if segments else path
 
 
 def _diagnostics_block(s: StackSummary) -> str:
@@ -921,6 +1233,9 @@ def build_report(
         head = f"### Stack {code(s.stack)}\n"
         if not any(_shown(c) for c in s.changes):
             head += "\nNo resource changes.\n"
+        releases = release_summary(s)
+        if releases:
+            head += "\n" + releases
         heads.append(head)
         diags.append(_diagnostics_block(s))
         danger_idx = {d.index for d in s.dangers}

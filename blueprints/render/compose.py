@@ -13,13 +13,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from blueprints.release.bundle import (
+    Documents,
+    ServiceRelease,
+    digest,
+    release_document,
+    secrets_document,
+)
 from blueprints.render import single_vm as svm
 from blueprints.render.common import (
     docker_env_file,
     dump_json,
     dump_yaml,
     render_template,
-    systemd_escape_path,
 )
 from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files, secret_values
 from blueprints.spec import AppSpec, Backups, Service, format_path
@@ -69,7 +75,10 @@ class ComposeContext:
     # Archive /srv/data onto the server's own disk per the spec's backup settings, for a cloud
     # that cannot snapshot volumes but backs up server disks (Hetzner).
     archive_data: bool = False
-    # Secret environment values by name (placeholders when rendering to disk).
+    # The stack's deploy key (OpenSSH public key), the one key the bootstrap authorizes.
+    deploy_key: str = ""
+    # Secret environment values by name, for render_vm_files' view of everything the VM ends up
+    # with (placeholders when rendering to disk). Never part of the user data.
     secrets: Mapping[str, str] | None = None
 
 
@@ -212,19 +221,29 @@ def unescape_interpolation(value: Any) -> Any:
 
 
 # --- the VM around the compose file ------------------------------------------------------------
+# Bootstrap (user data): the data volume, docker and Compose, the `app-compose` wrapper and the
+# unit that runs the project, the autoheal script, the release agent. Release: the compose file,
+# Caddy's routes, the admins' keys, the autoheal timer (its period follows the health checks),
+# the backup units (their schedule and paused services follow the spec), the secrets.
 
 
 def render_vm_files(ctx: ComposeContext) -> dict[str, str]:
-    """Absolute path on the VM -> text, for every file the compose VM's cloud-init writes."""
+    """Absolute path on the VM -> text, for every file the VM ends up with: its bootstrap and the
+    release (secret files included, from ctx.secrets)."""
+    texts = bootstrap_files(ctx)
+    texts.update(release_files(ctx.app, archive=ctx.archive_data))
+    texts.update(secret_files(ctx.app, ctx.secrets or {}))
+    return dict(sorted(texts.items()))
+
+
+def bootstrap_files(ctx: ComposeContext) -> dict[str, str]:
+    """Every file of the VM's user data: machine-level only."""
     app = ctx.app
-    problems = check_app(app)
-    if problems:
-        raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
     device = svm._checked_device(ctx.data_device)
     data_ctx = svm.NodeContext(app=app, node="compose", data_device=device, floating_ip=None)
     texts: dict[str, str] = {
         **host_files(),
-        COMPOSE_FILE: render_compose_file(app),
+        **svm.deploy_access_files(),
         WRAPPER: _t(
             "app-compose.sh.j2",
             project=app.name,
@@ -232,10 +251,7 @@ def render_vm_files(ctx: ComposeContext) -> dict[str, str]:
             secrets_file=SECRETS_FILE,
         ),
         f"{svm.UNITS}/{APP_UNIT}": _t(
-            "app-compose.service.j2",
-            wrapper=WRAPPER,
-            guard=svm.METADATA_GUARD_UNIT,
-            device_unit=systemd_escape_path(device) + ".device",
+            "app-compose.service.j2", wrapper=WRAPPER, guard=svm.METADATA_GUARD_UNIT
         ),
         f"{svm.SCRIPTS}/autoheal": _t(
             "autoheal.sh.j2", project=app.name, stop_timeout=STOP_GRACE_SECONDS
@@ -243,33 +259,89 @@ def render_vm_files(ctx: ComposeContext) -> dict[str, str]:
         f"{svm.UNITS}/{AUTOHEAL_UNIT}.service": _t(
             "autoheal.service.j2", script=f"{svm.SCRIPTS}/autoheal"
         ),
-        f"{svm.UNITS}/{AUTOHEAL_UNIT}.timer": _t("autoheal.timer.j2", period=autoheal_period(app)),
     }
     texts.update(svm._data_volume_files(data_ctx))
     texts.update(svm._metadata_guard_files())
-    secret_env = _secret_env(app, ctx.secrets or {})
-    if secret_env is not None:
-        texts[SECRETS_FILE] = secret_env
+    texts.update(svm.release_agent_files(device, requires=[]))
+    if ctx.floating_ip is not None:
+        texts["/etc/netplan/60-floating-ip.yaml"] = svm._floating_ip_netplan(ctx.floating_ip)
+    return dict(sorted(texts.items()))
+
+
+def release_files(app: AppSpec, archive: bool) -> dict[str, str]:
+    """Every non-secret file of the app's release."""
+    problems = check_app(app)
+    if problems:
+        raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
+    texts: dict[str, str] = {
+        **svm.admin_keys_file(app),
+        COMPOSE_FILE: render_compose_file(app),
+        f"{svm.UNITS}/{AUTOHEAL_UNIT}.timer": _t("autoheal.timer.j2", period=autoheal_period(app)),
+    }
     caddy = svm._caddy_config(app, dynamic=True)
     if caddy is not None:
         texts[svm.CADDY_CONFIG] = dump_json(caddy)
-    if ctx.archive_data and app.backups.enabled:
-        texts[f"{svm.SCRIPTS}/backup"] = _t(
+    if archive and app.backups.enabled:
+        script = f"{svm.APP_SCRIPTS}/backup"
+        texts[script] = _t(
             "backup.sh.j2",
             wrapper=WRAPPER,
             backup_dir=BACKUP_DIR,
             keep=app.backups.keep,
             paused=sorted(name for name, svc in app.services.items() if svc.volumes),
         )
-        texts[f"{svm.UNITS}/{BACKUP_UNIT}.service"] = _t(
-            "backup.service.j2", script=f"{svm.SCRIPTS}/backup"
-        )
+        texts[f"{svm.UNITS}/{BACKUP_UNIT}.service"] = _t("backup.service.j2", script=script)
         texts[f"{svm.UNITS}/{BACKUP_UNIT}.timer"] = _t(
             "backup.timer.j2", calendar=backup_calendar(app.backups), backups=app.backups
         )
-    if ctx.floating_ip is not None:
-        texts["/etc/netplan/60-floating-ip.yaml"] = svm._floating_ip_netplan(ctx.floating_ip)
     return dict(sorted(texts.items()))
+
+
+def release_units(files: Mapping[str, str]) -> list[str]:
+    """The timers a release starts (the autoheal one, and the backup one if any)."""
+    prefix = f"{svm.UNITS}/"
+    return sorted(p[len(prefix) :] for p in files if p.startswith(prefix) and p.endswith(".timer"))
+
+
+def secret_files(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
+    secret_env = _secret_env(app, secrets)
+    return {} if secret_env is None else {SECRETS_FILE: secret_env}
+
+
+def release_documents(
+    app: AppSpec, key: str, secrets: Mapping[str, str], archive: bool
+) -> Documents:
+    """The app's release as it travels to the VM: key is the deploy private key."""
+    secret_digest, secret_doc = secrets_document(key, secret_files(app, secrets))
+    files = release_files(app, archive)
+    document = compose_document(app)
+    services = []
+    for name, svc in svm.dependency_order(app):
+        definition = dict(document["services"][name])
+        definition["deploy"] = {k: v for k, v in definition["deploy"].items() if k != "replicas"}
+        values = {var: secrets.get(var, "") for var in sorted(svc.secret_env)}
+        services.append(
+            ServiceRelease(
+                name=name,
+                image=svc.image,
+                replicas=svc.replicas,
+                rollout=svm.rollout(svc),
+                digest=digest(key, "compose", name, definition, values),
+                budget=svm.health_budget(svc),
+            )
+        )
+    release = release_document(
+        key,
+        rung="compose",
+        app=app.name,
+        services=services,
+        files=files,
+        modes={path: file_permissions(path) for path in files},
+        volumes=sorted(app.volumes),
+        units=release_units(files),
+        secrets=secret_digest,
+    )
+    return Documents(release=release, secrets=secret_doc)
 
 
 def file_permissions(path: str) -> str:
@@ -279,29 +351,27 @@ def file_permissions(path: str) -> str:
 
 
 def render_cloud_init(ctx: ComposeContext) -> str:
-    """The VM's user data: a #cloud-config document embedding every file it needs."""
-    files = render_vm_files(ctx)
+    """The VM's user data: a #cloud-config document with its bootstrap (no app in it)."""
+    files = bootstrap_files(ctx)
     runcmd = [
         "systemctl try-reload-or-restart ssh.service",
         f"usermod --append --groups docker {DEPLOY_USER}",
     ]
     if ctx.floating_ip is not None:
         runcmd.append("netplan apply")
-    units = [APP_UNIT, f"{AUTOHEAL_UNIT}.timer"]
-    if f"{svm.UNITS}/{BACKUP_UNIT}.timer" in files:
-        units.append(f"{BACKUP_UNIT}.timer")
     runcmd += [
         "systemctl daemon-reload",
-        # Links the app into multi-user.target.wants/ and into the data device's .wants/, so
-        # it also starts when the volume is attached after boot (AWS attaches it then).
-        f"systemctl enable {' '.join(units)}",
+        # Links the release unit into multi-user.target.wants/ and into the data device's
+        # .wants/, so the app also starts when the volume is attached after boot (AWS attaches
+        # it then).
+        f"systemctl enable {svm.RELEASE_UNIT}",
         # --no-block: the app waits for the data volume, which cloud-init must not wait for.
-        f"systemctl start --no-block {' '.join(units)}",
+        f"systemctl start --no-block {svm.RELEASE_UNIT}",
     ]
     # Ubuntu's own Docker and Compose v2 packages: security updates come with the distro's
     # (unattended-upgrades), and the release pins their major versions.
     return cloud_config(
-        ctx.app.admin.ssh_keys,
+        [ctx.deploy_key] if ctx.deploy_key else [],
         files,
         file_permissions,
         [

@@ -35,6 +35,9 @@ class NodeContext:
     # of it, which boots for the first time with the volume attached) keeps running. It never
     # depends on the node's role, so primary and spare get byte-identical user data.
     park_without_volume: bool = False
-    # Secret environment values by name. Real values inside Pulumi (and then the whole user data
-    # is a secret); placeholders when rendering to disk.
+    # The stack's deploy key (OpenSSH public key): the one key the bootstrap authorizes, for the
+    # release channel. Admin keys come with each release.
+    deploy_key: str = ""
+    # Secret environment values by name, for render_node_files' view of everything a node ends
+    # up with (placeholders when rendering to disk). Never part of the user data.
     secrets: Mapping[str, str] = field(default_factory=dict)

@@ -1,10 +1,16 @@
-"""The single-VM blueprint's node: cloud-init user data and every file it writes.
+"""The single-VM blueprint's node: its bootstrap (user data) and its release (the app).
 
-Each node (primary and cold spare) gets the same user data, byte for byte: containers as
-systemd units, Caddy in front, the data volume mounted at /srv/data whenever it is attached (at
-boot or later), and, where the cloud cannot create a server powered off, a first-boot power-off
-that happens only if the data volume never showed up. Neither the node's role nor which node is
-*active* shows up here, so promoting the spare or replacing a node changes no node's files.
+The bootstrap is what a machine needs whatever app it runs: docker, the data volume mounted at
+/srv/data whenever it is attached (at boot or later), the proxy's unit, the deploy access, the
+release agent and the unit that starts the release found on the volume, and, where the cloud
+cannot create a server powered off, a first-boot power-off that happens only if the data volume
+never showed up. It depends on no service, image, env value, secret, route or admin key, and
+each node (primary and cold spare) gets the same bytes: neither the node's role nor which node
+is *active* shows up in it, so a release or a promotion changes no node's user data.
+
+The release is everything about the app: one systemd unit per service replica, their run and
+health scripts, Caddy's routes, the admin keys, the secret env files. It travels over SSH
+(blueprints.release) and is kept on the data volume, so the node holding the volume runs it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from blueprints.release.bundle import (
+    Documents,
+    ServiceRelease,
+    digest,
+    release_document,
+    secrets_document,
+)
 from blueprints.render.common import (
     docker_env_file,
     dump_json,
@@ -30,7 +43,20 @@ from blueprints.spec import AppSpec, Service, format_path
 Problem = tuple[tuple[str | int, ...], str]
 
 SCRIPTS = "/usr/local/lib/blueprints"
+# Scripts that come with a release (run-<svc>, health-<svc>): apart from the bootstrap's.
+APP_SCRIPTS = f"{SCRIPTS}/app"
 UNITS = "/etc/systemd/system"
+# The release agent lives on the data volume beside the releases (blueprints.release.channel
+# installs it with INSTALL_AGENT), so whichever node holds the volume has it.
+RELEASE_AGENT = "/srv/data/.blueprints/release-agent"
+INSTALL_AGENT = f"{SCRIPTS}/install-agent"
+# The stable path that runs it (for the release channel, the boot unit and admins alike).
+AGENT_SHIM = f"{SCRIPTS}/release-agent"
+AGENT_WAIT_SECONDS = 300
+RELEASE_UNIT = "blueprints-release.service"
+# The admins' keys arrive with each release; sshd reads them besides the deploy key.
+ADMIN_KEYS_DIR = "/etc/blueprints/admin-keys"
+ADMIN_KEYS_SSHD = "/etc/ssh/sshd_config.d/11-blueprints-admin-keys.conf"
 SECRETS = "/etc/blueprints/secrets"
 CADDY_CONFIG = "/etc/blueprints/caddy.json"
 # Pinned so that a rebuilt VM runs the same proxy as the one it replaces.
@@ -70,16 +96,20 @@ class RenderedFile:
 
 
 def render_node_files(ctx: NodeContext) -> dict[str, str]:
-    """Absolute path on the VM -> text, for every file the node's cloud-init writes."""
-    return {path: f.content for path, f in _node_files(ctx).items()}
+    """Absolute path on the VM -> text, for every file the node ends up with: its bootstrap and
+    the release (secret files included, from ctx.secrets)."""
+    files = {path: f.content for path, f in bootstrap_files(ctx).items()}
+    files.update({path: f.content for path, f in release_files(ctx.app).items()})
+    files.update(secret_files(ctx.app, ctx.secrets))
+    return dict(sorted(files.items()))
 
 
 def render_cloud_init(ctx: NodeContext) -> str:
-    """The node's user data: a #cloud-config document embedding every file it needs."""
-    files = _node_files(ctx)
+    """The node's user data: a #cloud-config document with its bootstrap (no app in it)."""
+    files = bootstrap_files(ctx)
     # Fixed commands only (no spec values), so plain strings run by sh read best.
     runcmd = [
-        # The drop-in in sshd_config.d only counts once sshd re-reads its config.
+        # The drop-ins in sshd_config.d only count once sshd re-reads its config.
         "systemctl try-reload-or-restart ssh.service",
         # The docker group only exists once docker.io is installed, after cloud-init created the
         # user; naming it in `groups` would make cloud-init create it first as an ordinary group.
@@ -89,11 +119,12 @@ def render_cloud_init(ctx: NodeContext) -> str:
         runcmd.append("netplan apply")
     runcmd += [
         "systemctl daemon-reload",
-        # Links app.target into multi-user.target.wants/ and into the data device's
-        # .device.wants/, so the app also starts when the volume is attached after boot.
-        "systemctl enable app.target",
+        # Links the release unit into multi-user.target.wants/ and into the data device's
+        # .device.wants/, so the release on the volume also starts when the volume is attached
+        # after boot.
+        f"systemctl enable {RELEASE_UNIT}",
         # --no-block: starting waits for the data volume, which cloud-init must not wait for.
-        "systemctl start --no-block app.target",
+        f"systemctl start --no-block {RELEASE_UNIT}",
     ]
     extra: dict[str, object] = {}
     if ctx.park_without_volume:
@@ -105,7 +136,7 @@ def render_cloud_init(ctx: NodeContext) -> str:
             "until it is promoted",
         }
     return cloud_config(
-        ctx.app.admin.ssh_keys,
+        [ctx.deploy_key] if ctx.deploy_key else [],
         {path: f.content for path, f in sorted(files.items())},
         lambda path: files[path].permissions,
         ["curl", "docker.io", "iptables", "unattended-upgrades"],
@@ -140,47 +171,165 @@ def file_permissions(path: str) -> str:
     return "0644"
 
 
-def _node_files(ctx: NodeContext) -> dict[str, RenderedFile]:
-    app = ctx.app
+def _checked(app: AppSpec) -> None:
     # The program reports check_app's problems before it creates anything; this is the second
     # line of defence, for a caller that did not ask.
     problems = check_app(app)
     if problems:
         raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
+
+
+def _rendered(texts: Mapping[str, str]) -> dict[str, RenderedFile]:
+    return {
+        path: RenderedFile(content=texts[path], permissions=file_permissions(path))
+        for path in sorted(texts)
+    }
+
+
+def bootstrap_files(ctx: NodeContext) -> dict[str, RenderedFile]:
+    """Every file of the node's user data: machine-level only (see the module's docstring)."""
+    app = ctx.app
     texts: dict[str, str] = host_files()
+    texts.update(deploy_access_files())
     texts.update(_data_volume_files(ctx))
     texts.update(_network_files(app))
     texts.update(_metadata_guard_files())
-    texts.update(_secret_files(app, ctx.secrets))
+    texts.update(release_agent_files(ctx.data_device, requires=["blueprints-network.service"]))
+    # The proxy is installed on every node; it runs once a release brings its routes.
+    texts[f"{SCRIPTS}/caddy"] = _t(
+        "caddy.sh.j2",
+        container=CADDY_CONTAINER,
+        image=CADDY_IMAGE,
+        network=_network(app),
+        config_path=CADDY_CONFIG,
+    )
+    texts[f"{UNITS}/blueprints-caddy.service"] = _t(
+        "caddy.service.j2",
+        script=f"{SCRIPTS}/caddy",
+        config_path=CADDY_CONFIG,
+        guard=METADATA_GUARD_UNIT,
+    )
+    if ctx.floating_ip is not None:
+        texts["/etc/netplan/60-floating-ip.yaml"] = _floating_ip_netplan(ctx.floating_ip)
+    return _rendered(texts)
+
+
+def deploy_access_files() -> dict[str, str]:
+    """sshd reads the admins' keys from the file each release writes, besides the deploy key
+    the bootstrap authorizes: adding an admin is a release, not a new machine."""
+    return {
+        ADMIN_KEYS_SSHD: _t("admin-keys.conf.j2", admin_keys_dir=ADMIN_KEYS_DIR),
+    }
+
+
+def release_agent_files(device: str, requires: list[str]) -> dict[str, str]:
+    """What installs the release agent, and the unit that starts the release on the volume."""
+    return {
+        INSTALL_AGENT: _t(
+            "install-agent.sh.j2", agent=RELEASE_AGENT, wait_seconds=AGENT_WAIT_SECONDS
+        ),
+        AGENT_SHIM: _t("release-agent.sh.j2", agent=RELEASE_AGENT),
+        f"{UNITS}/{RELEASE_UNIT}": _t(
+            "release.service.j2",
+            agent=RELEASE_AGENT,
+            shim=AGENT_SHIM,
+            guard=METADATA_GUARD_UNIT,
+            requires=requires,
+            device_unit=_device_unit(device),
+        ),
+    }
+
+
+def admin_keys_file(app: AppSpec) -> dict[str, str]:
+    keys = "".join(key.strip() + "\n" for key in app.admin.ssh_keys)
+    return {f"{ADMIN_KEYS_DIR}/{DEPLOY_USER}": keys}
+
+
+def release_files(app: AppSpec) -> dict[str, RenderedFile]:
+    """Every non-secret file of the app's release (see the module's docstring)."""
+    _checked(app)
+    texts: dict[str, str] = admin_keys_file(app)
     for name, svc in app.sorted_services():
         texts.update(_service_files(app, name, svc))
     caddy = _caddy_config(app)
     if caddy is not None:
         texts[CADDY_CONFIG] = dump_json(caddy)
-        texts[f"{SCRIPTS}/caddy"] = _t(
-            "caddy.sh.j2",
-            container=CADDY_CONTAINER,
-            image=CADDY_IMAGE,
-            network=_network(app),
-            config_path=CADDY_CONFIG,
+    texts[f"{UNITS}/app.target"] = _t("app.target.j2", units=_app_units(app, caddy is not None))
+    return _rendered(texts)
+
+
+def secret_files(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
+    """The release's secret env files, one per service that has secret_env."""
+    return _secret_files(app, secrets)
+
+
+def release_services(app: AppSpec, key: str, secrets: Mapping[str, str]) -> list[ServiceRelease]:
+    """The services as the release agent rolls them out, dependencies first."""
+    files = release_files(app)
+    secret = secret_files(app, secrets)
+    out = []
+    for name, svc in dependency_order(app):
+        definition = [
+            files[f"{APP_SCRIPTS}/run-{name}"].content,
+            secret.get(f"{SECRETS}/{name}.env", ""),
+        ]
+        out.append(
+            ServiceRelease(
+                name=name,
+                image=svc.image,
+                replicas=svc.replicas,
+                rollout=rollout(svc),
+                digest=digest(key, "single-vm", name, definition),
+                budget=health_budget(svc),
+            )
         )
-        texts[f"{UNITS}/blueprints-caddy.service"] = _t(
-            "caddy.service.j2",
-            script=f"{SCRIPTS}/caddy",
-            config_path=CADDY_CONFIG,
-            guard=METADATA_GUARD_UNIT,
-        )
-    texts[f"{UNITS}/app.target"] = _t(
-        "app.target.j2",
-        units=_app_units(app, caddy is not None),
-        device_unit=_device_unit(ctx.data_device),
+    return out
+
+
+def release_documents(app: AppSpec, key: str, secrets: Mapping[str, str]) -> Documents:
+    """The app's release as it travels to the node: key is the deploy private key."""
+    secret_digest, secret_doc = secrets_document(key, secret_files(app, secrets))
+    files = release_files(app)
+    release = release_document(
+        key,
+        rung="single-vm",
+        app=app.name,
+        services=release_services(app, key, secrets),
+        files={path: f.content for path, f in files.items()},
+        modes={path: f.permissions for path, f in files.items()},
+        volumes=sorted(app.volumes),
+        units=[],
+        secrets=secret_digest,
     )
-    if ctx.floating_ip is not None:
-        texts["/etc/netplan/60-floating-ip.yaml"] = _floating_ip_netplan(ctx.floating_ip)
-    return {
-        path: RenderedFile(content=texts[path], permissions=file_permissions(path))
-        for path in sorted(texts)
-    }
+    return Documents(release=release, secrets=secret_doc)
+
+
+def rollout(svc: Service) -> str:
+    """surge: a stateless service, whose new container can run beside the old one (no volume,
+    no host port); restart: anything else, stopped before its successor starts."""
+    return "restart" if svc.volumes or svc.public_tcp_ports else "surge"
+
+
+def health_budget(svc: Service) -> int | None:
+    """Seconds a new container may take to become healthy: its start period, then as many
+    failed probes as its health check tolerates."""
+    h = svc.health
+    if h is None:
+        return None
+    return h.start_period + h.retries * (h.interval + h.timeout)
+
+
+def dependency_order(app: AppSpec) -> list[tuple[str, Service]]:
+    """Services, each after those it depends on; ties by name."""
+    done: list[str] = []
+    pending = dict(app.sorted_services())
+    while pending:
+        ready = [n for n, s in pending.items() if all(d in done for d in s.depends_on)]
+        if not ready:  # a cycle; the spec refuses those, so this is for other callers
+            ready = sorted(pending)
+        done.append(ready[0])
+        del pending[ready[0]]
+    return [(n, app.services[n]) for n in done]
 
 
 def _t(template: str, **values: object) -> str:
@@ -280,8 +429,6 @@ def _device_unit(device: str) -> str:
 def _data_volume_files(ctx: NodeContext) -> dict[str, str]:
     device = _checked_device(ctx.data_device)
     escaped = systemd_escape_path(device)
-    volumes = sorted(ctx.app.volumes)
-    caddy = any(svc.public_http_ports for svc in ctx.app.services.values())
     return {
         f"{UNITS}/srv-data.mount": _t("srv-data.mount.j2", device=device),
         f"{UNITS}/{escaped}.device.d/blueprints-timeout.conf": _t(
@@ -296,7 +443,7 @@ def _data_volume_files(ctx: NodeContext) -> dict[str, str]:
             "format-data.sh.j2", device=device, device_wait=DEVICE_WAIT_SECONDS, label=DATA_LABEL
         ),
         f"{UNITS}/blueprints-data.service": _t("data.service.j2", script=f"{SCRIPTS}/prepare-data"),
-        f"{SCRIPTS}/prepare-data": _t("prepare-data.sh.j2", volumes=volumes, caddy=caddy),
+        f"{SCRIPTS}/prepare-data": _t("prepare-data.sh.j2", caddy_dir=CADDY_DIR),
     }
 
 
@@ -330,8 +477,8 @@ def _secret_files(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
 
 
 def _service_files(app: AppSpec, name: str, svc: Service) -> dict[str, str]:
-    script = f"{SCRIPTS}/run-{name}"
-    health_script = f"{SCRIPTS}/health-{name}" if svc.health else None
+    script = f"{APP_SCRIPTS}/run-{name}"
+    health_script = f"{APP_SCRIPTS}/health-{name}" if svc.health else None
     deps = sorted(unit for dep in svc.depends_on for unit in _instances(dep, app.services[dep]))
     files = {
         f"{UNITS}/app-{name}@.service": _t(
@@ -406,18 +553,28 @@ def _caddy_config(app: AppSpec, dynamic: bool = False) -> dict[str, object] | No
             host = port.host or app.domain
             upstreams: dict[str, object]
             if dynamic:
+                # A removed container's address stays among the upstreams until the next
+                # lookup, and a dial to an address nobody holds any more waits out the dial
+                # timeout (Caddy's default: 3 s) before the request is retried on another: so
+                # look up every second, and give up on a dial after one (a container on the
+                # same host accepts in well under a millisecond).
                 upstreams = {
                     "dynamic_upstreams": {
                         "source": "a",
                         "name": name,
                         "port": str(port.port),
-                        "refresh": "5s",
-                    }
+                        "refresh": "1s",
+                    },
+                    "transport": {"protocol": "http", "dial_timeout": "1s"},
                 }
             else:
+                # Replicas 1..R and the surge slot R+1, where a release starts the new
+                # container of a stateless service before it replaces the old ones. A slot with
+                # no container does not resolve: Caddy's health check marks it down, and a
+                # request dialling it is retried on another replica.
                 upstreams = {
                     "upstreams": [
-                        {"dial": f"{name}-{n}:{port.port}"} for n in range(1, svc.replicas + 1)
+                        {"dial": f"{name}-{n}:{port.port}"} for n in range(1, svc.replicas + 2)
                     ]
                 }
             proxy: dict[str, object] = {

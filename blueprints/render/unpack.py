@@ -46,9 +46,35 @@ def server_user_data(resource) -> str | None:
     return None
 
 
-def stack_files(plan) -> dict[str, str]:
-    """Relative path -> text: `<server>/user-data.yaml` and `<server>/<file path>` per server."""
+COMMAND_TYPE = "command:remote:Command"
+
+
+def release_files(plan) -> dict[str, str]:
+    """Relative path -> text of the release a plan delivers: `release/release.yaml` (the
+    document the node receives), `release/<file path>` per file, and the same for the secrets
+    document (placeholders in a plan), so the release reads beside each server's bootstrap."""
+    from blueprints.release.bundle import BundleError, parse_release, parse_secrets
+
     files: dict[str, str] = {}
+    for res in plan.resources:
+        if res.type != COMMAND_TYPE:
+            continue
+        stdin = res.plain_inputs().get("stdin")
+        for parse, name in ((parse_release, "release.yaml"), (parse_secrets, "secrets.yaml")):
+            try:
+                body = parse(stdin)
+            except BundleError:
+                continue
+            files[f"release/{name}"] = stdin
+            for path, entry in body["files"].items():
+                files[f"release/{str(path).lstrip('/')}"] = entry["text"]
+    return files
+
+
+def stack_files(plan) -> dict[str, str]:
+    """Relative path -> text: `<server>/user-data.yaml` and `<server>/<file path>` per server
+    (the bootstrap), and the release beside them (release_files)."""
+    files: dict[str, str] = release_files(plan)
     for res in plan.resources:
         if res.type not in SERVER_TYPES:
             continue

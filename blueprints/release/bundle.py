@@ -1,0 +1,204 @@
+"""The two documents a release travels in (see CONTRACT.md): what the app runs (RELEASE, not
+secret, so a preview shows it line by line) and the secret files it needs (SECRETS, a secret).
+
+Both are YAML with sorted keys and every multi-line text as a `|` block, so a changed line of a
+unit file is one changed line of the document. Digests are HMAC-SHA256 keyed with the stack's
+deploy private key: the release names the secrets it needs without revealing anything about them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+RELEASE_FORMAT = "blueprints-release/1"
+SECRETS_FORMAT = "blueprints-secrets/1"
+DIGEST_CHARS = 16
+ROLLOUTS = ("surge", "restart")
+
+
+class BundleError(ValueError):
+    """A text is not the release (or secrets) document it claims to be; one sentence why."""
+
+
+@dataclass(frozen=True)
+class Documents:
+    """A release's two documents (the secrets one is None when the app has no secrets)."""
+
+    release: str
+    secrets: str | None
+
+
+@dataclass(frozen=True)
+class ServiceRelease:
+    """One service as the agent rolls it out."""
+
+    name: str
+    image: str
+    replicas: int
+    # "surge": stateless, new containers are healthy before old ones stop; "restart": stop first.
+    rollout: str
+    # Digest of the container definition (everything but the replica count).
+    digest: str
+    # Seconds a new container may take to become healthy; None: no health check.
+    budget: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "health": None if self.budget is None else {"budget": self.budget},
+            "image": self.image,
+            "name": self.name,
+            "replicas": self.replicas,
+            "rollout": self.rollout,
+        }
+
+
+def digest(key: str, *parts: object) -> str:
+    """HMAC of the parts' canonical JSON, keyed with `key` (the deploy private key)."""
+    body = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hmac.new(key.encode(), body.encode(), hashlib.sha256).hexdigest()[:DIGEST_CHARS]
+
+
+def _files(files: Mapping[str, str], modes: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    return {path: {"mode": modes[path], "text": files[path]} for path in sorted(files)}
+
+
+def secrets_document(key: str, files: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(digest, document) of the secret files; (None, None) when the app has none."""
+    if not files:
+        return None, None
+    body = _files(files, {path: "0600" for path in files})
+    name = digest(key, SECRETS_FORMAT, body)
+    return name, dump({"digest": name, "files": body, "format": SECRETS_FORMAT})
+
+
+def release_document(
+    key: str,
+    *,
+    rung: str,
+    app: str,
+    services: Sequence[ServiceRelease],
+    files: Mapping[str, str],
+    modes: Mapping[str, str],
+    volumes: Sequence[str],
+    units: Sequence[str],
+    secrets: str | None,
+) -> str:
+    body: dict[str, Any] = {
+        "app": app,
+        "files": _files(files, modes),
+        "format": RELEASE_FORMAT,
+        "rung": rung,
+        "secrets": secrets,
+        "services": [s.as_dict() for s in services],
+        "units": sorted(units),
+        "volumes": sorted(volumes),
+    }
+    body["release"] = release_id(body)
+    return dump(body)
+
+
+def release_id(body: Mapping[str, Any]) -> str:
+    """The id of a release: a plain digest of everything else in its document (which already
+    names its secrets by their keyed digest), so the agent can recompute it."""
+    rest = {k: v for k, v in body.items() if k != "release"}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:DIGEST_CHARS]
+
+
+class _BlockDumper(yaml.SafeDumper):
+    pass
+
+
+def _plain_char(ch: str) -> bool:
+    """A character YAML keeps as itself inside a block: not a control character, and none of
+    the other characters YAML reads as a line break (NEL, LS, PS) or a byte order mark."""
+    code = ord(ch)
+    if code < 0x20 or 0x7F <= code < 0xA0:
+        return False
+    return ch not in "\u2028\u2029\ufeff"
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    # Block style for multi-line text (readable diffs); YAML cannot hold trailing spaces or
+    # some control characters in a block, so those texts stay quoted.
+    printable = all(ch in "\n\t" or _plain_char(ch) for ch in value)
+    no_trailing = not any(line != line.rstrip() for line in value.split("\n"))
+    if "\n" in value and printable and no_trailing:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    if not all(ch == "\n" or _plain_char(ch) for ch in value):
+        # Double quotes escape every such character (PyYAML would fold a NEL in other styles).
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def dump(body: Mapping[str, Any]) -> str:
+    return yaml.dump(
+        dict(body),
+        Dumper=_BlockDumper,
+        sort_keys=True,
+        allow_unicode=True,
+        default_flow_style=False,
+        width=4096,
+    )
+
+
+def _load(text: object, what: str) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise BundleError(f"the {what} document is not text")
+    try:
+        body = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BundleError(f"the {what} document is not YAML ({exc.__class__.__name__})") from None
+    if not isinstance(body, dict):
+        raise BundleError(f"the {what} document is not a YAML mapping")
+    return body
+
+
+def parse_release(text: object) -> dict[str, Any]:
+    """The release document as a dict, checked: its format, its id, its services and files."""
+    body = _load(text, "release")
+    if body.get("format") != RELEASE_FORMAT:
+        raise BundleError(
+            f"not a release document: format is {body.get('format')!r}, expected {RELEASE_FORMAT}"
+        )
+    try:
+        expected = release_id(body)
+    except (TypeError, ValueError):  # a date, a set or a binary value: not what we write
+        raise BundleError("the release document holds values no release document has") from None
+    if body.get("release") != expected:
+        raise BundleError(
+            "the release document's id does not match its content (edited or truncated)"
+        )
+    services = body.get("services")
+    if not isinstance(services, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) for s in services
+    ):
+        raise BundleError("the release document's services are not a list of named services")
+    files = body.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(f, dict) and isinstance(f.get("text"), str) for f in files.values()
+    ):
+        raise BundleError("the release document's files are not a map of path to mode and text")
+    return body
+
+
+def parse_secrets(text: object) -> dict[str, Any]:
+    body = _load(text, "secrets")
+    if body.get("format") != SECRETS_FORMAT:
+        raise BundleError(
+            f"not a secrets document: format is {body.get('format')!r}, expected {SECRETS_FORMAT}"
+        )
+    if not isinstance(body.get("files"), dict):
+        raise BundleError("the secrets document's files are not a map of path to mode and text")
+    return body

@@ -1,0 +1,128 @@
+"""Principle 9 on the plans of the single-machine rungs: an app change is a release (an update of
+the release command) and never touches a machine; a machine change never touches the release."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from blueprints.plan import Plan, plan_stack
+from blueprints.release.bundle import parse_release
+
+ROOT = Path(__file__).resolve().parent.parent
+STACKS = ["single-vm-hcloud", "single-vm-localstack", "compose-hcloud", "compose-localstack"]
+COMMAND = "command:remote:Command"
+EXAMPLE: dict[str, Any] = yaml.safe_load((ROOT / "examples/app.yaml").read_text())
+NEW_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn7Yz2c9q0kJx4mA8rVtW3pLsE6uHdN1fGiKoQ2bR5y new@x"
+
+
+def _image_bump(data: dict) -> None:
+    data["services"]["web"]["image"] = "ghcr.io/example/shop-web:1.4.3"
+
+
+def _admin_key(data: dict) -> None:
+    data["admin"]["ssh_keys"].append(NEW_KEY)
+
+
+def _env_value(data: dict) -> None:
+    data["services"]["web"].setdefault("env", {})["LOG_LEVEL"] = "debug"
+
+
+def _replicas(data: dict) -> None:
+    data["services"]["web"]["replicas"] = 3
+
+
+APP_CHANGES = {
+    "image bump": _image_bump,
+    "admin key": _admin_key,
+    "env value": _env_value,
+    "replicas": _replicas,
+}
+
+
+def _plan(stack: str, tmp_path: Path, change=None, **overrides: str) -> Plan:
+    data = copy.deepcopy(EXAMPLE)
+    if change is not None:
+        change(data)
+    spec = tmp_path / f"{stack}-{change.__name__ if change else 'base'}.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    return plan_stack(stack, ROOT, {"blueprints:spec": str(spec), **overrides})
+
+
+def _inputs(plan: Plan) -> dict[str, Any]:
+    return {r.name: r.plain_inputs() for r in plan.resources}
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict[str, Plan]:
+    tmp = tmp_path_factory.mktemp("base")
+    return {stack: _plan(stack, tmp) for stack in STACKS}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("change", sorted(APP_CHANGES))
+def test_an_app_change_is_a_release_and_touches_no_machine(bases, tmp_path, stack, change):
+    before, after = bases[stack], _plan(stack, tmp_path, APP_CHANGES[change])
+    old, new = _inputs(before), _inputs(after)
+    assert set(old) == set(new)
+    changed = sorted(name for name in old if old[name] != new[name])
+    # only the release document changes: no server, key, volume, firewall or IP
+    assert changed == [f"shop-{stack}-release"]
+    old_doc = parse_release(old[f"shop-{stack}-release"]["stdin"])
+    new_doc = parse_release(new[f"shop-{stack}-release"]["stdin"])
+    assert old_doc["release"] != new_doc["release"]
+    if change == "image bump":
+        [web] = [s for s in new_doc["services"] if s["name"] == "web"]
+        assert web["image"] == "ghcr.io/example/shop-web:1.4.3"
+    if change == "admin key":
+        assert NEW_KEY in new_doc["files"]["/etc/blueprints/admin-keys/deploy"]["text"]
+    if change == "replicas":
+        # a replica count alone keeps the container definition: nothing is restarted for it
+        [old_web] = [s for s in old_doc["services"] if s["name"] == "web"]
+        [new_web] = [s for s in new_doc["services"] if s["name"] == "web"]
+        assert new_web["replicas"] == 3 and new_web["digest"] == old_web["digest"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_machine_change_touches_only_the_servers(bases, tmp_path, stack):
+    size = "cx33" if "hcloud" in stack else "t3.large"
+    after = _plan(stack, tmp_path, None, **{"blueprints:serverType": size})
+    old, new = _inputs(bases[stack]), _inputs(after)
+    changed = {name for name in old if old[name] != new[name]}
+    servers = {r.name for r in after.resources if r.type.endswith((":Server", ":Instance"))}
+    assert changed == servers
+    for name in servers:
+        diff = {k for k in old[name] if old[name][k] != new[name].get(k)}
+        assert diff == {"serverType" if "hcloud" in stack else "instanceType"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_release_goes_to_the_active_node_after_its_agent_and_secrets(bases, stack):
+    plan = bases[stack]
+    commands = {r.name.removeprefix(f"shop-{stack}-"): r for r in plan.of_type(COMMAND)}
+    assert set(commands) == {"release-agent", "release-secrets", "release"}
+    release = commands["release"]
+    assert f"shop-{stack}-release-agent" in release.depends_on
+    assert f"shop-{stack}-release-secrets" in release.depends_on
+    for command in commands.values():
+        inputs = command.plain_inputs()
+        # updated in place when the stdin changes, never replaced
+        assert inputs["update"] == inputs["create"]
+        assert inputs["connection"]["user"] == "deploy"
+    # to the floating IP, which always points at the node holding the volume and the release
+    outputs = plan.public_outputs()
+    host = release.plain_inputs()["connection"]["host"]
+    assert host == outputs.get("floatingIp", outputs.get("address"))
+    # the deploy key never shows: Pulumi keeps the whole connection secret
+    masked = release.public_inputs()["connection"]
+    assert masked == "[secret]" or masked["privateKey"] == "[secret]"
+
+
+def test_same_spec_same_release_bytes(tmp_path):
+    first = _plan("single-vm-hcloud", tmp_path)
+    second = _plan("single-vm-hcloud", tmp_path)
+    assert _inputs(first) == _inputs(second)
