@@ -110,8 +110,9 @@ class StackSettings(BaseModel):
     image: str = Field(default="ubuntu-24.04", description="hcloud OS image.")
     hcloud_ssh_key: str | None = Field(
         default=None,
-        description="hcloud: name of an SSH key already in the project, used instead of "
-        "uploading the spec's first admin key (Hetzner refuses the same key twice).",
+        description="hcloud: name of an SSH key already in the project, registered on the "
+        "servers instead of uploading one (single-vm, compose: the stack's deploy key; nomad, "
+        "k8s: the spec's first admin key, which Hetzner refuses to hold twice).",
     )
     region: str = Field(default="eu-central-1", description="aws/localstack region.")
     zone: str | None = Field(

@@ -13,7 +13,11 @@ Targets (issue 2): both single-VM stacks planned in under 1 s together; 500 serv
 10 s and 500 MB. This script prints figures and whether each target is met; it is not a test
 and never fails the build by itself (exit 0), unless --check is given.
 
-Usage: .venv/bin/python scripts/benchmark.py [--check] [--sizes 10,100,500]
+With --base REF, `plan --all` of the project as it was at git REF (its own blueprints package)
+is measured in the same run, and the growth of its ratio to the floor is printed (issue 15: a
+change may grow it by at most 20%).
+
+Usage: .venv/bin/python scripts/benchmark.py [--check] [--sizes 10,100,500] [--base REF]
 """
 
 from __future__ import annotations
@@ -35,10 +39,14 @@ RUNS = 5  # per median
 BP = [sys.executable, "-m", "blueprints.cli"]
 
 
-def measure(cmd: list[str], cwd: Path) -> tuple[float, float, int]:
+def measure(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, float, int]:
     """(wall seconds, peak RSS MiB, exit code) of one child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -115,7 +123,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--sizes", default="10,100,500", help="service counts (default 10,100,500)")
+    parser.add_argument(
+        "--base", metavar="REF", help="also plan every stack as of git REF, for the ratio's growth"
+    )
     args = parser.parse_args()
+    if args.base is not None:
+        known = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{args.base}^{{commit}}"],
+            cwd=ROOT,
+            capture_output=True,
+            check=False,
+        )
+        if known.returncode != 0:
+            print(f"--base: {args.base!r} is not a commit of this repository", file=sys.stderr)
+            return 2
     sizes = [int(s) for s in args.sizes.split(",")]
     missed: list[str] = []
 
@@ -139,6 +160,7 @@ def main() -> int:
             f"{'import floor (pulumi, hcloud, aws), median':46} {floor:8.2f} "
             f"{max(r[1] for r in floor_runs):9.0f}  (runs {_runs(floor_runs)})"
         )
+        every = 0.0
         for label, cwd, limit, verb in (
             ("plan --all (both single-vm stacks), median", single, 1.0, ["plan", "--all"]),
             ("plan --all (every stack), median", ROOT, None, ["plan", "--all"]),
@@ -169,6 +191,30 @@ def main() -> int:
             )
             if not ok:
                 missed.append(label)
+            if label.startswith("plan --all (every stack)"):
+                every = wall
+
+        if args.base is not None:
+            base = Path(tmp) / "base"
+            base.mkdir()
+            archive = subprocess.run(
+                ["git", "archive", "--format=tar", args.base], cwd=ROOT, capture_output=True
+            )
+            subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+            env = {**os.environ, "PYTHONPATH": str(base)}
+            cmd = [*BP, "plan", "--all", "--project", str(base)]
+            runs = [measure(cmd, base, env) for _ in range(RUNS)]
+            before = statistics.median(r[0] for r in runs)
+            growth = (every / floor) / (before / floor) - 1
+            ok = all(r[2] == 0 for r in runs) and growth <= 0.20
+            print(
+                f"{f'plan --all (every stack) at {args.base}, median':46} {before:8.2f} "
+                f"{max(r[1] for r in runs):9.0f}  {before / floor:.1f}x floor "
+                f"(runs {_runs(runs)})"
+            )
+            print(f"{'growth of the ratio to the floor':46} {growth:+8.0%} {'':9}  <= +20%: {ok}")
+            if not ok:
+                missed.append("plan --all ratio growth")
 
         for n in sizes:
             project = bench_project(Path(tmp), n)

@@ -42,7 +42,7 @@ def _ready(node) -> None:
 
 @pytest.fixture(scope="module")
 def vm():
-    with booted_stack_node(STACK, "-vm", _ready, "compose node") as sn:
+    with booted_stack_node(STACK, "-vm", _ready, "compose node", release=True) as sn:
         yield sn
 
 

@@ -33,7 +33,7 @@ def _ready(node) -> None:
 
 @pytest.fixture(scope="module")
 def primary():
-    with booted_stack_node(STACK, "-primary", _ready, "single-vm node") as sn:
+    with booted_stack_node(STACK, "-primary", _ready, "single-vm node", release=True) as sn:
         yield sn
 
 
@@ -184,19 +184,29 @@ def test_second_boot_keeps_the_volume_and_brings_the_app_back(primary):
     )
 
 
-def test_primary_and_spare_side_by_side_only_the_volume_holder_runs_the_app():
+def test_primary_and_spare_side_by_side_then_the_spare_runs_the_release_on_the_volume():
     """Both nodes of the stack at once, from the same user data, on one test network: the one
-    holding the volume runs the app behind the floating IP; the spare, without it, starts
-    nothing of the app and waits (cloud-init's power_state) to park itself."""
+    holding the volume runs the release it was handed behind the floating IP; the spare, without
+    it, starts nothing of the app and waits (cloud-init's power_state) to park itself. Then the
+    promotion's part on the nodes: the primary goes down, the spare boots with the volume and
+    the floating IP, and runs the release it finds there, with nothing pushed to it."""
     from blueprints.spec import load_spec
     from tests.realnode.images import build_standins
     from tests.realnode.net import TestNetwork
     from tests.realnode.node import DataDisk, Node
-    from tests.realnode.stacks import PROJECT, HttpsClient, floating_ip, user_data
+    from tests.realnode.release import Resolver
+    from tests.realnode.stacks import (
+        PROJECT,
+        HttpsClient,
+        StackNode,
+        deliver_planned_release,
+        floating_ip,
+        user_data,
+    )
 
     require_host()
 
-    _, primary_data = user_data(STACK, "-primary")
+    plan, primary_data = user_data(STACK, "-primary")
     _, spare_data = user_data(STACK, "-spare")
     assert primary_data == spare_data  # byte for byte: no node knows its role
     app = load_spec(PROJECT / "examples/app.yaml")
@@ -206,6 +216,7 @@ def test_primary_and_spare_side_by_side_only_the_volume_holder_runs_the_app():
         cleanup.callback(shutil.rmtree, WORK_ROOT / "images" / "pair", ignore_errors=True)
         images = build_standins(app, WORK_ROOT / "images" / "pair", host=app.domain)
         network = cleanup.enter_context(TestNetwork("pair"))
+        resolver = cleanup.enter_context(Resolver(network))
         disk = DataDisk("pair-volume")
         cleanup.callback(disk.destroy)
         primary = Node("primary", primary_data, network, host=10, disk=disk, images=images)
@@ -228,12 +239,16 @@ def test_primary_and_spare_side_by_side_only_the_volume_holder_runs_the_app():
             60,
             1,
         )
+        resolver.serve(primary)
+        sn = StackNode(STACK, plan, primary_data, app.domain, network, disk, primary)
+        deliver_planned_release(sn)
         primary.wait_active(UNITS, timeout=240)
+        release = primary.read("/srv/data/.blueprints/current").strip()
         cert = primary.dir / "caddy-root.crt"
         cert.write_text(primary.read("/srv/data/caddy/caddy/pki/authorities/local/root.crt"))
         client = HttpsClient(network, app.domain, fip, cert)
         wait_for("HTTPS on the floating IP", lambda: client.get("/", 3).status == 200, 90, 0.5)
-        # The spare: no volume, so no mount and no app.
+        # The spare: no volume, so no mount, no release and no app.
         assert spare.exec(["findmnt", "/srv/data"], check=False).returncode != 0
         assert not spare.is_active("app.target")
         assert spare.containers() == {}
@@ -241,5 +256,27 @@ def test_primary_and_spare_side_by_side_only_the_volume_holder_runs_the_app():
         assert fip in spare.sh("ip -4 -o addr show dev eth0")
         network.assign(fip, spare.address)
         assert client.get("/", 3).status == 0  # nothing listens on the spare's 443
-        network.assign(fip, primary.address)
-        wait_for("HTTPS back on the primary", lambda: client.get("/", 3).status == 200, 30, 0.5)
+
+        # The promotion, as far as the nodes go: the primary is fenced (powered off, which
+        # unmounts the volume), the volume moves, and the parked spare is powered on with it.
+        primary.stop()
+        spare.destroy()
+        promoted = Node("promoted", spare_data, network, host=11, disk=disk, images=images)
+        cleanup.callback(promoted.destroy)
+        network.assign(fip, promoted.address)
+        promoted.start()
+        promoted.wait_systemd()
+        resolver.serve(promoted)
+        promoted.wait_active(["blueprints-release.service", *UNITS], timeout=240)
+        wait_for("HTTPS on the promoted spare", lambda: client.get("/", 3).status == 200, 90, 0.5)
+        TIMINGS.append(
+            (
+                "single-vm promoted spare: power on with the volume -> HTTPS 200 (release "
+                "from the volume)",
+                time.monotonic() - promoted.started_at,
+            )
+        )
+        # It runs exactly the release that was live, found on the volume (nothing was sent to
+        # it): the activation at boot started it.
+        assert promoted.read("/srv/data/.blueprints/current").strip() == release
+        assert release in promoted.journal("blueprints-release.service", lines=200)

@@ -164,6 +164,7 @@ class FakeNode(agent.Node):
         self.active: set[str] = set()
         self.mounted = True
         self.broken: set[str] = set()  # images whose containers never become healthy
+        self.broken_slots: set[tuple[str, int, str]] = set()  # (service, slot, image) likewise
         self.unpullable: set[str] = set()
         self.missing: set[str] = set()  # images not present locally
         self.containers: dict[str, dict] = {}  # compose
@@ -230,7 +231,10 @@ class FakeNode(agent.Node):
         if unit not in self.active:
             self.clock += budget
             return agent.Result(1, f"{name}-{slot}: container not running\n")
-        if self._image_of(name) in self.broken:
+        if (
+            self._image_of(name) in self.broken
+            or (name, slot, self._image_of(name)) in self.broken_slots
+        ):
             self.clock += budget
             return agent.Result(1, f"{name}-{slot}: HTTP 404 from /healthz\n")
         self.clock += 2
@@ -306,6 +310,12 @@ class FakeNode(agent.Node):
         if args[0] == "pull":
             return agent.Result(0, "")
         if args[0] == "exec":
+            return agent.Result(0, "")
+        if args[:2] == ["up", "--detach"] and args[2] != "--no-deps":
+            # Every service named, each scaled (a first release).
+            for flag in (a for a in args if a.startswith("--scale=")):
+                name, count = flag[len("--scale=") :].split("=")
+                self._compose(["up", "--detach", "--no-deps", "--scale", f"{name}={count}", name])
             return agent.Result(0, "")
         assert args[:3] == ["up", "--detach", "--no-deps"], args
         name = args[-1]
@@ -491,6 +501,34 @@ def test_an_unhealthy_release_is_rolled_back_with_its_reason(node):
     assert (Path(node.root) / STATE.lstrip("/") / "current").read_text() == previous + "\n"
     assert not (Path(node.root) / STATE.lstrip("/") / f"releases/{rid}.yaml").exists()
     assert "rolling back" in out
+
+
+def test_a_failure_halfway_brings_the_old_replicas_back_one_at_a_time(node):
+    previous = deployed(node, shop())
+    node.broken_slots.add(("web", 2, "ghcr.io/example/shop-web:1.4.3"))
+    node.commands.clear()
+    code, _, err = run_agent(
+        node, "deploy", stdin=release(shop(web_image="ghcr.io/example/shop-web:1.4.3"))[1]
+    )
+    assert code == 1 and err.strip().endswith(f"rolled back to {previous}")
+    assert "(web-2: HTTP 404 from /healthz)" in err
+    web = [c for c in node.changes() if "web@" in c]
+    assert web == [
+        # forward: surge 3, web-1 replaced, web-2's new container never healthy
+        "systemctl start --no-block app-web@3.service",
+        "systemctl stop app-web@1.service",
+        "systemctl start --no-block app-web@1.service",
+        "systemctl stop app-web@2.service",
+        "systemctl start --no-block app-web@2.service",
+        # back: the failed one, old web-2 where nothing serves, then old web-1, then the surge
+        "systemctl stop app-web@2.service",
+        "systemctl start --no-block app-web@2.service",
+        "systemctl stop app-web@1.service",
+        "systemctl start --no-block app-web@1.service",
+        "systemctl stop app-web@3.service",
+    ]
+    assert node.active >= {"app-web@1.service", "app-web@2.service"}
+    assert "app-web@3.service" not in node.active
 
 
 def test_a_failure_restores_every_service_already_changed(node):
@@ -783,8 +821,13 @@ def test_compose_unhealthy_release_removes_the_new_containers_only(cnode):
     old = {cid for cid, c in cnode.containers.items() if c["service"] == "web"}
     cnode.broken.add("ghcr.io/example/shop-web:broken")
     rid, text = compose_release(shop(web_image="ghcr.io/example/shop-web:broken"))
+    cnode.commands.clear()
     code, _, err = run_agent(cnode, "deploy", stdin=text)
     assert code == 1
+    # One `up` (the new containers beside the old), then only the new ones removed.
+    assert [c for c in cnode.changes() if " up " in c] == [
+        f"{agent.WRAPPER} up --detach --no-deps --no-recreate --scale web=4 web"
+    ]
     assert re.fullmatch(
         rf"release {rid}: web did not become healthy within 30 s \(shop-web-[34]: health check "
         rf"exited 1: HTTP 404\); rolled back to {previous}\n",
@@ -815,3 +858,21 @@ def test_compose_replica_change_and_proxy_reload(cnode):
         "/etc/caddy/caddy.json",
     ] in cnode.argv_log()
     assert not any(c.startswith("docker stop") for c in cnode.changes())
+
+
+def test_compose_first_release_starts_everything_at_once_and_undoes_it_on_failure(cnode):
+    cnode.broken.add("ghcr.io/example/shop-web:broken")
+    rid, text = compose_release(shop(web_image="ghcr.io/example/shop-web:broken"))
+    code, _, err = run_agent(cnode, "deploy", stdin=text)
+    assert code == 1
+    assert err.startswith(f"release {rid}: web did not become healthy within 30 s (shop-web-")
+    assert "nothing to roll back to" in err
+    ups = [c for c in cnode.changes() if " up " in c]
+    assert ups[1].endswith(
+        "--scale=postgres=1 --scale=redis=1 --scale=web=2 --scale=worker=1 "
+        "postgres redis web worker"
+    )
+    # Nothing of the release is left: no container (proxy included), no file, no current.
+    assert cnode.containers == {}
+    assert not (Path(cnode.root) / "etc/blueprints/compose/compose.yaml").exists()
+    assert not (Path(cnode.root) / STATE.lstrip("/") / "current").exists()

@@ -1084,6 +1084,9 @@ def test_caddy_routes_every_public_http_port():
     )
     web_proxy = routes[-1]["handle"][0]
     assert web_proxy["health_checks"]["active"]["uri"] == "/healthz"
+    # a dial to a stopped replica gives up in a second and the request goes to another
+    assert web_proxy["transport"] == {"protocol": "http", "dial_timeout": "1s"}
+    assert web_proxy["load_balancing"]["try_duration"] == "5s"
     assert "health_checks" not in routes[2]["handle"][0]  # redis has a tcp check
 
 

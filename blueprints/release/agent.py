@@ -2,8 +2,10 @@
 """The blueprints release agent: rolls a release of the app out on the node that holds the data
 volume, health-gated and reversible (see blueprints/release/CONTRACT.md).
 
-The bootstrap ships this file verbatim to /usr/local/lib/blueprints/release-agent. It needs
-python3 and PyYAML only (both come with every Ubuntu cloud image: cloud-init needs them) and runs
+The release channel installs this file verbatim on the data volume, as
+/srv/data/.blueprints/release-agent, beside the releases it keeps there; the bootstrap's
+/usr/local/lib/blueprints/release-agent runs it. It needs python3 and PyYAML only (both come
+with every Ubuntu cloud image: cloud-init needs them), imports nothing of blueprints, and runs
 as root:
 
     release-agent secrets  < SECRETS   keep the secret files a release will name
@@ -13,7 +15,8 @@ as root:
     release-agent status               the current release, the history, each service
 
 Exit status: 0 done; 1 the rollout failed and the node runs the previous release again; 2 the
-input was refused (one sentence on stderr) and nothing changed.
+input was refused (one sentence on stderr) and nothing changed. `rollback` without an id goes to
+the newest release in the history before the current one; run again, it goes back and forth.
 
 A deploy checks the document, pulls the changed services' images, installs the release's files,
 reloads the proxy, then replaces containers service by service in the document's order: a
@@ -797,6 +800,11 @@ class SingleVm(Driver):
                 p.stopped.add(slot)
                 self.stop(p, slot, f" (above {r_new} replicas)")
 
+    def start_all(self, steps: list[Progress]) -> None:
+        for p in steps:
+            self.roll(p)
+            p.done = True
+
     def restore(self, p: Progress) -> None:
         """Back to the old definition for what p did (old files are installed again)."""
         name, old, new = p.name, p.old, p.new
@@ -806,22 +814,27 @@ class SingleVm(Driver):
             self.roll(back)
             return
         r_old = old["replicas"] if old else 0
-        # First the new containers that are not coming back (not serving, or beyond the old
-        # replica count), then the old replicas one at a time, each healthy before the next.
+        # The new containers that never became healthy go first; then the old replicas come
+        # back where nothing serves, then where a new one serves (one at a time, each healthy
+        # before the next); the new ones beyond the old replica count go last.
         for slot in sorted(p.started, reverse=True):
-            if slot > r_old or slot not in p.serving:
+            if slot not in p.serving:
                 self.stop(p, slot, " (rolling back)")
-        back = sorted(
+        back = [
             slot
-            for slot in (p.started | p.stopped)
+            for slot in sorted(p.started | p.stopped)
             if slot <= r_old and (slot in p.stopped or _changed(old, new))
-        )
-        for slot in back:
+        ]
+        for slot in sorted(back, key=lambda slot: (slot in p.serving, slot)):
             if slot in p.serving:
                 self.settle(p, slot)
                 self.stop(p, slot, " (rolling back)")
             if old is not None:
                 self.start(p, old, slot, r_old)
+        for slot in sorted(p.started, reverse=True):
+            if slot > r_old and slot in p.serving:
+                self.settle(p, slot)
+                self.stop(p, slot, " (rolling back)")
 
     def remove(self, name: str, old: dict) -> None:
         self.say(f"{name}: removed from the release; stopping it")
@@ -1075,19 +1088,38 @@ class Compose(Driver):
             if refresh and i < len(before) - 1 and container["running"]:
                 self.node.sleep(refresh + SETTLE_MARGIN)
 
+    def start_all(self, steps: list[Progress]) -> None:
+        """A first release: one `up` for every service, which Compose starts in dependency
+        order (a dependent once its dependencies are healthy), then each checked in turn. Docker
+        reports a container healthy only after its first probe interval, so starting services
+        one after another would add those intervals up."""
+        names = [p.name for p in steps]
+        self.say(f"starting {', '.join(names)}")
+        scales = [f"--scale={p.name}={p.new['replicas']}" for p in steps if p.new]
+        started = self.compose("up", "--detach", *scales, *names)
+        for p in steps:
+            p.created = [c["id"] for c in self.containers(p.name)]
+        for p in steps:
+            assert p.new is not None
+            if not started.ok and len(p.created) < p.new["replicas"]:
+                raise Unhealthy(p.name, None, f"docker compose up failed: {started.last_line()}")
+            self.wait_healthy(p.name, p.new, p.created)
+            p.done = True
+
     def restore(self, p: Progress) -> None:
         name, old, new = p.name, p.old, p.new
         if p.done and old is not None and new is not None and _changed(old, new):
             self.roll(Progress(name, new, old))
             return
         # Whatever this release created goes; then the old definition where it was removed.
+        removed_old = bool(p.removed)
         current = {c["id"]: c for c in self.containers(name)}
         for cid in reversed(p.created):
             if cid in current:
                 self._remove(p, current[cid], " (rolling back)")
         if old is None:
             return
-        if p.removed or len(self.containers(name)) != old["replicas"]:
+        if removed_old or len(self.containers(name)) != old["replicas"]:
             before = {c["id"] for c in self.containers(name)}
             self._scale(name, old["replicas"], "--no-recreate")
             self.wait_healthy(
@@ -1319,11 +1351,16 @@ class Agent:
         steps: list[Progress] = []
         try:
             driver.proxy(old, doc, changed)
-            for svc in doc["services"]:
-                p = Progress(svc["name"], olds.get(svc["name"]), svc)
-                steps.append(p)
-                driver.roll(p)
-                p.done = True
+            if not olds and doc["services"]:
+                # Nothing runs yet: start everything at once (each after what it depends on).
+                steps = [Progress(svc["name"], None, svc) for svc in doc["services"]]
+                driver.start_all(steps)
+            else:
+                for svc in doc["services"]:
+                    p = Progress(svc["name"], olds.get(svc["name"]), svc)
+                    steps.append(p)
+                    driver.roll(p)
+                    p.done = True
         except Unhealthy as exc:
             self._go_back(driver, old, doc, old_files, new_files, steps, changed)
             within = f" within {exc.seconds:.0f} s" if exc.seconds is not None else ""

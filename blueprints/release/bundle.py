@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,23 +118,19 @@ class _BlockDumper(yaml.SafeDumper):
     pass
 
 
-def _plain_char(ch: str) -> bool:
-    """A character YAML keeps as itself inside a block: not a control character, and none of
-    the other characters YAML reads as a line break (NEL, LS, PS) or a byte order mark."""
-    code = ord(ch)
-    if code < 0x20 or 0x7F <= code < 0xA0:
-        return False
-    return ch not in "\u2028\u2029\ufeff"
+# Characters YAML does not keep as themselves inside a block: control characters, and the
+# other characters YAML reads as a line break (NEL, LS, PS) or a byte order mark.
+_NOT_PLAIN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+_NOT_PLAIN_LINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+# A space or tab at the end of a line, which a block cannot hold.
+_TRAILING = re.compile(r"[ \t](?:\n|$)")
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    # Block style for multi-line text (readable diffs); YAML cannot hold trailing spaces or
-    # some control characters in a block, so those texts stay quoted.
-    printable = all(ch in "\n\t" or _plain_char(ch) for ch in value)
-    no_trailing = not any(line != line.rstrip() for line in value.split("\n"))
-    if "\n" in value and printable and no_trailing:
+    # Block style for multi-line text (readable diffs) that a block can hold as it is.
+    if "\n" in value and not _NOT_PLAIN.search(value) and not _TRAILING.search(value):
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
-    if not all(ch == "\n" or _plain_char(ch) for ch in value):
+    if _NOT_PLAIN_LINE.search(value):
         # Double quotes escape every such character (PyYAML would fold a NEL in other styles).
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
     return dumper.represent_scalar("tag:yaml.org,2002:str", value)

@@ -263,9 +263,15 @@ def secret_files(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
     return _secret_files(app, secrets)
 
 
-def release_services(app: AppSpec, key: str, secrets: Mapping[str, str]) -> list[ServiceRelease]:
-    """The services as the release agent rolls them out, dependencies first."""
-    files = release_files(app)
+def release_services(
+    app: AppSpec,
+    key: str,
+    secrets: Mapping[str, str],
+    files: Mapping[str, RenderedFile] | None = None,
+) -> list[ServiceRelease]:
+    """The services as the release agent rolls them out, dependencies first (`files`: the
+    release's files, when the caller has them already)."""
+    files = release_files(app) if files is None else files
     secret = secret_files(app, secrets)
     out = []
     for name, svc in dependency_order(app):
@@ -294,7 +300,7 @@ def release_documents(app: AppSpec, key: str, secrets: Mapping[str, str]) -> Doc
         key,
         rung="single-vm",
         app=app.name,
-        services=release_services(app, key, secrets),
+        services=release_services(app, key, secrets, files),
         files={path: f.content for path, f in files.items()},
         modes={path: f.permissions for path, f in files.items()},
         volumes=sorted(app.volumes),
@@ -575,7 +581,10 @@ def _caddy_config(app: AppSpec, dynamic: bool = False) -> dict[str, object] | No
                 upstreams = {
                     "upstreams": [
                         {"dial": f"{name}-{n}:{port.port}"} for n in range(1, svc.replicas + 2)
-                    ]
+                    ],
+                    # A container just stopped or a slow lookup must not cost the request
+                    # Caddy's default 3 s per attempt (two would overrun try_duration).
+                    "transport": {"protocol": "http", "dial_timeout": "1s"},
                 }
             proxy: dict[str, object] = {
                 "handler": "reverse_proxy",
@@ -586,7 +595,10 @@ def _caddy_config(app: AppSpec, dynamic: bool = False) -> dict[str, object] | No
                     "try_duration": "5s",
                 },
             }
-            if svc.health is not None and svc.health.type == "http":
+            # Active checks: only for a fixed list of upstreams (Caddy 2.8 runs none for dynamic
+            # ones). Under Compose the gate is Docker's health status, which the release agent
+            # waits for before it retires an old container.
+            if not dynamic and svc.health is not None and svc.health.type == "http":
                 active: dict[str, object] = {
                     "uri": svc.health.path,
                     "interval": f"{svc.health.interval}s",

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -111,6 +112,8 @@ class StackNode:
     disk: DataDisk
     node: Node
     cacert: Path | None = None
+    # The test network's resolver (release.Resolver), when the node gets releases.
+    resolver: Any = None
 
     def client(self, address: str | None = None) -> HttpsClient:
         """HTTPS to the node's proxy at `address` (default: its floating IP, else its own)."""
@@ -127,8 +130,27 @@ class StackNode:
         )
 
 
-def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
-    """Plan `stack`, boot its `*suffix` server with a blank volume, wait until `ready(node)`.
+def deliver_planned_release(sn: StackNode) -> float:
+    """The plan's own release, handed to the node the way `pulumi up` does (over ssh as deploy,
+    the agent, the secrets, then the release: tests/realnode/release.py); seconds it took."""
+    from tests.realnode.release import ReleaseChannel
+
+    sn.node.wait_active(["bpt-first-boot.service", "ssh.service", "srv-data.mount"], timeout=240)
+    channel = ReleaseChannel(sn)
+    channel.authorize()
+    started = time.monotonic()
+    proc = channel.deploy(channel.documents())
+    if proc.returncode != 0:
+        raise HarnessError(
+            f"{sn.stack}: the planned release failed (exit {proc.returncode}):\n"
+            f"{proc.stdout}{proc.stderr}\n{sn.node.diagnose()}"
+        )
+    return time.monotonic() - started
+
+
+def boot_stack_node(stack: str, suffix: str, ready, label: str, release: bool = False) -> StackNode:
+    """Plan `stack`, boot its `*suffix` server with a blank volume, wait until `ready(node)`;
+    with `release`, deliver the plan's release first (the app is not in the user data).
 
     Records the seconds from start to booted and to ready in node.TIMINGS under `label`.
     The caller must call destroy_stack_node on the result, also when a test fails.
@@ -137,8 +159,14 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
     app = load_spec(PROJECT / "examples/app.yaml")
     network = TestNetwork(stack)
     network.create()
-    disk = node = None
+    disk = node = resolver = None
     try:
+        if release:
+            from tests.realnode.release import Resolver
+
+            # Like a cloud network's resolver: NXDOMAIN at once for a name nobody holds (a
+            # replica slot with no container), which Docker's DNS forwards to it.
+            resolver = Resolver(network).__enter__()
         # Like Django or Rails in production, the stand-ins answer only for the app's domain.
         images = build_standins(app, WORK_ROOT / "images" / stack, host=app.domain)
         disk = DataDisk(f"{stack}-volume")
@@ -148,12 +176,18 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
             network.assign(fip, node.address)
         node.start()
         booted = node.wait_booted()
+        TIMINGS.append((f"{label}: start -> systemd booted", booted))
+        sn = StackNode(stack, plan, text, app.domain, network, disk, node, resolver=resolver)
+        if resolver is not None:
+            resolver.serve(node)
+        if release:
+            sent = deliver_planned_release(sn)
+            TIMINGS.append((f"{label}: first release over ssh (pulls, starts, health gates)", sent))
         ready(node)
         active = time.monotonic() - node.started_at
-        TIMINGS.append((f"{label}: start -> systemd booted", booted))
-        TIMINGS.append((f"{label}: start -> every app unit active and healthy", active))
-        sn = StackNode(stack, plan, text, app.domain, network, disk, node)
-        if written_file(text, "/etc/blueprints/caddy.json") is not None:
+        what = "every app unit active and healthy" if release else "ready for a release"
+        TIMINGS.append((f"{label}: start -> {what}", active))
+        if release and CADDY_CONFIG in (_planned_release(plan) or ""):
             # Caddy's active health checks start out failing while the replicas' names do not
             # resolve yet, so the proxy can trail the units by up to one check interval.
             client = sn.client()
@@ -175,9 +209,21 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str) -> StackNode:
             node.destroy()
         if disk is not None:
             disk.destroy()
+        if resolver is not None:
+            resolver.__exit__(None, None, None)
         network.destroy()
         shutil.rmtree(WORK_ROOT / "images" / stack, ignore_errors=True)
         raise
+
+
+CADDY_CONFIG = "/etc/blueprints/caddy.json"
+
+
+def _planned_release(plan: Plan) -> str | None:
+    for res in plan.resources:
+        if res.type == "command:remote:Command" and res.name.endswith("-release"):
+            return res.plain_inputs().get("stdin")
+    return None
 
 
 def destroy_stack_node(sn: StackNode) -> None:
@@ -187,17 +233,21 @@ def destroy_stack_node(sn: StackNode) -> None:
         try:
             sn.disk.destroy()
         finally:
+            if sn.resolver is not None:
+                sn.resolver.__exit__(None, None, None)
             sn.network.destroy()
             shutil.rmtree(WORK_ROOT / "images" / sn.stack, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def booted_stack_node(stack: str, suffix: str, ready, label: str) -> Iterator[StackNode]:
+def booted_stack_node(
+    stack: str, suffix: str, ready, label: str, release: bool = False
+) -> Iterator[StackNode]:
     """boot_stack_node as a context: the node, its volume and its network are gone on exit,
     also when the body fails. A test module's fixture is `with booted_stack_node(...) as sn:
     yield sn`."""
     require_host()
-    sn = boot_stack_node(stack, suffix, ready, label)
+    sn = boot_stack_node(stack, suffix, ready, label, release)
     try:
         yield sn
     finally:
