@@ -105,6 +105,7 @@ class Compose(pulumi.ComponentResource):
             key=deploy_key,
             secrets=secrets,
             has_secrets=bool(app.secret_names()),
+            volume_id=volume.id,
             documents=lambda key_pem, values: release_documents(app, key_pem, values, archive),
             depends_on=ready,
             parent=self,

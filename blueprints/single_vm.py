@@ -138,6 +138,7 @@ class SingleVm(pulumi.ComponentResource):
             key=deploy_key,
             secrets=secrets,
             has_secrets=bool(app.secret_names()),
+            volume_id=volume.id,
             documents=lambda key_pem, values: release_documents(app, key_pem, values),
             depends_on=[
                 active.resource,

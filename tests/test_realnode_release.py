@@ -8,8 +8,8 @@ document on stdin. While a client sends HTTPS requests through Caddy without pau
 - release N (the plan's own) brings the app up; the stand-ins answer 400 to any Host but the
   app's domain, yet every probe passes and nothing is restarted;
 - N+1 bumps web's image (2 replicas): zero failed requests, the rollout's duration recorded;
-- N+2's web never gets healthy (its health path answers 404): the command fails naming web, the
-  node stays on N+1, zero failed requests;
+- N+2's web never gets healthy (it answers 500 on every path, its health path included): the
+  command fails naming web, the node stays on N+1, zero failed requests;
 - N+3 scales web to 1 (nothing restarted), N+4 bumps its image again: the single replica's
   longest gap between two answers is measured.
 """
@@ -133,7 +133,8 @@ class Rollouts:
                 "docker",
                 "inspect",
                 "--format",
-                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                # compose: the app's network and, once healthy, the proxy's
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
                 *web,
             ]
         ).stdout.split()

@@ -83,6 +83,8 @@ def compose_files(services, refresh="1s"):
         "name": "shop",
         "services": {s["name"]: {"image": s["image"]} for s in services},
     }
+    if "web" in compose["services"]:
+        compose["services"]["web"]["labels"] = {"blueprints.proxy": "web"}
     compose["services"]["blueprints_proxy"] = {"image": "caddy:2.8.4"}
     caddy = {
         "apps": {
@@ -258,6 +260,12 @@ class FakeNode(agent.Node):
         if args[0] == "stop":
             self.containers[args[-1]]["running"] = False
             return agent.Result(0, "")
+        if args[:2] == ["network", "connect"]:
+            assert args[2] == "--alias"
+            c = self.containers[args[-1]]
+            assert self._inspect(args[-1])["State"]["Health"]["Status"] == "healthy", args
+            c["networks"].append(args[-2])
+            return agent.Result(0, "")
         if args[0] == "rm":
             self.containers.pop(args[-1], None)
             return agent.Result(0, "")
@@ -267,6 +275,10 @@ class FakeNode(agent.Node):
     def _compose_image(self, name: str) -> str:
         doc = yaml.safe_load(self.read("/etc/blueprints/compose/compose.yaml"))
         return doc["services"][name]["image"]
+
+    def _labels(self, name: str) -> dict:
+        doc = yaml.safe_load(self.read("/etc/blueprints/compose/compose.yaml"))
+        return doc["services"][name].get("labels") or {}
 
     def _create(self, name: str) -> str:
         self._ids += 1
@@ -280,6 +292,8 @@ class FakeNode(agent.Node):
             "image": self._compose_image(name),
             "running": True,
             "created": self.clock,
+            "labels": self._labels(name),
+            "networks": ["shop_default"],
         }
         return cid
 
@@ -297,8 +311,10 @@ class FakeNode(agent.Node):
                 "Labels": {
                     "com.docker.compose.container-number": str(c["number"]),
                     "com.docker.compose.service": c["service"],
+                    **c["labels"],
                 }
             },
+            "NetworkSettings": {"Networks": {net: {} for net in c["networks"]}},
             "State": {
                 "Running": c["running"],
                 "StartedAt": str(c["created"]),
@@ -876,3 +892,84 @@ def test_compose_first_release_starts_everything_at_once_and_undoes_it_on_failur
     assert cnode.containers == {}
     assert not (Path(cnode.root) / "etc/blueprints/compose/compose.yaml").exists()
     assert not (Path(cnode.root) / STATE.lstrip("/") / "current").exists()
+
+
+# --- what else can go wrong ----------------------------------------------------------------------
+
+
+def test_an_unexpected_error_rolls_back_and_exits_3(node, monkeypatch):
+    """A full disk halfway through the files: the previous release is put back, one sentence
+    says what happened, and the exit status is not the 'rolled back cleanly' one."""
+    previous = deployed(node, shop())
+    before = (Path(node.root) / f"{SCRIPTS}/run-web".lstrip("/")).read_text()
+    real_write = FakeNode.write
+
+    def full_disk(self, path, text, mode, in_place=False):
+        if path.endswith("run-web") and "1.4.3" in text:
+            raise OSError(28, "No space left on device")
+        return real_write(self, path, text, mode, in_place)
+
+    monkeypatch.setattr(FakeNode, "write", full_disk)
+    rid, text = release(shop(web_image="ghcr.io/example/shop-web:1.4.3"))
+    code, _, err = run_agent(node, "deploy", stdin=text)
+    assert code == 3
+    assert err.strip() == (
+        f"release {rid}: OSError: [Errno 28] No space left on device; rolled back to {previous}"
+    )
+    assert (Path(node.root) / f"{SCRIPTS}/run-web".lstrip("/")).read_text() == before
+    assert (Path(node.root) / STATE.lstrip("/") / "current").read_text() == previous + "\n"
+
+
+class _HungUp(io.StringIO):
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_hung_up_session_does_not_stop_a_rollout(node):
+    """`pulumi up` cancelled mid-rollout: the progress lines have nowhere to go, the rollout
+    finishes all the same."""
+    deployed(node, shop())
+    rid, text = release(shop(web_image="ghcr.io/example/shop-web:1.4.3"))
+    code = agent.main(["deploy"], node=node, stdin=io.StringIO(text), out=_HungUp(), err=_HungUp())
+    assert code == 0
+    assert (Path(node.root) / STATE.lstrip("/") / "current").read_text() == rid + "\n"
+
+
+def test_compose_proxy_routes_to_a_container_only_once_it_is_healthy(cnode):
+    """Caddy looks the service's name up on the proxy's network alone: a new container joins it
+    once healthy, before any old one goes; one that never gets healthy never joins."""
+    code, out, err = run_agent(cnode, "deploy", stdin=compose_release(shop())[1])
+    assert code == 0, out + err
+    joined = [a for a in cnode.argv_log() if a[:3] == ["docker", "network", "connect"]]
+    assert [a[3:6] for a in joined] == [["--alias", "web", "shop-proxy"]] * 2
+    cnode.commands.clear()
+    code, out, err = run_agent(
+        cnode, "deploy", stdin=compose_release(shop(web_image="ghcr.io/example/shop-web:1.4.3"))[1]
+    )
+    assert code == 0, out + err
+    steps = [
+        a
+        for a in cnode.argv_log()
+        if a[:3] == ["docker", "network", "connect"] or a[:2] == ["docker", "stop"]
+    ]
+    # both new containers join before the first old one is stopped
+    assert [a[1] for a in steps] == ["network", "network", "stop", "stop"]
+    cnode.broken.add("ghcr.io/example/shop-web:broken")
+    cnode.commands.clear()
+    code, _, _ = run_agent(
+        cnode, "deploy", stdin=compose_release(shop(web_image="ghcr.io/example/shop-web:broken"))[1]
+    )
+    assert code == 1
+    assert not [a for a in cnode.argv_log() if a[:3] == ["docker", "network", "connect"]]
+
+
+def test_a_rolled_service_health_timer_is_paused_meanwhile(node):
+    """The release's probe must not judge (and restart) a replica of the previous version."""
+    deployed(node, shop())
+    node.active.add("app-web-health.timer")
+    node.commands.clear()
+    deployed(node, shop(web_image="ghcr.io/example/shop-web:1.4.3"))
+    steps = [c for c in node.changes() if "web" in c]
+    assert steps[0] == "systemctl stop app-web-health.timer"
+    assert steps[-1] == "systemctl start app-web-health.timer"
+    assert "app-web-health.timer" in node.active

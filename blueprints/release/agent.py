@@ -15,8 +15,10 @@ as root:
     release-agent status               the current release, the history, each service
 
 Exit status: 0 done; 1 the rollout failed and the node runs the previous release again; 2 the
-input was refused (one sentence on stderr) and nothing changed. `rollback` without an id goes to
-the newest release in the history before the current one; run again, it goes back and forth.
+input was refused (one sentence on stderr) and nothing changed; 3 an unexpected error (a full
+disk, say), after which the previous release was restored as far as it could be. `rollback`
+without an id goes to the newest release in the history before the current one; run again, it
+goes back and forth.
 
 A deploy checks the document, pulls the changed services' images, installs the release's files,
 reloads the proxy, then replaces containers service by service in the document's order: a
@@ -35,6 +37,7 @@ import json
 import os
 import posixpath
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -74,6 +77,11 @@ COMPOSE_FILE = "/etc/blueprints/compose/compose.yaml"
 WRAPPER = "/usr/local/sbin/app-compose"
 COMPOSE_UNIT = "app-compose.service"
 PROXY_SERVICE = "blueprints_proxy"
+# compose: Caddy sits on the network `<app>-proxy` alone; a container of a routed service
+# (labelled with its service name) joins it, under that name, once it is healthy, so the proxy
+# never sends a request to a container that is still starting or never got healthy.
+PROXY_NETWORK_SUFFIX = "-proxy"
+PROXY_LABEL = "blueprints.proxy"
 
 # A service without a health check counts as healthy once its container still runs this long
 # after it started; it may take up to NO_HEALTH_START seconds to start at all.
@@ -747,6 +755,20 @@ class SingleVm(Driver):
         return {slot for slot in range(1, upto + 1) if self.active(self.unit(name, slot))}
 
     def roll(self, p: Progress) -> None:
+        """Roll one service; its health timer is paused meanwhile, so that the release's probe
+        never judges (and restarts) a replica of the previous version."""
+        old, new = p.old, p.new
+        timer = f"app-{p.name}-health.timer"
+        paused = old is not None and new is not None and _changed(old, new) and self.active(timer)
+        if paused:
+            self.run(["systemctl", "stop", timer], timeout=60)
+        try:
+            self._roll(p)
+        finally:
+            if paused:
+                self.run(["systemctl", "start", timer], timeout=60)
+
+    def _roll(self, p: Progress) -> None:
         old, new, name = p.old, p.new, p.name
         assert new is not None
         r_new = new["replicas"]
@@ -887,9 +909,12 @@ class Compose(Driver):
             state = c.get("State") or {}
             health = state.get("Health")
             log = (health or {}).get("Log") or []
+            networks = (c.get("NetworkSettings") or {}).get("Networks") or {}
             out.append(
                 {
                     "id": c.get("Id", ""),
+                    "alias": labels.get(PROXY_LABEL) or None,
+                    "networks": sorted(networks),
                     "name": str(c.get("Name", "")).lstrip("/"),
                     "number": int(labels.get("com.docker.compose.container-number", "0") or 0),
                     "running": bool(state.get("Running")),
@@ -1007,10 +1032,29 @@ class Compose(Driver):
                     continue
                 last = f"{c['name']}: running for less than {STABLE_SECONDS} s"
             if not pending:
+                self.admit(name, ids)
                 return
             if self.node.now() >= deadline:
                 raise Unhealthy(name, budget, last)
             self.node.sleep(1)
+
+    def admit(self, name: str, ids: list[str]) -> None:
+        """Healthy containers of a routed service join the proxy's network under the service's
+        name: only from then on does Caddy's lookup of the name find them."""
+        network = f"{self.agent.app}{PROXY_NETWORK_SUFFIX}"
+        by_id = {c["id"]: c for c in self.containers(name)}
+        for cid in ids:
+            c = by_id.get(cid)
+            if c is None or not c["alias"] or network in c["networks"]:
+                continue
+            joined = self.run(
+                ["docker", "network", "connect", "--alias", c["alias"], network, cid], timeout=60
+            )
+            if not joined.ok:
+                raise Unhealthy(
+                    name, None, f"{c['name']} could not join {network}: {joined.last_line()}"
+                )
+            self.say(f"{name}: {c['name']} joined the proxy's network")
 
     @staticmethod
     def _probe(c: dict) -> str:
@@ -1075,12 +1119,12 @@ class Compose(Driver):
             f"{name}: rolling out ({describe(old, new)}), {r_new} new beside {len(before)} old"
         )
         self._scale(name, len(before) + r_new, "--no-recreate")
-        created_at = self.node.now()
         p.created = self._created(name, before_ids, r_new)
         self.wait_healthy(name, new, p.created)
+        # Only now (healthy, admitted) can the proxy find them: give it one lookup.
         refresh = self.refresh(name)
-        wait = created_at + refresh + SETTLE_MARGIN - self.node.now()
-        if refresh and wait > 0:
+        wait = refresh + SETTLE_MARGIN
+        if refresh:
             self.say(f"{name}: waiting {wait:.1f} s for the proxy to look up the new containers")
             self.node.sleep(wait)
         for i, container in enumerate(before):
@@ -1121,7 +1165,9 @@ class Compose(Driver):
             return
         if removed_old or len(self.containers(name)) != old["replicas"]:
             before = {c["id"] for c in self.containers(name)}
-            self._scale(name, old["replicas"], "--no-recreate")
+            # Without --no-recreate: a container of the new definition left by a recreate that
+            # failed halfway is recreated as the old one; the old ones match and stay.
+            self._scale(name, old["replicas"])
             self.wait_healthy(
                 name, old, [c["id"] for c in self.containers(name) if c["id"] not in before]
             )
@@ -1160,10 +1206,17 @@ class Agent:
         self.app: str | None = None
 
     def say(self, message: str) -> None:
-        print(f"[{self.node.now() - self.started:5.1f}s] {message}", file=self.out, flush=True)
+        self._write(self.out, f"[{self.node.now() - self.started:5.1f}s] {message}")
 
     def fail(self, message: str) -> None:
-        print(message, file=self.err, flush=True)
+        self._write(self.err, message)
+
+    @staticmethod
+    def _write(stream, line: str) -> None:
+        # The SSH session may be gone (a cancelled `pulumi up`): a rollout half done must still
+        # finish or roll back, so a line nobody can read any more is dropped, not an error.
+        with contextlib.suppress(OSError, ValueError):
+            print(line, file=stream, flush=True)
 
     # --- files ---
 
@@ -1344,12 +1397,12 @@ class Agent:
 
         new_files = {**doc["files"], **secrets["files"]}
         old_files = {**old["files"], **old_secrets["files"]}
-        changed = self.install(new_files)
-        self.volumes(doc)
-        self.daemon_reload()
-
         steps: list[Progress] = []
+        changed: set[str] = set()
         try:
+            changed = self.install(new_files)
+            self.volumes(doc)
+            self.daemon_reload()
             driver.proxy(old, doc, changed)
             if not olds and doc["services"]:
                 # Nothing runs yet: start everything at once (each after what it depends on).
@@ -1378,6 +1431,20 @@ class Agent:
                     "files removed"
                 )
             return 1
+        except Exception as exc:  # a full disk, a file in the way: undo what can be undone
+            cause = f"{exc.__class__.__name__}: {exc}"
+            self.say(f"unexpected error: {cause}")
+            try:
+                self._go_back(driver, old, doc, old_files, new_files, steps, changed)
+            except Exception as again:
+                self.fail(
+                    f"release {rid}: {cause}; rolling back failed too ({again.__class__.__name__}"
+                    f": {again}); the node's state is unknown: see `release-agent status`, then "
+                    "roll back or deploy again"
+                )
+                return 3
+            self.fail(f"release {rid}: {cause}; rolled back to {prev_id or 'nothing'}")
+            return 3
 
         for name, svc in olds.items():
             if name not in news:
@@ -1397,9 +1464,9 @@ class Agent:
         """Undo a failed rollout: the previous release's files, every service touched, the
         proxy; `current` stays the previous release."""
         self.say(f"rolling back to {old['release'] or 'nothing (first release)'}")
+        # The previous files first (the old definitions restart from them); the new release's
+        # own files go only after its services are stopped, so their units can still stop them.
         back = self.install(old_files)
-        self.prune_files(old_files, set(new_files))
-        self.remember(old_files)
         self.daemon_reload()
         for p in reversed(steps):
             try:
@@ -1416,6 +1483,9 @@ class Agent:
             p = Progress(PROXY_SERVICE, None, None)
             for container in driver.containers(PROXY_SERVICE):
                 driver._remove(p, container, " (rolling back)")
+        if self.prune_files(old_files, set(new_files)):
+            self.daemon_reload()
+        self.remember(old_files)
 
     def activate(self) -> int:
         with self.node.lock(self.say):
@@ -1492,7 +1562,16 @@ def main(
     except Refused as exc:
         agent.fail(f"release-agent {command}: {exc}")
         return 2
+    except Exception as exc:
+        agent.fail(
+            f"release-agent {command}: internal error ({exc.__class__.__name__}: {exc}); "
+            "see `release-agent status`"
+        )
+        return 3
 
 
 if __name__ == "__main__":
+    # The SSH session that started a rollout may hang up; the rollout finishes (or rolls back)
+    # all the same.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sys.exit(main())

@@ -53,6 +53,7 @@ def deliver(
     secrets: pulumi.Input[Mapping[str, str]],
     has_secrets: bool,
     documents: Callable[[str, Mapping[str, str]], Documents],
+    volume_id: pulumi.Input[str],
     depends_on: Sequence[pulumi.Resource],
     parent: pulumi.Resource,
 ) -> remote.Command:
@@ -60,7 +61,10 @@ def deliver(
     `<prefix>-release-secrets`.
 
     documents(deploy private key, secret values) renders both documents; the key only keys the
-    digests that name the secrets."""
+    digests that name the secrets. The releases live on the data volume, so a new volume (one
+    restored from a snapshot, say) gets all three again: its id is their trigger, and a changed
+    trigger runs the command once more (pulumi-command replaces it; there is no delete command,
+    so nothing is undone on the node)."""
     docs = pulumi.Output.all(key.private_key_openssh, secrets).apply(
         lambda v: documents(v[0], dict(v[1] or {}))
     )
@@ -71,9 +75,16 @@ def deliver(
         dial_error_limit=DIAL_ERROR_LIMIT,
         per_dial_timeout=PER_DIAL_TIMEOUT,
     )
+    common = {
+        "connection": connection,
+        "triggers": [volume_id],
+        # Otherwise the previous output is sent as environment variables, which a stock sshd
+        # refuses (AcceptEnv), and each update warns about it.
+        "add_previous_output_in_env": False,
+    }
     agent = remote.Command(
         f"{prefix}-release-agent",
-        connection=connection,
+        **common,
         create=AGENT_COMMAND,
         update=AGENT_COMMAND,
         stdin=agent_source(),
@@ -83,7 +94,7 @@ def deliver(
     if has_secrets:
         sent = remote.Command(
             f"{prefix}-release-secrets",
-            connection=connection,
+            **common,
             create=SECRETS_COMMAND,
             update=SECRETS_COMMAND,
             stdin=pulumi.Output.secret(docs.apply(lambda d: d.secrets or "")),
@@ -93,7 +104,7 @@ def deliver(
         after = [*after, sent]
     return remote.Command(
         f"{prefix}-release",
-        connection=connection,
+        **common,
         create=RELEASE_COMMAND,
         update=RELEASE_COMMAND,
         # Not secret: its digests are keyed, and `pulumi preview --diff` shows what changes.

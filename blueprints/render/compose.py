@@ -39,6 +39,10 @@ WRAPPER = "/usr/local/sbin/app-compose"
 APP_UNIT = "app-compose.service"
 # Not a DNS label (underscore), so no spec service can take the proxy's name.
 PROXY_SERVICE = "blueprints_proxy"
+# The compose network (`<app>-proxy` in docker) of Caddy and the healthy containers it routes to,
+# and the label that marks a container of a routed service with its service's name.
+PROXY_NETWORK = "proxy"
+PROXY_LABEL = "blueprints.proxy"
 # A statically linked busybox (Ubuntu's busybox-static) is bind-mounted into every container
 # with an http or tcp health check, so the probe needs no curl, wget or shell in the image.
 HOST_BUSYBOX = "/usr/bin/busybox"
@@ -100,11 +104,20 @@ def compose_document(app: AppSpec) -> dict[str, Any]:
     services: dict[str, Any] = {}
     for name, svc in app.sorted_services():
         services[name] = _escape_interpolation(_service(app, name, svc))
+    document: dict[str, Any] = {"name": app.name, "services": services}
     if _has_proxy(app):
+        # Caddy alone on its own network: a routed service's container joins it, under the
+        # service's name, only once it is healthy (the release agent, and the autoheal timer
+        # for containers started otherwise), so the proxy never routes to one still starting.
+        document["networks"] = {PROXY_NETWORK: {"name": proxy_network(app)}}
+        for name, svc in app.sorted_services():
+            if svc.public_http_ports:
+                services[name]["labels"] = {PROXY_LABEL: name}
         services[PROXY_SERVICE] = {
             "image": svm.CADDY_IMAGE,
             "command": ["caddy", "run", "--config", "/etc/caddy/caddy.json"],
             "restart": "unless-stopped",
+            "networks": [PROXY_NETWORK],
             "ports": ["80:80", "443:443"],
             "volumes": [
                 _bind(svm.CADDY_CONFIG, "/etc/caddy/caddy.json", read_only=True),
@@ -112,7 +125,12 @@ def compose_document(app: AppSpec) -> dict[str, Any]:
             ],
             "stop_grace_period": f"{STOP_GRACE_SECONDS}s",
         }
-    return {"name": app.name, "services": services}
+    return document
+
+
+def proxy_network(app: AppSpec) -> str:
+    """The docker network Caddy and the healthy containers it routes to share."""
+    return f"{app.name}-proxy"
 
 
 def _has_proxy(app: AppSpec) -> bool:
@@ -254,7 +272,16 @@ def bootstrap_files(ctx: ComposeContext) -> dict[str, str]:
             "app-compose.service.j2", wrapper=WRAPPER, guard=svm.METADATA_GUARD_UNIT
         ),
         f"{svm.SCRIPTS}/autoheal": _t(
-            "autoheal.sh.j2", project=app.name, stop_timeout=STOP_GRACE_SECONDS
+            "autoheal.sh.j2",
+            project=app.name,
+            stop_timeout=STOP_GRACE_SECONDS,
+            network=proxy_network(app),
+            label=PROXY_LABEL,
+            # "ALIAS NETWORK NETWORK ...": the label's value, then the networks it is on.
+            admit_format=(
+                f'{{{{index .Config.Labels "{PROXY_LABEL}"}}}} '
+                "{{range $net, $_ := .NetworkSettings.Networks}}{{$net}} {{end}}"
+            ),
         ),
         f"{svm.UNITS}/{AUTOHEAL_UNIT}.service": _t(
             "autoheal.service.j2", script=f"{svm.SCRIPTS}/autoheal"

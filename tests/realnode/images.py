@@ -74,7 +74,8 @@ done
 
 # With STANDIN_HOST set, each port is served by this handler instead of httpd: like an app that
 # checks its host (Django's ALLOWED_HOSTS, Rails' host authorization), it answers any other Host
-# with 400. One exchange per connection (busybox nc -ll -e).
+# with 400; with STANDIN_BROKEN set (a broken release), 500 on every path. One exchange per
+# connection (busybox nc -ll -e).
 HOST_CHECKING_HTTP = r"""#!/bin/sh
 # Stand-in HTTP handler (blueprints tests): 400 unless the Host header is $STANDIN_HOST.
 cr=$(printf '\r')
@@ -90,6 +91,8 @@ done
 path=${path%%\?*}
 if [ "$host" != "$STANDIN_HOST" ]; then
   status="400 Bad Request"; body="invalid host: $host"
+elif [ -n "${STANDIN_BROKEN:-}" ]; then
+  status="500 Internal Server Error"; body="broken release"
 elif [ "$path" = / ]; then
   status="200 OK"; body=$(cat /www/index.html)
 elif [ -f "/www$path" ]; then

@@ -182,13 +182,16 @@ class ReleaseChannel:
 
 
 def import_tag(node: Node, standins: list[StandIn], tag: str, like: str, healthy: bool = True):
-    """Import the stand-in image `like` again under `tag`; with healthy=False its health paths
-    answer 404 (a release whose containers never pass their health check)."""
+    """Import the stand-in image `like` again under `tag`; with healthy=False it answers 500 on
+    every path, its health path included (a release whose containers never get healthy, and
+    would fail every request the proxy sent them)."""
     base = next(s for s in standins if s.tag == like)
     changes = tuple(
         'ENV STANDIN_PATHS=""' if not healthy and c.startswith("ENV STANDIN_PATHS=") else c
         for c in base.changes
     )
+    if not healthy:
+        changes = (*changes, "ENV STANDIN_BROKEN=1")
     variant = StandIn(tag=tag, tarball=base.tarball, changes=changes)
     node.exec(variant.import_command(IMAGES_DIR))
 
