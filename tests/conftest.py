@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -23,10 +25,14 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 # --- real nodes (tests/realnode) -------------------------------------------------------------
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Only a session that will run node tests takes the machine's node lock (and sweeps what an
+    interrupted run left), so a unit-test run beside `make test` neither waits nor blocks it."""
     import os
 
     if os.geteuid() != 0:
+        return
+    if not any(Path(str(item.fspath)).name.startswith("test_realnode") for item in session.items):
         return
     from tests.realnode import host
 

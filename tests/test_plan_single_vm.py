@@ -417,6 +417,16 @@ def test_planning_is_deterministic(plans):
             "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:subnetCidr: 10.9.0.0/24 is not "
             "inside networkCidr 10.0.0.0/16",
         ),
+        (
+            {"blueprints:deployerNetworks": "runner"},
+            "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:deployerNetworks: must be a list of "
+            "networks like ['198.51.100.7/32'] (got 'runner')",
+        ),
+        (
+            {"blueprints:deployerNetworks": '["198.51.100.300/32"]'},
+            "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:deployerNetworks: "
+            "'198.51.100.300/32' is not a network like 198.51.100.7/32 or 2001:db8::/48",
+        ),
     ],
 )
 def test_bad_stack_settings_give_one_clear_line(overrides, message):

@@ -639,6 +639,14 @@ def _secret_in_release(body):
     body["files"]["/etc/blueprints/secrets/web.env"] = {"mode": "0600", "text": "A=b\n"}
 
 
+def _secrets_dir_itself(body):
+    body["files"]["/etc/blueprints/secrets"] = {"mode": "0644", "text": "x\n"}
+
+
+def _world_writable(body):
+    next(iter(body["files"].values()))["mode"] = "0666"
+
+
 @pytest.mark.parametrize(
     ("make", "says"),
     [
@@ -649,6 +657,8 @@ def _secret_in_release(body):
         (lambda t: _rehashed(t, _outside), "'/etc/passwd' is outside the allowed install roots"),
         (lambda t: _rehashed(t, _traversal), "is outside the allowed install roots"),
         (lambda t: _rehashed(t, _secret_in_release), "is outside the allowed install roots"),
+        (lambda t: _rehashed(t, _secrets_dir_itself), "is outside the allowed install roots"),
+        (lambda t: _rehashed(t, _world_writable), "would be writable by others (mode 0666)"),
         (lambda t: _rehashed(t, lambda b: b.update(secrets="ab" * 8)), "needs secrets document"),
         (lambda t: _rehashed(t, lambda b: b.update(rung="compose")), "no /usr/local/sbin/app-"),
         (lambda t: _rehashed(t, lambda b: b.update(colour="blue")), "unknown field(s) colour"),

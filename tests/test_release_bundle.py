@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blueprints.release import agent
 from blueprints.release.bundle import (
     BundleError,
     ServiceRelease,
@@ -71,3 +74,17 @@ def test_an_edited_release_is_refused():
     text = _document({"/etc/blueprints/a": "image=1\n"})
     with pytest.raises(BundleError, match="does not match its content"):
         parse_release(text.replace("image=1", "image=2"))
+
+
+@pytest.mark.parametrize(
+    "golden",
+    sorted(
+        str(p.relative_to(Path(__file__).parent))
+        for p in (Path(__file__).parent / "golden").glob("*/*/release.yaml")
+    ),
+)
+def test_the_agent_accepts_what_the_renderers_write(golden):
+    """The node's checks (roots, modes, ids) and the renderers agree, without a node."""
+    text = (Path(__file__).parent / golden).read_text()
+    body = agent.check_release(text)
+    assert body["release"] == parse_release(text)["release"]

@@ -307,7 +307,7 @@ def _check_files(files: object, roots: tuple[str, ...], what: str, refused: tupl
             or not path.startswith("/")
             or posixpath.normpath(path) != path
             or not any(path.startswith(root) and len(path) > len(root) for root in roots)
-            or any(path.startswith(root) for root in refused)
+            or any(path.startswith(root) or path == root.rstrip("/") for root in refused)
         ):
             raise Refused(
                 f"{what}: file {path!r} is outside the allowed install roots "
@@ -317,6 +317,11 @@ def _check_files(files: object, roots: tuple[str, ...], what: str, refused: tupl
             raise Refused(f"{what}: file {path} must have exactly a mode and a text")
         if not isinstance(entry["mode"], str) or not MODE.fullmatch(entry["mode"]):
             raise Refused(f"{what}: file {path} has mode {entry['mode']!r}, not an octal like 0644")
+        if int(entry["mode"], 8) & 0o022:
+            raise Refused(
+                f"{what}: file {path} would be writable by others (mode {entry['mode']}); "
+                "root-owned files of a release are 0644, 0755 or stricter"
+            )
         if not isinstance(entry["text"], str):
             raise Refused(f"{what}: file {path} has a text that is not a string")
 

@@ -1,8 +1,9 @@
 """The single-VM blueprint's node: its bootstrap (user data) and its release (the app).
 
 The bootstrap is what a machine needs whatever app it runs: docker, the data volume mounted at
-/srv/data whenever it is attached (at boot or later), the proxy's unit, the deploy access, the
-release agent and the unit that starts the release found on the volume, and, where the cloud
+/srv/data whenever it is attached (at boot or later), the proxy's unit, the deploy access, what
+installs and runs the release agent (which itself lives on the volume, beside the releases), the
+unit that starts the release found on the volume, and, where the cloud
 cannot create a server powered off, a first-boot power-off that happens only if the data volume
 never showed up. It depends on no service, image, env value, secret, route or admin key, and
 each node (primary and cold spare) gets the same bytes: neither the node's role nor which node
