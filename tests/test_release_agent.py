@@ -442,6 +442,14 @@ def test_surge_rollout_order_and_the_proxy_sees_each_new_replica(node):
     assert at["stop app-web@3.service"] >= ready_1 + HEALTH_INTERVAL
     # web-1 goes right away: web-2 (old) still serves.
     assert at["stop app-web@1.service"] < ready_3 + 1
+    # A new container takes a slot only once the proxy has had a check to see it empty: the
+    # surge slot (found empty: its last container may have gone just before) and each slot
+    # emptied by the rollout.
+    started = node.commands[0][0]
+    assert at["start --no-block app-web@3.service"] >= started + HEALTH_INTERVAL
+    for slot in (1, 2):
+        gap = at[f"start --no-block app-web@{slot}.service"] - at[f"stop app-web@{slot}.service"]
+        assert gap >= HEALTH_INTERVAL
     assert "web: replica 2 of 2 healthy" in out
     assert re.search(r"^\[\s*\d+\.\d+s\] web: surge replica 3 healthy$", out, re.M)
     assert node.active >= {"app-web@1.service", "app-web@2.service"}

@@ -579,6 +579,8 @@ class Progress:
     serving: dict[int, float | None] = field(default_factory=dict)
     started: set[int] = field(default_factory=set)  # slots started with the new definition
     stopped: set[int] = field(default_factory=set)  # slots of the old definition stopped
+    # single-vm: slot -> when its container stopped during this rollout
+    vacated: dict[int, float] = field(default_factory=dict)
     # compose: containers created for the new definition, and old ones removed
     created: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -700,6 +702,24 @@ class SingleVm(Driver):
             )
             self.node.sleep(wait)
 
+    def vacate(self, p: Progress, slot: int) -> None:
+        """Before a new container takes an empty slot while the service serves: the proxy must
+        have seen the slot empty (a failed check marks it down), or it would send requests to
+        the new container before it is ready. A slot emptied by this rollout waits out one check
+        interval from then; one found empty, a whole interval (its last container may have
+        stopped just before, say at the end of the previous release)."""
+        interval = self.interval(p.name)
+        if interval <= 0:
+            return
+        since = p.vacated.get(slot, self.node.now())
+        wait = since + interval + SETTLE_MARGIN - self.node.now()
+        if wait > 0:
+            self.say(
+                f"{p.name}: waiting {wait:.1f} s for the proxy to see slot {slot} empty before "
+                "a new container takes it"
+            )
+            self.node.sleep(wait)
+
     # replicas
     def start(self, p: Progress, svc: dict, slot: int, of: int) -> None:
         self.run(["systemctl", "start", "--no-block", self.unit(p.name, slot)])
@@ -710,6 +730,7 @@ class SingleVm(Driver):
         self.say(f"{p.name}: stopping replica {slot}{why}")
         self.run(["systemctl", "stop", self.unit(p.name, slot)], timeout=STOP_SECONDS + 60)
         p.serving.pop(slot, None)
+        p.vacated[slot] = self.node.now()
 
     def ready(self, p: Progress, svc: dict, slot: int, of: int) -> None:
         label = f"replica {slot} of {of}" if slot <= of else f"surge replica {slot}"
@@ -811,12 +832,14 @@ class SingleVm(Driver):
             self.settle(p, surge)
             p.stopped.add(surge)
             self.stop(p, surge, " (its slot is the surge slot now)")
+        self.vacate(p, surge)
         self.start(p, new, surge, r_new)
         for slot in range(1, r_new + 1):
             if slot in running:
                 self.settle(p, slot)
                 p.stopped.add(slot)
                 self.stop(p, slot, " (old version)")
+            self.vacate(p, slot)
             self.start(p, new, slot, r_new)
         self.settle(p, surge)
         p.stopped.discard(surge)
