@@ -264,8 +264,8 @@ class Node:
 
 def release_id(body: dict) -> str:
     """A release's id: SHA-256 over the canonical JSON of every other field of its document
-    (the secrets it needs are named there by their keyed digest). The same as
-    blueprints.release.bundle.release_id."""
+    (the secrets it needs are named there by their keyed digest). blueprints.release.bundle
+    builds documents with this very function."""
     rest = {k: v for k, v in body.items() if k != "release"}
     text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

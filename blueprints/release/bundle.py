@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-RELEASE_FORMAT = "blueprints-release/1"
-SECRETS_FORMAT = "blueprints-secrets/1"
+# The formats and the release id are the agent's: what the node checks is what is built here.
+from blueprints.release.agent import RELEASE_FORMAT, SECRETS_FORMAT, release_id
+
 DIGEST_CHARS = 16
-ROLLOUTS = ("surge", "restart")
 
 
 class BundleError(ValueError):
@@ -104,14 +104,6 @@ def release_document(
     }
     body["release"] = release_id(body)
     return dump(body)
-
-
-def release_id(body: Mapping[str, Any]) -> str:
-    """The id of a release: a plain digest of everything else in its document (which already
-    names its secrets by their keyed digest), so the agent can recompute it."""
-    rest = {k: v for k, v in body.items() if k != "release"}
-    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:DIGEST_CHARS]
 
 
 class _BlockDumper(yaml.SafeDumper):
