@@ -92,14 +92,42 @@ ProjectOpt = Annotated[
 @_reports_bad_input
 def validate(
     spec: Annotated[Path, typer.Argument(help="App spec YAML file.", dir_okay=False)],
+    blueprint: Annotated[
+        str | None,
+        typer.Option(
+            "--blueprint",
+            "-b",
+            help="Also check the rules of this blueprint (single-vm, compose, nomad, k8s): "
+            "what the spec must satisfy to run on it.",
+        ),
+    ] = None,
 ) -> None:
     """Check an app spec; print every problem with its field path.
 
-    Example: blueprints validate examples/app.yaml
+    Examples: blueprints validate examples/app.yaml; blueprints validate app.yaml -b nomad
     """
+    from blueprints.settings import BLUEPRINTS
+
+    if blueprint is not None and blueprint not in BLUEPRINTS:
+        raise BadInput(
+            f"--blueprint: unknown blueprint {blueprint!r}; choose one of {', '.join(BLUEPRINTS)}"
+        )
     app_spec = load_spec(spec)
+    if blueprint is not None:
+        from blueprints.spec import format_path
+        from blueprints.stack import blueprint_class
+
+        problems = blueprint_class(blueprint).check(app_spec)
+        if problems:
+            raise SpecError(
+                [
+                    f"{spec}: {format_path(path)}: {message} ({blueprint})"
+                    for path, message in problems
+                ]
+            )
     services = ", ".join(f"{n} x{s.replicas}" for n, s in app_spec.sorted_services())
-    out.print(f"[green]ok[/green] {escape(str(spec))}: app {app_spec.name} ({services})")
+    fits = f"; fits {blueprint}" if blueprint is not None else ""
+    out.print(f"[green]ok[/green] {escape(str(spec))}: app {app_spec.name} ({services}){fits}")
 
 
 @app.command()

@@ -172,8 +172,14 @@ def moving_parts(files: Mapping[str, str]) -> tuple[Part, ...]:
             parts.update(Part("container", str(s)) for s in services)
         elif name.endswith(".nomad.hcl"):
             job = re.search(r'^job\s+"([^"]+)"', text, re.M)
-            for task in re.findall(r'^\s*task\s+"([^"]+)"', text, re.M):
-                parts.add(Part("nomad task", f"{job.group(1) if job else '?'}/{task}"))
+            tasks = list(re.finditer(r'^\s*task\s+"([^"]+)"', text, re.M))
+            for i, task in enumerate(tasks):
+                body = text[task.end() : tasks[i + 1].start() if i + 1 < len(tasks) else None]
+                # A lifecycle helper (waiting for dependencies) is the same small task in
+                # every job that has it: one part, not one per job.
+                helper = re.search(r"^\s*lifecycle\s*\{", body, re.M) is not None
+                owner = "" if helper else f"{job.group(1) if job else '?'}/"
+                parts.add(Part("nomad task", owner + task.group(1)))
         elif "/manifests/" in path and name.endswith((".yaml", ".yml")):
             for doc in yaml.safe_load_all(text):
                 if not isinstance(doc, dict):
@@ -201,13 +207,15 @@ def config_size(files: Mapping[str, str]) -> tuple[int, int]:
 
     Keys and certificates are generated material, not configuration; user-data.yaml and a
     release's documents (release.yaml, secrets.yaml) only wrap the other files, so neither is
-    counted.
+    counted; nor are the Python programs blueprints ships unchanged to every stack (the release
+    agent, nomad-node-ready): they are code, like Nomad or Docker themselves.
     """
     seen: dict[str, int] = {}
     for key, text in files.items():
         _, _, path = key.partition("/")
         wrapper = path in ("user-data.yaml", "release.yaml", "secrets.yaml")
-        if wrapper or text.lstrip().startswith("-----BEGIN"):
+        program = text.startswith(("#!/usr/bin/env python3\n", "#!/usr/bin/python3\n"))
+        if wrapper or program or text.lstrip().startswith("-----BEGIN"):
             continue
         digest = hashlib.sha256(f"{path}\0{text}".encode()).hexdigest()
         seen[digest] = len(text.splitlines())

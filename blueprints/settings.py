@@ -111,7 +111,7 @@ class StackSettings(BaseModel):
     hcloud_ssh_key: str | None = Field(
         default=None,
         description="hcloud: name of an SSH key already in the project, registered on the "
-        "servers instead of uploading one (single-vm, compose: the stack's deploy key; nomad, "
+        "servers instead of uploading one (single-vm, compose, nomad: the stack's deploy key; "
         "k8s: the spec's first admin key, which Hetzner refuses to hold twice).",
     )
     region: str = Field(default="eu-central-1", description="aws/localstack region.")

@@ -25,7 +25,7 @@ SECRETS_KEY = "secrets"
 BLUEPRINT_COMPONENTS = {
     "single-vm": "blueprints.single_vm:SingleVm",
     "compose": "blueprints.compose:Compose",
-    "nomad": "blueprints.nomad:Nomad",
+    "nomad": "blueprints.rungs.nomad.component:Nomad",
     "k8s": "blueprints.k8s:K8s",
 }
 
@@ -58,6 +58,12 @@ def missing_secrets(app: AppSpec, given: dict[str, Any], source: str) -> list[st
             lines.append(
                 f"{source}: {NAMESPACE}:{SECRETS_KEY}.{name}: must be a one-line string "
                 "(docker env files hold one line per variable)"
+            )
+        elif any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in given[name]):
+            lines.append(
+                f"{source}: {NAMESPACE}:{SECRETS_KEY}.{name}: contains a control character; "
+                "a secret reaches the app as an environment variable, which holds printable "
+                "text and tabs only here"
             )
     return lines
 

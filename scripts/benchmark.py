@@ -7,7 +7,8 @@ Measures, each in a fresh process (so imports count, as they do for a user):
     in the same run, so figures from a busy and an idle machine can be compared;
   * `blueprints plan --all` on the two single-VM stacks (the target) and on every stack;
   * `blueprints compare` of the four blueprints on one target (issue 7: under 2 s);
-  * `blueprints plan single-vm-hcloud` and `render` for generated specs with 10/100/500 services.
+  * `blueprints plan single-vm-hcloud` and `render` for generated specs with 10/100/500 services;
+  * `blueprints plan nomad-hcloud` for generated specs with 500 and 2,000 services.
 
 Targets (issue 2): both single-VM stacks planned in under 1 s together; 500 services under
 10 s and 500 MB. This script prints figures and whether each target is met; it is not a test
@@ -17,7 +18,11 @@ With --base REF, `plan --all` of the project as it was at git REF (its own bluep
 and as it is now are measured in the same run, in interleaved pairs so both see the same load,
 and the growth of the ratio to the floor is printed (issue 15: at most +20%).
 
+Nomad at scale (issue 16): the plan of 2,000 services takes under 4x the time of 500 (it grows
+linearly: one job per service, each holding what that service reaches) and under 500 MB.
+
 Usage: .venv/bin/python scripts/benchmark.py [--check] [--sizes 10,100,500] [--base REF]
+                                             [--nomad-sizes 500,2000]
 """
 
 from __future__ import annotations
@@ -74,13 +79,14 @@ def generated_spec(n: int) -> dict:
             "memory": "128Mi",
             "cpu": 0.1,
         }
+        # Every service its own port: on nomad a port is a static host port, one per node.
         if i % 10 == 0:
             volumes[f"data-{i:03d}"] = {"size_gb": 1}
             svc["volumes"] = [{"volume": f"data-{i:03d}", "path": "/data"}]
-            svc["ports"] = [{"port": 5432}]
+            svc["ports"] = [{"port": 10000 + i}]
             svc["health"] = {"type": "tcp", "interval": "10s", "timeout": "2s"}
         elif i % 3 == 0:
-            svc["ports"] = [{"port": 8000, "expose": "http", "path": f"/{name}"}]
+            svc["ports"] = [{"port": 10000 + i, "expose": "http", "path": f"/{name}"}]
             svc["replicas"] = 2
             svc["health"] = {"type": "http", "path": "/healthz"}
             svc["secret_env"] = ["API_TOKEN"]
@@ -106,17 +112,18 @@ def bench_project(base: Path, n: int) -> Path:
     (project / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
     (project / "blueprints/program.py").write_text((ROOT / "blueprints/program.py").read_text())
     (project / "app.yaml").write_text(yaml.safe_dump(generated_spec(n), sort_keys=True))
-    (project / "stacks/Pulumi.single-vm-hcloud.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "config": {
-                    "blueprints:blueprint": "single-vm",
-                    "blueprints:target": "hcloud",
-                    "blueprints:spec": "app.yaml",
+    for blueprint in ("single-vm", "nomad"):
+        (project / f"stacks/Pulumi.{blueprint}-hcloud.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "config": {
+                        "blueprints:blueprint": blueprint,
+                        "blueprints:target": "hcloud",
+                        "blueprints:spec": "app.yaml",
+                    }
                 }
-            }
+            )
         )
-    )
     return project
 
 
@@ -126,6 +133,12 @@ def main() -> int:
     parser.add_argument("--sizes", default="10,100,500", help="service counts (default 10,100,500)")
     parser.add_argument(
         "--base", metavar="REF", help="also plan every stack as of git REF, for the ratio's growth"
+    )
+    parser.add_argument(
+        "--nomad-sizes",
+        default="500,2000",
+        help="service counts of the nomad plan at scale (default 500,2000; the last is compared "
+        "with the first)",
     )
     args = parser.parse_args()
     if args.base is not None:
@@ -138,7 +151,12 @@ def main() -> int:
         if known.returncode != 0:
             print(f"--base: {args.base!r} is not a commit of this repository", file=sys.stderr)
             return 2
-    sizes = [int(s) for s in args.sizes.split(",")]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        nomad_sizes = [int(s) for s in args.nomad_sizes.split(",") if s]
+    except ValueError:
+        print("--sizes, --nomad-sizes: a comma-separated list of service counts", file=sys.stderr)
+        return 2
     missed: list[str] = []
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
@@ -237,6 +255,32 @@ def main() -> int:
                     if not ok:
                         missed.append(f"{verb} {n}")
                 print(f"{f'{verb} single-vm, {n} services':46} {wall:8.2f} {rss:9.0f}  {target}")
+
+        nomad_runs: dict[int, tuple[float, float, int]] = {}
+        for n in nomad_sizes:
+            project = bench_project(Path(tmp), n) if n not in sizes else Path(tmp) / f"project-{n}"
+            cmd = [*BP, "plan", "nomad-hcloud", "--project", str(project)]
+            nomad_runs[n] = wall, rss, rc = measure(cmd, project)
+            ok = rc == 0 and rss < 500
+            print(f"{f'plan nomad, {n} services':46} {wall:8.2f} {rss:9.0f}  < 500 MiB: {ok}")
+            if not ok:
+                missed.append(f"plan nomad {n}")
+        if len(nomad_runs) >= 2:
+            (small, (t_small, _, _)), (large, (t_large, _, _)) = (
+                min(nomad_runs.items()),
+                max(nomad_runs.items()),
+            )
+            ratio = t_large / t_small
+            # Linear: the time beyond the import floor grows with the services; allow 4x for a
+            # 4x larger app (the floor itself does not grow).
+            limit = large / small
+            ok = ratio < limit
+            print(
+                f"{f'nomad {large} vs {small} services':46} {ratio:7.2f}x {'':9}  "
+                f"< {limit:g}x (linear): {ok}"
+            )
+            if not ok:
+                missed.append("nomad plan growth")
 
     if missed:
         print("missed: " + ", ".join(missed))

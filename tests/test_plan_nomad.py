@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from blueprints.plan import PlanError, is_secret, list_stacks, plan_stack
-from blueprints.render import nomad as r
 from blueprints.render.unpack import server_user_data, stack_files, user_data_files
+from blueprints.rungs.nomad import bootstrap as r
 
 ROOT = Path(__file__).resolve().parent.parent
 # Paths as user_data_files() gives them (no leading slash).
-APP_JOB_FILE, GOSSIP_CONFIG, KEY_FILE, TOKEN_FILE = (
-    p.lstrip("/") for p in (r.APP_JOB_FILE, r.GOSSIP_CONFIG, r.KEY_FILE, r.TOKEN_FILE)
+GOSSIP_CONFIG, KEY_FILE, TOKEN_FILE = (
+    p.lstrip("/") for p in (r.GOSSIP_CONFIG, r.KEY_FILE, r.TOKEN_FILE)
 )
+JOB = "nomad:index/job:Job"
+VARIABLE = "nomad:index/variable:Variable"
+COMMAND = "command:remote:Command"
 STACKS = ["nomad-hcloud", "nomad-localstack"]
 SERVER = {"hcloud": "hcloud:index/server:Server", "aws": "aws:ec2/instance:Instance"}
 VOLUME = {"hcloud": "hcloud:index/volume:Volume", "aws": "aws:ebs/volume:Volume"}
@@ -194,10 +198,20 @@ def test_secrets_are_marked_secret(plans, stack):
     assert plan.public_outputs()["nomadToken"] == "[secret]"
     token = f"<secret:shop-{stack}-acl-bootstrap>"
     assert plan.outputs["nomadToken"]["value"] == token
-    files = node_files(servers(plan, cloud)["node-1"])
-    assert files[TOKEN_FILE] == token + "\n"
-    assert f"<secret:shop-{stack}-gossip>" in files[GOSSIP_CONFIG]
-    assert f"OFFLINE-shop-{stack}-node-1-key" in files[KEY_FILE]
+    for s in servers(plan, cloud).values():
+        files = node_files(s)
+        assert files[TOKEN_FILE] == token + "\n"
+        assert f"<secret:shop-{stack}-gossip>" in files[GOSSIP_CONFIG]
+        assert KEY_FILE not in files  # the node's key travels over SSH, below
+    # the node's private key and the app's secret values: secret inputs of the release
+    for ready in plan.of_type(COMMAND):
+        assert is_secret(ready.inputs["stdin"])
+        node = ready.name.removeprefix(f"shop-{stack}-").removesuffix("-ready")
+        document = json.loads(ready.plain_inputs()["stdin"])
+        assert f"OFFLINE-shop-{stack}-{node}-key" in document["key"]
+    for variable in plan.of_type(VARIABLE):
+        assert is_secret(variable.inputs["items"])
+        assert all(v.startswith("<secret:") for v in variable.plain_inputs()["items"].values())
     # nothing secret in any resource's public inputs, nor in the public outputs
     public = yaml.safe_dump([r.public_inputs() for r in plan.resources])
     public += yaml.safe_dump(plan.public_outputs())
@@ -208,12 +222,12 @@ def test_secrets_are_marked_secret(plans, stack):
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_node_files_differ_only_where_they_must(plans, stack):
-    """Every node has its own address and key; only node-1 has the volume and the bootstrap."""
+    """Every node has its own address; only node-1 has the volume and the ACL bootstrap."""
     nodes = servers(plans[stack], cloud_of(stack))
     files = {n: node_files(s) for n, s in nodes.items()}
     assert set(files["node-2"]) == set(files["node-3"])
-    assert APP_JOB_FILE in files["node-1"] and APP_JOB_FILE not in files["node-2"]
-    assert files["node-2"][KEY_FILE] != files["node-3"][KEY_FILE]
+    acl = "usr/local/lib/blueprints/nomad-acl-bootstrap"
+    assert acl in files["node-1"] and acl not in files["node-2"]
     for name, ip in PRIVATE_IPS.items():
         assert f'rpc  = "{ip}"' in files[name]["etc/nomad.d/blueprints.hcl"]
 
@@ -246,9 +260,16 @@ def test_user_data_fits_the_cloud_limit(plans, stack):
 
 def test_render_to_disk_holds_placeholders_only(plans):
     files = stack_files(plans["nomad-hcloud"])
-    variables = {p: t for p, t in files.items() if "/etc/blueprints/nomad/variables/" in p}
-    assert variables and all("<secret:" in t for t in variables.values())
-    assert "shop-nomad-hcloud-node-1/etc/blueprints/nomad/jobs/app.nomad.hcl" in files
+    variables = {p: t for p, t in files.items() if p.startswith("release/variables/")}
+    assert sorted(variables) == [
+        f"release/variables/nomad/jobs/shop-{s}/{s}/{s}.json" for s in ("postgres", "web", "worker")
+    ]
+    assert all("<secret:" in t for t in variables.values())
+    jobs = sorted(p for p in files if p.startswith("release/jobs/"))
+    assert jobs == [
+        f"release/jobs/{j}.nomad.hcl"
+        for j in ("blueprints_ingress", "shop-postgres", "shop-redis", "shop-web", "shop-worker")
+    ]
 
 
 def test_planning_is_deterministic(plans):
@@ -274,8 +295,11 @@ def test_timing_settings_reach_agent_and_job():
     files = node_files(servers(plan, "hcloud")["node-1"])
     agent = files["etc/nomad.d/blueprints.hcl"]
     assert 'heartbeat_grace   = "25s"' in agent and 'min_heartbeat_ttl = "15s"' in agent
-    job = files[APP_JOB_FILE]
-    assert job.count('lost_after = "120s"') == 4 and job.count('delay          = "5s"') == 4
+    for job in plan.of_type(JOB):
+        spec = job.plain_inputs()["jobspec"]
+        assert spec.count('delay          = "5s"') == 1, job.name
+        if job.name != "shop-nomad-hcloud-job-ingress":
+            assert spec.count('lost_after = "120s"') == 1, job.name
 
 
 @pytest.mark.parametrize(

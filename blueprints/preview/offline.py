@@ -75,6 +75,11 @@ PLAN_TIMEOUT_SECONDS = 900
 #        Update runs the `update` command, or `create` again when there is none
 #        (remote/commandController.go; SDK docs: "If an `update` command isn't provided, then
 #        `create` will also be run when the resource's inputs are modified").
+#  [nmd] hashicorp/terraform-provider-nomad (bridged by pulumi-nomad): nomad_variable has
+#        `path` and `namespace` ForceNew; nomad_job has no ForceNew argument, and its
+#        CustomizeDiff forces a new job only when the jobspec's job ID or namespace changes
+#        (nomad/resource_job.go), which the blueprints never do for a kept job: a changed
+#        jobspec is an update, that is a new version of the job and a Nomad deployment.
 REPLACE_ON_CHANGE: dict[str, tuple[str, ...]] = {
     # -- Hetzner Cloud --
     "hcloud:index/server:Server": ("datacenter", "image", "location", "sshKeys", "userData"),
@@ -189,6 +194,9 @@ REPLACE_ON_CHANGE: dict[str, tuple[str, ...]] = {
     "command:remote:Command": ("triggers",),  # [cmd]
     "command:remote:CopyToRemote": ("triggers",),  # [cmd] source and remotePath in place
     "command:local:Command": ("triggers",),  # [cmd]
+    # -- Nomad's API (the nomad rung's release) --
+    "nomad:index/job:Job": (),  # [nmd]
+    "nomad:index/variable:Variable": ("namespace", "path"),  # [nmd]
     # -- generated secrets and certificates --
     "random:index/randomBytes:RandomBytes": ("*",),  # [rnd]
     "random:index/randomPassword:RandomPassword": ("*",),  # [rnd]

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import html
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -683,6 +685,11 @@ class ReleaseDiff:
     new_id: str
     lines: tuple[str, ...]  # plain text, one per change, e.g. "web: replicas 2 -> 3"
     files: tuple[FileChange, ...]
+    # What the ids name and how the change reaches the machines, when not a release document
+    # handed to a node's release agent (a Nomad job: its jobspec, rolled out by Nomad).
+    label: str = "release"
+    how: str | None = None
+    key: str = "stdin"  # the input that carries it
 
 
 @dataclass(frozen=True)
@@ -859,8 +866,100 @@ def release_diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Relea
     )
 
 
+NOMAD_JOB = "nomad:index/job:Job"
+_HCL_STRING = r'"(?:[^"\\]|\\.)*"'
+_GROUP = re.compile(rf"^\s*group\s+({_HCL_STRING})\s*\{{", re.M)
+_COUNT = re.compile(r"^\s*count\s*=\s*(\d+)", re.M)
+_IMAGE = re.compile(rf"^\s*image\s*=\s*({_HCL_STRING})", re.M)
+_JOB_ID = re.compile(rf"^job\s+({_HCL_STRING})", re.M)
+
+
+def _hcl_text(literal: str) -> str:
+    """A quoted HCL string as the blueprints write it (a JSON string literal)."""
+    try:
+        value = json.loads(literal)
+    except ValueError:
+        return literal
+    return value if isinstance(value, str) else literal
+
+
+def _job_groups(spec: str) -> dict[str, dict[str, Any]]:
+    """Group name -> {count, images} of a jobspec, read from the text the blueprints write."""
+    starts = [(m.start(), _hcl_text(m.group(1))) for m in _GROUP.finditer(spec)]
+    groups = {}
+    for i, (start, name) in enumerate(starts):
+        body = spec[start : starts[i + 1][0] if i + 1 < len(starts) else len(spec)]
+        count = _COUNT.search(body)
+        groups[name] = {
+            "count": int(count.group(1)) if count else 1,
+            "images": [_hcl_text(m.group(1)) for m in _IMAGE.finditer(body)],
+        }
+    return groups
+
+
+def job_diff(old: str | None, new: str) -> ReleaseDiff:
+    """What a new jobspec changes against the old one (None: the job is created)."""
+    found = _JOB_ID.search(new)
+    job = _hcl_text(found.group(1)) if found else "job"
+    before, after = _job_groups(old or ""), _job_groups(new)
+    lines = []
+    for name, g in after.items():
+        was = before.get(name)
+        if old is None:
+            continue
+        if was is None:
+            lines.append(f"{name}: added ({', '.join(g['images'])}, count {g['count']})")
+            continue
+        if was["images"] != g["images"]:
+            pairs = list(zip(was["images"], g["images"], strict=False))
+            changed = [(a, b) for a, b in pairs if a != b] or [
+                (", ".join(was["images"]), ", ".join(g["images"]))
+            ]
+            lines += [f"{name}: image {_image_change(a, b)}" for a, b in changed]
+        if was["count"] != g["count"]:
+            lines.append(f"{name}: count {was['count']} -> {g['count']}")
+    lines += [f"{name}: removed" for name in before if name not in after and old is not None]
+    if old is not None and old != new and not lines:
+        lines.append(
+            "job definition changed (env, command, ports, checks, resources or update policy)"
+        )
+    files = ()
+    if old != new:
+        kind = "added" if old is None else "changed"
+        path = f"{job}.nomad.hcl"
+        diff = _unified(old or "", new, "/dev/null" if old is None else path, path)
+        files = (FileChange(path, kind, None, None, diff),)
+    return ReleaseDiff(
+        old_id=_spec_id(old) if old is not None else None,
+        new_id=_spec_id(new),
+        lines=tuple(lines),
+        files=files,
+        label=f"job {job}, jobspec",
+        how="a Nomad deployment: one instance at a time, health-gated, reverted if it fails",
+        key="jobspec",
+    )
+
+
+def _spec_id(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _jobspec(state: State | None) -> str | None:
+    value = state.inputs.get("jobspec") if state is not None else None
+    if not isinstance(value, str) or is_secret(value) or value == UNKNOWN:
+        return None
+    return value
+
+
 def release_change(c: Change) -> tuple[ReleaseDiff | None, str | None]:
-    """(the release diff of a Command, or None; a sentence why a release is not shown)."""
+    """(the release diff of a Command or a Nomad job, or None; a sentence why a release is not
+    shown)."""
+    if c.type == NOMAD_JOB and c.kind != "delete":
+        new = _jobspec(c.new)
+        old = _jobspec(c.old) if c.kind != "create" else None
+        if new is None or (c.kind != "create" and old is None):
+            return None, "the jobspec is not known (or not shown) on both sides"
+        return job_diff(old, new), None
     if c.type not in RELEASE_TYPES or c.kind == "delete":
         return None, None
     old = _stdin(c.old) if c.kind != "create" else _Stdin("absent")
@@ -885,11 +984,13 @@ def _release_head(rd: ReleaseDiff, kind: str) -> str:
         "update": "rolled out in place by the node's release agent",
         "replace": "the Command is replaced (see why below); the node receives it as a release",
     }.get(kind, "")
+    if rd.how is not None and kind == "update":
+        how = rd.how
     if rd.old_id is None:
-        return f"- release {code(rd.new_id)} (the first one this resource delivers)"
+        return f"- {rd.label} {code(rd.new_id)} (the first one this resource delivers)"
     if rd.old_id == rd.new_id:
-        return f"- release {code(rd.new_id)} (same id; the document's text changed)"
-    return f"- release {code(rd.old_id)} → {code(rd.new_id)}" + (f": {how}" if how else "")
+        return f"- {rd.label} {code(rd.new_id)} (same id; the document's text changed)"
+    return f"- {rd.label} {code(rd.old_id)} → {code(rd.new_id)}" + (f": {how}" if how else "")
 
 
 def _release_lines(rd: ReleaseDiff, limit: int | None = None) -> list[str]:
@@ -922,6 +1023,53 @@ def _release_body(rd: ReleaseDiff, kind: str, values: bool) -> list[str]:
     if rd.files and not values:
         body.append("- *(file diffs trimmed to fit the comment)*")
     return body
+
+
+def _waits(s: StackSummary) -> dict[str, list[Change]]:
+    """URN -> the resources changed in this update that it waits for (its dependencies)."""
+    changing = {c.urn: c for c in s.changes if c.category in ("create", "update", "replace")}
+    return {
+        urn: [changing[d] for d in (c.new.dependencies if c.new else ()) if d in changing]
+        for urn, c in changing.items()
+    }
+
+
+def replacement_order(s: StackSummary) -> str:
+    """How the stack's replaced servers follow each other: one after another (each waits,
+    through what it depends on, for the one before) or all at the same time."""
+    servers = [c for c in s.changes if c.type in SERVERS and c.kind == "replace"]
+    if len(servers) < 2:
+        return ""
+    waits = _waits(s)
+
+    def after(urn: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        out: set[str] = set()
+        for dep in waits.get(urn, []):
+            if dep.urn not in seen:
+                out |= {dep.urn} | after(dep.urn, seen | {urn})
+        return out
+
+    before = {c.urn: after(c.urn) for c in servers}
+    ordered = sorted(
+        servers, key=lambda c: (len(before[c.urn] & {o.urn for o in servers}), c.index)
+    )
+    chained = all(ordered[i].urn in before[ordered[i + 1].urn] for i in range(len(ordered) - 1))
+    if not chained:
+        names = ", ".join(code(c.name) for c in ordered)
+        return f"Servers replaced at the same time: {names}.\n"
+    steps = [code(ordered[0].name)]
+    for prev, cur in itertools.pairwise(ordered):
+        gates = [
+            d.name for d in waits.get(cur.urn, []) if d.urn != prev.urn and d.type not in SERVERS
+        ]
+        steps.append(
+            code(cur.name) + (f" (after {', '.join(code(g) for g in gates)})" if gates else "")
+        )
+    return (
+        "Servers replaced one after another, each once the one before is back: "
+        + ", then ".join(steps)
+        + ".\n"
+    )
 
 
 def release_summary(s: StackSummary) -> str:
@@ -1072,12 +1220,14 @@ def _summary_html(c: Change, danger: bool) -> str:
     return " ".join(parts)
 
 
-def _resource_block(c: Change, danger: bool, values: bool) -> str:
+def _resource_block(c: Change, danger: bool, values: bool, waits: Sequence[Change] = ()) -> str:
     body: list[str] = []
     if c.kind not in CATEGORY:
         body.append(f"- unknown step operation {code(c.kind)}; shown as Pulumi reported it")
     elif c.kind in OP_NOTES:
         body.append(f"- {OP_NOTES[c.kind]}")
+    if waits:
+        body.append("- waits for " + ", ".join(code(w.name) for w in waits) + " (changed here too)")
     if len(set(c.ops)) > 1:
         body.append("- steps: " + ", ".join(code(op) for op in c.ops))
     if c.replace_reasons:
@@ -1092,7 +1242,7 @@ def _resource_block(c: Change, danger: bool, values: bool) -> str:
     release, why_not = release_change(c)
     if release is not None:
         body += _release_body(release, c.kind, values)
-        changes = [p for p in changes if _top_key(p.path) != "stdin"]
+        changes = [p for p in changes if _top_key(p.path) != release.key]
     elif why_not:
         body.append(f"- {one_line(why_not)}; {code('stdin')} is shown as Pulumi reported it")
     if _stdin_hidden(c):
@@ -1236,9 +1386,13 @@ def build_report(
         releases = release_summary(s)
         if releases:
             head += "\n" + releases
+        order = replacement_order(s)
+        if order:
+            head += "\n" + order
         heads.append(head)
         diags.append(_diagnostics_block(s))
         danger_idx = {d.index for d in s.dangers}
+        waits = _waits(s)
         for c in s.changes:
             if not _shown(c):
                 continue
@@ -1249,8 +1403,8 @@ def build_report(
                     si,
                     c.index,
                     prio,
-                    _resource_block(c, danger, values=True),
-                    _resource_block(c, danger, values=False),
+                    _resource_block(c, danger, values=True, waits=waits.get(c.urn, ())),
+                    _resource_block(c, danger, values=False, waits=waits.get(c.urn, ())),
                 )
             )
 

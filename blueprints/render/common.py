@@ -188,10 +188,23 @@ def _shell_words(values: Iterable[object]) -> str:
     return " ".join(shell_quote(v) for v in values)
 
 
+# Rungs with a package of their own under blueprints/rungs.
+RUNGS = ("nomad",)
+
+
 @cache
 def template_env() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("blueprints.render", "templates"),
+        # A rung that lives in its own package (blueprints/rungs/<rung>) keeps its templates
+        # there; they are named "<rung>/<file>" as before.
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.PrefixLoader(
+                    {rung: jinja2.PackageLoader(f"blueprints.rungs.{rung}") for rung in RUNGS}
+                ),
+                jinja2.PackageLoader("blueprints.render", "templates"),
+            ]
+        ),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import gzip
+import re
 from typing import Any
 
 import yaml
 
+from blueprints.render.common import dump_json
 from blueprints.targets import userdata
 
 SERVER_TYPES = ("hcloud:index/server:Server", "aws:ec2/instance:Instance")
@@ -71,10 +73,34 @@ def release_files(plan) -> dict[str, str]:
     return files
 
 
+NOMAD_JOB_TYPE = "nomad:index/job:Job"
+NOMAD_VARIABLE_TYPE = "nomad:index/variable:Variable"
+_JOB_ID = re.compile(r'^job\s+"([^"]+)"', re.M)
+
+
+def nomad_files(plan) -> dict[str, str]:
+    """Relative path -> text of what a plan sends through Nomad's API: `release/jobs/<job
+    id>.nomad.hcl` per job and `release/variables/<path>.json` per Variable (its items;
+    placeholders in a plan)."""
+    files: dict[str, str] = {}
+    for res in plan.resources:
+        inputs = res.plain_inputs()
+        if res.type == NOMAD_JOB_TYPE and isinstance(inputs.get("jobspec"), str):
+            found = _JOB_ID.search(inputs["jobspec"])
+            job = found.group(1) if found else res.name
+            files[f"release/jobs/{job}.nomad.hcl"] = inputs["jobspec"]
+        elif res.type == NOMAD_VARIABLE_TYPE and isinstance(inputs.get("path"), str):
+            items = inputs.get("items")
+            files[f"release/variables/{inputs['path']}.json"] = dump_json(
+                {"Items": items if isinstance(items, dict) else {}}
+            )
+    return files
+
+
 def stack_files(plan) -> dict[str, str]:
     """Relative path -> text: `<server>/user-data.yaml` and `<server>/<file path>` per server
     (the bootstrap), and the release beside them (release_files)."""
-    files: dict[str, str] = release_files(plan)
+    files: dict[str, str] = {**release_files(plan), **nomad_files(plan)}
     for res in plan.resources:
         if res.type not in SERVER_TYPES:
             continue

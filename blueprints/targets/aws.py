@@ -244,7 +244,7 @@ class AwsTarget(Target):
             ),
             tags=_tags(spec.name, spec.labels),
             opts=self.opts(
-                depends_on=spec.network.ready,
+                depends_on=[*spec.network.ready, *spec.after],
                 delete_before_replace=True,
                 # A looked-up AMI is resolved when the instance is created and kept: the newest
                 # Ubuntu image changes every few weeks, and taking it at every `up` would

@@ -101,6 +101,9 @@ class ServerSpec:
     labels: dict[str, str]
     # The cloud's own backups of the server's disk, where it has them (Hetzner: daily, 7 kept).
     backups: bool = False
+    # Resources that must be done before this server is created or replaced (a rung that
+    # replaces its nodes one at a time chains each node to the previous node's readiness).
+    after: tuple[pulumi.Resource, ...] = ()
 
 
 class Target(ABC):

@@ -118,7 +118,9 @@ class HcloudTarget(Target):
             # A replaced server is shut down cleanly (unmounting the volume) and deleted before
             # its successor exists: its name is taken until then, and the volume can move.
             shutdown_before_deletion=True,
-            opts=self.opts(depends_on=spec.network.ready, delete_before_replace=True),
+            opts=self.opts(
+                depends_on=[*spec.network.ready, *spec.after], delete_before_replace=True
+            ),
         )
         return Server(
             resource=srv, id=srv.id, public_ip=srv.ipv4_address, private_ip=spec.private_ip

@@ -1,0 +1,402 @@
+"""nomad: a three-node Nomad cluster (each node a server and a client) behind a load balancer.
+
+The nodes share a private network and a spread placement group; Nomad's RPC and gossip stay on
+that network, SSH and Nomad's HTTP API are open to the admin and deployer networks only, and
+80/443 reach the nodes only through the load balancer. ACLs, gossip encryption and TLS are on:
+the management token, the gossip key and a private CA with one certificate per node are
+generated here as secrets. The cloud data volume is attached to the first node, which runs the
+stateful services and the ingress.
+
+Machines and releases are apart (principle 9):
+- a node's user data is its bootstrap (bootstrap.py) and depends on machine settings only;
+- each node is followed by `<prefix>-<node>-ready`, a command over SSH that hands the node its
+  TLS files and the admins' keys and waits until it has (re)joined the cluster; the next node
+  depends on it, so nodes that must be replaced are replaced one after another, each rejoined
+  and healthy before the next goes;
+- the app is one Nomad job per service plus the ingress job and a Variable per service with
+  secrets, sent through Nomad's API (pulumi-nomad), so a release is a Nomad deployment and
+  `pulumi up` fails, naming the job, when a deployment fails (Nomad then reverts it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+
+import pulumi
+import pulumi_nomad as nomad
+import pulumi_random as random
+import pulumi_tls as tls
+from pulumi_command import remote
+
+from blueprints.release import channel
+from blueprints.render.vm import DEPLOY_USER
+from blueprints.rungs.nomad.bootstrap import (
+    DATA_NODE,
+    NODE_NAMES,
+    NODE_READY,
+    REGION,
+    NomadNode,
+    render_cloud_init,
+)
+from blueprints.rungs.nomad.release import (
+    DEPLOY_TIMEOUT_MINUTES,
+    Timing,
+    job_name,
+    render_ingress_job,
+    render_jobs,
+    variable_path,
+    variables,
+)
+from blueprints.rungs.nomad.rules import NODE_COUNT, NOMAD_HTTP, check_nomad, unenforced_health
+from blueprints.settings import StackSettings
+from blueprints.single_vm import PUBLIC, node_ip, ssh_networks
+from blueprints.spec import AppSpec
+from blueprints.targets import FirewallRule, make_target
+from blueprints.targets.base import Server, ServerSpec, resource_labels
+
+# Certificates of the cluster's private CA: ten years for the CA, five for the nodes (renewed by
+# replacing the certificate resource; the new one reaches the node over SSH, in place).
+CA_HOURS = 10 * 365 * 24
+NODE_CERT_HOURS = 5 * 365 * 24
+# A new server answers SSH before cloud-init is done; nomad-node-ready needs what it installs.
+_WAIT = "cloud-init status --wait >/dev/null 2>&1 || true; "
+
+
+def firewall_rules(app: AppSpec, settings: StackSettings) -> list[FirewallRule]:
+    """Public inbound allowances of a node: SSH and Nomad's HTTP API from the admin and deployer
+    networks only (no rule at all without them). 80/443 and published tcp ports arrive through
+    the load balancer from its private address; RPC and Serf never leave the private network."""
+    networks = tuple(ssh_networks(app, settings))
+    if not networks:
+        return []
+    return [
+        FirewallRule(22, networks, "ssh from admin and deployer networks"),
+        FirewallRule(NOMAD_HTTP, networks, "Nomad API from admin and deployer networks"),
+    ]
+
+
+def balanced_ports(app: AppSpec) -> list[int]:
+    """Ports the load balancer forwards to the nodes: the ingress, and every published tcp port."""
+    tcp = {p.published for _, svc in app.sorted_services() for p in svc.public_tcp_ports}
+    return sorted({80, 443} | tcp)
+
+
+def ready_command(index: int) -> str:
+    """What `<prefix>-<node>-ready` runs: the last node also waits for the whole cluster."""
+    flag = " --cluster" if index == NODE_COUNT - 1 else ""
+    return f"{_WAIT}sudo {NODE_READY}{flag}"
+
+
+def node_document(admin_keys: list[str], ca_pem: str, cert_pem: str, key_pem: str) -> str:
+    """What nomad-node-ready reads on stdin (a secret: it holds the node's private key)."""
+    keys = "".join(key.strip() + "\n" for key in admin_keys)
+    return json.dumps(
+        {"admin_keys": keys, "ca": ca_pem, "cert": cert_pem, "key": key_pem}, sort_keys=True
+    )
+
+
+def _secret(resource: pulumi.CustomResource, attribute: str) -> pulumi.Output[str]:
+    return pulumi.Output.secret(getattr(resource, attribute))
+
+
+class Nomad(pulumi.ComponentResource):
+    """Three Nomad servers+clients, a load balancer in front, the data volume on node-1."""
+
+    @staticmethod
+    def check(app: AppSpec) -> list[tuple[tuple[str | int, ...], str]]:
+        """Spec rules of this blueprint (beyond the spec's own), as (field path, message)."""
+        return check_nomad(app)
+
+    @staticmethod
+    def check_settings(app: AppSpec, settings: StackSettings) -> list[str]:
+        """The release reaches the cluster from where `pulumi up` runs: Nomad's API for the app,
+        SSH for each node's TLS files. Refuse a stack whose firewall admits neither."""
+        if ssh_networks(app, settings):
+            return []
+        return [
+            "nomad: the app is sent to Nomad's API (port 4646) and each node's TLS files over "
+            "SSH from where `pulumi up` runs, and no network may reach them: set "
+            "blueprints:deployerNetworks (the runner's address/32) or admin.cidrs in the spec"
+        ]
+
+    def __init__(
+        self,
+        name: str,
+        app: AppSpec,
+        settings: StackSettings,
+        secrets: pulumi.Input[Mapping[str, str]],
+        stack: str,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("blueprints:index:Nomad", name, None, opts)
+        target = make_target(settings, self)
+        prefix = f"{app.name}-{stack}"
+        labels = resource_labels(app.name, "nomad", stack)
+        for note in unenforced_health(app):
+            pulumi.log.warn(note)
+        if app.backups.enabled:
+            pulumi.log.warn(
+                "the spec asks for backups; the nomad blueprint takes none yet: back up "
+                "/srv/data on node-1 yourself"
+            )
+
+        child = pulumi.ResourceOptions(parent=self)
+        # The management token: applied by the ACL bootstrap on node-1, exported as a secret.
+        token = random.RandomUuid(
+            f"{prefix}-acl-bootstrap",
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(additional_secret_outputs=["result"])
+            ),
+        )
+        gossip = random.RandomBytes(f"{prefix}-gossip", length=32, opts=child)
+        ca_key = tls.PrivateKey(
+            f"{prefix}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child
+        )
+        ca = tls.SelfSignedCert(
+            f"{prefix}-ca",
+            private_key_pem=ca_key.private_key_pem,
+            is_ca_certificate=True,
+            validity_period_hours=CA_HOURS,
+            allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
+            subject=tls.SelfSignedCertSubjectArgs(common_name=f"{app.name} Nomad CA"),
+            opts=child,
+        )
+        deploy_key = channel.deploy_key(f"{prefix}-deploy-key", self)
+
+        network = target.network(f"{prefix}-net", labels)
+        firewall = target.firewall(f"{prefix}-fw", network, firewall_rules(app, settings), labels)
+        placement = target.placement_group(f"{prefix}-spread", labels)
+        key = target.ssh_key(f"{prefix}-deploy", [deploy_key.public_key_openssh], labels)
+        volume = target.volume(f"{prefix}-data", app.data_size_gb, labels)
+
+        ips = tuple(node_ip(settings, i) for i in range(NODE_COUNT))
+        timing = Timing.from_settings(settings)
+        connection_key = pulumi.Output.secret(deploy_key.private_key_openssh)
+        servers: list[Server] = []
+        ready: list[remote.Command] = []
+        for index, node in enumerate(NODE_NAMES):
+            data_node = index == DATA_NODE
+            user_data = pulumi.Output.secret(
+                pulumi.Output.all(
+                    volume.device_path if data_node else "",
+                    _secret(gossip, "base64"),
+                    _secret(token, "result"),
+                    deploy_key.public_key_openssh,
+                ).apply(
+                    lambda values, i=index: _user_data(
+                        app, values, index=i, ips=ips, settings=settings, timing=timing
+                    )
+                )
+            )
+            server = target.server(
+                ServerSpec(
+                    name=f"{prefix}-{node}",
+                    user_data=user_data,
+                    private_ip=ips[index],
+                    network=network,
+                    firewall=firewall,
+                    placement=placement,
+                    ssh_key=key,
+                    labels={**labels, "node": node},
+                    # One node at a time: this one is created (or replaced) only once the
+                    # previous one has rejoined the cluster.
+                    after=tuple(ready[-1:]),
+                )
+            )
+            servers.append(server)
+            before_ready: list[pulumi.Resource] = [server.resource]
+            if data_node:
+                before_ready.append(
+                    target.attach_volume(f"{prefix}-data-attachment", volume, server)
+                )
+            node_key = tls.PrivateKey(
+                f"{prefix}-{node}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child
+            )
+            request = tls.CertRequest(
+                f"{prefix}-{node}-csr",
+                private_key_pem=node_key.private_key_pem,
+                # Nomad checks these names (verify_server_hostname); the CLI on the node uses
+                # 127.0.0.1, the other nodes the private address, Pulumi the public one.
+                dns_names=[f"server.{REGION}.nomad", f"client.{REGION}.nomad", "localhost"],
+                ip_addresses=[
+                    "127.0.0.1",
+                    ips[index],
+                    pulumi.Output.from_input(server.public_ip),
+                ],
+                subject=tls.CertRequestSubjectArgs(common_name=f"server.{REGION}.nomad"),
+                opts=child,
+            )
+            cert = tls.LocallySignedCert(
+                f"{prefix}-{node}-cert",
+                cert_request_pem=request.cert_request_pem,
+                ca_private_key_pem=ca_key.private_key_pem,
+                ca_cert_pem=ca.cert_pem,
+                validity_period_hours=NODE_CERT_HOURS,
+                allowed_uses=[
+                    "digital_signature",
+                    "key_encipherment",
+                    "server_auth",
+                    "client_auth",
+                ],
+                opts=child,
+            )
+            document = pulumi.Output.all(
+                ca.cert_pem, cert.cert_pem, _secret(node_key, "private_key_pem")
+            ).apply(lambda v: node_document(list(app.admin.ssh_keys), v[0], v[1], v[2]))
+            command = ready_command(index)
+            ready.append(
+                remote.Command(
+                    f"{prefix}-{node}-ready",
+                    connection=remote.ConnectionArgs(
+                        host=server.public_ip,
+                        user=DEPLOY_USER,
+                        private_key=connection_key,
+                        dial_error_limit=channel.DIAL_ERROR_LIMIT,
+                        per_dial_timeout=channel.PER_DIAL_TIMEOUT,
+                    ),
+                    create=command,
+                    update=command,
+                    stdin=pulumi.Output.secret(document),
+                    # A new server is a new node: it gets its files and is waited for again.
+                    triggers=[server.id],
+                    add_previous_output_in_env=False,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=before_ready),
+                )
+            )
+
+        ports = balanced_ports(app)
+        lb = target.load_balancer(
+            f"{prefix}-lb",
+            network,
+            servers,
+            ports,
+            labels,
+            # Everyone may connect; the nodes then see the balancer's private address, so their
+            # firewalls need no public rule for these ports.
+            sources={port: PUBLIC for port in ports},
+        )
+
+        data_ip = servers[DATA_NODE].public_ip
+        address = pulumi.Output.from_input(data_ip).apply(lambda ip: f"https://{ip}:{NOMAD_HTTP}")
+        self._release(app, prefix, secrets, timing, ca, token, address, after=ready)
+
+        self.outputs: dict[str, pulumi.Input[object]] = {
+            "url": f"https://{app.domain}",
+            "loadBalancer": lb.address,
+            "dnsRecord": lb.address.apply(lambda a: _dns_record(app.domain, a)),
+            "serverIps": {node: s.public_ip for node, s in zip(NODE_NAMES, servers, strict=True)},
+            "dataNode": NODE_NAMES[DATA_NODE],
+            "nomadAddress": address,
+            "nomadTunnel": pulumi.Output.from_input(data_ip).apply(
+                lambda ip: f"ssh -N -L {NOMAD_HTTP}:127.0.0.1:{NOMAD_HTTP} {DEPLOY_USER}@{ip}"
+            ),
+            # Public: clients verify the cluster's certificates with it (NOMAD_CACERT).
+            "nomadCaCert": ca.cert_pem,
+            "nomadToken": _secret(token, "result"),
+            "deployKey": connection_key,
+        }
+        self.register_outputs(self.outputs)
+
+    def _release(
+        self,
+        app: AppSpec,
+        prefix: str,
+        secrets: pulumi.Input[Mapping[str, str]],
+        timing: Timing,
+        ca: tls.SelfSignedCert,
+        token: random.RandomUuid,
+        address: pulumi.Output[str],
+        *,
+        after: list[remote.Command],
+    ) -> None:
+        """The app through Nomad's API: a Variable per service with secrets, the ingress job,
+        then one job per service, each after the jobs of the services it depends on."""
+        provider = nomad.Provider(
+            f"{prefix}-nomad",
+            address=address,
+            ca_pem=ca.cert_pem,
+            secret_id=_secret(token, "result"),
+            region=REGION,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+        def opts(depends_on: list[pulumi.Resource]) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(
+                parent=self,
+                provider=provider,
+                depends_on=[*after, *depends_on],
+                # The provider waits 5 minutes by default; a rolling deployment may take longer.
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create=f"{DEPLOY_TIMEOUT_MINUTES}m", update=f"{DEPLOY_TIMEOUT_MINUTES}m"
+                ),
+            )
+
+        items = pulumi.Output.from_input(secrets).apply(lambda s: variables(app, dict(s or {})))
+        stored: dict[str, nomad.Variable] = {}
+        for name, svc in app.sorted_services():
+            if svc.secret_env:
+                path = variable_path(app, name)
+                stored[name] = nomad.Variable(
+                    f"{prefix}-secrets-{name}",
+                    path=path,
+                    items=pulumi.Output.secret(items.apply(lambda v, p=path: v[p])),
+                    opts=opts([]),
+                )
+        nomad.Job(
+            f"{prefix}-job-ingress",
+            jobspec=ca.cert_pem.apply(lambda pem: render_ingress_job(app, pem, timing)),
+            detach=False,
+            opts=opts([]),
+        )
+        texts = render_jobs(app, timing)
+        jobs: dict[str, nomad.Job] = {}
+        for name in app.start_order():
+            svc = app.services[name]
+            jobs[name] = nomad.Job(
+                f"{prefix}-job-{name}",
+                jobspec=texts[job_name(app, name)],
+                # Wait for the deployment: a release that fails fails `pulumi up` here.
+                detach=False,
+                opts=opts(
+                    [
+                        *([stored[name]] if name in stored else []),
+                        *(jobs[d] for d in svc.depends_on),
+                    ]
+                ),
+            )
+
+
+def _dns_record(domain: str, address: str) -> str:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return f"{domain}. CNAME {address}."
+    return f"{domain}. A {address}"
+
+
+def _user_data(
+    app: AppSpec,
+    values: list,
+    *,
+    index: int,
+    ips: tuple[str, ...],
+    settings: StackSettings,
+    timing: Timing,
+) -> str:
+    device, gossip_key, token, deploy_key = values
+    return render_cloud_init(
+        NomadNode(
+            index=index,
+            node_ips=ips,
+            subnet_cidr=settings.subnet_cidr,
+            data_device=device,
+            gossip_key=gossip_key,
+            bootstrap_token=token,
+            deploy_key=str(deploy_key).strip(),
+            volumes=tuple(sorted(app.volumes)) if index == DATA_NODE else (),
+            nomad_version=settings.nomad_version,
+            timing=timing,
+        )
+    )

@@ -1,0 +1,315 @@
+"""The nomad rung's release: the app as Nomad jobs and Variables, sent through Nomad's API.
+
+Each service is a job of its own (`<app>-<service>`, one group, one task), so a release of one
+service is a Nomad deployment of that job alone: health-gated, one instance at a time, reverted
+when it fails, and the other services' jobs are not even submitted. The ingress (Traefik) is one
+more job. A service's secret values are a Nomad Variable that only its task may read; the job
+holds no secret.
+
+A service reaches by name the services it depends on and those it names in its env values or
+command: its task gets an /etc/hosts rendered from Nomad's service catalogue with those services
+only, so an instance of one service moving restarts only the tasks that talk to it, and each
+job grows with its own references, not with the size of the app.
+
+Every spec value reaching an HCL file passes the `hcl` filter (a JSON string literal with `${`
+and `%{` escaped); values the Nomad client would expand at run time are refused by the rules.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from blueprints.render.common import render_template
+from blueprints.render.vm import secret_values
+from blueprints.rungs.nomad.rules import (
+    NODE_COUNT,
+    NOMAD_HTTP,
+    check_nomad,
+    host_port,
+    service_name,
+)
+from blueprints.spec import AppSpec, Service, format_path
+
+DATACENTER = "dc1"
+TRAEFIK_IMAGE = "traefik:v3.5.3"
+WAIT_IMAGE = "busybox:1.37.0"
+# The ingress job; an underscore cannot appear in an app name, so no app job can collide.
+INGRESS_JOB = "blueprints_ingress"
+# Host volume of the ingress's ACME account and certificates (on the data volume).
+INGRESS_VOLUME = "blueprints_traefik"
+DATA_META = "blueprints_data"
+# Nomad schedules CPU in MHz. The spec's cores are converted at 2000 MHz per core, a floor for the
+# default server types (Hetzner cx23, AWS t3.small both run at 2.0 GHz or more), so what the spec
+# reserves fits on the node. It is a reservation for placement and a relative weight under
+# contention (docker CPU shares), not a hard cap.
+MHZ_PER_CORE = 2000
+KILL_TIMEOUT_SECONDS = 30
+# Nomad's own defaults for service jobs, written out so the job says what it does.
+RESTART = {"attempts": 2, "interval": "30m", "delay": "15s", "mode": "fail"}
+RESCHEDULE_MAX_DELAY = "1h"
+# A deployment: each new instance healthy this long before the next; an instance not healthy
+# within the deadline fails the deployment, which then reverts.
+UPDATE = {"min_healthy_time": "10s", "healthy_deadline": "5m", "progress_deadline": "10m"}
+# How long `pulumi up` waits for one job's deployment (the provider's default is 5 minutes, less
+# than one slow instance may take): every instance's healthy deadline, plus starting the canary.
+DEPLOY_TIMEOUT_MINUTES = 5 * (NODE_COUNT + 1) + 5
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Failure timing; see StackSettings for what each means and its default."""
+
+    heartbeat_grace: int = 10
+    min_heartbeat_ttl: int = 10
+    lost_after: int = 0
+    reschedule_delay: int = 30
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Timing:
+        return cls(
+            heartbeat_grace=settings.heartbeat_grace,
+            min_heartbeat_ttl=settings.min_heartbeat_ttl,
+            lost_after=settings.lost_after,
+            reschedule_delay=settings.reschedule_delay,
+        )
+
+
+def job_name(app: AppSpec, name: str) -> str:
+    """The Nomad job of one service."""
+    return f"{app.name}-{name}"
+
+
+def variable_path(app: AppSpec, name: str) -> str:
+    """The Nomad Variable of one service's secrets: readable by that service's task alone."""
+    return f"nomad/jobs/{job_name(app, name)}/{name}/{name}"
+
+
+def _port_label(port: int) -> str:
+    return f"p{port}"
+
+
+def _router_tags(app: AppSpec, name: str, port: Any) -> list[str]:
+    router = f"{name}-{port.port}"
+    rule = f"Host(`{port.host or app.domain}`)"
+    if port.path != "/":
+        rule += f" && PathPrefix(`{port.path.rstrip('/')}`)"
+    return [
+        "traefik.enable=true",
+        f"traefik.http.routers.{router}.rule={rule}",
+        f"traefik.http.routers.{router}.entrypoints=websecure",
+        f"traefik.http.routers.{router}.tls.certresolver=le",
+    ]
+
+
+def _check(svc: Service) -> dict[str, Any] | None:
+    health = svc.health
+    if health is None:
+        return None
+    if health.type == "command":
+        if not svc.ports:
+            return None
+        kind, port = "tcp", svc.ports[0].port
+    else:
+        kind, port = health.type, health.port or svc.ports[0].port
+    check: dict[str, Any] = {
+        "type": kind,
+        "port": _port_label(port),
+        "interval": health.interval,
+        "timeout": health.timeout,
+        "limit": health.retries,
+        "grace": health.start_period,
+    }
+    if kind == "http":
+        check["path"] = health.path
+    return check
+
+
+_WORD = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def reached(app: AppSpec, name: str, svc: Service) -> list[str]:
+    """The services this one reaches by name: its dependencies and every other service with a
+    port whose name appears as a word in its env values or command (`postgres`,
+    `redis://redis:6379/0`)."""
+    words: set[str] = set()
+    for text in [*svc.env.values(), *(svc.command or [])]:
+        words.update(_WORD.findall(text))
+    names = set(svc.depends_on) | (words & set(app.services))
+    return sorted(n for n in names if n != name and app.services[n].ports)
+
+
+def _hosts_template(app: AppSpec, name: str, svc: Service) -> str | None:
+    """An /etc/hosts from Nomad's service catalogue with the services this one reaches."""
+    others = reached(app, name, svc)
+    if not others:
+        return None
+    lines = ["127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"]
+    for other in others:
+        lines.append(
+            f'{{{{ range nomadService "{service_name(app, other)}" }}}}'
+            f"{{{{ .Address }}}} {other}\n{{{{ end }}}}"
+        )
+    return "".join(lines)
+
+
+def _dependency_template(app: AppSpec, deps: list[str]) -> str:
+    return "".join(
+        f'{{{{ range nomadService "{service_name(app, dep)}" }}}}{dep}\n{{{{ end }}}}'
+        for dep in deps
+    )
+
+
+# Waits until each dependency named in the arguments has an instance in the catalogue.
+WAIT_SCRIPT = (
+    'for dep in "$@"; do '
+    'until grep -qx "$dep" /local/dependencies; do echo "waiting for $dep"; sleep 2; done; '
+    "done"
+)
+
+
+def _secret_template(app: AppSpec, name: str, svc: Service) -> str:
+    # toJSON: Nomad parses the env file with go-envparse, which reads JSON strings exactly; the
+    # program refuses secret values with control characters (stack.missing_secrets).
+    lines = [f'{{{{ with nomadVar "{variable_path(app, name)}" }}}}\n']
+    lines += [f"{var}={{{{ .{var} | toJSON }}}}\n" for var in sorted(svc.secret_env)]
+    lines.append("{{ end }}\n")
+    return "".join(lines)
+
+
+def _canary(svc: Service) -> bool:
+    """A canary needs a node where the new instance fits beside the old ones: never for a
+    stateful service (one node, one volume), and with static ports only while a node is free."""
+    if svc.stateful:
+        return False
+    return not svc.ports or svc.replicas < NODE_COUNT
+
+
+def job_group(app: AppSpec, name: str, svc: Service) -> dict[str, Any]:
+    """One service's group as plain data (what the template prints)."""
+    services = []
+    first_tags = _router_tags(app, name, svc.ports[0]) if svc.ports else []
+    if svc.ports and svc.ports[0].expose != "http":
+        first_tags = []
+    services.append(
+        {
+            "name": service_name(app, name),
+            "port": _port_label(svc.ports[0].port) if svc.ports else None,
+            "tags": first_tags,
+            "check": _check(svc),
+        }
+    )
+    for port in svc.ports[1:]:
+        if port.expose == "http":
+            services.append(
+                {
+                    "name": service_name(app, name, port.port),
+                    "port": _port_label(port.port),
+                    "tags": _router_tags(app, name, port),
+                    "check": None,
+                }
+            )
+    templates = []
+    if svc.secret_env:
+        templates.append(
+            {"data": _secret_template(app, name, svc), "destination": "secrets/env", "env": True}
+        )
+    hosts = _hosts_template(app, name, svc)
+    if hosts is not None:
+        templates.append({"data": hosts, "destination": "local/hosts", "env": False})
+    deps = sorted(svc.depends_on)
+    return {
+        "name": name,
+        "count": svc.replicas,
+        "canary": _canary(svc),
+        "distinct": bool(svc.ports),
+        "data_node": svc.stateful,
+        "ports": [
+            {"label": _port_label(p.port), "static": host_port(p), "to": p.port} for p in svc.ports
+        ],
+        "volumes": [
+            {"name": m.volume, "source": m.volume, "read_only": m.read_only} for m in svc.volumes
+        ],
+        "services": services,
+        "wait": {"deps": deps, "template": _dependency_template(app, deps)} if deps else None,
+        "image": svc.image,
+        "command": list(svc.command or []),
+        "port_labels": [_port_label(p.port) for p in svc.ports],
+        "hosts": hosts is not None,
+        "env": sorted(svc.env.items()),
+        "templates": templates,
+        "mounts": [
+            {"volume": m.volume, "destination": m.path, "read_only": m.read_only}
+            for m in svc.volumes
+        ],
+        "cpu": math.ceil(svc.cpu * MHZ_PER_CORE),
+        "memory": svc.memory,
+    }
+
+
+def _checked(app: AppSpec) -> None:
+    problems = check_nomad(app)
+    if problems:
+        raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
+
+
+def render_service_job(app: AppSpec, name: str, timing: Timing) -> str:
+    """One service's Nomad job (HCL); no secret value in it."""
+    return _t(
+        "service.nomad.hcl.j2",
+        job=job_name(app, name),
+        app=app.name,
+        datacenter=DATACENTER,
+        g=job_group(app, name, app.services[name]),
+        update=UPDATE,
+        timing=timing,
+        restart=RESTART,
+        max_delay=RESCHEDULE_MAX_DELAY,
+        kill_timeout=KILL_TIMEOUT_SECONDS,
+        wait_image=WAIT_IMAGE,
+        wait_script=WAIT_SCRIPT,
+        data_meta=DATA_META,
+    )
+
+
+def render_jobs(app: AppSpec, timing: Timing) -> dict[str, str]:
+    """Job id -> HCL, one job per service, in name order."""
+    _checked(app)
+    return {
+        job_name(app, name): render_service_job(app, name, timing)
+        for name, _ in app.sorted_services()
+    }
+
+
+def render_ingress_job(app: AppSpec, ca_pem: str, timing: Timing) -> str:
+    """Traefik as one instance on the data node, its ACME state on the data volume."""
+    return _t(
+        "ingress.nomad.hcl.j2",
+        job=INGRESS_JOB,
+        datacenter=DATACENTER,
+        image=TRAEFIK_IMAGE,
+        acme_email=app.acme_email,
+        ca_pem=ca_pem,
+        volume=INGRESS_VOLUME,
+        data_meta=DATA_META,
+        timing=timing,
+        restart=RESTART,
+        max_delay=RESCHEDULE_MAX_DELAY,
+        http_port=NOMAD_HTTP,
+    )
+
+
+def variables(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Variable path -> items, for every service with secrets."""
+    return {
+        variable_path(app, name): secret_values(secrets, svc.secret_env, name)
+        for name, svc in app.sorted_services()
+        if svc.secret_env
+    }
+
+
+def _t(template: str, **values: object) -> str:
+    return render_template(f"nomad/{template}", **values)
