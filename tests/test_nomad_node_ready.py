@@ -10,6 +10,7 @@ work on the servers' Python 3.8).
 
 from __future__ import annotations
 
+import base64
 import datetime
 import http.server
 import ipaddress
@@ -32,7 +33,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 SCRIPT = Path(__file__).resolve().parents[1] / "blueprints/rungs/nomad/node_ready.py"
 PYTHON = os.environ.get("NODE_READY_PYTHON", sys.executable)
-TOKEN = "0b5e55e1-7ac0-4e6d-9b1c-token-value-0001"
+TOKEN = "0b5e55e1-7ac0-4e6d-9b1c-5e3a7d0c0001"
+# 32 bytes in base64, as the stack generates the gossip key.
+GOSSIP = base64.b64encode(bytes(range(100, 132))).decode()
 LEADER = "10.0.1.11:4647"
 # Planted in every refused stdin: it must never come back in the output.
 MARKER = "S3CRET-MARKER-d41d8cd98f00"
@@ -131,7 +134,14 @@ class Pki:
 
     def secrets(self, node: int = 0, admin_keys: str = ADMIN_KEYS) -> dict[str, str]:
         cert, key = self.nodes[node]
-        return {"admin_keys": admin_keys, "ca": self.ca, "cert": cert, "key": key}
+        return {
+            "admin_keys": admin_keys,
+            "ca": self.ca,
+            "cert": cert,
+            "gossip_key": GOSSIP,
+            "key": key,
+            "token": TOKEN,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -309,9 +319,9 @@ class Node:
             "ca_file": root / "etc/nomad.d/tls/ca.pem",
             "cert_file": root / "etc/nomad.d/tls/node.pem",
             "key_file": root / "etc/nomad.d/tls/node-key.pem",
+            "gossip_file": root / "etc/nomad.d/gossip.hcl",
+            "token_file": root / "etc/blueprints/nomad/bootstrap-token",
         }
-        self.token_file = root / "bootstrap-token"
-        self.token_file.write_text(TOKEN + "\n")
         self.systemctl = root / "systemctl.py"
         self.systemctl.write_text(FAKE_SYSTEMCTL)
         self.log = root / "systemctl.log"
@@ -325,7 +335,6 @@ class Node:
             "peers": peers,
             "servers": 3,
             **{key: str(path) for key, path in self.files.items()},
-            "token_file": str(self.token_file),
             "unit": "nomad.service",
             "systemctl": [sys.executable, str(self.systemctl)],
             "timeout_seconds": 10,
@@ -375,7 +384,7 @@ def err_lines(result) -> list[str]:
 def assert_no_secret(result, secrets: dict[str, str]):
     output = result.stdout.decode() + result.stderr.decode()
     assert "Traceback" not in output
-    assert TOKEN not in output
+    assert TOKEN not in output and GOSSIP not in output
     key_body = [line for line in secrets["key"].splitlines() if not line.startswith("-----")]
     for line in key_body:
         assert line not in output
@@ -399,11 +408,13 @@ def test_first_node_of_a_new_cluster_installs_starts_and_returns(node, nomad, pk
     assert result.returncode == 0, result.stderr
     assert result.stderr == b""
     lines = out_lines(result)
-    assert lines[:4] == [
+    assert lines[:6] == [
         "node-1: admin keys written",
         "node-1: CA certificate written",
         "node-1: TLS certificate written",
         "node-1: TLS key written",
+        "node-1: gossip key written",
+        "node-1: management token written",
     ]
     assert "node-1: started nomad.service (it was not running)" in lines
     assert lines[-1] == f"node-1: {NO_CLUSTER}"
@@ -414,12 +425,22 @@ def test_first_node_of_a_new_cluster_installs_starts_and_returns(node, nomad, pk
         "ca_file": (secrets["ca"], 0o644),
         "cert_file": (secrets["cert"], 0o644),
         "key_file": (secrets["key"], 0o600),
+        "token_file": (TOKEN + "\n", 0o600),
     }
+    gossip = node.files["gossip_file"]
+    assert f'  encrypt = "{GOSSIP}"\n' in gossip.read_text()
+    assert gossip.stat().st_mode & 0o7777 == 0o600
     for key, (content, mode) in expected.items():
         path = node.files[key]
         assert path.read_text() == content, key
         assert path.stat().st_mode & 0o7777 == mode, key
-    for directory in ("etc", "etc/nomad.d", "etc/nomad.d/tls", "etc/blueprints/admin-keys"):
+    for directory in (
+        "etc",
+        "etc/nomad.d",
+        "etc/nomad.d/tls",
+        "etc/blueprints/admin-keys",
+        "etc/blueprints/nomad",
+    ):
         assert (node.root / directory).stat().st_mode & 0o7777 == 0o755, directory
     assert [p.name for p in node.files["ca_file"].parent.iterdir() if p.name.startswith(".")] == []
 
@@ -543,11 +564,13 @@ def test_reload_only_when_tls_files_change(node, nomad, pki):
     inodes = {key: path.stat().st_ino for key, path in node.files.items()}
     same = node.run(pki.secrets())
     assert same.returncode == 0, same.stderr
-    assert out_lines(same)[:5] == [
+    assert out_lines(same)[:7] == [
         "node-1: admin keys unchanged",
         "node-1: CA certificate unchanged",
         "node-1: TLS certificate unchanged",
         "node-1: TLS key unchanged",
+        "node-1: gossip key unchanged",
+        "node-1: management token unchanged",
         "node-1: nomad.service is running and its TLS files are unchanged",
     ]
     assert node.systemctl_calls() == [IS_ACTIVE]
@@ -562,11 +585,13 @@ def test_reload_only_when_tls_files_change(node, nomad, pki):
 
     new_cert = node.run(pki.secrets(1, admin_keys=""))
     assert new_cert.returncode == 0, new_cert.stderr
-    assert out_lines(new_cert)[:5] == [
+    assert out_lines(new_cert)[:7] == [
         "node-1: admin keys unchanged",
         "node-1: CA certificate unchanged",
         "node-1: TLS certificate updated",
         "node-1: TLS key updated",
+        "node-1: gossip key unchanged",
+        "node-1: management token unchanged",
         "node-1: reloaded nomad.service (its TLS files changed)",
     ]
     assert node.systemctl_calls() == [IS_ACTIVE, ["reload", "nomad.service"]]
@@ -731,7 +756,7 @@ def _stdin_cases(pki: Pki) -> dict[str, tuple[bytes, str]]:
         "not json": (f"{MARKER} is not JSON".encode(), "refusing stdin: it is not valid JSON;"),
         "not an object": (json.dumps([MARKER]).encode(), "it is JSON but not an object;"),
         "missing key": (json.dumps(missing).encode(), "refusing stdin: missing key(s) key;"),
-        "extra key": (with_(token=MARKER), "refusing stdin: unexpected key(s) token;"),
+        "extra key": (with_(tokens=MARKER), "refusing stdin: unexpected key(s) tokens;"),
         "odd extra key": (with_(**{MARKER + " x": "y"}), "refusing stdin: 1 unexpected key(s);"),
         "not a string": (with_(ca=[MARKER]), "refusing stdin: ca is not a string;"),
         "ca not PEM": (with_(ca=MARKER), "ca is not a PEM certificate"),
@@ -740,6 +765,15 @@ def _stdin_cases(pki: Pki) -> dict[str, tuple[bytes, str]]:
             with_(key="-----BEGIN CERTIFICATE-----\n" + MARKER),
             "key is not a PEM private key",
         ),
+        "gossip not base64": (
+            with_(gossip_key=MARKER),
+            "refusing stdin: gossip_key is not 32 bytes in base64;",
+        ),
+        "gossip with a quote": (
+            with_(gossip_key=GOSSIP[:-2] + '"='),
+            "refusing stdin: gossip_key is not 32 bytes in base64;",
+        ),
+        "token not a UUID": (with_(token=MARKER), "refusing stdin: token is not a UUID;"),
         "bad admin key": (
             with_(admin_keys=ADMIN_KEYS + "ssh-dss " + MARKER + "\n"),
             "admin_keys line 5 is not an OpenSSH public key (it must start with one of "
@@ -760,6 +794,9 @@ STDIN_CASES = [
     "ca not PEM",
     "cert not PEM",
     "key not PEM",
+    "gossip not base64",
+    "gossip with a quote",
+    "token not a UUID",
     "bad admin key",
 ]
 
@@ -778,7 +815,8 @@ def test_bad_stdin_is_refused_and_nothing_is_written(node, pki, case):
     assert expected in line
     assert line.endswith(
         "expected one JSON object with exactly the string keys admin_keys (OpenSSH public keys, "
-        "one per line), ca and cert (PEM certificates) and key (a PEM private key)"
+        "one per line), ca and cert (PEM certificates), key (a PEM private key), gossip_key (32 "
+        "bytes in base64) and token (a UUID)"
     )
     assert MARKER not in line
     assert_no_secret(result, pki.secrets())

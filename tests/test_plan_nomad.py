@@ -191,24 +191,25 @@ def test_volume_attached_to_the_data_node_only(plans, stack):
 @pytest.mark.parametrize("stack", STACKS)
 def test_secrets_are_marked_secret(plans, stack):
     plan, cloud = plans[stack], cloud_of(stack)
-    for s in servers(plan, cloud).values():
-        assert is_secret(s.inputs[UD_FIELD[cloud]])
-        assert s.public_inputs()[UD_FIELD[cloud]] == "[secret]"
     assert is_secret(plan.outputs["nomadToken"])
     assert plan.public_outputs()["nomadToken"] == "[secret]"
     token = f"<secret:shop-{stack}-acl-bootstrap>"
+    gossip = f"<secret:shop-{stack}-gossip>"
     assert plan.outputs["nomadToken"]["value"] == token
+    # the user data holds no secret (so a preview shows its diff): no token, key or gossip key
     for s in servers(plan, cloud).values():
+        assert not is_secret(s.inputs[UD_FIELD[cloud]])
         files = node_files(s)
-        assert files[TOKEN_FILE] == token + "\n"
-        assert f"<secret:shop-{stack}-gossip>" in files[GOSSIP_CONFIG]
-        assert KEY_FILE not in files  # the node's key travels over SSH, below
-    # the node's private key and the app's secret values: secret inputs of the release
+        assert not {TOKEN_FILE, GOSSIP_CONFIG, KEY_FILE} & set(files)
+        text = server_user_data(s)
+        assert token not in text and gossip not in text and "OFFLINE-" not in text
+    # they travel as the secret stdin of each node's ready command, with the node's own key
     for ready in plan.of_type(COMMAND):
         assert is_secret(ready.inputs["stdin"])
         node = ready.name.removeprefix(f"shop-{stack}-").removesuffix("-ready")
         document = json.loads(ready.plain_inputs()["stdin"])
         assert f"OFFLINE-shop-{stack}-{node}-key" in document["key"]
+        assert (document["token"], document["gossip_key"]) == (token, gossip)
     for variable in plan.of_type(VARIABLE):
         assert is_secret(variable.inputs["items"])
         assert all(v.startswith("<secret:") for v in variable.plain_inputs()["items"].values())
@@ -216,7 +217,7 @@ def test_secrets_are_marked_secret(plans, stack):
     public = yaml.safe_dump([r.public_inputs() for r in plan.resources])
     public += yaml.safe_dump(plan.public_outputs())
     key = f"OFFLINE-shop-{stack}-node-1-key"
-    for secret in (token, f"<secret:shop-{stack}-gossip>", "<secret:DATABASE_PASSWORD>", key):
+    for secret in (token, gossip, "<secret:DATABASE_PASSWORD>", key):
         assert secret not in public
 
 

@@ -88,7 +88,7 @@ def test_an_admin_key_goes_over_ssh_to_every_node_and_replaces_nothing(bases, tm
     for name in readies:
         document = json.loads(_inputs(after)[name]["stdin"])
         assert document["admin_keys"].splitlines()[-1] == NEW_KEY
-        assert set(document) == {"admin_keys", "ca", "cert", "key"}
+        assert set(document) == {"admin_keys", "ca", "cert", "gossip_key", "key", "token"}
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -110,8 +110,6 @@ def node(
         node_ips=IPS,
         subnet_cidr="10.0.1.0/24",
         data_device=DEVICE,
-        gossip_key="PLACEHOLDER-GOSSIP",
-        bootstrap_token="PLACEHOLDER-TOKEN",
         deploy_key="ssh-ed25519 AAAAPLACEHOLDER deploy",
         volumes=tuple(sorted(app.volumes)) if index == 0 else (),
         timing=timing,
@@ -599,22 +597,19 @@ def test_secret_values_are_never_in_a_job_or_the_user_data():
         assert f'nomadVar \\"nomad/jobs/shop-{svc}/{svc}/{svc}\\"' in jobs[f"shop-{svc}"]
 
 
-def test_key_material_is_root_only_and_tls_is_not_in_the_user_data():
+def test_no_secret_and_no_key_material_is_in_the_user_data():
+    """TLS files, the gossip key and the management token arrive over SSH (nomad-node-ready),
+    which writes the secret ones root-only; the user data only says where they go."""
     files = render_node_files(node())
-    for path in (GOSSIP_CONFIG, TOKEN_FILE):
-        assert file_permissions(path) == "0600", path
+    assert not {CA_FILE, CERT_FILE, KEY_FILE, GOSSIP_CONFIG, TOKEN_FILE} & set(files)
+    assert all(file_permissions(path) != "0600" for path in files)
     for path in (AGENT_CONFIG, NODE_CONFIG):
         assert file_permissions(path) == "0644", path
     assert file_permissions(NODE_READY) == "0755"
-    # the node's TLS files arrive over SSH (nomad-node-ready), not with the user data
-    assert not {CA_FILE, CERT_FILE, KEY_FILE} & set(files)
-    assert parse(files[GOSSIP_CONFIG])["server"] == [{"encrypt": "PLACEHOLDER-GOSSIP"}]
-    assert files[TOKEN_FILE] == "PLACEHOLDER-TOKEN\n"
-    for path, text in files.items():
-        if path != GOSSIP_CONFIG:
-            assert "PLACEHOLDER-GOSSIP" not in text, path
-        if path != TOKEN_FILE:
-            assert "PLACEHOLDER-TOKEN" not in text, path
+    config = json.loads(files[NODE_CONFIG])
+    assert (config["gossip_file"], config["token_file"]) == (GOSSIP_CONFIG, TOKEN_FILE)
+    unit = files["/etc/systemd/system/nomad.service"]
+    assert f"-config {GOSSIP_CONFIG}" in unit and f"ConditionPathExists={CERT_FILE}" in unit
 
 
 def test_user_data_holds_nothing_of_the_app_but_its_volumes():

@@ -3,13 +3,14 @@
 Three nodes, each a Nomad server and client. A node's user data is its bootstrap only, and it
 depends on machine-level stack settings alone (principle 9): Nomad from HashiCorp's apt
 repository at a pinned version, Docker as the task driver, the agent configuration (its own
-address, the shared gossip key), the management token for the ACL bootstrap, the deploy user
-with the stack's deploy key, and `nomad-node-ready`. The first node (the data node) also mounts
-the cloud data volume and exposes it to Nomad as host volumes, and bootstraps the ACLs.
+address and its peers'), the deploy user with the stack's deploy key, and `nomad-node-ready`.
+The first node (the data node) also mounts the cloud data volume, exposes it to Nomad as host
+volumes, and bootstraps the ACLs.
 
-No job, no app secret and no admin key is in it: the app travels through Nomad's API (release)
-and the node's TLS files and the admins' keys over SSH (nomad-node-ready), so a release or a new
-admin never replaces a node. The gossip key and the token are files only root may read.
+It holds no secret, no job and no admin key: the app travels through Nomad's API (release), and
+the node's TLS files, the gossip key, the management token and the admins' keys over SSH
+(nomad-node-ready, which writes the secrets as files only root may read), so a release or a new
+admin never replaces a node, and the user data is no Pulumi secret: a preview shows its diff.
 
 Every value reaching an HCL file passes the `hcl` filter, every one reaching a script the
 `shell` filter; JSON comes from a serializer.
@@ -67,22 +68,17 @@ READY_POLL_SECONDS = 2
 READY_PROGRESS_SECONDS = 15
 # How long the data node's ACL bootstrap waits for a leader (a new cluster's nodes boot in turn).
 LEADER_WAIT_MINUTES = 30
-# Files only root may read: the gossip key and the management token.
-SECRET_PATHS = (GOSSIP_CONFIG, TOKEN_FILE)
 
 
 @dataclass(frozen=True)
 class NomadNode:
-    """Everything one node's user data depends on: machine-level settings and generated
-    secrets, never the app. The secrets are real inside Pulumi (the user data is then a secret)
-    and placeholders when rendered to disk."""
+    """Everything one node's user data depends on: machine-level settings, never the app and
+    no secret."""
 
     index: int
     node_ips: tuple[str, ...]
     subnet_cidr: str
     data_device: str
-    gossip_key: str
-    bootstrap_token: str
     deploy_key: str
     # The data volume's directories, one host volume each: the disk's layout, set by the spec's
     # volumes (only the data node has them).
@@ -136,10 +132,6 @@ def host_volumes(volumes: tuple[str, ...]) -> list[dict[str, str]]:
     return vols
 
 
-def render_gossip_config(key: str) -> str:
-    return _t("gossip.hcl.j2", key=key)
-
-
 def node_config(node: NomadNode) -> str:
     """What nomad-node-ready needs to know about its node (no secret)."""
     return dump_json(
@@ -154,6 +146,7 @@ def node_config(node: NomadNode) -> str:
             "key_file": KEY_FILE,
             "token_file": TOKEN_FILE,
             "admin_keys_file": f"{ADMIN_KEYS_DIR}/{DEPLOY_USER}",
+            "gossip_file": GOSSIP_CONFIG,
             "first": node.index == 0,
             "formed_marker": FORMED_MARKER if node.data_node else None,
             "unit": "nomad.service",
@@ -166,8 +159,6 @@ def node_config(node: NomadNode) -> str:
 
 
 def file_permissions(path: str) -> str:
-    if path in SECRET_PATHS:
-        return "0600"
     if path.startswith(SCRIPTS + "/"):
         return "0755"
     return "0644"
@@ -188,8 +179,6 @@ def render_node_files(node: NomadNode) -> dict[str, str]:
             repository=HASHICORP_APT,
         ),
         AGENT_CONFIG: render_agent_config(node),
-        GOSSIP_CONFIG: render_gossip_config(node.gossip_key),
-        TOKEN_FILE: node.bootstrap_token + "\n",
         NODE_CONFIG: node_config(node),
         NODE_READY: node_ready_source(),
         f"{UNITS}/nomad.service": _t(

@@ -89,12 +89,21 @@ def ready_command(index: int) -> str:
     return f"{_WAIT}sudo {NODE_READY}{flag}"
 
 
-def node_document(admin_keys: list[str], ca_pem: str, cert_pem: str, key_pem: str) -> str:
-    """What nomad-node-ready reads on stdin (a secret: it holds the node's private key)."""
+def node_document(
+    admin_keys: list[str], ca_pem: str, cert_pem: str, key_pem: str, gossip_key: str, token: str
+) -> str:
+    """What nomad-node-ready reads on stdin (a secret: the node's private key, the gossip key
+    and the management token)."""
     keys = "".join(key.strip() + "\n" for key in admin_keys)
-    return json.dumps(
-        {"admin_keys": keys, "ca": ca_pem, "cert": cert_pem, "key": key_pem}, sort_keys=True
-    )
+    document = {
+        "admin_keys": keys,
+        "ca": ca_pem,
+        "cert": cert_pem,
+        "gossip_key": gossip_key,
+        "key": key_pem,
+        "token": token,
+    }
+    return json.dumps(document, sort_keys=True)
 
 
 def _secret(resource: pulumi.CustomResource, attribute: str) -> pulumi.Output[str]:
@@ -178,16 +187,13 @@ class Nomad(pulumi.ComponentResource):
         ready: list[remote.Command] = []
         for index, node in enumerate(NODE_NAMES):
             data_node = index == DATA_NODE
-            user_data = pulumi.Output.secret(
-                pulumi.Output.all(
-                    volume.device_path if data_node else "",
-                    _secret(gossip, "base64"),
-                    _secret(token, "result"),
-                    deploy_key.public_key_openssh,
-                ).apply(
-                    lambda values, i=index: _user_data(
-                        app, values, index=i, ips=ips, settings=settings, timing=timing
-                    )
+            # No secret in it (the secrets arrive with the ready command), so not a secret: a
+            # preview shows what a machine change changes in it.
+            user_data = pulumi.Output.all(
+                volume.device_path if data_node else "", deploy_key.public_key_openssh
+            ).apply(
+                lambda values, i=index: _user_data(
+                    app, values, index=i, ips=ips, settings=settings, timing=timing
                 )
             )
             server = target.server(
@@ -243,8 +249,12 @@ class Nomad(pulumi.ComponentResource):
                 opts=child,
             )
             document = pulumi.Output.all(
-                ca.cert_pem, cert.cert_pem, _secret(node_key, "private_key_pem")
-            ).apply(lambda v: node_document(list(app.admin.ssh_keys), v[0], v[1], v[2]))
+                ca.cert_pem,
+                cert.cert_pem,
+                _secret(node_key, "private_key_pem"),
+                _secret(gossip, "base64"),
+                _secret(token, "result"),
+            ).apply(lambda v: node_document(list(app.admin.ssh_keys), *v))
             command = ready_command(index)
             ready.append(
                 remote.Command(
@@ -385,15 +395,13 @@ def _user_data(
     settings: StackSettings,
     timing: Timing,
 ) -> str:
-    device, gossip_key, token, deploy_key = values
+    device, deploy_key = values
     return render_cloud_init(
         NomadNode(
             index=index,
             node_ips=ips,
             subnet_cidr=settings.subnet_cidr,
             data_device=device,
-            gossip_key=gossip_key,
-            bootstrap_token=token,
             deploy_key=str(deploy_key).strip(),
             volumes=tuple(sorted(app.volumes)) if index == DATA_NODE else (),
             nomad_version=settings.nomad_version,

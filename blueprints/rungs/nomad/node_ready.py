@@ -13,12 +13,14 @@ Input
   * the node's configuration, a JSON file written by its bootstrap (no secrets): its name and
     region, its own and its peers' HTTP API addresses, where the TLS files, the management token
     and the admin keys live, the systemd unit and the time limits;
-  * on stdin, one JSON object with exactly the string keys admin_keys, ca, cert and key: the
-    admins' OpenSSH public keys, the cluster CA, this node's certificate and its private key.
-    stdin is a secret and none of it is ever printed.
+  * on stdin, one JSON object with exactly the string keys admin_keys, ca, cert, key,
+    gossip_key and token: the admins' OpenSSH public keys, the cluster CA, this node's
+    certificate and private key, the cluster's gossip key and its management token (the user
+    data holds no secret: they all arrive here). stdin is a secret and none of it is ever
+    printed.
 
 What it does
-  1. checks the configuration and stdin completely, then writes the four files (atomically, only
+  1. checks the configuration and stdin completely, then writes the six files (atomically, only
      those whose content changed);
   2. starts the Nomad unit if it is not running, or reloads it (SIGHUP: Nomad rereads its TLS
      files) if it runs and a TLS file changed;
@@ -65,10 +67,20 @@ LOCAL_TIMEOUT = 10.0
 # Characters of an answer (an API body, an error) that make it into a message.
 ANSWER_CHARS = 200
 
-STDIN_KEYS = ("admin_keys", "ca", "cert", "key")
+STDIN_KEYS = ("admin_keys", "ca", "cert", "gossip_key", "key", "token")
 STDIN_EXPECTED = (
     "expected one JSON object with exactly the string keys admin_keys (OpenSSH public keys, "
-    "one per line), ca and cert (PEM certificates) and key (a PEM private key)"
+    "one per line), ca and cert (PEM certificates), key (a PEM private key), gossip_key (32 "
+    "bytes in base64) and token (a UUID)"
+)
+GOSSIP_KEY = re.compile(r"^[A-Za-z0-9+/]{43}=$")
+TOKEN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# The agent's gossip configuration (HCL). The key is checked against GOSSIP_KEY first, so it
+# holds no character HCL would read specially.
+GOSSIP_CONFIG = (
+    "# Gossip (Serf) encryption key shared by the servers. Written by nomad-node-ready; root "
+    "only.\n# Nomad reads it on a server's first start and keeps its own keyring after that.\n"
+    'server {{\n  encrypt = "{key}"\n}}\n'
 )
 ADMIN_KEY_PREFIXES = (
     "ssh-ed25519 ",
@@ -128,6 +140,7 @@ CONFIG_FIELDS = {
     "key_file": (_is_path, "an absolute path", REQUIRED),
     "token_file": (_is_path, "an absolute path", REQUIRED),
     "admin_keys_file": (_is_path, "an absolute path", REQUIRED),
+    "gossip_file": (_is_path, "an absolute path", REQUIRED),
     "unit": (_is_text, "a systemd unit name", REQUIRED),
     "systemctl": (
         lambda v: isinstance(v, list) and len(v) > 0 and all(_is_text(a) for a in v),
@@ -235,6 +248,10 @@ def read_secrets(name, data):
             raise bad(f"{key} is not a PEM certificate (no BEGIN CERTIFICATE line)")
     if "-----BEGIN" not in value["key"] or "PRIVATE KEY-----" not in value["key"]:
         raise bad("key is not a PEM private key (no BEGIN ... PRIVATE KEY line)")
+    if not GOSSIP_KEY.match(value["gossip_key"]):
+        raise bad("gossip_key is not 32 bytes in base64")
+    if not TOKEN.match(value["token"]):
+        raise bad("token is not a UUID")
     for number, line in enumerate(value["admin_keys"].splitlines(), 1):
         line = line.strip()
         if line == "" or line.startswith("#"):
@@ -303,13 +320,16 @@ def write_file(path, content, mode):
 
 
 def install_files(config, secrets):
-    """Writes the four files; returns True when a TLS file changed."""
+    """Writes the six files; returns True when a TLS file changed."""
     name = config["name"]
+    gossip = GOSSIP_CONFIG.format(key=secrets["gossip_key"])
     files = (
         ("admin keys", config["admin_keys_file"], secrets["admin_keys"], 0o644, False),
         ("CA certificate", config["ca_file"], secrets["ca"], 0o644, True),
         ("TLS certificate", config["cert_file"], secrets["cert"], 0o644, True),
         ("TLS key", config["key_file"], secrets["key"], 0o600, True),
+        ("gossip key", config["gossip_file"], gossip, 0o600, False),
+        ("management token", config["token_file"], secrets["token"] + "\n", 0o600, False),
     )
     tls_changed = False
     for label, path, content, mode, tls in files:
