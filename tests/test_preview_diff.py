@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import tempfile
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from baked_repo import bake_project, commit_all, edit, git
 from typer.testing import CliRunner
 
 from blueprints.cli import EXIT_DATA_LOSS, app
@@ -34,54 +33,6 @@ from blueprints.preview.report import MARKER, build_report
 ROOT = Path(__file__).resolve().parent.parent
 STACK = "single-vm-hcloud"
 STACK_FILE = f"stacks/Pulumi.{STACK}.yaml"
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.com",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.com",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
-
-
-def git(repo: Path, *args: str) -> str:
-    import os
-
-    res = subprocess.run(
-        ["git", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **GIT_ENV},
-        check=True,
-    )
-    return res.stdout
-
-
-def commit_all(repo: Path, message: str) -> None:
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
-
-
-def edit(repo: Path, rel: str, old: str, new: str) -> None:
-    path = repo / rel
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {rel}"
-    path.write_text(text.replace(old, new, 1))
-
-
-def bake_project(repo: Path) -> None:
-    """This repository's stacks and spec as a baked project has them (no blueprints/ package;
-    the installed one runs the program)."""
-    shutil.copytree(ROOT / "stacks", repo / "stacks")
-    (repo / "examples").mkdir()
-    shutil.copy(ROOT / "examples/app.yaml", repo / "examples/app.yaml")
-    (repo / "Pulumi.yaml").write_text(
-        (ROOT / "Pulumi.yaml")
-        .read_text()
-        .replace("main: blueprints/program.py", "main: program.py")
-    )
-    (repo / "program.py").write_text("from blueprints.stack import deploy\n\ndeploy()\n")
 
 
 @pytest.fixture

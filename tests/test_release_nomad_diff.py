@@ -4,66 +4,28 @@ machine change replaces the nodes one after another."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from baked_repo import bake_project, commit_all, edit, git
 from typer.testing import CliRunner
 
 from blueprints.cli import app
 from blueprints.preview.offline import offline_documents
 
-ROOT = Path(__file__).resolve().parent.parent
 STACKS = ["nomad-hcloud", "nomad-localstack"]
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.com",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.com",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
 SERVERS = {"hcloud:index/server:Server", "aws:ec2/instance:Instance"}
 NEW_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn7Yz2c9q0kJx4mA8rVtW3pLsE6uHdN1fGiKoQ2bR5y new@x"
-
-
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", *args], cwd=repo, capture_output=True, env={**os.environ, **GIT_ENV}, check=True
-    )
-
-
-def commit(repo: Path, message: str) -> None:
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
-
-
-def edit(repo: Path, rel: str, old: str, new: str) -> None:
-    path = repo / rel
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {rel}"
-    path.write_text(text.replace(old, new, 1))
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A baked project (the installed blueprints runs its program) with the nomad stacks."""
     repo = tmp_path / "infra"
-    (repo / "stacks").mkdir(parents=True)
-    for stack in STACKS:
-        shutil.copy(ROOT / f"stacks/Pulumi.{stack}.yaml", repo / "stacks")
-    (repo / "examples").mkdir()
-    shutil.copy(ROOT / "examples/app.yaml", repo / "examples/app.yaml")
-    (repo / "Pulumi.yaml").write_text(
-        (ROOT / "Pulumi.yaml")
-        .read_text()
-        .replace("main: blueprints/program.py", "main: program.py")
-    )
-    (repo / "program.py").write_text("from blueprints.stack import deploy\n\ndeploy()\n")
+    repo.mkdir()
+    bake_project(repo, STACKS)
     git(repo, "init", "-q", "-b", "main")
-    commit(repo, "base")
+    commit_all(repo, "base")
     return repo
 
 
@@ -88,7 +50,7 @@ def test_an_image_bump_is_one_job_update_and_no_data_loss(repo):
         "image: ghcr.io/example/shop-web:1.4.2",
         "image: ghcr.io/example/shop-web:1.4.3",
     )
-    commit(repo, "web 1.4.3")
+    commit_all(repo, "web 1.4.3")
     for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
         assert changes(doc) == {f"shop-{stack}-job-web": "update"}, stack
         assert not any(s["op"] == "replace" for s in doc["steps"])
@@ -109,7 +71,7 @@ def test_an_admin_key_updates_the_ready_commands_only(repo):
     marker = "  cidrs:\n"
     assert marker in text
     spec.write_text(text.replace(marker, f"    - {NEW_KEY}\n{marker}", 1))
-    commit(repo, "a new admin")
+    commit_all(repo, "a new admin")
     for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
         assert changes(doc) == {f"shop-{stack}-node-{i}-ready": "update" for i in (1, 2, 3)}
     res = run_diff(repo, "--fail-on", "data-loss")
@@ -124,7 +86,7 @@ def test_a_nomad_version_bump_replaces_the_nodes_one_after_another(repo):
             "blueprints:nomadVersion: 1.10.5",
             "blueprints:nomadVersion: 1.10.6",
         )
-    commit(repo, "nomad 1.10.6")
+    commit_all(repo, "nomad 1.10.6")
     for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
         replaced = [
             s["urn"].rsplit("::", 1)[-1]

@@ -434,7 +434,18 @@ def _device_unit(device: str) -> str:
 
 
 def _data_volume_files(ctx: NodeContext) -> dict[str, str]:
-    device = _checked_device(ctx.data_device)
+    return {
+        **volume_mount_files(ctx.data_device),
+        f"{UNITS}/blueprints-data.service": _t("data.service.j2", script=f"{SCRIPTS}/prepare-data"),
+        f"{SCRIPTS}/prepare-data": _t("prepare-data.sh.j2", caddy_dir=CADDY_DIR),
+    }
+
+
+def volume_mount_files(data_device: str) -> dict[str, str]:
+    """The data volume's units at /srv/data: mounted once its device appears (waited for), a
+    blank volume formatted once, a volume with data never reformatted. Shared with the nomad
+    rung's data node."""
+    device = _checked_device(data_device)
     escaped = systemd_escape_path(device)
     return {
         f"{UNITS}/srv-data.mount": _t("srv-data.mount.j2", device=device),
@@ -449,8 +460,6 @@ def _data_volume_files(ctx: NodeContext) -> dict[str, str]:
         f"{SCRIPTS}/format-data": _t(
             "format-data.sh.j2", device=device, device_wait=DEVICE_WAIT_SECONDS, label=DATA_LABEL
         ),
-        f"{UNITS}/blueprints-data.service": _t("data.service.j2", script=f"{SCRIPTS}/prepare-data"),
-        f"{SCRIPTS}/prepare-data": _t("prepare-data.sh.j2", caddy_dir=CADDY_DIR),
     }
 
 

@@ -25,11 +25,10 @@ from blueprints.render.common import dump_json, render_template, systemd_escape_
 from blueprints.render.single_vm import (
     ADMIN_KEYS_DIR,
     ADMIN_KEYS_SSHD,
-    DATA_LABEL,
-    DEVICE_WAIT_SECONDS,
     METADATA_GUARD_UNIT,
     _checked_device,
     _metadata_guard_files,
+    volume_mount_files,
 )
 from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
 from blueprints.rungs.nomad.release import DATA_META, DATACENTER, INGRESS_VOLUME, Timing
@@ -197,25 +196,10 @@ def render_node_files(node: NomadNode) -> dict[str, str]:
 
 
 def _data_node_files(node: NomadNode) -> dict[str, str]:
-    device = _checked_device(node.data_device)
-    escaped = systemd_escape_path(device)
+    escaped = systemd_escape_path(_checked_device(node.data_device))
     return {
         # The data volume, mounted as in single-vm (same units, same never-reformat script).
-        f"{UNITS}/srv-data.mount": render_template("single-vm/srv-data.mount.j2", device=device),
-        f"{UNITS}/{escaped}.device.d/blueprints-timeout.conf": render_template(
-            "single-vm/device-timeout.conf.j2", device_wait=DEVICE_WAIT_SECONDS
-        ),
-        f"{UNITS}/blueprints-format-data.service": render_template(
-            "single-vm/format-data.service.j2",
-            script=f"{SCRIPTS}/format-data",
-            device_wait=DEVICE_WAIT_SECONDS,
-        ),
-        f"{SCRIPTS}/format-data": render_template(
-            "single-vm/format-data.sh.j2",
-            device=device,
-            device_wait=DEVICE_WAIT_SECONDS,
-            label=DATA_LABEL,
-        ),
+        **volume_mount_files(node.data_device),
         f"{UNITS}/blueprints-nomad-volumes.service": _t(
             "volumes.service.j2", script=f"{SCRIPTS}/nomad-volumes", device_unit=escaped + ".device"
         ),

@@ -1,0 +1,64 @@
+"""A baked project in a temporary git repository, for the `blueprints diff --base REF` tests:
+Pulumi.yaml, program.py, stacks/ and examples/app.yaml, no blueprints/ package, so both sides
+are planned with the installed blueprints."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    res = subprocess.run(
+        ["git", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV},
+        check=True,
+    )
+    return res.stdout
+
+
+def commit_all(repo: Path, message: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+def edit(repo: Path, rel: str, old: str, new: str) -> None:
+    path = repo / rel
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {rel}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def bake_project(repo: Path, stacks: Iterable[str] | None = None) -> None:
+    """This repository's stacks (all, or the named ones) and spec as a baked project has them
+    (no blueprints/ package; the installed one runs the program)."""
+    if stacks is None:
+        shutil.copytree(ROOT / "stacks", repo / "stacks")
+    else:
+        (repo / "stacks").mkdir(parents=True)
+        for stack in stacks:
+            shutil.copy(ROOT / f"stacks/Pulumi.{stack}.yaml", repo / "stacks")
+    (repo / "examples").mkdir()
+    shutil.copy(ROOT / "examples/app.yaml", repo / "examples/app.yaml")
+    (repo / "Pulumi.yaml").write_text(
+        (ROOT / "Pulumi.yaml")
+        .read_text()
+        .replace("main: blueprints/program.py", "main: program.py")
+    )
+    (repo / "program.py").write_text("from blueprints.stack import deploy\n\ndeploy()\n")
