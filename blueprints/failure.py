@@ -70,7 +70,7 @@ class FailureModel:
         return min(self.scenarios, key=lambda s: (not s.automatic, s.seconds or 0))
 
 
-def _health_wait(app: AppSpec) -> int:
+def health_wait(app: AppSpec) -> int:
     """Until the public service's first passing health check after it starts."""
     services = [svc for _, svc in app.sorted_services()]
     public = [s for s in services if s.public_http_ports or s.public_tcp_ports]
@@ -93,7 +93,7 @@ def _single_vm(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> 
             max(times["boot"], moves),
         ),
         Step("app containers start on the spare", times["container"]),
-        Step("first passing health check", _health_wait(app)),
+        Step("first passing health check", health_wait(app)),
         Step("floating IP moves to the spare", times["ip_move"]),
     )
     return FailureModel(
@@ -147,7 +147,7 @@ def _k8s(settings: StackSettings, app: AppSpec, times: dict[str, int]) -> Failur
         settings.unreachable_toleration_seconds,
     )
     start = Step("replacement pods start on a live worker", times["container"])
-    health = Step("first passing readiness check", _health_wait(app))
+    health = Step("first passing readiness check", health_wait(app))
     stateful = [name for name, s in app.sorted_services() if s.stateful]
     worker_steps = (grace, evict, start, health)
     scenarios = [

@@ -258,7 +258,13 @@ def autopilot(*, healthy: Callable[[int], set[int]] | None = None, servers: int 
             {"Name": f"node-{i}.global", "Healthy": i in good, "Voter": i in good}
             for i in range(1, servers + 1)
         ]
-        return 200, {"Healthy": len(good) == servers, "FailureTolerance": 1, "Servers": listed}
+        # Three healthy voters tolerate losing one; fewer tolerate nothing.
+        tolerance = 1 if len(good) == servers else 0
+        return 200, {
+            "Healthy": len(good) == servers,
+            "FailureTolerance": tolerance,
+            "Servers": listed,
+        }
 
     return route
 
@@ -278,13 +284,45 @@ def nodes(listing: Callable[[int], list[dict]] | None = None) -> Route:
     return route
 
 
+def job(name: str, **counts: int) -> dict:
+    """A /v1/jobs entry whose one group has these counts (Running, Queued, Starting...)."""
+    return {"ID": name, "Status": "running", "JobSummary": {"Summary": {"g": counts}}}
+
+
+def jobs(listing: Callable[[int], list[dict]] | None = None) -> Route:
+    """/v1/jobs: listing(n), by default two jobs with every allocation running."""
+
+    def route(n, headers):
+        if headers.get("X-Nomad-Token") != TOKEN:
+            return 403, b"Permission denied"
+        if listing:
+            return 200, listing(n)
+        return 200, [job("shop-web", Running=2), job("shop-postgres", Running=1)]
+
+    return route
+
+
+def raft_peers(count: int = 3) -> Route:
+    """/v1/status/peers: the raft configuration's servers (none before a cluster forms)."""
+    return lambda n, h: (200, [f"10.0.1.{10 + i}:4647" for i in range(count)])
+
+
+def ready_line(name: str) -> str:
+    return (
+        f"{name}: ready: a healthy voting server and an eligible client; the cluster is healthy "
+        f"with 3 voting servers and 3 eligible clients, every job placed (leader {LEADER})"
+    )
+
+
 def healthy_agent(nomad, **overrides: Route) -> FakeNomad:
     """An agent of a formed, healthy three-node cluster."""
     routes = {
         "status__leader": leader(),
+        "status__peers": raft_peers(),
         "acl__token__self": acl_self(),
         "operator__autopilot__health": autopilot(),
         "nodes": nodes(),
+        "jobs": jobs(),
     }
     routes.update(overrides)
     return nomad(**routes)
@@ -408,13 +446,14 @@ def test_first_node_of_a_new_cluster_installs_starts_and_returns(node, nomad, pk
     assert result.returncode == 0, result.stderr
     assert result.stderr == b""
     lines = out_lines(result)
+    # the certificate last: the unit starts only once it exists, and by then all else is there
     assert lines[:6] == [
         "node-1: admin keys written",
         "node-1: CA certificate written",
-        "node-1: TLS certificate written",
         "node-1: TLS key written",
         "node-1: gossip key written",
         "node-1: management token written",
+        "node-1: TLS certificate written",
     ]
     assert "node-1: started nomad.service (it was not running)" in lines
     assert lines[-1] == f"node-1: {NO_CLUSTER}"
@@ -475,9 +514,7 @@ def test_replaced_node_waits_for_acl_voter_and_client(node, nomad, pki):
     assert result.returncode == 0, result.stderr
     assert result.stderr == b""
     lines = out_lines(result)
-    assert lines[-1] == (
-        f"node-2: ready: a healthy voting server and an eligible client (leader {LEADER})"
-    )
+    assert lines[-1] == ready_line("node-2")
     progress = [line for line in lines if line.startswith("node-2: still waiting for ")]
     assert any("the management token to be accepted" in line for line in progress), lines
     assert any("HTTP 403: ACL token not found" in line for line in progress), lines
@@ -567,10 +604,10 @@ def test_reload_only_when_tls_files_change(node, nomad, pki):
     assert out_lines(same)[:7] == [
         "node-1: admin keys unchanged",
         "node-1: CA certificate unchanged",
-        "node-1: TLS certificate unchanged",
         "node-1: TLS key unchanged",
         "node-1: gossip key unchanged",
         "node-1: management token unchanged",
+        "node-1: TLS certificate unchanged",
         "node-1: nomad.service is running and its TLS files are unchanged",
     ]
     assert node.systemctl_calls() == [IS_ACTIVE]
@@ -588,10 +625,10 @@ def test_reload_only_when_tls_files_change(node, nomad, pki):
     assert out_lines(new_cert)[:7] == [
         "node-1: admin keys unchanged",
         "node-1: CA certificate unchanged",
-        "node-1: TLS certificate updated",
         "node-1: TLS key updated",
         "node-1: gossip key unchanged",
         "node-1: management token unchanged",
+        "node-1: TLS certificate updated",
         "node-1: reloaded nomad.service (its TLS files changed)",
     ]
     assert node.systemctl_calls() == [IS_ACTIVE, ["reload", "nomad.service"]]
@@ -634,6 +671,8 @@ def test_cluster_waits_for_a_leader_and_every_server(node, nomad, pki):
     agent = healthy_agent(
         nomad,
         status__leader=leader(none_for=4),
+        # a new cluster: no raft configuration until it forms
+        status__peers=raft_peers(0),
         operator__autopilot__health=autopilot(
             healthy=lambda n: {1} if n <= 2 else {1, 2} if n <= 5 else {1, 2, 3}
         ),
@@ -645,10 +684,7 @@ def test_cluster_waits_for_a_leader_and_every_server(node, nomad, pki):
 
     assert result.returncode == 0, result.stderr
     lines = out_lines(result)
-    assert lines[-1] == (
-        "node-1: ready: a healthy voting server and an eligible client; the cluster is healthy "
-        f"with 3 voting servers and 3 eligible clients (leader {LEADER})"
-    )
+    assert lines[-1] == ready_line("node-1")
     progress = [line for line in lines if line.startswith("node-1: still waiting for ")]
     assert any(
         line.startswith("node-1: still waiting for a cluster leader; last answer: ")
@@ -658,7 +694,8 @@ def test_cluster_waits_for_a_leader_and_every_server(node, nomad, pki):
     ), lines
     assert any(
         "a healthy cluster with 3 voting servers and 3 eligible clients; last answer: "
-        "autopilot Healthy=False, 2 healthy voting server(s), 3 eligible client(s)" in line
+        "autopilot Healthy=False, FailureTolerance=0, 2 healthy voting server(s), 3 eligible "
+        "client(s)" in line
         for line in progress
     ), lines
     assert agent.hits["/v1/operator/autopilot/health"] >= 6
@@ -674,21 +711,70 @@ def test_cluster_times_out_short_of_servers(node, nomad, pki):
     assert result.returncode == 1
     assert err_lines(result) == [
         "node-2: not ready after 0.5 s: waiting for a healthy cluster with 3 voting servers and "
-        "3 eligible clients; last answer: autopilot Healthy=False, 2 healthy voting server(s), "
-        "3 eligible client(s)"
+        "3 eligible clients; last answer: autopilot Healthy=False, FailureTolerance=0, 2 healthy "
+        "voting server(s), 3 eligible client(s)"
     ]
 
 
-def test_without_cluster_a_healthy_node_is_enough(node, nomad, pki):
+def test_this_node_back_is_not_enough_while_another_server_is_unhealthy(node, nomad, pki):
+    """node-2 is a healthy voter again, but node-3 is not: replacing the next node now would
+    lose the quorum, so node-2 is not ready (with or without --cluster)."""
     agent = healthy_agent(nomad, operator__autopilot__health=autopilot(healthy=lambda n: {1, 2}))
-    node.configure(agent.url, [agent.url], name="node-2")
+    node.configure(agent.url, [closed_port_url()], name="node-2", timeout_seconds=0.5)
+    node.unit_active()
+
+    result = node.run(pki.secrets())
+
+    assert result.returncode == 1
+    [line] = err_lines(result)
+    assert "waiting for a healthy cluster with 3 voting servers" in line
+    assert "FailureTolerance=0" in line
+
+
+def test_the_work_the_node_displaced_must_run_again(node, nomad, pki):
+    """The replaced data node is back and healthy; postgres, pinned to it, is still starting:
+    wait until every job's allocations are placed and running."""
+    agent = healthy_agent(
+        nomad,
+        jobs=jobs(
+            lambda n: [
+                job("shop-web", Running=2),
+                job("shop-postgres", Starting=1) if n <= 3 else job("shop-postgres", Running=1),
+                job("shop-redis", Queued=1) if n <= 2 else job("shop-redis", Running=1),
+                {"ID": "old", "Status": "dead", "JobSummary": {"Summary": {"g": {"Queued": 1}}}},
+            ]
+        ),
+    )
+    node.configure(agent.url, [closed_port_url()], progress_seconds=0.05)
     node.unit_active()
 
     result = node.run(pki.secrets())
 
     assert result.returncode == 0, result.stderr
-    assert out_lines(result)[-1] == (
-        f"node-2: ready: a healthy voting server and an eligible client (leader {LEADER})"
+    lines = out_lines(result)
+    assert lines[-1] == ready_line("node-1")
+    assert any(
+        "every job's allocations to be placed and running; last answer: shop-postgres/g: 0 "
+        "queued, 1 starting; shop-redis/g: 1 queued, 0 starting" in line
+        for line in lines
+    ), lines
+    assert agent.hits["/v1/jobs"] >= 4
+    assert all(h.get("X-Nomad-Token") == TOKEN for h in agent.headers_of("/v1/jobs"))
+
+
+def test_a_formed_cluster_without_a_leader_is_waited_for(node, nomad, pki):
+    """An election (or a lost quorum) is not a new cluster: the peers list raft peers."""
+    agent = nomad(status__leader=leader(""), status__peers=raft_peers(0))
+    peer = nomad(status__leader=leader(""), status__peers=raft_peers(3))
+    node.configure(agent.url, [peer.url], name="node-2", timeout_seconds=0.5)
+
+    result = node.run(pki.secrets())
+
+    assert result.returncode == 1
+    [line] = err_lines(result)
+    assert line.startswith(
+        "node-2: not ready after 0.5 s: waiting for a cluster leader (the cluster has formed); "
+        f"last answer: {peer.url} lists 3 raft peer(s) but no leader"
     )
 
 
@@ -697,19 +783,14 @@ def test_a_node_whose_peers_are_all_silent_is_not_ready_unless_it_is_the_first(n
     rollout go on; the first node of a new cluster has nobody to reach and is done."""
     agent = nomad(status__leader=leader(""))
     node.configure(
-        agent.url,
-        [agent.url, closed_port_url(), closed_port_url()],
-        name="node-2",
-        timeout_seconds=1,
+        agent.url, [closed_port_url(), closed_port_url()], name="node-2", timeout_seconds=1
     )
     result = node.run(pki.secrets())
     assert result.returncode == 1
     [line] = err_lines(result)
     assert line.startswith("node-2: not ready after 1 s: waiting for another server to answer")
 
-    node.configure(
-        agent.url, [agent.url, closed_port_url(), closed_port_url()], name="node-1", first=True
-    )
+    node.configure(agent.url, [closed_port_url(), closed_port_url()], name="node-1", first=True)
     result = node.run(pki.secrets())
     assert result.returncode == 0, result.stderr
     assert out_lines(result)[-1] == f"node-1: {NO_CLUSTER}"

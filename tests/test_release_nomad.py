@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from blueprints.plan import Plan, PlanError, is_secret, plan_stack
-from blueprints.rungs.nomad.bootstrap import NODE_READY
+from blueprints.rungs.nomad.bootstrap import INSTALL_NODE_READY, NODE_READY, node_ready_source
 
 ROOT = Path(__file__).resolve().parent.parent
 STACKS = ["nomad-hcloud", "nomad-localstack"]
@@ -91,6 +91,44 @@ def test_an_admin_key_goes_over_ssh_to_every_node_and_replaces_nothing(bases, tm
         assert set(document) == {"admin_keys", "ca", "cert", "gossip_key", "key", "token"}
 
 
+SECRETS = {"DATABASE_PASSWORD": "db-1", "DJANGO_SECRET_KEY": "dj-1", "POSTGRES_PASSWORD": "pg-1"}
+
+
+def test_a_new_secret_value_is_a_deployment_of_the_jobs_that_read_it(tmp_path):
+    """DJANGO_SECRET_KEY is read by web and worker: their Variables and their jobs change (a
+    keyed digest in the job's meta), nothing else; the jobspec stays readable."""
+    stack = "nomad-hcloud"
+    before = _plan(stack, tmp_path, None, **{"blueprints:secrets": SECRETS})
+    after = _plan(
+        stack, tmp_path, None, **{"blueprints:secrets": {**SECRETS, "DJANGO_SECRET_KEY": "dj-2"}}
+    )
+    assert _changed(before, after) == [
+        f"shop-{stack}-job-web",
+        f"shop-{stack}-job-worker",
+        f"shop-{stack}-secrets-web",
+        f"shop-{stack}-secrets-worker",
+    ]
+    job = next(r for r in after.resources if r.name == f"shop-{stack}-job-web")
+    assert not is_secret(job.inputs["jobspec"])
+    spec = job.public_inputs()["jobspec"]
+    assert "blueprints_secrets = " in spec and "dj-2" not in spec and "db-1" not in spec
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_ready_script_travels_over_ssh_before_each_ready_step(bases, stack):
+    plan = bases[stack]
+    by_name = {r.name: r for r in plan.resources}
+    for i in (1, 2, 3):
+        script = by_name[f"shop-{stack}-node-{i}-ready-script"]
+        inputs = script.plain_inputs()
+        assert inputs["stdin"] == node_ready_source()
+        assert inputs["create"].endswith(f"sudo {INSTALL_NODE_READY}")
+        assert (
+            inputs["triggers"] == by_name[f"shop-{stack}-node-{i}-ready"].plain_inputs()["triggers"]
+        )
+        assert script.name in by_name[f"shop-{stack}-node-{i}-ready"].depends_on
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_user_data_is_the_bootstrap_only(bases, stack):
     """No job, no app secret, no admin key in any node's user data."""
@@ -100,8 +138,10 @@ def test_user_data_is_the_bootstrap_only(bases, stack):
 
         text = server_user_data(server)
         assert text is not None
-        for app_value in ("shop-web", "ghcr.io", "<secret:DATABASE", "ops@example.com", "job "):
+        for app_value in ("shop-web", "ghcr.io", "ops@example.com", "job "):
             assert app_value not in text, (server.name, app_value)
+        # no secret at all: no app secret, token, gossip key or key material
+        assert "<secret:" not in text and "OFFLINE-" not in text, server.name
         assert EXAMPLE["admin"]["ssh_keys"][0].split()[1] not in text
 
 
@@ -134,7 +174,8 @@ def test_nodes_are_created_and_replaced_one_after_another(bases, stack):
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_a_machine_change_changes_every_node_and_the_chain_orders_them(bases, tmp_path, stack):
+def test_a_machine_change_changes_every_node_and_nothing_else(bases, tmp_path, stack):
+    """The order they are replaced in is the chain above (and the diff test shows it)."""
     after = _plan(stack, tmp_path, None, **{"blueprints:nomadVersion": "1.10.6"})
     changed = _changed(bases[stack], after)
     assert changed == [f"shop-{stack}-node-{i}" for i in (1, 2, 3)]
@@ -174,11 +215,21 @@ def test_the_app_goes_through_nomad_s_api(bases, stack):
 @pytest.mark.parametrize("stack", STACKS)
 def test_deployer_networks_reach_ssh_and_the_api(tmp_path, stack):
     plan = _plan(stack, tmp_path, None, **{"blueprints:deployerNetworks": ["198.51.100.7/32"]})
+    both = ("198.51.100.7/32", "203.0.113.0/24")
     if cloud(stack) == "hcloud":
         [fw] = plan.of_type("hcloud:index/firewall:Firewall")
         rules = sorted((r["port"], tuple(r["sourceIps"])) for r in fw.plain_inputs()["rules"])
-        both = ("198.51.100.7/32", "203.0.113.0/24")
         assert rules == [("22", both), ("4646", both)]
+    else:
+        [server] = plan.of_type(SERVER["aws"])[:1]
+        [group_id] = server.plain_inputs()["vpcSecurityGroupIds"]
+        [sg] = [g for g in plan.of_type("aws:ec2/securityGroup:SecurityGroup") if g.id == group_id]
+        public = sorted(
+            (r["fromPort"], tuple(sorted(r.get("cidrBlocks", []))))
+            for r in sg.plain_inputs()["ingress"]
+            if r["protocol"] == "tcp"
+        )
+        assert public == [(22, both), (4646, both)]
 
 
 def test_a_stack_nobody_can_reach_is_refused(tmp_path):

@@ -28,6 +28,7 @@ from blueprints.rungs.nomad.bootstrap import (
     CERT_FILE,
     GOSSIP_CONFIG,
     HASHICORP_FINGERPRINT,
+    INSTALL_NODE_READY,
     KEY_FILE,
     NODE_CONFIG,
     NODE_READY,
@@ -44,6 +45,7 @@ from blueprints.rungs.nomad.release import (
     render_ingress_job,
     render_jobs,
     render_service_job,
+    secrets_digest,
     variables,
 )
 from blueprints.rungs.nomad.rules import check_nomad, unenforced_health
@@ -173,8 +175,17 @@ def expected_group(app: AppSpec, name: str, timing: Timing = DEFAULT_TIMING) -> 
     group: dict[str, Any] = {"count": svc.replicas}
     update: dict[str, Any] = {"max_parallel": 1}
     # a canary beside the old instances where one fits: not with a volume, nor when every node
-    # already holds the service's static port
-    if not svc.volumes and (not svc.ports or svc.replicas < 3):
+    # already holds one of its static ports (counting every service on that port)
+    on_port = {
+        host: sum(
+            s.replicas
+            for _, s in app.sorted_services()
+            for q in s.ports
+            if (q.published if q.expose == "tcp" else q.port) == host
+        )
+        for host in [p.published if p.expose == "tcp" else p.port for p in svc.ports]
+    }
+    if not svc.volumes and all(count < 3 for count in on_port.values()):
         update |= {"canary": 1, "auto_promote": True}
     update |= {
         "health_check": "checks",
@@ -329,7 +340,8 @@ def expected_group(app: AppSpec, name: str, timing: Timing = DEFAULT_TIMING) -> 
                 "data": data + "{{ end }}\n",
                 "destination": "secrets/env",
                 "env": True,
-                "change_mode": "restart",
+                # new values come as a new job version (the digest in its meta): a deployment
+                "change_mode": "noop",
             }
         )
     if reachable:
@@ -464,6 +476,98 @@ def test_changing_web_leaves_every_other_job_byte_identical():
     # and no task of postgres or redis reads web's address: web moving restarts neither
     for job in ("shop-postgres", "shop-redis"):
         assert '"shop-web"' not in after[job] and "nomadService" not in after[job]
+
+
+def test_no_canary_where_no_node_has_the_port_free():
+    """web (2 replicas) and api (1) share port 8000: three instances, one per node, so neither
+    can start a canary beside its old instances; worker (no port) and redis (alone) can."""
+    data = copy.deepcopy(EXAMPLE)
+    data["services"]["api"] = {"image": "ghcr.io/example/api:2", "ports": [{"port": 8000}]}
+    groups = jobs_of(spec(data))
+    canary = {name: "canary" in g["update"][0] for name, g in groups.items()}
+    assert canary == {
+        "api": False,
+        "postgres": False,
+        "redis": True,
+        "web": False,
+        "worker": True,
+    }
+    assert "canary" in jobs_of(spec())["web"]["update"][0]  # alone on 8000: a node is free
+
+
+def test_a_new_secret_value_is_a_new_job_version():
+    app = spec()
+    plain = render_jobs(app, Timing())
+    first = render_jobs(app, Timing(), {"web": "d1", "worker": "d1", "postgres": "d2"})
+    second = render_jobs(app, Timing(), {"web": "d3", "worker": "d1", "postgres": "d2"})
+    assert [j for j in first if first[j] != second[j]] == ["shop-web"]
+    _, body = job_of(second["shop-web"])
+    assert body["meta"] == [
+        {"blueprints_app": "shop", "blueprints_service": "web", "blueprints_secrets": "d3"}
+    ]
+    assert first["shop-redis"] == plain["shop-redis"]  # no secrets, no digest
+
+
+def test_the_secrets_digest_is_keyed_and_reveals_nothing():
+    app = spec()
+    values = {"DATABASE_PASSWORD": "hunter2", "DJANGO_SECRET_KEY": "k"}
+    one = secrets_digest("key-one", app, "web", values)
+    assert one == secrets_digest("key-one", app, "web", dict(values))
+    assert one != secrets_digest("key-two", app, "web", values)
+    assert one != secrets_digest("key-one", app, "web", {**values, "DJANGO_SECRET_KEY": "k2"})
+    assert "hunter2" not in one and secrets_digest("key-one", app, "redis", values) is None
+
+
+# go-envparse (hashicorp/go-envparse, envparse.go parseLine), the double-quoted value as Nomad
+# reads a template's env file, written here from its source: the escapes it takes.
+_ENVPARSE = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "r": "\r", "n": "\n", "t": "\t"}
+
+
+def envparse_double_quoted(raw: str) -> str:
+    assert raw[0] == raw[-1] == '"'
+    out, i, body = [], 0, raw[1:-1]
+    while i < len(body):
+        ch = body[i]
+        assert ord(ch) >= 32, "a control character is an error"
+        if ch == '"':
+            raise AssertionError("unescaped quote")
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        nxt = body[i + 1]
+        if nxt == "u":
+            code = int(body[i + 2 : i + 6], 16)
+            i += 6
+            if 0xD800 <= code < 0xDC00:
+                assert body[i : i + 2] == "\\u"
+                low = int(body[i + 2 : i + 6], 16)
+                code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                i += 6
+            out.append(chr(code))
+        else:
+            out.append(_ENVPARSE[nxt])  # any other escape is an error there too
+            i += 2
+    return "".join(out)
+
+
+def go_to_json(value: str) -> str:
+    """Go's json.Marshal of a string (consul-template's toJSON): HTML-safe, with U+2028/9
+    escaped, and UTF-16 escapes for the rest of the control range."""
+    text = json.dumps(value, ensure_ascii=False)
+    for ch in "<>&\u2028\u2029":
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return text
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["p&ss<word>", 'quote" and \\ back', "tab\tin", "\u2028line\u2029sep", "😀 é", "$HOME ${X}"],
+)
+def test_secret_values_reach_the_task_env_as_stored(secret: str):
+    """The secrets template writes NAME={{ .NAME | toJSON }}; what Nomad's env parser makes of
+    that is the value itself."""
+    assert envparse_double_quoted(go_to_json(secret)) == secret
 
 
 def test_hosts_list_only_the_services_a_task_reaches():
@@ -605,7 +709,7 @@ def test_no_secret_and_no_key_material_is_in_the_user_data():
     assert all(file_permissions(path) != "0600" for path in files)
     for path in (AGENT_CONFIG, NODE_CONFIG):
         assert file_permissions(path) == "0644", path
-    assert file_permissions(NODE_READY) == "0755"
+    assert file_permissions(INSTALL_NODE_READY) == "0755"
     config = json.loads(files[NODE_CONFIG])
     assert (config["gossip_file"], config["token_file"]) == (GOSSIP_CONFIG, TOKEN_FILE)
     unit = files["/etc/systemd/system/nomad.service"]
@@ -630,7 +734,12 @@ def test_node_config_and_ready_script():
         files = render_node_files(node(index=index))
         config = json.loads(files[NODE_CONFIG])
         assert config["name"] == f"node-{index + 1}" and config["region"] == "global"
-        assert config["peers"] == [f"https://{ip}:4646" for ip in IPS]
+        # the other servers; this one is "local"
+        assert config["peers"] == [f"https://{ip}:4646" for ip in IPS if ip != IPS[index]]
+        assert config["first"] is (index == 0)
+        assert config["formed_marker"] == (
+            "/srv/data/.blueprints/nomad-cluster-formed" if index == 0 else None
+        )
         assert config["servers"] == 3 and config["local"] == "https://127.0.0.1:4646"
         assert (config["ca_file"], config["cert_file"], config["key_file"]) == (
             CA_FILE,
@@ -639,8 +748,12 @@ def test_node_config_and_ready_script():
         )
         assert config["token_file"] == TOKEN_FILE
         assert config["admin_keys_file"] == "/etc/blueprints/admin-keys/deploy"
-        assert files[NODE_READY] == node_ready_source()
-        assert files[NODE_READY].startswith("#!/usr/bin/env python3\n")
+        # the script itself arrives over SSH; the user data has its installer
+        assert NODE_READY not in files
+        installer = files[INSTALL_NODE_READY]
+        assert f"target={NODE_READY}\n" in installer
+        assert "grep -qx '#!/usr/bin/env python3'" in installer
+        assert node_ready_source().startswith("#!/usr/bin/env python3\n")
 
 
 # --- the agent -----------------------------------------------------------------------------------

@@ -984,8 +984,10 @@ def _release_head(rd: ReleaseDiff, kind: str) -> str:
         "update": "rolled out in place by the node's release agent",
         "replace": "the Command is replaced (see why below); the node receives it as a release",
     }.get(kind, "")
-    if rd.how is not None and kind == "update":
-        how = rd.how
+    if rd.how is not None:
+        how = {"update": rd.how, "replace": "the resource is replaced (see why below)"}.get(
+            kind, ""
+        )
     if rd.old_id is None:
         return f"- {rd.label} {code(rd.new_id)} (the first one this resource delivers)"
     if rd.old_id == rd.new_id:
@@ -1244,7 +1246,8 @@ def _resource_block(c: Change, danger: bool, values: bool, waits: Sequence[Chang
         body += _release_body(release, c.kind, values)
         changes = [p for p in changes if _top_key(p.path) != release.key]
     elif why_not:
-        body.append(f"- {one_line(why_not)}; {code('stdin')} is shown as Pulumi reported it")
+        key = "jobspec" if c.type == NOMAD_JOB else "stdin"
+        body.append(f"- {one_line(why_not)}; {code(key)} is shown as Pulumi reported it")
     if _stdin_hidden(c):
         body.append(f"- {code('stdin')} holds a secrets document: not shown")
         changes = [

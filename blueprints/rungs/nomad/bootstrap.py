@@ -3,7 +3,8 @@
 Three nodes, each a Nomad server and client. A node's user data is its bootstrap only, and it
 depends on machine-level stack settings alone (principle 9): Nomad from HashiCorp's apt
 repository at a pinned version, Docker as the task driver, the agent configuration (its own
-address and its peers'), the deploy user with the stack's deploy key, and `nomad-node-ready`.
+address and its peers'), the deploy user with the stack's deploy key, and the installer of
+`nomad-node-ready` (the script itself arrives over SSH, so a newer one replaces no node).
 The first node (the data node) also mounts the cloud data volume, exposes it to Nomad as host
 volumes, and bootstraps the ACLs.
 
@@ -58,6 +59,8 @@ BOOTSTRAP_DIR = "/etc/blueprints/nomad"
 TOKEN_FILE = f"{BOOTSTRAP_DIR}/bootstrap-token"
 NODE_CONFIG = f"{BOOTSTRAP_DIR}/node.json"
 NODE_READY = f"{SCRIPTS}/nomad-node-ready"
+# What the user data holds instead of the script: Pulumi sends the script before each ready step.
+INSTALL_NODE_READY = f"{SCRIPTS}/install-node-ready"
 # Left on the data volume by the ACL bootstrap once the cluster has formed, so that a new data
 # node knows it joins an existing cluster even when no peer answers (nomad-node-ready).
 FORMED_MARKER = "/srv/data/.blueprints/nomad-cluster-formed"
@@ -99,7 +102,7 @@ class NomadNode:
 
 
 def node_ready_source() -> str:
-    """The nomad-node-ready script, as the bootstrap ships it to every node."""
+    """The nomad-node-ready script, as Pulumi sends it to every node (install-node-ready)."""
     return resources.files("blueprints.rungs.nomad").joinpath("node_ready.py").read_text()
 
 
@@ -138,7 +141,8 @@ def node_config(node: NomadNode) -> str:
             "name": node.name,
             "region": REGION,
             "local": f"https://127.0.0.1:{NOMAD_HTTP}",
-            "peers": [f"https://{ip}:{NOMAD_HTTP}" for ip in node.node_ips],
+            # The other servers (this one is "local").
+            "peers": [f"https://{ip}:{NOMAD_HTTP}" for ip in node.node_ips if ip != node.ip],
             "servers": NODE_COUNT,
             "ca_file": CA_FILE,
             "cert_file": CERT_FILE,
@@ -179,7 +183,7 @@ def render_node_files(node: NomadNode) -> dict[str, str]:
         ),
         AGENT_CONFIG: render_agent_config(node),
         NODE_CONFIG: node_config(node),
-        NODE_READY: node_ready_source(),
+        INSTALL_NODE_READY: _t("install-node-ready.sh.j2", target=NODE_READY),
         f"{UNITS}/nomad.service": _t(
             "nomad.service.j2",
             agent_config=AGENT_CONFIG,

@@ -34,10 +34,12 @@ from blueprints.release import channel
 from blueprints.render.vm import DEPLOY_USER
 from blueprints.rungs.nomad.bootstrap import (
     DATA_NODE,
+    INSTALL_NODE_READY,
     NODE_NAMES,
     NODE_READY,
     REGION,
     NomadNode,
+    node_ready_source,
     render_cloud_init,
 )
 from blueprints.rungs.nomad.release import (
@@ -46,6 +48,7 @@ from blueprints.rungs.nomad.release import (
     job_name,
     render_ingress_job,
     render_jobs,
+    secrets_digest,
     variable_path,
     variables,
 )
@@ -81,6 +84,9 @@ def balanced_ports(app: AppSpec) -> list[int]:
     """Ports the load balancer forwards to the nodes: the ingress, and every published tcp port."""
     tcp = {p.published for _, svc in app.sorted_services() for p in svc.public_tcp_ports}
     return sorted({80, 443} | tcp)
+
+
+INSTALL_COMMAND = f"{_WAIT}sudo {INSTALL_NODE_READY}"
 
 
 def ready_command(index: int) -> str:
@@ -255,24 +261,36 @@ class Nomad(pulumi.ComponentResource):
                 _secret(gossip, "base64"),
                 _secret(token, "result"),
             ).apply(lambda v: node_document(list(app.admin.ssh_keys), *v))
+            connection = remote.ConnectionArgs(
+                host=server.public_ip,
+                user=DEPLOY_USER,
+                private_key=connection_key,
+                dial_error_limit=channel.DIAL_ERROR_LIMIT,
+                per_dial_timeout=channel.PER_DIAL_TIMEOUT,
+            )
+            # The script first (it is not in the user data, so a newer one is no new machine).
+            script = remote.Command(
+                f"{prefix}-{node}-ready-script",
+                connection=connection,
+                create=INSTALL_COMMAND,
+                update=INSTALL_COMMAND,
+                stdin=node_ready_source(),
+                triggers=[server.id],
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=before_ready),
+            )
             command = ready_command(index)
             ready.append(
                 remote.Command(
                     f"{prefix}-{node}-ready",
-                    connection=remote.ConnectionArgs(
-                        host=server.public_ip,
-                        user=DEPLOY_USER,
-                        private_key=connection_key,
-                        dial_error_limit=channel.DIAL_ERROR_LIMIT,
-                        per_dial_timeout=channel.PER_DIAL_TIMEOUT,
-                    ),
+                    connection=connection,
                     create=command,
                     update=command,
                     stdin=pulumi.Output.secret(document),
                     # A new server is a new node: it gets its files and is waited for again.
                     triggers=[server.id],
                     add_previous_output_in_env=False,
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=before_ready),
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[*before_ready, script]),
                 )
             )
 
@@ -290,7 +308,9 @@ class Nomad(pulumi.ComponentResource):
 
         data_ip = servers[DATA_NODE].public_ip
         address = pulumi.Output.from_input(data_ip).apply(lambda ip: f"https://{ip}:{NOMAD_HTTP}")
-        self._release(app, prefix, secrets, timing, ca, token, address, after=ready)
+        self._release(
+            app, prefix, secrets, timing, ca, token, address, deploy_key=deploy_key, after=ready
+        )
 
         self.outputs: dict[str, pulumi.Input[object]] = {
             "url": f"https://{app.domain}",
@@ -319,6 +339,7 @@ class Nomad(pulumi.ComponentResource):
         token: random.RandomUuid,
         address: pulumi.Output[str],
         *,
+        deploy_key: tls.PrivateKey,
         after: list[remote.Command],
     ) -> None:
         """The app through Nomad's API: a Variable per service with secrets, the ingress job,
@@ -361,12 +382,28 @@ class Nomad(pulumi.ComponentResource):
             opts=opts([]),
         )
         texts = render_jobs(app, timing)
+        # A service with secrets carries a keyed digest of their values in its job, so a new
+        # value is a new job version: a deployment, health-gated and reverted if it fails. The
+        # digest reveals nothing, so the jobspec stays readable in a preview (not secret).
+        with_digests = pulumi.Output.all(deploy_key.private_key_openssh, secrets).apply(
+            lambda v: render_jobs(
+                app,
+                timing,
+                {name: secrets_digest(v[0], app, name, dict(v[1] or {})) for name in stored},
+            )
+        )
         jobs: dict[str, nomad.Job] = {}
         for name in app.start_order():
             svc = app.services[name]
+            job = job_name(app, name)
+            spec: pulumi.Input[str] = (
+                pulumi.Output.unsecret(with_digests.apply(lambda t, j=job: t[j]))
+                if name in stored
+                else texts[job]
+            )
             jobs[name] = nomad.Job(
                 f"{prefix}-job-{name}",
-                jobspec=texts[job_name(app, name)],
+                jobspec=spec,
                 # Wait for the deployment: a release that fails fails `pulumi up` here.
                 detach=False,
                 opts=opts(

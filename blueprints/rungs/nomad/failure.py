@@ -3,7 +3,7 @@ and the scheduler places its allocations again; node-1 holds the data volume and
 
 from __future__ import annotations
 
-from blueprints.failure import FailureModel, Scenario, Step, _health_wait
+from blueprints.failure import FailureModel, Scenario, Step, health_wait
 from blueprints.settings import StackSettings
 from blueprints.spec import AppSpec
 
@@ -20,7 +20,7 @@ def failure_model(settings: StackSettings, app: AppSpec, times: dict[str, int]) 
     )
     lost = Step(f"allocations lost after {settings.lost_after}s", settings.lost_after)
     restart = Step("replacement containers start on a live node", times["container"])
-    health = Step("first passing health check", _health_wait(app))
+    health = Step("first passing health check", health_wait(app))
     stateless = tuple(s for s in (down, lost, restart, health) if s.seconds or s is down)
     public = [s for _, s in app.sorted_services() if s.public_http_ports or s.public_tcp_ports]
     all_replicated = public and all(s.replicas >= 2 for s in public)

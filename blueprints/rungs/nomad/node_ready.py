@@ -25,15 +25,17 @@ What it does
   2. starts the Nomad unit if it is not running, or reloads it (SIGHUP: Nomad rereads its TLS
      files) if it runs and a TLS file changed;
   3. waits for the local agent's HTTP API to answer;
-  4. asks every peer whether there is a leader. No leader anywhere means a new cluster whose first
-     nodes are still waiting for the others: that is done (exit 0) unless --cluster is given,
-     which waits for a leader, or the data volume carries the mark of a formed cluster
-     (formed_marker), or no other server answers at all on a node other than the first (its
-     private network is not up: it would not have joined);
+  4. asks itself and every peer whether there is a leader, and if not whether it lists raft
+     peers. No leader and no raft peers anywhere means a new cluster whose first nodes are still
+     waiting for the others: that is done (exit 0), unless --cluster is given, or the data
+     volume carries the mark of a formed cluster (formed_marker), or no other server answers at
+     all on a node other than the first (its private network is not up: it has not joined). A
+     formed cluster without a leader (an election) is waited for;
   5. waits, with the management token, until the token is accepted (ACLs are bootstrapped), this
-     server is a healthy voter in autopilot and this node is a ready, eligible client; with
-     --cluster also until autopilot calls the whole cluster healthy with all its servers voting
-     and all its clients eligible.
+     server is a healthy voter in autopilot and this node a ready, eligible client, and until
+     the whole cluster can lose a server again: autopilot healthy with every server voting and
+     a failure tolerance of at least one, every client eligible, and no job with allocations
+     queued or starting (what this node's absence displaced runs again).
 
 Exit status: 0 ready; 1 not ready in time, or systemd or the disk failed; 2 bad usage,
 configuration or stdin (nothing is written then). Every message is one line starting with the
@@ -326,10 +328,12 @@ def install_files(config, secrets):
     files = (
         ("admin keys", config["admin_keys_file"], secrets["admin_keys"], 0o644, False),
         ("CA certificate", config["ca_file"], secrets["ca"], 0o644, True),
-        ("TLS certificate", config["cert_file"], secrets["cert"], 0o644, True),
         ("TLS key", config["key_file"], secrets["key"], 0o600, True),
         ("gossip key", config["gossip_file"], gossip, 0o600, False),
         ("management token", config["token_file"], secrets["token"] + "\n", 0o600, False),
+        # Last: the unit starts only once this file exists (ConditionPathExists), and by then
+        # everything it reads is in place.
+        ("TLS certificate", config["cert_file"], secrets["cert"], 0o644, True),
     )
     tls_changed = False
     for label, path, content, mode, tls in files:
@@ -536,31 +540,48 @@ def wait_for_agent(config, waiter):
 
 
 def find_leader(config, waiter, cluster):
-    """The leader any node knows of; "" when none does and --cluster was not given."""
+    """The leader any node knows of. "" only for a cluster that has never formed (no one names a
+    leader and no one lists raft peers) and when --cluster was not given; a formed cluster
+    without a leader (an election, a lost quorum) is waited for."""
     bases = [config["local"]] + [p for p in config["peers"] if p != config["local"]]
 
     def ask(base):
-        """(base, the leader it names or "", why it named none or None)."""
-        answer = get(config, base, "/v1/status/leader", waiter.timeout(PEER_TIMEOUT))
+        """(base, the leader it names or "", its raft peers or None, why it named none)."""
+        timeout = waiter.timeout(PEER_TIMEOUT)
+        answer = get(config, base, "/v1/status/leader", timeout)
         try:
-            return base, parse(answer, "", str), None
+            leader, error = parse(answer, "", str), None
         except NotYet as e:
-            return base, "", e.answer
+            leader, error = "", e.answer
+        raft = None
+        if not leader and error is None:
+            try:
+                raft = parse(get(config, base, "/v1/status/peers", timeout), "", list)
+            except NotYet:
+                raft = None
+        return base, leader, raft, error
 
     def check():
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(bases)) as pool:
             answers = list(pool.map(ask, bases))
-        for _, leader, _ in answers:
+        for _, leader, _, _ in answers:
             if leader:
                 return leader
-        summary = "; ".join(f"{base}: {error or 'no leader'}" for base, _, error in answers)
+        summary = "; ".join(f"{base}: {error or 'no leader'}" for base, _, _, error in answers)
+        formed = [(base, raft) for base, _, raft, _ in answers if raft]
+        if formed:
+            base, raft = formed[0]
+            raise NotYet(
+                "a cluster leader (the cluster has formed)",
+                shorten(f"{base} lists {len(raft)} raft peer(s) but no leader; {summary}"),
+            )
         if cluster:
             raise NotYet("a cluster leader", shorten(summary))
         # Only the first node of a new cluster may find no other server at all: anywhere else
         # silence means this node cannot reach its peers (its private network is not up), and
         # calling it ready would let the next node go while this one has not joined.
         others = [a for a in answers if a[0] != config["local"]]
-        if others and all(error is not None for _, _, error in others) and not config["first"]:
+        if others and all(error is not None for _, _, _, error in others) and not config["first"]:
             raise NotYet("another server to answer", shorten(summary))
         return ""
 
@@ -599,8 +620,9 @@ def read_token(path):
     return token
 
 
-def wait_ready(config, waiter, cluster):
-    """Waits until this node serves (and with cluster, the whole cluster); returns the line."""
+def wait_ready(config, waiter):
+    """Waits until this node serves and the whole cluster is healthy with every job placed;
+    returns the line."""
     name = config["name"]
     server_name = f"{name}.{config['region']}"
     want = config["servers"]
@@ -656,23 +678,37 @@ def wait_ready(config, waiter, cluster):
                 ),
             )
 
-        summary = ""
-        if cluster:
-            voters = len(healthy_voters(servers))
-            clients = len(eligible_clients(nodes))
-            if health.get("Healthy") is not True or voters < want or clients < want:
-                raise NotYet(
-                    f"a healthy cluster with {want} voting servers and {want} eligible clients",
-                    f"autopilot Healthy={health.get('Healthy')}, {voters} healthy voting "
-                    f"server(s), {clients} eligible client(s)",
-                )
-            summary = (
-                f"; the cluster is healthy with {voters} voting servers "
-                f"and {clients} eligible clients"
+        # Once there is a cluster, this node being back is not enough: the next node may only go
+        # when losing it keeps the quorum, and the work this node's absence displaced runs again.
+        voters = len(healthy_voters(servers))
+        clients = len(eligible_clients(nodes))
+        tolerance = health.get("FailureTolerance")
+        enough = want < 3 or (isinstance(tolerance, int) and tolerance >= 1)
+        if health.get("Healthy") is not True or voters < want or clients < want or not enough:
+            raise NotYet(
+                f"a healthy cluster with {want} voting servers and {want} eligible clients",
+                f"autopilot Healthy={health.get('Healthy')}, FailureTolerance={tolerance}, "
+                f"{voters} healthy voting server(s), {clients} eligible client(s)",
             )
+        what = "every job's allocations to be placed and running"
+        jobs = parse(api("/v1/jobs", token), what, list)
+        waiting = []
+        for job in jobs:
+            if not isinstance(job, dict) or job.get("Status") == "dead":
+                continue
+            summary = (job.get("JobSummary") or {}).get("Summary") or {}
+            for group, counts in sorted(summary.items()):
+                if not isinstance(counts, dict):
+                    continue
+                queued, starting = counts.get("Queued") or 0, counts.get("Starting") or 0
+                if queued or starting:
+                    waiting.append(f"{job.get('ID')}/{group}: {queued} queued, {starting} starting")
+        if waiting:
+            raise NotYet(what, shorten("; ".join(waiting)))
         return (
-            f"{name}: ready: a healthy voting server and an eligible client{summary} "
-            f"(leader {leader})"
+            f"{name}: ready: a healthy voting server and an eligible client; the cluster is "
+            f"healthy with {voters} voting servers and {clients} eligible clients, every job "
+            f"placed (leader {leader})"
         )
 
     return waiter.until(check)
@@ -706,7 +742,7 @@ def run(argv, stdin):
             "(a new cluster's first nodes wait for the others)"
         )
         return 0
-    say(wait_ready(config, waiter, cluster))
+    say(wait_ready(config, waiter))
     return 0
 
 

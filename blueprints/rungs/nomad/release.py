@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from blueprints.release.bundle import digest
 from blueprints.render.common import render_template
 from blueprints.render.vm import secret_values
 from blueprints.rungs.nomad.rules import (
@@ -55,8 +56,9 @@ RESCHEDULE_MAX_DELAY = "1h"
 # within the deadline fails the deployment, which then reverts.
 UPDATE = {"min_healthy_time": "10s", "healthy_deadline": "5m", "progress_deadline": "10m"}
 # How long `pulumi up` waits for one job's deployment (the provider's default is 5 minutes, less
-# than one slow instance may take): every instance's healthy deadline, plus starting the canary.
-DEPLOY_TIMEOUT_MINUTES = 5 * (NODE_COUNT + 1) + 5
+# than one slow instance may take): every instance's healthy deadline, the canary's included,
+# plus as long again for the first placement.
+DEPLOY_TIMEOUT_MINUTES = int(UPDATE["healthy_deadline"].removesuffix("m")) * (NODE_COUNT + 2)
 
 
 @dataclass(frozen=True)
@@ -172,23 +174,37 @@ WAIT_SCRIPT = (
 
 
 def _secret_template(app: AppSpec, name: str, svc: Service) -> str:
-    # toJSON: Nomad parses the env file with go-envparse, which reads JSON strings exactly; the
-    # program refuses secret values with control characters (stack.missing_secrets).
+    # toJSON writes a JSON string (Go's encoder: \" \\ \n \t and \uXXXX, also for < > & and
+    # U+2028/9); Nomad reads the env file with hashicorp/go-envparse, whose double-quoted values
+    # take exactly those escapes (envparse.go, parseLine), so any value arrives as it was stored.
     lines = [f'{{{{ with nomadVar "{variable_path(app, name)}" }}}}\n']
     lines += [f"{var}={{{{ .{var} | toJSON }}}}\n" for var in sorted(svc.secret_env)]
     lines.append("{{ end }}\n")
     return "".join(lines)
 
 
-def _canary(svc: Service) -> bool:
+def port_instances(app: AppSpec) -> dict[int, int]:
+    """Static host port -> how many instances of the whole app listen on it (at most one per
+    node)."""
+    counts: dict[int, int] = {}
+    for _, svc in app.sorted_services():
+        for port in svc.ports:
+            counts[host_port(port)] = counts.get(host_port(port), 0) + svc.replicas
+    return counts
+
+
+def _canary(svc: Service, instances: Mapping[int, int]) -> bool:
     """A canary needs a node where the new instance fits beside the old ones: never for a
-    stateful service (one node, one volume), and with static ports only while a node is free."""
+    stateful service (one node, one volume), and with static ports only while some node has
+    every one of its ports free, counting the other services on the same ports."""
     if svc.stateful:
         return False
-    return not svc.ports or svc.replicas < NODE_COUNT
+    return all(instances[host_port(p)] < NODE_COUNT for p in svc.ports)
 
 
-def job_group(app: AppSpec, name: str, svc: Service) -> dict[str, Any]:
+def job_group(
+    app: AppSpec, name: str, svc: Service, instances: Mapping[int, int] | None = None
+) -> dict[str, Any]:
     """One service's group as plain data (what the template prints)."""
     services = []
     first_tags = _router_tags(app, name, svc.ports[0]) if svc.ports else []
@@ -215,16 +231,25 @@ def job_group(app: AppSpec, name: str, svc: Service) -> dict[str, Any]:
     templates = []
     if svc.secret_env:
         templates.append(
-            {"data": _secret_template(app, name, svc), "destination": "secrets/env", "env": True}
+            {
+                "data": _secret_template(app, name, svc),
+                "destination": "secrets/env",
+                "env": True,
+                # A new value is a new job version (its digest is in the job's meta), so it
+                # rolls out as a deployment; the running tasks are not restarted behind its back.
+                "change_mode": "noop",
+            }
         )
     hosts = _hosts_template(app, name, svc)
     if hosts is not None:
-        templates.append({"data": hosts, "destination": "local/hosts", "env": False})
+        templates.append(
+            {"data": hosts, "destination": "local/hosts", "env": False, "change_mode": "restart"}
+        )
     deps = sorted(svc.depends_on)
     return {
         "name": name,
         "count": svc.replicas,
-        "canary": _canary(svc),
+        "canary": _canary(svc, port_instances(app) if instances is None else instances),
         "distinct": bool(svc.ports),
         "data_node": svc.stateful,
         "ports": [
@@ -256,14 +281,22 @@ def _checked(app: AppSpec) -> None:
         raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
 
 
-def render_service_job(app: AppSpec, name: str, timing: Timing) -> str:
-    """One service's Nomad job (HCL); no secret value in it."""
+def render_service_job(
+    app: AppSpec,
+    name: str,
+    timing: Timing,
+    secrets_digest: str | None = None,
+    instances: Mapping[int, int] | None = None,
+) -> str:
+    """One service's Nomad job (HCL); no secret value in it. `secrets_digest` (a keyed digest of
+    the service's secret values) is in the job's meta, so new values make a new job version."""
     return _t(
         "service.nomad.hcl.j2",
         job=job_name(app, name),
         app=app.name,
         datacenter=DATACENTER,
-        g=job_group(app, name, app.services[name]),
+        secrets_digest=secrets_digest,
+        g=job_group(app, name, app.services[name], instances),
         update=UPDATE,
         timing=timing,
         restart=RESTART,
@@ -275,11 +308,26 @@ def render_service_job(app: AppSpec, name: str, timing: Timing) -> str:
     )
 
 
-def render_jobs(app: AppSpec, timing: Timing) -> dict[str, str]:
-    """Job id -> HCL, one job per service, in name order."""
+def secrets_digest(key: str, app: AppSpec, name: str, secrets: Mapping[str, str]) -> str | None:
+    """A digest of one service's secret values, keyed with the stack's deploy key (so the
+    values cannot be guessed from it); None for a service without secrets."""
+    svc = app.services[name]
+    if not svc.secret_env:
+        return None
+    return digest(key, "nomad", name, secret_values(secrets, svc.secret_env, name))
+
+
+def render_jobs(
+    app: AppSpec, timing: Timing, digests: Mapping[str, str | None] | None = None
+) -> dict[str, str]:
+    """Job id -> HCL, one job per service, in name order; `digests`: service -> its secrets'
+    digest (secrets_digest)."""
     _checked(app)
+    instances = port_instances(app)
     return {
-        job_name(app, name): render_service_job(app, name, timing)
+        job_name(app, name): render_service_job(
+            app, name, timing, (digests or {}).get(name), instances
+        )
         for name, _ in app.sorted_services()
     }
 
@@ -296,6 +344,7 @@ def render_ingress_job(app: AppSpec, ca_pem: str, timing: Timing) -> str:
         volume=INGRESS_VOLUME,
         data_meta=DATA_META,
         timing=timing,
+        update=UPDATE,
         restart=RESTART,
         max_delay=RESCHEDULE_MAX_DELAY,
         http_port=NOMAD_HTTP,

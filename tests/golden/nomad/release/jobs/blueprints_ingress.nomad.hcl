@@ -8,6 +8,17 @@ job "blueprints_ingress" {
   group "traefik" {
     count = 1
 
+    # An upgrade replaces the one instance (its ports and its volume are on node-1 only): it
+    # must run healthy for 10s, or Nomad reverts to the version before.
+    update {
+      max_parallel      = 1
+      health_check      = "task_states"
+      min_healthy_time  = "10s"
+      healthy_deadline  = "5m"
+      progress_deadline = "10m"
+      auto_revert       = true
+    }
+
     constraint {
       attribute = "${meta.blueprints_data}"
       value     = "true"

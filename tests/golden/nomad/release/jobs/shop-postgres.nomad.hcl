@@ -104,7 +104,7 @@ job "shop-postgres" {
         data        = "{{ with nomadVar \"nomad/jobs/shop-postgres/postgres/postgres\" }}\nPOSTGRES_PASSWORD={{ .POSTGRES_PASSWORD | toJSON }}\n{{ end }}\n"
         destination = "secrets/env"
         env         = true
-        change_mode = "restart"
+        change_mode = "noop"
       }
 
       volume_mount {

@@ -146,7 +146,7 @@ job "shop-web" {
         data        = "{{ with nomadVar \"nomad/jobs/shop-web/web/web\" }}\nDATABASE_PASSWORD={{ .DATABASE_PASSWORD | toJSON }}\nDJANGO_SECRET_KEY={{ .DJANGO_SECRET_KEY | toJSON }}\n{{ end }}\n"
         destination = "secrets/env"
         env         = true
-        change_mode = "restart"
+        change_mode = "noop"
       }
 
       template {

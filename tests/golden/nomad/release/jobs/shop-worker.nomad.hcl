@@ -111,7 +111,7 @@ job "shop-worker" {
         data        = "{{ with nomadVar \"nomad/jobs/shop-worker/worker/worker\" }}\nDATABASE_PASSWORD={{ .DATABASE_PASSWORD | toJSON }}\nDJANGO_SECRET_KEY={{ .DJANGO_SECRET_KEY | toJSON }}\n{{ end }}\n"
         destination = "secrets/env"
         env         = true
-        change_mode = "restart"
+        change_mode = "noop"
       }
 
       template {
