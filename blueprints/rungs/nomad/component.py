@@ -390,6 +390,7 @@ class Nomad(pulumi.ComponentResource):
                 app,
                 timing,
                 {name: secrets_digest(v[0], app, name, dict(v[1] or {})) for name in stored},
+                only=stored,
             )
         )
         jobs: dict[str, nomad.Job] = {}

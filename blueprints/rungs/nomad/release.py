@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,7 +140,7 @@ def reached(app: AppSpec, name: str, svc: Service) -> list[str]:
     words: set[str] = set()
     for text in [*svc.env.values(), *(svc.command or [])]:
         words.update(_WORD.findall(text))
-    names = set(svc.depends_on) | (words & set(app.services))
+    names = set(svc.depends_on) | {w for w in words if w in app.services}
     return sorted(n for n in names if n != name and app.services[n].ports)
 
 
@@ -318,10 +318,13 @@ def secrets_digest(key: str, app: AppSpec, name: str, secrets: Mapping[str, str]
 
 
 def render_jobs(
-    app: AppSpec, timing: Timing, digests: Mapping[str, str | None] | None = None
+    app: AppSpec,
+    timing: Timing,
+    digests: Mapping[str, str | None] | None = None,
+    only: Collection[str] | None = None,
 ) -> dict[str, str]:
-    """Job id -> HCL, one job per service, in name order; `digests`: service -> its secrets'
-    digest (secrets_digest)."""
+    """Job id -> HCL, one job per service (or per service named in `only`), in name order;
+    `digests`: service -> its secrets' digest (secrets_digest)."""
     _checked(app)
     instances = port_instances(app)
     return {
@@ -329,6 +332,7 @@ def render_jobs(
             app, name, timing, (digests or {}).get(name), instances
         )
         for name, _ in app.sorted_services()
+        if only is None or name in only
     }
 
 
