@@ -180,6 +180,8 @@ def test_custom_resources_are_pinned_and_well_formed(cloud: r.Cloud):
         assert chart["apiVersion"] == "helm.cattle.io/v1"
         assert chart["metadata"]["namespace"] == "kube-system"
         spec_ = chart["spec"]
+        # only the cloud controller is a bootstrap chart: the nodes wait for it
+        bootstrap = {"bootstrap"} if name == "hcloud-cloud-controller-manager" else set()
         assert set(spec_) == {
             "repo",
             "chart",
@@ -187,7 +189,9 @@ def test_custom_resources_are_pinned_and_well_formed(cloud: r.Cloud):
             "targetNamespace",
             "createNamespace",
             "valuesContent",
+            *bootstrap,
         }
+        assert spec_.get("bootstrap", False) is bool(bootstrap)
         for key in ("repo", "chart", "version"):
             assert spec_[key] == expected[name][key]
         assert re.fullmatch(r"v?\d+\.\d+\.\d+", spec_["version"])  # pinned, no ranges
@@ -215,6 +219,10 @@ def test_hcloud_addons_get_the_token_and_network():
     )
     assert ccm["networking"] == {"enabled": True, "clusterCIDR": r.CLUSTER_CIDR}
     assert ccm["env"]["HCLOUD_NETWORK_ROUTES_ENABLED"] == {"value": "false"}
+    # the stack's own load balancer fronts ServiceLB: the controller makes none of its own
+    assert ccm["env"]["HCLOUD_LOAD_BALANCERS_ENABLED"] == {"value": "false"}
+    config = yaml.safe_load(files_of(ctx, FIRST)[r.K3S_CONFIG])
+    assert "servicelb" not in config.get("disable", [])
     aws = context(cloud="aws")
     assert "hcloud" not in objects(aws, "Secret")
     assert not any("hcloud" in name for name in r.render_manifests(aws))
@@ -600,7 +608,11 @@ def test_cloud_init_contents():
 def test_every_script_passes_shellcheck(tmp_path: Path):
     files = files_of(context(), FIRST)
     found = {p: t for p, t in files.items() if p.startswith(SCRIPTS)}
-    assert set(found) == {SCRIPTS + "install-k3s", SCRIPTS + "k3s-bootstrap"}
+    assert set(found) == {
+        SCRIPTS + "install-k3s",
+        SCRIPTS + "k3s-bootstrap",
+        SCRIPTS + "k3s-flannel-iface",
+    }
     for path, text in found.items():
         assert text.startswith("#!/bin/bash\n")
         target = tmp_path / Path(path).name
@@ -749,6 +761,76 @@ def _bootstrap(tmp_path: Path) -> tuple[Path, Path, Path]:
     )
     script.chmod(0o755)
     return script, dropin, token
+
+
+IP_ADDR = """1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+2: eth0    inet 203.0.113.9/32 metric 100 scope global dynamic eth0\\       valid_lft 86000sec
+3: enp7s0    inet 10.0.1.13/32 brd 10.0.1.13 scope global dynamic enp7s0\\       valid_lft 86000sec
+"""
+
+
+def _flannel(tmp_path: Path, ip_output: str, wait: int = 120) -> subprocess.CompletedProcess:
+    """Runs the worker's k3s-flannel-iface with a stand-in `ip` printing ip_output once the
+    script has asked twice (the private network comes up late)."""
+    files = files_of(context(cloud="hcloud"), AGENT)
+    text = files[f"{r.SCRIPTS}/{r.FLANNEL_SCRIPT}"]
+    dropin = tmp_path / "config.yaml.d" / "40-blueprints-flannel.yaml"
+    config = tmp_path / "config.yaml"
+    config.write_text(files[r.K3S_CONFIG])  # the worker's own, with node-ip 10.0.1.13
+    text = (
+        text.replace(r.FLANNEL_DROPIN, str(dropin))
+        .replace(f"config={r.K3S_CONFIG}\n", f"config={config}\n")
+        .replace("wait_seconds=120", f"wait_seconds={wait}")
+    )
+    script = tmp_path / "k3s-flannel-iface"
+    script.write_text(text)
+    script.chmod(0o755)
+    bin_dir = tmp_path / "stub-bin"
+    bin_dir.mkdir()
+    (tmp_path / "ip-output").write_text(ip_output)
+    (bin_dir / "ip").write_text(
+        "#!/bin/sh\n"
+        f'count="{tmp_path}/ip-calls"; echo x >>"$count"\n'
+        '[ "$(wc -l <"$count")" -ge 2 ] && cat "' + str(tmp_path / "ip-output") + '"\n'
+        "exit 0\n"
+    )
+    (bin_dir / "ip").chmod(0o755)
+    (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sleep").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return subprocess.run([str(script)], env=env, capture_output=True, text=True, check=False)
+
+
+def test_flannel_runs_over_the_interface_that_holds_the_private_address(tmp_path: Path):
+    """Found at boot from the node's private address, not its name: here enp7s0, and the
+    default-route interface (eth0) is not taken."""
+    proc = _flannel(tmp_path, IP_ADDR)
+    assert proc.returncode == 0, proc.stderr
+    dropin = tmp_path / "config.yaml.d" / "40-blueprints-flannel.yaml"
+    assert yaml.safe_load(dropin.read_text()) == {"flannel-iface": "enp7s0"}
+    assert oct(dropin.stat().st_mode & 0o777) == "0o600"
+    assert "flannel runs over enp7s0 (10.0.1.13)" in proc.stdout
+    # every node's k3s unit runs it before k3s starts
+    for node in (FIRST, JOINING, AGENT):
+        files = files_of(context(cloud="hcloud"), node)
+        unit = next(t for p, t in files.items() if p.startswith(r.UNITS) and "k3s" in p)
+        assert f"ExecStartPre={r.SCRIPTS}/{r.FLANNEL_SCRIPT}\n" in unit
+        # one script for every node: the address comes from the node's k3s config
+        assert (
+            files[f"{r.SCRIPTS}/{r.FLANNEL_SCRIPT}"]
+            == files_of(context(cloud="hcloud"), FIRST)[f"{r.SCRIPTS}/{r.FLANNEL_SCRIPT}"]
+        )
+        assert yaml.safe_load(files[r.K3S_CONFIG])["node-ip"] == node.private_ip
+
+
+def test_flannel_without_the_private_address_fails_the_start(tmp_path: Path):
+    proc = _flannel(tmp_path, IP_ADDR.replace("10.0.1.13", "10.0.1.99"), wait=4)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "k3s-flannel-iface: no interface holds 10.0.1.13 after 4s; is the server attached to "
+        "the private network?"
+    )
+    assert not (tmp_path / "config.yaml.d" / "40-blueprints-flannel.yaml").exists()
 
 
 def test_first_control_plane_founds_the_cluster_when_no_peer_runs_one(tmp_path: Path):

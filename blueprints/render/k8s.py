@@ -57,6 +57,10 @@ K3S_CONFIG_DIR = "/etc/rancher/k3s"
 K3S_CONFIG = f"{K3S_CONFIG_DIR}/config.yaml"
 TOKEN_FILE = f"{K3S_CONFIG_DIR}/token"
 BOOTSTRAP_DROPIN = f"{K3S_CONFIG_DIR}/config.yaml.d/50-blueprints-bootstrap.yaml"
+# Written at every start of k3s by k3s-flannel-iface: the private interface's name.
+FLANNEL_DROPIN = f"{K3S_CONFIG_DIR}/config.yaml.d/40-blueprints-flannel.yaml"
+FLANNEL_SCRIPT = "k3s-flannel-iface"
+PRIVATE_NETWORK_WAIT_SECONDS = 120
 TLS_DIR = "/var/lib/rancher/k3s/server/tls"
 MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
 K3S_BINARY = "/usr/local/bin/k3s"
@@ -693,20 +697,31 @@ def secret_objects(app: AppSpec, secrets: Mapping[str, str]) -> list[dict[str, A
 
 
 def _helm_chart(
-    name: str, source: Mapping[str, str], target_namespace: str, values: dict[str, Any]
+    name: str,
+    source: Mapping[str, str],
+    target_namespace: str,
+    values: dict[str, Any],
+    *,
+    bootstrap: bool = False,
 ) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "repo": source["repo"],
+        "chart": source["chart"],
+        "version": source["version"],
+        "targetNamespace": target_namespace,
+        "createNamespace": True,
+        "valuesContent": dump_yaml(values),
+    }
+    if bootstrap:
+        # k3s's helm controller runs a bootstrap chart's install job on the host network and
+        # lets it tolerate every taint, so it runs before any node is initialised or has a pod
+        # network (k3s-io/helm-controller: chart.go, spec.bootstrap).
+        spec["bootstrap"] = True
     return {
         "apiVersion": "helm.cattle.io/v1",
         "kind": "HelmChart",
         "metadata": {"name": name, "namespace": "kube-system"},
-        "spec": {
-            "repo": source["repo"],
-            "chart": source["chart"],
-            "version": source["version"],
-            "targetNamespace": target_namespace,
-            "createNamespace": True,
-            "valuesContent": dump_yaml(values),
-        },
+        "spec": spec,
     }
 
 
@@ -804,8 +819,18 @@ def _hcloud_addons(ctx: ClusterContext) -> dict[str, list[dict[str, Any]]]:
                     # Nodes get their private addresses from the network; flannel carries pod
                     # traffic over it, so the controller manages no routes.
                     "networking": {"enabled": True, "clusterCIDR": CLUSTER_CIDR},
-                    "env": {"HCLOUD_NETWORK_ROUTES_ENABLED": {"value": "false"}},
+                    "env": {
+                        "HCLOUD_NETWORK_ROUTES_ENABLED": {"value": "false"},
+                        # The load balancer in front of the nodes is the stack's own (Pulumi's,
+                        # priced and deleted with the stack), reaching Traefik through k3s's
+                        # ServiceLB on ports 80/443 of every node: the controller must not
+                        # create a second one for the same LoadBalancer Service.
+                        "HCLOUD_LOAD_BALANCERS_ENABLED": {"value": "false"},
+                    },
                 },
+                # Every node is tainted "uninitialized" until this controller runs: its chart
+                # cannot wait for a schedulable node.
+                bootstrap=True,
             )
         ],
         "blueprints-hcloud-csi.yaml": [_helm_chart("hcloud-csi", HCLOUD_CSI, "kube-system", {})],
@@ -896,8 +921,18 @@ def render_node_files(ctx: ClusterContext, node: K8sNode) -> dict[str, RenderedF
         K3S_CONFIG: dump_yaml(k3s_config(ctx, node)),
         TOKEN_FILE: ctx.token + "\n",
         f"{SCRIPTS}/install-k3s": _t("install-k3s.sh.j2", version=K3S_VERSION, binary=K3S_BINARY),
+        f"{SCRIPTS}/{FLANNEL_SCRIPT}": _t(
+            "k3s-flannel-iface.sh.j2",
+            config=K3S_CONFIG,
+            dropin=FLANNEL_DROPIN,
+            wait_seconds=PRIVATE_NETWORK_WAIT_SECONDS,
+        ),
         f"{UNITS}/{unit}": _t(
-            "k3s.service.j2", role=node.role, binary=K3S_BINARY, stop_timeout=STOP_TIMEOUT_SECONDS
+            "k3s.service.j2",
+            role=node.role,
+            binary=K3S_BINARY,
+            stop_timeout=STOP_TIMEOUT_SECONDS,
+            flannel_script=f"{SCRIPTS}/{FLANNEL_SCRIPT}",
         ),
     }
     if first:
