@@ -713,9 +713,10 @@ def _helm_chart(
         "valuesContent": dump_yaml(values),
     }
     if bootstrap:
-        # k3s's helm controller runs a bootstrap chart's install job on the host network and
-        # lets it tolerate every taint, so it runs before any node is initialised or has a pod
-        # network (k3s-io/helm-controller: chart.go, spec.bootstrap).
+        # k3s's helm controller runs a bootstrap chart's install job on a control plane, on the
+        # host network, tolerating the taints of a node not yet ready, without a pod network,
+        # not yet initialised by the cloud provider, and CriticalAddonsOnly
+        # (k3s-io/helm-controller, pkg/controllers/chart/chart.go, spec.bootstrap).
         spec["bootstrap"] = True
     return {
         "apiVersion": "helm.cattle.io/v1",
