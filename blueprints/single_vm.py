@@ -162,12 +162,15 @@ class SingleVm(pulumi.ComponentResource):
         self.register_outputs(self.outputs)
 
 
-def check_release_channel(app: AppSpec, settings: StackSettings) -> list[str]:
-    """The release travels over SSH: refuse a stack whose firewall would admit it from nowhere."""
+def check_release_channel(
+    app: AppSpec, settings: StackSettings, how: str = "releases are delivered over SSH"
+) -> list[str]:
+    """The release travels over SSH (`how` it travels): refuse a stack whose firewall would
+    admit it from nowhere."""
     if ssh_networks(app, settings):
         return []
     return [
-        f"{settings.blueprint}: releases are delivered over SSH from where `pulumi up` runs, and "
+        f"{settings.blueprint}: {how} from where `pulumi up` runs, and "
         "no network may reach SSH: set blueprints:deployerNetworks (the runner's address/32, or "
         "0.0.0.0/0 for key-only SSH from anywhere) or admin.cidrs in the spec"
     ]

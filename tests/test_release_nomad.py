@@ -7,10 +7,10 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from spec_plans import EXAMPLE, inputs_of, plan_with_spec
 
 from blueprints.plan import Plan, PlanError, is_secret, plan_stack
 from blueprints.rungs.nomad.bootstrap import INSTALL_NODE_READY, NODE_READY, node_ready_source
@@ -22,7 +22,6 @@ USER_DATA = {"hcloud": "userData", "aws": "userDataBase64"}
 COMMAND = "command:remote:Command"
 JOB = "nomad:index/job:Job"
 VARIABLE = "nomad:index/variable:Variable"
-EXAMPLE: dict[str, Any] = yaml.safe_load((ROOT / "examples/app.yaml").read_text())
 NEW_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn7Yz2c9q0kJx4mA8rVtW3pLsE6uHdN1fGiKoQ2bR5y new@x"
 
 
@@ -46,21 +45,8 @@ def cloud(stack: str) -> str:
     return "hcloud" if stack.endswith("hcloud") else "aws"
 
 
-def _plan(stack: str, tmp_path: Path, change=None, **overrides: Any) -> Plan:
-    data = copy.deepcopy(EXAMPLE)
-    if change is not None:
-        change(data)
-    spec = tmp_path / f"{stack}-{change.__name__ if change else 'base'}.yaml"
-    spec.write_text(yaml.safe_dump(data))
-    return plan_stack(stack, ROOT, {"blueprints:spec": str(spec), **overrides})
-
-
-def _inputs(plan: Plan) -> dict[str, Any]:
-    return {r.name: r.plain_inputs() for r in plan.resources}
-
-
 def _changed(before: Plan, after: Plan) -> list[str]:
-    old, new = _inputs(before), _inputs(after)
+    old, new = inputs_of(before), inputs_of(after)
     assert set(old) == set(new)
     return sorted(name for name in old if old[name] != new[name])
 
@@ -68,25 +54,25 @@ def _changed(before: Plan, after: Plan) -> list[str]:
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> dict[str, Plan]:
     tmp = tmp_path_factory.mktemp("base")
-    return {stack: _plan(stack, tmp) for stack in STACKS}
+    return {stack: plan_with_spec(stack, tmp) for stack in STACKS}
 
 
 @pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("change", [_image_bump, _env_value, _replicas])
 def test_a_change_of_web_updates_web_s_job_only(bases, tmp_path, stack, change):
-    after = _plan(stack, tmp_path, change)
+    after = plan_with_spec(stack, tmp_path, change)
     assert _changed(bases[stack], after) == [f"shop-{stack}-job-web"]
-    job = _inputs(after)[f"shop-{stack}-job-web"]
+    job = inputs_of(after)[f"shop-{stack}-job-web"]
     assert job["detach"] is False  # pulumi up waits for the deployment and fails with it
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_an_admin_key_goes_over_ssh_to_every_node_and_replaces_nothing(bases, tmp_path, stack):
-    after = _plan(stack, tmp_path, _admin_key)
+    after = plan_with_spec(stack, tmp_path, _admin_key)
     readies = [f"shop-{stack}-node-{i}-ready" for i in (1, 2, 3)]
     assert _changed(bases[stack], after) == readies
     for name in readies:
-        document = json.loads(_inputs(after)[name]["stdin"])
+        document = json.loads(inputs_of(after)[name]["stdin"])
         assert document["admin_keys"].splitlines()[-1] == NEW_KEY
         assert set(document) == {"admin_keys", "ca", "cert", "gossip_key", "key", "token"}
 
@@ -98,8 +84,8 @@ def test_a_new_secret_value_is_a_deployment_of_the_jobs_that_read_it(tmp_path):
     """DJANGO_SECRET_KEY is read by web and worker: their Variables and their jobs change (a
     keyed digest in the job's meta), nothing else; the jobspec stays readable."""
     stack = "nomad-hcloud"
-    before = _plan(stack, tmp_path, None, **{"blueprints:secrets": SECRETS})
-    after = _plan(
+    before = plan_with_spec(stack, tmp_path, None, **{"blueprints:secrets": SECRETS})
+    after = plan_with_spec(
         stack, tmp_path, None, **{"blueprints:secrets": {**SECRETS, "DJANGO_SECRET_KEY": "dj-2"}}
     )
     assert _changed(before, after) == [
@@ -176,7 +162,7 @@ def test_nodes_are_created_and_replaced_one_after_another(bases, stack):
 @pytest.mark.parametrize("stack", STACKS)
 def test_a_machine_change_changes_every_node_and_nothing_else(bases, tmp_path, stack):
     """The order they are replaced in is the chain above (and the diff test shows it)."""
-    after = _plan(stack, tmp_path, None, **{"blueprints:nomadVersion": "1.10.6"})
+    after = plan_with_spec(stack, tmp_path, None, **{"blueprints:nomadVersion": "1.10.6"})
     changed = _changed(bases[stack], after)
     assert changed == [f"shop-{stack}-node-{i}" for i in (1, 2, 3)]
 
@@ -214,7 +200,9 @@ def test_the_app_goes_through_nomad_s_api(bases, stack):
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_deployer_networks_reach_ssh_and_the_api(tmp_path, stack):
-    plan = _plan(stack, tmp_path, None, **{"blueprints:deployerNetworks": ["198.51.100.7/32"]})
+    plan = plan_with_spec(
+        stack, tmp_path, None, **{"blueprints:deployerNetworks": ["198.51.100.7/32"]}
+    )
     both = ("198.51.100.7/32", "203.0.113.0/24")
     if cloud(stack) == "hcloud":
         [fw] = plan.of_type("hcloud:index/firewall:Firewall")

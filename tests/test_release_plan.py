@@ -3,20 +3,17 @@ the release command) and never touches a machine; a machine change never touches
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
+from spec_plans import inputs_of, plan_with_spec
 
-from blueprints.plan import Plan, plan_stack
+from blueprints.plan import Plan
 from blueprints.release.bundle import parse_release
 
 ROOT = Path(__file__).resolve().parent.parent
 STACKS = ["single-vm-hcloud", "single-vm-localstack", "compose-hcloud", "compose-localstack"]
 COMMAND = "command:remote:Command"
-EXAMPLE: dict[str, Any] = yaml.safe_load((ROOT / "examples/app.yaml").read_text())
 NEW_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn7Yz2c9q0kJx4mA8rVtW3pLsE6uHdN1fGiKoQ2bR5y new@x"
 
 
@@ -44,30 +41,17 @@ APP_CHANGES = {
 }
 
 
-def _plan(stack: str, tmp_path: Path, change=None, **overrides: str) -> Plan:
-    data = copy.deepcopy(EXAMPLE)
-    if change is not None:
-        change(data)
-    spec = tmp_path / f"{stack}-{change.__name__ if change else 'base'}.yaml"
-    spec.write_text(yaml.safe_dump(data))
-    return plan_stack(stack, ROOT, {"blueprints:spec": str(spec), **overrides})
-
-
-def _inputs(plan: Plan) -> dict[str, Any]:
-    return {r.name: r.plain_inputs() for r in plan.resources}
-
-
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> dict[str, Plan]:
     tmp = tmp_path_factory.mktemp("base")
-    return {stack: _plan(stack, tmp) for stack in STACKS}
+    return {stack: plan_with_spec(stack, tmp) for stack in STACKS}
 
 
 @pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("change", sorted(APP_CHANGES))
 def test_an_app_change_is_a_release_and_touches_no_machine(bases, tmp_path, stack, change):
-    before, after = bases[stack], _plan(stack, tmp_path, APP_CHANGES[change])
-    old, new = _inputs(before), _inputs(after)
+    before, after = bases[stack], plan_with_spec(stack, tmp_path, APP_CHANGES[change])
+    old, new = inputs_of(before), inputs_of(after)
     assert set(old) == set(new)
     changed = sorted(name for name in old if old[name] != new[name])
     # only the release document changes: no server, key, volume, firewall or IP
@@ -90,8 +74,8 @@ def test_an_app_change_is_a_release_and_touches_no_machine(bases, tmp_path, stac
 @pytest.mark.parametrize("stack", STACKS)
 def test_a_machine_change_touches_only_the_servers(bases, tmp_path, stack):
     size = "cx33" if "hcloud" in stack else "t3.large"
-    after = _plan(stack, tmp_path, None, **{"blueprints:serverType": size})
-    old, new = _inputs(bases[stack]), _inputs(after)
+    after = plan_with_spec(stack, tmp_path, None, **{"blueprints:serverType": size})
+    old, new = inputs_of(bases[stack]), inputs_of(after)
     changed = {name for name in old if old[name] != new[name]}
     servers = {r.name for r in after.resources if r.type.endswith((":Server", ":Instance"))}
     assert changed == servers
@@ -123,6 +107,6 @@ def test_the_release_goes_to_the_active_node_after_its_agent_and_secrets(bases, 
 
 
 def test_same_spec_same_release_bytes(tmp_path):
-    first = _plan("single-vm-hcloud", tmp_path)
-    second = _plan("single-vm-hcloud", tmp_path)
-    assert _inputs(first) == _inputs(second)
+    first = plan_with_spec("single-vm-hcloud", tmp_path)
+    second = plan_with_spec("single-vm-hcloud", tmp_path)
+    assert inputs_of(first) == inputs_of(second)

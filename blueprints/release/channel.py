@@ -27,10 +27,10 @@ from blueprints.render.vm import DEPLOY_USER
 # A new server answers SSH before cloud-init has installed the agent; waiting for cloud-init
 # first makes the first release of a fresh node just work. `|| true`: where cloud-init is not
 # there (or exits non-zero for an old error) the agent itself says what is missing.
-_WAIT = "cloud-init status --wait >/dev/null 2>&1 || true; "
-AGENT_COMMAND = f"{_WAIT}sudo {INSTALL_AGENT}"
-SECRETS_COMMAND = f"{_WAIT}sudo {AGENT_SHIM} secrets"
-RELEASE_COMMAND = f"{_WAIT}sudo {AGENT_SHIM} deploy"
+WAIT_FOR_CLOUD_INIT = "cloud-init status --wait >/dev/null 2>&1 || true; "
+AGENT_COMMAND = f"{WAIT_FOR_CLOUD_INIT}sudo {INSTALL_AGENT}"
+SECRETS_COMMAND = f"{WAIT_FOR_CLOUD_INIT}sudo {AGENT_SHIM} secrets"
+RELEASE_COMMAND = f"{WAIT_FOR_CLOUD_INIT}sudo {AGENT_SHIM} deploy"
 # A fresh server takes a minute or two to answer SSH; pulumi-command retries each failed dial.
 DIAL_ERROR_LIMIT = 40
 PER_DIAL_TIMEOUT = 15
@@ -42,6 +42,17 @@ def deploy_key(name: str, parent: pulumi.Resource) -> tls.PrivateKey:
         name,
         algorithm="ED25519",
         opts=pulumi.ResourceOptions(parent=parent, additional_secret_outputs=["privateKeyOpenssh"]),
+    )
+
+
+def connection(host: pulumi.Input[str], key: tls.PrivateKey) -> remote.ConnectionArgs:
+    """SSH as the deploy user with the stack's deploy key, retrying while a new server boots."""
+    return remote.ConnectionArgs(
+        host=host,
+        user=DEPLOY_USER,
+        private_key=pulumi.Output.secret(key.private_key_openssh),
+        dial_error_limit=DIAL_ERROR_LIMIT,
+        per_dial_timeout=PER_DIAL_TIMEOUT,
     )
 
 
@@ -68,15 +79,8 @@ def deliver(
     docs = pulumi.Output.all(key.private_key_openssh, secrets).apply(
         lambda v: documents(v[0], dict(v[1] or {}))
     )
-    connection = remote.ConnectionArgs(
-        host=host,
-        user=DEPLOY_USER,
-        private_key=pulumi.Output.secret(key.private_key_openssh),
-        dial_error_limit=DIAL_ERROR_LIMIT,
-        per_dial_timeout=PER_DIAL_TIMEOUT,
-    )
     common = {
-        "connection": connection,
+        "connection": connection(host, key),
         "triggers": [volume_id],
         # Otherwise the previous output is sent as environment variables, which a stock sshd
         # refuses (AcceptEnv), and each update warns about it.

@@ -54,7 +54,7 @@ from blueprints.rungs.nomad.release import (
 )
 from blueprints.rungs.nomad.rules import NODE_COUNT, NOMAD_HTTP, check_nomad, unenforced_health
 from blueprints.settings import StackSettings
-from blueprints.single_vm import PUBLIC, node_ip, ssh_networks
+from blueprints.single_vm import PUBLIC, check_release_channel, node_ip, ssh_networks
 from blueprints.spec import AppSpec
 from blueprints.targets import FirewallRule, make_target
 from blueprints.targets.base import Server, ServerSpec, resource_labels
@@ -63,8 +63,6 @@ from blueprints.targets.base import Server, ServerSpec, resource_labels
 # replacing the certificate resource; the new one reaches the node over SSH, in place).
 CA_HOURS = 10 * 365 * 24
 NODE_CERT_HOURS = 5 * 365 * 24
-# A new server answers SSH before cloud-init is done; nomad-node-ready needs what it installs.
-_WAIT = "cloud-init status --wait >/dev/null 2>&1 || true; "
 
 
 def firewall_rules(app: AppSpec, settings: StackSettings) -> list[FirewallRule]:
@@ -86,13 +84,14 @@ def balanced_ports(app: AppSpec) -> list[int]:
     return sorted({80, 443} | tcp)
 
 
-INSTALL_COMMAND = f"{_WAIT}sudo {INSTALL_NODE_READY}"
+# A new server answers SSH before cloud-init is done; nomad-node-ready needs what it installs.
+INSTALL_COMMAND = f"{channel.WAIT_FOR_CLOUD_INIT}sudo {INSTALL_NODE_READY}"
 
 
 def ready_command(index: int) -> str:
     """What `<prefix>-<node>-ready` runs: the last node also waits for the whole cluster."""
     flag = " --cluster" if index == NODE_COUNT - 1 else ""
-    return f"{_WAIT}sudo {NODE_READY}{flag}"
+    return f"{channel.WAIT_FOR_CLOUD_INIT}sudo {NODE_READY}{flag}"
 
 
 def node_document(
@@ -127,14 +126,12 @@ class Nomad(pulumi.ComponentResource):
     @staticmethod
     def check_settings(app: AppSpec, settings: StackSettings) -> list[str]:
         """The release reaches the cluster from where `pulumi up` runs: Nomad's API for the app,
-        SSH for each node's TLS files. Refuse a stack whose firewall admits neither."""
-        if ssh_networks(app, settings):
-            return []
-        return [
-            "nomad: the app is sent to Nomad's API (port 4646) and each node's TLS files over "
-            "SSH from where `pulumi up` runs, and no network may reach them: set "
-            "blueprints:deployerNetworks (the runner's address/32) or admin.cidrs in the spec"
-        ]
+        SSH for each node's files. Refuse a stack whose firewall admits neither."""
+        return check_release_channel(
+            app,
+            settings,
+            "the app is sent to Nomad's API (port 4646) and each node's TLS files over SSH",
+        )
 
     def __init__(
         self,
@@ -188,7 +185,6 @@ class Nomad(pulumi.ComponentResource):
 
         ips = tuple(node_ip(settings, i) for i in range(NODE_COUNT))
         timing = Timing.from_settings(settings)
-        connection_key = pulumi.Output.secret(deploy_key.private_key_openssh)
         servers: list[Server] = []
         ready: list[remote.Command] = []
         for index, node in enumerate(NODE_NAMES):
@@ -261,13 +257,7 @@ class Nomad(pulumi.ComponentResource):
                 _secret(gossip, "base64"),
                 _secret(token, "result"),
             ).apply(lambda v: node_document(list(app.admin.ssh_keys), *v))
-            connection = remote.ConnectionArgs(
-                host=server.public_ip,
-                user=DEPLOY_USER,
-                private_key=connection_key,
-                dial_error_limit=channel.DIAL_ERROR_LIMIT,
-                per_dial_timeout=channel.PER_DIAL_TIMEOUT,
-            )
+            connection = channel.connection(server.public_ip, deploy_key)
             # The script first (it is not in the user data, so a newer one is no new machine).
             script = remote.Command(
                 f"{prefix}-{node}-ready-script",
@@ -325,7 +315,7 @@ class Nomad(pulumi.ComponentResource):
             # Public: clients verify the cluster's certificates with it (NOMAD_CACERT).
             "nomadCaCert": ca.cert_pem,
             "nomadToken": _secret(token, "result"),
-            "deployKey": connection_key,
+            "deployKey": pulumi.Output.secret(deploy_key.private_key_openssh),
         }
         self.register_outputs(self.outputs)
 
@@ -381,7 +371,7 @@ class Nomad(pulumi.ComponentResource):
             detach=False,
             opts=opts([]),
         )
-        texts = render_jobs(app, timing)
+        texts = render_jobs(app, timing, only=[n for n in app.services if n not in stored])
         # A service with secrets carries a keyed digest of their values in its job, so a new
         # value is a new job version: a deployment, health-gated and reverted if it fails. The
         # digest reveals nothing, so the jobspec stays readable in a preview (not secret).
