@@ -147,6 +147,19 @@ def _unit_type(text: str) -> str:
     return match.group(1) if match else "simple"
 
 
+# What the k8s rung sends through the Kubernetes API, as `blueprints render` writes it.
+KUBE_RELEASE = "release/k8s/"
+
+
+def _is_manifest(key: str) -> bool:
+    """Kubernetes objects: sent through the API (release/k8s/), or k3s auto-deploy manifests
+    in a server's files (a project's own)."""
+    if not key.endswith((".yaml", ".yml")):
+        return False
+    name = key.rsplit("/", 1)[-1]
+    return (key.startswith(KUBE_RELEASE) and not name.startswith("helm-")) or "/manifests/" in key
+
+
 def moving_parts(files: Mapping[str, str]) -> tuple[Part, ...]:
     """Distinct things that run and need upgrading, counted in the servers' rendered files.
 
@@ -180,7 +193,10 @@ def moving_parts(files: Mapping[str, str]) -> tuple[Part, ...]:
                 helper = re.search(r"^\s*lifecycle\s*\{", body, re.M) is not None
                 owner = "" if helper else f"{job.group(1) if job else '?'}/"
                 parts.add(Part("nomad task", owner + task.group(1)))
-        elif "/manifests/" in path and name.endswith((".yaml", ".yml")):
+        elif key.startswith(KUBE_RELEASE) and name.startswith("helm-"):
+            # A Helm release Pulumi installs (release/k8s/helm-<name>.yaml).
+            parts.add(Part("add-on", str((yaml.safe_load(text) or {}).get("name", name))))
+        elif _is_manifest(key):
             for doc in yaml.safe_load_all(text):
                 if not isinstance(doc, dict):
                     continue
@@ -230,7 +246,7 @@ def claimed_volumes(files: Mapping[str, str]) -> dict[str, int]:
     """
     claims: dict[str, int] = {}
     for key, text in files.items():
-        if "/manifests/" not in key or not key.endswith((".yaml", ".yml")):
+        if not _is_manifest(key):
             continue
         for doc in yaml.safe_load_all(text):
             if not isinstance(doc, dict) or doc.get("kind") != "StatefulSet":

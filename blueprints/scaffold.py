@@ -402,6 +402,10 @@ def stack_file_text(blueprint: str, target: str, answers: Answers, secret_names:
         description = StackSettings.model_fields[field].description
         if describe and description:
             body += _comment(description, indent="  ")
+        if value is None:
+            # Unset by default (an optional feature): shown, commented out, to be filled in.
+            body += f"  # {config_key(field)}:\n"
+            continue
         body += _entry(field, value)
     text = head + body
     # What was written must read back as exactly these settings.

@@ -13,9 +13,18 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel as _pydantic_camel
 
 from blueprints.spec import FieldProblem, SpecError, problems
+
+
+def to_camel(field: str) -> str:
+    """The stack file's key of a settings field: camelCase, where a digit does not capitalize
+    the letter after it (k3s_version is k3sVersion, not pydantic's k3SVersion)."""
+    return re.sub(
+        r"([0-9])([A-Z])", lambda m: m.group(1) + m.group(2).lower(), _pydantic_camel(field)
+    )
+
 
 NAMESPACE = "blueprints"
 
@@ -74,8 +83,20 @@ BLUEPRINT_ONLY: dict[str, tuple[str, ...]] = {
         "node_monitor_grace_period",
         "not_ready_toleration_seconds",
         "unreachable_toleration_seconds",
+        "k3s_version",
+        "etcd_snapshot_bucket",
+        "etcd_snapshot_endpoint",
+        "etcd_snapshot_region",
+        "etcd_snapshot_access_key",
+        "etcd_snapshot_schedule",
+        "etcd_snapshot_retention",
     ),
 }
+# Stack secrets outside `blueprints:secrets` (the app's): set with `pulumi config set --secret`.
+ETCD_SNAPSHOT_SECRET_KEY = "etcdSnapshotSecretKey"
+ETCD_SNAPSHOT_FOLDER = "etcd-snapshots"
+# The k3s release a k8s stack runs unless it pins another (blueprints:k3sVersion).
+K3S_VERSION = "v1.34.9+k3s1"
 
 
 class StackSettings(BaseModel):
@@ -111,8 +132,8 @@ class StackSettings(BaseModel):
     hcloud_ssh_key: str | None = Field(
         default=None,
         description="hcloud: name of an SSH key already in the project, registered on the "
-        "servers instead of uploading one (single-vm, compose, nomad: the stack's deploy key; "
-        "k8s: the spec's first admin key, which Hetzner refuses to hold twice).",
+        "servers instead of uploading the stack's deploy key (Hetzner refuses to hold one "
+        "public key twice).",
     )
     region: str = Field(default="eu-central-1", description="aws/localstack region.")
     zone: str | None = Field(
@@ -242,6 +263,80 @@ class StackSettings(BaseModel):
         "(kube-apiserver --default-unreachable-toleration-seconds; Kubernetes' default is 300).",
     )
 
+    k3s_version: str = Field(
+        default=K3S_VERSION,
+        description="k8s: k3s release on every node (pinned; a change replaces the nodes one "
+        "after another, each Ready again before the next).",
+    )
+
+    @field_validator("k3s_version")
+    @classmethod
+    def _k3s_version(cls, v: str) -> str:
+        if not re.fullmatch(r"v1\.[0-9]+\.[0-9]+\+k3s[0-9]+", v):
+            raise ValueError(f"must be a k3s release like {K3S_VERSION} (got {v!r})")
+        return v
+
+    # Snapshots of etcd off the control planes (k3s's etcd-s3 settings): without a bucket they
+    # stay on the control planes' disks, which a k3s upgrade replaces one after another.
+    etcd_snapshot_bucket: str | None = Field(
+        default=None,
+        description="k8s: S3 bucket (Hetzner Object Storage, AWS S3, LocalStack S3) the control "
+        "planes upload etcd snapshots to; its secret key is the stack secret "
+        f"blueprints:{ETCD_SNAPSHOT_SECRET_KEY}. Unset: snapshots stay on the nodes' disks.",
+    )
+    etcd_snapshot_endpoint: str | None = Field(
+        default=None,
+        description="k8s: the bucket's S3 endpoint URL, like https://fsn1.your-objectstorage.com "
+        "(required on hcloud; aws: AWS S3 of the region; localstack: localstackEndpoint).",
+    )
+    etcd_snapshot_region: str | None = Field(
+        default=None,
+        description="k8s: the bucket's region (hcloud: the location, aws: the region, if unset).",
+    )
+    etcd_snapshot_access_key: str | None = Field(
+        default=None, description="k8s: access key id for the snapshot bucket."
+    )
+    etcd_snapshot_schedule: str = Field(
+        default="0 */6 * * *",
+        description="k8s: when each control plane snapshots etcd (cron, in the node's time "
+        "zone, UTC; k3s's default is every 12 hours).",
+    )
+    etcd_snapshot_retention: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="k8s: snapshots each control plane keeps (on disk and in the bucket).",
+    )
+
+    @field_validator("etcd_snapshot_bucket")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v):
+            raise ValueError(
+                f"must be an S3 bucket name: 3 to 63 lower-case letters, digits, dots and "
+                f"hyphens (got {v!r})"
+            )
+        return v
+
+    @field_validator("etcd_snapshot_endpoint")
+    @classmethod
+    def _s3_endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?", v):
+            raise ValueError(
+                f"must be an http(s) URL of a host, like https://fsn1.your-objectstorage.com "
+                f"(got {v!r})"
+            )
+        return v.rstrip("/") if v else v
+
+    @field_validator("etcd_snapshot_schedule")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9*/,-]+( [0-9*/,-]+){4}", v):
+            raise ValueError(
+                f"must be a cron schedule of five fields like '0 */6 * * *' (got {v!r})"
+            )
+        return v
+
     @field_validator("network_cidr", "subnet_cidr")
     @classmethod
     def _cidr(cls, v: str) -> str:
@@ -314,7 +409,53 @@ class StackSettings(BaseModel):
             )
         if self.zone is not None and not self.zone.startswith(self.region):
             raise FieldProblem(("zone",), f"zone {self.zone!r} is not in region {self.region!r}")
+        if self.etcd_snapshot_bucket is not None:
+            if self.etcd_snapshot_access_key is None:
+                raise FieldProblem(
+                    ("etcd_snapshot_access_key",),
+                    "is required with etcdSnapshotBucket: the access key id of the bucket",
+                )
+            if self.cloud == "hcloud" and self.etcd_snapshot_endpoint is None:
+                raise FieldProblem(
+                    ("etcd_snapshot_endpoint",),
+                    "is required with etcdSnapshotBucket on hcloud: the Object Storage "
+                    "endpoint, like https://fsn1.your-objectstorage.com",
+                )
         return self
+
+    def etcd_s3(self) -> dict[str, object] | None:
+        """k3s's etcd-s3 settings for this stack (all but the secret key); None without a
+        bucket. The endpoint is a host: k3s takes the scheme from etcd-s3-insecure."""
+        if self.etcd_snapshot_bucket is None:
+            return None
+        if self.etcd_snapshot_endpoint is not None:
+            url = self.etcd_snapshot_endpoint
+        elif self.target == "localstack":
+            url = self.localstack_endpoint
+        elif self.cloud == "aws":
+            url = f"https://s3.{self.region}.amazonaws.com"
+        else:  # refused by _consistent
+            raise ValueError("an hcloud snapshot bucket needs etcdSnapshotEndpoint")
+        scheme, _, host = url.partition("://")
+        region = self.etcd_snapshot_region or (
+            self.location if self.cloud == "hcloud" else self.region
+        )
+        return {
+            "etcd-s3": True,
+            "etcd-s3-endpoint": host,
+            "etcd-s3-insecure": scheme == "http",
+            # Path-style requests work with every S3 (LocalStack, Hetzner, AWS).
+            "etcd-s3-bucket-lookup-type": "path",
+            "etcd-s3-bucket": self.etcd_snapshot_bucket,
+            "etcd-s3-region": region,
+            "etcd-s3-access-key": self.etcd_snapshot_access_key,
+            "etcd-s3-folder": ETCD_SNAPSHOT_FOLDER,
+            "etcd-snapshot-schedule-cron": self.etcd_snapshot_schedule,
+            "etcd-snapshot-retention": self.etcd_snapshot_retention,
+            # The bucket's retention counts every snapshot in the folder, and each of the three
+            # control planes uploads its own (k3s pkg/etcd/s3; rancher/rke2#5216).
+            "etcd-s3-retention": 3 * self.etcd_snapshot_retention,
+        }
 
     @property
     def cloud(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env, is_config_secret
 
-from blueprints.settings import NAMESPACE, parse_settings
+from blueprints.settings import ETCD_SNAPSHOT_SECRET_KEY, NAMESPACE, parse_settings
 from blueprints.spec import AppSpec, SpecError, format_path, load_spec
 
 SECRETS_KEY = "secrets"
@@ -26,7 +26,7 @@ BLUEPRINT_COMPONENTS = {
     "single-vm": "blueprints.single_vm:SingleVm",
     "compose": "blueprints.compose:Compose",
     "nomad": "blueprints.rungs.nomad.component:Nomad",
-    "k8s": "blueprints.k8s:K8s",
+    "k8s": "blueprints.rungs.k8s.component:K8s",
 }
 
 
@@ -73,6 +73,8 @@ def deploy() -> None:
     source = f"stacks/Pulumi.{stack}.yaml"
     raw = namespace_config()
     secret_raw = raw.pop(SECRETS_KEY, None)
+    # Read by the component itself (pulumi.Config.get_secret), never part of the settings.
+    snapshot_key = raw.pop(ETCD_SNAPSHOT_SECRET_KEY, None)
     try:
         settings = parse_settings(raw, source)
         app = load_spec(project_dir() / settings.spec)
@@ -88,6 +90,12 @@ def deploy() -> None:
         if check_settings is not None:
             problems += [f"{source}: {line}" for line in check_settings(app, settings)]
         problems += missing_secrets(app, secrets, source)
+        if settings.etcd_snapshot_bucket is not None and not snapshot_key:
+            problems.append(
+                f"{source}: {NAMESPACE}:{ETCD_SNAPSHOT_SECRET_KEY}: is not set, and "
+                f"etcdSnapshotBucket needs it; run pulumi config set --secret "
+                f"{NAMESPACE}:{ETCD_SNAPSHOT_SECRET_KEY} VALUE"
+            )
         if problems:
             raise SpecError(problems)
     except SpecError as exc:
@@ -98,6 +106,11 @@ def deploy() -> None:
         pulumi.log.warn(
             f"{NAMESPACE}:{SECRETS_KEY} is stored in plain text in {source}; set each value "
             "with `pulumi config set --secret --path`"
+        )
+    if snapshot_key is not None and not is_config_secret(f"{NAMESPACE}:{ETCD_SNAPSHOT_SECRET_KEY}"):
+        pulumi.log.warn(
+            f"{NAMESPACE}:{ETCD_SNAPSHOT_SECRET_KEY} is stored in plain text in {source}; set "
+            "it with `pulumi config set --secret`"
         )
     wanted = {name: secrets[name] for name in app.secret_names()}
     component = blueprint(app.name, app, settings, pulumi.Output.secret(wanted), stack=stack)

@@ -22,7 +22,8 @@ PLACEMENT = {
 }
 UD_FIELD = {"hcloud": "userData", "aws": "userDataBase64"}
 CONFIG = "etc/rancher/k3s/config.yaml"
-MANIFESTS = "var/lib/rancher/k3s/server/manifests/"
+NODE_JSON = "etc/blueprints/k3s/node.json"
+NODES = ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2", "worker-3"]
 PUBLIC = ("0.0.0.0/0", "::/0")
 ADMIN = ("203.0.113.0/24",)
 
@@ -58,6 +59,24 @@ def files(server) -> dict[str, str]:
 
 def labels_of(server, cloud):
     return server.inputs["labels" if cloud == "hcloud" else "tags"]
+
+
+def ready_stdin(plan, node: str) -> dict:
+    """The secret document `<prefix>-<node>-ready` sends to k3s-node-ready."""
+    command = plan.get(f"shop-{plan.stack}-{node}-ready")
+    assert is_secret(command.inputs["stdin"])
+    return json.loads(command.plain_inputs()["stdin"])
+
+
+def kube_objects(plan) -> dict[tuple[str, str], dict]:
+    """(kind, namespace/name) -> inputs of every object sent through the Kubernetes API."""
+    out = {}
+    for r in plan.resources:
+        if r.type.startswith("kubernetes:") and "metadata" in r.inputs:
+            inputs = r.plain_inputs()
+            meta = inputs["metadata"]
+            out[(inputs["kind"], f"{meta.get('namespace', '')}/{meta['name']}")] = inputs
+    return out
 
 
 def test_every_k8s_stack_file_is_planned_by_this_suite():
@@ -101,28 +120,50 @@ def test_six_servers_three_control_planes_three_workers_in_one_spread_group(plan
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_k3s_roles_join_the_first_control_plane(plans, stack):
+def test_k3s_roles_and_how_each_node_joins(plans, stack):
     plan, cloud = plans[stack], cloud_of(stack)
     nodes = servers(plan, cloud)
     for name, server in nodes.items():
         node_files = files(server)
         config = yaml.safe_load(node_files[CONFIG])
         assert config["node-name"] == f"shop-{stack}-{name}"
+        # decided at the first start by k3s-node-ready: join a peer that answers, or found
+        assert "server" not in config and "cluster-init" not in config
         unit = "k3s.service" if name.startswith("cp") else "k3s-agent.service"
         assert f"etc/systemd/system/{unit}" in node_files
-        if name == "cp-1":
-            assert "server" not in config
-            assert "usr/local/lib/blueprints/k3s-bootstrap" in node_files
-            assert any(p.startswith(MANIFESTS) for p in node_files)
-        else:
-            assert config["server"] == "https://10.0.1.10:6443"
-            assert not any(p.startswith("var/lib/rancher") for p in node_files)
+        assert not any(p.startswith("var/lib/rancher") for p in node_files)
+        node = json.loads(node_files[NODE_JSON])
+        assert node["first"] is (name == "cp-1")
+        assert node["nodes"] == [f"shop-{stack}-{n}" for n in NODES]
         if name.startswith("cp"):
             assert config["kube-controller-manager-arg"] == ["node-monitor-grace-period=30s"]
             assert config["kube-apiserver-arg"] == [
                 "default-not-ready-toleration-seconds=30",
                 "default-unreachable-toleration-seconds=30",
             ]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_nodes_follow_each_other(plans, stack):
+    """Each server waits for the previous node's ready command; only the last waits for all."""
+    plan, cloud = plans[stack], cloud_of(stack)
+    nodes = servers(plan, cloud)
+    p = f"shop-{stack}"
+    for before, node in zip([None, *NODES[:-1]], NODES, strict=True):
+        deps = set(nodes[node].depends_on)
+        if before is None:
+            assert not any(d.endswith("-ready") for d in deps)
+        else:
+            assert {d for d in deps if d.endswith("-ready")} == {f"{p}-{before}-ready"}
+        ready = plan.get(f"{p}-{node}-ready")
+        command = ready.plain_inputs()["create"]
+        assert command.endswith(
+            "sudo /usr/local/lib/blueprints/k3s-node-ready"
+            + (" --cluster" if node == NODES[-1] else "")
+        )
+        assert ready.plain_inputs()["update"] == command
+        # a new server is a new node: its ready command runs again
+        assert ready.plain_inputs()["triggers"] == [nodes[node].id]
 
 
 def test_hcloud_ingress_load_balancer_targets_the_workers(plans):
@@ -253,17 +294,27 @@ def test_aws_load_balancers_targets_and_listeners(plans):
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_token_is_a_generated_secret_on_every_node(plans, stack):
+def test_token_and_admin_keys_reach_every_node_over_ssh(plans, stack):
     plan, cloud = plans[stack], cloud_of(stack)
     token = only(plan, "random:index/randomPassword:RandomPassword")
     assert token.inputs["length"] == 48 and token.inputs["special"] is False
     value = f"offline-{token.name}"
-    for server in servers(plan, cloud).values():
-        assert is_secret(server.inputs[UD_FIELD[cloud]])
-        assert server.public_inputs()[UD_FIELD[cloud]] == "[secret]"
+    admin = yaml.safe_load((ROOT / "examples/app.yaml").read_text())["admin"]["ssh_keys"]
+    for name, server in servers(plan, cloud).items():
+        # the user data holds no secret: a preview shows its diff
+        assert not is_secret(server.inputs[UD_FIELD[cloud]])
+        text = server_user_data(server)
+        assert value not in text and "PRIVATE KEY" not in text
+        assert not any(key.split()[1] in text for key in admin)
         node_files = files(server)
-        assert node_files["etc/rancher/k3s/token"] == value + "\n"
+        assert "etc/rancher/k3s/token" not in node_files
         assert yaml.safe_load(node_files[CONFIG])["token-file"] == "/etc/rancher/k3s/token"
+        doc = ready_stdin(plan, name)
+        assert doc["token"] == value
+        assert doc["admin_keys"].splitlines() == [k.strip() for k in admin]
+        assert doc["ca"] == _pem("CERTIFICATE", f"shop-{stack}-server-ca")
+        assert f"OFFLINE-shop-{stack}-admin" in doc["client_cert"]
+        assert doc["etcd_s3"] is None if name.startswith("worker") else True
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -291,34 +342,53 @@ def test_kubeconfig_is_a_secret_output_signed_by_the_client_ca(plans, stack):
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_first_control_plane_gets_the_cluster_cas(plans, stack):
-    plan, cloud = plans[stack], cloud_of(stack)
-    cp1 = files(servers(plan, cloud)["cp-1"])
+def test_only_the_first_ready_command_carries_the_cluster_cas(plans, stack):
+    plan = plans[stack]
     cas = {r.name: r for r in plan.of_type("tls:index/selfSignedCert:SelfSignedCert")}
     assert sorted(cas) == sorted(
         f"shop-{stack}-{n}"
         for n in ("client-ca", "etcd-peer-ca", "etcd-server-ca", "request-header-ca", "server-ca")
     )
     assert all(c.inputs["isCaCertificate"] is True for c in cas.values())
-    tls_dir = "var/lib/rancher/k3s/server/tls/"
-    assert cp1[tls_dir + "server-ca.crt"].endswith(
-        f"OFFLINE-shop-{stack}-server-ca\n-----END CERTIFICATE-----\n"
+    pki = ready_stdin(plan, "cp-1")["pki"]
+    assert sorted(pki) == sorted(
+        [
+            "client-ca.crt",
+            "client-ca.key",
+            "etcd/peer-ca.crt",
+            "etcd/peer-ca.key",
+            "etcd/server-ca.crt",
+            "etcd/server-ca.key",
+            "request-header-ca.crt",
+            "request-header-ca.key",
+            "server-ca.crt",
+            "server-ca.key",
+            "service.key",
+        ]
     )
-    assert f"OFFLINE-shop-{stack}-etcd-peer-ca-key" in cp1[tls_dir + "etcd/peer-ca.key"]
-    assert f"OFFLINE-shop-{stack}-service-account-key" in cp1[tls_dir + "service.key"]
+    assert pki["server-ca.crt"] == _pem("CERTIFICATE", f"shop-{stack}-server-ca")
+    assert f"OFFLINE-shop-{stack}-etcd-peer-ca-key" in pki["etcd/peer-ca.key"]
+    assert f"OFFLINE-shop-{stack}-service-account-key" in pki["service.key"]
+    for node in NODES[1:]:
+        assert ready_stdin(plan, node)["pki"] is None
     service_key = plan.get(f"shop-{stack}-service-account-key")
     assert service_key.inputs["algorithm"] == "RSA"
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_cluster_identity_is_protected_and_nothing_else(plans, stack):
+def test_cluster_identity_and_data_are_protected_and_nothing_else(plans, stack):
     plan = plans[stack]
     protected = {r.type for r in plan.resources if r.protect}
-    assert protected == {
+    expected = {
         "random:index/randomPassword:RandomPassword",
         "tls:index/privateKey:PrivateKey",
         "tls:index/selfSignedCert:SelfSignedCert",
+        # deleting the app's namespace would delete its volume claims
+        "kubernetes:core/v1:Namespace",
     }
+    if stack == "k8s-localstack":
+        expected.add("aws:s3/bucket:Bucket")  # the etcd snapshots
+    assert protected == expected
     # the admin credentials are renewable, not protected
     admin = [r for r in plan.resources if "-admin" in r.name and r.type.startswith("tls:")]
     assert len(admin) == 3 and not any(r.protect for r in admin)
@@ -331,30 +401,65 @@ def test_protection_can_be_switched_off():
 
 def test_hcloud_cloud_controller_gets_the_network_and_a_token_placeholder(plans):
     plan = plans["k8s-hcloud"]
-    cp1 = files(servers(plan, "hcloud")["cp-1"])
-    [secret] = yaml.safe_load_all(cp1[MANIFESTS + "blueprints-hcloud-secret.yaml"])
+    secret = kube_objects(plan)[("Secret", "kube-system/hcloud")]
     network = only(plan, "hcloud:index/network:Network")
     assert secret["stringData"] == {"token": "<secret:token>", "network": network.id}
+    assert is_secret(plan.get("shop-k8s-hcloud-secret-kube-system-hcloud").inputs["stringData"])
     assert any("hcloud:token is not set" in n for n in plan.notes)
-    assert MANIFESTS + "blueprints-hcloud-ccm.yaml" in cp1
+    releases = {r.plain_inputs()["name"]: r for r in plan.of_type("kubernetes:helm.sh/v3:Release")}
+    assert sorted(releases) == ["cert-manager", "hcloud-cloud-controller-manager", "hcloud-csi"]
+    # the controllers read the Secret: installed after it, the others after the controller
+    ccm = releases["hcloud-cloud-controller-manager"]
+    assert "shop-k8s-hcloud-secret-kube-system-hcloud" in ccm.depends_on
+    for other in ("hcloud-csi", "cert-manager"):
+        assert ccm.name in releases[other].depends_on
 
 
 def test_hcloud_token_from_config_reaches_the_cluster_secret():
     plan = plan_stack("k8s-hcloud", ROOT, {"hcloud:token": {"secure": "v1:AAAA"}})
-    cp1 = files(servers(plan, "hcloud")["cp-1"])
-    [secret] = yaml.safe_load_all(cp1[MANIFESTS + "blueprints-hcloud-secret.yaml"])
+    secret = kube_objects(plan)[("Secret", "kube-system/hcloud")]
     # an encrypted value plans as a placeholder; it is never decrypted here
     assert secret["stringData"]["token"] == "<secret:token>"
     assert not any("hcloud:token is not set" in n for n in plan.notes)
 
 
 def test_aws_cluster_gets_local_path_storage_and_no_hetzner_addons(plans):
-    cp1 = files(servers(plans["k8s-localstack"], "aws")["cp-1"])
-    assert not any("hcloud" in p for p in cp1)
-    [storage] = yaml.safe_load_all(cp1[MANIFESTS + "blueprints-storage.yaml"])
+    plan = plans["k8s-localstack"]
+    objects = kube_objects(plan)
+    assert not any("hcloud" in name for _, name in objects)
+    storage = objects[("StorageClass", "/blueprints-local")]
     assert storage["provisioner"] == "rancher.io/local-path"
-    config = yaml.safe_load(cp1[CONFIG])
+    releases = [r.plain_inputs()["name"] for r in plan.of_type("kubernetes:helm.sh/v3:Release")]
+    assert releases == ["cert-manager"]
+    config = yaml.safe_load(files(servers(plan, "aws")["cp-1"])[CONFIG])
     assert "disable-cloud-controller" not in config
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_app_goes_through_the_kubernetes_api_once_the_cluster_is_ready(plans, stack):
+    plan = plans[stack]
+    p = f"shop-{stack}"
+    [provider] = plan.of_type("pulumi:providers:kubernetes")
+    inputs = provider.plain_inputs()
+    assert inputs["kubeconfig"] == plan.outputs["kubeconfig"]["value"]
+    # a new API address (a replaced first control plane) updates the provider, never replaces
+    assert inputs["clusterIdentifier"] == p
+    assert inputs["enableSecretMutable"] in (True, "true")
+    objects = kube_objects(plan)
+    kinds = {kind for kind, _ in objects}
+    assert {"Namespace", "Deployment", "StatefulSet", "Service", "Secret", "Ingress"} <= kinds
+    for r in plan.resources:
+        if r.type.startswith("kubernetes:"):
+            assert r.provider == provider.name, r.name
+            assert f"{p}-worker-3-ready" in r.depends_on, r.name
+    web = objects[("Deployment", "shop/web")]
+    assert web["spec"]["template"]["spec"]["containers"][0]["image"].startswith("ghcr.io/")
+    # secret values only in the Secrets, which are Pulumi secrets
+    for r in plan.resources:
+        if r.type == "kubernetes:core/v1:Secret":
+            assert is_secret(r.inputs["stringData"]), r.name
+        elif r.type.startswith("kubernetes:"):
+            assert "<secret:DATABASE_PASSWORD>" not in json.dumps(r.plain_inputs()), r.name
 
 
 def test_localstack_endpoints_and_providers(plans):
@@ -472,7 +577,7 @@ def test_blueprint_rules_are_reported_before_any_resource(tmp_path):
     )
 
 
-def test_a_spec_change_touches_only_the_first_control_plane(plans, tmp_path):
+def test_a_spec_change_touches_only_the_kubernetes_objects(plans, tmp_path):
     project = _copy_project(tmp_path)
     spec = yaml.safe_load((project / "examples/app.yaml").read_text())
     spec["services"]["web"]["replicas"] = 3
@@ -482,7 +587,7 @@ def test_a_spec_change_touches_only_the_first_control_plane(plans, tmp_path):
     a = {r.name: r.plain_inputs() for r in before.resources}
     b = {r.name: r.plain_inputs() for r in after.resources}
     assert a.keys() == b.keys()
-    assert {n for n in a if a[n] != b[n]} == {"shop-k8s-hcloud-cp-1"}
+    assert {n for n in a if a[n] != b[n]} == {"shop-k8s-hcloud-deployment-shop-web"}
 
 
 def test_planning_is_deterministic(plans):
@@ -496,11 +601,45 @@ def test_planning_is_deterministic(plans):
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_secrets_reach_only_the_first_control_plane_as_placeholders(plans, stack):
-    plan, cloud = plans[stack], cloud_of(stack)
-    for name, server in servers(plan, cloud).items():
+def test_no_secret_and_no_private_key_in_any_user_data(tmp_path, stack):
+    """Every secret value the stack has (app secrets, the token, the snapshot key, every
+    generated private key) is looked for in every node's user data."""
+    overrides = {
+        "blueprints:secrets": {
+            "DATABASE_PASSWORD": "db-Pa55-value",
+            "DJANGO_SECRET_KEY": "django-k3y-value",
+            "POSTGRES_PASSWORD": "pg-Pa55-value",
+        },
+        "blueprints:etcdSnapshotSecretKey": "s3-s3cret-value",
+    }
+    if stack == "k8s-hcloud":
+        overrides |= {
+            "blueprints:etcdSnapshotBucket": "shop-etcd",
+            "blueprints:etcdSnapshotEndpoint": "https://fsn1.your-objectstorage.com",
+            "blueprints:etcdSnapshotAccessKey": "AKIDEXAMPLE",
+            "hcloud:token": "hcloud-t0ken-value",
+        }
+    plan = plan_stack(stack, ROOT, overrides)
+    values = [v for k, v in overrides.items() if k != "blueprints:secrets" and "Secret" in k]
+    values += list(overrides["blueprints:secrets"].values())
+    values += [overrides["hcloud:token"]] if "hcloud:token" in overrides else []
+    token = only(plan, "random:index/randomPassword:RandomPassword")
+    values.append(f"offline-{token.name}")
+    keys = [r.name for r in plan.of_type("tls:index/privateKey:PrivateKey")]
+    for name, server in servers(plan, cloud_of(stack)).items():
         text = server_user_data(server)
-        assert ("<secret:DATABASE_PASSWORD>" in text) == (name == "cp-1")
+        for value in values:
+            assert value not in text, (name, value)
+        for key in keys:
+            assert f"OFFLINE-{key}" not in text.replace(f"OFFLINE-{key}-", ""), (name, key)
+        assert "PRIVATE KEY" not in text
+        # the snapshot settings and their key reach the control planes over SSH instead
+        s3 = ready_stdin(plan, name)["etcd_s3"]
+        if name.startswith("cp"):
+            assert s3["etcd-s3-secret-key"] == "s3-s3cret-value"
+            assert s3["etcd-s3-bucket"] in ("shop-etcd", "shop-etcd-snapshots")
+        else:
+            assert s3 is None
 
 
 def test_hetzner_load_balancer_refuses_a_restricted_port():

@@ -80,6 +80,13 @@ PLAN_TIMEOUT_SECONDS = 900
 #        CustomizeDiff forces a new job only when the jobspec's job ID or namespace changes
 #        (nomad/resource_job.go), which the blueprints never do for a kept job: a changed
 #        jobspec is an update, that is a new version of the job and a Nomad deployment.
+#  [k8s] pulumi/pulumi-kubernetes (native): provider/pkg/provider/diff.go, forceNewProperties:
+#        metadata.name and metadata.namespace for every kind, plus per kind the fields below;
+#        helm.sh/v3 Release replaces on name and namespace only (helm_release.go, Diff). A
+#        Secret's data would replace too unless the provider has enableSecretMutable, which the
+#        k8s rung sets; a custom resource (any other group) replaces on its metadata only.
+#  [s3]  Terraform AWS provider, aws_s3_bucket: bucket, bucket_prefix and object_lock_enabled
+#        are ForceNew.
 REPLACE_ON_CHANGE: dict[str, tuple[str, ...]] = {
     # -- Hetzner Cloud --
     "hcloud:index/server:Server": ("datacenter", "image", "location", "sshKeys", "userData"),
@@ -197,6 +204,34 @@ REPLACE_ON_CHANGE: dict[str, tuple[str, ...]] = {
     # -- Nomad's API (the nomad rung's release) --
     "nomad:index/job:Job": (),  # [nmd]
     "nomad:index/variable:Variable": ("namespace", "path"),  # [nmd]
+    # -- the Kubernetes API (the k8s rung's release) --
+    "kubernetes:core/v1:Namespace": ("metadata.name",),  # [k8s]
+    "kubernetes:core/v1:Secret": ("metadata.name", "metadata.namespace", "type"),  # [k8s]
+    "kubernetes:core/v1:Service": ("metadata.name", "metadata.namespace", "spec.clusterIP"),
+    "kubernetes:apps/v1:Deployment": ("metadata.name", "metadata.namespace", "spec.selector"),
+    "kubernetes:apps/v1:StatefulSet": (  # [k8s]
+        "metadata.name",
+        "metadata.namespace",
+        "spec.podManagementPolicy",
+        "spec.revisionHistoryLimit",
+        "spec.selector",
+        "spec.serviceName",
+        "spec.volumeClaimTemplates",
+    ),
+    "kubernetes:policy/v1:PodDisruptionBudget": ("metadata.name", "metadata.namespace"),  # [k8s]
+    "kubernetes:networking.k8s.io/v1:Ingress": ("metadata.name", "metadata.namespace"),  # [k8s]
+    "kubernetes:networking.k8s.io/v1:NetworkPolicy": (
+        "metadata.name",
+        "metadata.namespace",
+    ),  # [k8s]
+    "kubernetes:storage.k8s.io/v1:StorageClass": ("metadata.name", "parameters", "provisioner"),
+    "kubernetes:helm.cattle.io/v1:HelmChartConfig": (
+        "metadata.name",
+        "metadata.namespace",
+    ),  # [k8s]
+    "kubernetes:cert-manager.io/v1:ClusterIssuer": ("metadata.name", "metadata.namespace"),  # [k8s]
+    "kubernetes:helm.sh/v3:Release": ("name", "namespace"),  # [k8s]
+    "aws:s3/bucket:Bucket": ("bucket", "bucketPrefix", "objectLockEnabled"),  # [s3]
     # -- generated secrets and certificates --
     "random:index/randomBytes:RandomBytes": ("*",),  # [rnd]
     "random:index/randomPassword:RandomPassword": ("*",),  # [rnd]

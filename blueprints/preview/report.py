@@ -106,6 +106,15 @@ STATEFUL = {
     "hcloud:index/floatingIp:FloatingIp": "floating IP",
     "hcloud:index/primaryIp:PrimaryIp": "primary IP",
     "aws:ec2/eip:Eip": "elastic IP",
+    "aws:s3/bucket:Bucket": "S3 bucket",
+}
+# A server labelled (hcloud labels, AWS tags) `holds: <what>` keeps state of its own that a
+# replacement loses or must rebuild: the k8s rung's control planes (an etcd member) and, on AWS,
+# its workers (k3s local-path volumes).
+HOLDS_LABEL = "holds"
+HOLDS_TEXT = {
+    "etcd": "an etcd member (cluster state; replaced nodes rejoin one at a time)",
+    "local-volumes": "local volumes (k3s local-path data on its own disk)",
 }
 # Not stateful: a Command holds no data; a changed stdin updates it in place (see offline.py).
 RELEASE_TYPES = frozenset({"command:remote:Command"})
@@ -166,6 +175,8 @@ class Danger:
     protect: bool
     retain_on_delete: bool
     index: int
+    # For a server: what it holds itself (HOLDS_LABEL), as a phrase.
+    state: str | None = None
 
 
 @dataclass(frozen=True)
@@ -305,6 +316,19 @@ def _server_refs(c: Change) -> list[str]:
     return [r for r in refs if r]
 
 
+def _holds(c: Change) -> str | None:
+    """What a server holds itself, from its HOLDS_LABEL label or tag (old state first)."""
+    for state in (c.old, c.new):
+        if state is None:
+            continue
+        for key in ("labels", "tags"):
+            found = state.inputs.get(key)
+            value = found.get(HOLDS_LABEL) if isinstance(found, Mapping) else None
+            if isinstance(value, str) and value:
+                return HOLDS_TEXT.get(value, value)
+    return None
+
+
 def find_dangers(changes: Sequence[Change]) -> tuple[Danger, ...]:
     """Replaces and deletes of volumes, IPs and servers that hold a volume, in step order."""
     holders = _holders(changes)
@@ -314,13 +338,15 @@ def find_dangers(changes: Sequence[Change]) -> tuple[Danger, ...]:
             continue
         what = STATEFUL.get(c.type)
         holder = None
+        state = None
         if what is None and c.type in SERVERS:
             holder = next((holders[r] for r in _server_refs(c) if r in holders), None)
-            if holder is not None:
+            state = _holds(c)
+            if holder is not None or state is not None:
                 what = "server"
         if what is None:
             continue
-        state = c.old or c.new
+        before = c.old or c.new
         out.append(
             Danger(
                 stack=c.stack,
@@ -330,9 +356,10 @@ def find_dangers(changes: Sequence[Change]) -> tuple[Danger, ...]:
                 what=what,
                 holder=holder,
                 reasons=c.replace_reasons,
-                protect=bool(state and state.protect),
-                retain_on_delete=bool(state and state.retain_on_delete),
+                protect=bool(before and before.protect),
+                retain_on_delete=bool(before and before.retain_on_delete),
                 index=c.index,
+                state=state,
             )
         )
     return tuple(out)
@@ -1102,6 +1129,8 @@ def _danger_line(d: Danger, many_stacks: bool) -> str:
     else:
         why = "because the provider requires it"
     holds = f", which holds the data volume (attached by {code(d.holder)})," if d.holder else ""
+    if d.state:
+        holds += f", which holds {d.state},"
     flags = f"protect: {'**yes**' if d.protect else 'no'}"
     if d.retain_on_delete:
         flags += ", retainOnDelete: yes (the old cloud resource is kept)"
@@ -1375,7 +1404,7 @@ def build_report(
         core.append(_warning_block(dangers, many))
     else:
         core.append(
-            "No stateful resource (volume, floating/elastic/primary IP, server holding a "
+            "No stateful resource (volume, floating/elastic/primary IP, bucket, server holding a "
             "volume) is replaced or deleted.\n"
         )
 

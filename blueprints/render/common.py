@@ -189,7 +189,7 @@ def _shell_words(values: Iterable[object]) -> str:
 
 
 # Rungs with a package of their own under blueprints/rungs.
-RUNGS = ("nomad",)
+RUNGS = ("nomad", "k8s")
 
 
 @cache

@@ -97,10 +97,37 @@ def nomad_files(plan) -> dict[str, str]:
     return files
 
 
+KUBERNETES_PREFIX = "kubernetes:"
+HELM_RELEASE_TYPE = "kubernetes:helm.sh/v3:Release"
+
+
+def kubernetes_files(plan) -> dict[str, str]:
+    """Relative path -> text of what a plan sends through the Kubernetes API: `release/k8s/<kind>-
+    <namespace>-<name>.yaml` per object (Secrets with placeholders, as planned) and
+    `release/k8s/helm-<name>.yaml` per Helm release (chart, version, repository, values)."""
+    from blueprints.render.common import dump_yaml
+
+    files: dict[str, str] = {}
+    for res in plan.resources:
+        if not res.type.startswith(KUBERNETES_PREFIX):
+            continue
+        inputs = res.plain_inputs()
+        if res.type == HELM_RELEASE_TYPE:
+            files[f"release/k8s/helm-{inputs.get('name', res.name)}.yaml"] = dump_yaml(inputs)
+            continue
+        meta = inputs.get("metadata")
+        kind = inputs.get("kind")
+        if not isinstance(meta, dict) or not isinstance(kind, str):
+            continue
+        where = f"{meta['namespace']}-" if meta.get("namespace") else ""
+        files[f"release/k8s/{kind.lower()}-{where}{meta.get('name')}.yaml"] = dump_yaml(inputs)
+    return files
+
+
 def stack_files(plan) -> dict[str, str]:
     """Relative path -> text: `<server>/user-data.yaml` and `<server>/<file path>` per server
     (the bootstrap), and the release beside them (release_files)."""
-    files: dict[str, str] = {**release_files(plan), **nomad_files(plan)}
+    files: dict[str, str] = {**release_files(plan), **nomad_files(plan), **kubernetes_files(plan)}
     for res in plan.resources:
         if res.type not in SERVER_TYPES:
             continue

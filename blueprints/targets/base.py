@@ -191,6 +191,11 @@ class Target(ABC):
     # NLB). Hetzner's cannot: a port on its load balancer is open to the whole internet.
     load_balancer_filters_sources: bool = False
 
+    def snapshot_bucket(self, name: str, bucket: str, labels: dict[str, str]) -> None:
+        """Create the S3 bucket etcd snapshots go to, where the stack's own cloud account holds
+        it (AWS, LocalStack); elsewhere (Hetzner Object Storage) the bucket is the user's."""
+        return None
+
     def cluster_api_token(self) -> pulumi.Output[str] | None:
         """The cloud API token in-cluster controllers need to manage the cloud's resources
         (k8s: Hetzner's cloud controller manager and CSI driver), as a secret; None where they

@@ -183,7 +183,9 @@ def render_node_files(node: NomadNode) -> dict[str, str]:
         ),
         AGENT_CONFIG: render_agent_config(node),
         NODE_CONFIG: node_config(node),
-        INSTALL_NODE_READY: _t("install-node-ready.sh.j2", target=NODE_READY),
+        INSTALL_NODE_READY: render_template(
+            "install-node-ready.sh.j2", target=NODE_READY, name="nomad-node-ready"
+        ),
         f"{UNITS}/nomad.service": _t(
             "nomad.service.j2",
             agent_config=AGENT_CONFIG,

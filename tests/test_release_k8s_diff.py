@@ -1,0 +1,140 @@
+"""`blueprints diff` on the k8s stacks, from a real git history in a temporary repo: an image
+bump is one Deployment update whose diff names the images, an admin key replaces nothing, and a
+k3s upgrade replaces the nodes one after another, flagged where a node holds cluster state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from baked_repo import bake_project, commit_all, edit, git
+from typer.testing import CliRunner
+
+from blueprints.cli import app
+from blueprints.preview.offline import offline_documents
+
+STACKS = ["k8s-hcloud", "k8s-localstack"]
+SERVERS = {"hcloud:index/server:Server", "aws:ec2/instance:Instance"}
+NEW_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn7Yz2c9q0kJx4mA8rVtW3pLsE6uHdN1fGiKoQ2bR5y new@x"
+NODES = ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2", "worker-3"]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A baked project (the installed blueprints runs its program) with the k8s stacks."""
+    repo = tmp_path / "infra"
+    repo.mkdir()
+    bake_project(repo, STACKS)
+    git(repo, "init", "-q", "-b", "main")
+    commit_all(repo, "base")
+    return repo
+
+
+def changes(doc: dict) -> dict[str, str]:
+    return {
+        s["urn"].rsplit("::", 1)[-1]: s["op"]
+        for s in doc["steps"]
+        if s["op"] not in ("same", "read")
+    }
+
+
+def run_diff(repo: Path, *args: str):
+    return CliRunner().invoke(
+        app, ["diff", "-C", str(repo), "--base", "HEAD~1", *STACKS, *args], env={"COLUMNS": "200"}
+    )
+
+
+def test_an_image_bump_is_one_deployment_update_and_no_data_loss(repo):
+    edit(
+        repo,
+        "examples/app.yaml",
+        "image: ghcr.io/example/shop-web:1.4.2",
+        "image: ghcr.io/example/shop-web:1.4.3",
+    )
+    commit_all(repo, "web 1.4.3")
+    for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
+        assert changes(doc) == {f"shop-{stack}-deployment-shop-web": "update"}, stack
+        assert not any(s["op"] == "replace" for s in doc["steps"])
+    res = run_diff(repo, "--fail-on", "data-loss")
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout
+    assert "Data loss" not in out
+    assert "ghcr.io/example/shop-web:1.4.2" in out and "ghcr.io/example/shop-web:1.4.3" in out
+
+
+def test_a_secret_change_updates_the_secret_and_rolls_its_services(repo):
+    for stack in STACKS:
+        text = (repo / f"stacks/Pulumi.{stack}.yaml").read_text()
+        (repo / f"stacks/Pulumi.{stack}.yaml").write_text(
+            text + "  blueprints:secrets:\n    DJANGO_SECRET_KEY: one\n"
+        )
+    commit_all(repo, "a secret")
+    for stack in STACKS:
+        edit(
+            repo, f"stacks/Pulumi.{stack}.yaml", "DJANGO_SECRET_KEY: one", "DJANGO_SECRET_KEY: two"
+        )
+    commit_all(repo, "another secret")
+    for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
+        p = f"shop-{stack}"
+        # the Secret changes in place, and the pods of the services that read it roll
+        assert changes(doc) == {
+            f"{p}-secret-shop-web-secret-env": "update",
+            f"{p}-secret-shop-worker-secret-env": "update",
+            f"{p}-deployment-shop-web": "update",
+            f"{p}-deployment-shop-worker": "update",
+        }, stack
+
+
+def test_an_admin_key_updates_the_ready_commands_only(repo):
+    spec = repo / "examples/app.yaml"
+    text = spec.read_text()
+    marker = "  cidrs:\n"
+    assert marker in text
+    spec.write_text(text.replace(marker, f"    - {NEW_KEY}\n{marker}", 1))
+    commit_all(repo, "a new admin")
+    for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
+        assert changes(doc) == {f"shop-{stack}-{node}-ready": "update" for node in NODES}
+    res = run_diff(repo, "--fail-on", "data-loss")
+    assert res.exit_code == 0, res.stderr
+
+
+def test_a_k3s_upgrade_replaces_the_nodes_one_after_another(repo):
+    for stack in STACKS:
+        edit(
+            repo,
+            f"stacks/Pulumi.{stack}.yaml",
+            "blueprints:k3sVersion: v1.34.9+k3s1",
+            "blueprints:k3sVersion: v1.34.10+k3s1",
+        )
+    commit_all(repo, "k3s 1.34.10")
+    for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
+        p = f"shop-{stack}"
+        replaced = [
+            s["urn"].rsplit("::", 1)[-1]
+            for s in doc["steps"]
+            if s["op"] in ("replace", "delete-replaced", "create-replacement")
+            and s["urn"].split("::")[-2].rsplit("$", 1)[-1] in SERVERS
+        ]
+        assert sorted(set(replaced)) == [f"{p}-{node}" for node in NODES], stack
+        ops = changes(doc)
+        for node in NODES:
+            assert ops[f"{p}-{node}-ready"] == "replace"
+        # no Kubernetes object changes
+        assert not any(n.startswith((f"{p}-deployment-", f"{p}-statefulset-")) for n in ops)
+    res = run_diff(repo)
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout
+    for stack in STACKS:
+        p = f"shop-{stack}"
+        order = ", then ".join(
+            f"`{p}-{node}`" + (f" (after `{p}-{before}-ready`)" if before else "")
+            for before, node in zip([None, *NODES[:-1]], NODES, strict=True)
+        )
+        assert (
+            f"Servers replaced one after another, each once the one before is back: {order}." in out
+        )
+    # the data-loss gate names every node that holds cluster state or local volumes
+    assert "Data loss" in out
+    assert out.count("which holds an etcd member") == 6  # 3 control planes x 2 stacks
+    assert out.count("which holds local volumes") == 3  # the localstack workers
+    assert run_diff(repo, "--fail-on", "data-loss").exit_code != 0
