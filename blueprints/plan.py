@@ -432,12 +432,12 @@ def load_stack_config(
             + ", ".join(f"{secrets_key}.{n}" for n in missing)
         )
         given.update({n: _placeholder(n) for n in missing})
-    from blueprints.settings import ETCD_SNAPSHOT_SECRET_KEY
+    from blueprints.settings import BACKUP_SECRET_KEY
 
-    snapshot_key = f"blueprints:{ETCD_SNAPSHOT_SECRET_KEY}"
-    if "blueprints:etcdSnapshotBucket" in config and snapshot_key not in config:
+    snapshot_key = f"blueprints:{BACKUP_SECRET_KEY}"
+    if "blueprints:backupBucket" in config and snapshot_key not in config:
         notes.append(f"not set in the stack, planned with a placeholder: {snapshot_key}")
-        config[snapshot_key] = _placeholder(ETCD_SNAPSHOT_SECRET_KEY)
+        config[snapshot_key] = _placeholder(BACKUP_SECRET_KEY)
         secret_keys.append(snapshot_key)
     if given or secrets_key in config:
         config[secrets_key] = given

@@ -84,16 +84,16 @@ BLUEPRINT_ONLY: dict[str, tuple[str, ...]] = {
         "not_ready_toleration_seconds",
         "unreachable_toleration_seconds",
         "k3s_version",
-        "etcd_snapshot_bucket",
-        "etcd_snapshot_endpoint",
-        "etcd_snapshot_region",
-        "etcd_snapshot_access_key",
+        "backup_bucket",
+        "backup_endpoint",
+        "backup_region",
+        "backup_access_key",
         "etcd_snapshot_schedule",
         "etcd_snapshot_retention",
     ),
 }
 # Stack secrets outside `blueprints:secrets` (the app's): set with `pulumi config set --secret`.
-ETCD_SNAPSHOT_SECRET_KEY = "etcdSnapshotSecretKey"
+BACKUP_SECRET_KEY = "backupSecretKey"
 ETCD_SNAPSHOT_FOLDER = "etcd-snapshots"
 # The k3s release a k8s stack runs unless it pins another (blueprints:k3sVersion).
 K3S_VERSION = "v1.34.9+k3s1"
@@ -276,25 +276,26 @@ class StackSettings(BaseModel):
             raise ValueError(f"must be a k3s release like {K3S_VERSION} (got {v!r})")
         return v
 
-    # Snapshots of etcd off the control planes (k3s's etcd-s3 settings): without a bucket they
-    # stay on the control planes' disks, which a k3s upgrade replaces one after another.
-    etcd_snapshot_bucket: str | None = Field(
+    # The stack's backup storage: an S3 bucket off the servers. So far the k8s rung keeps its
+    # etcd snapshots there (k3s's etcd-s3 settings, folder etcd-snapshots/); without a bucket
+    # they stay on the control planes' disks, which a k3s upgrade replaces one after another.
+    backup_bucket: str | None = Field(
         default=None,
-        description="k8s: S3 bucket (Hetzner Object Storage, AWS S3, LocalStack S3) the control "
-        "planes upload etcd snapshots to; its secret key is the stack secret "
-        f"blueprints:{ETCD_SNAPSHOT_SECRET_KEY}. Unset: snapshots stay on the nodes' disks.",
+        description="k8s: S3 bucket (Hetzner Object Storage, AWS S3, LocalStack S3) for the "
+        "stack's backups (the etcd snapshots); its secret key is the stack secret "
+        f"blueprints:{BACKUP_SECRET_KEY}. Unset: snapshots stay on the nodes' disks.",
     )
-    etcd_snapshot_endpoint: str | None = Field(
+    backup_endpoint: str | None = Field(
         default=None,
         description="k8s: the bucket's S3 endpoint URL, like https://fsn1.your-objectstorage.com "
         "(required on hcloud; aws: AWS S3 of the region; localstack: localstackEndpoint).",
     )
-    etcd_snapshot_region: str | None = Field(
+    backup_region: str | None = Field(
         default=None,
         description="k8s: the bucket's region (hcloud: the location, aws: the region, if unset).",
     )
-    etcd_snapshot_access_key: str | None = Field(
-        default=None, description="k8s: access key id for the snapshot bucket."
+    backup_access_key: str | None = Field(
+        default=None, description="k8s: access key id for the backup bucket."
     )
     etcd_snapshot_schedule: str = Field(
         default="0 */6 * * *",
@@ -308,7 +309,7 @@ class StackSettings(BaseModel):
         description="k8s: snapshots each control plane keeps (on disk and in the bucket).",
     )
 
-    @field_validator("etcd_snapshot_bucket")
+    @field_validator("backup_bucket")
     @classmethod
     def _bucket(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v):
@@ -318,7 +319,7 @@ class StackSettings(BaseModel):
             )
         return v
 
-    @field_validator("etcd_snapshot_endpoint")
+    @field_validator("backup_endpoint")
     @classmethod
     def _s3_endpoint(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?", v):
@@ -409,16 +410,16 @@ class StackSettings(BaseModel):
             )
         if self.zone is not None and not self.zone.startswith(self.region):
             raise FieldProblem(("zone",), f"zone {self.zone!r} is not in region {self.region!r}")
-        if self.etcd_snapshot_bucket is not None:
-            if self.etcd_snapshot_access_key is None:
+        if self.backup_bucket is not None:
+            if self.backup_access_key is None:
                 raise FieldProblem(
-                    ("etcd_snapshot_access_key",),
-                    "is required with etcdSnapshotBucket: the access key id of the bucket",
+                    ("backup_access_key",),
+                    "is required with backupBucket: the access key id of the bucket",
                 )
-            if self.cloud == "hcloud" and self.etcd_snapshot_endpoint is None:
+            if self.cloud == "hcloud" and self.backup_endpoint is None:
                 raise FieldProblem(
-                    ("etcd_snapshot_endpoint",),
-                    "is required with etcdSnapshotBucket on hcloud: the Object Storage "
+                    ("backup_endpoint",),
+                    "is required with backupBucket on hcloud: the Object Storage "
                     "endpoint, like https://fsn1.your-objectstorage.com",
                 )
         return self
@@ -426,29 +427,27 @@ class StackSettings(BaseModel):
     def etcd_s3(self) -> dict[str, object] | None:
         """k3s's etcd-s3 settings for this stack (all but the secret key); None without a
         bucket. The endpoint is a host: k3s takes the scheme from etcd-s3-insecure."""
-        if self.etcd_snapshot_bucket is None:
+        if self.backup_bucket is None:
             return None
-        if self.etcd_snapshot_endpoint is not None:
-            url = self.etcd_snapshot_endpoint
+        if self.backup_endpoint is not None:
+            url = self.backup_endpoint
         elif self.target == "localstack":
             url = self.localstack_endpoint
         elif self.cloud == "aws":
             url = f"https://s3.{self.region}.amazonaws.com"
         else:  # refused by _consistent
-            raise ValueError("an hcloud snapshot bucket needs etcdSnapshotEndpoint")
+            raise ValueError("an hcloud snapshot bucket needs backupEndpoint")
         scheme, _, host = url.partition("://")
-        region = self.etcd_snapshot_region or (
-            self.location if self.cloud == "hcloud" else self.region
-        )
+        region = self.backup_region or (self.location if self.cloud == "hcloud" else self.region)
         return {
             "etcd-s3": True,
             "etcd-s3-endpoint": host,
             "etcd-s3-insecure": scheme == "http",
             # Path-style requests work with every S3 (LocalStack, Hetzner, AWS).
             "etcd-s3-bucket-lookup-type": "path",
-            "etcd-s3-bucket": self.etcd_snapshot_bucket,
+            "etcd-s3-bucket": self.backup_bucket,
             "etcd-s3-region": region,
-            "etcd-s3-access-key": self.etcd_snapshot_access_key,
+            "etcd-s3-access-key": self.backup_access_key,
             "etcd-s3-folder": ETCD_SNAPSHOT_FOLDER,
             "etcd-snapshot-schedule-cron": self.etcd_snapshot_schedule,
             "etcd-snapshot-retention": self.etcd_snapshot_retention,

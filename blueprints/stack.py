@@ -15,7 +15,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env, is_config_secret
 
-from blueprints.settings import ETCD_SNAPSHOT_SECRET_KEY, NAMESPACE, parse_settings
+from blueprints.settings import BACKUP_SECRET_KEY, NAMESPACE, parse_settings
 from blueprints.spec import AppSpec, SpecError, format_path, load_spec
 
 SECRETS_KEY = "secrets"
@@ -74,7 +74,7 @@ def deploy() -> None:
     raw = namespace_config()
     secret_raw = raw.pop(SECRETS_KEY, None)
     # Read by the component itself (pulumi.Config.get_secret), never part of the settings.
-    snapshot_key = raw.pop(ETCD_SNAPSHOT_SECRET_KEY, None)
+    snapshot_key = raw.pop(BACKUP_SECRET_KEY, None)
     try:
         settings = parse_settings(raw, source)
         app = load_spec(project_dir() / settings.spec)
@@ -90,11 +90,11 @@ def deploy() -> None:
         if check_settings is not None:
             problems += [f"{source}: {line}" for line in check_settings(app, settings)]
         problems += missing_secrets(app, secrets, source)
-        if settings.etcd_snapshot_bucket is not None and not snapshot_key:
+        if settings.backup_bucket is not None and not snapshot_key:
             problems.append(
-                f"{source}: {NAMESPACE}:{ETCD_SNAPSHOT_SECRET_KEY}: is not set, and "
-                f"etcdSnapshotBucket needs it; run pulumi config set --secret "
-                f"{NAMESPACE}:{ETCD_SNAPSHOT_SECRET_KEY} VALUE"
+                f"{source}: {NAMESPACE}:{BACKUP_SECRET_KEY}: is not set, and "
+                f"backupBucket needs it; run pulumi config set --secret "
+                f"{NAMESPACE}:{BACKUP_SECRET_KEY} VALUE"
             )
         if problems:
             raise SpecError(problems)
@@ -107,9 +107,9 @@ def deploy() -> None:
             f"{NAMESPACE}:{SECRETS_KEY} is stored in plain text in {source}; set each value "
             "with `pulumi config set --secret --path`"
         )
-    if snapshot_key is not None and not is_config_secret(f"{NAMESPACE}:{ETCD_SNAPSHOT_SECRET_KEY}"):
+    if snapshot_key is not None and not is_config_secret(f"{NAMESPACE}:{BACKUP_SECRET_KEY}"):
         pulumi.log.warn(
-            f"{NAMESPACE}:{ETCD_SNAPSHOT_SECRET_KEY} is stored in plain text in {source}; set "
+            f"{NAMESPACE}:{BACKUP_SECRET_KEY} is stored in plain text in {source}; set "
             "it with `pulumi config set --secret`"
         )
     wanted = {name: secrets[name] for name in app.secret_names()}

@@ -62,3 +62,34 @@ def bake_project(repo: Path, stacks: Iterable[str] | None = None) -> None:
         .replace("main: blueprints/program.py", "main: program.py")
     )
     (repo / "program.py").write_text("from blueprints.stack import deploy\n\ndeploy()\n")
+
+
+def baked_git_repo(tmp_path: Path, stacks: Iterable[str]) -> Path:
+    """A baked project with these stacks (the installed blueprints runs its program), committed
+    once as the base of a `blueprints diff`."""
+    repo = tmp_path / "infra"
+    repo.mkdir()
+    bake_project(repo, stacks)
+    git(repo, "init", "-q", "-b", "main")
+    commit_all(repo, "base")
+    return repo
+
+
+def step_ops(doc: dict) -> dict[str, str]:
+    """Resource name -> op of every step of a preview document that changes something."""
+    return {
+        s["urn"].rsplit("::", 1)[-1]: s["op"]
+        for s in doc["steps"]
+        if s["op"] not in ("same", "read")
+    }
+
+
+def run_diff(repo: Path, stacks: Iterable[str], *args: str):
+    """`blueprints diff` of the last commit against the one before, for these stacks."""
+    from typer.testing import CliRunner
+
+    from blueprints.cli import app
+
+    return CliRunner().invoke(
+        app, ["diff", "-C", str(repo), "--base", "HEAD~1", *stacks, *args], env={"COLUMNS": "200"}
+    )

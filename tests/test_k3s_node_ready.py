@@ -1,8 +1,9 @@
 """k3s-node-ready (blueprints/rungs/k8s/node_ready.py) against a fake k3s API over HTTPS.
 
-The script runs as a subprocess, as on a node; everything it touches lives in tmp_path: the files
-it installs, the joined marker, the TLS directory, and a fake systemctl that logs its arguments
-and answers is-active from a state file. The fake k3s API servers are threaded HTTPS servers on
+The script runs as shipped (node_ready_source(): one file, node_kit inlined), as a subprocess,
+as on a node; everything it touches lives in tmp_path: the files it installs, the joined
+marker, the TLS directory, and a fake systemctl that logs its arguments and answers is-active
+from a state file. The fake k3s API servers are threaded HTTPS servers on
 127.0.0.1 with a certificate from a throwaway server CA; they ask for a client certificate from
 a throwaway client CA and answer 401 on /api and /readyz unless it is an admin's
 (O=system:masters). They share one cluster state (as the API servers of one etcd do): the nodes,
@@ -35,7 +36,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-SCRIPT = Path(__file__).resolve().parents[1] / "blueprints/rungs/k8s/node_ready.py"
+from blueprints.rungs.k8s.bootstrap import node_ready_source
+
 PYTHON = os.environ.get("NODE_READY_PYTHON", sys.executable)
 TOKEN = "K10a1b2c3d4e5f6::server:0b5e55e17ac04e6d9b1c5e3a7d0c0001"
 S3_SECRET = "s3-secret-9f8e7d6c5b4a"
@@ -194,6 +196,14 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory) -> Path:
+    """The script exactly as Pulumi sends it to a node."""
+    path = tmp_path_factory.mktemp("shipped") / "k3s-node-ready"
+    path.write_text(node_ready_source(), encoding="utf-8")
+    return path
 
 
 # -- a fake k3s cluster ---------------------------------------------------------------------------
@@ -430,8 +440,9 @@ if verb in ("start", "restart") or (verb == "enable" and "--now" in args):
 class Node:
     """A node's file system in tmp_path, its configuration and a way to run the script."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, script: Path):
         self.root = root
+        self.script = script
         self.files = {
             "token_file": root / "etc/rancher/k3s/token",
             "admin_keys_file": root / "etc/blueprints/admin-keys/deploy",
@@ -487,7 +498,7 @@ class Node:
         self.log.unlink(missing_ok=True)
         self.events_log.unlink(missing_ok=True)
         return subprocess.run(
-            [PYTHON, str(SCRIPT), "--config", str(config or self.config_file), *args],
+            [PYTHON, str(self.script), "--config", str(config or self.config_file), *args],
             input=data,
             capture_output=True,
             timeout=60,
@@ -512,8 +523,8 @@ class Node:
 
 
 @pytest.fixture
-def node(tmp_path) -> Node:
-    return Node(tmp_path)
+def node(tmp_path, script) -> Node:
+    return Node(tmp_path, script)
 
 
 @pytest.fixture
@@ -1315,9 +1326,9 @@ def test_bad_config_is_refused(node, pki, change, expected):
 
 
 @pytest.mark.parametrize("args", [["--bogus"], ["extra"], ["--config"], ["--config="]])
-def test_bad_arguments_print_usage(pki, args):
+def test_bad_arguments_print_usage(script, pki, args):
     result = subprocess.run(
-        [PYTHON, str(SCRIPT), *args],
+        [PYTHON, str(script), *args],
         input=json.dumps(pki.secrets()).encode(),
         capture_output=True,
         timeout=60,

@@ -1,11 +1,12 @@
 """nomad-node-ready (blueprints/rungs/nomad/node_ready.py) against a fake Nomad HTTPS API.
 
-The script runs as a subprocess, as on a node; everything it touches lives in tmp_path: the files
-it installs, the management token, and a fake systemctl that logs its arguments and answers
-is-active from a state file. The fake Nomad agents are threaded HTTPS servers on 127.0.0.1 whose
-certificate comes from a throwaway CA; their answers depend on how often they were asked, so the
-script's waiting is exercised. NODE_READY_PYTHON runs the script with another interpreter (it must
-work on the servers' Python 3.8).
+The script runs as shipped (node_ready_source(): one file, node_kit inlined), as a subprocess,
+as on a node; everything it touches lives in tmp_path: the files it installs, the management
+token, and a fake systemctl that logs its arguments and answers is-active from a state file.
+The fake Nomad agents are threaded HTTPS servers on 127.0.0.1 whose certificate comes from a
+throwaway CA; their answers depend on how often they were asked, so the script's waiting is
+exercised. NODE_READY_PYTHON runs the script with another interpreter (it must work on the
+servers' Python 3.8).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-SCRIPT = Path(__file__).resolve().parents[1] / "blueprints/rungs/nomad/node_ready.py"
+from blueprints.rungs.nomad.bootstrap import node_ready_source
+
 PYTHON = os.environ.get("NODE_READY_PYTHON", sys.executable)
 TOKEN = "0b5e55e1-7ac0-4e6d-9b1c-5e3a7d0c0001"
 # 32 bytes in base64, as the stack generates the gossip key.
@@ -147,6 +149,14 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory) -> Path:
+    """The script exactly as Pulumi sends it to a node."""
+    path = tmp_path_factory.mktemp("shipped") / "nomad-node-ready"
+    path.write_text(node_ready_source(), encoding="utf-8")
+    return path
 
 
 # -- fake Nomad agents ----------------------------------------------------------------------------
@@ -350,8 +360,9 @@ if args[0] == "start":
 class Node:
     """A node's file system in tmp_path, its configuration and a way to run the script."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, script: Path):
         self.root = root
+        self.script = script
         self.files = {
             "admin_keys_file": root / "etc/blueprints/admin-keys/deploy",
             "ca_file": root / "etc/nomad.d/tls/ca.pem",
@@ -393,7 +404,7 @@ class Node:
         data = secrets if isinstance(secrets, bytes) else json.dumps(secrets).encode()
         self.log.unlink(missing_ok=True)
         return subprocess.run(
-            [PYTHON, str(SCRIPT), "--config", str(config or self.config_file), *args],
+            [PYTHON, str(self.script), "--config", str(config or self.config_file), *args],
             input=data,
             capture_output=True,
             timeout=60,
@@ -407,8 +418,8 @@ class Node:
 
 
 @pytest.fixture
-def node(tmp_path) -> Node:
-    return Node(tmp_path)
+def node(tmp_path, script) -> Node:
+    return Node(tmp_path, script)
 
 
 def out_lines(result) -> list[str]:
@@ -937,9 +948,9 @@ def test_bad_config_is_refused(node, pki, content, expected):
 
 
 @pytest.mark.parametrize("args", [["--bogus"], ["extra"], ["--config"], ["--config="]])
-def test_bad_arguments_print_usage(node, pki, args):
+def test_bad_arguments_print_usage(script, pki, args):
     result = subprocess.run(
-        [PYTHON, str(SCRIPT), *args],
+        [PYTHON, str(script), *args],
         input=json.dumps(pki.secrets()).encode(),
         capture_output=True,
         timeout=60,

@@ -12,6 +12,7 @@ import yaml
 
 from blueprints.plan import PlanError, is_secret, list_stacks, plan_stack
 from blueprints.render.unpack import server_user_data, user_data_files
+from blueprints.spec import AppSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 STACKS = ["k8s-hcloud", "k8s-localstack"]
@@ -610,13 +611,13 @@ def test_no_secret_and_no_private_key_in_any_user_data(tmp_path, stack):
             "DJANGO_SECRET_KEY": "django-k3y-value",
             "POSTGRES_PASSWORD": "pg-Pa55-value",
         },
-        "blueprints:etcdSnapshotSecretKey": "s3-s3cret-value",
+        "blueprints:backupSecretKey": "s3-s3cret-value",
     }
     if stack == "k8s-hcloud":
         overrides |= {
-            "blueprints:etcdSnapshotBucket": "shop-etcd",
-            "blueprints:etcdSnapshotEndpoint": "https://fsn1.your-objectstorage.com",
-            "blueprints:etcdSnapshotAccessKey": "AKIDEXAMPLE",
+            "blueprints:backupBucket": "shop-etcd",
+            "blueprints:backupEndpoint": "https://fsn1.your-objectstorage.com",
+            "blueprints:backupAccessKey": "AKIDEXAMPLE",
             "hcloud:token": "hcloud-t0ken-value",
         }
     plan = plan_stack(stack, ROOT, overrides)
@@ -637,7 +638,7 @@ def test_no_secret_and_no_private_key_in_any_user_data(tmp_path, stack):
         s3 = ready_stdin(plan, name)["etcd_s3"]
         if name.startswith("cp"):
             assert s3["etcd-s3-secret-key"] == "s3-s3cret-value"
-            assert s3["etcd-s3-bucket"] in ("shop-etcd", "shop-etcd-snapshots")
+            assert s3["etcd-s3-bucket"] in ("shop-etcd", "shop-backups")
         else:
             assert s3 is None
 
@@ -653,3 +654,33 @@ def test_hetzner_load_balancer_refuses_a_restricted_port():
         target.load_balancer("api", None, [], [6443], {}, sources={6443: ADMIN})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"limited to 0\.0\.0\.0/0"):  # IPv4 only is not everyone
         target.load_balancer("web", None, [], [80], {}, sources={80: ("0.0.0.0/0",)})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_object_sent_through_the_api_is_one_the_renderer_validates(plans, stack):
+    """The component sends what release.manifests renders (and the render tests validate):
+    the same objects, each valid for the pinned Kubernetes in strict mode."""
+    import kubernetes_validate
+
+    from blueprints.rungs.k8s import release
+
+    plan = plans[stack]
+    sent = kube_objects(plan)
+    app = AppSpec.model_validate(yaml.safe_load((ROOT / "examples/app.yaml").read_text()))
+    rendered = [
+        doc
+        for text in release.manifests(
+            app, cloud_of(stack), {n: f"<secret:{n}>" for n in app.secret_names()}
+        ).values()
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+    names = {
+        (d["kind"], f"{d['metadata'].get('namespace', '')}/{d['metadata']['name']}")
+        for d in rendered
+    }
+    assert set(sent) == names
+    version = ".".join(release.KUBERNETES_VERSION.split(".")[:2]) + ".0"
+    for (kind, _), obj in sent.items():
+        if kind not in ("HelmChartConfig", "ClusterIssuer"):
+            kubernetes_validate.validate(obj, version, strict=True)

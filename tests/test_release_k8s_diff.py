@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from baked_repo import bake_project, commit_all, edit, git
-from typer.testing import CliRunner
+from baked_repo import baked_git_repo, commit_all, edit, step_ops
+from baked_repo import run_diff as run_stack_diff
 
-from blueprints.cli import app
 from blueprints.preview.offline import offline_documents
 
 STACKS = ["k8s-hcloud", "k8s-localstack"]
@@ -21,27 +20,11 @@ NODES = ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2", "worker-3"]
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A baked project (the installed blueprints runs its program) with the k8s stacks."""
-    repo = tmp_path / "infra"
-    repo.mkdir()
-    bake_project(repo, STACKS)
-    git(repo, "init", "-q", "-b", "main")
-    commit_all(repo, "base")
-    return repo
-
-
-def changes(doc: dict) -> dict[str, str]:
-    return {
-        s["urn"].rsplit("::", 1)[-1]: s["op"]
-        for s in doc["steps"]
-        if s["op"] not in ("same", "read")
-    }
+    return baked_git_repo(tmp_path, STACKS)
 
 
 def run_diff(repo: Path, *args: str):
-    return CliRunner().invoke(
-        app, ["diff", "-C", str(repo), "--base", "HEAD~1", *STACKS, *args], env={"COLUMNS": "200"}
-    )
+    return run_stack_diff(repo, STACKS, *args)
 
 
 def test_an_image_bump_is_one_deployment_update_and_no_data_loss(repo):
@@ -53,36 +36,41 @@ def test_an_image_bump_is_one_deployment_update_and_no_data_loss(repo):
     )
     commit_all(repo, "web 1.4.3")
     for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
-        assert changes(doc) == {f"shop-{stack}-deployment-shop-web": "update"}, stack
+        assert step_ops(doc) == {f"shop-{stack}-deployment-shop-web": "update"}, stack
         assert not any(s["op"] == "replace" for s in doc["steps"])
     res = run_diff(repo, "--fail-on", "data-loss")
     assert res.exit_code == 0, res.stderr
     out = res.stdout
     assert "Data loss" not in out
-    assert "ghcr.io/example/shop-web:1.4.2" in out and "ghcr.io/example/shop-web:1.4.3" in out
+    # the Deployment's diff names the old and the new image, in the stack's head and as a diff
+    assert out.count("web: image ghcr.io/example/shop-web:1.4.2 -> 1.4.3") >= 2
+    assert '-          "image": "ghcr.io/example/shop-web:1.4.2",' in out
+    assert '+          "image": "ghcr.io/example/shop-web:1.4.3",' in out
+    assert "a Kubernetes rolling update" in out
 
 
 def test_a_secret_change_updates_the_secret_and_rolls_its_services(repo):
     for stack in STACKS:
         text = (repo / f"stacks/Pulumi.{stack}.yaml").read_text()
         (repo / f"stacks/Pulumi.{stack}.yaml").write_text(
-            text + "  blueprints:secrets:\n    DJANGO_SECRET_KEY: one\n"
+            text + "  blueprints:secrets:\n    DJANGO_SECRET_KEY: one-Sekr1t\n"
         )
     commit_all(repo, "a secret")
     for stack in STACKS:
-        edit(
-            repo, f"stacks/Pulumi.{stack}.yaml", "DJANGO_SECRET_KEY: one", "DJANGO_SECRET_KEY: two"
-        )
+        edit(repo, f"stacks/Pulumi.{stack}.yaml", "KEY: one-Sekr1t", "KEY: two-Sekr1t")
     commit_all(repo, "another secret")
     for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
         p = f"shop-{stack}"
         # the Secret changes in place, and the pods of the services that read it roll
-        assert changes(doc) == {
+        assert step_ops(doc) == {
             f"{p}-secret-shop-web-secret-env": "update",
             f"{p}-secret-shop-worker-secret-env": "update",
             f"{p}-deployment-shop-web": "update",
             f"{p}-deployment-shop-worker": "update",
         }, stack
+    out = run_diff(repo, "--fail-on", "data-loss").stdout
+    assert "web: secrets changed" in out and "worker: secrets changed" in out
+    assert "Sekr1t" not in out  # no secret value in the report
 
 
 def test_an_admin_key_updates_the_ready_commands_only(repo):
@@ -93,7 +81,7 @@ def test_an_admin_key_updates_the_ready_commands_only(repo):
     spec.write_text(text.replace(marker, f"    - {NEW_KEY}\n{marker}", 1))
     commit_all(repo, "a new admin")
     for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
-        assert changes(doc) == {f"shop-{stack}-{node}-ready": "update" for node in NODES}
+        assert step_ops(doc) == {f"shop-{stack}-{node}-ready": "update" for node in NODES}
     res = run_diff(repo, "--fail-on", "data-loss")
     assert res.exit_code == 0, res.stderr
 
@@ -116,7 +104,7 @@ def test_a_k3s_upgrade_replaces_the_nodes_one_after_another(repo):
             and s["urn"].split("::")[-2].rsplit("$", 1)[-1] in SERVERS
         ]
         assert sorted(set(replaced)) == [f"{p}-{node}" for node in NODES], stack
-        ops = changes(doc)
+        ops = step_ops(doc)
         for node in NODES:
             assert ops[f"{p}-{node}-ready"] == "replace"
         # no Kubernetes object changes

@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from baked_repo import bake_project, commit_all, edit, git
-from typer.testing import CliRunner
+from baked_repo import baked_git_repo, commit_all, edit, step_ops
+from baked_repo import run_diff as run_stack_diff
 
-from blueprints.cli import app
 from blueprints.preview.offline import offline_documents
 
 STACKS = ["nomad-hcloud", "nomad-localstack"]
@@ -20,27 +19,11 @@ NEW_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn7Yz2c9q0kJx4mA8rVtW3pLsE6uHdN1
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A baked project (the installed blueprints runs its program) with the nomad stacks."""
-    repo = tmp_path / "infra"
-    repo.mkdir()
-    bake_project(repo, STACKS)
-    git(repo, "init", "-q", "-b", "main")
-    commit_all(repo, "base")
-    return repo
-
-
-def changes(doc: dict) -> dict[str, str]:
-    return {
-        s["urn"].rsplit("::", 1)[-1]: s["op"]
-        for s in doc["steps"]
-        if s["op"] not in ("same", "read")
-    }
+    return baked_git_repo(tmp_path, STACKS)
 
 
 def run_diff(repo: Path, *args: str):
-    return CliRunner().invoke(
-        app, ["diff", "-C", str(repo), "--base", "HEAD~1", *STACKS, *args], env={"COLUMNS": "200"}
-    )
+    return run_stack_diff(repo, STACKS, *args)
 
 
 def test_an_image_bump_is_one_job_update_and_no_data_loss(repo):
@@ -52,7 +35,7 @@ def test_an_image_bump_is_one_job_update_and_no_data_loss(repo):
     )
     commit_all(repo, "web 1.4.3")
     for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
-        assert changes(doc) == {f"shop-{stack}-job-web": "update"}, stack
+        assert step_ops(doc) == {f"shop-{stack}-job-web": "update"}, stack
         assert not any(s["op"] == "replace" for s in doc["steps"])
     res = run_diff(repo, "--fail-on", "data-loss")
     assert res.exit_code == 0, res.stderr
@@ -73,7 +56,7 @@ def test_an_admin_key_updates_the_ready_commands_only(repo):
     spec.write_text(text.replace(marker, f"    - {NEW_KEY}\n{marker}", 1))
     commit_all(repo, "a new admin")
     for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
-        assert changes(doc) == {f"shop-{stack}-node-{i}-ready": "update" for i in (1, 2, 3)}
+        assert step_ops(doc) == {f"shop-{stack}-node-{i}-ready": "update" for i in (1, 2, 3)}
     res = run_diff(repo, "--fail-on", "data-loss")
     assert res.exit_code == 0, res.stderr
 
@@ -95,7 +78,7 @@ def test_a_nomad_version_bump_replaces_the_nodes_one_after_another(repo):
             and s["urn"].split("::")[-2].rsplit("$", 1)[-1] in SERVERS
         ]
         assert sorted(set(replaced)) == [f"shop-{stack}-node-{i}" for i in (1, 2, 3)], stack
-        ops = changes(doc)
+        ops = step_ops(doc)
         # each node's ready command runs again on its new server; no job, no Variable changes
         for i in (1, 2, 3):
             assert ops[f"shop-{stack}-node-{i}-ready"] == "replace"

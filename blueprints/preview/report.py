@@ -967,6 +967,76 @@ def job_diff(old: str | None, new: str) -> ReleaseDiff:
     )
 
 
+KUBE_WORKLOADS = frozenset({"kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet"})
+SECRETS_DIGEST = "blueprints.dev/secrets-digest"  # the k8s rung's pod-template annotation
+
+
+def _workload_summary(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """replicas, container -> image, and the secrets digest of a Deployment's or StatefulSet's
+    spec as the k8s rung writes it."""
+    template = spec.get("template") if isinstance(spec.get("template"), Mapping) else {}
+    pod = template.get("spec") if isinstance(template.get("spec"), Mapping) else {}
+    meta = template.get("metadata") if isinstance(template.get("metadata"), Mapping) else {}
+    notes = meta.get("annotations") if isinstance(meta.get("annotations"), Mapping) else {}
+    containers = [c for c in pod.get("containers") or [] if isinstance(c, Mapping)]
+    return {
+        "replicas": spec.get("replicas", 1),
+        "images": {str(c.get("name")): c.get("image") for c in containers},
+        "secrets": notes.get(SECRETS_DIGEST),
+    }
+
+
+def _spec_text(spec: Mapping[str, Any] | None) -> str:
+    return json.dumps(spec, indent=2, sort_keys=True) + "\n" if spec is not None else ""
+
+
+def workload_diff(name: str, kind: str, old: Mapping | None, new: Mapping) -> ReleaseDiff:
+    """What a new Deployment or StatefulSet spec changes against the old one (None: created)."""
+    after = _workload_summary(new)
+    lines = []
+    if old is not None:
+        before = _workload_summary(old)
+        for container, image in after["images"].items():
+            was = before["images"].get(container)
+            if was is None:
+                lines.append(f"{container}: container added ({image})")
+            elif was != image:
+                lines.append(f"{container}: image {_image_change(was, image)}")
+        lines += [f"{c}: container removed" for c in before["images"] if c not in after["images"]]
+        if before["replicas"] != after["replicas"]:
+            lines.append(f"{name}: replicas {before['replicas']} -> {after['replicas']}")
+        if before["secrets"] != after["secrets"]:
+            lines.append(f"{name}: secrets changed")
+        if old != new and not lines:
+            lines.append(f"{name}: pod template changed (env, command, probes or resources)")
+    old_text, new_text = _spec_text(old), _spec_text(new)
+    files = ()
+    if old != new:
+        path = f"{kind.lower()}-{name}.spec.json"
+        diff = _unified(old_text, new_text, "/dev/null" if old is None else path, path)
+        files = (FileChange(path, "added" if old is None else "changed", None, None, diff),)
+    return ReleaseDiff(
+        old_id=_spec_id(old_text) if old is not None else None,
+        new_id=_spec_id(new_text),
+        lines=tuple(lines),
+        files=files,
+        label=f"{kind} {name}, spec",
+        how="a Kubernetes rolling update: new pods take over once ready, Pulumi waits for it",
+        key="spec",
+    )
+
+
+def _kube_name(c: Change) -> str:
+    state = c.new or c.old
+    meta = state.inputs.get("metadata") if state is not None else None
+    return str(meta.get("name")) if isinstance(meta, Mapping) and meta.get("name") else c.name
+
+
+def _kube_spec(state: State | None) -> Mapping[str, Any] | None:
+    value = state.inputs.get("spec") if state is not None else None
+    return value if isinstance(value, Mapping) and not is_secret(value) else None
+
+
 def _spec_id(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -981,6 +1051,12 @@ def _jobspec(state: State | None) -> str | None:
 def release_change(c: Change) -> tuple[ReleaseDiff | None, str | None]:
     """(the release diff of a Command or a Nomad job, or None; a sentence why a release is not
     shown)."""
+    if c.type in KUBE_WORKLOADS and c.kind != "delete":
+        new_spec, old_spec = _kube_spec(c.new), _kube_spec(c.old) if c.kind != "create" else None
+        if new_spec is None or (c.kind != "create" and old_spec is None):
+            return None, "the spec is not known (or not shown) on both sides"
+        kind = c.type.rsplit(":", 1)[-1]
+        return workload_diff(_kube_name(c), kind, old_spec, new_spec), None
     if c.type == NOMAD_JOB and c.kind != "delete":
         new = _jobspec(c.new)
         old = _jobspec(c.old) if c.kind != "create" else None
@@ -1275,7 +1351,7 @@ def _resource_block(c: Change, danger: bool, values: bool, waits: Sequence[Chang
         body += _release_body(release, c.kind, values)
         changes = [p for p in changes if _top_key(p.path) != release.key]
     elif why_not:
-        key = "jobspec" if c.type == NOMAD_JOB else "stdin"
+        key = {NOMAD_JOB: "jobspec", **dict.fromkeys(KUBE_WORKLOADS, "spec")}.get(c.type, "stdin")
         body.append(f"- {one_line(why_not)}; {code(key)} is shown as Pulumi reported it")
     if _stdin_hidden(c):
         body.append(f"- {code('stdin')} holds a secrets document: not shown")

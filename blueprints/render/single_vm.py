@@ -373,20 +373,25 @@ def check_app(app: AppSpec) -> list[Problem]:
                     f"publishes host {ports} once, for one container (got {svc.replicas})",
                 )
             )
-        # A process can receive any text except NUL, so name each field that holds one.
-        for var, value in sorted(svc.env.items()):
-            if "\0" in value:
-                problems.append(((*base, "env", var), NUL_MESSAGE))
-        for i, arg in enumerate(svc.command or []):
-            if "\0" in arg:
-                problems.append(((*base, "command", i), NUL_MESSAGE))
-        if svc.health is not None:
-            for i, arg in enumerate(svc.health.command or []):
-                if "\0" in arg:
-                    problems.append(((*base, "health", "command", i), NUL_MESSAGE))
-            if "\0" in svc.health.path:
-                problems.append(((*base, "health", "path"), NUL_MESSAGE))
+        problems += nul_problems(base, svc)
     return problems
+
+
+def nul_problems(base: tuple[str | int, ...], svc: Service) -> list[Problem]:
+    """A process can receive any text except NUL: each field of a service that holds one."""
+    found: list[tuple[str | int, ...]] = [
+        ("env", var) for var, value in sorted(svc.env.items()) if "\0" in value
+    ]
+    found += [("command", i) for i, arg in enumerate(svc.command or []) if "\0" in arg]
+    if svc.health is not None:
+        found += [
+            ("health", "command", i)
+            for i, arg in enumerate(svc.health.command or [])
+            if "\0" in arg
+        ]
+        if "\0" in svc.health.path:
+            found.append(("health", "path"))
+    return [((*base, *path), NUL_MESSAGE) for path in found]
 
 
 def probe_host(app: AppSpec, svc: Service) -> str:

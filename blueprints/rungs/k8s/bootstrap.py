@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
+from blueprints.release.node_kit_ship import shipped_source
 from blueprints.render.common import dump_json, dump_yaml, render_template
 from blueprints.render.single_vm import ADMIN_KEYS_DIR, ADMIN_KEYS_SSHD
 from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
@@ -179,8 +180,9 @@ def unit_name(node: K8sNode) -> str:
 
 
 def node_ready_source() -> str:
-    """The k3s-node-ready script, as Pulumi sends it to every node (install-k3s-node-ready)."""
-    return (resources.files("blueprints.rungs.k8s") / "node_ready.py").read_text(encoding="utf-8")
+    """The k3s-node-ready script, as Pulumi sends it to every node (install-k3s-node-ready):
+    one file, node_kit inlined."""
+    return shipped_source(resources.files("blueprints.rungs.k8s") / "node_ready.py")
 
 
 def _t(template: str, **values: object) -> str:

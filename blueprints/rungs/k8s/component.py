@@ -44,8 +44,8 @@ from blueprints.rungs.k8s.bootstrap import (
 )
 from blueprints.rungs.k8s.rules import check_app
 from blueprints.settings import (
+    BACKUP_SECRET_KEY,
     ETCD_SNAPSHOT_FOLDER,
-    ETCD_SNAPSHOT_SECRET_KEY,
     NAMESPACE,
     StackSettings,
 )
@@ -202,9 +202,9 @@ class K8s(pulumi.ComponentResource):
                 "yet: back them up from inside the cluster"
                 + (
                     ""
-                    if settings.etcd_snapshot_bucket
+                    if settings.backup_bucket
                     else " (etcd itself is snapshotted to the control planes' disks only: set "
-                    "blueprints:etcdSnapshotBucket)"
+                    "blueprints:backupBucket)"
                 )
             )
 
@@ -237,10 +237,8 @@ class K8s(pulumi.ComponentResource):
             ]
         )
         etcd_s3 = self._etcd_s3(settings)
-        if settings.etcd_snapshot_bucket is not None and settings.etcd_snapshot_endpoint is None:
-            target.snapshot_bucket(
-                f"{prefix}-etcd-snapshots", settings.etcd_snapshot_bucket, labels
-            )
+        if settings.backup_bucket is not None and settings.backup_endpoint is None:
+            target.snapshot_bucket(f"{prefix}-backups", settings.backup_bucket, labels)
         servers: dict[str, Server] = {}
         ready: list[remote.Command] = []
         for index, node in enumerate(nodes):
@@ -380,9 +378,9 @@ class K8s(pulumi.ComponentResource):
             "deployKey": pulumi.Output.secret(deploy_key.private_key_openssh),
             "k3sVersion": settings.k3s_version,
             "etcdSnapshots": (
-                f"s3://{settings.etcd_snapshot_bucket}/{ETCD_SNAPSHOT_FOLDER}"
-                if settings.etcd_snapshot_bucket
-                else "on each control plane's disk only (set blueprints:etcdSnapshotBucket)"
+                f"s3://{settings.backup_bucket}/{ETCD_SNAPSHOT_FOLDER}"
+                if settings.backup_bucket
+                else "on each control plane's disk only (set blueprints:backupBucket)"
             ),
             "failureTiming": {
                 "nodeMonitorGracePeriodSeconds": timing.node_monitor_grace_period,
@@ -399,7 +397,7 @@ class K8s(pulumi.ComponentResource):
         plain = settings.etcd_s3()
         if plain is None:
             return None
-        key = pulumi.Config(NAMESPACE).get_secret(ETCD_SNAPSHOT_SECRET_KEY)
+        key = pulumi.Config(NAMESPACE).get_secret(BACKUP_SECRET_KEY)
         return pulumi.Output.secret(
             pulumi.Output.from_input(key).apply(
                 lambda k: {**plain, "etcd-s3-secret-key": str(k or "")}

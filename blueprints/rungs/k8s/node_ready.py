@@ -55,22 +55,49 @@ import contextlib
 import json
 import os
 import re
-import socket
 import ssl
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
+
+# --- node_kit: blueprints/release/node_kit.py, inlined here when the script is shipped ---
+from blueprints.release.node_kit import (
+    PREFIX,
+    REQUIRED,
+    Api,
+    Exit,
+    NotYet,
+    Systemd,
+    Waiter,
+    _is_bool,
+    _is_command,
+    _is_number,
+    _is_path,
+    _is_path_or_null,
+    _is_text,
+    _is_url,
+    _is_urls,
+    check_admin_keys,
+    check_pem,
+    load_config,
+    main,
+    make_dirs,
+    parse,
+    parse_args,
+    read_stdin,
+    remove_file,
+    say,
+    seconds,
+    shorten,
+    write_file,
+)
+
+# --- end node_kit ---
 
 DEFAULT_CONFIG = "/etc/blueprints/k3s/node.json"
 USAGE = "usage: k3s-node-ready [--config PATH] [--cluster]"
 PROG = "k3s-node-ready"
 
-# Characters of an answer (an API body, an error) that make it into a message.
-ANSWER_CHARS = 200
 # The label k3s puts on every control plane that runs an etcd member.
 ETCD_LABEL = "node-role.kubernetes.io/etcd"
 
@@ -87,51 +114,10 @@ TOKEN = re.compile(r"[!-~]+")
 NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 ETCD_S3_KEY = re.compile(r"^etcd-[a-z0-9]+(-[a-z0-9]+)*$")
 PKI_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-ADMIN_KEY_PREFIXES = (
-    "ssh-ed25519 ",
-    "ssh-rsa ",
-    "ecdsa-sha2-",
-    "sk-ssh-ed25519@openssh.com ",
-    "sk-ecdsa-sha2-",
-)
-
-# Marks a configuration key that has no default.
-REQUIRED = object()
-
-
-class Exit(Exception):
-    """Ends the script with one line of output and an exit status."""
-
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-
-
-def _is_text(value):
-    return isinstance(value, str) and value.strip() != "" and "\n" not in value
-
-
-def _is_path(value):
-    return _is_text(value) and os.path.isabs(value)
-
-
-def _is_url(value):
-    return _is_text(value) and value.startswith("https://")
 
 
 def _is_node_name(value):
     return isinstance(value, str) and len(value) <= 253 and NODE_NAME.fullmatch(value) is not None
-
-
-def _is_command(value):
-    if isinstance(value, str):
-        return _is_text(value)
-    return isinstance(value, list) and len(value) > 0 and all(_is_text(a) for a in value)
 
 
 # The configuration's keys: (check, what the value must be, default or REQUIRED). Other keys are
@@ -140,13 +126,9 @@ CONFIG_FIELDS = {
     "name": (_is_node_name, "a Kubernetes node name (lowercase DNS name)", REQUIRED),
     "role": (lambda v: v in ("server", "agent"), '"server" or "agent"', REQUIRED),
     # The first control plane: the only node that may found a new cluster.
-    "first": (lambda v: isinstance(v, bool), "true or false", False),
+    "first": (_is_bool, "true or false", False),
     # The other control planes' API addresses (on an agent: all of them).
-    "peers": (
-        lambda v: isinstance(v, list) and all(_is_url(p) for p in v),
-        "a list of https:// URLs",
-        REQUIRED,
-    ),
+    "peers": (_is_urls, "a list of https:// URLs", REQUIRED),
     "local_api": (lambda v: v is None or _is_url(v), "null or an https:// URL", None),
     "nodes": (
         lambda v: isinstance(v, list) and len(v) > 0 and all(_is_node_name(n) for n in v),
@@ -159,8 +141,8 @@ CONFIG_FIELDS = {
     "admin_keys_file": (_is_path, "an absolute path", REQUIRED),
     "join_dropin": (_is_path, "an absolute path", REQUIRED),
     "joined_marker": (_is_path, "an absolute path", REQUIRED),
-    "etcd_s3_dropin": (lambda v: v is None or _is_path(v), "null or an absolute path", None),
-    "tls_dir": (lambda v: v is None or _is_path(v), "null or an absolute path", None),
+    "etcd_s3_dropin": (_is_path_or_null, "null or an absolute path", None),
+    "tls_dir": (_is_path_or_null, "null or an absolute path", None),
     "join_wait": (_is_number, "a positive number", 120),
     "ready_timeout": (_is_number, "a positive number", 900),
     "progress_every": (_is_number, "a positive number", 15),
@@ -172,54 +154,9 @@ CONFIG_FIELDS = {
 }
 
 
-def parse_args(argv):
-    """Returns (config path, cluster flag); anything unexpected is a usage error."""
-    config, cluster = DEFAULT_CONFIG, False
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--cluster":
-            cluster = True
-        elif arg == "--config" and args:
-            config = args.pop(0)
-        elif arg.startswith("--config=") and len(arg) > len("--config="):
-            config = arg[len("--config=") :]
-        else:
-            raise Exit(2, USAGE)
-    return config, cluster
-
-
-def load_config(path):
-    def bad(what):
-        return Exit(2, f"{PROG}: configuration {path}: {what}")
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise bad(f"cannot read it ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise bad("it is not UTF-8 text") from None
-    try:
-        raw = json.loads(text)
-    except ValueError as e:
-        raise bad(f"it is not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise bad("expected a JSON object")
-    config = {}
-    missing = []
-    for key, (check, description, default) in CONFIG_FIELDS.items():
-        if key not in raw:
-            if default is REQUIRED:
-                missing.append(key)
-            else:
-                config[key] = default
-            continue
-        if not check(raw[key]):
-            raise bad(f"{key} must be {description}")
-        config[key] = raw[key]
-    if missing:
-        raise bad(f"missing {', '.join(missing)}")
+def check_config(config, bad):
+    """Checks the fields together (load_config has checked each); a command string becomes
+    a list."""
     if isinstance(config["systemctl"], str):
         config["systemctl"] = [config["systemctl"]]
     server = config["role"] == "server"
@@ -239,7 +176,6 @@ def load_config(path):
         raise bad("peers must not be empty unless first is true (this node joins through them)")
     if config["name"] not in config["nodes"]:
         raise bad(f"nodes must include this node's name ({config['name']})")
-    return config
 
 
 # -- stdin ----------------------------------------------------------------------------------------
@@ -252,49 +188,12 @@ def read_secrets(config, data):
     def bad(what):
         return Exit(2, f"{name}: refusing stdin: {what}; {STDIN_EXPECTED}")
 
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad("it is not UTF-8 text") from None
-    if text.strip() == "":
-        raise bad("it is empty")
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise bad("it is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise bad("it is JSON but not an object")
-    missing = [k for k in STDIN_KEYS if k not in value]
-    extra = sorted(k for k in value if k not in STDIN_KEYS)
-    if missing:
-        raise bad(f"missing key(s) {', '.join(missing)}")
-    if extra:
-        # Key names are not the secret, but show only ones that look like names.
-        shown = [k for k in extra if re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", k)]
-        if len(shown) == len(extra):
-            raise bad(f"unexpected key(s) {', '.join(shown)}")
-        raise bad(f"{len(extra)} unexpected key(s)")
-    for key in ("admin_keys", "ca", "client_cert", "client_key", "token"):
-        if not isinstance(value[key], str):
-            raise bad(f"{key} is not a string")
-    for key in ("ca", "client_cert"):
-        if "-----BEGIN CERTIFICATE-----" not in value[key]:
-            raise bad(f"{key} is not a PEM certificate (no BEGIN CERTIFICATE line)")
-    key = value["client_key"]
-    if "-----BEGIN" not in key or "PRIVATE KEY-----" not in key:
-        raise bad("client_key is not a PEM private key (no BEGIN ... PRIVATE KEY line)")
+    strings = ("admin_keys", "ca", "client_cert", "client_key", "token")
+    value = read_stdin(data, STDIN_KEYS, strings, bad)
+    check_pem(value, ("ca", "client_cert"), "client_key", bad)
     if not TOKEN.fullmatch(value["token"]):
         raise bad("token is empty or holds whitespace or a character that is not printable ASCII")
-    for number, line in enumerate(value["admin_keys"].splitlines(), 1):
-        line = line.strip()
-        if line == "" or line.startswith("#"):
-            continue
-        if not line.startswith(ADMIN_KEY_PREFIXES):
-            kinds = ", ".join(p.strip() for p in ADMIN_KEY_PREFIXES)
-            raise bad(
-                f"admin_keys line {number} is not an OpenSSH public key "
-                f"(it must start with one of {kinds})"
-            )
+    check_admin_keys(value["admin_keys"], bad)
     check_pki(config, value["pki"], bad)
     check_etcd_s3(config, value["etcd_s3"], bad)
     try:
@@ -399,71 +298,6 @@ def tls_context(secrets):
 # -- files ----------------------------------------------------------------------------------------
 
 
-def make_dirs(path, mode=0o755):
-    """Creates path and its missing parents with mode (whatever the umask)."""
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, mode)
-        except FileExistsError:
-            continue
-        os.chmod(directory, mode)
-
-
-def sync_dir(directory):
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_file(path, content, mode):
-    """Writes content to path atomically unless it is there already; returns what happened."""
-    data = content.encode("utf-8")
-    try:
-        with open(path, "rb") as f:
-            current = f.read()
-    except FileNotFoundError:
-        current = None
-    if current == data:
-        if os.stat(path).st_mode & 0o7777 != mode:
-            os.chmod(path, mode)
-        return "unchanged"
-    directory = os.path.dirname(path)
-    make_dirs(directory)
-    fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    sync_dir(directory)
-    return "written" if current is None else "updated"
-
-
-def remove_file(path):
-    """Removes path if it is there; returns what happened."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return "absent"
-    sync_dir(os.path.dirname(path))
-    return "removed"
-
-
 def install(config, label, path, content, mode):
     """write_file (or remove_file when content is None) with one line about it."""
     name = config["name"]
@@ -518,211 +352,23 @@ def install_pki(config, pki):
 # -- systemd --------------------------------------------------------------------------------------
 
 
-def systemctl(config, deadline, *args):
-    """Runs systemctl and waits for it (a start returns once k3s has told systemd it runs),
-    saying now and then that it still waits; returns (exit status, last line of its output)."""
-    name = config["name"]
-    command = list(config["systemctl"]) + list(args)
-    what = "systemctl " + " ".join(args)
-    try:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-    except OSError as e:
-        raise Exit(1, f"{name}: cannot run {command[0]}: {e.strerror or e}") from None
-    last_progress = time.monotonic()
-    while True:
-        now = time.monotonic()
-        try:
-            output, _ = process.communicate(
-                timeout=max(0.05, min(config["poll_every"], deadline - now))
-            )
-            break
-        except subprocess.TimeoutExpired:
-            now = time.monotonic()
-            if now >= deadline:
-                process.kill()
-                process.communicate()
-                limit = seconds(config["ready_timeout"])
-                raise Exit(
-                    1, f"{name}: {what} did not return within the {limit} s time limit"
-                ) from None
-            if now - last_progress >= config["progress_every"]:
-                say(f"{name}: still waiting for {what} to return")
-                last_progress = now
-    lines = [line.strip() for line in output.decode("utf-8", "replace").splitlines()]
-    lines = [line for line in lines if line]
-    return process.returncode, shorten(lines[-1]) if lines else ""
-
-
-def run_systemctl(config, deadline, *args):
-    """systemctl args, which must succeed."""
-    status, output = systemctl(config, deadline, *args)
-    if status != 0:
-        detail = ": " + output if output else ""
-        raise Exit(
-            1,
-            f"{config['name']}: systemctl {' '.join(args)} failed with exit status "
-            f"{status}{detail}",
-        )
-
-
-def start_fresh(config, deadline):
-    """Enables and starts the unit."""
-    unit = config["unit"]
-    run_systemctl(config, deadline, "enable", "--now", unit)
-    say(f"{config['name']}: enabled and started {unit}")
-
-
-def ensure_running(config, changed, deadline):
-    name, unit = config["name"], config["unit"]
-    status, _ = systemctl(config, deadline, "is-active", "--quiet", unit)
-    if status != 0:
-        action, why = "start", "it was not running"
-    elif changed:
-        action, why = "restart", "its token or etcd S3 settings changed"
-    else:
-        say(f"{name}: {unit} is running and its token and settings are unchanged")
-        return
-    run_systemctl(config, deadline, action, unit)
-    done = "started" if action == "start" else "restarted"
-    say(f"{name}: {done} {unit} ({why})")
+def systemd(config):
+    """systemctl for this node: a start returns once k3s runs, which may take a while."""
+    return Systemd(
+        config["name"],
+        config["systemctl"],
+        config["ready_timeout"],
+        config["poll_every"],
+        config["progress_every"],
+    )
 
 
 # -- the Kubernetes API ---------------------------------------------------------------------------
 
 
-def shorten(text):
-    text = " ".join(str(text).split())
-    if len(text) > ANSWER_CHARS:
-        text = text[: ANSWER_CHARS - 3] + "..."
-    return text
-
-
-def seconds(value):
-    return f"{value:g}"
-
-
-class Answer:
-    """One HTTP answer, or why there was none (then status is None and error says why)."""
-
-    def __init__(self, status=None, body=b"", error=None):
-        self.status = status
-        self.body = body
-        self.error = error
-
-    def text(self):
-        return shorten(self.body.decode("utf-8", "replace"))
-
-    def __str__(self):
-        if self.error is not None:
-            return self.error
-        body = self.text()
-        return f"HTTP {self.status}: {body}" if body else f"HTTP {self.status}"
-
-
-class NotYet(Exception):
-    """A check does not hold yet: what it waits for and the last answer."""
-
-    def __init__(self, what, answer):
-        super().__init__(what)
-        self.what = what
-        self.answer = answer
-
-
-class Api:
-    """Requests to k3s API servers, verified against the cluster CA, as the admin."""
-
-    def __init__(self, context):
-        # The addresses are private or loopback: never go through a proxy from the environment.
-        self.opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-        )
-
-    def call(self, method, base, path, timeout):
-        url = base.rstrip("/") + path
-        request = urllib.request.Request(url, method=method, headers={"Accept": "application/json"})
-        try:
-            with self.opener.open(request, timeout=timeout) as r:
-                return Answer(r.status, r.read())
-        except urllib.error.HTTPError as e:
-            try:
-                body = e.read()
-            except Exception:
-                body = b""
-            return Answer(e.code, body)
-        except urllib.error.URLError as e:
-            return Answer(error=describe_error(e.reason, base, timeout))
-        except Exception as e:
-            return Answer(error=describe_error(e, base, timeout))
-
-
-def describe_error(error, base, timeout):
-    if isinstance(error, socket.timeout):
-        return f"no answer from {base} within {seconds(timeout)} s"
-    if isinstance(error, ssl.SSLError):
-        return f"TLS error from {base}: {shorten(error)}"
-    if isinstance(error, OSError) and error.strerror:
-        return f"cannot connect to {base}: {error.strerror}"
-    if isinstance(error, OSError):
-        return f"cannot connect to {base}: {shorten(error)}"
-    return f"{type(error).__name__} from {base}: {shorten(error) or '(no detail)'}"
-
-
-def parse(answer, what, expected_type):
-    """The JSON body of a 200 answer, of the expected type; else NotYet(what, the answer)."""
-    if answer.status != 200:
-        raise NotYet(what, str(answer))
-    try:
-        value = json.loads(answer.body.decode("utf-8"))
-    except ValueError:
-        body = answer.text() or "(empty)"
-        raise NotYet(what, f"HTTP 200 with a body that is not JSON: {body}") from None
-    if not isinstance(value, expected_type):
-        raise NotYet(
-            what,
-            f"HTTP 200 with a JSON {type(value).__name__} where a {expected_type.__name__} "
-            f"was expected: {answer.text()}",
-        )
-    return value
-
-
-class Waiter:
-    """Polls a check until it holds or limit seconds pass, printing progress now and then."""
-
-    def __init__(self, config, limit):
-        self.config = config
-        self.limit = limit
-        self.deadline = time.monotonic() + limit
-        self.last_progress = time.monotonic()
-
-    def until(self, check, give_up=None):
-        """Returns what check() returns, retrying while it raises NotYet. At the deadline:
-        give_up(what, last answer) if given, else exit 1 saying what it waited for."""
-        config = self.config
-        name = config["name"]
-        while True:
-            try:
-                return check()
-            except NotYet as e:
-                what, answer = e.what, e.answer
-            now = time.monotonic()
-            if now >= self.deadline:
-                if give_up is not None:
-                    return give_up(what, answer)
-                limit = seconds(self.limit)
-                raise Exit(
-                    1,
-                    f"{name}: not ready after {limit} s: waiting for {what}; last answer: {answer}",
-                )
-            if now - self.last_progress >= config["progress_every"]:
-                say(f"{name}: still waiting for {what}; last answer: {answer}")
-                self.last_progress = now
-            time.sleep(max(0.0, min(config["poll_every"], self.deadline - now)))
-
-    def timeout(self, limit):
-        """A request's timeout: limit, or less when the deadline is nearer."""
-        return max(0.1, min(limit, self.deadline - time.monotonic()))
+def new_waiter(config, limit):
+    """Polls until a check holds, for at most limit seconds."""
+    return Waiter(config["name"], limit, config["poll_every"], config["progress_every"])
 
 
 def ping_peers(config, api, waiter):
@@ -789,7 +435,7 @@ def find_peer(config, api):
     answers."""
     if not config["peers"]:
         return None, "no other control plane is configured"
-    waiter = Waiter(config, config["join_wait"])
+    waiter = new_waiter(config, config["join_wait"])
     what = "a control plane to answer /ping"
 
     def check():
@@ -858,7 +504,7 @@ def join(config, secrets, api):
     the first one; writes the join drop-in and the marker. Returns the ready waiter."""
     name = config["name"]
     peer, last = find_peer(config, api)
-    waiter = Waiter(config, config["ready_timeout"])
+    waiter = new_waiter(config, config["ready_timeout"])
     if peer is not None:
         say(f"{name}: {peer} answers: joining the cluster through it")
         remove_stale_node(config, api, waiter, peer)
@@ -887,7 +533,10 @@ def join(config, secrets, api):
     install(config, "join settings", config["join_dropin"], as_json(dropin), 0o600)
     # Before k3s first starts: from now on a node object of this name is this machine's own.
     install(config, "joined marker", config["joined_marker"], "joined\n", 0o600)
-    start_fresh(config, waiter.deadline)
+    # Enables and starts the unit.
+    unit = config["unit"]
+    systemd(config).must(waiter.deadline, "enable", "--now", unit)
+    say(f"{name}: enabled and started {unit}")
     return waiter
 
 
@@ -976,50 +625,30 @@ def wait_ready(config, api, waiter, cluster):
 
 # -- main -----------------------------------------------------------------------------------------
 
-# Messages start with the node's name once the configuration has been read.
-PREFIX = [PROG]
-
-
-def say(line):
-    print(line, flush=True)
-
 
 def run(argv, stdin):
-    config_path, cluster = parse_args(argv)
-    config = load_config(config_path)
+    config_path, cluster = parse_args(argv, DEFAULT_CONFIG, USAGE)
+    config = load_config(config_path, PROG, CONFIG_FIELDS, check_config)
     name = PREFIX[0] = config["name"]
     secrets = read_secrets(config, stdin.read())
     api = Api(secrets["tls"])
     changed = install_files(config, secrets)
     if os.path.exists(config["joined_marker"]):
         say(f"{name}: joined before ({config['joined_marker']} exists): no node object is removed")
-        waiter = Waiter(config, config["ready_timeout"])
-        ensure_running(config, changed, waiter.deadline)
+        waiter = new_waiter(config, config["ready_timeout"])
+        systemd(config).ensure_running(
+            config["unit"],
+            changed,
+            waiter.deadline,
+            "restart",
+            "its token or etcd S3 settings changed",
+            "its token and settings are unchanged",
+        )
     else:
         waiter = join(config, secrets, api)
     say(wait_ready(config, api, waiter, cluster))
     return 0
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        return run(argv, sys.stdin.buffer)
-    except Exit as e:
-        print(e.message, file=sys.stderr, flush=True)
-        return e.status
-    except KeyboardInterrupt:
-        print(f"{PREFIX[0]}: interrupted", file=sys.stderr, flush=True)
-        return 1
-    except Exception as e:
-        # A bug rather than a state of the cluster: still one line, and never stdin's content.
-        print(
-            f"{PREFIX[0]}: unexpected error: {type(e).__name__}: {shorten(e)}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(PROG, run))

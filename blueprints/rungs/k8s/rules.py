@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from blueprints.render.single_vm import NUL_MESSAGE, nul_problems
 from blueprints.spec import AppSpec, format_path
+
+__all__ = ["NUL_MESSAGE", "RESERVED_NAMESPACES", "check_app", "require_valid"]
 
 Problem = tuple[tuple[str | int, ...], str]
 
 # Namespaces the cluster itself uses; the app's namespace is its name.
 RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "cert-manager")
-
-NUL_MESSAGE = "contains a NUL character, which no process can receive"
 
 
 def check_app(app: AppSpec) -> list[Problem]:
@@ -34,18 +35,7 @@ def check_app(app: AppSpec) -> list[Problem]:
                     "name of another service; rename one of them",
                 )
             )
-        for var, value in sorted(svc.env.items()):
-            if "\0" in value:
-                problems.append(((*base, "env", var), NUL_MESSAGE))
-        for i, arg in enumerate(svc.command or []):
-            if "\0" in arg:
-                problems.append(((*base, "command", i), NUL_MESSAGE))
-        if svc.health is not None:
-            for i, arg in enumerate(svc.health.command or []):
-                if "\0" in arg:
-                    problems.append(((*base, "health", "command", i), NUL_MESSAGE))
-            if "\0" in svc.health.path:
-                problems.append(((*base, "health", "path"), NUL_MESSAGE))
+        problems += nul_problems(base, svc)
     return problems
 
 

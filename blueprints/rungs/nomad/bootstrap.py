@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 
+from blueprints.release.node_kit_ship import shipped_source
 from blueprints.render.common import dump_json, render_template, systemd_escape_path
 from blueprints.render.single_vm import (
     ADMIN_KEYS_DIR,
@@ -102,8 +103,9 @@ class NomadNode:
 
 
 def node_ready_source() -> str:
-    """The nomad-node-ready script, as Pulumi sends it to every node (install-node-ready)."""
-    return resources.files("blueprints.rungs.nomad").joinpath("node_ready.py").read_text()
+    """The nomad-node-ready script, as Pulumi sends it to every node (install-node-ready):
+    one file, node_kit inlined."""
+    return shipped_source(resources.files("blueprints.rungs.nomad") / "node_ready.py")
 
 
 def render_agent_config(node: NomadNode) -> str:

@@ -45,18 +45,44 @@ Standard library only, Python 3.8 or newer: it runs on the servers' system Pytho
 """
 
 import concurrent.futures
-import contextlib
-import json
 import os
 import re
-import socket
 import ssl
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
+
+# --- node_kit: blueprints/release/node_kit.py, inlined here when the script is shipped ---
+from blueprints.release.node_kit import (
+    PREFIX,
+    REQUIRED,
+    Answer,
+    Api,
+    Exit,
+    NotYet,
+    Systemd,
+    Waiter,
+    _is_argv,
+    _is_bool,
+    _is_number,
+    _is_path,
+    _is_path_or_null,
+    _is_text,
+    _is_url,
+    _is_urls,
+    check_admin_keys,
+    check_pem,
+    describe_error,
+    load_config,
+    main,
+    parse,
+    parse_args,
+    read_stdin,
+    say,
+    shorten,
+    write_file,
+)
+
+# --- end node_kit ---
 
 DEFAULT_CONFIG = "/etc/blueprints/nomad/node.json"
 USAGE = "usage: nomad-node-ready [--config PATH] [--cluster]"
@@ -66,8 +92,6 @@ PROG = "nomad-node-ready"
 PEER_TIMEOUT = 3.0
 # Seconds a request to the local agent may take at most.
 LOCAL_TIMEOUT = 10.0
-# Characters of an answer (an API body, an error) that make it into a message.
-ANSWER_CHARS = 200
 
 STDIN_KEYS = ("admin_keys", "ca", "cert", "gossip_key", "key", "token")
 STDIN_EXPECTED = (
@@ -84,42 +108,6 @@ GOSSIP_CONFIG = (
     "only.\n# Nomad reads it on a server's first start and keeps its own keyring after that.\n"
     'server {{\n  encrypt = "{key}"\n}}\n'
 )
-ADMIN_KEY_PREFIXES = (
-    "ssh-ed25519 ",
-    "ssh-rsa ",
-    "ecdsa-sha2-",
-    "sk-ssh-ed25519@openssh.com ",
-    "sk-ecdsa-sha2-",
-)
-
-# Marks a configuration key that has no default.
-REQUIRED = object()
-
-
-class Exit(Exception):
-    """Ends the script with one line of output and an exit status."""
-
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-
-
-def _is_text(value):
-    return isinstance(value, str) and value.strip() != "" and "\n" not in value
-
-
-def _is_path(value):
-    return _is_text(value) and os.path.isabs(value)
-
-
-def _is_url(value):
-    return _is_text(value) and value.startswith("https://")
-
 
 # The configuration's keys: (check, what the value must be, default or REQUIRED). Other keys are
 # ignored, so that a newer bootstrap can add some.
@@ -127,11 +115,7 @@ CONFIG_FIELDS = {
     "name": (_is_text, "a node name", REQUIRED),
     "region": (_is_text, "a region name", REQUIRED),
     "local": (_is_url, "an https:// URL", REQUIRED),
-    "peers": (
-        lambda v: isinstance(v, list) and all(_is_url(p) for p in v),
-        "a list of https:// URLs",
-        REQUIRED,
-    ),
+    "peers": (_is_urls, "a list of https:// URLs", REQUIRED),
     "servers": (
         lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
         "a positive integer",
@@ -144,71 +128,16 @@ CONFIG_FIELDS = {
     "admin_keys_file": (_is_path, "an absolute path", REQUIRED),
     "gossip_file": (_is_path, "an absolute path", REQUIRED),
     "unit": (_is_text, "a systemd unit name", REQUIRED),
-    "systemctl": (
-        lambda v: isinstance(v, list) and len(v) > 0 and all(_is_text(a) for a in v),
-        "a non-empty list of strings (a command)",
-        ["systemctl"],
-    ),
+    "systemctl": (_is_argv, "a non-empty list of strings (a command)", ["systemctl"]),
     # The first node of a new cluster has no peer to ask; any other node has at least one.
-    "first": (lambda v: isinstance(v, bool), "true or false", False),
+    "first": (_is_bool, "true or false", False),
     # A file the data node's ACL bootstrap leaves on the data volume once the cluster has
     # formed: a node that finds it knows a cluster exists even when no peer answers.
-    "formed_marker": (lambda v: v is None or _is_path(v), "null or an absolute path", None),
+    "formed_marker": (_is_path_or_null, "null or an absolute path", None),
     "timeout_seconds": (_is_number, "a positive number", 900),
     "poll_seconds": (_is_number, "a positive number", 2),
     "progress_seconds": (_is_number, "a positive number", 15),
 }
-
-
-def parse_args(argv):
-    """Returns (config path, cluster flag); anything unexpected is a usage error."""
-    config, cluster = DEFAULT_CONFIG, False
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--cluster":
-            cluster = True
-        elif arg == "--config" and args:
-            config = args.pop(0)
-        elif arg.startswith("--config=") and len(arg) > len("--config="):
-            config = arg[len("--config=") :]
-        else:
-            raise Exit(2, USAGE)
-    return config, cluster
-
-
-def load_config(path):
-    def bad(what):
-        return Exit(2, f"{PROG}: configuration {path}: {what}")
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise bad(f"cannot read it ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise bad("it is not UTF-8 text") from None
-    try:
-        raw = json.loads(text)
-    except ValueError as e:
-        raise bad(f"it is not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise bad("expected a JSON object")
-    config = {}
-    missing = []
-    for key, (check, description, default) in CONFIG_FIELDS.items():
-        if key not in raw:
-            if default is REQUIRED:
-                missing.append(key)
-            else:
-                config[key] = default
-            continue
-        if not check(raw[key]):
-            raise bad(f"{key} must be {description}")
-        config[key] = raw[key]
-    if missing:
-        raise bad(f"missing {', '.join(missing)}")
-    return config
 
 
 # -- stdin ----------------------------------------------------------------------------------------
@@ -220,105 +149,17 @@ def read_secrets(name, data):
     def bad(what):
         return Exit(2, f"{name}: refusing stdin: {what}; {STDIN_EXPECTED}")
 
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad("it is not UTF-8 text") from None
-    if text.strip() == "":
-        raise bad("it is empty")
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise bad("it is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise bad("it is JSON but not an object")
-    missing = [k for k in STDIN_KEYS if k not in value]
-    extra = sorted(k for k in value if k not in STDIN_KEYS)
-    if missing:
-        raise bad(f"missing key(s) {', '.join(missing)}")
-    if extra:
-        # Key names are not the secret, but show only ones that look like names.
-        shown = [k for k in extra if re.match(r"^[A-Za-z0-9_.-]{1,40}$", k)]
-        if len(shown) == len(extra):
-            raise bad(f"unexpected key(s) {', '.join(shown)}")
-        raise bad(f"{len(extra)} unexpected key(s)")
-    for key in STDIN_KEYS:
-        if not isinstance(value[key], str):
-            raise bad(f"{key} is not a string")
-    for key in ("ca", "cert"):
-        if "-----BEGIN CERTIFICATE-----" not in value[key]:
-            raise bad(f"{key} is not a PEM certificate (no BEGIN CERTIFICATE line)")
-    if "-----BEGIN" not in value["key"] or "PRIVATE KEY-----" not in value["key"]:
-        raise bad("key is not a PEM private key (no BEGIN ... PRIVATE KEY line)")
+    value = read_stdin(data, STDIN_KEYS, STDIN_KEYS, bad)
+    check_pem(value, ("ca", "cert"), "key", bad)
     if not GOSSIP_KEY.match(value["gossip_key"]):
         raise bad("gossip_key is not 32 bytes in base64")
     if not TOKEN.match(value["token"]):
         raise bad("token is not a UUID")
-    for number, line in enumerate(value["admin_keys"].splitlines(), 1):
-        line = line.strip()
-        if line == "" or line.startswith("#"):
-            continue
-        if not line.startswith(ADMIN_KEY_PREFIXES):
-            kinds = ", ".join(p.strip() for p in ADMIN_KEY_PREFIXES)
-            raise bad(
-                f"admin_keys line {number} is not an OpenSSH public key "
-                f"(it must start with one of {kinds})"
-            )
+    check_admin_keys(value["admin_keys"], bad)
     return value
 
 
 # -- files ----------------------------------------------------------------------------------------
-
-
-def make_dirs(path):
-    """Creates path and its missing parents with mode 0755 (whatever the umask)."""
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o755)
-        except FileExistsError:
-            continue
-        os.chmod(directory, 0o755)
-
-
-def write_file(path, content, mode):
-    """Writes content to path atomically unless it is there already; returns what happened."""
-    data = content.encode("utf-8")
-    try:
-        with open(path, "rb") as f:
-            current = f.read()
-    except FileNotFoundError:
-        current = None
-    if current == data:
-        if os.stat(path).st_mode & 0o7777 != mode:
-            os.chmod(path, mode)
-        return "unchanged"
-    directory = os.path.dirname(path)
-    make_dirs(directory)
-    fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return "written" if current is None else "updated"
 
 
 def install_files(config, secrets):
@@ -349,183 +190,17 @@ def install_files(config, secrets):
     return tls_changed
 
 
-# -- systemd --------------------------------------------------------------------------------------
-
-
-def systemctl(config, deadline, *args):
-    """Runs systemctl; returns (exit status, last line of its output)."""
-    name = config["name"]
-    command = list(config["systemctl"]) + list(args)
-    try:
-        done = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=max(1.0, deadline - time.monotonic()),
-            check=False,
-        )
-    except OSError as e:
-        raise Exit(1, f"{name}: cannot run {command[0]}: {e.strerror or e}") from None
-    except subprocess.TimeoutExpired:
-        limit = seconds(config["timeout_seconds"])
-        raise Exit(
-            1, f"{name}: systemctl {' '.join(args)} did not end within the {limit} s time limit"
-        ) from None
-    lines = [line.strip() for line in done.stdout.decode("utf-8", "replace").splitlines()]
-    lines = [line for line in lines if line]
-    return done.returncode, shorten(lines[-1]) if lines else ""
-
-
-def ensure_running(config, tls_changed, deadline):
-    name, unit = config["name"], config["unit"]
-    status, _ = systemctl(config, deadline, "is-active", "--quiet", unit)
-    if status != 0:
-        action, why = "start", "it was not running"
-    elif tls_changed:
-        action, why = "reload", "its TLS files changed"
-    else:
-        say(f"{name}: {unit} is running and its TLS files are unchanged")
-        return
-    status, output = systemctl(config, deadline, action, unit)
-    if status != 0:
-        detail = ": " + output if output else ""
-        raise Exit(1, f"{name}: systemctl {action} {unit} failed with exit status {status}{detail}")
-    done = "started" if action == "start" else "reloaded"
-    say(f"{name}: {done} {unit} ({why})")
-
-
 # -- the Nomad API --------------------------------------------------------------------------------
-
-
-def shorten(text):
-    text = " ".join(str(text).split())
-    if len(text) > ANSWER_CHARS:
-        text = text[: ANSWER_CHARS - 3] + "..."
-    return text
-
-
-def seconds(value):
-    return f"{value:g}"
-
-
-class Answer:
-    """One HTTP answer, or why there was none (then status is None and error says why)."""
-
-    def __init__(self, status=None, body=b"", error=None):
-        self.status = status
-        self.body = body
-        self.error = error
-
-    def text(self):
-        return shorten(self.body.decode("utf-8", "replace"))
-
-    def __str__(self):
-        if self.error is not None:
-            return self.error
-        body = self.text()
-        return f"HTTP {self.status}: {body}" if body else f"HTTP {self.status}"
-
-
-class NotYet(Exception):
-    """A check does not hold yet: what it waits for and the last answer."""
-
-    def __init__(self, what, answer):
-        super().__init__(what)
-        self.what = what
-        self.answer = answer
 
 
 def get(config, base, path, timeout, token=None):
     """GET base+path verified against the CA file (read now: it may just have been written)."""
-    url = base.rstrip("/") + path
-    headers = {"Accept": "application/json"}
-    if token is not None:
-        headers["X-Nomad-Token"] = token
+    headers = {} if token is None else {"X-Nomad-Token": token}
     try:
         context = ssl.create_default_context(cafile=config["ca_file"])
-        # The addresses are private or loopback: never go through a proxy from the environment.
-        opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-        )
-        with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
-            return Answer(r.status, r.read())
-    except urllib.error.HTTPError as e:
-        try:
-            body = e.read()
-        except Exception:
-            body = b""
-        return Answer(e.code, body)
-    except urllib.error.URLError as e:
-        return Answer(error=describe_error(e.reason, base, timeout))
     except Exception as e:
         return Answer(error=describe_error(e, base, timeout))
-
-
-def describe_error(error, base, timeout):
-    if isinstance(error, socket.timeout):
-        return f"no answer from {base} within {seconds(timeout)} s"
-    if isinstance(error, ssl.SSLError):
-        return f"TLS error from {base}: {shorten(error)}"
-    if isinstance(error, OSError) and error.strerror:
-        if error.filename:
-            return f"cannot read {error.filename}: {error.strerror}"
-        return f"cannot connect to {base}: {error.strerror}"
-    if isinstance(error, OSError):
-        return f"cannot connect to {base}: {shorten(error)}"
-    return f"{type(error).__name__} from {base}: {shorten(error) or '(no detail)'}"
-
-
-def parse(answer, what, expected_type):
-    """The JSON body of a 200 answer, of the expected type; else NotYet(what, the answer)."""
-    if answer.status != 200:
-        raise NotYet(what, str(answer))
-    try:
-        value = json.loads(answer.body.decode("utf-8"))
-    except ValueError:
-        body = answer.text() or "(empty)"
-        raise NotYet(what, f"HTTP 200 with a body that is not JSON: {body}") from None
-    if not isinstance(value, expected_type):
-        raise NotYet(
-            what,
-            f"HTTP 200 with a JSON {type(value).__name__} where a {expected_type.__name__} "
-            f"was expected: {answer.text()}",
-        )
-    return value
-
-
-class Waiter:
-    """Polls a check until it holds or the deadline passes, printing progress now and then."""
-
-    def __init__(self, config, deadline):
-        self.config = config
-        self.deadline = deadline
-        self.last_progress = time.monotonic()
-
-    def until(self, check):
-        """Returns what check() returns, retrying while it raises NotYet."""
-        config = self.config
-        while True:
-            try:
-                return check()
-            except NotYet as e:
-                what, answer = e.what, e.answer
-            now = time.monotonic()
-            name = config["name"]
-            if now >= self.deadline:
-                limit = seconds(config["timeout_seconds"])
-                raise Exit(
-                    1,
-                    f"{name}: not ready after {limit} s: waiting for {what}; last answer: {answer}",
-                )
-            if now - self.last_progress >= config["progress_seconds"]:
-                say(f"{name}: still waiting for {what}; last answer: {answer}")
-                self.last_progress = now
-            time.sleep(max(0.0, min(config["poll_seconds"], self.deadline - now)))
-
-    def timeout(self, limit):
-        """A request's timeout: limit, or less when the deadline is nearer."""
-        return max(0.1, min(limit, self.deadline - time.monotonic()))
+    return Api(context).call("GET", base, path, timeout, headers)
 
 
 def wait_for_agent(config, waiter):
@@ -716,23 +391,36 @@ def wait_ready(config, waiter):
 
 # -- main -----------------------------------------------------------------------------------------
 
-# Messages start with the node's name once the configuration has been read.
-PREFIX = [PROG]
-
-
-def say(line):
-    print(line, flush=True)
-
 
 def run(argv, stdin):
-    config_path, cluster = parse_args(argv)
-    config = load_config(config_path)
+    config_path, cluster = parse_args(argv, DEFAULT_CONFIG, USAGE)
+    config = load_config(config_path, PROG, CONFIG_FIELDS)
     PREFIX[0] = config["name"]
     secrets = read_secrets(config["name"], stdin.read())
     deadline = time.monotonic() + config["timeout_seconds"]
     tls_changed = install_files(config, secrets)
-    ensure_running(config, tls_changed, deadline)
-    waiter = Waiter(config, deadline)
+    systemd = Systemd(
+        config["name"],
+        config["systemctl"],
+        config["timeout_seconds"],
+        config["poll_seconds"],
+        verb="end",
+    )
+    systemd.ensure_running(
+        config["unit"],
+        tls_changed,
+        deadline,
+        "reload",
+        "its TLS files changed",
+        "its TLS files are unchanged",
+    )
+    waiter = Waiter(
+        config["name"],
+        config["timeout_seconds"],
+        config["poll_seconds"],
+        config["progress_seconds"],
+        deadline,
+    )
     wait_for_agent(config, waiter)
     marker = config["formed_marker"]
     formed = marker is not None and os.path.exists(marker)
@@ -746,25 +434,5 @@ def run(argv, stdin):
     return 0
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        return run(argv, sys.stdin.buffer)
-    except Exit as e:
-        print(e.message, file=sys.stderr, flush=True)
-        return e.status
-    except KeyboardInterrupt:
-        print(f"{PREFIX[0]}: interrupted", file=sys.stderr, flush=True)
-        return 1
-    except Exception as e:
-        # A bug rather than a state of the cluster: still one line, and never stdin's content.
-        print(
-            f"{PREFIX[0]}: unexpected error: {type(e).__name__}: {shorten(e)}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(PROG, run))
