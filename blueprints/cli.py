@@ -705,8 +705,9 @@ FailOnOpt = Annotated[
     typer.Option(
         "--fail-on",
         help=f"data-loss: exit {EXIT_DATA_LOSS} (after printing and posting the report) when a "
-        "volume, floating/elastic/primary IP or a server holding a volume would be replaced or "
-        f"deleted, and {EXIT_PREVIEW_FAILED} when a preview reported errors.",
+        "volume, floating/elastic/primary IP, S3 bucket or a server holding a volume or cluster "
+        f"state would be replaced or deleted, and {EXIT_PREVIEW_FAILED} when a preview reported "
+        "errors.",
     ),
 ]
 GitLabOpt = Annotated[

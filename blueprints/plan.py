@@ -201,6 +201,8 @@ def fake_outputs(type_: str, name: str, id_: str, inputs: dict[str, Any]) -> dic
             "hex": f"<secret:{name}>",
         },
         # -- k8s --
+        # A stack reading its own earlier outputs: a plan has no earlier update.
+        "pulumi:pulumi:StackReference": {"outputs": {}, "secretOutputNames": []},
         # Visible placeholders, not key material: a plan never holds a real key or token.
         "random:index/randomPassword:RandomPassword": {"result": f"offline-{name}"},
         "tls:index/privateKey:PrivateKey": {
@@ -228,7 +230,8 @@ def _mocks_module():
 
     class OfflineMocks(pm.Mocks):
         def new_resource(self, args: pm.MockResourceArgs):
-            if not args.custom:
+            # A read (a StackReference) comes without the custom flag but with an id.
+            if not args.custom and not args.resource_id:
                 return "", {}
             id_ = fake_id(args.typ, args.name)
             return id_, fake_outputs(args.typ, args.name, id_, args.inputs)
@@ -244,6 +247,13 @@ def _mocks_module():
             self.stack = stack
             self.records: list[PlannedResource] = []
             self.names_by_urn: dict[str, str] = {}
+
+        def ReadResource(self, request):
+            # A read (the k8s rung's StackReference to itself) is no planned resource, but
+            # others may depend on it: name it like one.
+            response = super().ReadResource(request)
+            self.names_by_urn[response.urn] = request.name
+            return response
 
         def RegisterResource(self, request):
             from pulumi.runtime import rpc

@@ -84,6 +84,7 @@ BLUEPRINT_ONLY: dict[str, tuple[str, ...]] = {
         "not_ready_toleration_seconds",
         "unreachable_toleration_seconds",
         "k3s_version",
+        "found_cluster",
         "backup_bucket",
         "backup_endpoint",
         "backup_region",
@@ -267,6 +268,14 @@ class StackSettings(BaseModel):
         default=K3S_VERSION,
         description="k8s: k3s release on every node (pinned; a change replaces the nodes one "
         "after another, each Ready again before the next).",
+    )
+
+    found_cluster: bool = Field(
+        default=False,
+        description="k8s: let the first control plane found a new cluster although this stack "
+        "founded one before (all control planes lost; then restore etcd from a snapshot). Set "
+        "it for one `pulumi up`, then remove it: otherwise a replaced first control plane that "
+        "reaches no peer waits and fails instead of starting an empty cluster.",
     )
 
     @field_validator("k3s_version")

@@ -6,25 +6,31 @@ marker, the TLS directory, and a fake systemctl that logs its arguments and answ
 from a state file. The fake k3s API servers are threaded HTTPS servers on
 127.0.0.1 with a certificate from a throwaway server CA; they ask for a client certificate from
 a throwaway client CA and answer 401 on /api and /readyz unless it is an admin's
-(O=system:masters). They share one cluster state (as the API servers of one etcd do): the nodes,
+(O=system:masters); /db/info (k3s's supervisor) wants basic auth as "server" with the token's
+secret instead. They share one cluster state (as the API servers of one etcd do): the nodes,
 their readiness depending on how often they were asked, a deleted node that lingers for a few
-GETs (k3s's finalizer), the node password secrets. NODE_READY_PYTHON runs the script with
-another interpreter (it must work on the nodes' Python 3.8).
+GETs (k3s's finalizer), the node password secrets, etcd's member list, the pods with their
+evictions (a PodDisruptionBudget refusing some a few times, evicted pods that linger), and the
+app's Deployments and StatefulSets. NODE_READY_PYTHON runs the script with another interpreter
+(it must work on the nodes' Python 3.8).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import http.server
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -37,9 +43,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from blueprints.rungs.k8s.bootstrap import node_ready_source
+from blueprints.rungs.k8s.node_ready import supervisor_password
 
 PYTHON = os.environ.get("NODE_READY_PYTHON", sys.executable)
-TOKEN = "K10a1b2c3d4e5f6::server:0b5e55e17ac04e6d9b1c5e3a7d0c0001"
+# k3s's secure token format: K10<sha256 of the CA, hex>::server:<secret>
+TOKEN_SECRET = "0b5e55e17ac04e6d9b1c5e3a7d0c0001"
+TOKEN = "K10" + "a1b2c3d4e5f6a7b8" * 4 + "::server:" + TOKEN_SECRET
 S3_SECRET = "s3-secret-9f8e7d6c5b4a"
 ETCD_S3 = {
     "etcd-s3": True,
@@ -222,6 +231,53 @@ class Cluster:
         self.delete_takes = 2
         self.secrets: set[str] = set()
         self.deleted_secrets: list[str] = []
+        # etcd's member list as /db/info shows it; None: one member per etcd-labelled node
+        self.members: list[dict] | None = None
+        self.pods: dict[tuple[str, str], dict] = {}
+        self.uids = 0
+        self.namespaces: set[str] = set()
+        # namespace -> plural (deployments, statefulsets) -> name -> workload spec
+        self.workloads: dict[str, dict[str, dict[str, dict]]] = {}
+
+    def pod(
+        self,
+        namespace,
+        name,
+        node,
+        *,
+        owner="ReplicaSet",
+        phase="Running",
+        mirror=False,
+        blocks=0,
+        linger=1,
+        recreate_on=None,
+    ):
+        """A pod on node. An eviction is refused (429) blocks times; an evicted pod is shown as
+        terminating for linger GETs (None: forever), then is gone, or (recreate_on) is back
+        under a new uid on that node, as a StatefulSet's pod."""
+        self.uids += 1
+        self.pods[namespace, name] = {
+            "uid": f"uid-{self.uids}",
+            "node": node,
+            "owner": owner,
+            "phase": phase,
+            "mirror": mirror,
+            "blocks": blocks,
+            "linger": linger,
+            "recreate_on": recreate_on,
+            "evicted": False,
+        }
+
+    def workload(self, namespace, plural, name, *, replicas=1, ready=None, updated=None, after=0):
+        """A Deployment or StatefulSet; ready and updated (default: replicas) are shown once it
+        has been listed after times, before that 0 ready. replicas None: no spec.replicas."""
+        self.workloads.setdefault(namespace, {}).setdefault(plural, {})[name] = {
+            "replicas": replicas,
+            "ready": (1 if replicas is None else replicas) if ready is None else ready,
+            "updated": updated,
+            "after": after,
+            "listed": 0,
+        }
 
     def add(self, name, ready=True, *, etcd=None, reason="KubeletNotReady", message=""):
         self.nodes[name] = self._spec(name, ready, etcd, reason, message)
@@ -249,6 +305,12 @@ class Cluster:
             "shown": 0,
             "deleting": None,
         }
+
+    def members_now(self) -> list[dict]:
+        if self.members is not None:
+            return self.members
+        etcd = [n for n, spec in sorted(self.nodes.items()) if ETCD_LABEL in spec["labels"]]
+        return [member(n) for n in etcd]
 
     def event(self, *entry):
         with open(self.root / "events.log", "a") as log:
@@ -279,9 +341,102 @@ class Cluster:
             metadata["finalizers"] = ["etcd.k3s.cattle.io"]
         return {"kind": "Node", "metadata": metadata, "status": {"conditions": [condition]}}
 
-    def answer(self, method: str, path: str) -> tuple[int, object]:
+    def _show_pod(self, key):
+        spec = self.pods[key]
+        metadata = {"namespace": key[0], "name": key[1], "uid": spec["uid"]}
+        if spec["owner"]:
+            metadata["ownerReferences"] = [{"kind": spec["owner"], "name": "owner"}]
+        if spec["mirror"]:
+            metadata["annotations"] = {"kubernetes.io/config.mirror": "0123abcd"}
+        if spec["evicted"]:
+            metadata["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+        return {
+            "kind": "Pod",
+            "metadata": metadata,
+            "spec": {"nodeName": spec["node"]},
+            "status": {"phase": spec["phase"]},
+        }
+
+    def _pods(self, method, path, query, body):
+        """The pod routes: list by node, get one, evict one."""
+        if method == "GET" and path == "/api/v1/pods":
+            field = query.get("fieldSelector", [""])[0]
+            node = field.removeprefix("spec.nodeName=")
+            items = [self._show_pod(k) for k in sorted(self.pods) if self.pods[k]["node"] == node]
+            return 200, {"kind": "PodList", "items": items}
+        parts = path.split("/")
+        # /api/v1/namespaces/<ns>/pods/<name>[/eviction]
+        key = (parts[4], parts[6])
+        spec = self.pods.get(key)
+        if path.endswith("/eviction") and method == "POST":
+            self.event("POST", path, body)
+            if spec is None:
+                return 404, not_found("pods", key[1])
+            if spec["blocks"] > 0:
+                spec["blocks"] -= 1
+                return 429, {
+                    "kind": "Status",
+                    "code": 429,
+                    "reason": "TooManyRequests",
+                    "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+                    "details": {
+                        "causes": [
+                            {
+                                "reason": "DisruptionBudget",
+                                "message": "The disruption budget web needs 1 healthy pods and "
+                                "has 1 currently",
+                            }
+                        ]
+                    },
+                }
+            spec["evicted"] = True
+            return 201, {"kind": "Status", "status": "Success"}
+        if method == "GET" and spec is not None:
+            self.event("GET", path)
+            if spec["evicted"] and spec["linger"] is not None:
+                if spec["linger"] <= 0:
+                    del self.pods[key]
+                    if spec["recreate_on"] is not None:
+                        self.pod(*key, spec["recreate_on"], owner=spec["owner"])
+                        return 200, self._show_pod(key)
+                    return 404, not_found("pods", key[1])
+                spec["linger"] -= 1
+            return 200, self._show_pod(key)
+        return 404, not_found("pods", key[1])
+
+    def _apps(self, path):
+        """The app's namespace and its Deployments and StatefulSets."""
+        parts = path.split("/")
+        if path.startswith("/api/v1/namespaces/") and len(parts) == 5:
+            if parts[4] in self.namespaces:
+                return 200, {"kind": "Namespace", "metadata": {"name": parts[4]}}
+            return 404, not_found("namespaces", parts[4])
+        # /apis/apps/v1/namespaces/<ns>/<plural>
+        namespace, plural = parts[5], parts[6]
+        items = []
+        for name, spec in sorted(self.workloads.get(namespace, {}).get(plural, {}).items()):
+            spec["listed"] += 1
+            done = spec["listed"] > spec["after"]
+            status = {"replicas": spec["replicas"]}
+            if done:
+                status["readyReplicas"] = spec["ready"]
+                status["updatedReplicas"] = (
+                    spec["ready"] if spec["updated"] is None else spec["updated"]
+                )
+            item = {"metadata": {"name": name, "namespace": namespace}, "spec": {}}
+            if spec["replicas"] is not None:
+                item["spec"]["replicas"] = spec["replicas"]
+            items.append({**item, "status": status})
+        return 200, {"kind": plural, "items": items}
+
+    def answer(self, method, path, query=None, body=None, content_type=None):
         with self.lock:
             self._sync()
+            if path == "/api/v1/pods" or "/pods/" in path:
+                return self._pods(method, path, query or {}, body)
+            apps = path.startswith(("/api/v1/namespaces/", "/apis/apps/v1/"))
+            if method == "GET" and apps and "/secrets/" not in path:
+                return self._apps(path)
             if method == "GET" and path == "/api/v1/nodes":
                 items = [self._show(n) for n in sorted(self.nodes)]
                 return 200, {"kind": "NodeList", "items": items}
@@ -291,6 +446,12 @@ class Cluster:
                 spec = self.nodes.get(name)
                 if spec is None:
                     return 404, not_found("nodes", name)
+                if method == "PATCH":
+                    self.event("PATCH", path, body, content_type)
+                    if content_type == "application/merge-patch+json":
+                        spec["unschedulable"] = body["spec"]["unschedulable"]
+                        return 200, self._show(name)
+                    return 415, {"kind": "Status", "code": 415, "message": "unsupported"}
                 if method == "DELETE":
                     self.event("DELETE", path)
                     if spec["deleting"] is None:
@@ -314,6 +475,11 @@ class Cluster:
         return 404, b"404 page not found"
 
 
+def member(node: str, suffix: str = "5e1f00d4", learner: bool = False) -> dict:
+    """An etcd member as k3s names it: <node>-<8 hex>."""
+    return {"ID": 1234, "name": f"{node}-{suffix}", "peerURLs": [], "isLearner": learner}
+
+
 def not_found(kind, name):
     return {"kind": "Status", "code": 404, "reason": "NotFound", "message": f'{kind} "{name}" ...'}
 
@@ -322,15 +488,30 @@ def not_found(kind, name):
 Route = Callable[[int], tuple[int, object]]
 
 
-class FakeK3s:
-    """One k3s API server (port 6443): /ping for anyone, /readyz/etcd and /api for admins."""
+SUPERVISOR_AUTH = "Basic " + base64.b64encode(f"server:{TOKEN_SECRET}".encode()).decode()
 
-    def __init__(self, pki: Pki, cluster: Cluster, *, ping: Route | None = None, readyz=None):
+
+class FakeK3s:
+    """One k3s API server (port 6443): /ping for anyone, /db/info for the supervisor's user
+    "server" (basic auth with the token's secret), /readyz/etcd and /api for admins."""
+
+    def __init__(
+        self,
+        pki: Pki,
+        cluster: Cluster,
+        *,
+        ping: Route | None = None,
+        readyz=None,
+        db_info: Route | None = None,
+    ):
         self.cluster = cluster
         self.ping = ping or (lambda n: (200, b"pong"))
         self.readyz = readyz or (lambda n: (200, b"ok"))
+        self.db_info = db_info
         self.hits: Counter[tuple[str, str]] = Counter()
         self.clients: list[tuple[str, str | None]] = []
+        self.authorizations: list[str | None] = []
+        self.queries: list[str] = []
         self.lock = threading.Lock()
         fake = self
 
@@ -341,8 +522,16 @@ class FakeK3s:
             def do_DELETE(self):
                 self.handle_method("DELETE")
 
+            def do_POST(self):
+                self.handle_method("POST")
+
+            def do_PATCH(self):
+                self.handle_method("PATCH")
+
             def handle_method(self, method):
-                path = self.path.split("?")[0]
+                path, _, query = self.path.partition("?")
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
                 peer = self.connection.getpeercert() or {}
                 organizations = [
                     value
@@ -354,8 +543,21 @@ class FakeK3s:
                     fake.hits[method, path] += 1
                     n = fake.hits[method, path]
                     fake.clients.append((path, ",".join(organizations) or None))
+                    if query:
+                        fake.queries.append(query)
                 if path == "/ping" and method == "GET":
                     status, body = fake.ping(n)
+                elif path == "/db/info" and method == "GET":
+                    authorization = self.headers.get("Authorization")
+                    with fake.lock:
+                        fake.authorizations.append(authorization)
+                    if fake.db_info is not None:
+                        status, body = fake.db_info(n)
+                    elif authorization != SUPERVISOR_AUTH:
+                        status, body = 401, {"kind": "Status", "code": 401, "message": "no"}
+                    else:
+                        with fake.cluster.lock:
+                            status, body = 200, {"members": fake.cluster.members_now()}
                 elif not path.startswith(("/api", "/readyz")):
                     status, body = 404, b"404 page not found"
                 elif "system:masters" not in organizations:
@@ -363,7 +565,13 @@ class FakeK3s:
                 elif path == "/readyz/etcd" and method == "GET":
                     status, body = fake.readyz(n)
                 else:
-                    status, body = fake.cluster.answer(method, path)
+                    status, body = fake.cluster.answer(
+                        method,
+                        path,
+                        urllib.parse.parse_qs(query),
+                        body,
+                        self.headers.get("Content-Type"),
+                    )
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -572,7 +780,11 @@ def ready_line(name: str, etcd: int | None = None, cluster: int | None = None) -
     if etcd is not None:
         line += f"; etcd answers here and all {etcd} etcd members' nodes are Ready"
     if cluster is not None:
-        line += f"; all {cluster} nodes of the cluster are Ready"
+        servers = 3
+        line += (
+            f"; all {cluster} nodes of the cluster are Ready; etcd has one member on each of the "
+            f"{servers} control plane(s)"
+        )
     return line
 
 
@@ -1105,7 +1317,7 @@ def test_an_api_server_outside_the_cluster_ca_is_a_tls_error(node, cluster, k3s,
 
 def test_garbage_from_the_api_is_an_answer_not_a_crash(node, cluster, k3s, pki, monkeypatch):
     local = k3s()
-    monkeypatch.setattr(cluster, "answer", lambda method, path: (200, b"<html>proxy</html>"))
+    monkeypatch.setattr(cluster, "answer", lambda *args: (200, b"<html>proxy</html>"))
     node.configure([closed_port_url()], local_api=local.url, ready_timeout=0.3)
     node.mark_joined()
     node.unit_active()
@@ -1117,6 +1329,333 @@ def test_garbage_from_the_api_is_an_answer_not_a_crash(node, cluster, k3s, pki, 
         "cp-1: not ready after 0.3 s: waiting for this node (cp-1) to be Ready; last answer: "
         "HTTP 200 with a body that is not JSON: <html>proxy</html>"
     ]
+
+
+# -- --cluster: etcd's own member list ------------------------------------------------------------
+
+ETCD_WHAT = "3 etcd members (one per control plane) in etcd's member list (/db/info)"
+
+
+def test_cluster_fails_on_a_stale_extra_etcd_member_and_passes_once_members_match(
+    node, cluster, k3s, pki
+):
+    cluster.healthy()
+    # cp-2 was replaced: its old member is still there next to the new one
+    cluster.members = [member("cp-1"), member("cp-2", "0ld0ld00"), member("cp-2"), member("cp-3")]
+    local = k3s()
+    down = [closed_port_url(), closed_port_url()]
+    node.configure(down, local_api=local.url, ready_timeout=0.3)
+    node.mark_joined()
+    node.unit_active()
+
+    stale = node.run(pki.secrets(), "--cluster")
+
+    assert stale.returncode == 1
+    assert err_lines(stale) == [
+        f"cp-1: not ready after 0.3 s: waiting for {ETCD_WHAT}; last answer: 4 member(s): "
+        "cp-1-5e1f00d4, cp-2-0ld0ld00, cp-2-5e1f00d4, cp-3-5e1f00d4"
+    ]
+    # basic auth as "server" with the secure token's secret, and no admin certificate
+    assert set(local.authorizations) == {SUPERVISOR_AUTH}
+    assert {org for path, org in local.clients if path == "/db/info"} == {None}
+    assert_no_secret(stale, pki.secrets())
+
+    # as many members as control planes, but one of them on no node of the cluster
+    cluster.members = [member("cp-1"), member("cp-2", "0ld0ld00"), member("cp-9")]
+    foreign = node.run(pki.secrets(), "--cluster")
+    assert foreign.returncode == 1
+    assert err_lines(foreign) == [
+        f"cp-1: not ready after 0.3 s: waiting for {ETCD_WHAT}; last answer: member "
+        "cp-9-5e1f00d4 is on no Ready etcd node (Ready etcd nodes: cp-1, cp-2, cp-3)"
+    ]
+
+    # two members on one node, or one that is not Ready
+    cluster.members = [member("cp-1"), member("cp-2", "0ld0ld00"), member("cp-2")]
+    double = node.run(pki.secrets(), "--cluster")
+    assert err_lines(double)[0].endswith(
+        "last answer: members cp-2-0ld0ld00 and cp-2-5e1f00d4 are both on cp-2"
+    )
+    cluster.members = [member("cp-1"), member("cp-2"), member("cp-3", learner=True)]
+    learner = node.run(pki.secrets(), "--cluster")
+    assert err_lines(learner)[0].endswith("last answer: member cp-3-5e1f00d4 is still a learner")
+
+    # the stale member was removed: the members match the control planes
+    cluster.members = [member("cp-3"), member("cp-1"), member("cp-2", "0ld0ld00")]
+    matching = node.run(pki.secrets(), "--cluster")
+    assert matching.returncode == 0, matching.stderr
+    assert out_lines(matching)[-1] == ready_line("cp-1", etcd=3, cluster=6)
+
+
+def test_cluster_keeps_waiting_when_db_info_refuses_or_is_missing(node, cluster, k3s, pki):
+    cluster.healthy()
+    cp1, cp2, cp3 = k3s(), k3s(), k3s()
+    peers = [cp1.url, cp2.url, cp3.url]
+    node.configure(peers, name="worker-2", role="agent", ready_timeout=0.3, progress_every=0.05)
+    node.mark_joined()
+    node.unit_active()
+    other = "K10" + "0f" * 32 + "::server:not-the-clusters-secret"
+
+    refused = node.run(pki.secrets(token=other), "--cluster")
+
+    assert refused.returncode == 1
+    assert err_lines(refused) == [
+        f"worker-2: not ready after 0.3 s: waiting for {ETCD_WHAT}; last answer: /db/info "
+        'refused the cluster token: HTTP 401: {"kind": "Status", "code": 401, "message": "no"}'
+    ]
+    assert any(f"still waiting for {ETCD_WHAT}" in line for line in out_lines(refused))
+    assert cp1.count("GET", "/db/info") >= 3
+    assert "not-the-clusters-secret" not in refused.stdout.decode() + refused.stderr.decode()
+
+    missing = k3s(db_info=lambda n: (404, b"404 page not found"))
+    peers = [missing.url, cp2.url, cp3.url]
+    node.configure(peers, name="worker-2", role="agent", ready_timeout=0.3)
+    absent = node.run(pki.secrets(), "--cluster")
+    assert absent.returncode == 1
+    assert err_lines(absent) == [
+        f"worker-2: not ready after 0.3 s: waiting for {ETCD_WHAT}; last answer: /db/info is "
+        "not served here (no embedded etcd?): HTTP 404: 404 page not found"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("token", "password"),
+    [
+        (TOKEN, TOKEN_SECRET),
+        ("K10" + "ab" * 32 + "::server:s3cr:et", "s3cr:et"),
+        ("K10::server:secret", "secret"),
+        ("a-bare-secret", "a-bare-secret"),
+    ],
+)
+def test_the_supervisor_password_is_the_secret_part_of_a_secure_token(token, password):
+    assert supervisor_password(token) == password
+
+
+# -- the app's workloads --------------------------------------------------------------------------
+
+
+def test_app_namespace_waits_for_its_deployments_and_statefulsets(node, cluster, k3s, pki):
+    cluster.healthy()
+    cluster.namespaces = {"shop"}
+    cluster.workload("shop", "deployments", "web", replicas=2, ready=2, after=3)
+    cluster.workload("shop", "statefulsets", "db", replicas=None)
+    cp2 = k3s()
+    node.configure(
+        [cp2.url], name="worker-1", role="agent", app_namespace="shop", progress_every=0.001
+    )
+    node.mark_joined()
+    node.unit_active()
+
+    result = node.run(pki.secrets())
+
+    assert result.returncode == 0, result.stderr
+    lines = out_lines(result)
+    assert (
+        "worker-1: still waiting for the Deployments and StatefulSets in namespace shop to be "
+        "ready; last answer: deployment web 0/2 ready, 0/2 updated"
+    ) in lines
+    assert lines[-1] == (
+        ready_line("worker-1") + "; all 2 Deployments and StatefulSets in namespace shop are ready"
+    )
+    assert cp2.count("GET", "/apis/apps/v1/namespaces/shop/deployments") == 4
+
+    # ready but not all updated: still waiting, until the time limit
+    cluster.workload("shop", "statefulsets", "db", replicas=3, ready=3, updated=2)
+    node.configure(
+        [cp2.url], name="worker-1", role="agent", app_namespace="shop", ready_timeout=0.3
+    )
+    rolling = node.run(pki.secrets())
+    assert rolling.returncode == 1
+    assert err_lines(rolling) == [
+        "worker-1: not ready after 0.3 s: waiting for the Deployments and StatefulSets in "
+        "namespace shop to be ready; last answer: statefulset db 3/3 ready, 2/3 updated"
+    ]
+
+
+def test_app_namespace_that_does_not_exist_yet_is_skipped(node, cluster, k3s, pki):
+    cluster.healthy()
+    local = k3s()
+    node.configure([closed_port_url()], local_api=local.url, app_namespace="shop")
+    node.mark_joined()
+    node.unit_active()
+
+    result = node.run(pki.secrets())
+
+    assert result.returncode == 0, result.stderr
+    assert out_lines(result)[-1] == (
+        ready_line("cp-1", etcd=3) + "; namespace shop does not exist yet: no app to wait for"
+    )
+    assert local.count("GET", "/api/v1/namespaces/shop") == 1
+    assert local.count("GET", "/apis/apps/v1/namespaces/shop/deployments") == 0
+
+
+# -- --drain --------------------------------------------------------------------------------------
+
+DRAINED = re.compile(
+    r"^(?P<name>[a-z0-9-]+): drained: evicted (?P<count>\d+) pod\(s\) in \d+\.\d s "
+    r"\((?P<skipped>\d+) DaemonSet, mirror or finished pod\(s\) left alone\)$"
+)
+KEPT = "the old machine is kept (Pulumi stops before deleting it)"
+
+
+def eviction(namespace: str, name: str) -> list:
+    body = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": namespace},
+    }
+    return ["http", "POST", f"/api/v1/namespaces/{namespace}/pods/{name}/eviction", body]
+
+
+def test_drain_cordons_evicts_then_waits_until_the_pods_have_left(node, cluster, k3s, pki):
+    cluster.healthy()
+    cluster.pod("shop", "web-7d9f-x2x", "worker-1", linger=2)
+    cluster.pod("shop", "db-0", "worker-1", owner="StatefulSet", linger=1, recreate_on="worker-2")
+    cluster.pod("kube-system", "svclb-traefik-abc", "worker-1", owner="DaemonSet")
+    cluster.pod("kube-system", "static-web-worker-1", "worker-1", owner="Node", mirror=True)
+    cluster.pod("shop", "migrate-abc", "worker-1", owner="Job", phase="Succeeded")
+    cluster.pod("shop", "web-7d9f-y3y", "worker-2")
+    cp1 = k3s()
+    node.configure([closed_port_url(), cp1.url], name="worker-1", role="agent", progress_every=60)
+    secrets = pki.secrets()
+
+    result = node.run(secrets, "--drain")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    lines = out_lines(result)
+    assert lines[:3] == [
+        f"worker-1: draining worker-1 through {cp1.url}",
+        "worker-1: cordoned worker-1 (no new pods are scheduled on it)",
+        "worker-1: evicting 2 pod(s) (3 left alone): shop/db-0, shop/web-7d9f-x2x",
+    ]
+    drained = DRAINED.match(lines[-1])
+    assert drained is not None, lines[-1]
+    assert drained.group("count", "skipped") == ("2", "3")
+    assert len(lines) == 4
+    assert_no_secret(result, secrets)
+
+    events = [e for e in node.events() if e[0] == "http"]
+    # cordon, then the evictions, then the wait
+    assert events[0] == [
+        "http",
+        "PATCH",
+        "/api/v1/nodes/worker-1",
+        {"spec": {"unschedulable": True}},
+        "application/merge-patch+json",
+    ]
+    assert events[1:3] == [eviction("shop", "db-0"), eviction("shop", "web-7d9f-x2x")]
+    assert {e[1] for e in events[3:]} == {"GET"}
+    assert {e[2] for e in events[3:]} == {
+        "/api/v1/namespaces/shop/pods/db-0",
+        "/api/v1/namespaces/shop/pods/web-7d9f-x2x",
+    }
+    assert cluster.nodes["worker-1"]["unschedulable"] is True
+    assert cp1.queries == ["fieldSelector=spec.nodeName%3Dworker-1"]
+    # the StatefulSet's pod came back elsewhere under a new uid; the rest left
+    assert cluster.pods["shop", "db-0"]["node"] == "worker-2"
+    assert ("shop", "web-7d9f-x2x") not in cluster.pods
+    assert ("kube-system", "svclb-traefik-abc") in cluster.pods
+    # a drain writes nothing and starts nothing
+    assert node.nothing_written()
+    assert node.systemctl_calls() == []
+
+
+def test_drain_retries_an_eviction_a_disruption_budget_refuses(node, cluster, k3s, pki):
+    cluster.healthy()
+    cluster.pod("shop", "web-1", "cp-2", blocks=3)
+    cluster.pod("shop", "web-2", "cp-2")
+    local = k3s()
+    node.configure([closed_port_url()], name="cp-2", local_api=local.url, progress_every=0.001)
+
+    result = node.run(pki.secrets(etcd_s3=ETCD_S3), "--drain")
+
+    assert result.returncode == 0, result.stderr
+    lines = out_lines(result)
+    assert (
+        "cp-2: still waiting for the pods to be evicted; last answer: blocked by a "
+        "PodDisruptionBudget: shop/web-1 (The disruption budget web needs 1 healthy pods and "
+        "has 1 currently)"
+    ) in lines
+    drained = DRAINED.match(lines[-1])
+    assert drained is not None and drained.group("count") == "2", lines[-1]
+    assert local.count("POST", "/api/v1/namespaces/shop/pods/web-1/eviction") == 4
+    assert local.count("POST", "/api/v1/namespaces/shop/pods/web-2/eviction") == 1
+    assert node.nothing_written()
+    assert node.systemctl_calls() == []
+
+
+def test_drain_times_out_naming_the_pods_still_there(node, cluster, k3s, pki):
+    cluster.healthy()
+    cluster.pod("shop", "web-1", "worker-3", linger=None)
+    cluster.pod("shop", "web-2", "worker-3")
+    cp1 = k3s()
+    node.configure([cp1.url], name="worker-3", role="agent", drain_timeout=0.4)
+
+    stuck = node.run(pki.secrets(), "--drain")
+
+    assert stuck.returncode == 1
+    assert err_lines(stuck) == [
+        "worker-3: not drained after 0.4 s: waiting for the evicted pods to leave worker-3; "
+        f"last answer: still there: shop/web-1 (Running, terminating); {KEPT}"
+    ]
+
+    # a budget that never allows the eviction
+    cluster.pod("shop", "api-1", "worker-3", blocks=1000)
+    blocked = node.run(pki.secrets(), "--drain")
+    assert blocked.returncode == 1
+    assert err_lines(blocked) == [
+        "worker-3: not drained after 0.4 s: waiting for the pods to be evicted; last answer: "
+        "blocked by a PodDisruptionBudget: shop/api-1 (The disruption budget web needs 1 "
+        f"healthy pods and has 1 currently); {KEPT}"
+    ]
+    assert node.nothing_written()
+    assert node.systemctl_calls() == []
+
+
+def test_drain_of_a_node_the_api_does_not_list_is_done(node, cluster, k3s, pki):
+    cluster.healthy(skip=["cp-2"])
+    peer = k3s()
+    # a control plane whose own API is down drains through another one
+    node.configure([peer.url], name="cp-2", local_api=closed_port_url())
+
+    result = node.run(pki.secrets(), "--drain")
+
+    assert result.returncode == 0, result.stderr
+    assert out_lines(result) == [
+        f"cp-2: draining cp-2 through {peer.url}",
+        "cp-2: the API lists no node cp-2: nothing to drain",
+    ]
+    assert node.events() == []
+    assert node.nothing_written()
+
+
+def test_drain_without_any_api_exits_1_and_keeps_the_machine(node, pki):
+    down = [closed_port_url(), closed_port_url()]
+    node.configure(down, name="worker-1", role="agent", join_wait=0.2)
+
+    result = node.run(pki.secrets(), "--drain")
+
+    assert result.returncode == 1
+    [line] = err_lines(result)
+    assert line.startswith(
+        f"worker-1: cannot drain worker-1: no API server answered /ping at {down[0]}, {down[1]} "
+        f"within 0.2 s; {KEPT}; last answers: {down[0]}: cannot connect to {down[0]}: "
+    )
+    assert line.endswith("; run `pulumi state delete` on this ready command to skip the drain")
+    assert node.nothing_written()
+    assert node.systemctl_calls() == []
+
+
+def test_drain_checks_stdin_like_a_run(node, pki):
+    node.configure([closed_port_url()], name="worker-1", role="agent")
+
+    result = node.run(pki.secrets(token=MARKER + " x"), "--drain")
+
+    assert result.returncode == 2
+    [line] = err_lines(result)
+    assert line.startswith("worker-1: refusing stdin: token is empty or holds whitespace")
+    assert MARKER not in line
+    assert node.nothing_written()
 
 
 # -- refusals -------------------------------------------------------------------------------------
@@ -1297,6 +1836,9 @@ def test_the_stdin_cases_are_all_run(pki):
         ({"first": True, "tls_dir": None}, "tls_dir must be an absolute path on the first"),
         ({"ready_timeout": 0}, "ready_timeout must be a positive number"),
         ({"join_wait": True}, "join_wait must be a positive number"),
+        ({"drain_timeout": 0}, "drain_timeout must be a positive number"),
+        ({"app_namespace": "Shop"}, "app_namespace must be null or a Kubernetes namespace name"),
+        ({"app_namespace": ""}, "app_namespace must be null or a Kubernetes namespace name"),
         ({"role": "agent"}, "local_api must be null on an agent"),
         ({"role": "agent", "local_api": None}, "etcd_s3_dropin must be null on an agent"),
         (
@@ -1325,7 +1867,9 @@ def test_bad_config_is_refused(node, pki, change, expected):
     assert node.systemctl_calls() == []
 
 
-@pytest.mark.parametrize("args", [["--bogus"], ["extra"], ["--config"], ["--config="]])
+@pytest.mark.parametrize(
+    "args", [["--bogus"], ["extra"], ["--config"], ["--config="], ["--cluster", "--drain"]]
+)
 def test_bad_arguments_print_usage(script, pki, args):
     result = subprocess.run(
         [PYTHON, str(script), *args],
@@ -1337,4 +1881,4 @@ def test_bad_arguments_print_usage(script, pki, args):
 
     assert result.returncode == 2
     assert result.stdout == b""
-    assert err_lines(result) == ["usage: k3s-node-ready [--config PATH] [--cluster]"]
+    assert err_lines(result) == ["usage: k3s-node-ready [--config PATH] [--cluster | --drain]"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -163,6 +164,11 @@ def test_nodes_follow_each_other(plans, stack):
             + (" --cluster" if node == NODES[-1] else "")
         )
         assert ready.plain_inputs()["update"] == command
+        # before the old machine goes, it is drained through the API (budgets honoured)
+        assert (
+            ready.plain_inputs()["delete"]
+            == "sudo /usr/local/lib/blueprints/k3s-node-ready --drain"
+        )
         # a new server is a new node: its ready command runs again
         assert ready.plain_inputs()["triggers"] == [nodes[node].id]
 
@@ -311,11 +317,20 @@ def test_token_and_admin_keys_reach_every_node_over_ssh(plans, stack):
         assert "etc/rancher/k3s/token" not in node_files
         assert yaml.safe_load(node_files[CONFIG])["token-file"] == "/etc/rancher/k3s/token"
         doc = ready_stdin(plan, name)
-        assert doc["token"] == value
+        # k3s's secure format: a joining node checks the server CA against the digest
+        ca = _pem("CERTIFICATE", f"shop-{stack}-server-ca")
+        digest = hashlib.sha256(ca.encode()).hexdigest()
+        assert doc["token"] == f"K10{digest}::server:{value}"
         assert doc["admin_keys"].splitlines() == [k.strip() for k in admin]
         assert doc["ca"] == _pem("CERTIFICATE", f"shop-{stack}-server-ca")
         assert f"OFFLINE-shop-{stack}-admin" in doc["client_cert"]
-        assert doc["etcd_s3"] is None if name.startswith("worker") else True
+        if name.startswith("worker"):
+            assert doc["etcd_s3"] is None
+        elif stack == "k8s-localstack":  # it names a bucket; k8s-hcloud does not
+            assert doc["etcd_s3"]["etcd-s3"] is True
+            assert doc["etcd_s3"]["etcd-s3-bucket"] == "shop-backups"
+        else:
+            assert doc["etcd_s3"] is None
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -449,6 +464,9 @@ def test_the_app_goes_through_the_kubernetes_api_once_the_cluster_is_ready(plans
     objects = kube_objects(plan)
     kinds = {kind for kind, _ in objects}
     assert {"Namespace", "Deployment", "StatefulSet", "Service", "Secret", "Ingress"} <= kinds
+    # the provider too: it gives up on a cluster it cannot reach when it is configured
+    assert f"{p}-worker-3-ready" in provider.depends_on
+    assert "deleteUnreachable" not in inputs  # a refresh while the API is down drops nothing
     for r in plan.resources:
         if r.type.startswith("kubernetes:"):
             assert r.provider == provider.name, r.name
@@ -684,3 +702,27 @@ def test_every_object_sent_through_the_api_is_one_the_renderer_validates(plans, 
     for (kind, _), obj in sent.items():
         if kind not in ("HelmChartConfig", "ClusterIssuer"):
             kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_the_first_control_plane_founds_a_cluster_only_once(monkeypatch):
+    """The CAs (without which k3s-node-ready never founds a cluster) go to cp-1 only while the
+    stack has not founded one: its own earlier `clusterFounded` output, read back, or
+    blueprints:foundCluster for one `pulumi up` after losing every control plane."""
+    import blueprints.plan as planning
+
+    assert plan_stack("k8s-hcloud", ROOT).public_outputs()["clusterFounded"] is True
+    assert ready_stdin(plan_stack("k8s-hcloud", ROOT), "cp-1")["pki"] is not None
+    real = planning.fake_outputs
+
+    def founded_before(type_, name, id_, inputs):
+        state = real(type_, name, id_, inputs)
+        if type_ == "pulumi:pulumi:StackReference":
+            assert inputs["name"].endswith("/k8s-hcloud")  # the stack itself
+            state["outputs"] = {"clusterFounded": True}
+        return state
+
+    monkeypatch.setattr(planning, "fake_outputs", founded_before)
+    again = plan_stack("k8s-hcloud", ROOT)
+    assert all(ready_stdin(again, node)["pki"] is None for node in NODES)
+    allowed = plan_stack("k8s-hcloud", ROOT, {"blueprints:foundCluster": True})
+    assert ready_stdin(allowed, "cp-1")["pki"] is not None

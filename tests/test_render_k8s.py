@@ -77,7 +77,11 @@ def context(
 
 def cluster(cloud: rel.Cloud = "hcloud", timing: b.Timing | None = None) -> b.ClusterContext:
     return b.ClusterContext(
-        cloud=cloud, nodes=ALL_NODES, timing=timing or b.Timing(), deploy_key=DEPLOY_KEY
+        cloud=cloud,
+        nodes=ALL_NODES,
+        timing=timing or b.Timing(),
+        deploy_key=DEPLOY_KEY,
+        app_namespace="shop",
     )
 
 
@@ -569,6 +573,8 @@ def test_what_k3s_node_ready_learns_from_the_bootstrap():
     assert first["local_api"] == "https://127.0.0.1:6443"
     assert first["etcd_s3_dropin"] == b.ETCD_S3_DROPIN and first["unit"] == "k3s.service"
     assert first["nodes"] == [n.name for n in ALL_NODES]
+    # a node is back once the app's workloads are back too
+    assert first["app_namespace"] == "shop"
     cp2 = configs["shop-k8s-cp-2"]
     assert cp2["first"] is False
     assert cp2["peers"] == [api.format("10.0.1.10"), api.format("10.0.1.12")]

@@ -411,10 +411,11 @@ class Api:
             urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
         )
 
-    def call(self, method, base, path, timeout, headers=None):
+    def call(self, method, base, path, timeout, headers=None, data=None):
+        """One request; data, if given, is the body (bytes)."""
         url = base.rstrip("/") + path
         headers = {"Accept": "application/json", **(headers or {})}
-        request = urllib.request.Request(url, method=method, headers=headers)
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with self.opener.open(request, timeout=timeout) as r:
                 return Answer(r.status, r.read())

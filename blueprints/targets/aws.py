@@ -273,9 +273,13 @@ class AwsTarget(Target):
         )
         return Volume(resource=vol, id=vol.id, device_path=device)
 
-    def snapshot_bucket(self, name: str, bucket: str, labels: dict[str, str]) -> None:
-        # Protected like a volume: it holds the snapshots a lost cluster is restored from.
-        aws.s3.Bucket(name, bucket=bucket, tags=_tags(name, labels), opts=self.data_protection())
+    def backup_bucket(
+        self, name: str, bucket: str, labels: dict[str, str]
+    ) -> pulumi.CustomResource | None:
+        # Protected like a volume: it holds what a lost cluster is restored from.
+        return aws.s3.Bucket(
+            name, bucket=bucket, tags=_tags(name, labels), opts=self.data_protection()
+        )
 
     def attach_volume(self, name: str, volume: Volume, server: Server) -> pulumi.CustomResource:
         return aws.ec2.VolumeAttachment(

@@ -191,9 +191,11 @@ class Target(ABC):
     # NLB). Hetzner's cannot: a port on its load balancer is open to the whole internet.
     load_balancer_filters_sources: bool = False
 
-    def snapshot_bucket(self, name: str, bucket: str, labels: dict[str, str]) -> None:
-        """Create the S3 bucket etcd snapshots go to, where the stack's own cloud account holds
-        it (AWS, LocalStack); elsewhere (Hetzner Object Storage) the bucket is the user's."""
+    def backup_bucket(
+        self, name: str, bucket: str, labels: dict[str, str]
+    ) -> pulumi.CustomResource | None:
+        """Create the stack's backup bucket where the stack's own cloud account holds it (AWS,
+        LocalStack); None elsewhere (Hetzner Object Storage: the bucket is the user's)."""
         return None
 
     def cluster_api_token(self) -> pulumi.Output[str] | None:

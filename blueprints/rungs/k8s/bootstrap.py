@@ -101,6 +101,8 @@ class ClusterContext:
     # The pinned k3s release (blueprints:k3sVersion): a replaced node runs what its peers run,
     # and a change replaces every node, one after another.
     k3s_version: str = K3S_VERSION
+    # The app's namespace: a node is ready once the app's workloads are back too.
+    app_namespace: str | None = None
 
     @property
     def server_ips(self) -> tuple[str, ...]:
@@ -169,6 +171,7 @@ def node_config(ctx: ClusterContext, node: K8sNode) -> str:
             "admin_keys_file": f"{ADMIN_KEYS_DIR}/{DEPLOY_USER}",
             "joined_marker": JOINED_MARKER,
             "join_wait": JOIN_WAIT_SECONDS,
+            "app_namespace": ctx.app_namespace,
             "ready_timeout": READY_TIMEOUT_SECONDS,
             "progress_every": READY_PROGRESS_SECONDS,
         }

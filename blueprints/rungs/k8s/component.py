@@ -19,6 +19,7 @@ Machines and releases are apart (principle 9):
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from collections.abc import Mapping, Sequence
@@ -69,8 +70,14 @@ HOLDS_LABEL = "holds"
 # its resources to be ready (5 minutes by default, cert-manager's webhook takes a while).
 ROLLOUT_TIMEOUT_MINUTES = 15
 HELM_TIMEOUT_SECONDS = 900
+# Set by every `pulumi up` and read back by the next one: the stack has founded its cluster, so a
+# first control plane that reaches no peer must not found another (unless foundCluster says so).
+FOUNDED_OUTPUT = "clusterFounded"
 # A new server answers SSH before cloud-init is done; k3s-node-ready needs what it installs.
 INSTALL_COMMAND = f"{channel.WAIT_FOR_CLOUD_INIT}sudo {INSTALL_NODE_READY}"
+
+
+DRAIN_COMMAND = f"sudo {NODE_READY} --drain"
 
 
 def ready_command(last: bool) -> str:
@@ -123,6 +130,13 @@ def node_document(
         },
         sort_keys=True,
     )
+
+
+def cluster_token(server_ca_pem: str, secret: str) -> str:
+    """k3s's secure token: K10, the SHA-256 of the server CA bundle as the servers hand it out
+    (/cacerts), and the secret: a joining node checks the CA it is shown against it."""
+    digest = hashlib.sha256(server_ca_pem.encode()).hexdigest()
+    return f"K10{digest}::server:{secret}"
 
 
 def object_name(obj: Mapping[str, Any]) -> str:
@@ -237,8 +251,12 @@ class K8s(pulumi.ComponentResource):
             ]
         )
         etcd_s3 = self._etcd_s3(settings)
-        if settings.backup_bucket is not None and settings.backup_endpoint is None:
-            target.snapshot_bucket(f"{prefix}-backups", settings.backup_bucket, labels)
+        may_found = self._may_found(settings)
+        bucket = (
+            target.backup_bucket(f"{prefix}-backups", settings.backup_bucket, labels)
+            if settings.backup_bucket is not None and settings.backup_endpoint is None
+            else None
+        )
         servers: dict[str, Server] = {}
         ready: list[remote.Command] = []
         for index, node in enumerate(nodes):
@@ -253,6 +271,7 @@ class K8s(pulumi.ComponentResource):
                         timing=timing,
                         deploy_key=k.strip(),
                         k3s_version=settings.k3s_version,
+                        app_namespace=app.name,
                     ),
                     node,
                 )
@@ -279,17 +298,20 @@ class K8s(pulumi.ComponentResource):
                 pki["server_ca_cert"],
                 admin_cert.cert_pem,
                 admin_key.private_key_pem,
-                pulumi.Output.all(**{k: v for k, v in pki.items()}) if first else None,
+                # The CAs only where a cluster may be founded: without them the first control
+                # plane joins a peer or fails, never starts an empty cluster beside the real one.
+                pulumi.Output.all(**pki) if first else None,
+                may_found if first else False,
                 etcd_s3 if node.role == "server" else None,
             ).apply(
                 lambda v: node_document(
                     list(app.admin.ssh_keys),
-                    v[0],
+                    cluster_token(v[1], v[0]),
                     v[1],
                     v[2],
                     v[3],
-                    _pki_files(v[4]) if v[4] else None,
-                    v[5],
+                    _pki_files(v[4]) if v[4] and v[5] else None,
+                    v[6],
                 )
             )
             connection = channel.connection(server.public_ip, deploy_key)
@@ -310,11 +332,23 @@ class K8s(pulumi.ComponentResource):
                     connection=connection,
                     create=command,
                     update=command,
+                    # Run on the old machine before Pulumi deletes it (a replacement deletes
+                    # this command first, the server is replaced delete-before-replace): cordon
+                    # and evict its pods through the API, which honours disruption budgets.
+                    delete=DRAIN_COMMAND,
                     stdin=pulumi.Output.secret(document),
                     # A new server is a new node: it gets its files and is waited for again.
                     triggers=[server.id],
                     add_previous_output_in_env=False,
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=[server.resource, script]),
+                    opts=pulumi.ResourceOptions(
+                        parent=self,
+                        # k3s checks the snapshot bucket when it starts with etcd-s3.
+                        depends_on=[
+                            server.resource,
+                            script,
+                            *([bucket] if bucket is not None and node.role == "server" else []),
+                        ],
+                    ),
                 )
             )
         control_planes = [servers[n.name] for n in nodes if n.role == "server"]
@@ -377,6 +411,7 @@ class K8s(pulumi.ComponentResource):
             ),
             "deployKey": pulumi.Output.secret(deploy_key.private_key_openssh),
             "k3sVersion": settings.k3s_version,
+            FOUNDED_OUTPUT: True,
             "etcdSnapshots": (
                 f"s3://{settings.backup_bucket}/{ETCD_SNAPSHOT_FOLDER}"
                 if settings.backup_bucket
@@ -390,6 +425,17 @@ class K8s(pulumi.ComponentResource):
             },
         }
         self.register_outputs(self.outputs)
+
+    def _may_found(self, settings: StackSettings) -> pulumi.Output[bool]:
+        """Whether the first control plane may found a cluster: at the stack's first `pulumi up`
+        (no earlier update left FOUNDED_OUTPUT), or when foundCluster says so."""
+        if settings.found_cluster:
+            return pulumi.Output.from_input(True)
+        # The DIY backends' organization is "organization" (Pulumi's own default name).
+        org = pulumi.get_organization() or "organization"
+        me = f"{org}/{pulumi.get_project()}/{pulumi.get_stack()}"
+        earlier = pulumi.StackReference(me, opts=pulumi.ResourceOptions(parent=self))
+        return earlier.get_output(FOUNDED_OUTPUT).apply(lambda founded: not founded)
 
     @staticmethod
     def _etcd_s3(settings: StackSettings) -> pulumi.Output[dict[str, object]] | None:
@@ -431,12 +477,12 @@ class K8s(pulumi.ComponentResource):
             # same cluster all along, so the provider is updated, never replaced (which would
             # replace every object it manages).
             cluster_identifier=prefix,
-            # A cluster deleted with the stack takes its objects along.
-            delete_unreachable=True,
             # A changed Secret is updated in place (pulumi-kubernetes replaces it otherwise,
             # deleting it first since its name is fixed; provider/pkg/provider/diff.go).
             enable_secret_mutable=True,
-            opts=pulumi.ResourceOptions(parent=self),
+            # The provider gives up on a cluster it cannot reach when it is configured: configure
+            # it only once every node is ready (pulumi-kubernetes, provider.go, Configure).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
         )
 
         def opts(*depends_on: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:

@@ -1,25 +1,29 @@
 #!/usr/bin/env python3
-"""k3s-node-ready: install a k3s node's secrets, bring it into its cluster, wait until Ready.
+"""k3s-node-ready: install a k3s node's secrets, bring it into its cluster, wait until Ready;
+with --drain, empty the node before its machine is deleted.
 
 Pulumi runs this on each k3s node over SSH, as root, one node after the other:
 
-    sudo /usr/local/lib/blueprints/k3s-node-ready [--config PATH] [--cluster]
+    sudo /usr/local/lib/blueprints/k3s-node-ready [--config PATH] [--cluster | --drain]
 
 and moves on to the next node only once it has exited 0 here. It is what keeps a rolling
 replacement from taking down more than one control plane at a time, so "0" has to mean "this
-node is back and the cluster can lose a node again".
+node is back and the cluster can lose a node again". --drain is the delete command of the same
+ready command: Pulumi runs it on the old machine just before it deletes it (delete-before-replace,
+or pulumi destroy), and deletes the machine only once it has exited 0.
 
 Input
   * the node's configuration, a JSON file written by its bootstrap (no secrets): its name and
     role, whether it is the first control plane, the other control planes' API addresses, every
     node's name, where the token, the admin keys, the k3s drop-ins, the TLS directory and the
-    joined marker live, the systemd unit and the time limits;
+    joined marker live, the systemd unit, the time limits and the app's namespace (if any);
   * on stdin, one JSON object with exactly the keys admin_keys, token, ca, client_cert,
-    client_key, pki and etcd_s3: the admins' OpenSSH public keys, the cluster token, the
-    cluster's server CA, an admin client certificate and its key (group system:masters), on the
-    first control plane the cluster's CAs and keys (pki, else null) and on control planes the
-    etcd snapshot settings (etcd_s3, or null). The user data holds no secret: they all arrive
-    here. stdin is a secret and none of it is ever printed.
+    client_key, pki and etcd_s3: the admins' OpenSSH public keys, the cluster token (a bare
+    secret or k3s's K10<CA hash>::server:<secret>), the cluster's server CA, an admin client
+    certificate and its key (group system:masters), on the first control plane the cluster's
+    CAs and keys (pki, else null) and on control planes the etcd snapshot settings (etcd_s3, or
+    null). The user data holds no secret: they all arrive here. stdin is a secret and none of it
+    is ever printed. --drain reads and checks the same object.
 
 What it does
   1. checks the configuration and stdin completely, then writes the token, the admin keys and
@@ -40,16 +44,30 @@ What it does
      runs and the token or the etcd S3 drop-in changed (systemctl returns once k3s runs);
   4. waits, with the admin client certificate, until this node is Ready; on control planes until
      etcd answers /readyz/etcd here and every etcd member's node is Ready; with --cluster until
-     every node of the cluster is Ready and there is one etcd member per control plane.
+     every node of the cluster is Ready, there is one node labelled as an etcd member per
+     control plane, and etcd's own member list (k3s's /db/info, asked as user "server" with the
+     token's secret) has exactly one member per control plane (1 + len(peers) on a server,
+     len(peers) on an agent), each on another Ready etcd node of the cluster (k3s names a member
+     <node name>-<suffix>): a stale member of a replaced machine fails it; with
+     app_namespace, once that namespace exists, until every Deployment and StatefulSet in it has
+     all its replicas ready and updated.
 
-Exit status: 0 ready; 1 not ready in time, no control plane to join, or systemd or the disk
-failed; 2 bad usage, configuration or stdin (nothing is written then). Every message is one line
-starting with the node's name; a failure says what it waited for and the last answer it got,
-never a traceback.
+With --drain it writes nothing and starts nothing: through the local API on a server (else the
+first other control plane answering /ping within join_wait) it cordons the node, evicts its pods
+(not those of DaemonSets, not mirror pods, not finished or terminating ones; an eviction a
+PodDisruptionBudget refuses (429) is retried) and waits until they have left the node, all
+within drain_timeout seconds. A node the API does not list is done already. When no API
+answers, the drain fails and Pulumi keeps the old machine.
+
+Exit status: 0 ready (drained); 1 not ready (not drained) in time, no control plane to join or
+to drain through, or systemd or the disk failed; 2 bad usage, configuration or stdin (nothing is
+written then). Every message is one line starting with the node's name; a failure says what it
+waited for and the last answer it got, never a traceback.
 
 Standard library only, Python 3.8 or newer: it runs on the nodes' system Python.
 """
 
+import base64
 import concurrent.futures
 import contextlib
 import json
@@ -58,6 +76,7 @@ import re
 import ssl
 import sys
 import tempfile
+import time
 import urllib.parse
 
 # --- node_kit: blueprints/release/node_kit.py, inlined here when the script is shipped ---
@@ -95,7 +114,7 @@ from blueprints.release.node_kit import (
 # --- end node_kit ---
 
 DEFAULT_CONFIG = "/etc/blueprints/k3s/node.json"
-USAGE = "usage: k3s-node-ready [--config PATH] [--cluster]"
+USAGE = "usage: k3s-node-ready [--config PATH] [--cluster | --drain]"
 PROG = "k3s-node-ready"
 
 # The label k3s puts on every control plane that runs an etcd member.
@@ -112,12 +131,20 @@ STDIN_EXPECTED = (
 TOKEN = re.compile(r"[!-~]+")
 # A Kubernetes node name (a DNS subdomain): it goes into API paths, so nothing else passes.
 NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# A namespace name (a DNS label).
+NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ETCD_S3_KEY = re.compile(r"^etcd-[a-z0-9]+(-[a-z0-9]+)*$")
 PKI_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def _is_node_name(value):
     return isinstance(value, str) and len(value) <= 253 and NODE_NAME.fullmatch(value) is not None
+
+
+def _is_namespace_or_null(value):
+    if value is None:
+        return True
+    return isinstance(value, str) and len(value) <= 63 and NAMESPACE.fullmatch(value) is not None
 
 
 # The configuration's keys: (check, what the value must be, default or REQUIRED). Other keys are
@@ -151,6 +178,10 @@ CONFIG_FIELDS = {
     "ping_timeout": (_is_number, "a positive number", 3),
     # Seconds one request to the Kubernetes API may take at most.
     "request_timeout": (_is_number, "a positive number", 10),
+    # --drain: seconds for cordoning, evicting and waiting until the pods have left the node.
+    "drain_timeout": (_is_number, "a positive number", 600),
+    # The app's namespace: once it exists, its Deployments and StatefulSets must be ready too.
+    "app_namespace": (_is_namespace_or_null, "null or a Kubernetes namespace name", None),
 }
 
 
@@ -198,9 +229,22 @@ def read_secrets(config, data):
     check_etcd_s3(config, value["etcd_s3"], bad)
     try:
         value["tls"] = tls_context(value)
+        value["supervisor_tls"] = tls_context(value, client=False)
     except Exit as e:
         raise bad(e.message) from None
     return value
+
+
+def supervisor_password(token):
+    """The password of k3s's supervisor (user "server"): of a K10<CA hash>::<user>:<password>
+    token only its password part, as k3s itself parses it (clientaccess.parseToken: the
+    supervisor keeps the password alone, so the full K10 string would not match); a bare token
+    is the password."""
+    if token.startswith("K10") and "::" in token:
+        credentials = token.split("::", 1)[1]
+        if ":" in credentials:
+            return credentials.split(":", 1)[1]
+    return token
 
 
 def check_pki(config, pki, bad):
@@ -273,15 +317,18 @@ def private_file(text):
             os.rmdir(directory)
 
 
-def tls_context(secrets):
-    """The TLS context of every request: the cluster's server CA and the admin certificate. The
-    host name is not checked: the addresses are private IPs, and the CA is the cluster's own."""
+def tls_context(secrets, client=True):
+    """The TLS context of every request: the cluster's server CA and (with client) the admin
+    certificate. The host name is not checked: the addresses are private IPs, and the CA is the
+    cluster's own."""
     try:
         context = ssl.create_default_context(cadata=secrets["ca"])
     except Exception:
         raise Exit(2, "ca is not a valid PEM certificate") from None
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED
+    if not client:
+        return context
     try:
         # An ExitStack rather than one parenthesised with: Python 3.8 has no such syntax.
         with contextlib.ExitStack() as stack:
@@ -371,10 +418,10 @@ def new_waiter(config, limit):
     return Waiter(config["name"], limit, config["poll_every"], config["progress_every"])
 
 
-def ping_peers(config, api, waiter):
-    """Asks every peer for /ping at once; returns the answering ones (in the configuration's
-    order) and a summary of the others' answers."""
-    peers = config["peers"]
+def ping_peers(config, api, waiter, bases=None):
+    """Asks every peer (or every one of bases) for /ping at once; returns the answering ones (in
+    the given order) and a summary of the others' answers."""
+    peers = config["peers"] if bases is None else bases
     timeout = waiter.timeout(config["ping_timeout"])
 
     def ping(base):
@@ -391,6 +438,15 @@ def ping_peers(config, api, waiter):
 
 def node_path(name):
     return "/api/v1/nodes/" + urllib.parse.quote(name, safe="")
+
+
+def quoted(text):
+    return urllib.parse.quote(text, safe="")
+
+
+def metadata_of(item):
+    metadata = item.get("metadata") if isinstance(item, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def ready_condition(node):
@@ -543,13 +599,104 @@ def join(config, secrets, api):
 # -- readiness ------------------------------------------------------------------------------------
 
 
-def wait_ready(config, api, waiter, cluster):
+def member_node(member, etcd_nodes):
+    """The etcd node a member of k3s's member list runs on: k3s names a member <node>-<suffix>
+    (older versions: <host name's first label>-<suffix>); None if it is none of etcd_nodes."""
+    stem = member.rsplit("-", 1)[0] if "-" in member else None
+    for node in etcd_nodes:
+        if stem in (node, node.split(".")[0]):
+            return node
+    return None
+
+
+def check_etcd_members(token, call, url, servers, ready_etcd):
+    """k3s's etcd member list (/db/info, asked as the supervisor's user "server" with the
+    cluster token) must hold exactly one member per control plane, each on another Ready etcd
+    node (ready_etcd); returns the part of the ready line."""
+    what = f"{servers} etcd members (one per control plane) in etcd's member list (/db/info)"
+    password = supervisor_password(token)
+    credentials = base64.b64encode(f"server:{password}".encode()).decode("ascii")
+    answer = call(url, "/db/info", {"Authorization": "Basic " + credentials})
+    if answer.status in (401, 403):
+        raise NotYet(what, f"/db/info refused the cluster token: {answer}")
+    if answer.status == 404:
+        raise NotYet(what, f"/db/info is not served here (no embedded etcd?): {answer}")
+    info = parse(answer, what, dict)
+    members = info.get("members")
+    if not isinstance(members, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("name"), str) for m in members
+    ):
+        raise NotYet(what, "the answer has no members list of objects with a name")
+    names = sorted(m["name"] for m in members)
+    if len(names) != servers:
+        listed = ", ".join(n or "(unnamed: not started yet)" for n in names) or "none"
+        raise NotYet(what, shorten(f"{len(names)} member(s): {listed}"))
+    on = {}
+    for member in sorted(members, key=lambda m: m["name"]):
+        node = member_node(member["name"], ready_etcd)
+        if node is None:
+            raise NotYet(
+                what,
+                shorten(
+                    f"member {member['name'] or '(unnamed)'} is on no Ready etcd node (Ready "
+                    f"etcd nodes: {', '.join(ready_etcd) or 'none'})"
+                ),
+            )
+        if node in on:
+            raise NotYet(what, f"members {on[node]} and {member['name']} are both on {node}")
+        on[node] = member["name"]
+        if member.get("isLearner") is True:
+            raise NotYet(what, f"member {member['name']} is still a learner")
+    return f"etcd has one member on each of the {servers} control plane(s)"
+
+
+def replicas(value, default):
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def check_workloads(namespace, get, url):
+    """Once namespace exists, every Deployment and StatefulSet in it must have its replicas
+    ready and updated; returns the part of the ready line."""
+    what = f"the Deployments and StatefulSets in namespace {namespace} to be ready"
+    answer = get(url, "/api/v1/namespaces/" + quoted(namespace))
+    if answer.status == 404:
+        return f"namespace {namespace} does not exist yet: no app to wait for"
+    parse(answer, what, dict)
+    waiting, count = [], 0
+    for kind, plural in (("deployment", "deployments"), ("statefulset", "statefulsets")):
+        path = f"/apis/apps/v1/namespaces/{quoted(namespace)}/{plural}"
+        items = parse(get(url, path), what, dict).get("items")
+        if not isinstance(items, list):
+            raise NotYet(what, f"the {plural} list has no items list")
+        for item in items:
+            count += 1
+            spec = item.get("spec") if isinstance(item, dict) else None
+            status = item.get("status") if isinstance(item, dict) else None
+            spec = spec if isinstance(spec, dict) else {}
+            status = status if isinstance(status, dict) else {}
+            want = replicas(spec.get("replicas"), 1)
+            ready = replicas(status.get("readyReplicas"), 0)
+            updated = replicas(status.get("updatedReplicas"), 0)
+            if ready < want or updated < want:
+                text = f"{kind} {metadata_of(item).get('name')} {ready}/{want} ready"
+                if updated < want:
+                    text += f", {updated}/{want} updated"
+                waiting.append(text)
+    if waiting:
+        raise NotYet(what, shorten("; ".join(waiting)))
+    return f"all {count} Deployments and StatefulSets in namespace {namespace} are ready"
+
+
+def wait_ready(config, secrets, api, waiter, cluster):
     """Waits until this node is Ready, on a server etcd and every etcd member's node too, with
-    --cluster every node; returns the line."""
+    --cluster every node and etcd's member list, with app_namespace its workloads; returns the
+    line."""
     name = config["name"]
     server = config["role"] == "server"
     servers = len(config["peers"]) + (1 if server else 0)
     nodes = config["nodes"]
+    namespace = config["app_namespace"]
+    supervisor = Api(secrets["supervisor_tls"])
 
     def base():
         if server:
@@ -562,6 +709,11 @@ def wait_ready(config, api, waiter, cluster):
     def get(url, path):
         return api.call("GET", url, path, waiter.timeout(config["request_timeout"]))
 
+    def get_supervisor(url, path, headers):
+        # Not with the admin certificate: k3s's supervisor wants its own user, "server".
+        timeout = waiter.timeout(config["request_timeout"])
+        return supervisor.call("GET", url, path, timeout, headers)
+
     def check():
         url = base()
         what = f"this node ({name}) to be Ready"
@@ -572,8 +724,6 @@ def wait_ready(config, api, waiter, cluster):
         if not is_ready(node):
             raise NotYet(what, shorten(describe_node(name, node)))
         parts = [f"{name}: ready: node {name} is Ready"]
-        if not (server or cluster):
-            return parts[0]
 
         if server:
             what = "etcd on this control plane to be ready (/readyz/etcd)"
@@ -581,15 +731,16 @@ def wait_ready(config, api, waiter, cluster):
             if answer.status != 200 or answer.body.strip() != b"ok":
                 raise NotYet(what, str(answer))
 
-        what = "the cluster's node list"
-        listing = parse(get(url, "/api/v1/nodes"), what, dict)
-        items = listing.get("items")
-        if not isinstance(items, list):
-            raise NotYet(what, "the answer has no items list")
-        by_name = {node_name(n): n for n in items if isinstance(node_name(n), str)}
-        etcd = sorted(
-            n for n, node in by_name.items() if node_labels(node).get(ETCD_LABEL) == "true"
-        )
+        if server or cluster:
+            what = "the cluster's node list"
+            listing = parse(get(url, "/api/v1/nodes"), what, dict)
+            items = listing.get("items")
+            if not isinstance(items, list):
+                raise NotYet(what, "the answer has no items list")
+            by_name = {node_name(n): n for n in items if isinstance(node_name(n), str)}
+            etcd = sorted(
+                n for n, node in by_name.items() if node_labels(node).get(ETCD_LABEL) == "true"
+            )
 
         if server:
             what = "every etcd member's node to be Ready"
@@ -618,20 +769,252 @@ def wait_ready(config, api, waiter, cluster):
                     what, shorten(f"{len(etcd)} node(s) labelled {ETCD_LABEL}=true: {listed}")
                 )
             parts.append(f"all {len(nodes)} nodes of the cluster are Ready")
+            ready_etcd = [n for n in etcd if is_ready(by_name[n])]
+            parts.append(
+                check_etcd_members(secrets["token"], get_supervisor, url, servers, ready_etcd)
+            )
+
+        if namespace is not None:
+            parts.append(check_workloads(namespace, get, url))
         return "; ".join(parts)
 
     return waiter.until(check)
 
 
+# -- --drain --------------------------------------------------------------------------------------
+
+# Pods a drain leaves alone: they are not rescheduled elsewhere (DaemonSets, mirror pods of
+# static manifests) or have stopped already.
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+FINISHED_PHASES = ("Succeeded", "Failed")
+
+
+def pod_key(pod):
+    metadata = metadata_of(pod)
+    return metadata.get("namespace"), metadata.get("name")
+
+
+def pod_node(pod):
+    spec = pod.get("spec") if isinstance(pod, dict) else None
+    return spec.get("nodeName") if isinstance(spec, dict) else None
+
+
+def pod_phase(pod):
+    status = pod.get("status") if isinstance(pod, dict) else None
+    return status.get("phase") if isinstance(status, dict) else None
+
+
+def skipped_because(pod):
+    """Why a drain leaves the pod alone, or None."""
+    metadata = metadata_of(pod)
+    owners = metadata.get("ownerReferences")
+    if any(isinstance(o, dict) and o.get("kind") == "DaemonSet" for o in owners or []):
+        return "DaemonSet"
+    annotations = metadata.get("annotations")
+    if isinstance(annotations, dict) and MIRROR_ANNOTATION in annotations:
+        return "mirror"
+    if pod_phase(pod) in FINISHED_PHASES or metadata.get("deletionTimestamp"):
+        return "finished or terminating"
+    return None
+
+
+def status_message(answer):
+    """What a Kubernetes Status body says (a DisruptionBudget cause names the budget), else the
+    answer."""
+    try:
+        value = json.loads(answer.body.decode("utf-8"))
+    except ValueError:
+        value = None
+    value = value if isinstance(value, dict) else {}
+    details = value.get("details") if isinstance(value.get("details"), dict) else {}
+    causes = details.get("causes") if isinstance(details.get("causes"), list) else []
+    for cause in causes:
+        message = cause.get("message") if isinstance(cause, dict) else None
+        # (message is a string only when cause is an object)
+        if isinstance(message, str) and message and cause.get("reason") == "DisruptionBudget":
+            return shorten(message)
+    message = value.get("message")
+    return shorten(message) if isinstance(message, str) and message else str(answer)
+
+
+def find_api(config, api):
+    """The API to drain through: the local one on a server (else another control plane), the
+    first control plane that answers /ping on an agent; exit 1 when none answers in join_wait."""
+    name = config["name"]
+    bases = ([config["local_api"]] if config["local_api"] else []) + config["peers"]
+    waiter = new_waiter(config, config["join_wait"])
+    what = "an API server to answer /ping"
+
+    def check():
+        good, summary = ping_peers(config, api, waiter, bases)
+        if good:
+            return good[0]
+        raise NotYet(what, summary)
+
+    def give_up(_what, answer):
+        raise Exit(
+            1,
+            f"{name}: cannot drain {name}: no API server answered /ping at {', '.join(bases)} "
+            f"within {seconds(config['join_wait'])} s; the old machine is kept (Pulumi stops "
+            f"before deleting it); last answers: {answer}; run `pulumi state delete` on this "
+            "ready command to skip the drain",
+        )
+
+    return waiter.until(check, give_up)
+
+
+def drain(config, api):
+    """--drain: cordons this node, evicts its pods and waits until they have left; returns the
+    line. Writes nothing and starts nothing."""
+    name = config["name"]
+    started = time.monotonic()
+    url = find_api(config, api)
+    say(f"{name}: draining {name} through {url}")
+    waiter = new_waiter(config, config["drain_timeout"])
+    path = node_path(name)
+
+    def call(method, request_path, body=None, content_type="application/json"):
+        timeout = waiter.timeout(config["request_timeout"])
+        if body is None:
+            return api.call(method, url, request_path, timeout)
+        data = json.dumps(body).encode("utf-8")
+        headers = {"Content-Type": content_type}
+        return api.call(method, url, request_path, timeout, headers, data)
+
+    def give_up(what, answer):
+        raise Exit(
+            1,
+            f"{name}: not drained after {seconds(config['drain_timeout'])} s: waiting for {what}; "
+            f"last answer: {answer}; the old machine is kept (Pulumi stops before deleting it)",
+        )
+
+    def cordon():
+        what = f"the node {name} to be cordoned"
+        answer = call("GET", path)
+        if answer.status == 404:
+            return False
+        parse(answer, what, dict)
+        patch = {"spec": {"unschedulable": True}}
+        answer = call("PATCH", path, patch, "application/merge-patch+json")
+        if answer.status == 404:
+            return False
+        if answer.status != 200:
+            raise NotYet(what, f"PATCH {path}: {answer}")
+        return True
+
+    if not waiter.until(cordon, give_up):
+        return f"{name}: the API lists no node {name}: nothing to drain"
+    say(f"{name}: cordoned {name} (no new pods are scheduled on it)")
+
+    def list_pods():
+        what = f"the list of the pods on {name}"
+        query = urllib.parse.urlencode({"fieldSelector": f"spec.nodeName={name}"})
+        items = parse(call("GET", "/api/v1/pods?" + query), what, dict).get("items")
+        if not isinstance(items, list):
+            raise NotYet(what, "the answer has no items list")
+        return items
+
+    pods, skipped = {}, 0
+    for pod in waiter.until(list_pods, give_up):
+        key = pod_key(pod)
+        if not all(isinstance(part, str) and part for part in key) or pod_node(pod) != name:
+            continue
+        if skipped_because(pod) is not None:
+            skipped += 1
+            continue
+        pods[key] = metadata_of(pod).get("uid")
+    names = [f"{ns}/{pod}" for ns, pod in sorted(pods)]
+    if names:
+        say(
+            shorten(
+                f"{name}: evicting {len(names)} pod(s) ({skipped} left alone): " + ", ".join(names)
+            )
+        )
+
+    evicted = set()
+
+    def evict():
+        what = "the pods to be evicted"
+        blocked, failed = [], []
+        for ns, pod in sorted(pods):
+            if (ns, pod) in evicted:
+                continue
+            body = {
+                "apiVersion": "policy/v1",
+                "kind": "Eviction",
+                "metadata": {"name": pod, "namespace": ns},
+            }
+            eviction = f"/api/v1/namespaces/{quoted(ns)}/pods/{quoted(pod)}/eviction"
+            answer = call("POST", eviction, body)
+            if answer.status in (200, 201, 404):
+                evicted.add((ns, pod))
+            elif answer.status == 429:
+                blocked.append(f"{ns}/{pod} ({status_message(answer)})")
+            else:
+                failed.append(f"{ns}/{pod}: {answer}")
+        if blocked or failed:
+            parts = [f"blocked by a PodDisruptionBudget: {', '.join(blocked)}"] if blocked else []
+            raise NotYet(what, shorten("; ".join(parts + failed)))
+        return True
+
+    waiter.until(evict, give_up)
+
+    def gone():
+        still = []
+        for ns, pod in sorted(pods):
+            answer = call("GET", f"/api/v1/namespaces/{quoted(ns)}/pods/{quoted(pod)}")
+            if answer.status == 404:
+                continue
+            current = parse(answer, f"the pod {ns}/{pod}", dict)
+            if metadata_of(current).get("uid") != pods[ns, pod] or pod_node(current) != name:
+                continue
+            phase = pod_phase(current) or "no phase"
+            deleting = ", terminating" if metadata_of(current).get("deletionTimestamp") else ""
+            still.append(f"{ns}/{pod} ({phase}{deleting})")
+        if still:
+            what = f"the evicted pods to leave {name}"
+            raise NotYet(what, shorten("still there: " + ", ".join(still)))
+        return True
+
+    waiter.until(gone, give_up)
+    taken = time.monotonic() - started
+    return (
+        f"{name}: drained: evicted {len(pods)} pod(s) in {taken:.1f} s ({skipped} DaemonSet, "
+        "mirror or finished pod(s) left alone)"
+    )
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
+def parse_command_line(argv):
+    """Returns (config path, --cluster, --drain); --cluster and --drain exclude each other."""
+    rest, drain_flag = [], False
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--drain":
+            drain_flag = True
+            continue
+        rest.append(arg)
+        if arg == "--config" and args:
+            rest.append(args.pop(0))
+    config_path, cluster = parse_args(rest, DEFAULT_CONFIG, USAGE)
+    if cluster and drain_flag:
+        raise Exit(2, USAGE)
+    return config_path, cluster, drain_flag
+
+
 def run(argv, stdin):
-    config_path, cluster = parse_args(argv, DEFAULT_CONFIG, USAGE)
+    config_path, cluster, drain_flag = parse_command_line(argv)
     config = load_config(config_path, PROG, CONFIG_FIELDS, check_config)
     name = PREFIX[0] = config["name"]
     secrets = read_secrets(config, stdin.read())
     api = Api(secrets["tls"])
+    if drain_flag:
+        # The delete command: nothing is written, nothing started.
+        say(drain(config, api))
+        return 0
     changed = install_files(config, secrets)
     if os.path.exists(config["joined_marker"]):
         say(f"{name}: joined before ({config['joined_marker']} exists): no node object is removed")
@@ -646,7 +1029,7 @@ def run(argv, stdin):
         )
     else:
         waiter = join(config, secrets, api)
-    say(wait_ready(config, api, waiter, cluster))
+    say(wait_ready(config, secrets, api, waiter, cluster))
     return 0
 
 
