@@ -1492,7 +1492,9 @@ def test_app_namespace_that_does_not_exist_yet_is_skipped(node, cluster, k3s, pk
 
 DRAINED = re.compile(
     r"^(?P<name>[a-z0-9-]+): drained: evicted (?P<count>\d+) pod\(s\) in \d+\.\d s "
-    r"\((?P<skipped>\d+) DaemonSet, mirror or finished pod\(s\) left alone\)$"
+    r"\((?P<skipped>\d+) DaemonSet, mirror or finished pod\(s\) left alone\); "
+    r"(?P<node>removed its node object through \S+|its node object is kept \(no other control "
+    r"plane answers\))$"
 )
 KEPT = "the old machine is kept (Pulumi stops before deleting it)"
 
@@ -1531,6 +1533,8 @@ def test_drain_cordons_evicts_then_waits_until_the_pods_have_left(node, cluster,
     drained = DRAINED.match(lines[-1])
     assert drained is not None, lines[-1]
     assert drained.group("count", "skipped") == ("2", "3")
+    # the machine leaves the cluster before Pulumi deletes it
+    assert drained.group("node") == f"removed its node object through {cp1.url}"
     assert len(lines) == 4
     assert_no_secret(result, secrets)
 
@@ -1544,12 +1548,15 @@ def test_drain_cordons_evicts_then_waits_until_the_pods_have_left(node, cluster,
         "application/merge-patch+json",
     ]
     assert events[1:3] == [eviction("shop", "db-0"), eviction("shop", "web-7d9f-x2x")]
-    assert {e[1] for e in events[3:]} == {"GET"}
-    assert {e[2] for e in events[3:]} == {
+    # the wait for the pods, then the node's removal, once every pod has left
+    removal = next(i for i, e in enumerate(events) if e[1] == "DELETE")
+    assert events[removal][2] == "/api/v1/nodes/worker-1"
+    assert {e[1] for e in events[3:removal]} == {"GET"}
+    assert {e[2] for e in events[3:removal]} == {
         "/api/v1/namespaces/shop/pods/db-0",
         "/api/v1/namespaces/shop/pods/web-7d9f-x2x",
     }
-    assert cluster.nodes["worker-1"]["unschedulable"] is True
+    assert "worker-1" not in cluster.nodes
     assert cp1.queries == ["fieldSelector=spec.nodeName%3Dworker-1"]
     # the StatefulSet's pod came back elsewhere under a new uid; the rest left
     assert cluster.pods["shop", "db-0"]["node"] == "worker-2"
@@ -1578,6 +1585,9 @@ def test_drain_retries_an_eviction_a_disruption_budget_refuses(node, cluster, k3
     ) in lines
     drained = DRAINED.match(lines[-1])
     assert drained is not None and drained.group("count") == "2", lines[-1]
+    # no other control plane answers: the Node stays (etcd keeps its last member)
+    assert drained.group("node").startswith("its node object is kept")
+    assert local.count("DELETE", "/api/v1/nodes/cp-2") == 0
     assert local.count("POST", "/api/v1/namespaces/shop/pods/web-1/eviction") == 4
     assert local.count("POST", "/api/v1/namespaces/shop/pods/web-2/eviction") == 1
     assert node.nothing_written()

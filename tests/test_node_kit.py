@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from blueprints.backup import backup_source
 from blueprints.release import node_kit_ship
 from blueprints.release.node_kit_ship import BEGIN, END, shipped_source
 from blueprints.rungs.k8s import bootstrap as k8s_bootstrap
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {
     "nomad": ROOT / "blueprints/rungs/nomad/node_ready.py",
     "k8s": ROOT / "blueprints/rungs/k8s/node_ready.py",
+    "backup": ROOT / "blueprints/backup/node_backup.py",
 }
 PYTHON38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
 
@@ -43,10 +45,14 @@ def test_the_shipped_script_is_one_self_contained_file(rung):
 
 @pytest.mark.parametrize("rung", sorted(SCRIPTS))
 def test_shipped_source_is_deterministic_and_what_the_bootstrap_sends(rung):
-    bootstrap = {"nomad": nomad_bootstrap, "k8s": k8s_bootstrap}[rung]
+    sources = {
+        "nomad": nomad_bootstrap.node_ready_source,
+        "k8s": k8s_bootstrap.node_ready_source,
+        "backup": backup_source,
+    }
 
     assert shipped_source(SCRIPTS[rung]) == shipped_source(SCRIPTS[rung])
-    assert bootstrap.node_ready_source() == shipped_source(SCRIPTS[rung])
+    assert sources[rung]() == shipped_source(SCRIPTS[rung])
 
 
 @pytest.mark.skipif(not PYTHON38.exists(), reason=f"no {PYTHON38}")

@@ -56,8 +56,10 @@ With --drain it writes nothing and starts nothing: through the local API on a se
 first other control plane answering /ping within join_wait) it cordons the node, evicts its pods
 (not those of DaemonSets, not mirror pods, not finished or terminating ones; an eviction a
 PodDisruptionBudget refuses (429) is retried) and waits until they have left the node, all
-within drain_timeout seconds. A node the API does not list is done already. When no API
-answers, the drain fails and Pulumi keeps the old machine.
+within drain_timeout seconds. Then it deletes the Node through another control plane (k3s
+removes a server's etcd member with it), so the machine has left the cluster before it is
+deleted; the last control plane answering keeps its Node. A node the API does not list is done
+already. When no API answers, the drain fails and Pulumi keeps the old machine.
 
 Exit status: 0 ready (drained); 1 not ready (not drained) in time, no control plane to join or
 to drain through, or systemd or the disk failed; 2 bad usage, configuration or stdin (nothing is
@@ -977,11 +979,42 @@ def drain(config, api):
         return True
 
     waiter.until(gone, give_up)
+    removed = remove_drained_node(config, api, waiter, give_up)
     taken = time.monotonic() - started
     return (
         f"{name}: drained: evicted {len(pods)} pod(s) in {taken:.1f} s ({skipped} DaemonSet, "
-        "mirror or finished pod(s) left alone)"
+        f"mirror or finished pod(s) left alone); {removed}"
     )
+
+
+def remove_drained_node(config, api, waiter, give_up):
+    """Deletes the drained node's Node (k3s removes a server's etcd member with it) through
+    another control plane, so the machine leaves the cluster before it is deleted: a destroy
+    then shrinks etcd one member at a time instead of losing its quorum. The last control plane
+    answering keeps its Node (etcd cannot remove its last member). Returns a phrase."""
+    name = config["name"]
+    others = [url for url in ping_peers(config, api, waiter, config["peers"])[0]]
+    if not others:
+        return "its node object is kept (no other control plane answers)"
+    url = others[0]
+    path = node_path(name)
+    deleted = []
+
+    def delete():
+        what = f"the node object {name} to be removed through {url}"
+        answer = api.call("GET", url, path, waiter.timeout(config["request_timeout"]))
+        if answer.status == 404:
+            return True
+        parse(answer, what, dict)
+        if not deleted:
+            answer = api.call("DELETE", url, path, waiter.timeout(config["request_timeout"]))
+            if answer.status not in (200, 202, 404):
+                raise NotYet(what, f"DELETE {path}: {answer}")
+            deleted.append(True)
+        raise NotYet(what, f"deleted {name}; it is still listed (etcd member removal)")
+
+    waiter.until(delete, give_up)
+    return f"removed its node object through {url}"
 
 
 # -- main -----------------------------------------------------------------------------------------
