@@ -419,7 +419,8 @@ class StackSettings(BaseModel):
             )
         if self.zone is not None and not self.zone.startswith(self.region):
             raise FieldProblem(("zone",), f"zone {self.zone!r} is not in region {self.region!r}")
-        if self.backup_bucket is not None:
+        # (Another blueprint setting them is told they are k8s's only, after this.)
+        if self.backup_bucket is not None and self.blueprint == "k8s":
             if self.backup_access_key is None:
                 raise FieldProblem(
                     ("backup_access_key",),

@@ -107,6 +107,11 @@ def deploy() -> None:
             f"{NAMESPACE}:{SECRETS_KEY} is stored in plain text in {source}; set each value "
             "with `pulumi config set --secret --path`"
         )
+    if snapshot_key is not None and settings.backup_bucket is None:
+        pulumi.log.warn(
+            f"{NAMESPACE}:{BACKUP_SECRET_KEY} is set but {NAMESPACE}:backupBucket is not; the key "
+            "is not used"
+        )
     if snapshot_key is not None and not is_config_secret(f"{NAMESPACE}:{BACKUP_SECRET_KEY}"):
         pulumi.log.warn(
             f"{NAMESPACE}:{BACKUP_SECRET_KEY} is stored in plain text in {source}; set "

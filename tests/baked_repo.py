@@ -93,3 +93,15 @@ def run_diff(repo: Path, stacks: Iterable[str], *args: str):
     return CliRunner().invoke(
         app, ["diff", "-C", str(repo), "--base", "HEAD~1", *stacks, *args], env={"COLUMNS": "200"}
     )
+
+
+def offline_diff(repo: Path, stacks: list[str]):
+    """The stacks' offline documents against HEAD~1 and the report `blueprints diff` builds
+    from them, planned once (tests that also run the CLI plan a second time)."""
+    from blueprints.preview.document import parse_preview
+    from blueprints.preview.offline import offline_documents
+    from blueprints.preview.report import build_report
+
+    docs = offline_documents(repo, "HEAD~1", stacks)
+    parsed = [(stack, parse_preview(doc, source=stack)) for stack, doc in docs]
+    return docs, build_report(parsed, prices=False, title="diff")

@@ -564,6 +564,40 @@ def test_failure_timing_is_stack_config():
             "stacks/Pulumi.k8s-hcloud.yaml: blueprints:active: applies to the single-vm blueprint "
             "only, not to k8s; remove it from the stack file",
         ),
+        (
+            "k8s-hcloud",
+            {"blueprints:k3sVersion": "1.34"},
+            "stacks/Pulumi.k8s-hcloud.yaml: blueprints:k3sVersion: must be a k3s release like "
+            "v1.34.9+k3s1 (got '1.34')",
+        ),
+        (
+            "k8s-hcloud",
+            {"blueprints:backupBucket": "shop-backups", "blueprints:backupAccessKey": "AK"},
+            "stacks/Pulumi.k8s-hcloud.yaml: blueprints:backupEndpoint: is required with "
+            "backupBucket on hcloud: the Object Storage endpoint, like "
+            "https://fsn1.your-objectstorage.com",
+        ),
+        (
+            "k8s-hcloud",
+            {
+                "blueprints:backupBucket": "shop-backups",
+                "blueprints:backupEndpoint": "https://fsn1.your-objectstorage.com",
+            },
+            "stacks/Pulumi.k8s-hcloud.yaml: blueprints:backupAccessKey: is required with "
+            "backupBucket: the access key id of the bucket",
+        ),
+        (
+            "k8s-localstack",
+            {"blueprints:backupBucket": "Shop_Backups"},
+            "stacks/Pulumi.k8s-localstack.yaml: blueprints:backupBucket: must be an S3 bucket "
+            "name: 3 to 63 lower-case letters, digits, dots and hyphens (got 'Shop_Backups')",
+        ),
+        (
+            "compose-hcloud",
+            {"blueprints:backupBucket": "shop-backups"},
+            "stacks/Pulumi.compose-hcloud.yaml: blueprints:backupBucket: applies to the k8s "
+            "blueprint only, not to compose; remove it from the stack file",
+        ),
     ],
 )
 def test_bad_stack_settings_give_one_clear_line(stack, overrides, message):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from baked_repo import baked_git_repo, commit_all, edit, step_ops
+from baked_repo import baked_git_repo, commit_all, edit, offline_diff, step_ops
 from baked_repo import run_diff as run_stack_diff
 
 from blueprints.preview.offline import offline_documents
@@ -55,10 +55,10 @@ def test_an_admin_key_updates_the_ready_commands_only(repo):
     assert marker in text
     spec.write_text(text.replace(marker, f"    - {NEW_KEY}\n{marker}", 1))
     commit_all(repo, "a new admin")
-    for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
+    docs, report = offline_diff(repo, STACKS)
+    for stack, doc in docs:
         assert step_ops(doc) == {f"shop-{stack}-node-{i}-ready": "update" for i in (1, 2, 3)}
-    res = run_diff(repo, "--fail-on", "data-loss")
-    assert res.exit_code == 0, res.stderr
+    assert not report.data_loss
 
 
 def test_a_nomad_version_bump_replaces_the_nodes_one_after_another(repo):
@@ -70,7 +70,8 @@ def test_a_nomad_version_bump_replaces_the_nodes_one_after_another(repo):
             "blueprints:nomadVersion: 1.10.6",
         )
     commit_all(repo, "nomad 1.10.6")
-    for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
+    docs, report = offline_diff(repo, STACKS)
+    for stack, doc in docs:
         replaced = [
             s["urn"].rsplit("::", 1)[-1]
             for s in doc["steps"]
@@ -83,12 +84,10 @@ def test_a_nomad_version_bump_replaces_the_nodes_one_after_another(repo):
         for i in (1, 2, 3):
             assert ops[f"shop-{stack}-node-{i}-ready"] == "replace"
         assert not any("-job-" in n or "-secrets-" in n for n in ops)
-    res = run_diff(repo)
-    assert res.exit_code == 0, res.stderr
     for stack in STACKS:
         p = f"shop-{stack}"
         assert (
             "Servers replaced one after another, each once the one before is back: "
             f"`{p}-node-1`, then `{p}-node-2` (after `{p}-node-1-ready`), then "
             f"`{p}-node-3` (after `{p}-node-2-ready`)."
-        ) in res.stdout
+        ) in report.markdown
