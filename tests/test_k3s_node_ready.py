@@ -18,7 +18,6 @@ app's Deployments and StatefulSets. NODE_READY_PYTHON runs the script with anoth
 from __future__ import annotations
 
 import base64
-import datetime
 import http.server
 import ipaddress
 import json
@@ -38,9 +37,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from throwaway_pki import cert_pem, key_pem, make_cert, new_key
 
 from blueprints.rungs.k8s.bootstrap import node_ready_source
 from blueprints.rungs.k8s.node_ready import supervisor_password
@@ -78,105 +76,50 @@ STDIN_EXPECTED = (
 # -- a throwaway PKI ------------------------------------------------------------------------------
 
 
-def _key():
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(key) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-def _pem_cert(cert) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _cert(subject: str, key, issuer_cert, issuer_key, *, ca: bool, sans=(), usage=None):
-    now = datetime.datetime.now(datetime.UTC)
-    issuer = issuer_cert.subject if issuer_cert else x509.Name.from_rfc4514_string(subject)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name.from_rfc4514_string(subject))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    else:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        ).add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    return builder.sign(issuer_key if issuer_cert else key, hashes.SHA256())
-
-
 class Pki:
     """k3s's server CA with the API servers' certificate (127.0.0.1), its client CA with an
     admin and a non-admin client certificate, and a foreign CA."""
 
     def __init__(self, directory: Path):
-        server_ca_key = _key()
-        server_ca = _cert("CN=k3s-server-ca", server_ca_key, None, None, ca=True)
-        self.ca = _pem_cert(server_ca)
-        self.ca_key = _pem_key(server_ca_key)
+        server_ca_key = new_key()
+        server_ca = make_cert("CN=k3s-server-ca", server_ca_key, None, None, ca=True)
+        self.ca = cert_pem(server_ca)
+        self.ca_key = key_pem(server_ca_key)
         sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        server_key = _key()
-        server = _cert(
+        server_key = new_key()
+        server = make_cert(
             "CN=k3s",
             server_key,
             server_ca,
             server_ca_key,
             ca=False,
             sans=sans,
-            usage=ExtendedKeyUsageOID.SERVER_AUTH,
+            usages=[ExtendedKeyUsageOID.SERVER_AUTH],
         )
         self.server_cert = directory / "serving-kube-apiserver.crt"
         self.server_key = directory / "serving-kube-apiserver.key"
-        self.server_cert.write_text(_pem_cert(server))
-        self.server_key.write_text(_pem_key(server_key))
+        self.server_cert.write_text(cert_pem(server))
+        self.server_key.write_text(key_pem(server_key))
 
-        client_ca_key = _key()
-        client_ca = _cert("CN=k3s-client-ca", client_ca_key, None, None, ca=True)
-        self.client_ca = _pem_cert(client_ca)
+        client_ca_key = new_key()
+        client_ca = make_cert("CN=k3s-client-ca", client_ca_key, None, None, ca=True)
+        self.client_ca = cert_pem(client_ca)
         self.clients = {}
         for kind, subject in (
             ("admin", "CN=blueprints-admin,O=system:masters"),
             ("developer", "CN=dev,O=developers"),
         ):
-            key = _key()
-            cert = _cert(
+            key = new_key()
+            cert = make_cert(
                 subject,
                 key,
                 client_ca,
                 client_ca_key,
                 ca=False,
-                usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+                usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
             )
-            self.clients[kind] = (_pem_cert(cert), _pem_key(key))
-        self.foreign_ca = _pem_cert(_cert("CN=someone-else", _key(), None, None, ca=True))
+            self.clients[kind] = (cert_pem(cert), key_pem(key))
+        self.foreign_ca = cert_pem(make_cert("CN=someone-else", new_key(), None, None, ca=True))
 
     def tls_files(self) -> dict[str, str]:
         """What stdin's pki holds for the first control plane (the texts are stand-ins)."""

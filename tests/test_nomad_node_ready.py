@@ -12,7 +12,6 @@ servers' Python 3.8).
 from __future__ import annotations
 
 import base64
-import datetime
 import http.server
 import ipaddress
 import json
@@ -28,9 +27,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from throwaway_pki import cert_pem, key_pem, make_cert, new_key
 
 from blueprints.rungs.nomad.bootstrap import node_ready_source
 
@@ -56,83 +53,25 @@ ADMIN_KEYS = (
 # -- a throwaway PKI ------------------------------------------------------------------------------
 
 
-def _key():
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem(key) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-def _cert(subject: str, key, issuer_cert, issuer_key, *, ca: bool, sans=()):
-    now = datetime.datetime.now(datetime.UTC)
-    issuer = issuer_cert.subject if issuer_cert else x509.Name.from_rfc4514_string(subject)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name.from_rfc4514_string(subject))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    else:
-        builder = (
-            builder.add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                critical=False,
-            )
-            .add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-        )
-    return builder.sign(issuer_key if issuer_cert else key, hashes.SHA256())
-
-
 class Pki:
     """A CA, the fake agents' certificate (127.0.0.1) and two certificates for node stdin."""
 
     def __init__(self, directory: Path):
-        ca_key = _key()
-        ca = _cert("CN=test Nomad CA", ca_key, None, None, ca=True)
-        self.ca = ca.public_bytes(serialization.Encoding.PEM).decode()
+        ca_key = new_key()
+        ca = make_cert("CN=test Nomad CA", ca_key, None, None, ca=True)
+        self.ca = cert_pem(ca)
         sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-        server_key = _key()
-        server = _cert("CN=server.global.nomad", server_key, ca, ca_key, ca=False, sans=sans)
+        server_key = new_key()
+        server = make_cert("CN=server.global.nomad", server_key, ca, ca_key, ca=False, sans=sans)
         self.server_cert = directory / "server.pem"
         self.server_key = directory / "server-key.pem"
-        self.server_cert.write_text(server.public_bytes(serialization.Encoding.PEM).decode())
-        self.server_key.write_text(_pem(server_key))
+        self.server_cert.write_text(cert_pem(server))
+        self.server_key.write_text(key_pem(server_key))
         self.nodes = []
         for n in (1, 2):
-            key = _key()
-            cert = _cert(f"CN=node-{n}.global.nomad", key, ca, ca_key, ca=False, sans=sans)
-            self.nodes.append((cert.public_bytes(serialization.Encoding.PEM).decode(), _pem(key)))
+            key = new_key()
+            cert = make_cert(f"CN=node-{n}.global.nomad", key, ca, ca_key, ca=False, sans=sans)
+            self.nodes.append((cert_pem(cert), key_pem(key)))
 
     def secrets(self, node: int = 0, admin_keys: str = ADMIN_KEYS) -> dict[str, str]:
         cert, key = self.nodes[node]
