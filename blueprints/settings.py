@@ -95,7 +95,6 @@ BLUEPRINT_ONLY: dict[str, tuple[str, ...]] = {
 }
 # Stack secrets outside `blueprints:secrets` (the app's): set with `pulumi config set --secret`.
 BACKUP_SECRET_KEY = "backupSecretKey"
-ETCD_SNAPSHOT_FOLDER = "etcd-snapshots"
 # The k3s release a k8s stack runs unless it pins another (blueprints:k3sVersion).
 K3S_VERSION = "v1.34.9+k3s1"
 
@@ -434,9 +433,8 @@ class StackSettings(BaseModel):
                 )
         return self
 
-    def etcd_s3(self) -> dict[str, object] | None:
-        """k3s's etcd-s3 settings for this stack (all but the secret key); None without a
-        bucket. The endpoint is a host: k3s takes the scheme from etcd-s3-insecure."""
+    def backup_storage(self) -> tuple[str, str] | None:
+        """The backup bucket's S3 endpoint (an http(s) URL) and region; None without a bucket."""
         if self.backup_bucket is None:
             return None
         if self.backup_endpoint is not None:
@@ -446,25 +444,9 @@ class StackSettings(BaseModel):
         elif self.cloud == "aws":
             url = f"https://s3.{self.region}.amazonaws.com"
         else:  # refused by _consistent
-            raise ValueError("an hcloud snapshot bucket needs backupEndpoint")
-        scheme, _, host = url.partition("://")
+            raise ValueError("an hcloud backup bucket needs backupEndpoint")
         region = self.backup_region or (self.location if self.cloud == "hcloud" else self.region)
-        return {
-            "etcd-s3": True,
-            "etcd-s3-endpoint": host,
-            "etcd-s3-insecure": scheme == "http",
-            # Path-style requests work with every S3 (LocalStack, Hetzner, AWS).
-            "etcd-s3-bucket-lookup-type": "path",
-            "etcd-s3-bucket": self.backup_bucket,
-            "etcd-s3-region": region,
-            "etcd-s3-access-key": self.backup_access_key,
-            "etcd-s3-folder": ETCD_SNAPSHOT_FOLDER,
-            "etcd-snapshot-schedule-cron": self.etcd_snapshot_schedule,
-            "etcd-snapshot-retention": self.etcd_snapshot_retention,
-            # The bucket's retention counts every snapshot in the folder, and each of the three
-            # control planes uploads its own (k3s pkg/etcd/s3; rancher/rke2#5216).
-            "etcd-s3-retention": 3 * self.etcd_snapshot_retention,
-        }
+        return url, region
 
     @property
     def cloud(self) -> str:

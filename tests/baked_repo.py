@@ -105,3 +105,29 @@ def offline_diff(repo: Path, stacks: list[str]):
     docs = offline_documents(repo, "HEAD~1", stacks)
     parsed = [(stack, parse_preview(doc, source=stack)) for stack, doc in docs]
     return docs, build_report(parsed, prices=False, title="diff")
+
+
+NEW_ADMIN_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn7Yz2c9q0kJx4mA8rVtW3pLsE6uHdN1fGiKoQ2bR5y new@x"
+)
+
+
+def bump_web_image(repo: Path) -> None:
+    """The example's web image 1.4.2 -> 1.4.3, committed."""
+    edit(
+        repo,
+        "examples/app.yaml",
+        "image: ghcr.io/example/shop-web:1.4.2",
+        "image: ghcr.io/example/shop-web:1.4.3",
+    )
+    commit_all(repo, "web 1.4.3")
+
+
+def add_admin_key(repo: Path) -> None:
+    """A second admin SSH key in the example spec, committed."""
+    spec = repo / "examples/app.yaml"
+    text = spec.read_text()
+    marker = "  cidrs:\n"
+    assert marker in text
+    spec.write_text(text.replace(marker, f"    - {NEW_ADMIN_KEY}\n{marker}", 1))
+    commit_all(repo, "a new admin")

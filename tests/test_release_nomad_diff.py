@@ -7,14 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from baked_repo import baked_git_repo, commit_all, edit, offline_diff, step_ops
+from baked_repo import (
+    add_admin_key,
+    baked_git_repo,
+    bump_web_image,
+    commit_all,
+    edit,
+    offline_diff,
+    step_ops,
+)
 from baked_repo import run_diff as run_stack_diff
 
 from blueprints.preview.offline import offline_documents
 
 STACKS = ["nomad-hcloud", "nomad-localstack"]
 SERVERS = {"hcloud:index/server:Server", "aws:ec2/instance:Instance"}
-NEW_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn7Yz2c9q0kJx4mA8rVtW3pLsE6uHdN1fGiKoQ2bR5y new@x"
 
 
 @pytest.fixture
@@ -27,13 +34,7 @@ def run_diff(repo: Path, *args: str):
 
 
 def test_an_image_bump_is_one_job_update_and_no_data_loss(repo):
-    edit(
-        repo,
-        "examples/app.yaml",
-        "image: ghcr.io/example/shop-web:1.4.2",
-        "image: ghcr.io/example/shop-web:1.4.3",
-    )
-    commit_all(repo, "web 1.4.3")
+    bump_web_image(repo)
     for stack, doc in offline_documents(repo, "HEAD~1", STACKS):
         assert step_ops(doc) == {f"shop-{stack}-job-web": "update"}, stack
         assert not any(s["op"] == "replace" for s in doc["steps"])
@@ -49,12 +50,7 @@ def test_an_image_bump_is_one_job_update_and_no_data_loss(repo):
 
 
 def test_an_admin_key_updates_the_ready_commands_only(repo):
-    spec = repo / "examples/app.yaml"
-    text = spec.read_text()
-    marker = "  cidrs:\n"
-    assert marker in text
-    spec.write_text(text.replace(marker, f"    - {NEW_KEY}\n{marker}", 1))
-    commit_all(repo, "a new admin")
+    add_admin_key(repo)
     docs, report = offline_diff(repo, STACKS)
     for stack, doc in docs:
         assert step_ops(doc) == {f"shop-{stack}-node-{i}-ready": "update" for i in (1, 2, 3)}

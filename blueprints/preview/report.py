@@ -54,6 +54,7 @@ from blueprints.preview.document import (
     parse_preview,
 )
 from blueprints.release.bundle import BundleError, parse_release
+from blueprints.rungs.k8s.marks import HOLDS_LABEL, SECRETS_DIGEST
 
 MARKER = "<!-- blueprints:preview-report -->"
 GITLAB_NOTE_LIMIT = 1_000_000  # characters GitLab accepts in one note
@@ -111,7 +112,6 @@ STATEFUL = {
 # A server labelled (hcloud labels, AWS tags) `holds: <what>` keeps state of its own that a
 # replacement loses or must rebuild: the k8s rung's control planes (an etcd member) and, on AWS,
 # its workers (k3s local-path volumes).
-HOLDS_LABEL = "holds"
 HOLDS_TEXT = {
     "etcd": "an etcd member (cluster state; replaced nodes rejoin one at a time)",
     "local-volumes": "local volumes (k3s local-path data on its own disk)",
@@ -968,7 +968,6 @@ def job_diff(old: str | None, new: str) -> ReleaseDiff:
 
 
 KUBE_WORKLOADS = frozenset({"kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet"})
-SECRETS_DIGEST = "blueprints.dev/secrets-digest"  # the k8s rung's pod-template annotation
 
 
 def _workload_summary(spec: Mapping[str, Any]) -> dict[str, Any]:

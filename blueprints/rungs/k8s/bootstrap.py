@@ -28,7 +28,7 @@ from blueprints.render.common import dump_json, dump_yaml, render_template
 from blueprints.render.single_vm import ADMIN_KEYS_DIR, ADMIN_KEYS_SSHD
 from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
 from blueprints.rungs.k8s.release import Cloud
-from blueprints.settings import K3S_VERSION
+from blueprints.settings import K3S_VERSION, StackSettings
 
 SCRIPTS = "/usr/local/lib/blueprints"
 UNITS = "/etc/systemd/system"
@@ -60,6 +60,8 @@ READY_TIMEOUT_SECONDS = 900
 READY_PROGRESS_SECONDS = 15
 # How long a joining node looks for a control plane that answers.
 JOIN_WAIT_SECONDS = 180
+# Where the control planes put their etcd snapshots in the stack's backup bucket.
+ETCD_SNAPSHOT_FOLDER = "etcd-snapshots"
 # The app's pods run on the workers: the control planes only take cluster add-ons.
 CONTROL_PLANE_TAINT = "CriticalAddonsOnly=true:NoExecute"
 
@@ -148,6 +150,33 @@ def k3s_config(ctx: ClusterContext, node: K8sNode) -> dict[str, Any]:
         # Claims go to Hetzner volumes; no second (node-local) default storage class.
         config["disable"] = ["local-storage"]
     return config
+
+
+def etcd_s3_settings(settings: StackSettings, control_planes: int) -> dict[str, object] | None:
+    """k3s's etcd-s3 settings for the stack's backup bucket (all but the secret key, which
+    travels apart); None without a bucket. The endpoint is a host: k3s takes the scheme from
+    etcd-s3-insecure."""
+    storage = settings.backup_storage()
+    if storage is None:
+        return None
+    url, region = storage
+    scheme, _, host = url.partition("://")
+    return {
+        "etcd-s3": True,
+        "etcd-s3-endpoint": host,
+        "etcd-s3-insecure": scheme == "http",
+        # Path-style requests work with every S3 (LocalStack, Hetzner, AWS).
+        "etcd-s3-bucket-lookup-type": "path",
+        "etcd-s3-bucket": settings.backup_bucket,
+        "etcd-s3-region": region,
+        "etcd-s3-access-key": settings.backup_access_key,
+        "etcd-s3-folder": ETCD_SNAPSHOT_FOLDER,
+        "etcd-snapshot-schedule-cron": settings.etcd_snapshot_schedule,
+        "etcd-snapshot-retention": settings.etcd_snapshot_retention,
+        # The bucket's retention counts every snapshot in the folder, and each control plane
+        # uploads its own (k3s pkg/etcd/s3; rancher/rke2#5216).
+        "etcd-s3-retention": control_planes * settings.etcd_snapshot_retention,
+    }
 
 
 def node_config(ctx: ClusterContext, node: K8sNode) -> str:

@@ -35,21 +35,19 @@ from blueprints.render.vm import DEPLOY_USER
 from blueprints.rungs.k8s import release
 from blueprints.rungs.k8s.bootstrap import (
     API_PORT,
+    ETCD_SNAPSHOT_FOLDER,
     INSTALL_NODE_READY,
     NODE_READY,
     ClusterContext,
     K8sNode,
     Timing,
+    etcd_s3_settings,
     node_ready_source,
     render_cloud_init,
 )
+from blueprints.rungs.k8s.marks import HOLDS_LABEL
 from blueprints.rungs.k8s.rules import check_app
-from blueprints.settings import (
-    BACKUP_SECRET_KEY,
-    ETCD_SNAPSHOT_FOLDER,
-    NAMESPACE,
-    StackSettings,
-)
+from blueprints.settings import BACKUP_SECRET_KEY, NAMESPACE, StackSettings
 from blueprints.single_vm import PUBLIC, check_release_channel, node_ip, ssh_networks
 from blueprints.spec import AppSpec
 from blueprints.targets import FirewallRule, make_target
@@ -63,9 +61,6 @@ CA_HOURS = 10 * 365 * 24
 ADMIN_HOURS = 365 * 24
 ADMIN_RENEW_HOURS = 30 * 24
 CA_USES = ["cert_signing", "crl_signing", "digital_signature", "key_encipherment"]
-# A node that holds state the cluster cannot rebuild by itself: the data-loss gate of a preview
-# names its replacement (blueprints.preview.report reads this label).
-HOLDS_LABEL = "holds"
 # pulumi-kubernetes waits for a rollout to finish (10 minutes by default); a Helm release for
 # its resources to be ready (5 minutes by default, cert-manager's webhook takes a while).
 ROLLOUT_TIMEOUT_MINUTES = 15
@@ -440,7 +435,7 @@ class K8s(pulumi.ComponentResource):
     @staticmethod
     def _etcd_s3(settings: StackSettings) -> pulumi.Output[dict[str, object]] | None:
         """k3s's etcd-s3 settings with the bucket's secret key (a secret), or None."""
-        plain = settings.etcd_s3()
+        plain = etcd_s3_settings(settings, CONTROL_PLANES)
         if plain is None:
             return None
         key = pulumi.Config(NAMESPACE).get_secret(BACKUP_SECRET_KEY)

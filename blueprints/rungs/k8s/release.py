@@ -21,6 +21,7 @@ from typing import Any, Literal
 from blueprints.release.bundle import digest
 from blueprints.render.common import dump_yaml
 from blueprints.render.vm import secret_values
+from blueprints.rungs.k8s.marks import SECRETS_DIGEST
 from blueprints.rungs.k8s.rules import require_valid
 from blueprints.spec import AppSpec, Port, Service
 
@@ -30,9 +31,8 @@ Cloud = Literal["hcloud", "aws"]
 KUBERNETES_VERSION = "1.34.9"
 ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 CLUSTER_ISSUER = "letsencrypt"
-# k3s defaults: pod and service networks.
+# k3s's default pod network.
 CLUSTER_CIDR = "10.42.0.0/16"
-SERVICE_CIDR = "10.43.0.0/16"
 STOP_TIMEOUT_SECONDS = 30
 # Where app pods may not send traffic except along declared dependencies: private networks (the
 # nodes, pods and services) and link-local (the cloud metadata service).
@@ -40,7 +40,6 @@ PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
-SECRETS_DIGEST = "blueprints.dev/secrets-digest"
 
 
 @dataclass(frozen=True)
