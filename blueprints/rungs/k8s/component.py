@@ -486,8 +486,8 @@ class K8s(pulumi.ComponentResource):
             )
 
         done: dict[str, pulumi.Resource] = {}
-        if cloud == "hcloud":
-            assert cloud_token is not None
+        # Where the cloud's in-cluster controllers need its API token (Hetzner's).
+        if cloud_token is not None:
             shape = release.hcloud_secret("", "")
             shape["stringData"] = pulumi.Output.secret(
                 pulumi.Output.all(cloud_token, network_id).apply(
@@ -567,8 +567,8 @@ def _holds(node: K8sNode, cloud: str) -> str | None:
     """What a node holds that the cluster cannot rebuild by itself (HOLDS_LABEL)."""
     if node.role == "server":
         return "etcd"
-    # k3s's local-path volumes live on the worker that first ran the pod.
-    return "local-volumes" if cloud == "aws" else None
+    # e.g. k3s's local-path volumes: on the worker that first ran the pod.
+    return "local-volumes" if release.STORAGE[cloud].node_local else None
 
 
 def _pki_files(pki: Mapping[str, str]) -> dict[str, str]:

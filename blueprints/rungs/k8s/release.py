@@ -48,6 +48,8 @@ class StorageClass:
     provisioner: str
     parameters: Mapping[str, str] = field(default_factory=dict)
     expandable: bool = False
+    # The data lives on the disk of the node running the pod (lost with that node).
+    node_local: bool = False
 
 
 # Per cloud: where a PVC's data lives. Both keep the data when a claim is deleted (Retain).
@@ -56,7 +58,7 @@ STORAGE = {
     "hcloud": StorageClass("blueprints-hcloud", "csi.hetzner.cloud", expandable=True),
     # k3s's local-path provisioner: a directory on the node that first runs the pod, which pins
     # the pod to that node for good.
-    "aws": StorageClass("blueprints-local", "rancher.io/local-path"),
+    "aws": StorageClass("blueprints-local", "rancher.io/local-path", node_local=True),
 }
 
 
