@@ -645,6 +645,158 @@ def _notify(url: str, session, summary: str) -> None:
 RENDER_MARKER = ".blueprints-render"
 
 
+# --- backups -------------------------------------------------------------------------------------
+
+OutputsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--outputs",
+        help="The stack's outputs as `pulumi stack output --json --show-secrets` prints them "
+        "(default: run that command).",
+    ),
+]
+
+
+def _backup_session(stack: str, project: Path | None, outputs_file: Path | None):
+    """The SSH session to the node holding the stack's data, and the commands to run there."""
+    from blueprints.backup.remote import RemoteError, Session, read_outputs
+    from blueprints.failover.session import stack_settings
+    from blueprints.stack import blueprint_class
+
+    root = _project(project)
+    _require_stacks(root, [stack])
+    _, _, settings = stack_settings(root, stack)
+    app = load_spec(root / settings.spec)
+    try:
+        outputs = read_outputs(stack, root, outputs_file)
+        access = blueprint_class(settings.blueprint).backup_access(app, outputs)
+    except RemoteError as exc:
+        raise BadInput(str(exc)) from None
+    if "backupRepository" not in outputs:
+        raise BadInput(
+            f"{stack}: takes no backups (no backupRepository output): set the stack's backup "
+            "storage (README: Backups) and run `pulumi up`"
+        )
+    return Session(access)
+
+
+def _remote(session, command: str, capture: bool, what: str):
+    from blueprints.backup.remote import RemoteError
+
+    try:
+        done = session.run(command, capture)
+    except RemoteError as exc:
+        raise BadInput(str(exc)) from None
+    if done.returncode == 255:
+        raise BadInput(
+            f"cannot reach {session.access.host} over ssh as deploy"
+            + (f" ({done.stderr.strip().splitlines()[-1]})" if capture and done.stderr else "")
+        )
+    if done.returncode != 0:
+        if capture and done.stderr:
+            for line in done.stderr.strip().splitlines():
+                err.print(escape(line), highlight=False, soft_wrap=True)
+        err.print(f"[red]failed:[/red] {what} (exit {done.returncode})")
+        raise typer.Exit(EXIT_FAILED)
+    return done
+
+
+@app.command("backup")
+@_reports_bad_input
+def backup_now(
+    stack: Annotated[str, typer.Argument(help="The stack, e.g. compose-hcloud.")],
+    outputs: OutputsOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Back the stack's data up now (besides the schedule), on the node that holds it.
+
+    Example: blueprints backup compose-hcloud
+    """
+    with _backup_session(stack, project, outputs) as session:
+        err.print(f"[dim]backing up on {escape(session.access.host)}...[/dim]")
+        _remote(session, session.access.now, capture=False, what="the backup")
+
+
+@app.command("backups")
+@_reports_bad_input
+def backups_list(
+    stack: Annotated[str, typer.Argument(help="The stack, e.g. compose-hcloud.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    outputs: OutputsOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """List the stack's snapshots (oldest first) with their time and size.
+
+    Example: blueprints backups compose-hcloud
+    """
+    with _backup_session(stack, project, outputs) as session:
+        done = _remote(session, session.access.snapshots, capture=True, what="listing snapshots")
+    try:
+        rows = json.loads(done.stdout)
+    except ValueError:
+        raise BadInput("the node's snapshot list is not JSON") from None
+    if as_json:
+        out.print_json(json.dumps(rows, sort_keys=True))
+        return
+    table = Table("snapshot", "time (UTC)", "size", "paths")
+    for row in rows:
+        size = row.get("size")
+        if size is None and isinstance(row.get("summary"), dict):
+            # restic 0.17+ records it in the snapshot (what the k8s rung lists as it is).
+            size = row["summary"].get("total_bytes_processed")
+        table.add_row(
+            escape(str(row.get("short_id", "?"))),
+            escape(str(row.get("time", "?"))[:19].replace("T", " ")),
+            "?" if size is None else _bytes(size),
+            escape(" ".join(row.get("paths", []))),
+        )
+    out.print(table)
+    out.print(f"{len(rows)} snapshot(s)")
+
+
+def _bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+@app.command("restore")
+@_reports_bad_input
+def restore(
+    stack: Annotated[str, typer.Argument(help="The stack, e.g. compose-hcloud.")],
+    snapshot: Annotated[
+        str, typer.Option("--snapshot", help="Snapshot id (see `blueprints backups`) or latest.")
+    ] = "latest",
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before acting.")] = False,
+    outputs: OutputsOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Put the stack's data back as a snapshot holds it: prints the steps, asks, then acts.
+
+    The app is stopped before its volumes are touched; the data as it was is kept beside them.
+    Example: blueprints restore compose-hcloud --snapshot 4f2a9c1e
+    """
+    import re
+
+    if not re.fullmatch(r"latest|[0-9a-f]{8,64}", snapshot):
+        raise BadInput(f"--snapshot: {snapshot!r} is not a snapshot id (hex) or latest")
+    with _backup_session(stack, project, outputs) as session:
+        steps = _remote(
+            session, session.access.restore_plan(snapshot), capture=True, what="planning"
+        )
+        out.print(f"Restoring snapshot {escape(snapshot)} on {escape(session.access.host)}:")
+        out.print(escape(steps.stdout.rstrip()), highlight=False)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise BadInput("not confirmed: pass --yes to restore without a question")
+            if not typer.confirm("Go ahead?", default=False):
+                err.print("nothing was done")
+                raise typer.Exit(EXIT_REFUSED)
+        _remote(session, session.access.restore(snapshot), capture=False, what="the restore")
+
+
 def _check_output_dir(target: Path) -> None:
     """Only a new directory, an empty one, or one an earlier render wrote may be replaced."""
     if target.exists() and not target.is_dir():

@@ -4,7 +4,10 @@ For one target, each blueprint's stack is planned offline (the same mock run as 
 plan`) and its servers' files are unpacked (as `blueprints render` writes them). Every figure
 comes from those two: VMs and cloud resources from the plan, cost from the plan priced with
 blueprints/prices.yaml, moving parts and lines of configuration counted in the rendered files,
-and the failure model from the stack's own timeouts (blueprints/failure.py).
+and the failure model from the stack's own timeouts (blueprints/failure.py). Two costs are not
+in the plan and are priced from what the stack says instead: volumes claimed by k8s workloads
+(from the rendered manifests) and the backup bucket's contents (from the stack's backupBucket
+and the spec's data size and retention, costs.stack_backup_storage).
 """
 
 from __future__ import annotations
@@ -307,7 +310,14 @@ def _row(
             inputs = {"size": size, "location": settings.location, "type": "gp3"}
             priced.append((volume_type, f"pvc {claim}", inputs))
         notes.append(f"volumes from {len(claims)} PersistentVolumeClaim(s) priced as volumes")
+    # The backup bucket's contents: no resource says what they are, the settings and spec do.
+    storage = costs.stack_backup_storage(settings, app)
+    if storage is not None:
+        priced.append(storage)
     cost = costs.price_resources(priced, tables)
+    notes += [
+        f"backups: {line.resource}: {line.detail}" for line in costs.backup_storage_lines(cost)
+    ]
     if cloud == "aws" and table.places and settings.region not in table.places:
         notes.append(
             f"runs in {settings.region}, priced with {', '.join(table.places)} prices (the table's)"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from blueprints.compare import Comparison, Row
-from blueprints.costs import CATEGORIES, money
+from blueprints.costs import CATEGORIES, backup_storage_lines, money
 
 CHART_SUFFIXES = (".svg", ".png")
 
@@ -71,6 +71,16 @@ def sources(comparison: Comparison) -> list[str]:
     lines = [
         f"Prices: {t.describe()}." + (f" {t.note}" if t.note else "") for t in comparison.tables
     ]
+    # A backup bucket's contents: priced from the table's own object storage block.
+    storage = {line.currency for r in comparison.rows for line in backup_storage_lines(r.cost)}
+    for t in comparison.tables:
+        block = t.data.get("object_storage")
+        if t.currency in storage and isinstance(block, dict):
+            lines.append(
+                f"Backup object storage: {block.get('source')}, {t.currency}, as of "
+                f"{block.get('as_of')}; the stored size is an estimate from the spec "
+                "(see the notes)."
+            )
     lines.append(
         "Recovery: estimated from each stack's configured timeouts plus typical cloud "
         "operation times (blueprints/failure.py); 'manual' means a person must act."

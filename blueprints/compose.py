@@ -1,9 +1,9 @@
 """compose: one VM running the app as a Docker Compose project, data on a cloud volume.
 
 No spare: a dead VM is rebuilt by `pulumi up` (the volume and the floating IP survive it) or
-restored from a backup. Backups follow the spec: scheduled volume snapshots where the cloud has
-them (AWS), otherwise the cloud's server backups plus an archive of the data on the server's
-disk (Hetzner).
+restored from a backup. Backups follow the spec: restic to the stack's bucket, off the server
+(blueprints.backup), and where the cloud snapshots volumes on a schedule (AWS), those snapshots
+too.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 import pulumi
 
+from blueprints.backup.remote import Access, vm_access
+from blueprints.backup.storage import Storage, stack_backups, with_backup_secrets
 from blueprints.release import channel
 from blueprints.render.compose import (
     ComposeContext,
@@ -36,6 +38,11 @@ class Compose(pulumi.ComponentResource):
     @staticmethod
     def check_settings(app: AppSpec, settings: StackSettings) -> list[str]:
         return check_release_channel(app, settings)
+
+    @staticmethod
+    def backup_access(app: AppSpec, outputs: Mapping[str, object]) -> Access:
+        """Where `blueprints backup|backups|restore` run: blueprints-backup on the node."""
+        return vm_access(outputs, "address")
 
     def __init__(
         self,
@@ -66,7 +73,8 @@ class Compose(pulumi.ComponentResource):
         fip = target.floating_ip(f"{prefix}-ip", labels) if settings.floating_ip else None
 
         ip_in_os = fip is not None and target.floating_ip_in_os
-        archive = backups.enabled and not target.volume_snapshots
+        stack_backup = stack_backups(app, settings, stack, target, labels, self)
+        storage = stack_backup.storage if stack_backup is not None else None
         address = fip.address if fip is not None else pulumi.Output.from_input("")
         user_data = pulumi.Output.all(
             volume.device_path, address, deploy_key.public_key_openssh
@@ -76,7 +84,6 @@ class Compose(pulumi.ComponentResource):
                     app=app,
                     data_device=values[0],
                     floating_ip=values[1] if ip_in_os else None,
-                    archive_data=archive,
                     deploy_key=str(values[2]).strip(),
                 )
             )
@@ -91,8 +98,6 @@ class Compose(pulumi.ComponentResource):
                 placement=None,
                 ssh_key=key,
                 labels=labels,
-                # Where volumes cannot be snapshotted, the server backups carry the archives.
-                backups=archive,
             )
         )
         attachment = target.attach_volume(f"{prefix}-data-attachment", volume, server)
@@ -103,17 +108,18 @@ class Compose(pulumi.ComponentResource):
             prefix,
             host=fip.address if fip is not None else server.public_ip,
             key=deploy_key,
-            secrets=secrets,
-            has_secrets=bool(app.secret_names()),
+            secrets=with_backup_secrets(secrets, stack_backup),
+            has_secrets=bool(app.secret_names()) or stack_backup is not None,
             volume_id=volume.id,
-            documents=lambda key_pem, values: release_documents(app, key_pem, values, archive),
+            documents=lambda key_pem, values: release_documents(app, key_pem, values, storage),
             depends_on=ready,
             parent=self,
         )
-        if backups.enabled:
-            target.volume_backups(f"{prefix}-snapshots", selector, backups, labels)
-        else:
-            pulumi.log.warn("the spec turns backups off: nothing backs up the data volume")
+        # Where the cloud snapshots volumes on a schedule (AWS), those snapshots too.
+        policy = f"{prefix}-snapshots"
+        snapshots = backups.enabled and bool(
+            target.volume_backups(policy, selector, backups, labels)
+        )
 
         public = fip.address if fip is not None else server.public_ip
         self.outputs: dict[str, pulumi.Input[object]] = {
@@ -122,19 +128,22 @@ class Compose(pulumi.ComponentResource):
             "sshCommand": public.apply(lambda ip: f"ssh deploy@{ip}"),
             "deployKey": pulumi.Output.secret(deploy_key.private_key_openssh),
             "dnsRecord": public.apply(lambda ip: f"{app.domain}. A {ip}"),
-            "backups": _backup_note(app, archive),
+            "backups": _backup_note(app, storage, snapshots),
+            **(stack_backup.outputs if stack_backup is not None else {}),
         }
         self.register_outputs(self.outputs)
 
 
-def _backup_note(app: AppSpec, archive: bool) -> str:
+def _backup_note(app: AppSpec, storage: Storage | None, snapshots: bool) -> str:
     b = app.backups
     if not b.enabled:
         return "off (the spec turns backups off)"
     when = "hourly" if b.schedule == "hourly" else f"{b.schedule} at {b.at} UTC"
-    if archive:
-        return (
-            f"{when}: /srv/data archived to /var/backups/blueprints on the server's disk "
-            f"({b.keep} kept), which the cloud's daily server backups copy (7 kept)"
-        )
-    return f"{when}: volume snapshots, {b.keep} kept"
+    parts = []
+    if storage is not None:
+        parts.append(f"restic to {storage.repository}")
+    if snapshots:
+        parts.append("volume snapshots")
+    if not parts:
+        return "none: the stack sets no backup storage (blueprints:backupBucket)"
+    return f"{when}: {' and '.join(parts)}, {b.keep} kept"

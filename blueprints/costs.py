@@ -7,16 +7,24 @@ report's cost delta) both hand over exactly that, so one function prices both.
 Only what the table names is priced; anything else that costs money (an unknown server type, a
 location outside the table) is reported as unpriced, never guessed. Free resources (networks,
 firewalls, attachments, keys) contribute nothing.
+
+One item is not a Pulumi resource: the stack's backup object storage (BACKUP_STORAGE). What a
+bucket costs depends on what it holds, which no resource says; `backup_storage` describes it
+(bucket, cloud, place, data size, snapshots kept) and `price_resources` prices it like any
+resource, in the "backups" category. `blueprints compare` adds it from the stack settings
+(`stack_backup_storage`), the preview report from the release's backup configuration.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources as importlib_resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -34,6 +42,19 @@ AWS_EIP = "aws:ec2/eip:Eip"
 AWS_LB = "aws:lb/loadBalancer:LoadBalancer"
 AWS_DLM = "aws:dlm/lifecyclePolicy:LifecyclePolicy"
 AWS_EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
+# The bucket itself costs nothing; what it holds is priced on BACKUP_STORAGE.
+AWS_BUCKET = "aws:s3/bucket:Bucket"
+# Not a Pulumi resource (no provider has this type): the backup bucket's contents, see above.
+BACKUP_STORAGE = "blueprints:backup/objectStorage:ObjectStorage"
+
+# How big a stack's restic repository is assumed to be. restic stores each chunk once,
+# deduplicated and compressed: the first snapshot holds the data, each further snapshot only the
+# chunks that changed since. The model: the data volume full (the spec's data size, an upper
+# bound; compression is not credited), and SNAPSHOT_CHANGE of it changed between two snapshots
+# kept, so keep snapshots take data x (1 + SNAPSHOT_CHANGE x (keep - 1)).
+SNAPSHOT_CHANGE = Decimal("0.1")
+GB_PER_TB = 1000
+BACKUP_STORAGE_PREFIX = "bucket "
 
 
 class PriceError(Exception):
@@ -169,6 +190,129 @@ def _gib(value: Any) -> Decimal | None:
     except (ArithmeticError, ValueError, TypeError):
         return None
     return size if size.is_finite() and size >= 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Backup object storage
+
+
+def backup_repository_gb(data_gb: Decimal | int, keep: int) -> Decimal:
+    """The assumed size of a restic repository of data_gb keeping keep snapshots (see
+    SNAPSHOT_CHANGE)."""
+    return Decimal(data_gb) * (1 + SNAPSHOT_CHANGE * (keep - 1))
+
+
+def backup_storage_name(bucket: str) -> str:
+    """The name a BACKUP_STORAGE item, and so its cost line, goes by."""
+    return f"{BACKUP_STORAGE_PREFIX}{bucket}"
+
+
+def backup_storage_lines(summary: CostSummary) -> tuple[CostLine, ...]:
+    """The summary's lines for backup buckets' contents."""
+    return tuple(
+        line
+        for line in summary.lines
+        if line.category == "backups" and line.resource.startswith(BACKUP_STORAGE_PREFIX)
+    )
+
+
+def backup_storage(
+    name: str, cloud: str, place: str | None, data_gb: Decimal | int | None, keep: Any
+) -> tuple[str, str, dict[str, Any]]:
+    """The BACKUP_STORAGE item named `name`: cloud "hcloud" or "aws", place the bucket's location
+    or region (None: the table's), data_gb the app data backed up, keep the snapshots kept (a
+    data size or keep that is not a number makes the item unpriced, never guessed)."""
+    inputs: dict[str, Any] = {"cloud": cloud, "dataGb": data_gb, "keep": keep}
+    if place is not None:
+        inputs["location" if cloud == "hcloud" else "region"] = place
+    return (BACKUP_STORAGE, name, inputs)
+
+
+def stack_backup_storage(settings: Any, app: Any) -> tuple[str, str, dict[str, Any]] | None:
+    """The BACKUP_STORAGE item of a stack (StackSettings, AppSpec); None without a bucket.
+
+    The data backed up is the spec's data size (`AppSpec.data_size_gb`, the data volume); none
+    when the spec turns backups off (a user's Hetzner bucket still bills its base price).
+    """
+    if settings.backup_bucket is None:
+        return None
+    found = settings.backup_storage()
+    place = found[1] if found is not None else None
+    data = app.data_size_gb if app.backups.enabled else 0
+    name = backup_storage_name(settings.backup_bucket)
+    return backup_storage(name, settings.cloud, place, data, app.backups.keep)
+
+
+def bucket_place(endpoint: str) -> tuple[str, str | None] | None:
+    """(cloud, location or region) of an S3 endpoint URL: Hetzner Object Storage
+    (https://fsn1.your-objectstorage.com), AWS S3 (https://s3.eu-central-1.amazonaws.com), or
+    LocalStack on this machine (priced as AWS in the table's region, as `compare` prices a
+    LocalStack stack); None for any other S3 service."""
+    host = (urlsplit(endpoint).hostname or "").lower()
+    if match := re.fullmatch(r"([a-z0-9-]+)\.your-objectstorage\.com", host):
+        return "hcloud", match.group(1)
+    if match := re.fullmatch(r"s3[.-]([a-z0-9-]+)\.amazonaws\.com", host):
+        return "aws", match.group(1)
+    if host == "s3.amazonaws.com":
+        return "aws", "us-east-1"
+    if host in ("localhost", "127.0.0.1", "::1", "localstack") or host.endswith(
+        ".localstack.cloud"
+    ):
+        return "aws", None
+    return None
+
+
+def _keep(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+
+def _backup_storage(p: _Pricer, name: str, inputs: Mapping[str, Any]) -> None:
+    cloud = inputs.get("cloud")
+    if cloud not in p.tables:
+        p.missing(name, f"backup storage ({cloud}) is not in the price table")
+        return
+    t = p.tables[cloud]
+    place = inputs.get("location" if cloud == "hcloud" else "region")
+    if isinstance(place, str) and t.places and place not in t.places:
+        places = ", ".join(t.places)
+        p.missing(name, f"backup bucket in {place}, which is not in the price table ({places})")
+        return
+    data, keep = _gib(inputs.get("dataGb")), _keep(inputs.get("keep"))
+    if data is None or keep is None:
+        p.missing(name, "backup data size or snapshots kept not known")
+        return
+    size = backup_repository_gb(data, keep)
+    factor = 1 + SNAPSHOT_CHANGE * (keep - 1)
+    assumed = (
+        f"repository ~{size.normalize():f} GB assumed: {data.normalize():f} GB data x "
+        f"{factor.normalize():f} for keep {keep} (restic keeps changed chunks only; "
+        f"{SNAPSHOT_CHANGE * 100:.0f}% change per further snapshot)"
+    )
+    if cloud == "hcloud":
+        base = t.decimal("object_storage", "base_month")
+        included = t.decimal("object_storage", "included_storage_tb")
+        extra = t.decimal("object_storage", "extra_storage_tb_hour")
+        hours = t.decimal("object_storage", "hours_per_month") or Decimal(730)
+        if base is None or included is None or extra is None:
+            p.missing(name, "Hetzner Object Storage is not in the price table")
+            return
+        over_tb = max(size / GB_PER_TB - included, Decimal(0))
+        p.add(
+            "hcloud",
+            name,
+            "backups",
+            base + over_tb * extra * hours,
+            f"Hetzner Object Storage: base price (the account's; assumes this stack is its only "
+            f"Object Storage user) with {included.normalize():f} TB included"
+            + (f", {over_tb.normalize():f} TB over it" if over_tb else "")
+            + f"; {assumed}",
+        )
+    else:
+        per_gb = t.decimal("object_storage", "standard_gb_month")
+        if per_gb is None:
+            p.missing(name, "S3 storage is not in the price table")
+            return
+        p.add("aws", name, "backups", size * per_gb, f"S3 Standard; {assumed}")
 
 
 def _hcloud(p: _Pricer, type_: str, name: str, inputs: Mapping[str, Any], ctx: dict) -> None:
@@ -322,6 +466,12 @@ def price_resources(
                 dlm_targets.append(details["targetTags"])
     pricer = _Pricer(tables)
     for type_, name, inputs, id_ in items:
+        if type_ == BACKUP_STORAGE:
+            try:
+                _backup_storage(pricer, name, inputs)
+            except (TypeError, ValueError, AttributeError, ArithmeticError):
+                pricer.missing(name, "an input it is priced by is secret or not known yet")
+            continue
         cloud = cloud_of(type_)
         if cloud not in tables:
             continue
@@ -384,10 +534,20 @@ def live_hcloud_table(
             for e in pricing.get("server_types") or []
             if e["name"] in specs and monthly(e) is not None
         }
+        # Hetzner's pricing API has no Object Storage prices: the shipped table's stand in.
+        shipped = shipped_tables()["hcloud"]
+        storage = shipped.data.get("object_storage")
         raw = {
             "currency": pricing["currency"],
             "source": f"Hetzner Cloud API /pricing, net, location {location}",
             "as_of": "live",
+            "note": (
+                f"Object Storage prices are the shipped table's ({storage.get('as_of')}): "
+                "Hetzner's pricing API has none."
+                if isinstance(storage, Mapping)
+                else ""
+            ),
+            "object_storage": storage,
             "locations": [location],
             "server_types": servers,
             "primary_ipv4_month": next(

@@ -85,10 +85,6 @@ BLUEPRINT_ONLY: dict[str, tuple[str, ...]] = {
         "unreachable_toleration_seconds",
         "k3s_version",
         "found_cluster",
-        "backup_bucket",
-        "backup_endpoint",
-        "backup_region",
-        "backup_access_key",
         "etcd_snapshot_schedule",
         "etcd_snapshot_retention",
     ),
@@ -284,26 +280,27 @@ class StackSettings(BaseModel):
             raise ValueError(f"must be a k3s release like {K3S_VERSION} (got {v!r})")
         return v
 
-    # The stack's backup storage: an S3 bucket off the servers. So far the k8s rung keeps its
-    # etcd snapshots there (k3s's etcd-s3 settings, folder etcd-snapshots/); without a bucket
-    # they stay on the control planes' disks, which a k3s upgrade replaces one after another.
+    # The stack's backup storage: an S3 bucket off the servers. Every rung keeps its restic
+    # repository there (folder restic/<app>-<stack>), and k8s its etcd snapshots too (folder
+    # etcd-snapshots/). Without a bucket a stack takes no backups, and its plan says what to set.
     backup_bucket: str | None = Field(
         default=None,
-        description="k8s: S3 bucket (Hetzner Object Storage, AWS S3, LocalStack S3) for the "
-        "stack's backups (the etcd snapshots); its secret key is the stack secret "
-        f"blueprints:{BACKUP_SECRET_KEY}. Unset: snapshots stay on the nodes' disks.",
+        description="S3 bucket (Hetzner Object Storage, AWS S3, LocalStack S3) the stack's "
+        "backups go to: the app's data (restic) and, on k8s, the etcd snapshots. aws and "
+        "localstack stacks create it; on hcloud, create it in the Cloud Console first. Its "
+        f"secret key is the stack secret blueprints:{BACKUP_SECRET_KEY}. Unset: no backups.",
     )
     backup_endpoint: str | None = Field(
         default=None,
-        description="k8s: the bucket's S3 endpoint URL, like https://fsn1.your-objectstorage.com "
+        description="The bucket's S3 endpoint URL, like https://fsn1.your-objectstorage.com "
         "(required on hcloud; aws: AWS S3 of the region; localstack: localstackEndpoint).",
     )
     backup_region: str | None = Field(
         default=None,
-        description="k8s: the bucket's region (hcloud: the location, aws: the region, if unset).",
+        description="The bucket's region (hcloud: the location, aws: the region, if unset).",
     )
     backup_access_key: str | None = Field(
-        default=None, description="k8s: access key id for the backup bucket."
+        default=None, description="Access key id for the backup bucket."
     )
     etcd_snapshot_schedule: str = Field(
         default="0 */6 * * *",
@@ -418,8 +415,7 @@ class StackSettings(BaseModel):
             )
         if self.zone is not None and not self.zone.startswith(self.region):
             raise FieldProblem(("zone",), f"zone {self.zone!r} is not in region {self.region!r}")
-        # (Another blueprint setting them is told they are k8s's only, after this.)
-        if self.backup_bucket is not None and self.blueprint == "k8s":
+        if self.backup_bucket is not None:
             if self.backup_access_key is None:
                 raise FieldProblem(
                     ("backup_access_key",),

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 
 import pulumi
 
+from blueprints.backup.remote import Access, vm_access
+from blueprints.backup.storage import stack_backups, with_backup_secrets
 from blueprints.release import channel
 from blueprints.render import NodeContext, check_app, render_cloud_init
 from blueprints.render.single_vm import release_documents
@@ -70,6 +72,11 @@ class SingleVm(pulumi.ComponentResource):
     def check_settings(app: AppSpec, settings: StackSettings) -> list[str]:
         return check_release_channel(app, settings)
 
+    @staticmethod
+    def backup_access(app: AppSpec, outputs: Mapping[str, object]) -> Access:
+        """Where `blueprints backup|backups|restore` run: blueprints-backup on the node."""
+        return vm_access(outputs, "floatingIp")
+
     def __init__(
         self,
         name: str,
@@ -84,11 +91,8 @@ class SingleVm(pulumi.ComponentResource):
         # Cloud names carry the stack, so two stacks of one app can share a cloud project.
         prefix = f"{app.name}-{stack}"
         labels = resource_labels(app.name, "single-vm", stack)
-        if app.backups.enabled:
-            pulumi.log.warn(
-                "the spec asks for backups; the single-vm blueprint takes none yet: back up "
-                "/srv/data yourself (the compose blueprint adds volume snapshots)"
-            )
+        backups = stack_backups(app, settings, stack, target, labels, self)
+        storage = backups.storage if backups is not None else None
 
         network = target.network(f"{prefix}-net", labels)
         firewall = target.firewall(f"{prefix}-fw", network, firewall_rules(app, settings), labels)
@@ -136,10 +140,10 @@ class SingleVm(pulumi.ComponentResource):
             prefix,
             host=fip.address,
             key=deploy_key,
-            secrets=secrets,
-            has_secrets=bool(app.secret_names()),
+            secrets=with_backup_secrets(secrets, backups),
+            has_secrets=bool(app.secret_names()) or backups is not None,
             volume_id=volume.id,
-            documents=lambda key_pem, values: release_documents(app, key_pem, values),
+            documents=lambda key_pem, values: release_documents(app, key_pem, values, storage),
             depends_on=[
                 active.resource,
                 attachment,
@@ -158,6 +162,7 @@ class SingleVm(pulumi.ComponentResource):
             "serverIps": {node: s.public_ip for node, s in servers.items()},
             "dnsRecord": fip.address.apply(lambda ip: f"{app.domain}. A {ip}"),
             "spareBilling": target.parked_billing_note,
+            **(backups.outputs if backups is not None else {}),
         }
         self.register_outputs(self.outputs)
 

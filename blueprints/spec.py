@@ -231,6 +231,31 @@ class Mount(_Model):
         return v
 
 
+class Dump(_Model):
+    """How a service copies its state consistently while it runs, and how it loads it back.
+
+    Both commands run inside one of the service's running containers (`docker exec`, `docker
+    compose exec`, `kubectl exec`), so they reach a database over its local socket."""
+
+    dump: list[str] = Field(
+        description="Command that writes a consistent copy of the service's state to standard "
+        "output, like [pg_dump, --username=shop, --format=custom, shop]. The backup stores that "
+        "output instead of the service's volumes, so the service is never paused.",
+    )
+    restore: list[str] = Field(
+        description="Command that reads such a copy on standard input and loads it into the "
+        "service (run by a restore, into a fresh, empty service), like [pg_restore, "
+        "--username=shop, --dbname=shop, --no-owner].",
+    )
+
+    @field_validator("dump", "restore")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        if not v or not v[0]:
+            raise ValueError("must be a command: a program and its arguments, like [pg_dump, shop]")
+        return v
+
+
 class Service(_Model):
     """One containerised process group of the app."""
 
@@ -252,6 +277,12 @@ class Service(_Model):
     volumes: list[Mount] = Field(default_factory=list, description="Data volumes to mount.")
     depends_on: list[str] = Field(
         default_factory=list, description="Services that must be started (and healthy) first."
+    )
+    backup: Dump | None = Field(
+        default=None,
+        description="How a backup copies this service's state while it runs (a database's "
+        "dump). Without it, the service's volumes are backed up as files, the service paused "
+        "for as long as the file snapshot takes.",
     )
 
     @field_validator("image")
@@ -457,6 +488,12 @@ class AppSpec(_Model):
                 if m.path in paths:
                     raise FieldProblem((*base, "volumes", i, "path"), f"{m.path} is mounted twice")
                 paths.add(m.path)
+            if svc.backup is not None and not svc.stateful:
+                raise FieldProblem(
+                    (*base, "backup"),
+                    "a dump copies the state a service keeps on its volumes, and this service "
+                    "mounts none; remove backup or mount a volume",
+                )
             if svc.stateful and svc.replicas != 1:
                 raise FieldProblem(
                     (*base, "replicas"),

@@ -280,6 +280,19 @@ def test_a_failed_dump_takes_no_snapshot(node: Node):
     assert not node.log.exists()
 
 
+def test_an_empty_dump_takes_no_snapshot(node: Node):
+    write_app_data(node.data)
+    node.config["dumps"][0]["dump"] = ["true"]
+    node.write_config()
+    done = node.run("backup")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "blueprints-backup: the dump of postgres is empty (its command wrote nothing); no "
+        "snapshot was taken"
+    )
+    assert node.snapshots() == []
+
+
 def test_services_are_resumed_when_restic_fails(node: Node):
     write_app_data(node.data)
     # restic itself, except that its backup dies (the storage going away mid-upload, say)
@@ -332,3 +345,82 @@ def test_bad_usage_or_configuration_is_one_line_exit_2(node: Node, args, config,
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr
+
+
+def test_restore_app_stops_swaps_starts_and_loads_in_that_order(node: Node):
+    original = write_app_data(node.data)
+    events = node.root / "events.log"
+    node.config.update(
+        {
+            "scratch": str(node.data / ".restore"),
+            "exclude": [str(node.data / "lost+found"), str(node.data / ".restore")],
+            "volumes": [str(node.data / "pgdata"), str(node.data / "uploads")],
+            "stop": ["sh", "-c", f"echo stop >> {events}"],
+            "start": ["sh", "-c", f"echo start >> {events}"],
+        }
+    )
+    # the load logs itself, so the order of stop, start and load is visible
+    node.config["dumps"][0]["restore"] = [
+        "sh",
+        "-c",
+        f"echo load >> {events}; cat > {node.data / 'pgdata/db'}",
+    ]
+    node.write_config()
+    assert node.run("backup").returncode == 0
+    snapshot = node.snapshots()[-1]
+    assert snapshot["size"] and snapshot["size"] > 200_000  # listed with its size
+
+    (node.data / "uploads/report one.pdf").unlink()
+    (node.data / "uploads/new since").write_text("written after the backup")
+    (node.data / "pgdata/db").write_text("DROP TABLE orders;")
+
+    # --plan: the steps, and nothing done
+    done = node.run("restore-app", snapshot["short_id"], "--plan")
+    assert done.returncode == 0, done.stderr
+    steps = done.stdout.strip().splitlines()
+    assert steps[0].startswith(f"1. restore snapshot {snapshot['short_id']} into ")
+    assert steps[1].startswith("2. stop the app")
+    assert "an empty directory (its service's dump is loaded later)" in steps[2]
+    assert "the snapshot's copy" in steps[3]
+    assert steps[4].startswith("5. start the app") and steps[5].startswith("6. load the dump")
+    assert not events.exists() and not (node.data / ".restore").exists()
+
+    done = node.run("restore-app", snapshot["short_id"])
+    assert done.returncode == 0, done.stderr
+    assert events.read_text() == "stop\nstart\nload\n"
+    for rel, body in original.items():
+        assert (node.data / rel).read_bytes() == body, rel
+    assert not (node.data / "uploads/new since").exists()
+    # what was there before is kept, not deleted
+    (before,) = (node.data / ".restore").glob("*/before")
+    assert (before / "uploads/new since").read_text() == "written after the backup"
+    assert (before / "pgdata/db").read_text() == "DROP TABLE orders;"
+    assert "of app downtime; the data as it was before is in" in done.stdout
+    assert_no_secret(done)
+
+
+def test_restore_app_touches_nothing_when_the_snapshot_lacks_a_volume(node: Node):
+    write_app_data(node.data)
+    events = node.root / "events.log"
+    node.config.update(
+        {
+            "scratch": str(node.data / ".restore"),
+            "exclude": [str(node.data / ".restore")],
+            "volumes": [str(node.data / "uploads"), str(node.data / "media")],
+            "stop": ["sh", "-c", f"echo stop >> {events}"],
+            "start": ["sh", "-c", f"echo start >> {events}"],
+        }
+    )
+    node.write_config()
+    assert node.run("backup").returncode == 0
+    done = node.run("restore-app", "latest")
+    assert done.returncode == 1
+    assert f"holds no {node.data / 'media'}; nothing was stopped or moved" in done.stderr
+    assert not events.exists()
+    assert (node.data / "uploads/empty").exists()
+
+
+def test_restore_app_refuses_where_the_node_does_not_run_the_app(node: Node):
+    done = node.run("restore-app", "latest")
+    assert done.returncode == 2
+    assert "restore-app needs scratch, stop, start in the configuration" in done.stderr

@@ -124,9 +124,9 @@ def test_aws_snapshot_policy_targets_the_volume_and_keeps_the_spec_count(plans):
     assert trust["Statement"][0]["Principal"] == {"Service": "dlm.amazonaws.com"}
     attached = only(plan, ROLE_POLICY).plain_inputs()
     assert attached["policyArn"].endswith("service-role/AWSDataLifecycleManagerServiceRole")
-    # AWS snapshots the volume itself: no archive job on the VM.
+    # The machine has no backup of its own: the release brings restic's (test_backup_vm.py).
     files = user_data_files(text_of(only(plan, SERVER["aws"])))
-    assert "usr/local/lib/blueprints/backup" not in files
+    assert not [f for f in files if "backup" in f]
 
 
 @pytest.mark.parametrize(
@@ -150,19 +150,18 @@ def test_aws_snapshot_schedule_follows_the_spec(tmp_path, backups, rule):
     assert schedule["retainRule"] == {"count": backups["keep"]}
 
 
-def test_hcloud_server_backups_carry_the_nightly_archive(plans):
+def test_hcloud_without_a_bucket_takes_no_backups_and_says_what_to_set(plans):
     plan = plans["compose-hcloud"]
-    server = only(plan, SERVER["hcloud"])
-    assert server.plain_inputs()["backups"] is True
+    # no server backups, no archive on the server's disk, no volume snapshots on Hetzner
+    assert only(plan, SERVER["hcloud"]).plain_inputs().get("backups") in (None, False)
     assert plan.of_type(DLM) == []
-    # the backup units come with the release (their schedule and paused services are the app's)
     release = parse_release(release_command(plan, "release").plain_inputs()["stdin"])
-    files = {path: entry["text"] for path, entry in release["files"].items()}
-    assert "/usr/local/lib/blueprints/app/backup" in files
-    assert "OnCalendar=*-*-* 03:00:00 UTC" in files["/etc/systemd/system/blueprints-backup.timer"]
-    assert "keep=7\n" in files["/usr/local/lib/blueprints/app/backup"]
-    assert "blueprints-backup.timer" in release["units"]
-    assert "7 kept" in plan.public_outputs()["backups"]
+    assert not [path for path in release["files"] if "backup" in path]
+    assert release["units"] == ["app-autoheal.timer"]
+    assert plan.public_outputs()["backups"] == (
+        "none: the stack sets no backup storage (blueprints:backupBucket)"
+    )
+    assert any("blueprints:backupEndpoint" in n and "backupSecretKey" in n for n in plan.notes)
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -177,7 +176,9 @@ def test_backups_off_means_no_policy_and_a_note(tmp_path, stack):
     server = only(plan, SERVER[cloud]).plain_inputs()
     assert server.get("backups") in (None, False)
     assert "backup-policy" not in (only(plan, VOLUME[cloud]).plain_inputs().get("labels") or {})
-    assert any("nothing backs up the data volume" in n for n in plan.notes)
+    assert any("nothing backs up the app's data" in n for n in plan.notes)
+    release = parse_release(release_command(plan, "release").plain_inputs()["stdin"])
+    assert not [path for path in release["files"] if "backup" in path]
 
 
 def test_localstack_endpoints_include_dlm_and_iam(plans):

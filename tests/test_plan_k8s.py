@@ -303,7 +303,7 @@ def test_aws_load_balancers_targets_and_listeners(plans):
 @pytest.mark.parametrize("stack", STACKS)
 def test_token_and_admin_keys_reach_every_node_over_ssh(plans, stack):
     plan, cloud = plans[stack], cloud_of(stack)
-    token = only(plan, "random:index/randomPassword:RandomPassword")
+    token = plan.get(f"shop-{stack}-k3s-token")
     assert token.inputs["length"] == 48 and token.inputs["special"] is False
     value = f"offline-{token.name}"
     admin = yaml.safe_load((ROOT / "examples/app.yaml").read_text())["admin"]["ssh_keys"]
@@ -593,10 +593,11 @@ def test_failure_timing_is_stack_config():
             "name: 3 to 63 lower-case letters, digits, dots and hyphens (got 'Shop_Backups')",
         ),
         (
+            # every blueprint backs up to the bucket now, and asks for its key the same way
             "compose-hcloud",
             {"blueprints:backupBucket": "shop-backups"},
-            "stacks/Pulumi.compose-hcloud.yaml: blueprints:backupBucket: applies to the k8s "
-            "blueprint only, not to compose; remove it from the stack file",
+            "stacks/Pulumi.compose-hcloud.yaml: blueprints:backupAccessKey: is required with "
+            "backupBucket: the access key id of the bucket",
         ),
     ],
 )
@@ -676,8 +677,10 @@ def test_no_secret_and_no_private_key_in_any_user_data(tmp_path, stack):
     values = [v for k, v in overrides.items() if k != "blueprints:secrets" and "Secret" in k]
     values += list(overrides["blueprints:secrets"].values())
     values += [overrides["hcloud:token"]] if "hcloud:token" in overrides else []
-    token = only(plan, "random:index/randomPassword:RandomPassword")
-    values.append(f"offline-{token.name}")
+    # the k3s token and the backup repository's password
+    values += [
+        f"offline-{r.name}" for r in plan.of_type("random:index/randomPassword:RandomPassword")
+    ]
     keys = [r.name for r in plan.of_type("tls:index/privateKey:PrivateKey")]
     for name, server in servers(plan, cloud_of(stack)).items():
         text = server_user_data(server)
@@ -714,15 +717,26 @@ def test_every_object_sent_through_the_api_is_one_the_renderer_validates(plans, 
     the same objects, each valid for the pinned Kubernetes in strict mode."""
     import kubernetes_validate
 
+    from blueprints.backup.storage import Storage
     from blueprints.rungs.k8s import release
 
     plan = plans[stack]
     sent = kube_objects(plan)
     app = AppSpec.model_validate(yaml.safe_load((ROOT / "examples/app.yaml").read_text()))
+    # k8s-localstack names a backup bucket, k8s-hcloud does not (only names matter here)
+    storage = (
+        Storage("shop-backups", "http://localhost:4566", "eu-central-1", "test", "restic/x")
+        if "backupRepository" in plan.outputs
+        else None
+    )
+    assert (storage is not None) == (stack == "k8s-localstack")
     rendered = [
         doc
         for text in release.manifests(
-            app, cloud_of(stack), {n: f"<secret:{n}>" for n in app.secret_names()}
+            app,
+            cloud_of(stack),
+            {n: f"<secret:{n}>" for n in app.secret_names()},
+            backup=storage,
         ).values()
         for doc in yaml.safe_load_all(text)
         if doc

@@ -120,8 +120,15 @@ def test_data_and_address_are_protected(plans, stack):
     if cloud == "hcloud":
         assert volume.inputs["deleteProtection"] is True
         assert fip.inputs["deleteProtection"] is True
-    unprotected = {r.type for r in plan.custom if r.protect} - {VOLUME[cloud], FIP[cloud]}
-    assert unprotected == set()
+    # (and the backups: the bucket the aws stack creates, which holds what a lost volume comes
+    # back from, and the repository password, without which no snapshot opens)
+    stateful = {
+        VOLUME[cloud],
+        FIP[cloud],
+        "aws:s3/bucket:Bucket",
+        "random:index/randomPassword:RandomPassword",
+    }
+    assert {r.type for r in plan.custom if r.protect} - stateful == set()
 
 
 def test_protection_can_be_switched_off():
@@ -385,8 +392,9 @@ def test_planning_is_deterministic(plans):
         (
             {"blueprints:serverTyp": "cx33"},
             "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:serverTyp: unknown key; allowed keys "
-            "here: active, blueprint, deployerNetworks, hcloudSshKey, healthUrl, image, location, "
-            "networkCidr, probeTimeout, promoteTimeout, protectData, serverType, spec, subnetCidr, "
+            "here: active, backupAccessKey, backupBucket, backupEndpoint, backupRegion, "
+            "blueprint, deployerNetworks, hcloudSshKey, healthUrl, image, location, networkCidr, "
+            "probeTimeout, promoteTimeout, protectData, serverType, spec, subnetCidr, "
             "target, watchFailures, watchInterval",
         ),
         (
@@ -521,7 +529,7 @@ def test_plain_text_secrets_are_flagged(tmp_path):
 
 
 def test_program_warnings_become_plan_notes(plans):
-    assert any("takes none yet" in n for n in plans["single-vm-hcloud"].notes)
+    assert any("has no backup storage" in n for n in plans["single-vm-hcloud"].notes)
 
 
 def test_blueprint_rules_are_reported_before_any_resource(tmp_path):

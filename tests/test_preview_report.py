@@ -660,6 +660,149 @@ def test_unpriced_resources_are_named_not_guessed():
     assert "not priced: `web-1: server type cx22 is not in the price table`" in rep.markdown
 
 
+# The backup bucket's contents: priced from the backup configuration a release carries and the
+# stack's data volume, like compare prices them from the settings (tests/test_costs.py).
+
+CMD = "command:remote:Command"
+EBS = "aws:ebs/volume:Volume"
+HETZNER_REPO = "s3:https://fsn1.your-objectstorage.com/shop-backups/restic/shop-compose-hcloud"
+S3_REPO = "s3:https://s3.eu-central-1.amazonaws.com/shop-compose-backups/restic/shop-compose"
+
+
+def release_stdin(repository: str | None, keep: int = 7) -> str:
+    from blueprints.release.bundle import release_document
+
+    files = {"/etc/blueprints/compose/compose.yaml": "services: {}\n"}
+    if repository is not None:
+        config = {"repository": repository, "keep": keep, "paths": ["/srv/data"]}
+        files[report_mod.BACKUP_CONFIG] = json.dumps(config, indent=2) + "\n"
+    return release_document(
+        "key",
+        rung="compose",
+        app="shop",
+        services=[],
+        files=files,
+        modes={path: "0644" for path in files},
+        volumes=["pgdata"],
+        units=[],
+        secrets=None,
+    )
+
+
+def backup_doc(stack, volume_type, size, old_repo, new_repo, keep=7, extra=()) -> dict:
+    """A stack whose release gains, keeps or loses a backup configuration; its data volume
+    unchanged (listed as a same step, as `--show-sames` does)."""
+    vol = state(stack, volume_type, "data", {"size": size, "location": "fsn1"}, id_="v1")
+    old = state(stack, CMD, "release", {"stdin": release_stdin(old_repo, keep)}, id_="r1")
+    new = state(stack, CMD, "release", {"stdin": release_stdin(new_repo, keep)})
+    op = "same" if old_repo == new_repo else "update"
+    return doc(
+        [
+            step("same", stack, volume_type, "data", vol, vol),
+            step(op, stack, CMD, "release", old, new, None if op == "same" else upd("stdin")),
+            *extra,
+        ]
+    )
+
+
+def repository_gb(data_gb: int, keep: int) -> Decimal:
+    return Decimal(data_gb) * (1 + Decimal("0.1") * (keep - 1))
+
+
+def test_a_release_that_starts_backing_up_to_hetzner_costs_the_object_storage():
+    from blueprints.costs import shipped_tables
+
+    table = shipped_tables()["hcloud"]
+    rep = build(("compose-hcloud", backup_doc("compose-hcloud", VOL, 21, None, HETZNER_REPO)))
+    (s,) = rep.stacks
+    assert repository_gb(21, 7) < 1000  # within the base price's included TB
+    assert s.cost is not None and s.cost.unpriced == ()
+    assert s.cost.delta == {"EUR": table.decimal("object_storage", "base_month")}
+    assert "A backup bucket's contents are estimated" in rep.markdown
+
+
+def test_a_release_that_starts_backing_up_to_s3_costs_the_repository():
+    from blueprints.costs import AWS_BUCKET, shipped_tables
+
+    per_gb = shipped_tables()["aws"].decimal("object_storage", "standard_gb_month")
+    bucket = state("compose", AWS_BUCKET, "backups", {"bucket": "shop-compose-backups"})
+    doc_ = backup_doc(
+        "compose",
+        EBS,
+        21,
+        None,
+        S3_REPO,
+        keep=14,
+        extra=[step("create", "compose", AWS_BUCKET, "backups", None, bucket)],
+    )
+    (s,) = build(("compose", doc_)).stacks
+    assert s.cost is not None and s.cost.unpriced == ()
+    assert s.cost.delta == {"USD": repository_gb(21, 14) * per_gb}
+
+
+def test_unchanged_backups_cost_nothing_and_dropping_them_saves_their_price():
+    from blueprints.costs import shipped_tables
+
+    per_gb = shipped_tables()["aws"].decimal("object_storage", "standard_gb_month")
+    (same,) = build(("s", backup_doc("s", EBS, 21, S3_REPO, S3_REPO))).stacks
+    assert same.cost is not None and same.cost.delta == {"USD": Decimal(0)}
+    (gone,) = build(("s", backup_doc("s", EBS, 21, S3_REPO, None))).stacks
+    assert gone.cost is not None and gone.cost.delta == {"USD": -repository_gb(21, 7) * per_gb}
+
+
+def test_a_release_without_backup_storage_has_no_object_storage_cost():
+    rep = build(("s", backup_doc("s", VOL, 21, None, None)))
+    (s,) = rep.stacks
+    assert s.cost is not None and s.cost.delta == {"EUR": Decimal(0)} and s.cost.unpriced == ()
+    assert not s.cost.backup_storage and "backup bucket" not in rep.markdown
+    release = (CMD, "release", {"stdin": release_stdin(None)}, "r1")
+    volume = (VOL, "data", {"size": 21, "location": "fsn1"}, "v1")
+    assert report_mod.backup_storage_items([release, volume]) == []
+    # With the configuration: one item, sized from the volume, kept as the config says.
+    configured = (CMD, "release", {"stdin": release_stdin(HETZNER_REPO, keep=3)}, "r1")
+    assert report_mod.backup_storage_items([configured, volume]) == [
+        (
+            "blueprints:backup/objectStorage:ObjectStorage",
+            "bucket shop-backups",
+            {"cloud": "hcloud", "location": "fsn1", "dataGb": 21, "keep": 3},
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("repository", "bucket", "where"),
+    [
+        (S3_REPO, "shop-compose-backups", {"cloud": "aws", "region": "eu-central-1"}),
+        (
+            "s3:s3.eu-central-1.amazonaws.com/b-1/restic/x",
+            "b-1",
+            {"cloud": "aws", "region": "eu-central-1"},
+        ),
+        ("s3:http://localhost:4566/b-2/restic/x", "b-2", {"cloud": "aws"}),
+    ],
+)
+def test_the_bucket_and_its_place_come_from_the_repository(repository, bucket, where):
+    release = (CMD, "release", {"stdin": release_stdin(repository, keep=5)}, "r1")
+    volumes = [(EBS, "data", {"size": 30}, "v1"), (EBS, "other", {"size": 2}, "v2")]
+    ((_, name, inputs),) = report_mod.backup_storage_items([release, *volumes])
+    assert name == f"bucket {bucket}"
+    assert inputs == {**where, "dataGb": 32, "keep": 5}
+
+
+def test_backup_storage_the_table_cannot_price_is_named():
+    repo = "s3:https://minio.example.com/shop-backups/restic/shop-compose"
+    (s,) = build(("s", backup_doc("s", VOL, 21, None, repo))).stacks
+    assert s.cost is not None
+    assert s.cost.unpriced == (
+        "bucket shop-backups: backup storage (at minio.example.com) is not in the price table",
+    )
+
+
+def test_the_backup_configuration_path_is_the_one_the_nodes_get():
+    node_files = pytest.importorskip("blueprints.backup.node_files")
+    assert node_files.CONFIG == report_mod.BACKUP_CONFIG
+
+
 # ---------------------------------------------------------------------------------------------
 # Wrong shapes
 

@@ -3,16 +3,29 @@
 compose-hcloud's server boots in a systemd-nspawn container with a blank loop device as its
 volume; Docker Compose v2 runs the rendered compose file (stand-in images, the real Caddy),
 with the rendered health checks (busybox probes), restart policies and autoheal timer.
+
+The backup drill turns backups on by a release (the stack's storage: moto's S3 on 127.0.0.1 in
+the node's own network namespace) and runs the rendered units with the real restic: known data
+(files, and a database stand-in whose dump is its files as a tar stream) backed up keep+2
+times, a wrong password and unreachable storage, damage, `restore-app`, the weekly check.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 import time
 
 import pytest
 
+from blueprints.backup import node_files
+from blueprints.backup.storage import Storage
 from tests.realnode.host import wait_for
+from tests.realnode.light import NodeS3
 from tests.realnode.node import TIMINGS
+from tests.realnode.release import ReleaseChannel, example_app
+from tests.realnode.stacks import PROJECT as PROJECT_DIR
 from tests.realnode.stacks import booted_stack_node, http_status
 
 STACK = "compose-hcloud"
@@ -21,7 +34,7 @@ REPLICAS = {"web": 2, "worker": 1, "postgres": 1, "redis": 1}
 CONTAINERS = sorted(
     f"{PROJECT}-{svc}-{n}" for svc, count in REPLICAS.items() for n in range(1, count + 1)
 )
-UNITS = ["srv-data.mount", "app-compose.service", "app-autoheal.timer", "blueprints-backup.timer"]
+UNITS = ["srv-data.mount", "app-compose.service", "app-autoheal.timer"]
 
 
 def _all_healthy(node) -> bool:
@@ -162,3 +175,156 @@ def test_second_boot_keeps_the_volume_and_brings_the_project_back(vm):
         60,
         0.5,
     )
+
+
+# --- the backup drill ---------------------------------------------------------------------------
+
+KEEP = 2
+BACKUP = [node_files.SCRIPT, "--config", node_files.CONFIG]
+# Known data: a plain volume of the worker's (backed up as files, the worker paused around the
+# snapshot) and the database stand-in's (backed up by its dump, never paused).
+KNOWN_DATA = r"""
+set -e
+mkdir -p /srv/data/uploads/nested /srv/data/pgdata/base
+head -c 300000 /dev/urandom > '/srv/data/uploads/report one.pdf'
+printf 'version 1\n' > /srv/data/uploads/nested/notes.txt
+: > /srv/data/uploads/empty
+head -c 100000 /dev/urandom > /srv/data/pgdata/base/16384
+printf '16\n' > /srv/data/pgdata/PG_VERSION
+"""
+TREE = "cd /srv/data && find uploads pgdata -type f -exec sha256sum {} + | sort"
+
+
+def _drill_app() -> dict:
+    app = example_app()
+    app["volumes"]["uploads"] = {"size_gb": 1}
+    app["services"]["worker"]["volumes"] = [{"volume": "uploads", "path": "/data/uploads"}]
+    app["backups"]["keep"] = KEEP
+    return app
+
+
+def _backup_unit(node, unit: str) -> tuple[int, float]:
+    started = time.monotonic()
+    proc = node.exec(["systemctl", "start", f"{unit}.service"], check=False, timeout=300)
+    return proc.returncode, time.monotonic() - started
+
+
+def test_backup_drill_restores_byte_for_byte_and_fails_visibly(vm):
+    node = vm.node
+    channel = ReleaseChannel(vm)
+    channel.authorize()
+    with NodeS3(node.netns) as s3:
+        s3.make_bucket("shop-backups")
+        channel.use_backup_storage(
+            Storage(
+                bucket="shop-backups",
+                endpoint=s3.url,
+                region="us-east-1",
+                access_key="AKIDDRILL",
+                folder="restic/shop-compose-hcloud",
+            ),
+            password="drill-repository-password",
+            secret_key="drill-secret-key",
+        )
+        # backups are turned on by a release: no machine changes
+        started = time.monotonic()
+        proc = channel.deploy(channel.documents(_drill_app()))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        TIMINGS.append(("backup drill: release turning backups on", time.monotonic() - started))
+        node.wait_active(["blueprints-backup.timer", "blueprints-backup-check.timer"], timeout=60)
+        wait_for("every container healthy", lambda: _all_healthy(node), 180, 1)
+        node.sh(KNOWN_DATA)
+
+        # keep+2 backups through the unit the timer starts; the newest `keep` stay
+        for n in range(KEEP + 2):
+            node.sh(f"echo run {n} > /srv/data/uploads/nested/run.txt")
+            code, seconds = _backup_unit(node, node_files.UNIT)
+            assert code == 0, node.journal(f"{node_files.UNIT}.service")
+            TIMINGS.append((f"backup drill: backup {n + 1} (dump, pause, restic, prune)", seconds))
+        # the data as the newest snapshot holds it
+        before = node.sh(TREE)
+        assert "uploads/report one.pdf" in before and "pgdata/base/16384" in before
+        log = node.journal(f"{node_files.UNIT}.service", 200)
+        assert "postgres dumped" in log and "services paused for" in log
+        paused = [float(m) for m in re.findall(r"services paused for ([0-9.]+) s", log)]
+        TIMINGS.append(("backup drill: worker paused per backup (longest)", max(paused)))
+        snapshots = json.loads(node.exec([*BACKUP, "snapshots", "--json"]).stdout)
+        assert len(snapshots) == KEEP
+        assert all(s["hostname"] == "shop-compose-hcloud" and s["size"] for s in snapshots)
+
+        # a wrong password: the unit fails, visibly, and the snapshots are untouched
+        password = node_files.PASSWORD_FILE
+        node.sh(f"cp {password} /root/pw && echo wrong > {password}")
+        code, _ = _backup_unit(node, node_files.UNIT)
+        assert code != 0
+        assert node.sh(f"systemctl is-failed {node_files.UNIT}.service || true").strip() == "failed"
+        assert "does not open with this password" in node.journal(f"{node_files.UNIT}.service")
+        node.sh(f"cp /root/pw {password} && systemctl reset-failed")
+        # unreachable storage (a port nothing listens on): fails, changes nothing
+        node.sh(f"sed 's#127.0.0.1:{s3.PORT}#127.0.0.1:9#' {node_files.CONFIG} > /root/away.json")
+        away = node.exec(
+            [node_files.SCRIPT, "--config", "/root/away.json", "backup"], check=False, timeout=120
+        )
+        assert away.returncode == 1 and "cannot reach the repository" in away.stderr
+        after = json.loads(node.exec([*BACKUP, "snapshots", "--json"]).stdout)
+        assert [s["id"] for s in after] == [s["id"] for s in snapshots]
+
+        # the admin's commands, over ssh as deploy with the stack's key, from the client side
+        outputs = vm.node.dir / "outputs.json"
+        outputs.write_text(
+            json.dumps(
+                {
+                    "address": node.address,
+                    "deployKey": channel.key_file.read_text(),
+                    "backupRepository": channel.storage.repository,
+                }
+            )
+        )
+        outputs.chmod(0o600)
+
+        def cli(*args: str, timeout: float = 600):
+            return vm.network.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "blueprints.cli",
+                    *args,
+                    "--outputs",
+                    str(outputs),
+                    "--project",
+                    str(PROJECT_DIR),
+                ],
+                check=False,
+                timeout=timeout,
+            )
+
+        listed = cli("backups", STACK, "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [s["id"] for s in json.loads(listed.stdout)] == [s["id"] for s in snapshots]
+        now = cli("backup", STACK)
+        assert now.returncode == 0, now.stderr
+        assert "postgres dumped" in now.stdout + now.stderr
+        newest = json.loads(cli("backups", STACK, "--json").stdout)
+        assert len(newest) == KEEP and newest[-1]["id"] not in [s["id"] for s in snapshots]
+
+        # damage, then put the newest snapshot back
+        node.sh(
+            "rm '/srv/data/uploads/report one.pdf'; echo corrupted > "
+            "/srv/data/uploads/nested/notes.txt; rm -rf /srv/data/pgdata/*"
+        )
+        assert node.sh(TREE) != before
+        started = time.monotonic()
+        restored = cli("restore", STACK, "--snapshot", newest[-1]["short_id"], "--yes")
+        assert restored.returncode == 0, restored.stdout + restored.stderr + node.diagnose()
+        TIMINGS.append(("backup drill: blueprints restore --yes", time.monotonic() - started))
+        assert node.sh(TREE) == before
+        steps = restored.stdout
+        assert "1. restore snapshot" in steps and "stop the app" in steps
+        assert "loaded the dump of postgres" in restored.stdout + restored.stderr
+        wait_for("every container healthy after the restore", lambda: _all_healthy(node), 180, 1)
+
+        # the weekly check: a tenth of the data read, the newest dump restored and present
+        code, seconds = _backup_unit(node, node_files.CHECK_UNIT)
+        assert code == 0, node.journal(f"{node_files.CHECK_UNIT}.service")
+        TIMINGS.append(("backup drill: weekly check", seconds))
+        assert "1 dump(s) restored and present" in node.journal(f"{node_files.CHECK_UNIT}.service")

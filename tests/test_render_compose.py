@@ -1,6 +1,7 @@
 """The compose renderer: the compose file against the spec and the compose-spec schema, real
-health probes, the secret wrapper, autoheal and backup scripts run against stand-ins, the VM's
-files through cloud-init/shellcheck/systemd validators, injection, determinism and goldens."""
+health probes, the secret wrapper and autoheal script run against stand-ins, the VM's files
+(the backup units included, tests/test_backup_vm.py has the rest) through
+cloud-init/shellcheck/systemd validators, injection, determinism and goldens."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tarfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,9 +32,11 @@ from test_render_single_vm import (
     NASTY_PATH,
     PWNED,
     SCRIPTS,
+    STORAGE,
     STUB,
     UNITS,
     env_value,
+    programs,
     scripts,
     secrets_for,
     spec,
@@ -42,6 +44,7 @@ from test_render_single_vm import (
     with_service,
 )
 
+from blueprints.backup.storage import Storage
 from blueprints.render import compose as rc
 from blueprints.render.common import systemd_escape_path
 from blueprints.spec import AppSpec
@@ -56,7 +59,7 @@ def ctx(
     *,
     device: str = HCLOUD_DEVICE,
     floating_ip: str | None = FLOATING_IP,
-    archive: bool = True,
+    storage: Storage | None = None,
     secrets: Mapping[str, str] | None = None,
 ) -> rc.ComposeContext:
     app = app or spec()
@@ -64,7 +67,7 @@ def ctx(
         app=app,
         data_device=device,
         floating_ip=floating_ip,
-        archive_data=archive,
+        storage=storage,
         secrets=secrets_for(app) if secrets is None else secrets,
     )
 
@@ -311,7 +314,7 @@ def test_probe_mount_only_for_probes_that_need_it():
 def test_secrets_never_in_the_compose_file_only_in_the_root_only_env_file():
     app = spec()
     secrets = {n: f"s3cret-{n}" for n in app.secret_names()}
-    files = rc.render_vm_files(ctx(app, secrets=secrets))
+    files = rc.render_vm_files(ctx(app, secrets=secrets, storage=None))
     for path, text in files.items():
         if path != rc.SECRETS_FILE:
             assert not any(v in text for v in secrets.values()), path
@@ -320,7 +323,7 @@ def test_secrets_never_in_the_compose_file_only_in_the_root_only_env_file():
     # the secrets travel in their own document, never in the user data or the release document
     written = {f["path"]: f for f in yaml.safe_load(rc.render_cloud_init(ctx(app)))["write_files"]}
     assert rc.SECRETS_FILE not in written
-    docs = rc.release_documents(app, "key", secrets, archive=False)
+    docs = rc.release_documents(app, "key", secrets)
     assert not any(v in docs.release for v in secrets.values())
     sent = yaml.safe_load(docs.secrets)["files"][rc.SECRETS_FILE]
     assert sent == {"mode": "0600", "text": files[rc.SECRETS_FILE]}
@@ -329,7 +332,7 @@ def test_secrets_never_in_the_compose_file_only_in_the_root_only_env_file():
 def test_missing_secret_is_named():
     app = spec()
     with pytest.raises(ValueError, match="secret DATABASE_PASSWORD has no value"):
-        rc.render_vm_files(ctx(app, secrets={}))
+        rc.render_vm_files(ctx(app, secrets={}, storage=None))
 
 
 WRAPPER_STUB = r"""#!/bin/bash
@@ -466,126 +469,17 @@ def test_autoheal_timer_follows_the_shortest_health_interval():
     assert "OnUnitActiveSec=10s" in timer
 
 
-class BackupBox:
-    """The backup script with its paths moved under tmp_path and stand-ins for the tools."""
-
-    def __init__(self, tmp_path: Path, app: AppSpec | None = None):
-        self.tmp = tmp_path
-        self.data = tmp_path / "srv-data"
-        self.backups = tmp_path / "backups"
-        (self.data / "pgdata").mkdir(parents=True)
-        (self.data / "pgdata" / "PG_VERSION").write_text("16\n")
-        self.bin = stub_bin(tmp_path, ("mountpoint",))
-        wrapper = self.bin / "app-compose"
-        wrapper.write_text(STUB)
-        wrapper.chmod(0o755)
-        text = rc.render_vm_files(ctx(app))[SCRIPTS + "app/backup"]
-        text = text.replace(rc.WRAPPER, str(wrapper)).replace(rc.BACKUP_DIR, str(self.backups))
-        self.script = tmp_path / "backup"
-        self.script.write_text(text.replace("/srv/data", str(self.data)))
-        self.script.chmod(0o755)
-
-    def run(self, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.script)],
-            env={
-                "PATH": f"{self.bin}:{os.environ['PATH']}",
-                "STUB_CALLS": str(self.tmp / "calls"),
-                **env,
-            },
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-
-    def archives(self) -> list[str]:
-        return sorted(p.name for p in self.backups.iterdir())
-
-
-def test_backup_pauses_stateful_services_and_writes_a_complete_archive(tmp_path: Path):
-    box = BackupBox(tmp_path)
-    proc = box.run()
-    assert proc.returncode == 0, proc.stderr
-    [archive] = box.archives()
-    assert archive.startswith("data-") and archive.endswith(".tar.gz")
-    with tarfile.open(box.backups / archive) as tar:
-        assert "./pgdata/PG_VERSION" in tar.getnames()
-    calls = [c for c in recorded(tmp_path) if c[0] == "app-compose"]
-    assert calls == [["app-compose", "pause", "postgres"], ["app-compose", "unpause", "postgres"]]
-
-
-def test_backup_keeps_the_newest_n(tmp_path: Path):
-    box = BackupBox(tmp_path)
-    box.backups.mkdir()
-    old = [f"data-2026010{d}T030000Z.tar.gz" for d in range(1, 10)]
-    for name in old:
-        (box.backups / name).write_text("old")
-    assert box.run().returncode == 0
-    kept = box.archives()
-    assert len(kept) == spec().backups.keep
-    assert kept[:-1] == old[-(spec().backups.keep - 1) :]  # the newest old ones, plus the new one
-
-
-def test_failed_backup_resumes_services_and_leaves_no_partial_archive(tmp_path: Path):
-    box = BackupBox(tmp_path)
-    (box.bin / "tar").write_text("#!/bin/bash\necho 'tar: disk full' >&2\nexit 2\n")
-    (box.bin / "tar").chmod(0o755)
-    proc = box.run()
-    assert proc.returncode != 0
-    assert box.archives() == []
-    calls = [c for c in recorded(tmp_path) if c[0] == "app-compose"]
-    assert calls[-1] == ["app-compose", "unpause", "postgres"]
-
-
-def test_backup_refuses_without_the_mounted_volume(tmp_path: Path):
-    box = BackupBox(tmp_path)
-    (box.bin / "mountpoint").write_text("#!/bin/bash\nexit 1\n")
-    proc = box.run()
-    assert proc.returncode == 1
-    assert "/srv-data is not mounted" in proc.stderr or "is not mounted" in proc.stderr
-    assert not box.backups.exists()
-
-
-@pytest.mark.parametrize(
-    ("backups", "calendar"),
-    [
-        ({"schedule": "daily", "at": "03:00"}, "*-*-* 03:00:00 UTC"),
-        ({"schedule": "hourly"}, "*-*-* *:00:00 UTC"),
-        ({"schedule": "weekly", "at": "22:30"}, "Sun *-*-* 22:30:00 UTC"),
-    ],
-)
-def test_backup_calendar_is_valid_for_systemd(backups: dict[str, str], calendar: str):
-    data = {**copy.deepcopy(EXAMPLE_DATA), "backups": backups}
-    app = spec(data)
-    assert rc.backup_calendar(app.backups) == calendar
-    proc = subprocess.run(
-        [validators.require("systemd-analyze"), "calendar", calendar],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    timer = rc.render_vm_files(ctx(app))[UNITS + "blueprints-backup.timer"]
-    assert f"OnCalendar={calendar}\n" in timer
-
-
-def test_archive_only_where_asked_and_backups_enabled():
-    assert SCRIPTS + "app/backup" in rc.render_vm_files(ctx(archive=True))
-    assert SCRIPTS + "app/backup" not in rc.render_vm_files(ctx(archive=False))
-    off = spec({**copy.deepcopy(EXAMPLE_DATA), "backups": {"enabled": False}})
-    assert SCRIPTS + "app/backup" not in rc.render_vm_files(ctx(off, archive=True))
-    # the release starts the backup timer (with the autoheal one)
-    units = yaml.safe_load(rc.release_documents(spec(), "k", secrets_for(spec()), True).release)
-    assert units["units"] == ["app-autoheal.timer", "blueprints-backup.timer"]
-
-
 # --- the VM: cloud-init, shell, systemd ------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "context",
-    [ctx(), ctx(device=AWS_DEVICE, floating_ip=None, archive=False), ctx(spec(MINIMAL))],
-    ids=["hcloud", "aws", "minimal"],
+    [
+        ctx(storage=STORAGE),
+        ctx(device=AWS_DEVICE, floating_ip=None),
+        ctx(spec(MINIMAL), storage=STORAGE),
+    ],
+    ids=["hcloud-with-backups", "aws", "minimal-with-backups"],
 )
 def test_vm_files_pass_every_validator(context: rc.ComposeContext, tmp_path: Path):
     validators.cloud_init_schema(rc.render_cloud_init(context), tmp_path)
@@ -596,7 +490,9 @@ def test_vm_files_pass_every_validator(context: rc.ComposeContext, tmp_path: Pat
         target.parent.mkdir(exist_ok=True)
         target.write_text(files[path])
         validators.shellcheck(target, "bash")
-    root = validators.systemd_root(files, tmp_path / "root", executable=executable)
+    root = validators.systemd_root(
+        files, tmp_path / "root", executable=[*programs(files), rc.WRAPPER]
+    )
     names = [
         Path(p).name
         for p in units(files)
@@ -616,7 +512,7 @@ def test_cloud_init_installs_docker_and_compose_and_starts_the_app():
     assert "systemctl enable blueprints-release.service" in config["runcmd"]
     assert "systemctl start --no-block blueprints-release.service" in config["runcmd"]
     assert "netplan apply" in config["runcmd"]
-    aws = yaml.safe_load(rc.render_cloud_init(ctx(floating_ip=None, archive=False)))
+    aws = yaml.safe_load(rc.render_cloud_init(ctx(floating_ip=None, storage=None)))
     assert "netplan apply" not in aws["runcmd"]
     assert "systemctl enable blueprints-release.service" in aws["runcmd"]
     assert config["ssh_pwauth"] is False and config["disable_root"] is True
@@ -704,8 +600,9 @@ def test_same_input_same_bytes():
 # --- golden files (review a diff, then refresh with pytest --update-golden) --------------------
 
 GOLDEN_CASES = {
-    "hcloud": lambda: ctx(),
-    "aws": lambda: ctx(device=AWS_DEVICE, floating_ip=None, archive=False),
+    # with the stack's backup storage (the backup's files in the release)
+    "hcloud": lambda: ctx(storage=STORAGE),
+    "aws": lambda: ctx(device=AWS_DEVICE, floating_ip=None),
 }
 
 
@@ -716,6 +613,6 @@ def test_golden_files(cloud: str, update_golden: bool):
     rendered.update({p.lstrip("/"): t for p, t in rc.render_vm_files(context).items()})
     # what the release channel sends (its digests keyed with a fixed stand-in key)
     rendered["release.yaml"] = rc.release_documents(
-        context.app, "golden-key", context.secrets or {}, context.archive_data
+        context.app, "golden-key", context.secrets or {}, context.storage
     ).release
     check_golden(GOLDEN / cloud, rendered, update_golden)

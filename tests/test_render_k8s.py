@@ -22,6 +22,7 @@ from golden_files import check_golden, check_no_stale_sets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blueprints.backup.storage import Storage
 from blueprints.render.common import dump_yaml, render_template
 from blueprints.rungs.k8s import bootstrap as b
 from blueprints.rungs.k8s import release as rel
@@ -89,6 +90,17 @@ def files_of(ctx: b.ClusterContext, node: b.K8sNode) -> dict[str, str]:
     return b.render_node_files(ctx, node)
 
 
+# The stack's backup bucket (blueprints.backup.storage), so the backup objects are rendered,
+# validated and kept in the goldens too (tests/test_backup_k8s.py walks them).
+BACKUP_STORAGE = Storage(
+    bucket="shop-backups",
+    endpoint="https://fsn1.your-objectstorage.com",
+    region="fsn1",
+    access_key="BACKUP-ACCESS-KEY-PLACEHOLDER",
+    folder="restic/shop-k8s-hcloud",
+)
+
+
 def manifests(case: Case) -> dict[str, str]:
     return rel.manifests(
         case.app,
@@ -96,6 +108,9 @@ def manifests(case: Case) -> dict[str, str]:
         case.secrets,
         cloud_token="HCLOUD-TOKEN-PLACEHOLDER",
         network_id="4711",
+        backup=BACKUP_STORAGE,
+        backup_password="PLACEHOLDER-backup-password",
+        backup_secret_key="PLACEHOLDER-backup-secret-key",
     )
 
 

@@ -15,11 +15,13 @@ import hcl2
 import pytest
 import validators
 import yaml
-from golden_files import check_golden, check_no_stale_sets
+from golden_files import SHIPPED, check_golden, check_no_stale_sets
 from hcl2.utils import SerializationOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blueprints.backup import backup_source
+from blueprints.backup.storage import Storage
 from blueprints.render.common import hcl_name, hcl_string
 from blueprints.render.single_vm import METADATA_GUARD_UNIT
 from blueprints.rungs.nomad.bootstrap import (
@@ -42,6 +44,7 @@ from blueprints.rungs.nomad.bootstrap import (
 from blueprints.rungs.nomad.release import (
     MHZ_PER_CORE,
     Timing,
+    render_backup_jobs,
     render_ingress_job,
     render_jobs,
     render_service_job,
@@ -776,8 +779,12 @@ def test_agent_config(index: int):
     [tls] = agent["tls"]
     assert tls["http"] is True and tls["rpc"] is True and tls["verify_server_hostname"] is True
     assert (tls["ca_file"], tls["cert_file"], tls["key_file"]) == (CA_FILE, CERT_FILE, KEY_FILE)
-    [docker] = agent["plugin"]
-    assert docker["docker"]["config"][0]["volumes"] == [{"enabled": False}]
+    plugins = blocks(agent["plugin"])
+    assert sorted(plugins) == ["docker", "raw_exec"]
+    assert plugins["docker"]["config"][0]["volumes"] == [{"enabled": False}]
+    # for the backup jobs (blueprints-backup as root on the data node); on every node, so the
+    # user data does not depend on where the data is
+    assert plugins["raw_exec"] == {"config": [{"enabled": True}]}
     if index == 0:
         assert client["meta"] == [{"blueprints_data": "true"}]
         assert blocks(client["host_volume"]) == {
@@ -880,7 +887,8 @@ def test_cloud_init(index: int, tmp_path: Path):
     text = render_cloud_init(n)
     validators.cloud_init_schema(text, tmp_path)
     data = yaml.safe_load(text)
-    assert {"docker.io", "curl", "gnupg", "python3"} <= set(data["packages"])
+    # restic: what the backup jobs run (blueprints-backup, in python3)
+    assert {"docker.io", "curl", "gnupg", "python3", "restic"} <= set(data["packages"])
     assert data["ssh_pwauth"] is False and data["disable_root"] is True
     [user] = data["users"]
     assert user["ssh_authorized_keys"] == ["ssh-ed25519 AAAAPLACEHOLDER deploy"]
@@ -997,10 +1005,24 @@ def test_golden_files(name: str, update_golden: bool):
     check_golden(GOLDEN / name, rendered, update_golden)
 
 
+GOLDEN_STORAGE = Storage(
+    bucket="shop-backups",
+    endpoint="https://fsn1.your-objectstorage.com",
+    region="fsn1",
+    access_key="AKIDEXAMPLE",
+    folder="restic/shop-nomad-hcloud",
+)
+
+
 def test_golden_release(update_golden: bool):
     app = spec()
     rendered = {f"jobs/{job}.nomad.hcl": text for job, text in render_jobs(app, Timing()).items()}
     rendered["jobs/blueprints_ingress.nomad.hcl"] = render_ingress_job(app, CA_PEM, Timing())
+    # the backup jobs, with the script they carry as one line (tests/test_node_backup.py)
+    script, stand_in = hcl_string(backup_source()), hcl_string(SHIPPED)
+    for job, text in render_backup_jobs(app, GOLDEN_STORAGE, "shop-nomad-hcloud").items():
+        assert text.count(script) == 1
+        rendered[f"jobs/{job}.nomad.hcl"] = text.replace(script, stand_in)
     check_golden(GOLDEN / "release", rendered, update_golden)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -21,6 +22,8 @@ from golden_files import check_golden, check_no_stale_sets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from blueprints.backup.node_files import PASSWORD_VALUE, SECRET_KEY_VALUE
+from blueprints.backup.storage import Storage
 from blueprints.release.bundle import parse_release
 from blueprints.render import (
     NodeContext,
@@ -63,8 +66,26 @@ SECRETS = "/etc/blueprints/secrets/"
 UNIT_SUFFIXES = (".service", ".timer", ".target", ".mount")
 
 
+# The stack's backup storage as the renderers get it, and its secrets (which travel with the
+# app's secret values under reserved names).
+STORAGE = Storage(
+    bucket="shop-backups",
+    endpoint="https://fsn1.your-objectstorage.com",
+    region="fsn1",
+    access_key="BACKUP-ACCESS-KEY-ID",
+    folder="restic/shop-golden",
+)
+BACKUP_PASSWORD = "BACKUP-REPOSITORY-PASSWORD"
+BACKUP_SECRET_KEY = "BACKUP-STORAGE-SECRET-KEY"
+
+
 def secrets_for(app: AppSpec, make=lambda name: f"PLACEHOLDER-{name}") -> dict[str, str]:
-    return {name: make(name) for name in app.secret_names()}
+    """The app's secret values, and the backup's (used where the stack has backup storage)."""
+    return {
+        **{name: make(name) for name in app.secret_names()},
+        PASSWORD_VALUE: BACKUP_PASSWORD,
+        SECRET_KEY_VALUE: BACKUP_SECRET_KEY,
+    }
 
 
 def spec(data: Mapping[str, Any] | None = None) -> AppSpec:
@@ -79,6 +100,7 @@ def context(
     floating_ip: str | None = FLOATING_IP,
     device: str = HCLOUD_DEVICE,
     secrets: Mapping[str, str] | None = None,
+    storage: Storage | None = None,
 ) -> NodeContext:
     return NodeContext(
         app=app,
@@ -88,6 +110,7 @@ def context(
         park_without_volume=park,
         deploy_key=DEPLOY_KEY,
         secrets=secrets_for(app) if secrets is None else secrets,
+        backup_storage=storage,
     )
 
 
@@ -112,7 +135,17 @@ def user_data(ctx: NodeContext) -> dict[str, Any]:
 
 
 def scripts(files: Mapping[str, str]) -> dict[str, str]:
-    return {p: t for p, t in files.items() if p.startswith(SCRIPTS)}
+    """The shell scripts (blueprints-backup, a Python program, is tested on its own)."""
+    return {
+        p: t
+        for p, t in files.items()
+        if p.startswith(SCRIPTS) and not t.startswith("#!/usr/bin/env python3")
+    }
+
+
+def programs(files: Mapping[str, str]) -> list[str]:
+    """Every executable the node gets (the shell scripts and blueprints-backup)."""
+    return [p for p in files if p.startswith(SCRIPTS)]
 
 
 def units(files: Mapping[str, str]) -> dict[str, str]:
@@ -372,6 +405,7 @@ def test_scripts_of_other_shapes_pass_shellcheck(tmp_path: Path):
     data = copy.deepcopy(EXAMPLE_DATA)
     data["volumes"] = {}
     del data["services"]["postgres"]["volumes"]
+    del data["services"]["postgres"]["backup"]
     data["services"]["postgres"]["ports"] = [{"port": 5432, "expose": "tcp", "public_port": 15432}]
     data["services"]["web"]["ports"] = [{"port": 8000}]
     data["services"]["web"]["health"] = {"type": "tcp"}
@@ -401,7 +435,7 @@ def test_minimal_app_passes_every_validator(tmp_path: Path):
 
 
 def _verify_units(files: Mapping[str, str], tmp_path: Path) -> None:
-    root = validators.systemd_root(files, tmp_path / "root", executable=scripts(files))
+    root = validators.systemd_root(files, tmp_path / "root", executable=programs(files))
     names: list[str] = []
     for path in units(files):
         name = Path(path).name
@@ -872,7 +906,7 @@ def test_a_volume_attached_after_boot_starts_the_app(ctx: NodeContext, tmp_path:
         if not unit.endswith(".timer"):
             assert unit_values(text, "RequiresMountsFor") == ["/srv/data"], unit
     assert "systemctl enable blueprints-release.service" in user_data(ctx)["runcmd"]
-    root = validators.systemd_root(files, tmp_path / "root", executable=scripts(files))
+    root = validators.systemd_root(files, tmp_path / "root", executable=programs(files))
     validators.systemctl_enable(root, "blueprints-release.service")
     system = root / "etc/systemd/system"
     for wants in (f"{device_unit}.wants", "multi-user.target.wants"):
@@ -1383,8 +1417,12 @@ def test_value_with_nul_is_rejected(fields: dict[str, Any], named: str):
 
 
 # Every node of a stack gets the same user data, so one golden set per cloud: hcloud (parks
-# itself without the volume, floating IP configured in the OS) and aws (neither).
-GOLDEN_NODES = {"hcloud": spare, "aws": aws_node}
+# itself without the volume, floating IP configured in the OS, a stack with backup storage) and
+# aws (neither, and no backup storage).
+GOLDEN_NODES = {
+    "hcloud": lambda: dataclasses.replace(spare(), backup_storage=STORAGE),
+    "aws": aws_node,
+}
 
 
 @pytest.mark.parametrize("node", sorted(GOLDEN_NODES))
@@ -1393,7 +1431,9 @@ def test_golden_files(node: str, update_golden: bool):
     rendered = {p.lstrip("/"): t for p, t in render_node_files(ctx).items()}
     rendered["cloud-init.yaml"] = render_cloud_init(ctx)
     # what the release channel sends (its digests keyed with a fixed stand-in key)
-    rendered["release.yaml"] = release_documents(ctx.app, "golden-key", ctx.secrets).release
+    rendered["release.yaml"] = release_documents(
+        ctx.app, "golden-key", ctx.secrets, ctx.backup_storage
+    ).release
     check_golden(GOLDEN / node, rendered, update_golden)
 
 

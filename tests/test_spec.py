@@ -234,6 +234,7 @@ REQUIRED = {
     "Port": {"port"},
     "HealthCheck": {"type"},
     "Mount": {"volume", "path"},
+    "Dump": {"dump", "restore"},
     "Volume": set(),
     "Backups": set(),
     "Admin": set(),
@@ -251,6 +252,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "health": None,
         "volumes": [],
         "depends_on": [],
+        "backup": None,
     },
     "Port": {"expose": "private", "host": None, "path": "/", "public_port": None},
     "HealthCheck": {
@@ -263,6 +265,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "start_period": 30,
     },
     "Mount": {"read_only": False},
+    "Dump": {},
     "Volume": {"size_gb": 10},
     "Backups": {"enabled": True, "schedule": "daily", "at": "03:00", "keep": 7},
     "Admin": {"ssh_keys": [], "cidrs": []},

@@ -6,6 +6,7 @@ snapshots, restore them, check them.
     blueprints-backup [--config PATH] snapshots [--json]
     blueprints-backup [--config PATH] restore SNAPSHOT TARGET
     blueprints-backup [--config PATH] load-dumps DIR
+    blueprints-backup [--config PATH] restore-app SNAPSHOT [--plan]
     blueprints-backup [--config PATH] check
 
 Runs as root on the node that holds the data (a systemd timer runs `backup`; an admin or the
@@ -35,6 +36,13 @@ restore SNAPSHOT TARGET
 load-dumps DIR
   feeds each service's dump found under DIR (a restored snapshot) to its `restore` command
   inside its container.
+restore-app SNAPSHOT [--plan]
+  puts the app's data back as a snapshot holds it (`--plan`: prints the steps and does
+  nothing): restores the snapshot into `scratch` (on the data volume) first, so a failed
+  download stops before the app is touched; stops the app; moves each live volume directory
+  aside (kept under `scratch`, never deleted) and renames the snapshot's copy into its place (a
+  dumped service's volume starts empty); starts the app; loads the dumps. Needs `stop`, `start`,
+  `scratch` in the configuration.
 check
   checks the repository's structure and reads a tenth of its data (`restic check
   --read-data-subset 10%`), then restores the newest snapshot's dumps to a scratch directory
@@ -75,7 +83,7 @@ PROG = "blueprints-backup"
 DEFAULT_CONFIG = "/etc/blueprints/backup/config.json"
 USAGE = (
     "usage: blueprints-backup [--config PATH] backup | snapshots [--json] | "
-    "restore SNAPSHOT TARGET | load-dumps DIR | check"
+    "restore SNAPSHOT TARGET | load-dumps DIR | restore-app SNAPSHOT [--plan] | check"
 )
 # What the storage key file may set: the S3 credentials restic reads from the environment.
 ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN")
@@ -138,6 +146,13 @@ CONFIG_FIELDS = {
         "(absolute paths)",
         [],
     ),
+    # restore-app: where a snapshot is restored first (on the data volume, so putting it in
+    # place is a rename), the volume directories it puts back, how the app stops and starts
+    # (null where the node does not run the app itself: restore-app then refuses).
+    "scratch": (lambda v: v is None or _is_path(v), "null or an absolute path", None),
+    "volumes": (_is_paths, "a list of absolute paths", []),
+    "stop": (lambda v: v is None or _is_argv(v), "null or a command", None),
+    "start": (lambda v: v is None or _is_argv(v), "null or a command", None),
     "pause": (lambda v: v is None or _is_argv(v), "null or a command", None),
     "resume": (lambda v: v is None or _is_argv(v), "null or a command", None),
     "keep": (_is_keep, "a whole number from 1 to 1000", REQUIRED),
@@ -162,12 +177,22 @@ def parse_command_line(argv):
         config, args = args[1], args[2:]
     elif args[:1] and args[0].startswith("--config="):
         config, args = args[0][len("--config=") :], args[1:]
-    shapes = {"backup": 0, "snapshots": None, "restore": 2, "load-dumps": 1, "check": 0}
+    shapes = {
+        "backup": 0,
+        "snapshots": None,
+        "restore": 2,
+        "load-dumps": 1,
+        "restore-app": None,
+        "check": 0,
+    }
     if not args or args[0] not in shapes:
         raise Exit(2, USAGE)
     command, rest = args[0], args[1:]
     if command == "snapshots":
         if rest not in ([], ["--json"]):
+            raise Exit(2, USAGE)
+    elif command == "restore-app":
+        if len(rest) not in (1, 2) or rest[1:] not in ([], ["--plan"]):
             raise Exit(2, USAGE)
     elif len(rest) != shapes[command]:
         raise Exit(2, USAGE)
@@ -332,6 +357,14 @@ def take_dumps(config):
                 f"{PROG}: the dump of {dump['service']} failed (exit {done.returncode}): "
                 f"{last_line(done.stderr.decode('utf-8', 'replace'))}; no snapshot was taken",
             )
+        if os.path.getsize(partial) == 0:
+            # An empty dump would become the newest snapshot and push good ones out.
+            remove_file(partial)
+            raise Exit(
+                1,
+                f"{PROG}: the dump of {dump['service']} is empty (its command wrote nothing); "
+                "no snapshot was taken",
+            )
         os.replace(partial, target)
         size = os.path.getsize(target)
         phrases.append(
@@ -441,7 +474,12 @@ def dump_file(config, root, service):
     return os.path.join(root, config["staging"].lstrip("/"), service + ".dump")
 
 
-def load_dumps(config, root):
+# A service started moments ago may not take a load yet (a database initialising its empty
+# volume): a failed load is tried again this often until retry_for runs out.
+LOAD_RETRY_SECONDS = 3
+
+
+def load_dumps(config, root, retry_for=0):
     if not config["dumps"]:
         say(f"{PROG}: no service declares a dump; nothing to load")
         return
@@ -449,8 +487,15 @@ def load_dumps(config, root):
         path = dump_file(config, root, dump["service"])
         if not os.path.isfile(path):
             raise Exit(1, f"{PROG}: no dump of {dump['service']} at {path}")
-        with open(path, "rb") as source:
-            done = run_command([*dump["exec"], *dump["restore"]], config["timeout"], stdin=source)
+        deadline = time.monotonic() + retry_for
+        while True:
+            with open(path, "rb") as source:
+                done = run_command(
+                    [*dump["exec"], *dump["restore"]], config["timeout"], stdin=source
+                )
+            if done.returncode == 0 or time.monotonic() + LOAD_RETRY_SECONDS > deadline:
+                break
+            time.sleep(LOAD_RETRY_SECONDS)
         if done.returncode != 0:
             raise Exit(
                 1,
@@ -458,6 +503,116 @@ def load_dumps(config, root):
                 f"{last_line(done.stderr.decode('utf-8', 'replace'))}",
             )
         say(f"{PROG}: loaded the dump of {dump['service']} ({human(os.path.getsize(path))})")
+
+
+def snapshot_sizes(restic, rows):
+    """Each snapshot's size (bytes of the files it holds): restic 0.17+ records it in the
+    snapshot; older ones are asked (`restic stats`, which reads trees, not data)."""
+    for row in rows:
+        summary = row.get("summary") if isinstance(row.get("summary"), dict) else {}
+        size = summary.get("total_bytes_processed")
+        if size is None:
+            stats = restic.json_lines("stats", "--json", row.get("id", ""), what="restic stats")
+            size = stats[0].get("total_size") if stats and isinstance(stats[0], dict) else None
+        row["size"] = size
+    return rows
+
+
+def restore_app(config, restic, snapshot, plan_only):
+    if not SNAPSHOT_ID.match(snapshot):
+        raise Exit(2, f"{PROG}: {snapshot!r} is not a snapshot id (hex) or latest")
+    missing = [key for key in ("scratch", "stop", "start") if config[key] is None]
+    if missing:
+        raise Exit(
+            2,
+            f"{PROG}: restore-app needs {', '.join(missing)} in the configuration; this node "
+            "does not run the app itself (restore into a new directory with `restore` and "
+            "follow the runbook)",
+        )
+    work = os.path.join(config["scratch"], time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    restored = os.path.join(work, "snapshot")
+    before = os.path.join(work, "before")
+    dumped = {volume for dump in config["dumps"] for volume in dump["volumes"]}
+    steps = [f"restore snapshot {snapshot} into {restored} (the app keeps running)"]
+    steps.append(f"stop the app ({' '.join(config['stop'])})")
+    for volume in config["volumes"]:
+        instead = (
+            "an empty directory (its service's dump is loaded later)"
+            if volume in dumped
+            else "the snapshot's copy"
+        )
+        steps.append(f"move {volume} to {before}, and put {instead} in its place")
+    steps.append(f"start the app ({' '.join(config['start'])})")
+    for dump in config["dumps"]:
+        steps.append(f"load the dump of {dump['service']} ({' '.join(dump['restore'])})")
+    steps.append(f"keep the data as it was before in {before}: delete it once the app is right")
+    for number, step in enumerate(steps, 1):
+        print(f"{number}. {step}", flush=True)
+    if plan_only:
+        return
+    make_dirs(work, 0o700)
+    restore(config, restic, snapshot, restored)
+    for volume in config["volumes"]:
+        if volume not in dumped and not os.path.isdir(restored + volume):
+            raise Exit(
+                1,
+                f"{PROG}: snapshot {snapshot} holds no {volume}; nothing was stopped or moved "
+                f"(the restored files are in {restored})",
+            )
+    for dump in config["dumps"]:
+        if not os.path.isfile(dump_file(config, restored, dump["service"])):
+            raise Exit(
+                1,
+                f"{PROG}: snapshot {snapshot} holds no dump of {dump['service']}; nothing was "
+                "stopped or moved",
+            )
+    started = time.monotonic()
+    done = run_command(config["stop"], config["timeout"])
+    if done.returncode != 0:
+        raise Exit(
+            1,
+            f"{PROG}: stopping the app failed: {last_line(done.stderr.decode('utf-8', 'replace'))}"
+            "; nothing was moved",
+        )
+    say(f"{PROG}: the app is stopped")
+    make_dirs(before, 0o700)
+    moved = []
+    try:
+        for volume in config["volumes"]:
+            aside = os.path.join(before, os.path.basename(volume))
+            status = os.stat(volume) if os.path.isdir(volume) else None
+            if status is not None:
+                os.rename(volume, aside)
+                moved.append(volume)
+            if volume in dumped:
+                os.mkdir(volume)
+                if status is not None:
+                    os.chown(volume, status.st_uid, status.st_gid)
+                os.chmod(volume, status.st_mode & 0o7777 if status is not None else 0o777)
+            else:
+                os.rename(restored + volume, volume)
+    except OSError as e:
+        raise Exit(
+            1,
+            f"{PROG}: putting the data back failed ({e.strerror or e}); the app is stopped, "
+            f"moved aside so far: {', '.join(moved) or 'nothing'} (in {before})",
+        ) from None
+    say(f"{PROG}: the data of snapshot {snapshot} is in place; the previous data is in {before}")
+    done = run_command(config["start"], config["timeout"])
+    if done.returncode != 0:
+        raise Exit(
+            1,
+            f"{PROG}: the data is back but starting the app failed: "
+            f"{last_line(done.stderr.decode('utf-8', 'replace'))}; the previous data is in "
+            f"{before}",
+        )
+    say(f"{PROG}: the app is started")
+    load_dumps(config, restored, retry_for=config["timeout"])
+    shutil.rmtree(restored, ignore_errors=True)
+    say(
+        f"{PROG}: restored snapshot {snapshot} in {time.monotonic() - started:.1f} s of app "
+        f"downtime; the data as it was before is in {before}"
+    )
 
 
 def check(config, restic):
@@ -491,18 +646,20 @@ def run(argv, _stdin):
     if command == "backup":
         backup(config, restic)
     elif command == "snapshots":
-        rows = list_snapshots(config, restic)
+        rows = snapshot_sizes(restic, list_snapshots(config, restic))
         if rest == ["--json"]:
             print(json.dumps(rows, sort_keys=True))
         else:
             for s in rows:
-                paths = " ".join(s.get("paths", []))
-                print(f"{s.get('short_id', '?')}  {s.get('time', '?')[:19]}Z  {paths}")
+                size = "?" if s["size"] is None else human(s["size"])
+                print(f"{s.get('short_id', '?')}  {s.get('time', '?')[:19]}Z  {size:>9}")
             say(f"{PROG}: {len(rows)} snapshot(s) of {config['name']}")
     elif command == "restore":
         restore(config, restic, rest[0], rest[1])
     elif command == "load-dumps":
         load_dumps(config, rest[0])
+    elif command == "restore-app":
+        restore_app(config, restic, rest[0], rest[1:] == ["--plan"])
     else:
         check(config, restic)
     return 0

@@ -18,7 +18,7 @@ from blueprints.failover.cloud import Cloud
 from blueprints.failover.health import http_probe
 from blueprints.failover.record import record_active
 from blueprints.plan import read_project, read_stack_file
-from blueprints.settings import NAMESPACE, StackSettings, parse_settings
+from blueprints.settings import BACKUP_SECRET_KEY, NAMESPACE, StackSettings, parse_settings
 from blueprints.spec import AppSpec, SpecError, load_spec
 
 
@@ -39,16 +39,22 @@ class Session:
         )
 
 
-def read_stack(project_dir: Path, stack: str) -> tuple[Path, StackSettings, AppSpec]:
+def stack_settings(project_dir: Path, stack: str) -> tuple[Path, Path, StackSettings]:
+    """(the stack file, its path relative to the project, its settings), checked."""
     _, stacks_dir, _ = read_project(project_dir)
     path, rel, config = read_stack_file(stacks_dir, stack, project_dir)
     prefix = f"{NAMESPACE}:"
+    # (the app's secrets and the backup's secret key are not settings)
     raw: dict[str, Any] = {
         k[len(prefix) :]: v
         for k, v in config.items()
-        if k.startswith(prefix) and k != f"{prefix}secrets"
+        if k.startswith(prefix) and k not in (f"{prefix}secrets", f"{prefix}{BACKUP_SECRET_KEY}")
     }
-    settings = parse_settings(raw, str(rel))
+    return path, rel, parse_settings(raw, str(rel))
+
+
+def read_stack(project_dir: Path, stack: str) -> tuple[Path, StackSettings, AppSpec]:
+    path, rel, settings = stack_settings(project_dir, stack)
     if settings.blueprint != "single-vm":
         raise SpecError(
             [f"{rel}: failover applies to the single-vm blueprint, not {settings.blueprint}"]

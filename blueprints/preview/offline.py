@@ -231,6 +231,20 @@ REPLACE_ON_CHANGE: dict[str, tuple[str, ...]] = {
     ),  # [k8s]
     "kubernetes:cert-manager.io/v1:ClusterIssuer": ("metadata.name", "metadata.namespace"),  # [k8s]
     "kubernetes:helm.sh/v3:Release": ("name", "namespace"),  # [k8s]
+    # the backups' CronJobs and what their pods use (a CronJob's spec, a ConfigMap's data and a
+    # Role's rules change in place; a RoleBinding's roleRef cannot)
+    "kubernetes:batch/v1:CronJob": ("metadata.name", "metadata.namespace"),  # [k8s]
+    "kubernetes:core/v1:ConfigMap": ("metadata.name", "metadata.namespace"),  # [k8s]
+    "kubernetes:core/v1:ServiceAccount": ("metadata.name", "metadata.namespace"),  # [k8s]
+    "kubernetes:rbac.authorization.k8s.io/v1:Role": (  # [k8s]
+        "metadata.name",
+        "metadata.namespace",
+    ),
+    "kubernetes:rbac.authorization.k8s.io/v1:RoleBinding": (  # [k8s]
+        "metadata.name",
+        "metadata.namespace",
+        "roleRef",
+    ),
     "aws:s3/bucket:Bucket": ("bucket", "bucketPrefix", "objectLockEnabled"),  # [s3]
     # -- generated secrets and certificates --
     "random:index/randomBytes:RandomBytes": ("*",),  # [rnd]

@@ -183,6 +183,8 @@ class Danger:
 class CostDelta:
     delta: Mapping[str, Decimal]  # currency -> monthly amount (after - before)
     unpriced: tuple[str, ...]  # "name: why"
+    # A backup bucket's contents are in it (estimated, see backup_storage_items).
+    backup_storage: bool = False
 
 
 @dataclass(frozen=True)
@@ -396,8 +398,70 @@ def _pricer() -> Callable[[Iterable[tuple]], Any] | None:
     return price_resources
 
 
+# The backup configuration a release carries (blueprints/backup/node_files.py, CONFIG): its
+# repository names the bucket and its endpoint, its keep how many snapshots stay.
+BACKUP_CONFIG = "/etc/blueprints/backup/config.json"
+RELEASE_COMMAND = "command:remote:Command"
+DATA_VOLUMES = ("hcloud:index/volume:Volume", "aws:ebs/volume:Volume")
+
+
+def _backup_repositories(resources: Sequence[tuple]) -> dict[str, Any]:
+    """repository -> snapshots kept, for every backup configuration a release among `resources`
+    carries (a stdin that is no readable release document carries none)."""
+    found: dict[str, Any] = {}
+    for type_, _, inputs, _ in resources:
+        stdin = inputs.get("stdin") if type_ == RELEASE_COMMAND else None
+        if not isinstance(stdin, str) or stdin in (UNKNOWN, SECRET_MASK):
+            continue
+        read = _read_release_text(stdin)
+        file = read.body["files"].get(BACKUP_CONFIG) if read.body else None
+        if not isinstance(file, Mapping):
+            continue
+        try:
+            config = json.loads(file["text"])
+        except (ValueError, TypeError, KeyError):
+            continue
+        if isinstance(config, Mapping) and isinstance(config.get("repository"), str):
+            found.setdefault(config["repository"], config.get("keep"))
+    return found
+
+
+def backup_storage_items(resources: Sequence[tuple]) -> list[tuple]:
+    """The backup buckets' contents (blueprints.costs.BACKUP_STORAGE), which no resource prices:
+    one item per backup repository the releases configure, its bucket and place read from the
+    repository URL (s3:<endpoint>/<bucket>/<folder>), the data it backs up from the stack's
+    volumes (the data volume blueprints-backup reads). A stack without backup storage has none."""
+    from blueprints.costs import (
+        BACKUP_STORAGE,
+        backup_storage,
+        backup_storage_name,
+        bucket_place,
+    )
+
+    repositories = _backup_repositories(resources)
+    if not repositories:
+        return []
+    sizes = [inputs.get("size") for type_, _, inputs, _ in resources if type_ in DATA_VOLUMES]
+    known = all(isinstance(v, int) and not isinstance(v, bool) for v in sizes)
+    data = sum(sizes) if sizes and known else None
+    items: list[tuple] = []
+    for repository, keep in sorted(repositories.items()):
+        # restic's s3:<endpoint>/<bucket>/<folder>, the endpoint with or without its scheme
+        where = repository.removeprefix("s3:").split("://", 1)[-1]
+        endpoint, _, path = where.partition("/")
+        name = backup_storage_name(path.split("/")[0])
+        place = bucket_place(f"https://{endpoint}")
+        if place is None:
+            # Not an S3 service the table prices: say so through the pricer (unpriced).
+            items.append((BACKUP_STORAGE, name, {"cloud": f"at {endpoint}"}))
+            continue
+        items.append(backup_storage(name, place[0], place[1], data, keep))
+    return items
+
+
 def cost_delta(changes: Sequence[Change]) -> CostDelta | None:
-    """Monthly price of the new states minus that of the old states they replace."""
+    """Monthly price of the new states minus that of the old states they replace, the backup
+    buckets' contents included (backup_storage_items, on each side)."""
     price = _pricer()
     if price is None:
         return None
@@ -426,12 +490,18 @@ def cost_delta(changes: Sequence[Change]) -> CostDelta | None:
         for c in changes
         if c.category in ("delete", "update", "replace") and billable(c.old)
     ]
+    try:
+        storage = (backup_storage_items(after), backup_storage_items(before))
+    except ImportError:  # an older blueprints.costs without backup storage
+        storage = ([], [])
+    after += storage[0]
+    before += storage[1]
     a_total, a_unpriced = _price_all(price, after)
     b_total, b_unpriced = _price_all(price, before)
     currencies = sorted(set(a_total) | set(b_total))
     delta = {cur: a_total.get(cur, Decimal(0)) - b_total.get(cur, Decimal(0)) for cur in currencies}
     unpriced = tuple(sorted(set(a_unpriced) | set(b_unpriced)))
-    return CostDelta(delta=delta, unpriced=unpriced)
+    return CostDelta(delta=delta, unpriced=unpriced, backup_storage=any(storage))
 
 
 def _price_all(price, resources: list[tuple]) -> tuple[dict[str, Decimal], list[str]]:
@@ -1306,13 +1376,19 @@ def _notes(stacks: Sequence[StackSummary], with_cost: bool) -> str:
     return ("\n".join(lines) + "\n") if lines else ""
 
 
-def _cost_note(with_cost: bool) -> str:
+def _cost_note(with_cost: bool, stacks: Sequence[StackSummary] = ()) -> str:
     if not with_cost:
         return ""
-    return (
+    note = (
         "Monthly cost: new prices of created, updated and replaced resources minus old prices "
         "of deleted, updated and replaced ones, from the price table shipped with blueprints.\n"
     )
+    if any(s.cost is not None and s.cost.backup_storage for s in stacks):
+        note += (
+            "A backup bucket's contents are estimated: the data volume's size and the snapshots "
+            "kept (the release's backup configuration), priced as object storage.\n"
+        )
+    return note
 
 
 def _summary_html(c: Change, danger: bool) -> str:
@@ -1472,7 +1548,7 @@ def build_report(
         _headline(summaries),
         _table(summaries, with_cost),
     ]
-    for extra in (_notes(summaries, with_cost), _cost_note(with_cost)):
+    for extra in (_notes(summaries, with_cost), _cost_note(with_cost, summaries)):
         if extra:
             core.append(extra)
     if dangers:

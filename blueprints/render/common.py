@@ -200,7 +200,13 @@ def template_env() -> jinja2.Environment:
         loader=jinja2.ChoiceLoader(
             [
                 jinja2.PrefixLoader(
-                    {rung: jinja2.PackageLoader(f"blueprints.rungs.{rung}") for rung in RUNGS}
+                    {
+                        **{
+                            rung: jinja2.PackageLoader(f"blueprints.rungs.{rung}") for rung in RUNGS
+                        },
+                        # The backup units every VM rung shares.
+                        "backup": jinja2.PackageLoader("blueprints.backup"),
+                    }
                 ),
                 jinja2.PackageLoader("blueprints.render", "templates"),
             ]

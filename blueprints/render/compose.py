@@ -3,8 +3,8 @@
 The compose file comes from a serializer (dump_yaml). Around it: the data volume mounted at
 /srv/data (the single-vm units, reused), a wrapper that runs `docker compose` with the secret
 environment, a systemd unit that brings the project up at boot once the volume is mounted, a
-timer that restarts unhealthy containers (Compose only restarts exited ones) and, where the
-cloud cannot snapshot volumes, a timer that archives /srv/data onto the server's disk.
+timer that restarts unhealthy containers (Compose only restarts exited ones) and, with the
+stack's backup storage, the backup's timers (blueprints.backup).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from blueprints.backup import node_files as backup_files
+from blueprints.backup.storage import Storage
 from blueprints.release.bundle import (
     Documents,
     ServiceRelease,
@@ -28,7 +30,7 @@ from blueprints.render.common import (
     render_template,
 )
 from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files, secret_values
-from blueprints.spec import AppSpec, Backups, Service, format_path
+from blueprints.spec import AppSpec, Service, format_path
 
 Problem = svm.Problem
 
@@ -48,8 +50,6 @@ PROXY_LABEL = "blueprints.proxy"
 HOST_BUSYBOX = "/usr/bin/busybox"
 PROBE_BUSYBOX = "/.blueprints/busybox"
 AUTOHEAL_UNIT = "app-autoheal"
-BACKUP_UNIT = "blueprints-backup"
-BACKUP_DIR = "/var/backups/blueprints"
 STOP_GRACE_SECONDS = 30
 # The autoheal timer's period is the shortest health interval, within these bounds.
 AUTOHEAL_MIN_SECONDS = 5
@@ -76,14 +76,14 @@ class ComposeContext:
     # Address the OS must configure itself (a Hetzner floating IP); None where the cloud
     # translates it (an AWS Elastic IP) or there is no floating address.
     floating_ip: str | None = None
-    # Archive /srv/data onto the server's own disk per the spec's backup settings, for a cloud
-    # that cannot snapshot volumes but backs up server disks (Hetzner).
-    archive_data: bool = False
     # The stack's deploy key (OpenSSH public key), the one key the bootstrap authorizes.
     deploy_key: str = ""
     # Secret environment values by name, for render_vm_files' view of everything the VM ends up
     # with (placeholders when rendering to disk). Never part of the user data.
     secrets: Mapping[str, str] | None = None
+    # The stack's backup storage, for render_vm_files' view of the release (see
+    # NodeContext.backup_storage). None: the stack takes no backups.
+    storage: Storage | None = None
 
 
 def check_app(app: AppSpec) -> list[Problem]:
@@ -249,8 +249,8 @@ def render_vm_files(ctx: ComposeContext) -> dict[str, str]:
     """Absolute path on the VM -> text, for every file the VM ends up with: its bootstrap and the
     release (secret files included, from ctx.secrets)."""
     texts = bootstrap_files(ctx)
-    texts.update(release_files(ctx.app, archive=ctx.archive_data))
-    texts.update(secret_files(ctx.app, ctx.secrets or {}))
+    texts.update(release_files(ctx.app, ctx.storage))
+    texts.update(secret_files(ctx.app, ctx.secrets or {}, ctx.storage))
     return dict(sorted(texts.items()))
 
 
@@ -295,8 +295,9 @@ def bootstrap_files(ctx: ComposeContext) -> dict[str, str]:
     return dict(sorted(texts.items()))
 
 
-def release_files(app: AppSpec, archive: bool) -> dict[str, str]:
-    """Every non-secret file of the app's release."""
+def release_files(app: AppSpec, storage: Storage | None = None) -> dict[str, str]:
+    """Every non-secret file of the app's release; with the stack's backup storage, the
+    backup's script, configuration and units too."""
     problems = check_app(app)
     if problems:
         raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
@@ -308,39 +309,51 @@ def release_files(app: AppSpec, archive: bool) -> dict[str, str]:
     caddy = svm._caddy_config(app, dynamic=True)
     if caddy is not None:
         texts[svm.CADDY_CONFIG] = dump_json(caddy)
-    if archive and app.backups.enabled:
-        script = f"{svm.APP_SCRIPTS}/backup"
-        texts[script] = _t(
-            "backup.sh.j2",
-            wrapper=WRAPPER,
-            backup_dir=BACKUP_DIR,
-            keep=app.backups.keep,
-            paused=sorted(name for name, svc in app.services.items() if svc.volumes),
-        )
-        texts[f"{svm.UNITS}/{BACKUP_UNIT}.service"] = _t("backup.service.j2", script=script)
-        texts[f"{svm.UNITS}/{BACKUP_UNIT}.timer"] = _t(
-            "backup.timer.j2", calendar=backup_calendar(app.backups), backups=app.backups
+    if storage is not None:
+        texts.update(
+            backup_files.release_files(
+                app, storage, BACKUP_RUNTIME, name=storage.host, after=APP_UNIT
+            )
         )
     return dict(sorted(texts.items()))
 
 
+# How a backup reaches the app here: through the project's compose wrapper.
+BACKUP_RUNTIME = backup_files.Runtime(
+    exec=lambda name: [WRAPPER, "exec", "-T", name],
+    pause=lambda names: [WRAPPER, "pause", *names],
+    resume=lambda names: [WRAPPER, "unpause", *names],
+    stop=["systemctl", "stop", APP_UNIT],
+    start=["systemctl", "start", APP_UNIT],
+)
+
+
 def release_units(files: Mapping[str, str]) -> list[str]:
-    """The timers a release starts (the autoheal one, and the backup one if any)."""
+    """The timers a release starts (the autoheal one, and the backup ones if any)."""
     prefix = f"{svm.UNITS}/"
     return sorted(p[len(prefix) :] for p in files if p.startswith(prefix) and p.endswith(".timer"))
 
 
-def secret_files(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
-    secret_env = _secret_env(app, secrets)
-    return {} if secret_env is None else {SECRETS_FILE: secret_env}
+def secret_files(
+    app: AppSpec, secrets: Mapping[str, str], storage: Storage | None = None
+) -> dict[str, str]:
+    """The app's secret env file and, with the stack's backup storage, the backup's password
+    and storage keys (secrets carries them under node_files' reserved names)."""
+    values, backup = backup_files.split_secret_values(secrets)
+    secret_env = _secret_env(app, values)
+    files = {} if secret_env is None else {SECRETS_FILE: secret_env}
+    if storage is not None:
+        password, secret_key = backup or ("", "")
+        files.update(backup_files.secret_files(storage, password, secret_key))
+    return files
 
 
 def release_documents(
-    app: AppSpec, key: str, secrets: Mapping[str, str], archive: bool
+    app: AppSpec, key: str, secrets: Mapping[str, str], storage: Storage | None = None
 ) -> Documents:
     """The app's release as it travels to the VM: key is the deploy private key."""
-    secret_digest, secret_doc = secrets_document(key, secret_files(app, secrets))
-    files = release_files(app, archive)
+    secret_digest, secret_doc = secrets_document(key, secret_files(app, secrets, storage))
+    files = release_files(app, storage)
     document = compose_document(app)
     services = []
     for name, svc in svm.dependency_order(app):
@@ -407,6 +420,8 @@ def render_cloud_init(ctx: ComposeContext) -> str:
             "docker-compose-v2",
             "docker.io",
             "iptables",
+            # The backups (blueprints-backup, a release file, runs it).
+            "restic",
             "unattended-upgrades",
         ],
         runcmd,
@@ -417,15 +432,6 @@ def autoheal_period(app: AppSpec) -> int:
     intervals = [svc.health.interval for svc in app.services.values() if svc.health]
     shortest = min(intervals, default=AUTOHEAL_MAX_SECONDS)
     return max(AUTOHEAL_MIN_SECONDS, min(AUTOHEAL_MAX_SECONDS, shortest))
-
-
-def backup_calendar(backups: Backups) -> str:
-    """The spec's schedule as a systemd OnCalendar= expression (UTC)."""
-    if backups.schedule == "hourly":
-        return "*-*-* *:00:00 UTC"
-    if backups.schedule == "daily":
-        return f"*-*-* {backups.at}:00 UTC"
-    return f"Sun *-*-* {backups.at}:00 UTC"
 
 
 def _secret_env(app: AppSpec, secrets: Mapping[str, str]) -> str | None:

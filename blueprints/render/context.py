@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from blueprints.backup.storage import Storage
 from blueprints.spec import AppSpec
 
 
@@ -41,3 +42,7 @@ class NodeContext:
     # Secret environment values by name, for render_node_files' view of everything a node ends
     # up with (placeholders when rendering to disk). Never part of the user data.
     secrets: Mapping[str, str] = field(default_factory=dict)
+    # The stack's backup storage, for render_node_files' view of the release (the backup's
+    # files; its password and keys come with secrets, under blueprints.backup.node_files'
+    # reserved names). None: the stack takes no backups.
+    backup_storage: Storage | None = None

@@ -21,6 +21,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from blueprints.backup import node_files as backup_files
+from blueprints.backup.storage import Storage
 from blueprints.release.bundle import (
     Documents,
     ServiceRelease,
@@ -100,8 +102,9 @@ def render_node_files(ctx: NodeContext) -> dict[str, str]:
     """Absolute path on the VM -> text, for every file the node ends up with: its bootstrap and
     the release (secret files included, from ctx.secrets)."""
     files = {path: f.content for path, f in bootstrap_files(ctx).items()}
-    files.update({path: f.content for path, f in release_files(ctx.app).items()})
-    files.update(secret_files(ctx.app, ctx.secrets))
+    storage = ctx.backup_storage
+    files.update({path: f.content for path, f in release_files(ctx.app, storage).items()})
+    files.update(secret_files(ctx.app, ctx.secrets, storage))
     return dict(sorted(files.items()))
 
 
@@ -140,7 +143,8 @@ def render_cloud_init(ctx: NodeContext) -> str:
         [ctx.deploy_key] if ctx.deploy_key else [],
         {path: f.content for path, f in sorted(files.items())},
         lambda path: files[path].permissions,
-        ["curl", "docker.io", "iptables", "unattended-upgrades"],
+        # restic: the backups (blueprints-backup, a release file, runs it).
+        ["curl", "docker.io", "iptables", "restic", "unattended-upgrades"],
         runcmd,
         **extra,
     )
@@ -246,8 +250,9 @@ def admin_keys_file(app: AppSpec) -> dict[str, str]:
     return {f"{ADMIN_KEYS_DIR}/{DEPLOY_USER}": keys}
 
 
-def release_files(app: AppSpec) -> dict[str, RenderedFile]:
-    """Every non-secret file of the app's release (see the module's docstring)."""
+def release_files(app: AppSpec, storage: Storage | None = None) -> dict[str, RenderedFile]:
+    """Every non-secret file of the app's release (see the module's docstring); with the
+    stack's backup storage, the backup's script, configuration and units too."""
     _checked(app)
     texts: dict[str, str] = admin_keys_file(app)
     for name, svc in app.sorted_services():
@@ -256,12 +261,43 @@ def release_files(app: AppSpec) -> dict[str, RenderedFile]:
     if caddy is not None:
         texts[CADDY_CONFIG] = dump_json(caddy)
     texts[f"{UNITS}/app.target"] = _t("app.target.j2", units=_app_units(app, caddy is not None))
+    if storage is not None:
+        texts.update(
+            backup_files.release_files(
+                app, storage, backup_runtime(app), name=storage.host, after="app.target"
+            )
+        )
     return _rendered(texts)
 
 
-def secret_files(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
-    """The release's secret env files, one per service that has secret_env."""
-    return _secret_files(app, secrets)
+def backup_runtime(app: AppSpec) -> backup_files.Runtime:
+    """How a backup reaches the app here: the containers are <svc>-<replica> (a service with
+    volumes has one replica), the app is app.target."""
+
+    def containers(names: list[str]) -> list[str]:
+        return [f"{n}-{i}" for n in names for i in range(1, app.services[n].replicas + 1)]
+
+    return backup_files.Runtime(
+        exec=lambda name: ["docker", "exec", "-i", f"{name}-1"],
+        pause=lambda names: ["docker", "pause", *containers(names)],
+        resume=lambda names: ["docker", "unpause", *containers(names)],
+        stop=["systemctl", "stop", "app.target"],
+        start=["systemctl", "start", "app.target"],
+    )
+
+
+def secret_files(
+    app: AppSpec, secrets: Mapping[str, str], storage: Storage | None = None
+) -> dict[str, str]:
+    """The release's secret files: one env file per service that has secret_env, and with the
+    stack's backup storage, the backup's password and storage keys (secrets carries them under
+    node_files' reserved names)."""
+    values, backup = backup_files.split_secret_values(secrets)
+    files = _secret_files(app, values)
+    if storage is not None:
+        password, secret_key = backup or ("", "")
+        files.update(backup_files.secret_files(storage, password, secret_key))
+    return files
 
 
 def release_services(
@@ -293,10 +329,12 @@ def release_services(
     return out
 
 
-def release_documents(app: AppSpec, key: str, secrets: Mapping[str, str]) -> Documents:
+def release_documents(
+    app: AppSpec, key: str, secrets: Mapping[str, str], storage: Storage | None = None
+) -> Documents:
     """The app's release as it travels to the node: key is the deploy private key."""
-    secret_digest, secret_doc = secrets_document(key, secret_files(app, secrets))
-    files = release_files(app)
+    secret_digest, secret_doc = secrets_document(key, secret_files(app, secrets, storage))
+    files = release_files(app, storage)
     release = release_document(
         key,
         rung="single-vm",
@@ -305,7 +343,7 @@ def release_documents(app: AppSpec, key: str, secrets: Mapping[str, str]) -> Doc
         files={path: f.content for path, f in files.items()},
         modes={path: f.permissions for path, f in files.items()},
         volumes=sorted(app.volumes),
-        units=[],
+        units=backup_files.release_units() if storage is not None else [],
         secrets=secret_digest,
     )
     return Documents(release=release, secrets=secret_doc)
@@ -391,6 +429,13 @@ def nul_problems(base: tuple[str | int, ...], svc: Service) -> list[Problem]:
         ]
         if "\0" in svc.health.path:
             found.append(("health", "path"))
+    if svc.backup is not None:
+        for field in ("dump", "restore"):
+            found += [
+                ("backup", field, i)
+                for i, arg in enumerate(getattr(svc.backup, field))
+                if "\0" in arg
+            ]
     return [((*base, *path), NUL_MESSAGE) for path in found]
 
 

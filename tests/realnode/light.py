@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.realnode.host import PREFIX, WORK_ROOT, HarnessError, run, stop_pid, wait_for
@@ -270,3 +271,51 @@ class SshServer(_Daemon):
 
     def run(self, command: str, **kwargs) -> subprocess.CompletedProcess[str]:
         return run([*self.ssh_argv(), command], **kwargs)
+
+
+class NodeS3(_Daemon):
+    """moto's S3 on 127.0.0.1 inside a node's network namespace: the node reaches it at
+    http://127.0.0.1:PORT as it would reach its object storage, and nothing outside the
+    namespace can. `make_bucket` creates a bucket (as the cloud console or the stack would)."""
+
+    PORT = 9000
+
+    def __init__(self, netns: str, name: str = "s3"):
+        super().__init__(name)
+        self.netns = netns
+        self.url = f"http://127.0.0.1:{self.PORT}"
+
+    def _start(self) -> None:
+        moto = Path(sys.executable).with_name("moto_server")
+        self._spawn(
+            ["ip", "netns", "exec", self.netns, str(moto), "-H", "127.0.0.1", "-p", str(self.PORT)],
+            env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
+        )
+        self._await("moto's S3 to answer", lambda: self._curl("GET", "/moto-api/") == "200", 30)
+
+    def _curl(self, method: str, path: str) -> str:
+        return run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.netns,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                method,
+                "--max-time",
+                "5",
+                self.url + path,
+            ],
+            check=False,
+        ).stdout
+
+    def make_bucket(self, bucket: str) -> None:
+        status = self._curl("PUT", f"/{bucket}")
+        if status != "200":
+            raise HarnessError(f"creating bucket {bucket} on moto's S3 answered {status}")

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from blueprints.backup.node_files import PASSWORD_VALUE, SECRET_KEY_VALUE
+from blueprints.backup.storage import Storage
 from blueprints.plan import unwrap_secrets
 from blueprints.release import channel as release_channel
 from blueprints.release.bundle import Documents, dump, release_id
@@ -93,31 +95,37 @@ class ReleaseChannel:
         self.key = str(unwrap_secrets(sn.plan.outputs)["deployKey"])
         names = parse_spec(example_app()).secret_names()
         self.secret_values = {name: f"<secret:{name}>" for name in names}
-        self.archive = self._archive()
+        # The stack's backup storage the documents are rendered with (None: no backups, as the
+        # hcloud stacks plan without a bucket); a drill sets one, with its secrets.
+        self.storage: Storage | None = None
         self.key_file = sn.node.dir / "deploy_ed25519"
+        if self._render(example_app()) != self.planned:
+            raise HarnessError(
+                f"{self.sn.stack}: the release documents rendered here differ from the plan's"
+            )
 
-    def _render(self, app: dict[str, Any], archive: bool = False) -> Documents:
+    def use_backup_storage(self, storage: Storage, password: str, secret_key: str) -> None:
+        """Render the following documents with backups to `storage`."""
+        self.storage = storage
+        self.secret_values = {
+            **self.secret_values,
+            PASSWORD_VALUE: password,
+            SECRET_KEY_VALUE: secret_key,
+        }
+
+    def _render(self, app: dict[str, Any]) -> Documents:
         spec = parse_spec(app)
         if self.rung == "compose":
             from blueprints.render.compose import release_documents
 
-            return release_documents(spec, self.key, self.secret_values, archive)
+            return release_documents(spec, self.key, self.secret_values, self.storage)
         from blueprints.render.single_vm import release_documents
 
-        return release_documents(spec, self.key, self.secret_values)
-
-    def _archive(self) -> bool:
-        """The compose VM's archive setting the plan used: the one that renders its document."""
-        for archive in (False, True):
-            if self._render(example_app(), archive) == self.planned:
-                return archive
-        raise HarnessError(
-            f"{self.sn.stack}: the release documents rendered here differ from the plan's"
-        )
+        return release_documents(spec, self.key, self.secret_values, self.storage)
 
     def documents(self, app: dict[str, Any] | None = None) -> Documents:
         """The documents of `app` (default: the plan's own), fit for this machine."""
-        docs = self.planned if app is None else self._render(app, self.archive)
+        docs = self.planned if app is None else self._render(app)
         return Documents(for_this_machine(docs.release), docs.secrets)
 
     # --- ssh ---

@@ -30,6 +30,8 @@ PACKAGES = (
     "openssh-server",
     "procps",
     "python3-yaml",
+    # What the user data installs for the backups (blueprints-backup runs it).
+    "restic",
     "sudo",
     "systemd",
     "systemd-sysv",

@@ -6,7 +6,8 @@
 - `node_ready`: the script that receives a node's token, admin keys and (on the first control
   plane, founding a cluster) the cluster's CAs over SSH, removes the stale record of the machine
   it replaces, and waits until the node is Ready again (so machine changes roll one at a time);
-- `release`: the app and the cluster add-ons as Kubernetes objects and Helm releases;
+- `release`: the app, its backups (restic CronJobs) and the cluster add-ons as Kubernetes
+  objects and Helm releases;
 - `rules`: what the spec must satisfy on this rung; `failure`: how it recovers from a lost node;
-- `templates/`: the k3s unit and shell templates.
+- `templates/`: the k3s unit and shell templates, and the backup pods' script.
 """

@@ -15,6 +15,12 @@ Machines and releases are apart (principle 9):
   after another;
 - the app, its Secrets and the add-ons go through the Kubernetes API (pulumi-kubernetes, a
   provider built from the kubeconfig): a release is a rollout that Pulumi waits for.
+
+Backups off the servers go to the stack's bucket (`backupBucket`; created here on aws and
+localstack): k3s's etcd snapshots, and the app's data, backed up from inside the cluster by
+restic CronJobs (release.backup_objects) to the stack's repository, whose password is generated
+here (blueprints.backup.storage) and exported as `backupPassword` beside `backupRepository`.
+Without a bucket the plan says what to set, and nothing of the app is backed up.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pulumi
@@ -30,9 +36,12 @@ import pulumi_random as random
 import pulumi_tls as tls
 from pulumi_command import remote
 
+from blueprints.backup.remote import Access
+from blueprints.backup.storage import StackBackups, stack_backups
 from blueprints.release import channel
 from blueprints.render.vm import DEPLOY_USER
 from blueprints.rungs.k8s import release
+from blueprints.rungs.k8s.backup_access import backup_access
 from blueprints.rungs.k8s.bootstrap import (
     API_PORT,
     ETCD_SNAPSHOT_FOLDER,
@@ -187,6 +196,12 @@ class K8s(pulumi.ComponentResource):
             "the app is sent to the Kubernetes API (port 6443) and each node's token over SSH",
         )
 
+    @staticmethod
+    def backup_access(app: AppSpec, outputs: Mapping[str, object]) -> Access:
+        """Where `blueprints backup|backups|restore` run: k3s's kubectl on the first control
+        plane, driving the backup CronJobs and one-off restic pods (backup_access.py)."""
+        return backup_access(app, outputs)
+
     def __init__(
         self,
         name: str,
@@ -205,17 +220,9 @@ class K8s(pulumi.ComponentResource):
             not_ready_toleration=settings.not_ready_toleration_seconds,
             unreachable_toleration=settings.unreachable_toleration_seconds,
         )
-        if app.backups.enabled:
-            pulumi.log.warn(
-                "the spec asks for backups; the k8s blueprint takes none of the app's volumes "
-                "yet: back them up from inside the cluster"
-                + (
-                    ""
-                    if settings.backup_bucket
-                    else " (etcd itself is snapshotted to the control planes' disks only: set "
-                    "blueprints:backupBucket)"
-                )
-            )
+        # The app's data: restic CronJobs in the cluster (release.backup_objects), to the bucket
+        # the etcd snapshots go to, created below whatever the spec says (make_bucket=False).
+        backups = stack_backups(app, settings, stack, target, labels, self, make_bucket=False)
 
         # Cluster identity: protected like data, since replacing any of it orphans the cluster.
         keep = pulumi.ResourceOptions(parent=self, protect=settings.protect_data)
@@ -388,6 +395,7 @@ class K8s(pulumi.ComponentResource):
             deploy_key=deploy_key,
             network_id=network.id,
             cloud_token=target.cluster_api_token(),
+            backups=backups,
             after=ready,
         )
 
@@ -418,6 +426,8 @@ class K8s(pulumi.ComponentResource):
                 "unreachableTolerationSeconds": timing.unreachable_toleration,
                 "podEvictionAfterSeconds": timing.eviction_after,
             },
+            # What a restore onto a new cluster needs: the repository and its password (secret).
+            **(backups.outputs if backups is not None else {}),
         }
         self.register_outputs(self.outputs)
 
@@ -456,11 +466,12 @@ class K8s(pulumi.ComponentResource):
         deploy_key: tls.PrivateKey,
         network_id: pulumi.Input[str],
         cloud_token: pulumi.Output[str] | None,
+        backups: StackBackups | None,
         after: list[remote.Command],
     ) -> None:
         """Every Kubernetes object through the API, once the whole cluster is Ready: the
         add-ons (Helm releases, storage class, Traefik's redirect, the ACME issuer), then the
-        app's namespace, Secrets and workloads."""
+        app's namespace, Secrets and workloads, and its backups."""
         from pulumi_kubernetes import Provider
         from pulumi_kubernetes.helm.v3 import Release, RepositoryOptsArgs
 
@@ -556,6 +567,38 @@ class K8s(pulumi.ComponentResource):
                     needs.append(sent[service])
                     shape["spec"] = with_digests.apply(lambda objs, i=index: objs[i]["spec"])
             self._object(prefix, shape, opts(*needs, custom_timeouts=rollout))
+        if backups is not None:
+            self._backups(app, prefix, backups, lambda *needs: opts(namespace, *needs))
+
+    def _backups(
+        self,
+        app: AppSpec,
+        prefix: str,
+        backups: StackBackups,
+        opts: Callable[..., pulumi.ResourceOptions],
+    ) -> None:
+        """The backup CronJobs and what they read: the Secret with the repository, its password
+        and the bucket's keys (a Pulumi secret), the script's ConfigMap, the exec accounts."""
+        objects = release.backup_objects(app)
+        if not objects:
+            return
+        storage = backups.storage
+        shape = release.backup_secret(app, storage, "", "")
+        shape["stringData"] = pulumi.Output.secret(
+            pulumi.Output.all(backups.password, backups.secret_key).apply(
+                lambda v: release.backup_secret(app, storage, v[0], v[1])["stringData"]
+            )
+        )
+        secret = self._object(prefix, shape, opts())
+        sent: dict[tuple[str, str], KubeObject] = {}
+        for obj in objects:
+            name = obj["metadata"]["name"]
+            needs: list[pulumi.Resource] = []
+            if obj["kind"] == "CronJob":
+                # What its pods read and the account they exec with, before its first run.
+                needs += [secret, sent[("ConfigMap", release.BACKUP_CONFIGMAP)]]
+                needs += [sent[(kind, n)] for kind, n in sent if n == name]
+            sent[(obj["kind"], name)] = self._object(prefix, obj, opts(*needs))
 
     def _object(
         self, prefix: str, obj: Mapping[str, pulumi.Input[Any]], opts: pulumi.ResourceOptions

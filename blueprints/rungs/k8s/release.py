@@ -9,21 +9,32 @@ writes the same objects under `release/k8s/`.
 The add-ons: a storage class per cloud, Traefik's https redirect (k3s bundles Traefik), the
 ACME cluster issuer, and Helm releases installed by Pulumi's Helm client: cert-manager and, on
 Hetzner, the cloud controller manager and the CSI driver.
+
+The backups (where the stack has a bucket): a restic CronJob per service with volumes, which
+backs up the service's dump (taken with `kubectl exec`) or its claims' files (mounted
+read-only beside its pod), a weekly check CronJob, the script they run (a ConfigMap) and the
+Secret with the repository, its password and the bucket's keys (`backup_objects`,
+`backup_secret`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from blueprints.backup.node_files import backup_cron, check_cron
 from blueprints.release.bundle import digest
-from blueprints.render.common import dump_yaml
+from blueprints.render.common import dump_yaml, render_template
 from blueprints.render.vm import secret_values
 from blueprints.rungs.k8s.marks import SECRETS_DIGEST
 from blueprints.rungs.k8s.rules import require_valid
 from blueprints.spec import AppSpec, Port, Service
+
+if TYPE_CHECKING:
+    from blueprints.backup.storage import Storage
 
 Cloud = Literal["hcloud", "aws"]
 
@@ -545,7 +556,490 @@ def secret_objects(app: AppSpec, secrets: Mapping[str, str]) -> list[dict[str, A
     return out
 
 
-# --- cluster add-ons --------------------------------------------------------------------------
+# --- backups ----------------------------------------------------------------------------------
+# Each service with volumes is backed up by a CronJob of its own, `backup-<service>`, with restic
+# to the stack's repository (blueprints.backup.storage): host `<app>-<service>`, tag
+# `blueprints`, so each service's snapshots are kept and pruned apart. A service that declares a
+# dump is backed up by that dump, taken with `kubectl exec` into its running pod (its claim is
+# not touched); any other by the files of its claims, mounted read-only in a pod on the node that
+# holds them. A weekly CronJob `backup-check` checks the repository and restores the newest
+# dumps. The steps are those of blueprints-backup on the VM rungs, as a shell script
+# (templates/blueprints-backup.sh.j2) in a ConfigMap, run by the official restic image.
+
+# Pinned images. restic 0.17 or newer: the script tells "no repository yet" (exit status 10)
+# from a wrong password or unreachable storage.
+RESTIC_IMAGE = "restic/restic:0.17.3"
+# kubectl with a shell, which the dump needs to write kubectl's output to a file: Rancher's
+# successor to rancher/kubectl (now deprecated; neither it nor registry.k8s.io/kubectl has a
+# shell). SUSE's BCI busybox base, bash, and kuberlr, which runs the bundled kubectl suited to
+# the server: v7.1.1 bundles kubectl 1.33.12, 1.34.8 and 1.35.5, around the pinned k3s
+# (KUBERNETES_VERSION); downloads are off.
+KUBECTL_IMAGE = "rancher/kuberlr-kubectl:v7.1.1"
+BACKUP_SECRET = "backup-storage"
+BACKUP_CONFIGMAP = "backup-script"
+BACKUP_SCRIPT = "blueprints-backup.sh"
+CHECK_JOB = "backup-check"
+API_POLICY = "backup-kubernetes-api"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+# The service a backup pod backs up. Backup pods carry no app.kubernetes.io/name, so no
+# Service, policy or budget of the app ever selects one.
+BACKUP_OF = "blueprints.dev/backup-of"
+# Inside the backup pods.
+SCRIPT_DIR = "/etc/blueprints-backup"
+DATA_DIR = "/data"  # a claim backed up as files: /data/<volume> in the snapshot
+DUMP_DIR = "/dumps"  # a dump: /dumps/<service>.dump in the snapshot
+SCRATCH_DIR = "/scratch"
+CACHE_DIR = "/cache"
+TMP_DIR = "/tmp"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# The kubectl image's user; restic runs as it too wherever it reads no claim.
+BACKUP_UID = 1000
+# How long restic waits for another job's lock (prune and check lock the repository alone).
+RETRY_LOCK = "30m"
+JOBS_KEPT = 3
+# A run the controller missed by more than this is skipped (and counted as missed), not started
+# late; without it, a CronJob that missed over 100 runs stops scheduling altogether.
+STARTING_DEADLINE_SECONDS = 3600
+# A run still going after this is failed (a pod left Pending counts: the claim's node is down);
+# an hourly run ends before the next one is due.
+RUN_DEADLINE_SECONDS = {"hourly": 55 * 60, "daily": 6 * 3600, "weekly": 6 * 3600}
+CHECK_DEADLINE_SECONDS = 6 * 3600
+# The dump reaches the service's pod through the Kubernetes API: the `kubernetes` Service (the
+# first address of k3s's service network 10.43.0.0/16) forwards to the API servers' port on
+# the nodes' private addresses (bootstrap.API_PORT).
+API_SERVICE_IP = "10.43.0.1"
+KUBE_API_PORT = 6443
+NODE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+RESTIC_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+KUBECTL_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+# The ConfigMap's script, read-only for everyone.
+SCRIPT_MODE = 0o444
+TOKEN_SECONDS = 3600
+
+
+def backup_host(app: AppSpec, name: str) -> str:
+    """The restic host of a service's snapshots."""
+    return f"{app.name}-{name}"
+
+
+def backup_job(name: str) -> str:
+    return f"backup-{name}"
+
+
+def claim_name(volume: str, name: str) -> str:
+    """The claim of a StatefulSet's only pod: `<template>-<statefulset>-0`."""
+    return f"{volume}-{name}-0"
+
+
+def dump_file(name: str) -> str:
+    return f"{DUMP_DIR}/{name}.dump"
+
+
+def backed_up(app: AppSpec) -> list[tuple[str, Service]]:
+    """The services a backup CronJob backs up (those with volumes), in name order; none when the
+    spec turns backups off."""
+    if not app.backups.enabled:
+        return []
+    return [(name, svc) for name, svc in app.sorted_services() if svc.stateful]
+
+
+def backup_script() -> str:
+    """The ConfigMap's script (no spec value in it: the pods pass theirs as arguments)."""
+    from blueprints.backup.node_backup import CHECK_SUBSET, NO_REPOSITORY, TAG
+
+    return render_template(
+        "k8s/blueprints-backup.sh.j2", tag=TAG, subset=CHECK_SUBSET, no_repository=NO_REPOSITORY
+    )
+
+
+def _backup_labels(app: AppSpec, component: str, of: str | None = None) -> dict[str, str]:
+    labels = {LABEL_INSTANCE: app.name, LABEL_MANAGED: "blueprints", LABEL_COMPONENT: component}
+    if of is not None:
+        labels[BACKUP_OF] = of
+    return labels
+
+
+def _backup_meta(app: AppSpec, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": app.name, "labels": dict(labels)}
+
+
+def _script_command(shell: str, *args: str) -> list[str]:
+    return [shell, f"{SCRIPT_DIR}/{BACKUP_SCRIPT}", *args]
+
+
+def _security(reads_claims: bool) -> dict[str, Any]:
+    """A backup container's securityContext: no privilege escalation, a read-only root
+    filesystem (scratch space is emptyDirs), no capability, a non-root user.
+
+    Except for restic reading a claim: the files belong to the service's own user (postgres'
+    999, say) with modes like 0700, and restic must read every one of them. It runs as root,
+    but with every capability dropped save DAC_READ_SEARCH, which lets it pass read and search
+    permission checks and nothing else (not write, chown or any other root power), on a claim
+    mounted read-only. Root is needed because Kubernetes grants added capabilities to root only
+    (no ambient capabilities for other users). DAC_READ_SEARCH is outside Pod Security's
+    baseline list: a namespace enforcing baseline would need DAC_OVERRIDE, which also passes
+    write checks, so the narrower one is kept."""
+    context: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    if reads_claims:
+        context["capabilities"]["add"] = ["DAC_READ_SEARCH"]
+        context |= {"runAsUser": 0, "runAsNonRoot": False}
+    else:
+        context |= {"runAsUser": BACKUP_UID, "runAsGroup": BACKUP_UID, "runAsNonRoot": True}
+    return context
+
+
+def _env(values: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"name": k, "value": escape_dollars(v)} for k, v in sorted(values.items())]
+
+
+def _mount(name: str, path: str, read_only: bool = False) -> dict[str, Any]:
+    return {"name": name, "mountPath": path, **({"readOnly": True} if read_only else {})}
+
+
+def _restic_container(
+    args: list[str], env: Mapping[str, str], mounts: list[dict[str, Any]], reads_claims: bool
+) -> dict[str, Any]:
+    return {
+        "name": "restic",
+        "image": RESTIC_IMAGE,
+        # The image's entrypoint is restic itself; the script runs it (alpine's busybox sh).
+        "command": _script_command("sh", *args),
+        # The repository, its password and the bucket's keys.
+        "envFrom": [{"secretRef": {"name": BACKUP_SECRET}}],
+        "env": _env(
+            {
+                **env,
+                "BACKUP_RETRY_LOCK": RETRY_LOCK,
+                "RESTIC_CACHE_DIR": CACHE_DIR,
+                "TMPDIR": TMP_DIR,
+            }
+        ),
+        "resources": copy.deepcopy(RESTIC_RESOURCES),
+        "securityContext": _security(reads_claims),
+        "volumeMounts": [
+            _mount("script", SCRIPT_DIR, read_only=True),
+            _mount("cache", CACHE_DIR),
+            _mount("tmp", TMP_DIR),
+            *mounts,
+        ],
+    }
+
+
+def _scratch_volumes() -> list[dict[str, Any]]:
+    return [
+        {"name": "script", "configMap": {"name": BACKUP_CONFIGMAP, "defaultMode": SCRIPT_MODE}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+
+
+def _api_token_volume() -> dict[str, Any]:
+    """What automountServiceAccountToken would mount, for the dumping container only (restic,
+    holding the bucket's keys, gets no API token)."""
+    return {
+        "name": "kubernetes-api",
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
+                {
+                    "configMap": {
+                        "name": "kube-root-ca.crt",
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    }
+                },
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {
+                                "path": "namespace",
+                                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                            }
+                        ]
+                    }
+                },
+            ],
+        },
+    }
+
+
+def _pod_spec(containers: list[dict[str, Any]], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": STOP_TIMEOUT_SECONDS,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": containers,
+        "volumes": volumes,
+    }
+
+
+def _cron_job(
+    app: AppSpec,
+    name: str,
+    labels: dict[str, str],
+    schedule: str,
+    deadline: int,
+    pod: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": _backup_meta(app, name, labels),
+        "spec": {
+            "schedule": schedule,
+            "timeZone": "Etc/UTC",
+            # One run at a time; a failed run stays failed (no retry), listed by
+            # `kubectl get jobs` until JOBS_KEPT newer ones failed.
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": STARTING_DEADLINE_SECONDS,
+            "successfulJobsHistoryLimit": JOBS_KEPT,
+            "failedJobsHistoryLimit": JOBS_KEPT,
+            "jobTemplate": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "backoffLimit": 0,
+                    "activeDeadlineSeconds": deadline,
+                    "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+                },
+            },
+        },
+    }
+
+
+def _dump_access(app: AppSpec, name: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    """A ServiceAccount allowed exactly to exec into the service's pod: `get` the pod (kubectl
+    looks it up first) and `pods/exec`, `create` (SPDY, and WebSocket from Kubernetes 1.35 on)
+    and `get` (WebSocket, kubectl's default, up to 1.34: kubernetes/kubernetes#134577)."""
+    pod = f"{name}-0"
+    account = backup_job(name)
+    meta = _backup_meta(app, account, labels)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta,
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": copy.deepcopy(meta),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods"],
+                    "resourceNames": [pod],
+                    "verbs": ["get"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods/exec"],
+                    "resourceNames": [pod],
+                    "verbs": ["create", "get"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": copy.deepcopy(meta),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": app.name}],
+        },
+    ]
+
+
+def _service_backup(app: AppSpec, name: str, svc: Service) -> list[dict[str, Any]]:
+    """A service's backup CronJob (and, for a dump, the account it execs with)."""
+    labels = _backup_labels(app, "backup", name)
+    volumes = _scratch_volumes()
+    env = {"BACKUP_HOST": backup_host(app, name), "BACKUP_KEEP": str(app.backups.keep)}
+    objects: list[dict[str, Any]] = []
+    if svc.backup is not None:
+        volumes += [{"name": "dumps", "emptyDir": {}}, _api_token_volume()]
+        dump = {
+            "name": "dump",
+            "image": KUBECTL_IMAGE,
+            # bash, which the image has for sure (Rancher's own CI runs `/bin/bash -c` in it);
+            # the script is POSIX sh.
+            "command": _script_command(
+                "bash",
+                "dump",
+                dump_file(name),
+                "kubectl",
+                f"--cache-dir={TMP_DIR}/kube-cache",
+                "exec",
+                f"--namespace={app.name}",
+                f"{name}-0",
+                f"--container={name}",
+                "--",
+                *(escape_dollars(a) for a in svc.backup.dump),
+            ),
+            # kuberlr runs the bundled kubectl that suits the server, never a downloaded one.
+            "env": [{"name": "KUBERLR_ALLOWDOWNLOAD", "value": "false"}],
+            "resources": copy.deepcopy(KUBECTL_RESOURCES),
+            "securityContext": _security(False),
+            "volumeMounts": [
+                _mount("script", SCRIPT_DIR, read_only=True),
+                _mount("dumps", DUMP_DIR),
+                _mount("tmp", TMP_DIR),
+                _mount("kubernetes-api", SERVICE_ACCOUNT_DIR, read_only=True),
+            ],
+        }
+        restic = _restic_container(
+            ["backup", DUMP_DIR], env, [_mount("dumps", DUMP_DIR, read_only=True)], False
+        )
+        pod = _pod_spec([restic], volumes)
+        pod["initContainers"] = [dump]
+        pod["serviceAccountName"] = backup_job(name)
+        objects += _dump_access(app, name, labels)
+    else:
+        claims = list(dict.fromkeys(m.volume for m in svc.volumes))
+        mounts = []
+        for index, volume in enumerate(claims):
+            volumes.append(
+                {
+                    "name": f"data-{index}",
+                    "persistentVolumeClaim": {
+                        "claimName": claim_name(volume, name),
+                        "readOnly": True,
+                    },
+                }
+            )
+            mounts.append(_mount(f"data-{index}", f"{DATA_DIR}/{volume}", read_only=True))
+        restic = _restic_container(
+            ["backup", *(f"{DATA_DIR}/{v}" for v in claims)], env, mounts, True
+        )
+        pod = _pod_spec([restic], volumes)
+        # A ReadWriteOnce claim is mounted on one node at a time: the pod runs beside the
+        # service's (and waits, until its deadline, while that one has no node). While it runs
+        # the claim stays on that node: a service pod moved elsewhere waits for it to end.
+        pod["affinity"] = {
+            "podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "labelSelector": {"matchLabels": _selector(app, name)},
+                        "topologyKey": "kubernetes.io/hostname",
+                    }
+                ]
+            }
+        }
+    objects.append(
+        _cron_job(
+            app,
+            backup_job(name),
+            labels,
+            backup_cron(app.backups),
+            RUN_DEADLINE_SECONDS[app.backups.schedule],
+            pod,
+        )
+    )
+    return objects
+
+
+def _check_job(app: AppSpec) -> dict[str, Any]:
+    """The weekly check: restic check of a tenth of the data, a snapshot for every service, the
+    newest dump of every dumped service restored and not empty."""
+    entries = [
+        backup_host(app, name) + (f":{dump_file(name)}" if svc.backup is not None else "")
+        for name, svc in backed_up(app)
+    ]
+    volumes = [*_scratch_volumes(), {"name": "scratch", "emptyDir": {}}]
+    restic = _restic_container(
+        ["check", *entries],
+        {"BACKUP_SCRATCH": SCRATCH_DIR},
+        [_mount("scratch", SCRATCH_DIR)],
+        False,
+    )
+    return _cron_job(
+        app,
+        CHECK_JOB,
+        _backup_labels(app, "backup-check"),
+        check_cron(app.backups),
+        CHECK_DEADLINE_SECONDS,
+        _pod_spec([restic], volumes),
+    )
+
+
+def _api_policy(app: AppSpec, dumped: list[str]) -> dict[str, Any]:
+    """The dumping pods may reach the Kubernetes API (default-deny stops them otherwise): the
+    API servers' port on the private networks (where the Service forwards to), and the
+    Service's own address, for a network plugin that filters before it forwards."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": API_POLICY,
+            "namespace": app.name,
+            "labels": _backup_labels(app, "backup"),
+        },
+        "spec": {
+            "podSelector": {
+                "matchLabels": {LABEL_INSTANCE: app.name, LABEL_COMPONENT: "backup"},
+                "matchExpressions": [{"key": BACKUP_OF, "operator": "In", "values": dumped}],
+            },
+            "policyTypes": ["Egress"],
+            "egress": [
+                {
+                    "to": [{"ipBlock": {"cidr": cidr}} for cidr in NODE_RANGES],
+                    "ports": _tcp([KUBE_API_PORT]),
+                },
+                {"to": [{"ipBlock": {"cidr": f"{API_SERVICE_IP}/32"}}], "ports": _tcp([443])},
+            ],
+        },
+    }
+
+
+def backup_objects(app: AppSpec) -> list[dict[str, Any]]:
+    """Every backup object but the Secret, in a stable order: the script's ConfigMap, per
+    service with volumes its CronJob (after its exec account, for a dump), the dumping pods'
+    way to the API, the weekly check. None when the spec turns backups off or keeps no data.
+    No secret and nothing of the storage is in them: that is the Secret (backup_secret).
+
+    A service backed up as files is not paused around its snapshot as on the VM rungs
+    (Kubernetes cannot freeze a pod): restic reads the files while the service writes them. A
+    service whose files are not consistent at every moment (a database) declares a dump."""
+    services = backed_up(app)
+    if not services:
+        return []
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _backup_meta(app, BACKUP_CONFIGMAP, _backup_labels(app, "backup")),
+            "data": {BACKUP_SCRIPT: backup_script()},
+        }
+    ]
+    for name, svc in services:
+        objects += _service_backup(app, name, svc)
+    dumped = [name for name, svc in services if svc.backup is not None]
+    if dumped:
+        objects.append(_api_policy(app, dumped))
+    objects.append(_check_job(app))
+    return objects
+
+
+def backup_secret(app: AppSpec, storage: Storage, password: str, secret_key: str) -> dict[str, Any]:
+    """The Secret the restic containers read their environment from."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _backup_meta(app, BACKUP_SECRET, _backup_labels(app, "backup")),
+        "type": "Opaque",
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": storage.access_key,
+            "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_DEFAULT_REGION": storage.region,
+            "RESTIC_PASSWORD": password,
+            "RESTIC_REPOSITORY": storage.repository,
+        },
+    }
 
 
 # --- cluster add-ons --------------------------------------------------------------------------
@@ -686,9 +1180,13 @@ def manifests(
     *,
     cloud_token: str = "<secret:hcloud-token>",
     network_id: str = "<network-id>",
+    backup: Storage | None = None,
+    backup_password: str = "<secret:backup-password>",
+    backup_secret_key: str = "<secret:backupSecretKey>",
 ) -> dict[str, str]:
     """File name -> multi-document YAML of every object the stack applies (for rendering and
-    validation; the component sends the same objects one by one)."""
+    validation; the component sends the same objects one by one). `backup`: the stack's backup
+    storage, None where it has none (then no backup object either)."""
     files = {
         "cluster.yaml": _documents([storage_class(cloud), traefik_config(), cluster_issuer(app)]),
         "app.yaml": _documents(app_objects(app, cloud, digests)),
@@ -696,6 +1194,12 @@ def manifests(
     secret_docs = secret_objects(app, secrets)
     if secret_docs:
         files["app-secrets.yaml"] = _documents(secret_docs)
+    backups = backup_objects(app) if backup is not None else []
+    if backup is not None and backups:
+        files["backup.yaml"] = _documents(backups)
+        files["backup-secret.yaml"] = _documents(
+            [backup_secret(app, backup, backup_password, backup_secret_key)]
+        )
     if cloud == "hcloud":
         files["hcloud-secret.yaml"] = _documents([hcloud_secret(cloud_token, network_id)])
     return dict(sorted(files.items()))

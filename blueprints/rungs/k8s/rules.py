@@ -5,10 +5,13 @@ from __future__ import annotations
 from blueprints.render.single_vm import NUL_MESSAGE, nul_problems
 from blueprints.spec import AppSpec, format_path
 
-__all__ = ["NUL_MESSAGE", "RESERVED_NAMESPACES", "check_app", "require_valid"]
+__all__ = ["CRON_JOB_NAME_MAX", "NUL_MESSAGE", "RESERVED_NAMESPACES", "check_app", "require_valid"]
 
 Problem = tuple[tuple[str | int, ...], str]
 
+# Kubernetes' limit on a CronJob's name (a Job's name adds 11 characters): each service with
+# volumes is backed up by the CronJob backup-<service> (release.backup_job).
+CRON_JOB_NAME_MAX = 52
 # Namespaces the cluster itself uses; the app's namespace is its name.
 RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "cert-manager")
 
@@ -36,6 +39,25 @@ def check_app(app: AppSpec) -> list[Problem]:
                 )
             )
         problems += nul_problems(base, svc)
+        if app.backups.enabled and svc.stateful:
+            job = f"backup-{name}"
+            if name == "check":
+                problems.append(
+                    (
+                        base,
+                        "its data is backed up by a CronJob named backup-check, which is also "
+                        "the name of the weekly check of the backups; rename the service",
+                    )
+                )
+            elif len(job) > CRON_JOB_NAME_MAX:
+                problems.append(
+                    (
+                        base,
+                        f"its data is backed up by a CronJob named {job}, and Kubernetes "
+                        f"limits CronJob names to {CRON_JOB_NAME_MAX} characters; shorten the "
+                        f"service name to {CRON_JOB_NAME_MAX - len('backup-')} characters or fewer",
+                    )
+                )
     return problems
 
 

@@ -2,9 +2,10 @@
 
 Three nodes, each a Nomad server and client. A node's user data is its bootstrap only, and it
 depends on machine-level stack settings alone (principle 9): Nomad from HashiCorp's apt
-repository at a pinned version, Docker as the task driver, the agent configuration (its own
-address and its peers'), the deploy user with the stack's deploy key, and the installer of
-`nomad-node-ready` (the script itself arrives over SSH, so a newer one replaces no node).
+repository at a pinned version, Docker as the task driver (and raw_exec, for the backup jobs,
+with Debian's restic, which they run), the agent configuration (its own address and its
+peers'), the deploy user with the stack's deploy key, and the installer of `nomad-node-ready`
+(the script itself arrives over SSH, so a newer one replaces no node).
 The first node (the data node) also mounts the cloud data volume, exposes it to Nomad as host
 volumes, and bootstraps the ACLs.
 
@@ -253,6 +254,9 @@ def render_cloud_init(node: NomadNode) -> str:
             "gnupg",
             "iptables",
             "python3",
+            # The backup jobs' tool (raw_exec on the data node; every node has it, so a node's
+            # user data does not depend on the app or on where the data is).
+            "restic",
             "unattended-upgrades",
         ],
         runcmd,

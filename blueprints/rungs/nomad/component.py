@@ -15,14 +15,18 @@ Machines and releases are apart (principle 9):
   and healthy before the next goes;
 - the app is one Nomad job per service plus the ingress job and a Variable per service with
   secrets, sent through Nomad's API (pulumi-nomad), so a release is a Nomad deployment and
-  `pulumi up` fails, naming the job, when a deployment fails (Nomad then reverts it).
+  `pulumi up` fails, naming the job, when a deployment fails (Nomad then reverts it);
+- backups (when the spec asks for them and the stack sets a bucket, see
+  blueprints.backup.storage): two periodic jobs on the data node, `<app>-backup` and
+  `<app>-backup-check`, each with a Variable holding the repository password (generated here)
+  and the bucket's keys; the stack exports backupRepository and backupPassword for a restore.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pulumi
 import pulumi_nomad as nomad
@@ -30,8 +34,12 @@ import pulumi_random as random
 import pulumi_tls as tls
 from pulumi_command import remote
 
+from blueprints.backup.node_files import PASSWORD_VALUE, SECRET_KEY_VALUE
+from blueprints.backup.remote import Access
+from blueprints.backup.storage import StackBackups, stack_backups
 from blueprints.release import channel
 from blueprints.render.vm import DEPLOY_USER
+from blueprints.rungs.nomad.backup_access import backup_access
 from blueprints.rungs.nomad.bootstrap import (
     DATA_NODE,
     INSTALL_NODE_READY,
@@ -45,7 +53,10 @@ from blueprints.rungs.nomad.bootstrap import (
 from blueprints.rungs.nomad.release import (
     DEPLOY_TIMEOUT_MINUTES,
     Timing,
+    backup_variable_path,
+    backup_variables,
     job_name,
+    render_backup_jobs,
     render_ingress_job,
     render_jobs,
     secrets_digest,
@@ -124,6 +135,12 @@ class Nomad(pulumi.ComponentResource):
         return check_nomad(app)
 
     @staticmethod
+    def backup_access(app: AppSpec, outputs: Mapping[str, object]) -> Access:
+        """Where `blueprints backup|backups|restore` run: the data node, against Nomad's API
+        there (backup_access.py)."""
+        return backup_access(app, outputs)
+
+    @staticmethod
     def check_settings(app: AppSpec, settings: StackSettings) -> list[str]:
         """The release reaches the cluster from where `pulumi up` runs: Nomad's API for the app,
         SSH for each node's files. Refuse a stack whose firewall admits neither."""
@@ -148,11 +165,8 @@ class Nomad(pulumi.ComponentResource):
         labels = resource_labels(app.name, "nomad", stack)
         for note in unenforced_health(app):
             pulumi.log.warn(note)
-        if app.backups.enabled:
-            pulumi.log.warn(
-                "the spec asks for backups; the nomad blueprint takes none yet: back up "
-                "/srv/data on node-1 yourself"
-            )
+        # None (with a warning saying why and what to set) without backups or a bucket.
+        backups = stack_backups(app, settings, stack, target, labels, self)
 
         child = pulumi.ResourceOptions(parent=self)
         # The management token: applied by the ACL bootstrap on node-1, exported as a secret.
@@ -299,7 +313,16 @@ class Nomad(pulumi.ComponentResource):
         data_ip = servers[DATA_NODE].public_ip
         address = pulumi.Output.from_input(data_ip).apply(lambda ip: f"https://{ip}:{NOMAD_HTTP}")
         self._release(
-            app, prefix, secrets, timing, ca, token, address, deploy_key=deploy_key, after=ready
+            app,
+            prefix,
+            secrets,
+            timing,
+            ca,
+            token,
+            address,
+            deploy_key=deploy_key,
+            after=ready,
+            backups=backups,
         )
 
         self.outputs: dict[str, pulumi.Input[object]] = {
@@ -316,6 +339,8 @@ class Nomad(pulumi.ComponentResource):
             "nomadCaCert": ca.cert_pem,
             "nomadToken": _secret(token, "result"),
             "deployKey": pulumi.Output.secret(deploy_key.private_key_openssh),
+            # What a restore onto new servers needs: the repository and its password (secret).
+            **(backups.outputs if backups is not None else {}),
         }
         self.register_outputs(self.outputs)
 
@@ -331,9 +356,11 @@ class Nomad(pulumi.ComponentResource):
         *,
         deploy_key: tls.PrivateKey,
         after: list[remote.Command],
+        backups: StackBackups | None,
     ) -> None:
         """The app through Nomad's API: a Variable per service with secrets, the ingress job,
-        then one job per service, each after the jobs of the services it depends on."""
+        then one job per service, each after the jobs of the services it depends on; with
+        backups, a Variable and a periodic job each for the backup and its weekly check."""
         provider = nomad.Provider(
             f"{prefix}-nomad",
             address=address,
@@ -403,6 +430,39 @@ class Nomad(pulumi.ComponentResource):
                         *(jobs[d] for d in svc.depends_on),
                     ]
                 ),
+            )
+        if backups is not None:
+            self._backups(app, prefix, backups, opts)
+
+    def _backups(
+        self,
+        app: AppSpec,
+        prefix: str,
+        backups: StackBackups,
+        opts: Callable[[list[pulumi.Resource]], pulumi.ResourceOptions],
+    ) -> None:
+        """The backup and check jobs, each after its Variable (the repository password and the
+        bucket's keys, secret) and the bucket the stack creates. A periodic job has no
+        deployment to wait for: it is registered, and runs at its times."""
+        storage = backups.storage
+        items = backups.secret_values().apply(
+            lambda v: backup_variables(app, storage, v[PASSWORD_VALUE], v[SECRET_KEY_VALUE])
+        )
+        for job, text in render_backup_jobs(app, storage, prefix).items():
+            # <prefix>-job-backup, -job-backup-check (no service takes these names: rules.py)
+            short = job.removeprefix(f"{app.name}-")
+            path = backup_variable_path(job)
+            variable = nomad.Variable(
+                f"{prefix}-secrets-{short}",
+                path=path,
+                items=pulumi.Output.secret(items.apply(lambda v, p=path: v[p])),
+                opts=opts([]),
+            )
+            nomad.Job(
+                f"{prefix}-job-{short}",
+                jobspec=text,
+                detach=True,
+                opts=opts([variable, *([backups.bucket] if backups.bucket is not None else [])]),
             )
 
 

@@ -11,22 +11,34 @@ command: its task gets an /etc/hosts rendered from Nomad's service catalogue wit
 only, so an instance of one service moving restarts only the tasks that talk to it, and each
 job grows with its own references, not with the size of the app.
 
+With backups on and a bucket set, two periodic batch jobs run blueprints-backup (the node-side
+backup tool every VM rung shares) on the data node: `<app>-backup` on the spec's schedule and
+`<app>-backup-check` weekly. Each is one raw_exec task (root on the host: it needs restic, the
+volume's directories and `docker exec` into the services' containers); its script, its
+configuration and its secrets arrive as templates, the secrets (the repository password and the
+bucket's keys) from a Nomad Variable of its own, so the jobs hold no secret either.
+
 Every spec value reaching an HCL file passes the `hcl` filter (a JSON string literal with `${`
 and `%{` escaped); values the Nomad client would expand at run time are refused by the rules.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from blueprints.backup import backup_source
+from blueprints.backup.node_files import Runtime, backup_cron, check_cron, node_config
+from blueprints.backup.storage import Storage
 from blueprints.release.bundle import digest
 from blueprints.render.common import render_template
 from blueprints.render.vm import secret_values
 from blueprints.rungs.nomad.rules import (
+    BACKUP_JOBS,
     NODE_COUNT,
     NOMAD_HTTP,
     check_nomad,
@@ -362,6 +374,222 @@ def variables(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, dict[str, s
         for name, svc in app.sorted_services()
         if svc.secret_env
     }
+
+
+# --- backups -------------------------------------------------------------------------------------
+
+# The one task of each backup job, and the items of the jobs' Variables.
+BACKUP_TASK = "backup"
+PASSWORD_ITEM = "password"
+STORAGE_ITEM = "storage"
+# The task's files, relative to its task directory (raw_exec runs the command there); the secret
+# ones in its secrets directory, which only root may read.
+SCRIPT_FILE = "local/blueprints-backup"
+CONFIG_FILE = "local/config.json"
+PASSWORD_FILE = "backup-password"
+STORAGE_FILE = "backup-storage.env"
+# Delimiters of the templates that carry the script and its configuration, which neither holds:
+# the configuration is ASCII-only JSON and the script is checked when rendered, so every `{{`
+# in them (a dump command's, say) reaches the file as written.
+LEFT_DELIMITER, RIGHT_DELIMITER = "\u00ab", "\u00bb"
+# blueprints-backup reads its secret files by absolute path. A raw_exec task sees the host's
+# filesystem, where its secrets directory is NOMAD_SECRETS_DIR, a variable of the task's
+# environment, which is what `env` reads in a template.
+SECRETS_DIR = f'{LEFT_DELIMITER}env "NOMAD_SECRETS_DIR"{RIGHT_DELIMITER}'
+# What the scheduler reserves for a run on the data node (restic's index and Python).
+BACKUP_CPU = 100
+BACKUP_MEMORY = 512
+# Nomad stops a task with SIGINT first: blueprints-backup then resumes any service it paused.
+BACKUP_KILL_TIMEOUT_SECONDS = 60
+
+# Nomad's docker driver names a task's container `<task>-<allocation id>`, and a service's task
+# is named after the service: its running container on this node is found by that name, anchored
+# on both sides so that `web` never matches the containers of a service `web-admin`.
+ALLOC_ID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def _containers(service: str, status: str) -> str:
+    """sh: the ids of the service's containers in this state (`service`: a shell word)."""
+    return f'docker ps --quiet --filter status={status} --filter "name=^/?{service}-{ALLOC_ID}\\$"'
+
+
+def _none_running(service: str) -> str:
+    """sh: fail, saying so, when `c` (the ids found) is empty."""
+    return (
+        f'[ -n "$c" ] || {{ echo "no running container of {service} on this node (Nomad names '
+        f'it {service}-<allocation id>); is its job running?" >&2; exit 1; }}; '
+    )
+
+
+# sh -c SCRIPT sh SERVICE COMMAND...: runs COMMAND in the service's running container, stdin
+# attached.
+EXEC_SCRIPT = (
+    f"c=$({_containers('$1', 'running')}) || exit 1; "
+    'c=$(echo "$c" | head -n 1); '
+    f"{_none_running('$1')}"
+    'shift; exec docker exec -i "$c" "$@"'
+)
+# sh -c SCRIPT sh SERVICE...: pauses the running containers of each service, and fails when one
+# has none (blueprints-backup then resumes the others and takes no snapshot).
+PAUSE_SCRIPT = (
+    'for s in "$@"; do '
+    f"c=$({_containers('$s', 'running')}) || exit 1; "
+    f"{_none_running('$s')}"
+    'echo "$c" | xargs docker pause >/dev/null || exit 1; '
+    "done"
+)
+# sh -c SCRIPT sh SERVICE...: unpauses whatever of each service is paused, all of them even
+# when one fails.
+RESUME_SCRIPT = (
+    'failed=0; for s in "$@"; do '
+    f"c=$({_containers('$s', 'paused')}) || {{ failed=1; continue; }}; "
+    'if [ -n "$c" ]; then echo "$c" | xargs docker unpause >/dev/null || failed=1; fi; '
+    'done; exit "$failed"'
+)
+
+
+def backup_runtime() -> Runtime:
+    """How blueprints-backup reaches the services on the data node. No stop or start: the
+    scheduler owns the app, so a restore is the runbook's `nomad job stop`/`run`, not a node
+    command."""
+    return Runtime(
+        exec=lambda service: ["sh", "-c", EXEC_SCRIPT, "sh", service],
+        pause=lambda services: ["sh", "-c", PAUSE_SCRIPT, "sh", *services],
+        resume=lambda services: ["sh", "-c", RESUME_SCRIPT, "sh", *services],
+    )
+
+
+def backup_job_name(app: AppSpec) -> str:
+    """The periodic backup job (a spec service cannot take the name: rules.BACKUP_JOBS)."""
+    return f"{app.name}-{BACKUP_JOBS[0]}"
+
+
+def check_job_name(app: AppSpec) -> str:
+    """The weekly check of the backups."""
+    return f"{app.name}-{BACKUP_JOBS[1]}"
+
+
+def backup_variable_path(job: str) -> str:
+    """The Variable of one backup job's secrets: readable by that job's task alone (a periodic
+    run is a child job, whose identity is its parent's)."""
+    return f"nomad/jobs/{job}"
+
+
+def backup_config_template(app: AppSpec, storage: Storage, name: str) -> str:
+    """blueprints-backup's configuration as a template (delimiters LEFT_DELIMITER and
+    RIGHT_DELIMITER): node_config's JSON, ASCII only, with the two secret files in the task's
+    secrets directory. `name`: the restic host the snapshots are tagged with."""
+    files = {"password_file": PASSWORD_FILE, "env_file": STORAGE_FILE}
+    config = node_config(
+        app,
+        storage,
+        backup_runtime(),
+        name=name,
+        password_file=f"/{PASSWORD_FILE}",
+        env_file=f"/{STORAGE_FILE}",
+    )
+    lines = (json.dumps(config, sort_keys=True, indent=2, ensure_ascii=True) + "\n").splitlines(
+        keepends=True
+    )
+    replaced = []
+    for i, line in enumerate(lines):
+        for key, file in files.items():
+            # A top-level key: anything nested is indented further.
+            if line.startswith(f'  "{key}": '):
+                comma = "," if line.endswith(",\n") else ""
+                lines[i] = f'  "{key}": "{SECRETS_DIR}/{file}"{comma}\n'
+                replaced.append(key)
+    if sorted(replaced) != sorted(files):  # pragma: no cover - node_config names both
+        raise ValueError(f"the backup configuration holds {replaced}, not {sorted(files)}")
+    return "".join(lines)
+
+
+def _script_template() -> str:
+    text = backup_source()
+    if LEFT_DELIMITER in text or RIGHT_DELIMITER in text:
+        raise ValueError(
+            f"blueprints-backup holds {LEFT_DELIMITER!r} or {RIGHT_DELIMITER!r}, the delimiters "
+            "of the template that carries it on nomad; choose others in release.py"
+        )
+    return text
+
+
+def _variable_template(job: str, item: str, end: str = "") -> str:
+    path = backup_variable_path(job)
+    return f'{{{{ with nomadVar "{path}" }}}}{{{{ .{item} }}}}{end}{{{{ end }}}}'
+
+
+def backup_task_templates(
+    app: AppSpec, storage: Storage, job: str, name: str
+) -> list[dict[str, Any]]:
+    """The backup task's files: the script, its configuration and its two secret files."""
+    delimiters = {"left_delimiter": LEFT_DELIMITER, "right_delimiter": RIGHT_DELIMITER}
+    return [
+        {"data": _script_template(), "destination": SCRIPT_FILE, "perms": "0755", **delimiters},
+        {
+            "data": backup_config_template(app, storage, name),
+            "destination": CONFIG_FILE,
+            "perms": "0644",
+            **delimiters,
+        },
+        *(
+            {
+                "data": _variable_template(job, item, end),
+                "destination": f"secrets/{file}",
+                "perms": "0600",
+                # A missing item fails the run instead of writing "<no value>".
+                "error_on_missing_key": True,
+            }
+            # (the storage text ends with its own newline)
+            for item, file, end in (
+                (PASSWORD_ITEM, PASSWORD_FILE, "\n"),
+                (STORAGE_ITEM, STORAGE_FILE, ""),
+            )
+        ),
+    ]
+
+
+def render_backup_job(app: AppSpec, storage: Storage, name: str, verb: str) -> str:
+    """One periodic backup job (HCL): `verb` backup (the spec's schedule) or check (weekly). No
+    secret in it: the task reads them from its job's Variable."""
+    job = backup_job_name(app) if verb == "backup" else check_job_name(app)
+    return _t(
+        "backup.nomad.hcl.j2",
+        job=job,
+        app=app.name,
+        verb=verb,
+        schedule=app.backups.schedule if verb == "backup" else "weekly",
+        cron=backup_cron(app.backups) if verb == "backup" else check_cron(app.backups),
+        datacenter=DATACENTER,
+        data_meta=DATA_META,
+        task=BACKUP_TASK,
+        args=[SCRIPT_FILE, "--config", CONFIG_FILE, verb],
+        templates=backup_task_templates(app, storage, job, name),
+        cpu=BACKUP_CPU,
+        memory=BACKUP_MEMORY,
+        kill_timeout=BACKUP_KILL_TIMEOUT_SECONDS,
+    )
+
+
+def render_backup_jobs(app: AppSpec, storage: Storage, name: str) -> dict[str, str]:
+    """Job id -> HCL of both backup jobs; `name`: the restic host (the app and stack)."""
+    _checked(app)
+    return {
+        backup_job_name(app): render_backup_job(app, storage, name, "backup"),
+        check_job_name(app): render_backup_job(app, storage, name, "check"),
+    }
+
+
+def backup_variables(
+    app: AppSpec, storage: Storage, password: str, secret_key: str
+) -> dict[str, dict[str, str]]:
+    """Variable path -> items, one Variable per backup job: the repository password and the
+    bucket's keys as blueprints-backup's KEY=VALUE file."""
+    if not password or any(c in password for c in "\n\r\0"):
+        raise ValueError("the backup repository password is empty or holds a line break")
+    items = {PASSWORD_ITEM: password, STORAGE_ITEM: storage.env_text(secret_key)}
+    jobs = (backup_job_name(app), check_job_name(app))
+    return {backup_variable_path(job): dict(items) for job in jobs}
 
 
 def _t(template: str, **values: object) -> str:

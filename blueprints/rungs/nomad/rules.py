@@ -21,6 +21,9 @@ RESERVED_PORTS = {22: "SSH", 80: "the ingress", 443: "the ingress"} | {
 }
 # The ingress's TLS state lives in this directory of the data volume.
 INGRESS_DIR = "traefik"
+# The backup jobs are `<app>-backup` and `<app>-backup-check` (release.py), beside the service
+# jobs `<app>-<service>`: with backups on, no service may take these names.
+BACKUP_JOBS = ("backup", "backup-check")
 
 NUL_MESSAGE = "contains a NUL character, which no process can receive"
 # The Nomad client expands `${...}` in a task's args, env values and check paths with its own
@@ -67,6 +70,17 @@ def check_nomad(app: AppSpec) -> list[Problem]:
                 f"(/srv/data/{INGRESS_DIR}); rename the volume",
             )
         )
+    if app.backups.enabled:
+        for name in BACKUP_JOBS:
+            if name in app.services:
+                problems.append(
+                    (
+                        ("services", name),
+                        f"is reserved by the nomad blueprint while backups are on: the backup "
+                        f"job is named {app.name}-{name}, as this service's job would be; "
+                        "rename the service",
+                    )
+                )
     # Every port is a static host port (the spec's env reaches services as name:port), so one
     # port can be used by at most one instance per node.
     users: dict[int, list[tuple[str, int]]] = {}

@@ -94,3 +94,13 @@ plugin "docker" {
     }
   }
 }
+
+# The app's backup jobs run blueprints-backup as root on the data node: it needs restic, the data
+# volume's directories and `docker exec` into the services' containers, which no container has.
+# raw_exec gives a task all of that, so only who may submit jobs may use it: with ACLs on, the
+# holder of the management token (Pulumi, which sends the app), no task and no anonymous call.
+plugin "raw_exec" {
+  config {
+    enabled = true
+  }
+}
