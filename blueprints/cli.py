@@ -734,7 +734,9 @@ def backups_list(
     try:
         rows = json.loads(done.stdout)
     except ValueError:
-        raise BadInput("the node's snapshot list is not JSON") from None
+        rows = None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise BadInput("the node's snapshot list is not a JSON list of snapshots")
     if as_json:
         out.print_json(json.dumps(rows, sort_keys=True))
         return
@@ -747,7 +749,7 @@ def backups_list(
         table.add_row(
             escape(str(row.get("short_id", "?"))),
             escape(str(row.get("time", "?"))[:19].replace("T", " ")),
-            "?" if size is None else _bytes(size),
+            _bytes(size) if isinstance(size, int | float) else "?",
             escape(" ".join(row.get("paths", []))),
         )
     out.print(table)

@@ -324,6 +324,16 @@ class StackSettings(BaseModel):
             )
         return v
 
+    @field_validator("backup_access_key")
+    @classmethod
+    def _access_key(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9._+/=-]{1,256}", v):
+            raise ValueError(
+                "must be an S3 access key id: letters, digits and ._+/=- only, like "
+                "AKIAIOSFODNN7EXAMPLE"
+            )
+        return v
+
     @field_validator("backup_endpoint")
     @classmethod
     def _s3_endpoint(cls, v: str | None) -> str | None:

@@ -90,6 +90,12 @@ def deploy() -> None:
         if check_settings is not None:
             problems += [f"{source}: {line}" for line in check_settings(app, settings)]
         problems += missing_secrets(app, secrets, source)
+        if snapshot_key and any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in str(snapshot_key)):
+            problems.append(
+                f"{source}: {NAMESPACE}:{BACKUP_SECRET_KEY}: contains a space or a control "
+                "character, which no S3 secret key has; set it again with `pulumi config set "
+                f"--secret {NAMESPACE}:{BACKUP_SECRET_KEY} VALUE`"
+            )
         if settings.backup_bucket is not None and not snapshot_key:
             problems.append(
                 f"{source}: {NAMESPACE}:{BACKUP_SECRET_KEY}: is not set, and "

@@ -233,3 +233,27 @@ def test_a_stack_without_storage_says_exactly_what_to_set(stack):
     )
     # Hetzner's bucket is the user's: the stack creates none
     assert not [r for r in configured.resources if "bucket" in r.type.lower()]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"blueprints:backupAccessKey": "AK with\nnewline"},
+            "stacks/Pulumi.single-vm-localstack.yaml: blueprints:backupAccessKey: must be an S3 "
+            "access key id: letters, digits and ._+/=- only, like AKIAIOSFODNN7EXAMPLE",
+        ),
+        (
+            {"blueprints:backupSecretKey": "two words"},
+            "stacks/Pulumi.single-vm-localstack.yaml: blueprints:backupSecretKey: contains a "
+            "space or a control character, which no S3 secret key has; set it again with "
+            "`pulumi config set --secret blueprints:backupSecretKey VALUE`",
+        ),
+    ],
+)
+def test_bad_storage_keys_are_one_line_before_anything_is_planned(overrides, message):
+    from blueprints.plan import PlanError
+
+    with pytest.raises(PlanError) as raised:
+        plan_stack("single-vm-localstack", ROOT, overrides)
+    assert str(raised.value) == message

@@ -317,6 +317,9 @@ def test_backup_drill_restores_byte_for_byte_and_fails_visibly(vm):
         restored = cli("restore", STACK, "--snapshot", newest[-1]["short_id"], "--yes")
         assert restored.returncode == 0, restored.stdout + restored.stderr + node.diagnose()
         TIMINGS.append(("backup drill: blueprints restore --yes", time.monotonic() - started))
+        downtime = re.search(r"in ([0-9.]+) s of app downtime", restored.stdout + restored.stderr)
+        assert downtime, restored.stdout + restored.stderr
+        TIMINGS.append(("backup drill: the app down during the restore", float(downtime[1])))
         assert node.sh(TREE) == before
         steps = restored.stdout
         assert "1. restore snapshot" in steps and "stop the app" in steps
