@@ -785,6 +785,18 @@ def restore(
     if not re.fullmatch(r"latest|[0-9a-f]{8,64}", snapshot):
         raise BadInput(f"--snapshot: {snapshot!r} is not a snapshot id (hex) or latest")
     with _backup_session(stack, project, outputs) as session:
+        if snapshot == "latest" and session.access.pin_latest:
+            # the newest now, by its id: a backup taken while you read the steps changes nothing
+            listed = _remote(session, session.access.snapshots, capture=True, what="listing")
+            try:
+                rows = json.loads(listed.stdout)
+                newest = rows[-1]
+                snapshot = str(newest["short_id"])
+            except (ValueError, IndexError, KeyError, TypeError):
+                raise BadInput(f"{stack}: has no snapshot to restore") from None
+            if not re.fullmatch(r"[0-9a-f]{8,64}", snapshot):
+                raise BadInput(f"the node's newest snapshot id {snapshot!r} is not one")
+            out.print(f"latest is snapshot {escape(snapshot)} ({escape(str(newest.get('time')))})")
         steps = _remote(
             session, session.access.restore_plan(snapshot), capture=True, what="planning"
         )

@@ -244,8 +244,9 @@ class Dump(_Model):
     )
     restore: list[str] = Field(
         description="Command that reads such a copy on standard input and loads it into the "
-        "service (run by a restore, into a fresh, empty service), like [pg_restore, "
-        "--username=shop, --dbname=shop, --no-owner].",
+        "service, run by a restore: on single-vm, compose and nomad into a fresh, empty service; "
+        "on k8s into the running one, so it should replace what is there, like [pg_restore, "
+        "--username=shop, --dbname=shop, --no-owner, --clean, --if-exists].",
     )
 
     @field_validator("dump", "restore")

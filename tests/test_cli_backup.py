@@ -154,6 +154,22 @@ def test_restore_prints_the_steps_and_acts_only_when_confirmed(fake):
     assert calls(fake)[-1]["command"].endswith("restore-app bbbbbbbb")
 
 
+def test_latest_is_pinned_to_its_id_before_the_steps_are_shown(fake):
+    done = run(fake, "restore", "compose-hcloud", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "latest is snapshot bbbbbbbb (2026-11-29T03:00:02.9Z)" in done.stdout
+    commands = [c["command"].split("config.json ")[1] for c in calls(fake)]
+    assert commands == [
+        "snapshots --json",
+        "restore-app bbbbbbbb --plan",
+        "restore-app bbbbbbbb",
+    ]
+    # with no snapshot at all there is nothing to restore
+    empty = run(fake, "restore", "compose-hcloud", "--yes", snapshots="[]")
+    assert empty.returncode == 2
+    assert "error: compose-hcloud: has no snapshot to restore" in empty.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "answer", "message"),
     [

@@ -424,3 +424,21 @@ def test_restore_app_refuses_where_the_node_does_not_run_the_app(node: Node):
     done = node.run("restore-app", "latest")
     assert done.returncode == 2
     assert "restore-app needs scratch, stop, start in the configuration" in done.stderr
+
+
+def test_no_backup_runs_while_a_restore_holds_the_lock(node: Node):
+    import fcntl
+
+    write_app_data(node.data)
+    cache = Path(node.config["cache_dir"])
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "lock", "a") as held:  # what restore-app holds from start to end
+        fcntl.flock(held, fcntl.LOCK_EX)
+        done = node.run("backup")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "blueprints-backup: another run holds the backup lock (a restore in progress?); this "
+        "backup did nothing"
+    )
+    assert node.snapshots() == [] and not node.log.exists()
+    assert node.run("backup").returncode == 0  # released: the next run goes ahead

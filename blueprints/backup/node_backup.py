@@ -639,10 +639,38 @@ def check(config, restic):
     say(f"{PROG}: repository checked ({CHECK_SUBSET} of the data read){dumps}")
 
 
+# backup, check and restore-app take this lock (in cache_dir), so that no backup runs in the
+# middle of a restore: it would snapshot a half-restored app and push a good snapshot out.
+LOCK_FILE = "lock"
+
+
+def take_lock(config, command, wait):
+    """Hold the node's backup lock until the process ends; a restore waits for a backup (or
+    check) in progress, a backup or check does not wait for anything."""
+    import fcntl
+
+    make_dirs(config["cache_dir"], 0o700)
+    handle = open(os.path.join(config["cache_dir"], LOCK_FILE), "a")  # noqa: SIM115 (held)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if not wait:
+            raise Exit(
+                1,
+                f"{PROG}: another run holds the backup lock (a restore in progress?); this "
+                f"{command} did nothing",
+            ) from None
+        say(f"{PROG}: waiting for the backup in progress to end")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
 def run(argv, _stdin):
     path, command, rest = parse_command_line(argv)
     config = load_config(path, PROG, CONFIG_FIELDS, check_config)
     restic = Restic(config, load_env(config))
+    if command in ("backup", "check") or (command == "restore-app" and rest[1:] != ["--plan"]):
+        lock = take_lock(config, command, wait=command == "restore-app")  # noqa: F841 (held)
     if command == "backup":
         backup(config, restic)
     elif command == "snapshots":

@@ -54,6 +54,10 @@ class Access:
     # What each command reads on standard input (a secret such a command needs, never on its
     # command line); None: nothing (/dev/null).
     stdin: str | None = None
+    # `latest` is one snapshot (the newest in `snapshots`), pinned to its id before the restore
+    # is planned, so the restore that acts is the one shown and confirmed. False where `latest`
+    # means each service's own newest snapshot (k8s).
+    pin_latest: bool = True
 
 
 def vm_access(outputs: Mapping[str, object], address_output: str) -> Access:

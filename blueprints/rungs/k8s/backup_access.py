@@ -75,6 +75,8 @@ def backup_access(app: AppSpec, outputs: Mapping[str, object]) -> Access:
         snapshots=snapshots_command(app),
         restore_plan=lambda snapshot: restore_command(app, snapshot, plan=True),
         restore=lambda snapshot: restore_command(app, snapshot, plan=False),
+        # `latest`: each service's own newest snapshot (one id belongs to one service)
+        pin_latest=False,
     )
 
 
