@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import pulumi
+from typing import TYPE_CHECKING
 
 from blueprints.settings import BACKUP_SECRET_KEY, NAMESPACE, StackSettings
 from blueprints.spec import AppSpec
+
+if TYPE_CHECKING:  # the renderers use Storage without loading Pulumi
+    import pulumi
 
 # The repository's folder in the bucket; k8s's etcd snapshots sit beside it (etcd-snapshots/).
 REPOSITORY_FOLDER = "restic"
@@ -93,6 +95,7 @@ def repository_password(
     """The restic repository's password: generated once, kept secret in the stack's state (and
     as its `backupPassword` output, which a restore onto new servers needs). Protected like the
     data: a new password would open none of the existing snapshots."""
+    import pulumi
     import pulumi_random as random
 
     password = random.RandomPassword(
@@ -108,6 +111,8 @@ def repository_password(
 
 def secret_key() -> pulumi.Output[str]:
     """The bucket's secret key (stack secret blueprints:backupSecretKey), as a secret."""
+    import pulumi
+
     value = pulumi.Config(NAMESPACE).get_secret(BACKUP_SECRET_KEY)
     return pulumi.Output.secret(pulumi.Output.from_input(value).apply(lambda k: str(k or "")))
 
@@ -129,6 +134,8 @@ class StackBackups:
 
     def secret_values(self) -> pulumi.Output[dict[str, str]]:
         """The password and the secret key under the reserved names of node_files."""
+        import pulumi
+
         from blueprints.backup.node_files import PASSWORD_VALUE, SECRET_KEY_VALUE
 
         return pulumi.Output.secret(
@@ -150,6 +157,8 @@ def stack_backups(
     """The stack's backups, or None (with a warning saying why and, without storage, exactly
     what to set) when the spec turns them off or the stack has no bucket. make_bucket=False: the
     caller creates the bucket itself (k8s does, for its etcd snapshots, whatever the spec says)."""
+    import pulumi
+
     if not app.backups.enabled:
         pulumi.log.warn("the spec turns backups off: nothing backs up the app's data")
         return None
@@ -177,6 +186,8 @@ def with_backup_secrets(
     secrets: pulumi.Input[Mapping[str, str]], backups: StackBackups | None
 ) -> pulumi.Input[Mapping[str, str]]:
     """The app's secret values, plus the backup's under node_files' reserved names."""
+    import pulumi
+
     if backups is None:
         return secrets
     return pulumi.Output.secret(
