@@ -1070,3 +1070,20 @@ def test_provider_bookkeeping_inputs_are_not_shown_as_properties():
     )
     [change] = summary.changes
     assert [p.path for p in report_mod.property_changes(change)] == ["size"]
+
+
+def test_a_periodic_job_change_is_not_described_as_a_deployment():
+    from blueprints.preview.report import job_diff
+
+    service = 'job "shop-web" {\n  group "web" {\n    count = %d\n  }\n}\n'
+    backup = (
+        'job "shop-backup" {\n  type = "batch"\n  periodic {\n    crons = ["%s"]\n  }\n'
+        '  group "backup" {\n    count = 1\n  }\n}\n'
+    )
+    deployed = job_diff(service % 1, service % 2)
+    assert deployed.how.startswith("a Nomad deployment: one instance at a time")
+    periodic = job_diff(backup % "0 3 * * *", backup % "0 4 * * *")
+    assert periodic.how == (
+        "a new version of the periodic job: its next run uses it, nothing running restarts"
+    )
+    assert periodic.files and "-    crons" in periodic.files[0].diff

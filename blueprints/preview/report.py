@@ -1032,9 +1032,17 @@ def job_diff(old: str | None, new: str) -> ReleaseDiff:
         lines=tuple(lines),
         files=files,
         label=f"job {job}, jobspec",
-        how="a Nomad deployment: one instance at a time, health-gated, reverted if it fails",
+        how=(
+            "a new version of the periodic job: its next run uses it, nothing running restarts"
+            if PERIODIC.search(new)
+            else "a Nomad deployment: one instance at a time, health-gated, reverted if it fails"
+        ),
         key="jobspec",
     )
+
+
+# A periodic job (the nomad rung's backups) has no deployment: a new version waits for its run.
+PERIODIC = re.compile(r"^\s*periodic\s*\{", re.MULTILINE)
 
 
 KUBE_WORKLOADS = frozenset({"kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet"})
