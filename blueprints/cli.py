@@ -740,6 +740,8 @@ def backups_list(
     if as_json:
         out.print_json(json.dumps(rows, sort_keys=True))
         return
+    from blueprints.backup.node_backup import human
+
     table = Table("snapshot", "time (UTC)", "size", "paths")
     for row in rows:
         size = row.get("size")
@@ -749,19 +751,11 @@ def backups_list(
         table.add_row(
             escape(str(row.get("short_id", "?"))),
             escape(str(row.get("time", "?"))[:19].replace("T", " ")),
-            _bytes(size) if isinstance(size, int | float) else "?",
+            human(size) if isinstance(size, int | float) else "?",
             escape(" ".join(row.get("paths", []))),
         )
     out.print(table)
     out.print(f"{len(rows)} snapshot(s)")
-
-
-def _bytes(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 @app.command("restore")

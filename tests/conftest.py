@@ -22,6 +22,17 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
 
 
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 on 127.0.0.1, one per test module, for tests that run the real restic."""
+    import validators
+    from emulators import MotoServer
+
+    validators.require("restic")
+    with MotoServer() as server:
+        yield server
+
+
 # --- real nodes (tests/realnode) -------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import validators
 import yaml
+from test_backup_k8s import with_files
 from typer.testing import CliRunner
 
 from blueprints.backup.remote import Access, RemoteError
@@ -195,20 +196,6 @@ FAKE_SLEEP = textwrap.dedent(
 
 def spec(data: dict[str, Any] | None = None) -> AppSpec:
     return AppSpec.model_validate(copy.deepcopy(data or EXAMPLE))
-
-
-def with_files(data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The example plus a service backed up as files: two volumes, no dump."""
-    data = copy.deepcopy(data or EXAMPLE)
-    data["services"]["files"] = {
-        "image": "ghcr.io/example/files:2.0",
-        "volumes": [
-            {"volume": "uploads", "path": "/srv/uploads"},
-            {"volume": "thumbs", "path": "/srv/thumbs"},
-        ],
-    }
-    data["volumes"] |= {"uploads": {"size_gb": 5}, "thumbs": {"size_gb": 1}}
-    return data
 
 
 def snapshot_json(*hosts: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -445,14 +444,6 @@ def test_no_token_on_stdin_does_nothing(tmp_path):
 
 
 # --- snapshots and restore, with blueprints-backup, restic and S3 for real ----------------------
-
-
-@pytest.fixture(scope="module")
-def s3():
-    if shutil.which("restic") is None:
-        pytest.fail("restic is not installed (scripts/install-validators installs it)")
-    with MotoServer() as server:
-        yield server
 
 
 class Stack:

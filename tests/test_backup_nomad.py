@@ -14,7 +14,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,7 +25,6 @@ import boto3
 import pytest
 import validators
 import yaml
-from emulators import MotoServer
 from spec_plans import plan_with_spec
 from test_render_nomad import blocks, job_of
 
@@ -527,14 +525,6 @@ def test_pause_fails_when_a_service_has_no_running_container(tmp_path):
 
 
 # --- a whole run, for real: the job's task directory, restic, an S3 bucket ---------------------
-
-
-@pytest.fixture(scope="module")
-def s3():
-    if shutil.which("restic") is None:
-        pytest.fail("restic is not installed (scripts/install-validators installs it)")
-    with MotoServer() as server:
-        yield server
 
 
 def test_a_backup_job_s_task_backs_up_and_checks_for_real(tmp_path, s3):

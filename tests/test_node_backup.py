@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,14 +33,6 @@ def script(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("shipped") / "blueprints-backup"
     path.write_text(backup_source())
     return path
-
-
-@pytest.fixture(scope="module")
-def s3():
-    if shutil.which("restic") is None:
-        pytest.fail("restic is not installed (scripts/install-validators installs it)")
-    with MotoServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

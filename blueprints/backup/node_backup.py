@@ -306,9 +306,10 @@ def last_line(text):
 
 
 def human(size):
+    """Bytes in decimal units: 812 B, 2.5 MB, 1.2 TB (the blueprints command shows it too)."""
     size = float(size)
     for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
+        if size < 1000:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} TB"

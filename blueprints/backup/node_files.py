@@ -198,9 +198,13 @@ PASSWORD_VALUE = "blueprints/backup-password"
 SECRET_KEY_VALUE = "blueprints/backup-secret-key"
 
 
-def split_secret_values(values: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, str] | None]:
-    """(the app's secret values, (password, secret key) of the backup or None)."""
-    app_values = {k: v for k, v in values.items() if k not in (PASSWORD_VALUE, SECRET_KEY_VALUE)}
-    if PASSWORD_VALUE in values:
-        return app_values, (values[PASSWORD_VALUE], values.get(SECRET_KEY_VALUE, ""))
-    return app_values, None
+def app_secret_values(values: Mapping[str, str]) -> dict[str, str]:
+    """The app's own secret values, without the backup's."""
+    return {k: v for k, v in values.items() if k not in (PASSWORD_VALUE, SECRET_KEY_VALUE)}
+
+
+def backup_secret_files(storage: Storage | None, values: Mapping[str, str]) -> dict[str, str]:
+    """The backup's secret files from the values it travels with; none without storage."""
+    if storage is None:
+        return {}
+    return secret_files(storage, values.get(PASSWORD_VALUE, ""), values.get(SECRET_KEY_VALUE, ""))

@@ -339,12 +339,9 @@ def secret_files(
 ) -> dict[str, str]:
     """The app's secret env file and, with the stack's backup storage, the backup's password
     and storage keys (secrets carries them under node_files' reserved names)."""
-    values, backup = backup_files.split_secret_values(secrets)
-    secret_env = _secret_env(app, values)
+    secret_env = _secret_env(app, backup_files.app_secret_values(secrets))
     files = {} if secret_env is None else {SECRETS_FILE: secret_env}
-    if storage is not None:
-        password, secret_key = backup or ("", "")
-        files.update(backup_files.secret_files(storage, password, secret_key))
+    files.update(backup_files.backup_secret_files(storage, secrets))
     return files
 
 

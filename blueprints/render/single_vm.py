@@ -292,11 +292,8 @@ def secret_files(
     """The release's secret files: one env file per service that has secret_env, and with the
     stack's backup storage, the backup's password and storage keys (secrets carries them under
     node_files' reserved names)."""
-    values, backup = backup_files.split_secret_values(secrets)
-    files = _secret_files(app, values)
-    if storage is not None:
-        password, secret_key = backup or ("", "")
-        files.update(backup_files.secret_files(storage, password, secret_key))
+    files = _secret_files(app, backup_files.app_secret_values(secrets))
+    files.update(backup_files.backup_secret_files(storage, secrets))
     return files
 
 

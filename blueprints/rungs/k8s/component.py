@@ -37,7 +37,7 @@ import pulumi_tls as tls
 from pulumi_command import remote
 
 from blueprints.backup.remote import Access
-from blueprints.backup.storage import StackBackups, stack_backups
+from blueprints.backup.storage import StackBackups, secret_key, stack_backups
 from blueprints.release import channel
 from blueprints.render.vm import DEPLOY_USER
 from blueprints.rungs.k8s import release
@@ -56,7 +56,7 @@ from blueprints.rungs.k8s.bootstrap import (
 )
 from blueprints.rungs.k8s.marks import HOLDS_LABEL
 from blueprints.rungs.k8s.rules import check_app
-from blueprints.settings import BACKUP_SECRET_KEY, NAMESPACE, StackSettings
+from blueprints.settings import StackSettings
 from blueprints.single_vm import PUBLIC, check_release_channel, node_ip, ssh_networks
 from blueprints.spec import AppSpec
 from blueprints.targets import FirewallRule, make_target
@@ -448,11 +448,8 @@ class K8s(pulumi.ComponentResource):
         plain = etcd_s3_settings(settings, CONTROL_PLANES)
         if plain is None:
             return None
-        key = pulumi.Config(NAMESPACE).get_secret(BACKUP_SECRET_KEY)
         return pulumi.Output.secret(
-            pulumi.Output.from_input(key).apply(
-                lambda k: {**plain, "etcd-s3-secret-key": str(k or "")}
-            )
+            secret_key().apply(lambda k: {**plain, "etcd-s3-secret-key": k})
         )
 
     def _release(
