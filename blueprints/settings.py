@@ -70,6 +70,9 @@ BLUEPRINT_ONLY: dict[str, tuple[str, ...]] = {
         "probe_timeout",
         "promote_timeout",
         "health_url",
+        "spare_mode",
+        "lock_ttl",
+        "api_timeout",
     ),
     "compose": ("floating_ip",),
     "nomad": (
@@ -175,6 +178,27 @@ class StackSettings(BaseModel):
         ge=10,
         le=3600,
         description="Seconds the promoted node may take to boot and answer its health check.",
+    )
+    spare_mode: Literal["warm", "cold"] | None = Field(
+        default=None,
+        description="single-vm: `warm` keeps the standby running without the volume (images "
+        "of the current release pulled, OS updates applied), so a promotion boots nothing; "
+        "`cold` keeps it powered off. Unset: warm on hcloud (a powered-off server is billed in "
+        "full), cold on aws and localstack (a stopped instance costs only its disk).",
+    )
+    lock_ttl: int = Field(
+        default=120,
+        ge=30,
+        le=3600,
+        description="single-vm: seconds a promotion's lock stays valid without a heartbeat, "
+        "judged by the cloud API's clock; a promoter that died longer ago than this no longer "
+        "holds the stack.",
+    )
+    api_timeout: int = Field(
+        default=10,
+        ge=1,
+        le=120,
+        description="single-vm: seconds one cloud API request may take (watch, promote, park).",
     )
     health_url: str = Field(
         default="https://{domain}{path}",
@@ -453,6 +477,13 @@ class StackSettings(BaseModel):
             raise ValueError("an hcloud backup bucket needs backupEndpoint")
         region = self.backup_region or (self.location if self.cloud == "hcloud" else self.region)
         return url, region
+
+    @property
+    def spare(self) -> str:
+        """single-vm: the standby's mode, `warm` or `cold` (spare_mode, else the cloud's)."""
+        if self.spare_mode is not None:
+            return self.spare_mode
+        return "warm" if self.cloud == "hcloud" else "cold"
 
     @property
     def cloud(self) -> str:
