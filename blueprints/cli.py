@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -333,6 +334,7 @@ def compare(
 
 def _show_comparison(comparison) -> None:
     from blueprints.compare_output import cost_rows, sources, summary_rows
+    from blueprints.failure import seconds_text
 
     summary = [{k: v for k, v in r.items() if k != "stack"} for r in summary_rows(comparison)]
     for title, rows in (
@@ -347,16 +349,16 @@ def _show_comparison(comparison) -> None:
         out.print(table)
     for row in comparison.rows:
         f = row.failure
-        out.print(f"[bold]{row.blueprint}[/bold]: {escape(f.detects)}; {escape(f.recovers)}")
+        out.print(f"[bold]{escape(row.label)}[/bold]: {escape(f.detects)}; {escape(f.recovers)}")
         for s in f.scenarios:
-            how = f"{s.seconds} s" if s.automatic else "manual"
+            how = seconds_text(s.seconds)
             out.print(f"  {escape(s.dies)} dies: [cyan]{how}[/cyan], {escape(s.effect)}")
     for row in comparison.rows:
         for note in row.notes:
-            out.print(f"[yellow]note[/yellow] {row.blueprint}: {escape(note)}", soft_wrap=True)
+            out.print(f"[yellow]note[/yellow] {escape(row.label)}: {escape(note)}", soft_wrap=True)
         for line in row.cost.unpriced:
             out.print(
-                f"[yellow]not priced[/yellow] {row.blueprint}: {escape(line)}", soft_wrap=True
+                f"[yellow]not priced[/yellow] {escape(row.label)}: {escape(line)}", soft_wrap=True
             )
     for line in sources(comparison):
         out.print(f"[dim]{escape(line)}[/dim]", soft_wrap=True)
@@ -482,24 +484,30 @@ def _promotion(session):
         session.cloud,
         session.probe,
         session.record,
-        log=lambda m: err.print(f"[dim]{escape(m)}[/dim]"),
+        log=lambda m: err.print(f"[dim]{escape(m)}[/dim]", soft_wrap=True),
     )
 
 
 def _failover_errors(command):
-    """Cloud failures exit 1; a refusal (nothing changed, a person must decide) exits 3."""
+    """Cloud failures and a command past its budget exit 1; a refusal (nothing changed, a
+    person must decide) exits 3, and so does a run stopped because another run took its lock
+    over ("stopped", not "refused": it may have changed something before)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from blueprints.failover.cloud import CloudError
-        from blueprints.failover.promote import PromotionRefused
+        from blueprints.failover.promote import PromotionRefused, PromotionTakenOver
+        from blueprints.failover.session import DeadlineExceeded
 
         try:
             return command(*args, **kwargs)
+        except PromotionTakenOver as exc:
+            err.print(f"[yellow]stopped:[/yellow] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(EXIT_REFUSED) from None
         except PromotionRefused as exc:
             err.print(f"[yellow]refused:[/yellow] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(EXIT_REFUSED) from None
-        except CloudError as exc:
+        except (CloudError, DeadlineExceeded) as exc:
             err.print(f"[red]failed:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(EXIT_FAILED) from None
 
@@ -507,9 +515,64 @@ def _failover_errors(command):
 
 
 def _active(session) -> str:
-    from blueprints.failover.session import read_stack
+    """The stack file's blueprints:active: only the fallback; the cloud says which is active.
+    Read again each time: a long-lived watchdog's own promotions rewrite the file."""
+    from blueprints.failover.session import stack_settings
 
-    return read_stack(session.project_dir, session.stack)[1].active
+    return stack_settings(session.project_dir, session.stack)[2].active
+
+
+def _promote_once(session, target: str | None = None, force: bool = False, takeover: bool = False):
+    """One promotion within its budget (Options.budget); a run still going `grace` past the
+    budget is stopped where it is (DeadlineExceeded)."""
+    from blueprints.failover.promote import Options
+    from blueprints.failover.session import DeadlineExceeded, deadline, grace, promote_budget
+
+    s = session.settings
+    budget = promote_budget(s)
+    opts = Options(
+        target=target,
+        force=force,
+        takeover=takeover,
+        health_timeout=s.promote_timeout,
+        lock_ttl=s.lock_ttl,
+        budget=budget,
+    )
+    stopped = (
+        f"the promotion did not finish within its budget of {budget:g}s (promoteTimeout + "
+        f"20 x apiTimeout) and was stopped"
+    )
+    promotion = _promotion(session)
+    try:
+        with deadline(budget + grace(s), stopped):
+            return promotion.run(opts, _active(session))
+    except DeadlineExceeded:
+        # Stopped where it was: leave a lock that says so, within one more apiTimeout.
+        outcome = f"a lock it took expires after lockTtl ({s.lock_ttl}s)"
+        with contextlib.suppress(DeadlineExceeded), deadline(s.api_timeout + 1, stopped):
+            outcome = promotion.abandon()
+        raise DeadlineExceeded(f"{stopped}; {outcome}; rerun promote to finish it") from None
+
+
+def _promote_away(session, dead: str):
+    """The watchdog's promotion: away from the node it judged dead, to the other one. Its
+    judgement decides the direction, not a second look at the app or an old failed record: a
+    second watchdog arriving after the first finished finds the target in place and only
+    records."""
+    from blueprints.failover.cloud import NODES
+
+    return _promote_once(session, target=NODES[1 - NODES.index(dead)])
+
+
+NotifyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--notify",
+        envvar="BLUEPRINTS_NOTIFY",
+        show_envvar=True,
+        help='Webhook URL to POST a JSON summary to ({"text", "stack", "event"}).',
+    ),
+]
 
 
 @app.command()
@@ -530,27 +593,26 @@ def promote(
         ),
     ] = False,
     takeover: Annotated[
-        bool, typer.Option("--takeover", help="Continue a promotion another run left behind.")
+        bool,
+        typer.Option(
+            "--takeover",
+            help="Take the stack's promotion lock from a run that holds it (that run stops "
+            "before its next step).",
+        ),
     ] = False,
-    notify: Annotated[
-        str | None, typer.Option("--notify", help="Webhook URL to POST a summary to (JSON).")
-    ] = None,
+    notify: NotifyOpt = None,
     project: ProjectOpt = None,
 ) -> None:
-    """Fail over to the parked node: fence, move the volume, boot, move the floating IP, record.
+    """Fail over to the standby: fence, move the volume, boot, move the floating IP, record.
 
     Safe to rerun: every step checks the cloud first, so a rerun finishes an interrupted
-    promotion. Example: HCLOUD_TOKEN=... blueprints promote single-vm-hcloud
+    promotion. Bounded: at most promoteTimeout + 20 x apiTimeout (default 500 s).
+    Example: HCLOUD_TOKEN=... blueprints promote single-vm-hcloud
     """
-    from blueprints.failover.promote import Options
-
     if to is not None and to not in ("primary", "spare"):
         raise BadInput(f"--to: must be primary or spare (got {to!r})")
     session = _session(stack, project)
-    opts = Options(
-        target=to, force=force, takeover=takeover, health_timeout=session.settings.promote_timeout
-    )
-    _report(session, _promotion(session).run(_active(session), opts), notify)
+    _report(session, _promote_once(session, to, force, takeover), notify)
 
 
 @app.command()
@@ -565,41 +627,88 @@ def watch(
             help="Stop after this long (e.g. 55s) for a scheduled CI job; default: forever.",
         ),
     ] = None,
-    notify: Annotated[
-        str | None, typer.Option("--notify", help="Webhook URL to POST a summary to (JSON).")
-    ] = None,
+    notify: NotifyOpt = None,
     project: ProjectOpt = None,
 ) -> None:
-    """Probe the app's health URL on the floating IP; promote after K failures in a row.
+    """Watch the app on its floating IP; promote only when its host is dead.
 
-    Interval, K and timeouts are stack config (blueprints:watchInterval, watchFailures, ...).
-    Example: blueprints watch single-vm-hcloud --for 55s
+    After watchFailures failed probes in a row the host is checked on three paths (the public
+    side: its address and the floating IP; its private address, from the other node only; the
+    cloud status): unreachable on two, the standby is promoted; otherwise it is an alert
+    (logged, and sent to --notify once per incident). Without --for it runs until stopped and
+    keeps watching after a promotion (`blueprints watchdog-unit` prints a systemd unit for
+    it). Exit status with --for: 0 all well (a completed promotion included), 1 a cloud
+    failure, 3 a promotion refused or stopped, 4 an alert was raised. Example: blueprints
+    watch single-vm-hcloud --for 55s
     """
-    from blueprints.failover.promote import Options
-    from blueprints.failover.watch import watch as run_watch
+    from blueprints.failover.cloud import CloudError
+    from blueprints.failover.hostcheck import HostCheck
+    from blueprints.failover.session import DeadlineExceeded, Notifier
+    from blueprints.failover.watch import Watchdog
 
     duration = _duration(for_) if for_ else None
     session = _session(stack, project)
     s = session.settings
+    notifier = Notifier(notify, stack, s.api_timeout, _warn) if notify else None
+
+    # A watchdog records through the stack file only: under the unit's ProtectHome=read-only
+    # the Pulumi CLI (Automation API) cannot write its own state, even when it is on PATH.
+    session.use_pulumi = False
+
+    def promote_now(dead: str):
+        try:
+            return _promote_away(session, dead)
+        except DeadlineExceeded as exc:
+            raise CloudError(str(exc)) from None
+
     err.print(
-        f"watching {session.app.domain} every {s.watch_interval}s, promoting after "
-        f"{s.watch_failures} failures in a row" + (f", for {for_}" if for_ else "")
+        f"watching {session.app.domain}: a probe every {s.watch_interval}s, the host checked "
+        f"after {s.watch_failures} failures in a row, "
+        + (f"for {for_}" if for_ else "until stopped"),
+        soft_wrap=True,
+        highlight=False,
     )
-    result = run_watch(
-        _promotion(session),
-        lambda: _active(session),
+    dog = Watchdog(
+        session.cloud,
+        session.check,
+        promote_now,
+        HostCheck(s.subnet_cidr, port=session.health_port, timeout=s.probe_timeout),
+        configured=_active(session),
         interval=s.watch_interval,
         failures=s.watch_failures,
-        duration=duration,
-        options=Options(health_timeout=s.promote_timeout),
-        log=lambda m: err.print(escape(m), soft_wrap=True),
+        api_timeout=s.api_timeout,
+        log=lambda m: err.print(escape(m), soft_wrap=True, highlight=False),
+        notify=(lambda event, text: notifier(event, f"{stack}: {text}"))
+        if notifier
+        else (lambda _e, _t: None),
+        on_promoted=lambda result: _report(session, result, None, notifier),
     )
-    if result.promoted is None:
-        out.print(
-            f"{result.probes} probes, {result.failures_in_a_row} failing at the end; no promotion"
+    try:
+        result = dog.run(duration)
+    except KeyboardInterrupt:
+        err.print("stopped")
+        raise typer.Exit(130) from None
+    finally:
+        if notifier:
+            notifier.close()
+    if result.blind is not None:
+        err.print(
+            f"[red]failed:[/red] could not read the stack from the cloud in {for_}: "
+            f"{escape(result.blind)}",
+            soft_wrap=True,
         )
-        return
-    _report(session, result.promoted, notify)
+        raise typer.Exit(EXIT_FAILED)
+    promotions = len(result.promotions)
+    out.print(
+        f"{result.probes} probes, {result.failures_in_a_row} failing at the end; "
+        + (f"{promotions} promotion(s)" if promotions else "no promotion")
+        + (f", {result.alerts} alert(s)" if result.alerts else "")
+        + (f", {len(result.refusals)} refused" if result.refusals else "")
+        + (f", {len(result.failures)} failed" if result.failures else ""),
+        highlight=False,
+    )
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -609,37 +718,117 @@ def park(
     stack: Annotated[str, typer.Argument(help="A single-vm stack, e.g. single-vm-hcloud.")],
     project: ProjectOpt = None,
 ) -> None:
-    """Power the standby (the node that is not active) off again, e.g. after repairing it."""
+    """Power the standby (the node that is not active) off, e.g. after repairing it.
+
+    Bounded: at most 10 x apiTimeout (default 100 s)."""
     from blueprints.failover.promote import park as do_park
+    from blueprints.failover.session import deadline, grace, park_budget
 
     session = _session(stack, project)
-    message = do_park(session.cloud, session.settings.active, log=lambda m: err.print(escape(m)))
+    s = session.settings
+    budget = park_budget(s)
+    stopped = (
+        f"park did not finish within its budget of {budget:g}s (10 x apiTimeout) and was "
+        f"stopped; its lock expires after lockTtl ({s.lock_ttl}s), then rerun park"
+    )
+    with deadline(budget + grace(s), stopped):
+        message = do_park(
+            session.cloud,
+            _active(session),
+            log=lambda m: err.print(f"[dim]{escape(m)}[/dim]", soft_wrap=True),
+            lock_ttl=s.lock_ttl,
+            budget=budget,
+        )
     out.print(escape(message), soft_wrap=True)
 
 
-def _report(session, result, notify: str | None) -> None:
+@app.command("watchdog-unit")
+@_reports_bad_input
+def watchdog_unit(
+    stack: Annotated[str, typer.Argument(help="A single-vm stack, e.g. single-vm-hcloud.")],
+    user: Annotated[
+        str, typer.Option("--user", help="The account the watchdog runs as (not root).")
+    ] = "blueprints",
+    env_file: Annotated[
+        str | None,
+        typer.Option(
+            "--env-file",
+            help="Root-only file with HCLOUD_TOKEN (or the AWS variables) and optionally "
+            "BLUEPRINTS_NOTIFY; default /etc/blueprints-watch/<stack>.env.",
+        ),
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            "--command",
+            help="The blueprints executable; default <project>/.venv/bin/blueprints "
+            "(what `uv sync` installs).",
+        ),
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Print a systemd unit running `blueprints watch <stack>` for good (Restart=always).
+
+    The project path is the checkout on the machine that runs it (a warm spare, or any
+    machine). Example: blueprints watchdog-unit single-vm-hcloud -C /opt/shop-infra >
+    /etc/systemd/system/blueprints-watch-single-vm-hcloud.service
+    """
+    from blueprints.failover.session import read_stack
+    from blueprints.failover.watch import watchdog_unit as render_unit
+    from blueprints.render.common import unit_word
+
+    root = _project(project).resolve()
+    _require_stacks(root, [stack])
+    read_stack(root, stack)  # a single-vm stack whose settings (healthUrl, ...) are valid
+    env_file = env_file or f"/etc/blueprints-watch/{stack}.env"
+    command = command or str(root / ".venv/bin/blueprints")
+    if user == "root":
+        raise BadInput("--user: run the watchdog as an unprivileged account, not root")
+    for label, value in (
+        ("--project", str(root)),
+        ("--user", user),
+        ("--env-file", env_file),
+        ("--command", command),
+    ):
+        try:
+            unit_word(value)
+        except ValueError as exc:
+            raise BadInput(f"{label}: {exc}") from None
+    for label, value in (("--env-file", env_file), ("--command", command)):
+        if not value.startswith("/"):
+            raise BadInput(f"{label}: must be an absolute path (got {value!r})")
+    sys.stdout.write(render_unit(stack, str(root), user, env_file, command))
+
+
+def _warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+
+
+def _report(session, result, notify: str | None, notifier=None) -> None:
     """Print what a promotion did and, with --notify, POST the same sentence."""
     if result.already:
         summary = f"{session.stack}: already running on {result.target}. {result.recorded}"
     else:
         steps = ", ".join(result.done) or "nothing to do"
         summary = f"{session.stack}: promoted {result.target} ({steps}). {result.recorded}"
-    out.print(escape(summary), soft_wrap=True)
-    if notify:
+    note = getattr(result, "note", "")
+    if note:
+        err.print(f"note: {escape(note)}", soft_wrap=True, highlight=False)
+    out.print(escape(summary), soft_wrap=True, highlight=False)
+    if notifier is not None:
+        notifier("promoted", summary)
+    elif notify:
         _notify(notify, session, summary)
 
 
-def _notify(url: str, session, summary: str) -> None:
-    """POST {"text": ...} (Slack/Mattermost style); a failed notification is only a warning."""
-    import urllib.request
+def _notify(url: str, session, summary: str, event: str = "promoted") -> None:
+    """POST {"text", "stack", "event"} (Slack/Mattermost style), bounded by apiTimeout; a
+    failed notification is only a warning."""
+    from blueprints.failover.session import Notifier
 
-    body = json.dumps({"text": summary, "stack": session.stack}).encode()
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10):
-            pass
-    except OSError as exc:
-        err.print(f"[yellow]warning:[/yellow] notifying {url} failed: {escape(str(exc))}")
+    notifier = Notifier(url, session.stack, session.settings.api_timeout, _warn)
+    notifier(event, summary)
+    notifier.close()
 
 
 RENDER_MARKER = ".blueprints-render"

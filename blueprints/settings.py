@@ -9,8 +9,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import string
 from collections.abc import Callable
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel as _pydantic_camel
@@ -92,6 +94,8 @@ BLUEPRINT_ONLY: dict[str, tuple[str, ...]] = {
         "etcd_snapshot_retention",
     ),
 }
+# The fields a single-vm stack's healthUrl template may use (blueprints.failover.health).
+HEALTH_URL_FIELDS = ("address", "domain", "path")
 # Stack secrets outside `blueprints:secrets` (the app's): set with `pulumi config set --secret`.
 BACKUP_SECRET_KEY = "backupSecretKey"
 # The k3s release a k8s stack runs unless it pins another (blueprints:k3sVersion).
@@ -411,6 +415,37 @@ class StackSettings(BaseModel):
                 raise ValueError(
                     f"{cidr!r} is not a network like 198.51.100.7/32 or 2001:db8::/48"
                 ) from None
+        return v
+
+    @field_validator("health_url")
+    @classmethod
+    def _health_url(cls, v: str) -> str:
+        # Checked when the stack is read, so a bad template can never surface mid-promotion.
+        allowed = (
+            "must be an http or https URL whose host is {address} or {domain} (a :port may "
+            "follow) and whose only fields are {address}, {domain} and {path}, like "
+            f"https://{{domain}}{{path}} or http://{{address}}:8080{{path}} (got {v!r})"
+        )
+        try:
+            fields = list(string.Formatter().parse(v))
+        except ValueError:
+            raise ValueError(allowed) from None
+        for _text, name, spec, conversion in fields:
+            if name is not None and (name not in HEALTH_URL_FIELDS or spec or conversion):
+                raise ValueError(allowed)
+        if not re.fullmatch(r"https?://\{(address|domain)\}(:[0-9]{1,5})?([/?{].*)?", v, re.S):
+            raise ValueError(allowed)
+        sample = urlsplit(v.format(address="192.0.2.1", domain="example.org", path="/healthz"))
+        try:
+            port = sample.port
+        except ValueError:
+            port = 0
+        if (
+            sample.hostname not in ("192.0.2.1", "example.org")
+            or port == 0
+            or any(c.isspace() for c in v)
+        ):
+            raise ValueError(allowed)
         return v
 
     @field_validator("server_type")

@@ -80,3 +80,35 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     left = leftovers()
     if left:
         tr.write_line("LEFT BEHIND: " + "; ".join(left), red=True)
+
+
+# -- the failover tests' emulated clouds (test_failover.py, test_failover_lock.py) ----------
+
+
+@pytest.fixture(scope="module")
+def moto():
+    """moto's EC2 server on 127.0.0.1, one per test module."""
+    from emulators import MotoServer
+
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["aws", "hcloud"])
+def world(request, moto, tmp_path):
+    """A single-vm stack on either emulator (tests/failover_world.py): moto behind a fault
+    proxy, or the fake Hetzner API. test_failover_cli.py and test_preview_gitlab.py have a
+    `world` of their own."""
+    from emulators import FaultProxy
+    from failover_world import aws_world, hcloud_world
+    from fakes import FakeHcloud
+
+    if request.param == "aws":
+        proxy = FaultProxy(moto.url)
+        try:
+            yield aws_world(moto, tmp_path, proxy)
+        finally:
+            proxy.close()
+    else:
+        with FakeHcloud(action_polls=2) as fake:
+            yield hcloud_world(fake, tmp_path)

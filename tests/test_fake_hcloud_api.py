@@ -4,6 +4,7 @@ SDK would hide what is being checked)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -364,3 +365,103 @@ def test_on_request_hook(fake: FakeHcloud, client: Client) -> None:
     assert ("POST", f"/v1/servers/{sid}/actions/shutdown") in seen
     assert fake.state()["servers"][sid]["status"] == "running"
     assert fake.errors == []
+
+
+# ----------------------------------------------------------------------------- placement groups
+
+
+def test_placement_groups_crud(fake: FakeHcloud, client: Client) -> None:
+    made = client.placement_groups.create(name="lock-a", type="spread", labels={"owner": "x-1"})
+    group = made.placement_group
+    assert (group.name, group.type, group.labels, made.action) == (
+        "lock-a",
+        "spread",
+        {"owner": "x-1"},
+        None,
+    )
+    client.placement_groups.create(name="other", type="spread", labels={"app": "db"})
+
+    assert [g.id for g in client.placement_groups.get_all(name="lock-a")] == [group.id]
+    assert [g.name for g in client.placement_groups.get_all(label_selector="app=db")] == ["other"]
+    assert client.placement_groups.get_by_id(group.id).labels == {"owner": "x-1"}
+
+    updated = client.placement_groups.update(group, labels={"owner": "x-2", "beat": "12"})
+    assert updated.labels == {"owner": "x-2", "beat": "12"}
+    assert fake.placement_groups()[group.id]["labels"] == {"owner": "x-2", "beat": "12"}
+
+    with pytest.raises(APIException) as exc:
+        client.placement_groups.create(name="lock-a", type="spread")
+    assert exc.value.code == "uniqueness_error"
+    resp = post(fake, "/placement_groups", {"name": "lock-b", "type": "cluster"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_input"
+    bad = post(
+        fake, "/placement_groups", {"name": "lock-b", "type": "spread", "labels": {"k": "-x"}}
+    )
+    assert bad.status_code == 400
+
+    assert client.placement_groups.delete(group) is True
+    resp = requests.delete(f"{fake.url}/placement_groups/{group.id}", headers=AUTH, timeout=5)
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
+    for call in (
+        lambda: client.placement_groups.get_by_id(group.id),
+        lambda: client.placement_groups.update(group, labels={}),
+    ):
+        with pytest.raises(APIException) as exc:
+            call()
+        assert exc.value.code == "not_found"
+    assert client.placement_groups.get_all(name="lock-a") == []
+
+
+def test_placement_group_names_are_taken_atomically(fake: FakeHcloud) -> None:
+    """Twenty clients create one name at the same moment: exactly one gets it."""
+    start = threading.Barrier(20)
+    codes: list[int] = []
+
+    def create(i: int) -> None:
+        start.wait()
+        resp = post(
+            fake, "/placement_groups", {"name": "lock", "type": "spread", "labels": {"n": str(i)}}
+        )
+        codes.append(resp.status_code)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(codes) == [201] + [409] * 19
+    assert len(fake.placement_groups()) == 1
+
+
+# ----------------------------------------------------------------------------- clock, silence
+
+
+def test_date_header_follows_the_fake_clock(fake: FakeHcloud) -> None:
+    from email.utils import parsedate_to_datetime
+
+    def date() -> float:
+        return parsedate_to_datetime(get(fake, "/servers").headers["Date"]).timestamp()
+
+    assert abs(date() - time.time()) < 3
+    fake.shift_clock(660)
+    assert abs(date() - (time.time() + 660)) < 3
+    assert abs(fake.now() - (time.time() + 660)) < 1
+    fake.shift_clock(-1320)
+    assert abs(date() - (time.time() - 660)) < 3
+
+
+def test_silence_accepts_and_never_answers(fake: FakeHcloud) -> None:
+    fake.add_server("web")
+    fake.silence()
+    started = time.monotonic()
+    with pytest.raises(requests.ReadTimeout):
+        requests.get(f"{fake.url}/servers", headers=AUTH, timeout=(2, 0.5))
+    assert time.monotonic() - started < 2
+    fake.silence(False)
+    assert get(fake, "/servers").status_code == 200
+
+
+def test_request_log_shows_the_user_agent(fake: FakeHcloud) -> None:
+    fake.client(application_name="promoter-a").servers.get_all()
+    [entry] = fake.request_log
+    assert entry["user_agent"].startswith("promoter-a hcloud-python/")

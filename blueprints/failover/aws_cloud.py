@@ -3,9 +3,15 @@
 Instances, the EBS volume and the Elastic IP are found by the tags the blueprint sets (app,
 blueprint, node). Waiters await each change; the emulators finish at once, real EC2 takes
 seconds to a minute.
+
+The promotion lock is an EC2 key pair named blueprints-lock-<app>-<stack> (free, unique by
+name: a second create answers InvalidKeyPair.Duplicate), its record in the key pair's tags;
+it is deleted by its KeyPairId. The cloud's clock is the Date header of the API's answer.
 """
 
 from __future__ import annotations
+
+import time
 
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
@@ -14,11 +20,13 @@ from blueprints.failover.cloud import (
     Cloud,
     CloudError,
     Node,
+    OutOfTime,
     Snapshot,
     TransientCloudError,
+    date_header,
 )
+from blueprints.failover.lock import LockRecord, StoredLock, lock_name
 
-LOCK_TAG = "blueprints-promotion"
 DEVICE = "/dev/sdf"  # as in the blueprint's VolumeAttachment
 TRANSIENT = {
     "RequestLimitExceeded",
@@ -41,6 +49,8 @@ class AwsCloud(Cloud):
             {"Name": "tag:stack", "Values": [stack]},
         ]
         self.app = app
+        self.tags = {"app": app, "blueprint": blueprint, "stack": stack}
+        self._lock_name = lock_name(app, stack)
         self.waiter = {"Delay": poll, "MaxAttempts": max(1, int(600 / max(poll, 0.01)))}
 
     def _do(self, what: str, fn):
@@ -106,7 +116,30 @@ class AwsCloud(Cloud):
         return None
 
     def _wait(self, name: str, **kwargs) -> None:
-        self.ec2.get_waiter(name).wait(WaiterConfig=self.waiter, **kwargs)
+        """A boto3 waiter, polled one attempt at a time so that every poll calls `tick` (the
+        promotion's lock heartbeat) and the command's budget can cut it short (OutOfTime)."""
+        waiter = self.ec2.get_waiter(name)
+        delay, attempts = self.waiter["Delay"], self.waiter["MaxAttempts"]
+        what = name.replace("_", " ")
+        for attempt in range(attempts):
+            left = self.time_left()
+            if left is not None and left <= 0:
+                raise OutOfTime(f"no time left to wait for {what}")
+            try:
+                waiter.wait(WaiterConfig={"Delay": 1, "MaxAttempts": 1}, **kwargs)
+                return
+            except WaiterError as exc:
+                # Only "not yet" is polled again; a terminal state or an error is the answer.
+                if not str(exc.kwargs.get("reason", "")).startswith("Max attempts exceeded"):
+                    raise
+            if attempt == attempts - 1:
+                break
+            self.tick()  # the promotion's lock heartbeat, rate-limited by the promotion
+            left = self.time_left()
+            if left is not None and left <= delay:
+                raise OutOfTime(f"still waiting for {what} when time ran out")
+            time.sleep(delay)
+        raise TransientCloudError(f"gave up waiting for {what} after {attempts} polls")
 
     # -- Cloud -----------------------------------------------------------------------------
 
@@ -120,14 +153,12 @@ class AwsCloud(Cloud):
                 n: Node(n, i["InstanceId"], i["State"]["Name"], i.get("PublicIpAddress", ""))
                 for n, i in instances.items()
             }
-            tags = {t["Key"]: t["Value"] for t in volume.get("Tags", [])}
             holder = self._attached_to(volume)
             return Snapshot(
                 nodes=nodes,
                 volume_holder=ids.get(holder) if holder else None,
                 ip_holder=ids.get(address.get("InstanceId", "")),
                 floating_ip=address["PublicIp"],
-                lock=tags.get(LOCK_TAG),
             )
 
         return self._do("reading the stack from the EC2 API", read)
@@ -203,14 +234,79 @@ class AwsCloud(Cloud):
 
         self._do(f"associating the Elastic IP with {node}", run)
 
-    def write_lock(self, value: str | None) -> None:
-        def run():
-            volume_id = self._volume()["VolumeId"]
-            if value is None:
-                self.ec2.delete_tags(Resources=[volume_id], Tags=[{"Key": LOCK_TAG}])
-            else:
-                self.ec2.create_tags(
-                    Resources=[volume_id], Tags=[{"Key": LOCK_TAG, "Value": value}]
-                )
+    # -- the promotion lock ----------------------------------------------------------------
 
-        self._do("recording the promotion on the volume", run)
+    @property
+    def lock_name(self) -> str:
+        return self._lock_name
+
+    def _key_pairs(self) -> dict:
+        return self.ec2.describe_key_pairs(
+            Filters=[{"Name": "key-name", "Values": [self._lock_name]}]
+        )
+
+    def now(self) -> float:
+        def run() -> float:
+            headers = self._key_pairs().get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            date = headers.get("date")
+            if not date:
+                raise CloudError(
+                    "the EC2 API answered without a Date header; the promotion lock needs the "
+                    "cloud's clock"
+                )
+            return date_header(date, "the EC2 API")
+
+        return self._do("reading the EC2 API's clock", run)
+
+    def _lock_tags(self, record: LockRecord) -> list[dict[str, str]]:
+        return [{"Key": k, "Value": v} for k, v in {**self.tags, **record.fields()}.items()]
+
+    def create_lock(self, record: LockRecord) -> str | None:
+        def run() -> str | None:
+            try:
+                made = self.ec2.create_key_pair(
+                    KeyName=self._lock_name,
+                    KeyType="ed25519",
+                    TagSpecifications=[
+                        {"ResourceType": "key-pair", "Tags": self._lock_tags(record)}
+                    ],
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "InvalidKeyPair.Duplicate":
+                    return None
+                raise
+            return made["KeyPairId"]  # the private key is dropped: nothing logs in with it
+
+        return self._do(f"creating the key pair {self._lock_name}", run)
+
+    def read_lock(self) -> StoredLock | None:
+        def run() -> StoredLock | None:
+            pairs = self._key_pairs()["KeyPairs"]
+            if not pairs:
+                return None
+            tags = {t["Key"]: t["Value"] for t in pairs[0].get("Tags", [])}
+            return StoredLock(pairs[0]["KeyPairId"], LockRecord.parse(tags))
+
+        return self._do(f"reading the key pair {self._lock_name}", run)
+
+    def update_lock(self, lock_id: str, record: LockRecord) -> bool:
+        def run() -> bool:
+            try:
+                self.ec2.create_tags(Resources=[lock_id], Tags=self._lock_tags(record))
+            except ClientError as exc:
+                if "NotFound" in exc.response.get("Error", {}).get("Code", ""):
+                    return False
+                raise
+            return True
+
+        return self._do(f"updating the key pair {self._lock_name}", run)
+
+    def delete_lock(self, lock_id: str) -> None:
+        def run() -> None:
+            try:
+                self.ec2.delete_key_pair(KeyPairId=lock_id)
+            except ClientError as exc:
+                if "NotFound" not in exc.response.get("Error", {}).get("Code", ""):
+                    raise
+
+        self._do(f"deleting the key pair {self._lock_name}", run)

@@ -2,23 +2,34 @@
 
 Servers, volume and floating IP are found by the labels the blueprint sets (app, blueprint,
 node). Every action is awaited through /v1/actions before the next step reads state.
+
+The promotion lock is a placement group named blueprints-lock-<app>-<stack> (free, unique by
+name: a second create answers 409 uniqueness_error), its record in the group's labels. The
+cloud's clock is the Date header of the API's answer to a fresh request.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+
 from hcloud import APIException, Client
 from hcloud.actions import ActionFailedException, ActionTimeoutException
+from hcloud.placement_groups import PlacementGroup
 
 from blueprints.failover.cloud import (
     NODES,
     Cloud,
     CloudError,
     Node,
+    OutOfTime,
     Snapshot,
     TransientCloudError,
+    date_header,
 )
+from blueprints.failover.lock import LockRecord, StoredLock, lock_name
 
-LOCK_LABEL = "blueprints-promotion"
+LOCK_GROUP_TYPE = "spread"
 # Error codes that mean "try again shortly" (Hetzner Cloud API error codes).
 TRANSIENT = {
     "locked",
@@ -44,7 +55,20 @@ def _wrap(what: str, exc: Exception) -> CloudError:
         )
     if isinstance(exc, ActionTimeoutException):
         return TransientCloudError(f"{what}: action {exc.action.command} did not finish in time")
-    return TransientCloudError(f"{what}: {exc.__class__.__name__}: {exc}")
+    if isinstance(exc, OSError):  # connection refused/reset, DNS, TLS, a bad header
+        return TransientCloudError(f"{what}: {exc.__class__.__name__}: {exc}")
+    return CloudError(f"{what}: {exc.__class__.__name__}: {exc}")
+
+
+def redact(text: str, token: str | None) -> str:
+    """`text` without the API token, in any form it may take in a message (as given,
+    stripped, or as repr() shows it, e.g. a trailing carriage return as \\r)."""
+    if not token:
+        return text
+    forms = {token, token.strip(), repr(token)[1:-1], repr(token.strip())[1:-1]}
+    for form in sorted((f for f in forms if len(f) >= 4), key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
 
 
 class HcloudCloud(Cloud):
@@ -55,23 +79,49 @@ class HcloudCloud(Cloud):
         stack: str,
         blueprint: str = "single-vm",
         action_max_retries: int | None = None,
+        poll: float | None = None,
+        token: str | None = None,
     ):
         self.client = client
         self.selector = f"app={app},blueprint={blueprint},stack={stack}"
         self.app = app
+        self.labels = {"app": app, "blueprint": blueprint, "stack": stack}
+        self._lock_name = lock_name(app, stack)
         self.action_max_retries = action_max_retries
+        base = getattr(client, "_client", None)
+        # Never in an error text, a log line or a webhook: every message is redacted.
+        self._token = token if token is not None else getattr(base, "_token", None)
+        # The SDK's own poll interval unless given (the SDK's default is 1 s).
+        if poll is not None:
+            self._poll = lambda _n: poll
+        else:
+            self._poll = getattr(base, "_poll_interval_func", None) or (lambda _n: 1.0)
+        self._max_polls = action_max_retries or getattr(base, "_poll_max_retries", 120)
+        # The Date header of each answer, per thread: the SDK returns only the JSON body.
+        self._seen = threading.local()
+        session = getattr(base, "_session", None)
+        self._clock_readable = session is not None
+        if session is not None:
+            session.hooks.setdefault("response", []).append(self._saw)
+
+    def _saw(self, response, *_args, **_kwargs):
+        self._seen.date = response.headers.get("Date")
 
     # -- lookups ---------------------------------------------------------------------------
 
     def _do(self, what: str, fn):
+        """Run one driver operation; every failure becomes one CloudError sentence, without
+        the API token."""
         try:
             return fn()
-        except CloudError:
-            raise
-        except (APIException, ActionFailedException, ActionTimeoutException) as exc:
-            raise _wrap(what, exc) from exc
-        except OSError as exc:  # connection refused/reset, DNS, TLS
-            raise TransientCloudError(f"{what}: {exc.__class__.__name__}: {exc}") from exc
+        except CloudError as exc:
+            text = redact(str(exc), self._token)
+            if text == str(exc):
+                raise
+            raise exc.__class__(text) from None
+        except Exception as exc:  # the SDK's errors, OSError, and anything unexpected
+            wrapped = _wrap(what, exc)
+            raise wrapped.__class__(redact(str(wrapped), self._token)) from None
 
     def _servers(self):
         servers = self.client.servers.get_all(label_selector=self.selector)
@@ -101,7 +151,24 @@ class HcloudCloud(Cloud):
         )
 
     def _wait(self, action) -> None:
-        action.wait_until_finished(max_retries=self.action_max_retries)
+        """Poll the action until it finished (as the SDK's wait_until_finished), but stop
+        with OutOfTime once the command's budget ran out."""
+        polls = 0
+        while True:
+            action.reload()
+            if action.status != "running":
+                break
+            polls += 1
+            if polls >= self._max_polls:
+                raise ActionTimeoutException(action=action)
+            left = self.time_left()
+            pause = self._poll(polls)
+            if left is not None and left <= pause:
+                raise OutOfTime(f"action {action.command} was still running when time ran out")
+            self.tick()  # the promotion's lock heartbeat, rate-limited by the promotion
+            time.sleep(pause)
+        if action.status == "error":
+            raise ActionFailedException(action=action)
 
     # -- Cloud -----------------------------------------------------------------------------
 
@@ -122,7 +189,6 @@ class HcloudCloud(Cloud):
                 volume_holder=ids.get(vol_server) if vol_server else None,
                 ip_holder=ids.get(ip_server) if ip_server else None,
                 floating_ip=fip.ip,
-                lock=(volume.labels or {}).get(LOCK_LABEL),
             )
 
         return self._do("reading the stack from the Hetzner API", read)
@@ -186,14 +252,81 @@ class HcloudCloud(Cloud):
 
         self._do(f"assigning the floating IP to {node}", run)
 
-    def write_lock(self, value: str | None) -> None:
-        def run():
-            volume = self._volume()
-            labels = dict(volume.labels or {})
-            if value is None:
-                labels.pop(LOCK_LABEL, None)
-            else:
-                labels[LOCK_LABEL] = value
-            volume.update(labels=labels)
+    # -- the promotion lock ----------------------------------------------------------------
 
-        self._do("recording the promotion on the volume", run)
+    @property
+    def lock_name(self) -> str:
+        return self._lock_name
+
+    def _groups(self):
+        return self.client.placement_groups.get_all(name=self._lock_name)
+
+    def now(self) -> float:
+        def run() -> float:
+            if not self._clock_readable:
+                raise CloudError(
+                    "this hcloud SDK does not let blueprints read the API's Date header, which "
+                    "the promotion lock needs as the cloud's clock; install hcloud 2.x"
+                )
+            self._seen.date = None
+            self.client.placement_groups.get_list(name=self._lock_name, per_page=1)
+            date = getattr(self._seen, "date", None)
+            if not date:
+                raise CloudError(
+                    "the Hetzner API answered without a Date header; the promotion lock needs "
+                    "the cloud's clock"
+                )
+            return date_header(date, "the Hetzner API")
+
+        return self._do("reading the Hetzner API's clock", run)
+
+    def _lock_labels(self, record: LockRecord) -> dict[str, str]:
+        return {**self.labels, **record.fields()}
+
+    def create_lock(self, record: LockRecord) -> str | None:
+        def run() -> str | None:
+            try:
+                made = self.client.placement_groups.create(
+                    name=self._lock_name, type=LOCK_GROUP_TYPE, labels=self._lock_labels(record)
+                )
+            except APIException as exc:
+                if exc.code == "uniqueness_error":
+                    return None
+                raise
+            return str(made.placement_group.id)
+
+        return self._do(f"creating the placement group {self._lock_name}", run)
+
+    def read_lock(self) -> StoredLock | None:
+        def run() -> StoredLock | None:
+            groups = self._groups()
+            if not groups:
+                return None
+            group = groups[0]  # names are unique in a project
+            return StoredLock(str(group.id), LockRecord.parse(group.labels or {}))
+
+        return self._do(f"reading the placement group {self._lock_name}", run)
+
+    def update_lock(self, lock_id: str, record: LockRecord) -> bool:
+        def run() -> bool:
+            try:
+                self.client.placement_groups.update(
+                    PlacementGroup(id=int(lock_id)), labels=self._lock_labels(record)
+                )
+            except APIException as exc:
+                if exc.code == "not_found":
+                    return False
+                raise
+            return True
+
+        return self._do(f"updating the placement group {self._lock_name}", run)
+
+    def delete_lock(self, lock_id: str) -> None:
+        def run() -> None:
+            try:
+                self.client.placement_groups.delete(PlacementGroup(id=int(lock_id)))
+            except APIException as exc:
+                if exc.code != "not_found":
+                    raise
+
+        self._do(f"deleting the placement group {self._lock_name}", run)

@@ -47,14 +47,14 @@ def record_active(
         ws = auto.LocalWorkspace(work_dir=str(project_dir))
         ws.set_config(stack, KEY, auto.ConfigValue(value=node))
         return (
-            f"recorded {KEY}={node} in stack {stack} with the Pulumi CLI; run "
-            f"`pulumi up --refresh --stack {stack}` so Pulumi adopts the moved volume and IP"
+            f"recorded {KEY}={node} in stack {stack} with the Pulumi CLI (commit the stack file; "
+            "the next `pulumi up` keeps the volume and IP where the cloud has them)"
         )
     path = stack_file
     changed = write_active_to_file(path, node)
     shown = path.relative_to(project_dir) if path.is_relative_to(project_dir) else path
     state = "recorded" if changed else "already"
     return (
-        f"{state} {KEY}: {node} in {shown}; commit it, then run "
-        f"`pulumi up --refresh --stack {stack}` so Pulumi adopts the moved volume and IP"
+        f"{state} {KEY}: {node} in {shown}; commit it (until then every plan of {stack} warns "
+        "that the file and the cloud disagree; `pulumi up` keeps the app where it runs)"
     )

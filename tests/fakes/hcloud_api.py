@@ -24,6 +24,13 @@ Behaviour (see the module constants and README-style notes in `FakeHcloud`):
 * Volumes attach only to servers in their own location and only when detached.
   Floating IPs can be assigned to servers in any location; assigning an assigned IP
   moves it.
+* Placement groups (type ``spread``) can be created, listed (``name=``, ``label_selector=``),
+  read, relabelled and deleted; a name is unique in the project, checked and taken under one
+  lock, so of two concurrent creates of one name exactly one gets 201, the other 409
+  ``uniqueness_error``. A deleted group answers 404.
+* Every answer carries a ``Date`` header from the fake's clock: the local clock shifted by
+  `FakeHcloud.shift_clock` (a cloud whose clock differs from the caller's).
+* `FakeHcloud.silence` makes the API accept connections and never answer (a hung API).
 
 Only the standard library is used.
 """
@@ -162,8 +169,8 @@ _MAX_PER_PAGE = 50
 _RATE_LIMIT = 3600
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def _now(offset: float = 0.0) -> str:
+    return datetime.fromtimestamp(time.time() + offset, UTC).isoformat(timespec="seconds")
 
 
 class ApiError(Exception):
@@ -309,6 +316,15 @@ class _FloatingIP:
 
 
 @dataclass
+class _PlacementGroup:
+    id: int
+    name: str
+    labels: dict[str, str]
+    type: str
+    created: str
+
+
+@dataclass
 class _Action:
     id: int
     command: str
@@ -380,6 +396,7 @@ _COMMANDS = {
 }
 
 _RESOURCE_TYPE = {"servers": "server", "volumes": "volume", "floating_ips": "floating_ip"}
+_PLACEMENT_GROUP_TYPES = frozenset({"spread"})
 
 
 class FakeHcloud:
@@ -418,6 +435,7 @@ class FakeHcloud:
         self._servers: dict[int, _Server] = {}
         self._volumes: dict[int, _Volume] = {}
         self._floating_ips: dict[int, _FloatingIP] = {}
+        self._placement_groups: dict[int, _PlacementGroup] = {}
         self._actions: dict[int, _Action] = {}
         self._faults: list[_Fault] = []
         self._action_faults: list[_ActionFault] = []
@@ -425,6 +443,10 @@ class FakeHcloud:
         self._log: list[_Request] = []
         self.errors: list[str] = []
         """Tracebacks of unexpected exceptions inside the fake (answered as 500)."""
+        self.clock_offset = 0.0
+        """Seconds the fake's clock (its Date headers, timestamps) is ahead of the local one."""
+        self._silent = False
+        self._wake = threading.Condition(self._lock)
 
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -434,7 +456,7 @@ class FakeHcloud:
     def start(self) -> FakeHcloud:
         if self._httpd is not None:
             raise RuntimeError("already started")
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         # Join handler threads on server_close() so nothing outlives the fake.
         httpd.daemon_threads = False
         httpd.block_on_close = True
@@ -453,6 +475,7 @@ class FakeHcloud:
         httpd, thread = self._httpd, self._thread
         if httpd is None:
             return
+        self.silence(False)
         httpd.shutdown()
         httpd.server_close()
         if thread is not None:
@@ -477,12 +500,24 @@ class FakeHcloud:
         """The API endpoint to hand to the SDK: ``http://127.0.0.1:{port}/v1``."""
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def client(self, token: str = "test-token", *, poll_interval: float = 0.01) -> Any:
+    def client(
+        self,
+        token: str = "test-token",
+        *,
+        poll_interval: float = 0.01,
+        application_name: str | None = None,
+    ) -> Any:
         """An `hcloud.Client` pointed at this fake, with the SDK's retry backoff
-        (1 s + jitter, exponential) set to zero so retried errors keep tests fast."""
+        (1 s + jitter, exponential) set to zero so retried errors keep tests fast. An
+        `application_name` starts its User-Agent, which the request log shows."""
         from hcloud import Client  # lazy: the fake itself stays stdlib-only
 
-        client = Client(token=token, api_endpoint=self.url, poll_interval=poll_interval)
+        client = Client(
+            token=token,
+            api_endpoint=self.url,
+            poll_interval=poll_interval,
+            application_name=application_name,
+        )
         client._client._retry_interval_func = lambda retries: 0.0
         return client
 
@@ -512,7 +547,7 @@ class FakeHcloud:
                 status=status,
                 ipv4=ipv4 or f"203.0.{113 + n // 250}.{n % 250 + 1}",
                 ipv6=f"2001:db8:{sid:x}::/64",
-                created=_now(),
+                created=_now(self.clock_offset),
             )
             return sid
 
@@ -541,7 +576,7 @@ class FakeHcloud:
                 labels=_validate_labels(dict(labels or {})),
                 size=size,
                 server=server,
-                created=_now(),
+                created=_now(self.clock_offset),
             )
             return vid
 
@@ -580,7 +615,7 @@ class FakeHcloud:
                 type=type,
                 server=server,
                 description=description,
-                created=_now(),
+                created=_now(self.clock_offset),
             )
             return fid
 
@@ -604,6 +639,41 @@ class FakeHcloud:
             raise ValueError(f"unknown server status {status!r}")
         with self._lock:
             self._servers[server_id].status = status
+
+    def now(self) -> float:
+        """The fake's clock (unix seconds): what its Date headers say."""
+        return time.time() + self.clock_offset
+
+    def shift_clock(self, seconds: float) -> None:
+        """Move the fake's clock by `seconds` (negative: back), as seen in its Date headers."""
+        with self._lock:
+            self.clock_offset += seconds
+
+    def silence(self, on: bool = True) -> None:
+        """While on, every request is accepted and read but never answered: the client waits
+        until its own timeout. Turning it off (or stopping the fake) closes those connections
+        without an answer."""
+        with self._lock:
+            self._silent = on
+            self._wake.notify_all()
+
+    def _hold_if_silent(self) -> bool:
+        """Called by the handler: blocks while silent; True when the request must go
+        unanswered."""
+        with self._lock:
+            if not self._silent:
+                return False
+            while self._silent:
+                self._wake.wait()
+            return True
+
+    def placement_groups(self) -> dict[int, dict[str, Any]]:
+        """{id: {"name", "labels", "type"}} of every placement group."""
+        with self._lock:
+            return {
+                g.id: {"name": g.name, "labels": dict(g.labels), "type": g.type}
+                for g in self._placement_groups.values()
+            }
 
     def fail_next(
         self,
@@ -692,7 +762,7 @@ class FakeHcloud:
 
     @property
     def request_log(self) -> list[dict[str, Any]]:
-        """Every request with its query, JSON body and answered HTTP status."""
+        """Every request with its query, JSON body, answered HTTP status and User-Agent."""
         with self._lock:
             return [
                 {
@@ -701,6 +771,7 @@ class FakeHcloud:
                     "query": copy.deepcopy(r.query),
                     "body": copy.deepcopy(r.body),
                     "status": r.status,
+                    "user_agent": r.headers.get("User-Agent", ""),
                 }
                 for r in self._log
             ]
@@ -715,6 +786,7 @@ class FakeHcloud:
         {"servers": {id: {"name", "status", "location", "labels", "ipv4"}},
          "volumes": {id: {"name", "server", "location", "labels"}},
          "floating_ips": {id: {"name", "server", "ip", "home_location", "labels"}},
+         "placement_groups": {id: {"name", "labels", "type"}},
          "actions": {id: {"command", "status", "resources", "error"}}}
         """
         with self._lock:
@@ -749,6 +821,10 @@ class FakeHcloud:
                     }
                     for f in self._floating_ips.values()
                 },
+                "placement_groups": {
+                    g.id: {"name": g.name, "labels": dict(g.labels), "type": g.type}
+                    for g in self._placement_groups.values()
+                },
                 "actions": {
                     a.id: {
                         "command": a.command,
@@ -771,7 +847,9 @@ class FakeHcloud:
             json_ok = True
         except ValueError:
             parsed, json_ok = None, False
-        entry = _Request(method, path, query, parsed)
+        entry = _Request(
+            method, path, query, parsed, headers={"User-Agent": headers.get("User-Agent") or ""}
+        )
         with self._lock:
             self._log.append(entry)
             hooks = list(self._hooks)
@@ -779,7 +857,7 @@ class FakeHcloud:
         rate_headers = {
             "RateLimit-Limit": str(_RATE_LIMIT),
             "RateLimit-Remaining": str(max(0, _RATE_LIMIT - n_requests)),
-            "RateLimit-Reset": str(int(time.time()) + min(n_requests, _RATE_LIMIT)),
+            "RateLimit-Reset": str(int(self.now()) + min(n_requests, _RATE_LIMIT)),
         }
 
         response = self._answer(method, path, query, headers, parsed, json_ok, hooks)
@@ -883,7 +961,7 @@ class FakeHcloud:
         if action.status != "running":
             return
         action.progress = 100
-        action.finished = _now()
+        action.finished = _now(self.clock_offset)
         if action.fail_with is not None:
             code, message = action.fail_with
             action.status = "error"
@@ -917,7 +995,7 @@ class FakeHcloud:
         on_error: Callable[[], None] | None = None,
         noop: bool = False,
     ) -> tuple[int, dict[str, Any]]:
-        now = _now()
+        now = _now(self.clock_offset)
         action = _Action(
             id=next(self._action_ids),
             command=command,
@@ -1086,6 +1164,17 @@ class FakeHcloud:
             "protection": {"delete": False},
             "labels": dict(v.labels),
             "status": "available",
+        }
+
+    @staticmethod
+    def _placement_group_json(g: _PlacementGroup) -> dict[str, Any]:
+        return {
+            "id": g.id,
+            "name": g.name,
+            "labels": dict(g.labels),
+            "type": g.type,
+            "created": g.created,
+            "servers": [],
         }
 
     def _floating_ip_json(self, f: _FloatingIP) -> dict[str, Any]:
@@ -1317,6 +1406,62 @@ class FakeHcloud:
 
         return self._start_action("unassign_floating_ip", resources, on_success=apply)
 
+    def _placement_group(self, gid: int) -> _PlacementGroup:
+        group = self._placement_groups.get(gid)
+        if group is None:
+            raise ApiError.rule("not_found", f"placement_group with ID '{gid}' not found")
+        return group
+
+    def _h_list_placement_groups(self, m: re.Match[str], query: _Query, body: Any) -> _Result:
+        groups = self._filtered(self._placement_groups.values(), query)
+        if "type" in query:
+            groups = [g for g in groups if g.type in set(query["type"])]
+        items = [self._placement_group_json(g) for g in groups]
+        return self._paginate("placement_groups", items, query)
+
+    def _h_get_placement_group(self, m: re.Match[str], query: _Query, body: Any) -> _Result:
+        return 200, {
+            "placement_group": self._placement_group_json(self._placement_group(int(m[1])))
+        }
+
+    def _h_create_placement_group(self, m: re.Match[str], query: _Query, body: Any) -> _Result:
+        # Runs under the fake's lock (see _answer): checking the name and taking it is atomic.
+        if not isinstance(body, dict):
+            raise ApiError.rule("invalid_input", "request body must be a JSON object")
+        unknown = set(body) - {"name", "type", "labels"}
+        if unknown:
+            raise _field_error(sorted(unknown)[0], "unknown field")
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise _field_error("name", "is required")
+        if body.get("type") not in _PLACEMENT_GROUP_TYPES:
+            raise _field_error("type", "must be one of: spread")
+        labels = _validate_labels(body.get("labels") or {})
+        if any(g.name == name for g in self._placement_groups.values()):
+            raise ApiError(
+                *RULE_ERRORS["uniqueness_error"],
+                "name is already used",
+                {"fields": [{"name": "name"}]},
+            )
+        group = _PlacementGroup(
+            id=next(self._ids),
+            name=name,
+            labels=labels,
+            type=body["type"],
+            created=_now(self.clock_offset),
+        )
+        self._placement_groups[group.id] = group
+        return 201, {"placement_group": self._placement_group_json(group), "action": None}
+
+    def _h_update_placement_group(self, m: re.Match[str], query: _Query, body: Any) -> _Result:
+        group = self._placement_group(int(m[1]))
+        self._update(group, self._placement_groups.values(), body, {"name", "labels"})
+        return 200, {"placement_group": self._placement_group_json(group)}
+
+    def _h_delete_placement_group(self, m: re.Match[str], query: _Query, body: Any) -> _Result:
+        del self._placement_groups[self._placement_group(int(m[1])).id]
+        return 204, {}
+
     def _h_get_action(self, m: re.Match[str], query: _Query, body: Any) -> _Result:
         action = self._actions.get(int(m[1]))
         if action is None:
@@ -1404,6 +1549,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[..., tuple[int, dict[str, Any
             r"^/v1/floating_ips/(\d+)/actions/unassign$",
             FakeHcloud._h_floating_ip_unassign,
         ),
+        ("GET", r"^/v1/placement_groups$", FakeHcloud._h_list_placement_groups),
+        ("POST", r"^/v1/placement_groups$", FakeHcloud._h_create_placement_group),
+        ("GET", r"^/v1/placement_groups/(\d+)$", FakeHcloud._h_get_placement_group),
+        ("PUT", r"^/v1/placement_groups/(\d+)$", FakeHcloud._h_update_placement_group),
+        ("DELETE", r"^/v1/placement_groups/(\d+)$", FakeHcloud._h_delete_placement_group),
         ("GET", r"^/v1/actions$", FakeHcloud._h_list_actions),
         ("GET", r"^/v1/actions/(\d+)$", FakeHcloud._h_get_action),
         (
@@ -1420,6 +1570,12 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[..., tuple[int, dict[str, Any
 ]
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    # Room for many clients connecting at once (racing promoters); the default backlog of 5
+    # resets the connections beyond it.
+    request_queue_size = 128
+
+
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.0: one request per connection, so handler threads end with their request
     # and FakeHcloud.stop() can join them.
@@ -1430,15 +1586,23 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header: the fake's clock, which a test may have shifted.
+        fake: FakeHcloud = self.server.fake  # type: ignore[attr-defined]
+        return super().date_time_string(fake.now() if timestamp is None else timestamp)
+
     def _serve(self, method: str) -> None:
         fake: FakeHcloud = self.server.fake  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
+        if fake._hold_if_silent():
+            self.close_connection = True
+            return
         response = fake._handle(method, self.path, self.headers, body)
         if response is _DROPPED:
             self.close_connection = True
             return
-        data = json.dumps(response.payload).encode()
+        data = b"" if response.status == 204 else json.dumps(response.payload).encode()
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
