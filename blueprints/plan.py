@@ -22,6 +22,7 @@ import logging
 import re
 import runpy
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class PlannedResource:
     protect: bool = False
     delete_before_replace: bool = False
     deleted_with: str | None = None
+    retain_on_delete: bool = False
     provider: str | None = None
     depends_on: list[str] = field(default_factory=list)
     # Resource options `blueprints diff` honours (property paths, as the program gave them).
@@ -80,6 +82,9 @@ class Plan:
     resources: list[PlannedResource]
     outputs: dict[str, Any]
     notes: list[str]
+    # The program's look-ups (invokes), in the order it made them: (token, arguments, the name
+    # of the provider asked, None for the default one).
+    lookups: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
 
     def public_outputs(self) -> dict[str, Any]:
         return mask_secrets(self.outputs)
@@ -223,22 +228,72 @@ def fake_outputs(type_: str, name: str, id_: str, inputs: dict[str, Any]) -> dic
     return state
 
 
+# A look-up answerer: (invoke token, its arguments) -> the provider's answer, or None for the
+# default answer. A caller says with one what the cloud holds (a volume attached to the spare).
+# An answer may also be (outputs, [(property, reason), ...]): the look-up fails with the reason,
+# as a provider's data source does when nothing matches.
+Lookup = Callable[[str, dict[str, Any]], Any]
+
+# The default answers to the look-ups a program makes of the cloud before it decides anything:
+# nothing exists yet (a first deploy), so a plan does not depend on any real cloud.
+EMPTY_LOOKUPS: dict[str, dict[str, Any]] = {
+    "hcloud:index/getVolumes:getVolumes": {"volumes": []},
+    "hcloud:index/getServers:getServers": {"servers": []},
+    "hcloud:index/getFloatingIps:getFloatingIps": {"floatingIps": []},
+    "hcloud:index/getPlacementGroups:getPlacementGroups": {"placementGroups": []},
+    "aws:ebs/getEbsVolumes:getEbsVolumes": {"ids": []},
+    "aws:ec2/getEips:getEips": {"allocationIds": [], "publicIps": []},
+    "aws:ec2/getInstances:getInstances": {
+        "ids": [],
+        "ipv6Addresses": [],
+        "privateIps": [],
+        "publicIps": [],
+    },
+}
+# Singular look-ups that fail when nothing matches, with the provider's words.
+EMPTY_FAILURES: dict[str, str] = {
+    "aws:ec2/getKeyPair:getKeyPair": "no matching EC2 Key Pair found",
+}
+
+
 def _mocks_module():
     # Imported lazily: `blueprints validate` and `--help` should not pay for Pulumi's import.
     import pulumi
     from pulumi.runtime import mocks as pm
 
     class OfflineMocks(pm.Mocks):
+        def __init__(self, lookup: Lookup | None = None):
+            self.lookup = lookup
+            self.calls: list[tuple[str, dict[str, Any], str | None]] = []
+            # What each created resource reports, by id: a look-up of one answers with it.
+            self.by_id: dict[str, dict[str, Any]] = {}
+
         def new_resource(self, args: pm.MockResourceArgs):
             # A read (a StackReference) comes without the custom flag but with an id.
             if not args.custom and not args.resource_id:
                 return "", {}
             id_ = fake_id(args.typ, args.name)
-            return id_, fake_outputs(args.typ, args.name, id_, args.inputs)
+            outputs = fake_outputs(args.typ, args.name, id_, args.inputs)
+            self.by_id[id_] = outputs
+            return id_, outputs
 
         def call(self, args: pm.MockCallArgs):
+            arguments = _plain(dict(args.args))
+            provider = args.provider.split("::")[-2] if args.provider else None
+            self.calls.append((args.token, arguments, provider))
+            if self.lookup is not None:
+                answer = self.lookup(args.token, arguments)
+                if answer is not None:
+                    return answer
             if args.token == "aws:ec2/getAmi:getAmi":
                 return {"id": "ami-0offline0ubuntu2404", "architecture": "x86_64"}
+            if args.token == "aws:ec2/getInstance:getInstance":
+                found = self.by_id.get(str(arguments.get("instanceId")), {})
+                return {"id": arguments.get("instanceId"), "publicIp": found.get("publicIp")}
+            if args.token in EMPTY_LOOKUPS:
+                return json.loads(json.dumps(EMPTY_LOOKUPS[args.token]))
+            if args.token in EMPTY_FAILURES:
+                return {}, [("", EMPTY_FAILURES[args.token])]
             return {"id": f"{args.token}-offline"}
 
     class RecordingMonitor(pm.MockMonitor):
@@ -276,6 +331,7 @@ def _mocks_module():
                     protect=bool(request.protect),
                     delete_before_replace=bool(request.deleteBeforeReplace),
                     deleted_with=self.names_by_urn.get(request.deletedWith),
+                    retain_on_delete=bool(request.retainOnDelete),
                     provider=provider,
                     depends_on=sorted(self.names_by_urn.get(u, u) for u in request.dependencies),
                     replace_on_changes=sorted(request.replaceOnChanges),
@@ -462,12 +518,16 @@ def load_stack_config(
 
 
 def plan_stack(
-    stack: str, project_dir: Path | None = None, overrides: dict[str, Any] | None = None
+    stack: str,
+    project_dir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    lookup: Lookup | None = None,
 ) -> Plan:
     """Evaluate one stack under the mock runtime and return what it would create.
 
     `overrides` replaces stack config entries (e.g. {"blueprints:active": "spare"}), as
-    `pulumi config set` would, without touching the file.
+    `pulumi config set` would, without touching the file. `lookup` answers the program's
+    look-ups of the cloud (invokes; see Lookup); unanswered, the cloud holds nothing yet.
     """
     project_dir = (project_dir or find_project()).resolve()
     project, stacks_dir, main = read_project(project_dir)
@@ -478,7 +538,7 @@ def plan_stack(
     # settings, root resource) in context variables, so stacks planned one after another in
     # one process cannot see each other's state.
     return contextvars.copy_context().run(
-        _run, project, stack, project_dir, main, config, secret_keys, notes
+        _run, project, stack, project_dir, main, config, secret_keys, notes, lookup
     )
 
 
@@ -490,6 +550,7 @@ def _run(
     config: dict[str, str],
     secret_keys: list[str],
     notes: list[str],
+    lookup: Lookup | None = None,
 ) -> Plan:
     pulumi, pm, offline_mocks, recording_monitor = _mocks_module()
     from pulumi.runtime import settings as ps
@@ -499,7 +560,7 @@ def _run(
 
     set_all_config(config, secret_keys)
     ps.ROOT.set(None)
-    mocks = offline_mocks()
+    mocks = offline_mocks(lookup)
     monitor = recording_monitor(mocks, stack)
     logger = _note_logger(stack, notes)
     pm.set_mocks(mocks, project=project, stack=stack, preview=True, monitor=monitor, logger=logger)
@@ -528,7 +589,7 @@ def _run(
     except Exception as exc:
         raise PlanError(f"stack {stack}: the program failed: {exc}") from exc
     resources = sorted(monitor.records, key=lambda r: (r.type, r.name))
-    return Plan(stack=stack, resources=resources, outputs=outputs, notes=notes)
+    return Plan(stack=stack, resources=resources, outputs=outputs, notes=notes, lookups=mocks.calls)
 
 
 class _Notes(logging.Handler):

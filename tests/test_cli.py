@@ -80,7 +80,7 @@ def test_plan_tree_shows_counts_outputs_and_notes():
     res = run("plan", "single-vm-hcloud")
     assert res.returncode == 0, res.stderr
     assert "shop-single-vm-hcloud-data hcloud:index/volume:Volume (protected)" in res.stdout
-    assert "15 cloud resources" in res.stdout
+    assert "18 cloud resources" in res.stdout
     assert "floatingIp" in res.stdout and "spareBilling" in res.stdout
     assert "note" in res.stdout
 

@@ -29,7 +29,12 @@ PLACEMENT = {
     "hcloud": "hcloud:index/placementGroup:PlacementGroup",
     "aws": "aws:ec2/placementGroup:PlacementGroup",
 }
-POWER = "aws:ec2transitgateway/instanceState:InstanceState"
+POWER = {
+    "hcloud": "pulumi-python:dynamic/blueprints:ServerPower",
+    "aws": "aws:ec2transitgateway/instanceState:InstanceState",
+}
+# How each cloud's power resource says "running" and "off".
+POWER_STATES = {"hcloud": ("running", "off"), "aws": ("running", "stopped")}
 
 
 def cloud_of(stack: str) -> str:
@@ -195,27 +200,102 @@ def test_ssh_is_open_to_admin_and_deployer_networks_only(tmp_path):
     assert ssh["sourceIps"] == ["203.0.113.0/24"]
 
 
-def test_hcloud_nodes_park_themselves_without_the_volume(plans):
-    nodes = servers(plans["single-vm-hcloud"], "hcloud")
-    spare, primary = user_data(nodes["spare"]), user_data(nodes["primary"])
-    # Identical user data: the spare parks because it boots without the volume, and a replaced
-    # active node (which has the volume) stays up.
-    assert spare == primary
-    state = spare["power_state"]
-    assert state["mode"] == "poweroff"
-    volume = only(plans["single-vm-hcloud"], VOLUME["hcloud"])
-    assert f"/dev/disk/by-id/scsi-0HC_Volume_{volume.id}" in state["condition"]
-    assert "bills powered-off servers" in plans["single-vm-hcloud"].outputs["spareBilling"]
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("mode", ["warm", "cold"])
+def test_user_data_is_identical_and_never_parks_the_node(stack, mode):
+    """No node powers itself off (no cloud-init power_state): the program keeps their power
+    through the cloud's API, so a node meant to be active never ends up off after its first
+    boot. Role and spare mode change no byte of either node's user data."""
+    plan, cloud = plan_stack(stack, ROOT, {"blueprints:spareMode": mode}), cloud_of(stack)
+    nodes = servers(plan, cloud)
+    assert text_of(nodes["primary"]) == text_of(nodes["spare"])
+    assert "power_state" not in user_data(nodes["primary"])
+    assert "poweroff" not in text_of(nodes["primary"])
+    default = servers(plan_stack(stack, ROOT), cloud)
+    flipped = servers(plan_stack(stack, ROOT, {"blueprints:active": "spare"}), cloud)
+    assert {text_of(s) for s in (*default.values(), *flipped.values())} == {
+        text_of(nodes["primary"])
+    }
 
 
-def test_aws_spare_is_stopped_by_instance_state(plans):
-    plan = plans["single-vm-localstack"]
-    nodes = servers(plan, "aws")
-    states = {r.inputs["instanceId"]: r.inputs["state"] for r in plan.of_type(POWER)}
-    assert states == {nodes["primary"].id: "running", nodes["spare"].id: "stopped"}
-    # On AWS the spare does not power itself off: both user data are the same.
-    assert user_data(nodes["spare"]) == user_data(nodes["primary"])
-    assert "power_state" not in user_data(nodes["spare"])
+def power_of(plan, cloud) -> dict[str, str]:
+    """node -> the state its power resource keeps it in."""
+    nodes = {s.id: n for n, s in servers(plan, cloud).items()}
+    key = "serverId" if cloud == "hcloud" else "instanceId"
+    return {nodes[str(r.inputs[key])]: r.inputs["state"] for r in plan.of_type(POWER[cloud])}
+
+
+def standby_images(plan):
+    found = [r for r in plan.of_type(COMMAND) if r.name.endswith("-standby-images")]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("mode", ["warm", "cold"])
+def test_spare_modes(stack, mode):
+    """warm: both nodes run and the standby keeps the release's images pulled; cold: the
+    standby is powered off (hcloud: a power resource of the program's; aws: InstanceState)."""
+    plan, cloud = plan_stack(stack, ROOT, {"blueprints:spareMode": mode}), cloud_of(stack)
+    on, off = POWER_STATES[cloud]
+    assert power_of(plan, cloud) == {"primary": on, "spare": on if mode == "warm" else off}
+    out = plan.public_outputs()
+    assert out["spareMode"] == mode and out["activeNode"] == "primary"
+    billing = out["spareBilling"]
+    assert {
+        ("hcloud", "warm"): "warm spare runs" in billing and "Hetzner bills it" in billing,
+        ("hcloud", "cold"): "powered off" in billing
+        and "bills powered-off servers in full" in billing,
+        ("aws", "warm"): "warm spare runs" in billing and "bills its compute" in billing,
+        ("aws", "cold"): "stopped" in billing and "no compute" in billing,
+    }[cloud, mode], billing
+    pull = standby_images(plan)
+    if mode == "cold":
+        assert pull is None
+        return
+    # the images of the release (and the proxy's), on stdin of a fixed command
+    from blueprints.render.single_vm import PULL_IMAGES_COMMAND
+    from blueprints.spec import load_spec
+
+    app = load_spec(ROOT / "examples/app.yaml")
+    inputs = pull.plain_inputs()
+    assert inputs["create"] == inputs["update"] == PULL_IMAGES_COMMAND
+    assert inputs["stdin"].splitlines() == sorted(
+        {svc.image for svc in app.services.values()} | {"caddy:2.8.4"}
+    )
+    assert "triggers" not in inputs
+    # to the standby itself, as the deploy user, after its power resource
+    assert inputs["connection"]["host"] == out["serverIps"]["spare"]
+    assert inputs["connection"]["user"] == "deploy"
+    assert f"shop-{stack}-spare-power" in pull.depends_on
+    assert f"shop-{stack}-spare" in pull.depends_on
+
+
+def test_hcloud_power_resource_inputs(plans):
+    plan = plans["single-vm-hcloud"]
+    nodes = servers(plan, "hcloud")
+    for node, server in nodes.items():
+        power = plan.get(f"shop-single-vm-hcloud-{node}-power")
+        assert power.type == POWER["hcloud"]
+        inputs = power.public_inputs()
+        assert inputs["serverId"] == server.id and inputs["state"] == "running"
+        # the API token is a secret input (and so is the provider's serialized code)
+        assert inputs["token"] == "[secret]" and inputs["__provider"] == "[secret]"
+        assert power.plain_inputs()["token"] == "<secret:token>"
+        assert inputs["timeout"] == 10 and "endpoint" not in inputs
+        assert power.deleted_with == server.name
+    assert any("hcloud:token is not set" in n for n in plan.notes)
+
+
+def test_hcloud_power_takes_the_token_and_the_endpoint(monkeypatch):
+    monkeypatch.setenv("HCLOUD_ENDPOINT", "http://127.0.0.1:4000/v1")
+    plan = plan_stack(
+        "single-vm-hcloud", ROOT, {"hcloud:token": "tok-123", "blueprints:apiTimeout": 4}
+    )
+    power = plan.get("shop-single-vm-hcloud-spare-power").plain_inputs()
+    assert power["token"] == "tok-123"
+    assert power["endpoint"] == "http://127.0.0.1:4000/v1" and power["timeout"] == 4
+    assert not any("hcloud:token is not set" in n for n in plan.notes)
 
 
 def test_localstack_endpoints_and_test_credentials(plans):
@@ -277,19 +357,24 @@ def test_a_pinned_ami_is_the_users_choice_and_changes_replace(tmp_path):
 
 
 def _diff(before, after) -> set[str]:
+    """Names of the resources changed, added or removed."""
     a = {r.name: (r.type, r.inputs) for r in before.resources}
     b = {r.name: (r.type, r.inputs) for r in after.resources}
-    assert a.keys() == b.keys()
-    return {name for name in a if a[name] != b[name]}
+    return {name for name in a.keys() | b.keys() if a.get(name) != b.get(name)}
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_failover_in_config_moves_only_volume_ip_and_power(plans, flipped, stack):
+def test_a_first_deploy_places_on_the_configured_node(plans, flipped, stack):
+    """Where the cloud holds nothing yet, blueprints:active says where the volume and the IP go;
+    flipping it changes only them, the power states and the standby's image pulls."""
     before, after, cloud = plans[stack], flipped[stack], cloud_of(stack)
     changed = _diff(before, after)
     expected = {f"shop-{stack}-data-attachment", f"shop-{stack}-ip-assignment"}
-    if cloud == "aws":
+    if cloud == "aws":  # cold by default: the standby is the one stopped, after its first boot
         expected |= {f"shop-{stack}-primary-power", f"shop-{stack}-spare-power"}
+        expected |= {f"shop-{stack}-primary-first-boot", f"shop-{stack}-spare-first-boot"}
+    else:  # warm by default: the images go to the other node
+        expected |= {f"shop-{stack}-standby-images"}
     assert changed == expected
     nodes = servers(after, cloud)
     key = "serverId" if cloud == "hcloud" else "instanceId"
@@ -297,12 +382,239 @@ def test_failover_in_config_moves_only_volume_ip_and_power(plans, flipped, stack
     assert only(after, ATTACH[cloud]).inputs[key] == spare_id
     assert only(after, ASSIGN[cloud]).inputs[key] == spare_id
     assert after.public_outputs()["activeNode"] == "spare"
-    if cloud == "aws":
-        states = {r.name: r.inputs["state"] for r in after.of_type(POWER)}
-        assert states == {
-            f"shop-{stack}-primary-power": "stopped",
-            f"shop-{stack}-spare-power": "running",
-        }
+    on, off = POWER_STATES[cloud]
+    assert power_of(after, cloud) == {"primary": off if cloud == "aws" else on, "spare": on}
+    # nothing was found, so nothing to warn about
+    assert not [n for n in before.notes + after.notes if n.startswith("single-vm:")]
+
+
+# --- the cloud is the truth: what the program finds before it places anything ----------------
+
+
+def cloud_says(
+    cloud: str,
+    *,
+    volume: str | None = "absent",
+    address: str | None = "absent",
+    status: dict[str, str] | None = None,
+):
+    """A look-up answerer (blueprints.plan.Lookup) for a stack whose volume is attached to
+    `volume` (a node, None for no server, "absent" for no volume yet), whose floating IP points
+    at `address` (likewise) and whose nodes have `status` (default: both exist and run)."""
+    status = {"primary": "running", "spare": "running"} if status is None else status
+    ids = {"primary": 501, "spare": 502}
+    if cloud == "hcloud":
+        labels = {"app": "shop", "blueprint": "single-vm", "stack": "single-vm-hcloud"}
+        labels["managed-by"] = "blueprints"
+
+        def answer(token: str, args: dict):
+            if token == "hcloud:index/getVolumes:getVolumes":
+                other = {"id": 700, "name": "someone-elses", "labels": labels, "serverId": 501}
+                if volume == "absent":
+                    return {"volumes": [other]}
+                mine = {"id": 701, "name": "shop-single-vm-hcloud-data", "labels": labels}
+                if volume is not None:
+                    mine["serverId"] = ids[volume]
+                return {"volumes": [other, mine]}
+            if token == "hcloud:index/getFloatingIps:getFloatingIps":
+                if address == "absent":
+                    return {"floatingIps": []}
+                ip = {"id": 801, "name": "shop-single-vm-hcloud-ip", "labels": labels}
+                if address is not None:
+                    ip["serverId"] = ids[address]
+                return {"floatingIps": [ip]}
+            if token == "hcloud:index/getServers:getServers":
+                return {
+                    "servers": [
+                        {"id": ids[n], "status": s, "labels": {**labels, "node": n}}
+                        for n, s in status.items()
+                    ]
+                }
+            return None
+
+        return answer
+
+    volume_id, address_ip = "vol-0data", "198.51.100.9"
+
+    def answer_aws(token: str, args: dict):
+        if token == "aws:ebs/getEbsVolumes:getEbsVolumes":
+            return {"ids": [] if volume == "absent" else [volume_id]}
+        if token == "aws:ec2/getEips:getEips":
+            return {"publicIps": [] if address == "absent" else [address_ip]}
+        if token == "aws:ec2/getInstances:getInstances":
+            node = args["instanceTags"]["node"]
+            if node not in status:
+                return {"ids": []}
+            state = {"running": "running", "off": "stopped"}[status[node]]
+            match = state in args["instanceStateNames"]
+            for where in args.get("filters") or []:
+                if where["name"] == "block-device-mapping.volume-id":
+                    match = match and volume == node and where["values"] == [volume_id]
+                elif where["name"] == "network-interface.association.public-ip":
+                    match = match and address == node and where["values"] == [address_ip]
+                else:
+                    raise AssertionError(f"unexpected filter {where}")
+            return {"ids": [f"i-{ids[node]}"] if match else []}
+        return None
+
+    return answer_aws
+
+
+def placed_on(plan, cloud) -> tuple[str, str]:
+    """(node the volume is attached to, node the floating IP is assigned to)."""
+    nodes = {s.id: n for n, s in servers(plan, cloud).items()}
+    key = "serverId" if cloud == "hcloud" else "instanceId"
+    return (
+        nodes[str(only(plan, ATTACH[cloud]).inputs[key])],
+        nodes[str(only(plan, ASSIGN[cloud]).inputs[key])],
+    )
+
+
+# What the power warnings say each cloud's update does to a node found off.
+POWERS_ON = {
+    "hcloud": "this update powers it on.",
+    # Pulumi.yaml: `options: refresh: always`
+    "aws": "this update powers it on (Pulumi.yaml has Pulumi refresh its state first, which "
+    "reads the power state; `pulumi up --refresh=false` would not see it).",
+}
+
+
+def warnings_of(plan) -> list[str]:
+    return [n for n in plan.notes if n.startswith("single-vm:")]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("mode", ["warm", "cold"])
+def test_an_unrecorded_promotion_keeps_the_volume_where_it_is(stack, mode):
+    """The cloud has the volume and the IP on the spare (`blueprints promote` ran, nobody
+    committed the stack file), the stack file still says primary: the update keeps both on the
+    spare, the app's node keeps running, and a warning says what to do."""
+    cloud = cloud_of(stack)
+    status = {"primary": "off", "spare": "running"}  # the promotion fenced the primary
+    lookup = cloud_says(cloud, volume="spare", address="spare", status=status)
+    plan = plan_stack(stack, ROOT, {"blueprints:spareMode": mode}, lookup)
+    assert placed_on(plan, cloud) == ("spare", "spare")
+    assert plan.public_outputs()["activeNode"] == "spare"
+    on, off = POWER_STATES[cloud]
+    assert power_of(plan, cloud) == {"primary": on if mode == "warm" else off, "spare": on}
+    [warning, *power] = warnings_of(plan)
+    assert warning == (
+        "single-vm: the cloud has the data volume attached to spare, but blueprints:active "
+        "says primary (a promotion not recorded in the stack file?); keeping the volume, the "
+        "floating IP and the app on spare. Record it with `pulumi config set "
+        "blueprints:active spare`, or move the app with `blueprints promote --to primary`."
+    )
+    if mode == "warm":
+        # the fenced primary is now the warm standby: powered on, then given the images
+        word = "off" if cloud == "hcloud" else "stopped"
+        assert power == [
+            f"single-vm: primary is {word} in the cloud but is meant to run; {POWERS_ON[cloud]}"
+        ]
+        pull = standby_images(plan)
+        assert pull.depends_on.count(f"shop-{stack}-primary-power") == 1
+        host = pull.plain_inputs()["connection"]["host"]
+        assert host == plan.public_outputs()["serverIps"]["primary"]
+    else:
+        assert power == [] and standby_images(plan) is None
+    # the stack file agreeing with the cloud: the same placement, no warning about it
+    agreed = plan_stack(
+        stack, ROOT, {"blueprints:spareMode": mode, "blueprints:active": "spare"}, lookup
+    )
+    assert placed_on(agreed, cloud) == ("spare", "spare")
+    assert not [w for w in warnings_of(agreed) if "blueprints:active" in w]
+    assert [r.as_json() for r in agreed.resources] == [r.as_json() for r in plan.resources]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_holder_is_looked_up_by_the_stacks_labels(stack):
+    cloud = cloud_of(stack)
+    plan = plan_stack(stack, ROOT, None, cloud_says(cloud, volume="primary", address="primary"))
+    tokens = [t for t, _, _ in plan.lookups]
+    labels = {"app": "shop", "blueprint": "single-vm", "stack": stack, "managed-by": "blueprints"}
+    if cloud == "hcloud":
+        selector = "app=shop,blueprint=single-vm,managed-by=blueprints,stack=single-vm-hcloud"
+        assert plan.lookups == [
+            ("hcloud:index/getPlacementGroups:getPlacementGroups", {}, None),
+            ("hcloud:index/getVolumes:getVolumes", {"withSelector": selector}, None),
+            ("hcloud:index/getFloatingIps:getFloatingIps", {"withSelector": selector}, None),
+            ("hcloud:index/getServers:getServers", {"withSelector": selector}, None),
+        ]
+        return
+    assert tokens[:3] == [
+        "aws:ec2/getKeyPair:getKeyPair",
+        "aws:ebs/getEbsVolumes:getEbsVolumes",
+        "aws:ec2/getEips:getEips",
+    ]
+    lock = {"name": "key-name", "values": [f"blueprints-lock-shop-{stack}"]}
+    assert plan.lookups[0][1] == {"filters": [lock]}
+    assert plan.lookups[1][1]["tags"] == {**labels, "Name": f"shop-{stack}-data"}
+    assert plan.lookups[2][1]["tags"] == {**labels, "Name": f"shop-{stack}-ip"}
+    holders = [a for t, a, _ in plan.lookups if t.endswith("getInstances") and a["filters"]]
+    assert holders and all(a["instanceTags"]["node"] in ("primary", "spare") for a in holders)
+    # every look-up goes to the stack's own (LocalStack) provider, not a default one
+    assert {p for _, _, p in plan.lookups} == {"localstack"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_volume_on_no_server_goes_where_the_address_is_else_to_the_configured_node(stack):
+    cloud = cloud_of(stack)
+    warm = {"blueprints:spareMode": "warm"}  # both nodes run, as the cloud says
+    plan = plan_stack(stack, ROOT, warm, cloud_says(cloud, volume=None, address=None))
+    assert placed_on(plan, cloud) == ("primary", "primary")
+    assert warnings_of(plan) == [
+        "single-vm: the data volume exists but is attached to no server (an interrupted "
+        "promotion?); blueprints:active says primary, so this update attaches it to primary. "
+        "To put it elsewhere, run `blueprints promote --to <node>` instead."
+    ]
+    plan = plan_stack(stack, ROOT, warm, cloud_says(cloud, volume=None, address="spare"))
+    assert placed_on(plan, cloud) == ("spare", "spare")
+    assert plan.public_outputs()["activeNode"] == "spare"
+    assert (
+        "the floating IP points at spare, so this update attaches it to spare"
+        in (warnings_of(plan)[0])
+    )
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_address_follows_the_volume(stack):
+    """A promotion interrupted after moving the volume: the IP still on the old node moves to
+    the node holding the volume."""
+    cloud = cloud_of(stack)
+    plan = plan_stack(
+        stack,
+        ROOT,
+        {"blueprints:active": "spare", "blueprints:spareMode": "warm"},
+        cloud_says(cloud, volume="spare", address="primary"),
+    )
+    assert placed_on(plan, cloud) == ("spare", "spare")
+    assert warnings_of(plan) == [
+        "single-vm: the floating IP points at primary, not at spare, which holds the data "
+        "volume; this update moves it to spare."
+    ]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_holder_found_off_is_powered_on_and_the_preview_says_so(stack):
+    """The node holding the volume is off (it parked itself under an older version, or was
+    stopped by hand): its power resource wants it running, and the plan says what happens."""
+    cloud = cloud_of(stack)
+    lookup = cloud_says(
+        cloud, volume="primary", address="primary", status={"primary": "off", "spare": "off"}
+    )
+    plan = plan_stack(stack, ROOT, {"blueprints:spareMode": "cold"}, lookup)
+    on, off = POWER_STATES[cloud]
+    assert power_of(plan, cloud) == {"primary": on, "spare": off}
+    word = "off" if cloud == "hcloud" else "stopped"
+    assert warnings_of(plan) == [
+        f"single-vm: primary is {word} in the cloud but is meant to run; {POWERS_ON[cloud]}"
+    ]
+    # a cold spare found running is powered off again, and that is said too
+    lookup = cloud_says(cloud, volume="primary", address="primary")
+    notes = warnings_of(plan_stack(stack, ROOT, {"blueprints:spareMode": "cold"}, lookup))
+    assert len(notes) == 1
+    assert notes[0].startswith(
+        "single-vm: spare is running in the cloud but is the cold spare, meant to be off; "
+    )
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -392,10 +704,15 @@ def test_planning_is_deterministic(plans):
         (
             {"blueprints:serverTyp": "cx33"},
             "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:serverTyp: unknown key; allowed keys "
-            "here: active, backupAccessKey, backupBucket, backupEndpoint, backupRegion, "
-            "blueprint, deployerNetworks, hcloudSshKey, healthUrl, image, location, networkCidr, "
-            "probeTimeout, promoteTimeout, protectData, serverType, spec, subnetCidr, "
-            "target, watchFailures, watchInterval",
+            "here: active, apiTimeout, backupAccessKey, backupBucket, backupEndpoint, "
+            "backupRegion, blueprint, deployerNetworks, hcloudSshKey, healthUrl, image, "
+            "location, lockTtl, networkCidr, probeTimeout, promoteTimeout, protectData, "
+            "serverType, spareMode, spec, subnetCidr, target, watchFailures, watchInterval",
+        ),
+        (
+            {"blueprints:spareMode": "hot"},
+            "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:spareMode: must be 'warm' or 'cold' "
+            "(got 'hot')",
         ),
         (
             {"blueprints:floatingIp": False},
@@ -549,3 +866,247 @@ def test_blueprint_rules_are_reported_before_any_resource(tmp_path):
     )
     assert lines[1].startswith(f"{spec_path}: services.redis.replicas: must be 1 for a service")
     assert len(lines) == 2
+
+
+# --- a promotion in progress stops the program --------------------------------------------------
+
+# A promotion's lock record (blueprints.failover.lock): its labels on Hetzner, tags on AWS.
+# beat: 2026-01-01 00:00:00 UTC, by the cloud's clock.
+RUNNING_LOCK = {
+    "target": "spare",
+    "owner": "ci-runner-0123456789ab",
+    "beat": "1767225600",
+    "state": "running",
+    "action": "promote",
+}
+
+
+def with_lock(cloud: str, stack: str, fields: dict | None, error: str | None = None, base=None):
+    """A look-up answerer: `base`'s answers (default: the cloud holds nothing) and the stack's
+    promotion lock with these labels (tags); `error`: the key pair look-up fails so (aws)."""
+    name = f"blueprints-lock-shop-{stack}"
+    labels = {"app": "shop", "blueprint": "single-vm", "stack": stack, **(fields or {})}
+
+    def answer(token: str, args: dict):
+        if token == "hcloud:index/getPlacementGroups:getPlacementGroups":
+            spread = {"id": 1, "name": f"shop-{stack}-spread", "labels": {}, "type": "spread"}
+            lock = {"id": 9, "name": name, "labels": labels, "servers": [], "type": "spread"}
+            return {"placementGroups": [spread, lock]}
+        if token == "aws:ec2/getKeyPair:getKeyPair":
+            assert args["filters"] == [{"name": "key-name", "values": [name]}]
+            if error is not None:
+                return {}, [("", error)]
+            return {"id": "key-0lock", "keyName": name, "keyPairId": "key-0lock", "tags": labels}
+        return base(token, args) if base is not None else None
+
+    return answer
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("action", ["promote", "park"])
+def test_a_running_promotion_stops_the_program(stack, action):
+    """While `blueprints promote` (or park) holds the lock, an update could power the node it
+    fenced back on or put the volume back: the program stops with one sentence. It cannot read
+    the cloud's clock, so it stops at any running lock, however old its heartbeat."""
+    fields = {**RUNNING_LOCK, "action": action}
+    with pytest.raises(PlanError) as exc:
+        plan_stack(stack, ROOT, None, with_lock(cloud_of(stack), stack, fields))
+    takeover = " (at once with --takeover)" if action == "promote" else ""
+    assert str(exc.value) == (
+        f"single-vm: `blueprints {action}` is running on this stack (lock "
+        f"blueprints-lock-shop-{stack}, owner ci-runner-0123456789ab, target spare, last "
+        "heartbeat 2026-01-01 00:00:00 UTC by the cloud's clock) and this update would undo "
+        "what it does, so it stops here; run `pulumi up` again once that run has ended, and if "
+        f"it died, `blueprints {action} {stack}` takes the lock over once it has had no "
+        f"heartbeat for lockTtl{takeover} and finishes what it started"
+    )
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_failed_promotions_record_is_said_and_an_unreadable_lock_stops(stack):
+    cloud = cloud_of(stack)
+    base = cloud_says(cloud, volume="spare", address="spare")
+    failed = with_lock(cloud, stack, {**RUNNING_LOCK, "state": "failed"}, base=base)
+    plan = plan_stack(stack, ROOT, {"blueprints:active": "spare"}, failed)
+    assert placed_on(plan, cloud) == ("spare", "spare")
+    assert warnings_of(plan)[0] == (
+        f"single-vm: the lock blueprints-lock-shop-{stack} records a failed `blueprints "
+        "promote` toward spare (owner ci-runner-0123456789ab); this update goes by what the "
+        f"cloud holds now, and `blueprints promote {stack}` resumes it."
+    )
+    with pytest.raises(PlanError) as exc:
+        plan_stack(stack, ROOT, None, with_lock(cloud, stack, {"state": "running"}))
+    assert str(exc.value).startswith(
+        f"single-vm: the promotion lock blueprints-lock-shop-{stack} exists but holds no record "
+        "this version can read"
+    )
+    # no lock: nothing said about one
+    assert not [n for n in plan_stack(stack, ROOT).notes if "lock" in n]
+
+
+def test_an_aws_lock_look_up_that_fails_otherwise_stops_the_program():
+    stack = "single-vm-localstack"
+    denied = "UnauthorizedOperation: You are not authorized to perform: ec2:DescribeKeyPairs"
+    with pytest.raises(PlanError) as exc:
+        plan_stack(stack, ROOT, None, with_lock("aws", stack, None, error=denied))
+    assert str(exc.value).startswith(
+        "single-vm: could not look up the promotion lock (the key pair "
+        f"blueprints-lock-shop-{stack}): invoke of aws:ec2/getKeyPair:getKeyPair failed: {denied}"
+    )
+
+
+# --- a cold standby's first boot ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_cold_standby_is_powered_off_after_its_first_boot(stack):
+    """A power-off right after the server is created would cut its first boot short: the cold
+    standby's power resource waits for a command on it that waits for cloud-init and pulls the
+    release's images. Only while the cloud does not have the node off: an off node booted
+    before, and a release never runs the command again."""
+    from blueprints.render.single_vm import PULL_IMAGES_COMMAND, standby_images_text
+    from blueprints.spec import load_spec
+
+    cloud, cold = cloud_of(stack), {"blueprints:spareMode": "cold"}
+    plan = plan_stack(stack, ROOT, cold)  # a first deploy: the cloud has no server yet
+    boot = plan.get(f"shop-{stack}-spare-first-boot")
+    assert boot.type == COMMAND and boot.parent == "shop"
+    inputs = boot.plain_inputs()
+    assert inputs["create"] == PULL_IMAGES_COMMAND and "update" not in inputs
+    assert inputs["stdin"] == standby_images_text(load_spec(ROOT / "examples/app.yaml"))
+    assert boot.ignore_changes == ["stdin"]
+    assert inputs["connection"]["host"] == plan.public_outputs()["serverIps"]["spare"]
+    assert inputs["connection"]["user"] == "deploy"
+    assert f"shop-{stack}-spare" in boot.depends_on
+    assert boot.name in plan.get(f"shop-{stack}-spare-power").depends_on
+    # the active node is never powered off: nothing to wait for there
+    assert [r.name for r in plan.resources if r.name.endswith("-first-boot")] == [boot.name]
+    assert not [d for d in plan.get(f"shop-{stack}-primary-power").depends_on if "boot" in d]
+    # the cloud has the spare running (an interrupted first deploy): waited for too
+    running = plan_stack(stack, ROOT, cold, cloud_says(cloud, volume="primary", address="primary"))
+    assert boot.name in running.get(f"shop-{stack}-spare-power").depends_on
+    # the cloud has it off: it booted before it was first powered off; nothing to reach
+    off = cloud_says(
+        cloud, volume="primary", address="primary", status={"primary": "running", "spare": "off"}
+    )
+    parked = plan_stack(stack, ROOT, cold, off)
+    assert not [r for r in parked.resources if r.name.endswith("-first-boot")]
+    assert not [d for d in parked.get(f"shop-{stack}-spare-power").depends_on if "boot" in d]
+    # warm: the standby runs; its image pull waits for cloud-init itself
+    warm = plan_stack(stack, ROOT, {"blueprints:spareMode": "warm"})
+    assert not [r for r in warm.resources if r.name.endswith("-first-boot")]
+
+
+# --- links the program never takes back -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_volume_and_address_links_are_retained_on_delete(plans, stack):
+    """Deleting a stale attachment (replaced without a refresh after `blueprints promote` moved
+    the volume) would detach by volume on Hetzner, from the node running the app now: the
+    links are retained on delete. A replaced server's attachment still goes with the server."""
+    plan, cloud = plans[stack], cloud_of(stack)
+    attachment, assignment = only(plan, ATTACH[cloud]), only(plan, ASSIGN[cloud])
+    assert attachment.retain_on_delete and assignment.retain_on_delete
+    assert attachment.delete_before_replace and assignment.delete_before_replace
+    assert attachment.deleted_with == servers(plan, cloud)["primary"].name
+    if cloud == "aws":
+        # the old association is no longer removed first: the new one may take the address
+        assert assignment.inputs["allowReassociation"] is True
+    # other rungs keep the plain links
+    compose = plan_stack(stack.replace("single-vm", "compose"), ROOT)
+    assert not only(compose, ATTACH[cloud]).retain_on_delete
+
+
+def _plan_json(plan) -> dict:
+    """A plan as `blueprints diff` hands it to build_document (blueprints/preview/plan_dump)."""
+    return {
+        "resources": [
+            {
+                "type": r.type,
+                "name": r.name,
+                "parent": r.parent,
+                "custom": r.custom,
+                "id": r.id,
+                "protect": r.protect,
+                "deleteBeforeReplace": r.delete_before_replace,
+                "replaceOnChanges": r.replace_on_changes,
+                "ignoreChanges": r.ignore_changes,
+                "provider": r.provider,
+                "dependsOn": r.depends_on,
+                "deletedWith": r.deleted_with,
+                "inputs": r.inputs,
+            }
+            for r in plan.resources
+        ]
+    }
+
+
+def test_a_replaced_server_gets_the_volume_and_address_again():
+    """A new OS image replaces both servers: the attachment and the assignment of the active
+    node are replaced with it (new server id), so they are created for the new server; being
+    retained only means the old link's deletion sends nothing (the old server's deletion
+    detaches the volume). A first deploy creates them as before."""
+    from blueprints.preview.offline import UNKNOWN, build_document
+
+    stack = "single-vm-hcloud"
+    before = plan_stack(stack, ROOT)
+    after = plan_stack(stack, ROOT, {"blueprints:image": "ubuntu-26.04"})
+    doc = build_document(
+        stack,
+        _plan_json(before),
+        _plan_json(after),
+        old_project="blueprints",
+        new_project="blueprints",
+        base_label="HEAD",
+    )
+    steps = {s["urn"].rsplit("::", 1)[-1]: s for s in doc["steps"]}
+    for node in ("primary", "spare"):
+        assert steps[f"shop-{stack}-{node}"]["op"] == "replace"
+    for link in ("data-attachment", "ip-assignment"):
+        step = steps[f"shop-{stack}-{link}"]
+        assert step["op"] == "replace" and "serverId" in step["replaceReasons"], step
+        assert step["newState"]["inputs"]["serverId"] == UNKNOWN
+    first = build_document(
+        stack,
+        None,
+        _plan_json(before),
+        old_project=None,
+        new_project="blueprints",
+        base_label="HEAD",
+    )
+    ops = {s["urn"].rsplit("::", 1)[-1]: s["op"] for s in first["steps"]}
+    assert ops[f"shop-{stack}-data-attachment"] == ops[f"shop-{stack}-ip-assignment"] == "create"
+
+
+# --- the warm standby on AWS: its address now -----------------------------------------------------
+
+
+def test_the_aws_warm_standby_is_reached_at_its_current_address(monkeypatch):
+    """A stopped EC2 instance gets a new public address when it starts (the warm standby after
+    a fence, say): the image pull asks EC2 for it once the standby's power resource is done,
+    with the stack's provider, instead of using the address Pulumi recorded."""
+    import pulumi_aws
+
+    seen = []
+    real = pulumi_aws.ec2.get_instance_output
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pulumi_aws.ec2, "get_instance_output", spy)
+
+    def answer(token: str, args: dict):
+        if token == "aws:ec2/getInstance:getInstance":
+            return {"id": args["instanceId"], "publicIp": "198.51.100.77"}
+        return None
+
+    stack = "single-vm-localstack"
+    plan = plan_stack(stack, ROOT, {"blueprints:spareMode": "warm"}, answer)
+    assert standby_images(plan).plain_inputs()["connection"]["host"] == "198.51.100.77"
+    [call] = seen
+    assert [r._name for r in call["opts"].depends_on] == [f"shop-{stack}-spare-power"]
+    assert call["opts"].provider._name == "localstack"
+    [(args, provider)] = [(a, p) for t, a, p in plan.lookups if t.endswith("getInstance")]
+    assert args == {"instanceId": servers(plan, "aws")["spare"].id} and provider == "localstack"

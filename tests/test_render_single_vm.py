@@ -40,12 +40,15 @@ from blueprints.render.common import (
     unit_word,
 )
 from blueprints.render.single_vm import (
-    PARK_POLL_SECONDS,
-    PARK_WAIT_SECONDS,
+    CADDY_IMAGE,
+    PULL_IMAGES_COMMAND,
     bootstrap_files,
+    pull_images_command,
     release_documents,
     release_files,
     secret_files,
+    standby_images,
+    standby_images_text,
 )
 from blueprints.spec import AppSpec, format_path
 
@@ -96,7 +99,6 @@ def context(
     app: AppSpec,
     node: str = "primary",
     *,
-    park: bool = False,
     floating_ip: str | None = FLOATING_IP,
     device: str = HCLOUD_DEVICE,
     secrets: Mapping[str, str] | None = None,
@@ -107,7 +109,6 @@ def context(
         node=node,
         data_device=device,
         floating_ip=floating_ip,
-        park_without_volume=park,
         deploy_key=DEPLOY_KEY,
         secrets=secrets_for(app) if secrets is None else secrets,
         backup_storage=storage,
@@ -119,12 +120,12 @@ def primary(app: AppSpec | None = None) -> NodeContext:
 
 
 def spare(app: AppSpec | None = None) -> NodeContext:
-    """A node on Hetzner, which parks itself unless it holds the volume (as every node there)."""
-    return context(app or spec(), "spare", park=True)
+    """The spare on Hetzner: the same user data as the primary's (the floating IP in the OS)."""
+    return context(app or spec(), "spare")
 
 
 def aws_node(app: AppSpec | None = None) -> NodeContext:
-    """A node on AWS: the cloud parks it, and translates the Elastic IP itself."""
+    """A node on AWS: the cloud translates the Elastic IP itself."""
     return context(app or spec(), floating_ip=None, device=AWS_DEVICE)
 
 
@@ -328,7 +329,7 @@ def test_example_renders_every_expected_file():
     "ctx",
     [
         pytest.param(primary(), id="primary"),
-        pytest.param(spare(), id="hcloud-parks-without-volume"),
+        pytest.param(spare(), id="spare"),
         pytest.param(aws_node(), id="aws"),
     ],
 )
@@ -714,96 +715,134 @@ def test_docker_env_file_keeps_values_verbatim():
 # --- primary, spare, floating IP -------------------------------------------------------------
 
 
-# The power_state condition for HCLOUD_DEVICE, exactly as cloud-init receives it.
-PARK_CONDITION = (
-    "device=/dev/disk/by-id/scsi-0HC_Volume_12345678; tries=60; "
-    'while [ ! -b "$device" ] && [ "$tries" -gt 0 ]; do sleep 2; tries=$((tries - 1)); done; '
-    '[ ! -b "$device" ]'
-)
-
-
-def park_condition_of(ctx: NodeContext) -> str:
-    state = user_data(ctx)["power_state"]
-    assert state["mode"] == "poweroff"
-    assert isinstance(state["condition"], str)
-    return state["condition"]
-
-
-def test_parking_depends_on_the_flag_not_on_the_node():
-    """Primary and spare get the same flag on Hetzner, and so byte-identical user data."""
+def test_no_node_ever_powers_itself_off():
+    """No power_state (no first-boot self-parking): the program keeps each node's power through
+    the cloud's API, so a node meant to be active never ends up off by its own boot. Primary and
+    spare get byte-identical user data, on both clouds."""
     app = spec()
-    on_primary, on_spare = context(app, "primary", park=True), context(app, "spare", park=True)
-    assert render_cloud_init(on_primary) == render_cloud_init(on_spare)
-    assert render_node_files(on_primary) == render_node_files(primary())
-    parked, unparked = user_data(on_primary), user_data(primary())
-    assert "power_state" not in unparked
-    assert parked.pop("power_state") == {
-        "mode": "poweroff",
-        "condition": PARK_CONDITION,
-        "message": "blueprints: no data volume attached; parking this node (powered off) "
-        "until it is promoted",
-    }
-    assert parked == unparked
+    for ctx in (primary(app), spare(app), aws_node(app), context(app, "spare", floating_ip=None)):
+        text = render_cloud_init(ctx)
+        assert "power_state" not in user_data(ctx)
+        assert "poweroff" not in text
+    assert render_cloud_init(primary(app)) == render_cloud_init(spare(app))
+    assert render_node_files(primary(app)) == render_node_files(spare(app))
 
 
-def test_park_condition_waits_a_bounded_time(tmp_path: Path):
-    assert (PARK_WAIT_SECONDS, PARK_POLL_SECONDS) == (120, 2)
-    assert park_condition_of(spare()) == PARK_CONDITION
-    assert f"tries={PARK_WAIT_SECONDS // PARK_POLL_SECONDS};" in PARK_CONDITION
-    assert f"sleep {PARK_POLL_SECONDS};" in PARK_CONDITION
-    # cloud-init runs a string condition with /bin/sh
-    script = tmp_path / "park-condition"
-    script.write_text("#!/bin/sh\n" + PARK_CONDITION + "\n")
+# --- the warm standby's images ---------------------------------------------------------------
+
+
+def test_standby_images_are_the_release_images_and_the_proxy():
+    app = spec()
+    assert standby_images(app) == sorted(
+        {svc.image for svc in app.services.values()} | {CADDY_IMAGE}
+    )
+    assert standby_images_text(app) == "".join(f"{i}\n" for i in standby_images(app))
+    # no http route: no proxy runs, so its image is not pulled either
+    data = copy.deepcopy(EXAMPLE_DATA)
+    data["services"]["web"]["ports"] = [{"port": 8000}]
+    assert CADDY_IMAGE not in standby_images(spec(data))
+
+
+def _fake_bin(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+
+
+def run_pull_images(
+    tmp_path: Path,
+    stdin: str,
+    fail: str = "",
+    *,
+    command: str = PULL_IMAGES_COMMAND,
+    hang: str = "",
+    stderr: list[str] | None = None,
+) -> tuple[int, list[str]]:
+    """Run PULL_IMAGES_COMMAND (or `command`) as the deploy user's shell would, with stand-ins
+    for sudo, docker and cloud-init that record what they were asked. `fail`: the image whose
+    pull fails; `hang`: "cloud-init", or the image whose pull hangs. `stderr` gets its lines."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "calls"
+    log.write_text("")
+    _fake_bin(bin_dir, "sudo", 'exec "$@"\n')
+    _fake_bin(
+        bin_dir,
+        "cloud-init",
+        f'echo "cloud-init $*" >> {shlex.quote(str(log))}\n'
+        + ("exec sleep 30\n" if hang == "cloud-init" else ""),
+    )
+    _fake_bin(
+        bin_dir,
+        "docker",
+        f'echo "docker $*" >> {shlex.quote(str(log))}\n'
+        f'[ "$3" != {shlex.quote(fail)} ] || exit 1\n'
+        f'[ "$3" != {shlex.quote(hang)} ] || exec sleep 30\n'
+        # docker pull must not eat the list of images on stdin
+        "cat > /dev/null\n",
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["bash", "-c", command],
+        input=stdin,
+        text=True,
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    if stderr is not None:
+        stderr[:] = proc.stderr.splitlines()
+    return proc.returncode, log.read_text().splitlines()
+
+
+def test_pull_images_pulls_each_image_on_stdin_once(tmp_path: Path):
+    images = standby_images_text(spec())
+    code, calls = run_pull_images(tmp_path, images + "\n")
+    assert code == 0
+    assert calls[0] == "cloud-init status --wait"
+    assert calls[1:] == [f"docker pull --quiet {i}" for i in standby_images(spec())]
+    # a failed pull fails the command (and so `pulumi up`), naming nothing else
+    code, calls = run_pull_images(tmp_path, images, fail="postgres:16.4")
+    assert code == 1
+    assert calls[-1] == "docker pull --quiet postgres:16.4"
+    # a hostile image name is an argument, never a command
+    marker = tmp_path / "pwned"
+    code, calls = run_pull_images(tmp_path, f"x; touch {marker}\n$(touch {marker})\n")
+    assert code == 0 and not marker.exists()
+    assert calls[1:] == [
+        f"docker pull --quiet x; touch {marker}",
+        f"docker pull --quiet $(touch {marker})",
+    ]
+
+
+def test_pull_images_is_bounded(tmp_path: Path):
+    """A first boot that never ends, or a registry that never answers, fails the command (and
+    `pulumi up`) with one line saying which, instead of holding it forever."""
+    assert "timeout 1200 cloud-init status --wait" in PULL_IMAGES_COMMAND
+    assert "sudo timeout 600 docker pull" in PULL_IMAGES_COMMAND
+    short = pull_images_command(boot_wait=1, pull_wait=1)
+    images = standby_images_text(spec())
+    lines: list[str] = []
+    started = time.monotonic()
+    code, calls = run_pull_images(tmp_path, images, command=short, hang="cloud-init", stderr=lines)
+    assert code == 1 and calls == ["cloud-init status --wait"]
+    assert lines == [
+        "blueprints: cloud-init still runs after 1s on this node; its first boot did not finish"
+    ]
+    hang = "postgres:16.4"
+    code, calls = run_pull_images(tmp_path, images, command=short, hang=hang, stderr=lines)
+    assert code == 1 and calls[-1] == "docker pull --quiet postgres:16.4"
+    assert lines == ["blueprints: docker pull postgres:16.4 failed or took longer than 1s"]
+    assert time.monotonic() - started < 10
+    # cloud-init's own verdict (2: recoverable errors) is no reason to stop
+    code, _ = run_pull_images(tmp_path, images, command=short.replace("cloud-init", "false"))
+    assert code == 0
+
+
+def test_pull_images_passes_shellcheck(tmp_path: Path):
+    script = tmp_path / "pull-images"
+    script.write_text("#!/bin/sh\n" + PULL_IMAGES_COMMAND + "\n")
     validators.shellcheck(script, "sh")
-    aws = park_condition_of(context(spec(), park=True, device=AWS_DEVICE))
-    assert aws.startswith(f"device={shlex.quote(AWS_DEVICE)}; ")
-
-
-def run_park_condition(
-    condition: str, device: Path, shell: str, polls: int, poll: str = "0.1"
-) -> subprocess.Popen[str]:
-    """Start the real condition text with the device path swapped for DEVICE and a short wait."""
-    swaps = {
-        f"device={shlex.quote(HCLOUD_DEVICE)};": f"device={shlex.quote(str(device))};",
-        f"tries={PARK_WAIT_SECONDS // PARK_POLL_SECONDS};": f"tries={polls};",
-        f"sleep {PARK_POLL_SECONDS};": f"sleep {poll};",
-    }
-    for old, new in swaps.items():
-        assert condition.count(old) == 1, old
-        condition = condition.replace(old, new)
-    return subprocess.Popen([validators.require(shell), "-c", condition], text=True)
-
-
-def _mknod_block(path: Path) -> None:
-    try:
-        os.mknod(path, 0o600 | stat.S_IFBLK, os.makedev(7, 250))
-    except OSError:
-        pytest.skip("cannot create a block device node here (needs root / CAP_MKNOD)")
-
-
-@pytest.mark.parametrize("shell", ["sh", "bash"])
-def test_park_condition_powers_off_only_when_the_volume_never_appears(tmp_path: Path, shell: str):
-    condition = park_condition_of(spare())
-    absent = tmp_path / "absent"
-    started = time.monotonic()
-    assert run_park_condition(condition, absent, shell, polls=3).wait(timeout=30) == 0
-    assert time.monotonic() - started >= 0.3  # it did wait before deciding
-    not_a_device = tmp_path / "regular-file"
-    not_a_device.write_text("")
-    assert run_park_condition(condition, not_a_device, shell, polls=2).wait(timeout=30) == 0
-
-    present = tmp_path / "present"
-    _mknod_block(present)
-    started = time.monotonic()
-    assert run_park_condition(condition, present, shell, polls=300).wait(timeout=30) == 1
-    assert time.monotonic() - started < 5
-
-    late = tmp_path / "late"
-    proc = run_park_condition(condition, late, shell, polls=300)
-    time.sleep(0.5)
-    assert proc.poll() is None  # still waiting for the volume
-    _mknod_block(late)
-    assert proc.wait(timeout=10) == 1  # appeared in time: keep running
 
 
 def test_node_name_does_not_reach_any_file():
@@ -866,7 +905,7 @@ def test_bad_data_device_is_rejected():
         with pytest.raises(ValueError, match="data_device"):
             render_node_files(context(spec(), device=bad))
         with pytest.raises(ValueError, match="data_device"):
-            render_cloud_init(context(spec(), device=bad, park=True))
+            render_cloud_init(context(spec(), device=bad))
 
 
 def test_unit_filters_refuse_a_final_newline():
@@ -1230,7 +1269,7 @@ def test_same_input_same_bytes():
         svc["env"] = dict(reversed(list(svc.get("env", {}).items())))
         svc["depends_on"] = list(reversed(svc.get("depends_on", [])))
     app = spec(data)
-    assert render_cloud_init(context(app, park=True)) == render_cloud_init(spare())
+    assert render_cloud_init(context(app, "spare")) == render_cloud_init(spare())
 
 
 # --- injection: hostile values change no structure and survive the round trip ----------------
@@ -1416,9 +1455,8 @@ def test_value_with_nul_is_rejected(fields: dict[str, Any], named: str):
 # --- golden files --------------------------------------------------------------------------------
 
 
-# Every node of a stack gets the same user data, so one golden set per cloud: hcloud (parks
-# itself without the volume, floating IP configured in the OS, a stack with backup storage) and
-# aws (neither, and no backup storage).
+# Every node of a stack gets the same user data, so one golden set per cloud: hcloud (floating
+# IP configured in the OS, a stack with backup storage) and aws (neither).
 GOLDEN_NODES = {
     "hcloud": lambda: dataclasses.replace(spare(), backup_storage=STORAGE),
     "aws": aws_node,

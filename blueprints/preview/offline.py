@@ -197,6 +197,8 @@ REPLACE_ON_CHANGE: dict[str, tuple[str, ...]] = {
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment": ("policyArn", "role"),  # [aws]
     "aws:dlm/lifecyclePolicy:LifecyclePolicy": (),  # [aws] all in place
     "aws:ec2transitgateway/instanceState:InstanceState": ("instanceId",),  # [aws]
+    # blueprints.targets.hcloud_power: a server's power, kept by the program on hcloud
+    "pulumi-python:dynamic/blueprints:ServerPower": ("serverId",),
     # -- commands over SSH (the release channel) and on the machine running Pulumi --
     "command:remote:Command": ("triggers",),  # [cmd]
     "command:remote:CopyToRemote": ("triggers",),  # [cmd] source and remotePath in place

@@ -28,14 +28,6 @@ class NodeContext:
     # Address the OS must answer on (a Hetzner floating IP is routed to the server but must be
     # configured on its interface); None where the cloud translates it (an AWS Elastic IP).
     floating_ip: str | None
-    # At the end of the node's FIRST boot, power it off if, and only if, the data volume has not
-    # appeared by then (cloud-init power_state with a bounded wait for data_device, see
-    # blueprints.render.single_vm.PARK_WAIT_SECONDS). It is for a cloud that cannot create a
-    # server powered off (Hetzner): pass the same value to every node of the stack, so that the
-    # cold spare parks itself while a node holding the volume (the active one, or a replacement
-    # of it, which boots for the first time with the volume attached) keeps running. It never
-    # depends on the node's role, so primary and spare get byte-identical user data.
-    park_without_volume: bool = False
     # The stack's deploy key (OpenSSH public key): the one key the bootstrap authorizes, for the
     # release channel. Admin keys come with each release.
     deploy_key: str = ""

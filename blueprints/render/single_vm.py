@@ -2,12 +2,12 @@
 
 The bootstrap is what a machine needs whatever app it runs: docker, the data volume mounted at
 /srv/data whenever it is attached (at boot or later), the proxy's unit, the deploy access, what
-installs and runs the release agent (which itself lives on the volume, beside the releases), the
-unit that starts the release found on the volume, and, where the cloud
-cannot create a server powered off, a first-boot power-off that happens only if the data volume
-never showed up. It depends on no service, image, env value, secret, route or admin key, and
-each node (primary and cold spare) gets the same bytes: neither the node's role nor which node
-is *active* shows up in it, so a release or a promotion changes no node's user data.
+installs and runs the release agent (which itself lives on the volume, beside the releases) and
+the unit that starts the release found on the volume. It depends on no service, image, env
+value, secret, route or admin key, and each node (primary and spare) gets the same bytes:
+neither the node's role nor which node is *active* shows up in it, so a release or a promotion
+changes no node's user data. No node ever powers itself off: the program keeps the standby
+running (warm) or powered off (cold) through the cloud's API.
 
 The release is everything about the app: one systemd unit per service replica, their run and
 health scripts, Caddy's routes, the admin keys, the secret env files. It travels over SSH
@@ -35,7 +35,6 @@ from blueprints.render.common import (
     dump_json,
     dump_yaml,
     render_template,
-    shell_quote,
     systemd_escape_path,
 )
 from blueprints.render.context import NodeContext
@@ -71,10 +70,38 @@ CADDY_DIR = "caddy"
 DATA_LABEL = "blueprints-data"
 # How long a node waits at boot for the data volume to be attached.
 DEVICE_WAIT_SECONDS = 180
-# With park_without_volume: how long the end of the first boot waits for the data volume before
-# powering the node off, and how often it looks.
-PARK_WAIT_SECONDS = 120
-PARK_POLL_SECONDS = 2
+# How long the standby's image pull waits for the node's first boot (cloud-init), and for one
+# `docker pull`: a hung boot or registry fails `pulumi up` with a line saying which, instead of
+# holding it forever.
+BOOT_WAIT_SECONDS = 1200
+PULL_WAIT_SECONDS = 600
+
+
+def pull_images_command(
+    boot_wait: int = BOOT_WAIT_SECONDS, pull_wait: int = PULL_WAIT_SECONDS
+) -> str:
+    """What the program runs over SSH on a standby (blueprints.single_vm: on the warm one, and
+    on a cold one before it is first powered off): wait for cloud-init to finish, then `docker
+    pull` each image named on stdin, one per line (standby_images), so that a promotion starts
+    containers instead of downloading them. Fixed text: the images travel on stdin, so no
+    spec value is ever part of a command line. cloud-init's own verdict is not judged here (a
+    boot with recoverable errors still pulls; the agent says what is missing); only its
+    running past `boot_wait` seconds, or a pull failing or running past `pull_wait`, fails."""
+    return (
+        f"timeout {boot_wait} cloud-init status --wait >/dev/null 2>&1; "
+        'if [ "$?" -eq 124 ]; then '
+        f'echo "blueprints: cloud-init still runs after {boot_wait}s on this node; '
+        'its first boot did not finish" >&2; exit 1; fi; '
+        "while IFS= read -r image; do "
+        'if [ -n "$image" ]; then '
+        f'sudo timeout {pull_wait} docker pull --quiet "$image" </dev/null || {{ '
+        f"printf 'blueprints: docker pull %s failed or took longer than {pull_wait}s\\n' "
+        '"$image" >&2; exit 1; }; fi; '
+        "done"
+    )
+
+
+PULL_IMAGES_COMMAND = pull_images_command()
 # The cloud metadata service (Hetzner's and AWS's alike) hands out the user data, secrets
 # included; no container may reach it.
 METADATA_IP = "169.254.169.254"
@@ -130,15 +157,6 @@ def render_cloud_init(ctx: NodeContext) -> str:
         # --no-block: starting waits for the data volume, which cloud-init must not wait for.
         f"systemctl start --no-block {RELEASE_UNIT}",
     ]
-    extra: dict[str, object] = {}
-    if ctx.park_without_volume:
-        # cloud-init runs power_state once per instance, after the first boot's final stage.
-        extra["power_state"] = {
-            "mode": "poweroff",
-            "condition": park_condition(ctx.data_device),
-            "message": "blueprints: no data volume attached; parking this node (powered off) "
-            "until it is promoted",
-        }
     return cloud_config(
         [ctx.deploy_key] if ctx.deploy_key else [],
         {path: f.content for path, f in sorted(files.items())},
@@ -146,24 +164,21 @@ def render_cloud_init(ctx: NodeContext) -> str:
         # restic: the backups (blueprints-backup, a release file, runs it).
         ["curl", "docker.io", "iptables", "restic", "unattended-upgrades"],
         runcmd,
-        **extra,
     )
 
 
-def park_condition(device: str) -> str:
-    """The power_state condition of a node that parks itself unless it holds the data volume.
+def standby_images(app: AppSpec) -> list[str]:
+    """The images a promoted node starts: every service's, and the proxy's where the app has
+    http routes; sorted, each once."""
+    images = {svc.image for svc in app.services.values()}
+    if _caddy_config(app) is not None:
+        images.add(CADDY_IMAGE)
+    return sorted(images)
 
-    cloud-init runs the text with /bin/sh and powers off only on exit status 0: here, when the
-    device is still no block device after up to PARK_WAIT_SECONDS. Once it is there the command
-    exits 1 (condition not met) and the node keeps running.
-    """
-    polls = PARK_WAIT_SECONDS // PARK_POLL_SECONDS
-    return (
-        f"device={shell_quote(_checked_device(device))}; tries={polls}; "
-        'while [ ! -b "$device" ] && [ "$tries" -gt 0 ]; do '
-        f"sleep {PARK_POLL_SECONDS}; "
-        'tries=$((tries - 1)); done; [ ! -b "$device" ]'
-    )
+
+def standby_images_text(app: AppSpec) -> str:
+    """PULL_IMAGES_COMMAND's stdin: standby_images, one per line."""
+    return "".join(f"{image}\n" for image in standby_images(app))
 
 
 def file_permissions(path: str) -> str:

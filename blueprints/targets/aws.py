@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import pulumi
 import pulumi_aws as aws
@@ -19,6 +20,7 @@ from blueprints.targets.base import (
     Firewall,
     FirewallRule,
     FloatingIp,
+    Found,
     LoadBalancer,
     Network,
     Placement,
@@ -57,18 +59,33 @@ def _dlm_create_rule(
     return args(cron_expression=f"cron({minute} {hour} ? * SUN *)")
 
 
+# What pulumi-aws's singular data sources say when nothing matches (Terraform's AWS provider,
+# tfresource.SingularDataSourceFindError).
+NO_KEY_PAIR = "no matching EC2 Key Pair found"
+
+# EC2 instance states: every state of an instance that still exists, and those of one that is
+# (or is on its way to being) stopped.
+LIVE_STATES = ("pending", "running", "stopping", "stopped")
+RUNNING_STATES = ("pending", "running")
+STOPPED_STATES = ("stopping", "stopped")
+
+
 class AwsTarget(Target):
     name = "aws"
-    # InstanceState keeps the spare stopped, so no self-parking in cloud-init.
-    parks_with_cloud_init = False
     # An Elastic IP is translated by AWS; the instance only sees its private address.
     floating_ip_in_os = False
     user_data_limit = 16 * 1024
     # Data Lifecycle Manager snapshots EBS volumes on a schedule.
     volume_snapshots = True
-    parked_billing_note = (
-        "A stopped EC2 instance is not billed for compute; its root EBS volume still is."
-    )
+    spare_billing: ClassVar[Mapping[str, str]] = {
+        "warm": "The warm spare runs without the data volume; EC2 bills its compute like the "
+        "primary's, and its root EBS volume.",
+        "cold": "The cold spare is stopped; EC2 bills no compute for a stopped instance, only "
+        "its root EBS volume.",
+    }
+    # InstanceState compares with Pulumi's state: an instance stopped outside Pulumi is seen
+    # by the refresh Pulumi.yaml asks for before every update (not with --refresh=false).
+    power_follows_cloud = False
 
     def __init__(self, settings: StackSettings, parent: pulumi.Resource):
         super().__init__(settings, parent)
@@ -281,7 +298,9 @@ class AwsTarget(Target):
             name, bucket=bucket, tags=_tags(name, labels), opts=self.data_protection()
         )
 
-    def attach_volume(self, name: str, volume: Volume, server: Server) -> pulumi.CustomResource:
+    def attach_volume(
+        self, name: str, volume: Volume, server: Server, *, retain: bool = False
+    ) -> pulumi.CustomResource:
         return aws.ec2.VolumeAttachment(
             name,
             device_name="/dev/sdf",
@@ -289,7 +308,7 @@ class AwsTarget(Target):
             instance_id=server.id,
             # Stop the old holder before detaching, so the filesystem is unmounted cleanly.
             stop_instance_before_detaching=True,
-            opts=self.one_at_a_time(deleted_with=server.resource),
+            opts=self.one_at_a_time(deleted_with=server.resource, retain_on_delete=retain),
         )
 
     def floating_ip(self, name: str, labels: dict[str, str]) -> FloatingIp:
@@ -297,24 +316,97 @@ class AwsTarget(Target):
         return FloatingIp(resource=eip, id=eip.allocation_id, address=eip.public_ip)
 
     def assign_floating_ip(
-        self, name: str, ip: FloatingIp, server: Server
+        self, name: str, ip: FloatingIp, server: Server, *, retain: bool = False
     ) -> pulumi.CustomResource:
         return aws.ec2.EipAssociation(
             name,
             allocation_id=ip.id,
             instance_id=server.id,
-            allow_reassociation=False,
-            opts=self.one_at_a_time(),
+            # A retained association is not removed before its successor is made, so the
+            # successor must be allowed to take the address over.
+            allow_reassociation=retain,
+            opts=self.one_at_a_time(retain_on_delete=retain),
         )
 
-    def park_server(self, name: str, server: Server, parked: bool) -> pulumi.CustomResource | None:
+    def server_power(
+        self, name: str, server: Server, running: bool, **opts: object
+    ) -> pulumi.CustomResource:
         # pulumi-aws keeps instance power state in a resource of its own.
         return aws.ec2transitgateway.InstanceState(
             name,
             instance_id=server.id,
-            state="stopped" if parked else "running",
-            opts=self.opts(),
+            state="running" if running else "stopped",
+            opts=self.opts(**opts),
         )
+
+    def current_address(self, server: Server, after: pulumi.Resource) -> pulumi.Output[str]:
+        # A stopped instance gives its public address back, and gets another one when it
+        # starts: ask EC2 once `after` (the instance's power resource) is done.
+        found = aws.ec2.get_instance_output(
+            instance_id=server.id,
+            opts=pulumi.InvokeOutputOptions(depends_on=[after], provider=self.provider),
+        )
+        return found.public_ip
+
+    def find(
+        self, labels: dict[str, str], nodes: Sequence[str], volume: str, address: str, lock: str
+    ) -> Found:
+        invoke = pulumi.InvokeOptions(provider=self.provider)
+        held = self._lock(lock, invoke)
+        volumes = sorted(aws.ebs.get_ebs_volumes(tags=_tags(volume, labels), opts=invoke).ids or [])
+        addresses = sorted(
+            aws.ec2.get_eips(tags=_tags(address, labels), opts=invoke).public_ips or []
+        )
+
+        def instances(node: str, states: Sequence[str], where: Mapping[str, list[str]]) -> bool:
+            """Whether the node's instance is in one of `states` and matches the filters."""
+            found = aws.ec2.get_instances(
+                instance_tags={**labels, "node": node},
+                instance_state_names=list(states),
+                filters=[
+                    aws.ec2.GetInstancesFilterArgs(name=key, values=values)
+                    for key, values in where.items()
+                ],
+                opts=invoke,
+            )
+            return bool(found.ids)
+
+        def holder(key: str, values: list[str]) -> str | None:
+            if not values:
+                return None
+            return next((n for n in nodes if instances(n, LIVE_STATES, {key: values})), None)
+
+        stopped = frozenset(n for n in nodes if instances(n, STOPPED_STATES, {}))
+        live = frozenset(n for n in nodes if instances(n, RUNNING_STATES, {}))
+        status = {n: "stopped" for n in stopped} | {n: "running" for n in live}
+        return Found(
+            volume=bool(volumes),
+            volume_node=holder("block-device-mapping.volume-id", volumes),
+            address=bool(addresses),
+            # The public address of an instance's interface is its Elastic IP once associated.
+            address_node=holder("network-interface.association.public-ip", addresses),
+            running=live,
+            off=stopped,
+            status=dict(sorted(status.items())),
+            lock=held,
+        )
+
+    def _lock(self, name: str, invoke: pulumi.InvokeOptions) -> dict[str, str] | None:
+        """The tags of the key pair named `name` (the promotion lock), None if there is none.
+        pulumi-aws has only the singular look-up, which fails when nothing matches: that
+        failure, in the provider's standard words, is the answer "no lock"."""
+        try:
+            pair = aws.ec2.get_key_pair(
+                filters=[aws.ec2.GetKeyPairFilterArgs(name="key-name", values=[name])],
+                opts=invoke,
+            )
+        except Exception as exc:
+            if NO_KEY_PAIR in str(exc):
+                return None
+            raise pulumi.RunError(
+                f"single-vm: could not look up the promotion lock (the key pair {name}): {exc}"
+            ) from None
+        return dict(pair.tags or {})
 
     def volume_backups(
         self, name: str, selector: dict[str, str], backups: Backups, labels: dict[str, str]

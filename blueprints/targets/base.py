@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pulumi
 
@@ -88,6 +89,28 @@ class LoadBalancer:
 
 
 @dataclass(frozen=True)
+class Found:
+    """What the cloud holds of a stack right now, looked up before the program places anything:
+    the cloud is the truth about which node is active, not the stack file. A first deploy finds
+    nothing."""
+
+    # The data volume exists, and the node it is attached to (None: attached to no server).
+    volume: bool = False
+    volume_node: str | None = None
+    # The floating IP exists, and the node it points at.
+    address: bool = False
+    address_node: str | None = None
+    # The stack's nodes that exist, by whether they run (or are on their way to running), and
+    # each one's status in the cloud's words.
+    running: frozenset[str] = frozenset()
+    off: frozenset[str] = frozenset()
+    status: Mapping[str, str] = field(default_factory=dict)
+    # The stack's promotion lock (blueprints.failover.lock), when it exists: its labels (tags
+    # on AWS), which hold the record of the promotion or park that holds it.
+    lock: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class ServerSpec:
     """What a blueprint wants of one server."""
 
@@ -110,13 +133,15 @@ class Target(ABC):
     """Building blocks on one cloud. `parent` is the blueprint component owning them."""
 
     name: str
-    # The cloud cannot create a server powered off, so a cold spare powers itself off at the end
-    # of its first boot (cloud-init power_state). Where False, park_server() manages power.
-    parks_with_cloud_init: bool
     # The floating address must be configured on the server's interface (not NAT'd by the cloud).
     floating_ip_in_os: bool
-    # What a parked (powered-off) server costs; shown as a stack output.
-    parked_billing_note: str
+    # What the single-vm standby costs, per spare mode (warm: running, cold: powered off); shown
+    # as the stack output spareBilling.
+    spare_billing: ClassVar[Mapping[str, str]]
+    # server_power() compares with the server's real power state at every preview (True), or
+    # with what Pulumi last recorded, so that a server switched off outside Pulumi is only seen
+    # after a refresh (False; Pulumi.yaml asks for one before every update).
+    power_follows_cloud: bool
     # Largest user data the cloud accepts, in bytes; larger user data is compressed.
     user_data_limit: int
     # The cloud snapshots a volume on a schedule (volume_backups() does something). Where False,
@@ -154,19 +179,44 @@ class Target(ABC):
     def volume(self, name: str, size_gb: int, labels: dict[str, str]) -> Volume: ...
 
     @abstractmethod
-    def attach_volume(self, name: str, volume: Volume, server: Server) -> pulumi.CustomResource: ...
+    def attach_volume(
+        self, name: str, volume: Volume, server: Server, *, retain: bool = False
+    ) -> pulumi.CustomResource:
+        """Attach the volume to the server. `retain`: deleting the attachment (a move, without
+        a refresh after the volume moved outside Pulumi) detaches nothing; the volume leaves a
+        server with that server, or by whoever moved it (single-vm: `blueprints promote`)."""
 
     @abstractmethod
     def floating_ip(self, name: str, labels: dict[str, str]) -> FloatingIp: ...
 
     @abstractmethod
     def assign_floating_ip(
-        self, name: str, ip: FloatingIp, server: Server
-    ) -> pulumi.CustomResource: ...
+        self, name: str, ip: FloatingIp, server: Server, *, retain: bool = False
+    ) -> pulumi.CustomResource:
+        """Point the floating IP at the server. `retain`: as attach_volume's; a new assignment
+        takes the address over from the server holding it."""
 
     @abstractmethod
-    def park_server(self, name: str, server: Server, parked: bool) -> pulumi.CustomResource | None:
-        """Keep a server powered off (parked) or running, where the cloud's provider can."""
+    def server_power(
+        self, name: str, server: Server, running: bool, **opts: object
+    ) -> pulumi.CustomResource:
+        """Keep a server running or powered off (`opts`: more resource options, depends_on)."""
+
+    def current_address(self, server: Server, after: pulumi.Resource) -> pulumi.Output[str]:
+        """The server's public address once `after` (its power resource) is done, for a command
+        sent to it over SSH. Here: the address the server resource reports, which is right
+        where a server keeps its public address while powered off (Hetzner keeps its primary
+        IPs); a target whose servers get a new one at each start (AWS) looks it up."""
+        return server.public_ip
+
+    @abstractmethod
+    def find(
+        self, labels: dict[str, str], nodes: Sequence[str], volume: str, address: str, lock: str
+    ) -> Found:
+        """Where the stack's data volume (named `volume`) and floating IP (named `address`) are
+        attached now, which of its servers (labelled node=<one of nodes>) run, and the
+        promotion lock named `lock` if it exists: the cloud's answer, looked up with the
+        provider before anything is placed. Every resource carries `labels` (tags on AWS)."""
 
     @abstractmethod
     def load_balancer(

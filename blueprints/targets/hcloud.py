@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import pulumi
 import pulumi_hcloud as hcloud
@@ -15,6 +16,7 @@ from blueprints.targets.base import (
     Firewall,
     FirewallRule,
     FloatingIp,
+    Found,
     LoadBalancer,
     Network,
     Placement,
@@ -24,20 +26,25 @@ from blueprints.targets.base import (
     Target,
     Volume,
 )
+from blueprints.targets.hcloud_power import REACHED, RUNNING, ServerPower
 
 
 class HcloudTarget(Target):
     name = "hcloud"
-    # Hetzner has no "create powered off" and no power state in the provider.
-    parks_with_cloud_init = True
     # A Hetzner floating IP is routed to the server; the OS must own the address.
     floating_ip_in_os = True
     user_data_limit = 32 * 1024
     # Hetzner Cloud volumes cannot be snapshotted, and server backups leave volumes out.
     volume_snapshots = False
-    parked_billing_note = (
-        "Hetzner bills powered-off servers in full: the parked spare costs as much as the primary."
-    )
+    spare_billing: ClassVar[Mapping[str, str]] = {
+        "warm": "The warm spare runs without the data volume; Hetzner bills it like the primary "
+        "(a powered-off server would cost the same).",
+        "cold": "The cold spare is powered off, but Hetzner bills powered-off servers in full: "
+        "it costs as much as the primary, and a warm spare (the default here) would cost the "
+        "same and recover faster.",
+    }
+    # ServerPower (blueprints.targets.hcloud_power) reads the real status at every preview.
+    power_follows_cloud = True
 
     def network(self, name: str, labels: dict[str, str]) -> Network:
         net = hcloud.Network(
@@ -140,13 +147,17 @@ class HcloudTarget(Target):
         device = vol.id.apply(lambda i: f"/dev/disk/by-id/scsi-0HC_Volume_{i}")
         return Volume(resource=vol, id=vol.id, device_path=device)
 
-    def attach_volume(self, name: str, volume: Volume, server: Server) -> pulumi.CustomResource:
+    def attach_volume(
+        self, name: str, volume: Volume, server: Server, *, retain: bool = False
+    ) -> pulumi.CustomResource:
+        # Deleting a hcloud_volume_attachment detaches the volume from whatever server holds
+        # it now (it detaches by volume): `retain` keeps that from ever hitting a new holder.
         return hcloud.VolumeAttachment(
             name,
             volume_id=volume.id.apply(int),
             server_id=server.id.apply(int),
             automount=False,
-            opts=self.one_at_a_time(deleted_with=server.resource),
+            opts=self.one_at_a_time(deleted_with=server.resource, retain_on_delete=retain),
         )
 
     def floating_ip(self, name: str, labels: dict[str, str]) -> FloatingIp:
@@ -162,19 +173,70 @@ class HcloudTarget(Target):
         return FloatingIp(resource=fip, id=fip.id, address=fip.ip_address)
 
     def assign_floating_ip(
-        self, name: str, ip: FloatingIp, server: Server
+        self, name: str, ip: FloatingIp, server: Server, *, retain: bool = False
     ) -> pulumi.CustomResource:
+        # Likewise, deleting an assignment unassigns the address from whichever server has it;
+        # assigning it to a server moves it there.
         return hcloud.FloatingIpAssignment(
             name,
             floating_ip_id=ip.id.apply(int),
             server_id=server.id.apply(int),
-            opts=self.one_at_a_time(),
+            opts=self.one_at_a_time(retain_on_delete=retain),
         )
 
-    def park_server(self, name: str, server: Server, parked: bool) -> pulumi.CustomResource | None:
-        return None
+    def server_power(
+        self, name: str, server: Server, running: bool, **opts: object
+    ) -> pulumi.CustomResource:
+        # pulumi-hcloud has no power state: a resource of ours that asks the API (see its module).
+        return ServerPower(
+            name,
+            server_id=server.id,
+            running=running,
+            token=self._api_token("the servers' power resources get"),
+            endpoint=os.environ.get("HCLOUD_ENDPOINT") or None,
+            timeout=self.settings.api_timeout,
+            # Deleting the server takes its power state with it: nothing to do then.
+            opts=self.opts(deleted_with=server.resource, **opts),
+        )
 
-    def cluster_api_token(self) -> pulumi.Output[str] | None:
+    def find(
+        self, labels: dict[str, str], nodes: Sequence[str], volume: str, address: str, lock: str
+    ) -> Found:
+        # The lock first: a placement group found by its unique name (its labels are the
+        # record, not the stack's resource labels).
+        locks = [g for g in hcloud.get_placement_groups().placement_groups or [] if g.name == lock]
+        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+        volumes = [
+            v for v in hcloud.get_volumes(with_selector=selector).volumes or [] if v.name == volume
+        ]
+        addresses = [
+            f
+            for f in hcloud.get_floating_ips(with_selector=selector).floating_ips or []
+            if f.name == address
+        ]
+        servers = {
+            int(s.id): s
+            for s in hcloud.get_servers(with_selector=selector).servers or []
+            if (s.labels or {}).get("node") in nodes
+        }
+
+        def node_of(server_id: object) -> str | None:
+            server = servers.get(int(server_id)) if server_id else None
+            return None if server is None else str(server.labels["node"])
+
+        statuses = {str(s.labels["node"]): str(s.status) for s in servers.values()}
+        return Found(
+            volume=bool(volumes),
+            volume_node=next((node_of(v.server_id) for v in volumes if v.server_id), None),
+            address=bool(addresses),
+            address_node=next((node_of(f.server_id) for f in addresses if f.server_id), None),
+            running=frozenset(n for n, s in statuses.items() if s in REACHED[RUNNING]),
+            off=frozenset(n for n, s in statuses.items() if s not in REACHED[RUNNING]),
+            status=dict(sorted(statuses.items())),
+            lock=dict(locks[0].labels or {}) if locks else None,
+        )
+
+    def _api_token(self, who: str) -> pulumi.Output[str]:
         # The token the provider itself uses: `hcloud:token`, or HCLOUD_TOKEN from the
         # environment as the provider falls back to. A plan without either gets a placeholder.
         token = pulumi.Config("hcloud").get_secret("token")
@@ -183,10 +245,13 @@ class HcloudTarget(Target):
         if os.environ.get("HCLOUD_TOKEN"):
             return pulumi.Output.secret(os.environ["HCLOUD_TOKEN"])
         pulumi.log.warn(
-            "hcloud:token is not set; the cluster's cloud controller manager and CSI driver get "
-            "a placeholder token (run `pulumi config set --secret hcloud:token`)"
+            f"hcloud:token is not set; {who} a placeholder token "
+            "(run `pulumi config set --secret hcloud:token`)"
         )
         return pulumi.Output.secret("<secret:token>")
+
+    def cluster_api_token(self) -> pulumi.Output[str] | None:
+        return self._api_token("the cluster's cloud controller manager and CSI driver get")
 
     def volume_backups(
         self, name: str, selector: dict[str, str], backups: Backups, labels: dict[str, str]
