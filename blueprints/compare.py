@@ -4,7 +4,9 @@ For one target, each blueprint's stack is planned offline (the same mock run as 
 plan`) and its servers' files are unpacked (as `blueprints render` writes them). Every figure
 comes from those two: VMs and cloud resources from the plan, cost from the plan priced with
 blueprints/prices.yaml, moving parts and lines of configuration counted in the rendered files,
-and the failure model from the stack's own timeouts (blueprints/failure.py). Two costs are not
+and the failure model from the stack's own timeouts (blueprints/failure.py). The single-VM
+blueprint is compared twice, with a warm and with a cold spare (blueprints:spareMode), each
+planned and priced as that mode, whichever the stack file sets. Two costs are not
 in the plan and are priced from what the stack says instead: volumes claimed by k8s workloads
 (from the rendered manifests) and the backup bucket's contents (from the stack's backupBucket
 and the spec's data size and retention, costs.stack_backup_storage).
@@ -23,7 +25,7 @@ from typing import Any
 import yaml
 
 from blueprints import costs
-from blueprints.failure import FailureModel, failure_model
+from blueprints.failure import SPARE_MODES, FailureModel, failure_model
 from blueprints.plan import PlanError, find_project, list_stacks, plan_stack, read_project
 from blueprints.settings import StackSettings, parse_settings
 from blueprints.spec import load_spec
@@ -45,7 +47,7 @@ class CompareError(Exception):
 
 @dataclass(frozen=True)
 class Part:
-    kind: str  # daemon, scheduled job, container, nomad task, workload, add-on, outside the VMs
+    kind: str  # daemon, scheduled job, container, nomad task, workload, add-on, run separately
     name: str
 
 
@@ -64,6 +66,12 @@ class Row:
     config_lines: int
     failure: FailureModel
     notes: tuple[str, ...]
+    spare: str | None = None  # single-vm: the spare mode this row was planned with
+
+    @property
+    def label(self) -> str:
+        """The row's name in tables: the blueprint, and the spare mode where it has one."""
+        return self.blueprint if self.spare is None else f"{self.blueprint} ({self.spare} spare)"
 
     @property
     def currency(self) -> str:
@@ -100,6 +108,15 @@ def _stack_settings(root: Path, stacks_dir: Path, stack: str) -> StackSettings:
     }
     # A stack that cannot be compared is an error, not a silently missing row.
     return parse_settings(raw, str(rel))
+
+
+def stack_settings(root: Path, stack: str) -> StackSettings:
+    """The settings of one stack of the project at root (CompareError when there is no such
+    stack, SpecError naming the setting when its settings do not validate)."""
+    _, stacks_dir, _ = read_project(root)
+    if not (stacks_dir / f"Pulumi.{stack}.yaml").is_file():
+        raise CompareError(f"no stack {stack} in {stacks_dir.relative_to(root)}/")
+    return _stack_settings(root, stacks_dir, stack)
 
 
 def choose_stacks(
@@ -275,12 +292,19 @@ def _row(
     spec: Path | None,
     tables: Mapping[str, costs.PriceTable],
     notes: list[str],
+    spare: str | None = None,
 ) -> Row:
     from blueprints.render.unpack import SERVER_TYPES, stack_files
 
     overrides: dict[str, Any] = {}
     if spec is not None:
         overrides["blueprints:spec"] = str(spec)
+    notes = list(notes)
+    if spare is not None:
+        # Planned (and so priced) as this spare mode, whatever the stack file sets.
+        notes.append(_spare_note(settings, spare))
+        overrides["blueprints:spareMode"] = spare
+        settings = settings.model_copy(update={"spare_mode": spare})
     plan = plan_stack(stack, root, overrides)
     app = load_spec(spec if spec is not None else root / settings.spec)
     files = stack_files(plan)
@@ -300,7 +324,6 @@ def _row(
     priced: list[tuple[Any, ...]] = [
         (r.type, r.name, r.plain_inputs(), r.id) for r in plan.resources if r.custom
     ]
-    notes = list(notes)
     claims = claimed_volumes(files)
     if claims:
         volume_type = "hcloud:index/volume:Volume" if cloud == "hcloud" else "aws:ebs/volume:Volume"
@@ -324,7 +347,7 @@ def _row(
         )
     file_count, lines = config_size(files)
     failure = failure_model(settings, app)
-    parts = moving_parts(files) + tuple(Part("outside the VMs", name) for name in failure.outside)
+    parts = moving_parts(files) + tuple(Part("run separately", name) for name in failure.outside)
     return Row(
         blueprint=blueprint,
         stack=stack,
@@ -339,7 +362,24 @@ def _row(
         config_lines=lines,
         failure=failure,
         notes=tuple(notes),
+        spare=spare,
     )
+
+
+def _spare_note(settings: StackSettings, spare: str) -> str:
+    if settings.spare_mode is None:
+        runs = f"the stack runs a {settings.spare} spare (blueprints:spareMode unset: "
+        runs += f"the {settings.cloud} default)"
+    else:
+        runs = f"the stack runs a {settings.spare} spare (blueprints:spareMode: {settings.spare})"
+    if spare == settings.spare:
+        return runs
+    return f"planned with blueprints:spareMode: {spare}; {runs}"
+
+
+def _modes(blueprint: str) -> tuple[str | None, ...]:
+    """The spare modes a blueprint is compared in (None: it has no spare)."""
+    return SPARE_MODES if blueprint == "single-vm" else (None,)
 
 
 def compare(
@@ -358,8 +398,9 @@ def compare(
     tables = dict(tables or costs.shipped_tables())
     chosen, notes = choose_stacks(root, target)
     rows = tuple(
-        _row(root, b, stack, settings, spec, tables, notes[b])
+        _row(root, b, stack, settings, spec, tables, notes[b], spare)
         for b, (stack, settings) in chosen.items()
+        for spare in _modes(b)
     )
     if spec is None:
         _, first = next(iter(chosen.values()))
@@ -370,4 +411,12 @@ def compare(
     )
 
 
-__all__ = ["CompareError", "Comparison", "PlanError", "Row", "compare", "moving_parts"]
+__all__ = [
+    "CompareError",
+    "Comparison",
+    "PlanError",
+    "Row",
+    "compare",
+    "moving_parts",
+    "stack_settings",
+]

@@ -10,18 +10,20 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from blueprints.compare import Comparison, Row
 from blueprints.costs import CATEGORIES, backup_storage_lines, money
+from blueprints.failure import seconds_text
 
 CHART_SUFFIXES = (".svg", ".png")
 
 
-def recovery_text(seconds: int | None) -> str:
-    return "manual" if seconds is None else f"{seconds} s"
+def recovery_text(seconds: float | None) -> str:
+    return seconds_text(seconds)
 
 
 def _gib(value: Decimal | None) -> str:
@@ -41,7 +43,7 @@ def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
         worst = row.failure.worst
         out.append(
             {
-                "blueprint": row.blueprint,
+                "blueprint": row.label,
                 "stack": row.stack,
                 "VMs": str(row.vms),
                 "vCPU": "?" if row.vcpu is None else str(row.vcpu),
@@ -60,7 +62,7 @@ def cost_rows(comparison: Comparison) -> list[dict[str, str]]:
     out = []
     for row in comparison.rows:
         by = row.cost.by_category()
-        cells = {"blueprint": row.blueprint}
+        cells = {"blueprint": row.label}
         cells.update({c: money(by[c], row.currency) for c in CATEGORIES})
         cells["total"] = _cost(row)
         out.append(cells)
@@ -82,8 +84,10 @@ def sources(comparison: Comparison) -> list[str]:
                 "(see the notes)."
             )
     lines.append(
-        "Recovery: estimated from each stack's configured timeouts plus typical cloud "
-        "operation times (blueprints/failure.py); 'manual' means a person must act."
+        "Recovery: estimated from each stack's configured timeouts plus cloud operation "
+        "times that are estimates, not measurements (blueprints/failure.py); 'manual' means "
+        "a person must act. single-vm is shown with a warm spare (running, without the volume) "
+        "and a cold one (powered off), each planned and priced as that mode."
     )
     return lines
 
@@ -107,6 +111,7 @@ def to_data(comparison: Comparison) -> dict[str, Any]:
         rows.append(
             {
                 "blueprint": row.blueprint,
+                "spare": row.spare,
                 "stack": row.stack,
                 "target": row.target,
                 "vms": row.vms,
@@ -187,9 +192,9 @@ def to_markdown(comparison: Comparison, level: int = 2) -> str:
     ]
     for row in comparison.rows:
         f = row.failure
-        out += [f"**{row.blueprint}**: detected by {f.detects}; recovered by {f.recovers}.", ""]
+        out += [f"**{row.label}**: detected by {f.detects}; recovered by {f.recovers}.", ""]
         for s in f.scenarios:
-            steps = " + ".join(f"{st.what} ({st.seconds} s)" for st in s.steps)
+            steps = " + ".join(f"{st.what} ({seconds_text(st.seconds)})" for st in s.steps)
             tail = f" = {recovery_text(s.seconds)}" if s.automatic and steps else ""
             how = (steps + tail or "no downtime") if s.automatic else "manual"
             out.append(f"- {s.dies} dies: {how}. {s.effect[:1].upper()}{s.effect[1:]}.")
@@ -198,12 +203,10 @@ def to_markdown(comparison: Comparison, level: int = 2) -> str:
     out += [f"{sub} Moving parts", ""]
     for row in comparison.rows:
         names = ", ".join(f"{p.name} ({p.kind})" for p in row.parts)
-        out.append(f"- **{row.blueprint}** ({len(row.parts)}): {names}")
+        out.append(f"- **{row.label}** ({len(row.parts)}): {names}")
     out += ["", *[f"_{line}_" for line in sources(comparison)]]
-    notes = [f"{row.blueprint}: {n}" for row in comparison.rows for n in row.notes]
-    notes += [
-        f"{row.blueprint}: not priced: {u}" for row in comparison.rows for u in row.cost.unpriced
-    ]
+    notes = [f"{row.label}: {n}" for row in comparison.rows for n in row.notes]
+    notes += [f"{row.label}: not priced: {u}" for row in comparison.rows for u in row.cost.unpriced]
     if notes:
         out += ["", *[f"- {n}" for n in notes]]
     return "\n".join(out) + "\n"
@@ -234,7 +237,7 @@ def to_html(comparison: Comparison) -> str:
         )
         spofs = html.escape(", ".join(f.single_points))
         failures.append(
-            f"<h3>{html.escape(row.blueprint)}</h3><p>Detected by {html.escape(f.detects)}; "
+            f"<h3>{html.escape(row.label)}</h3><p>Detected by {html.escape(f.detects)}; "
             f"recovered by {html.escape(f.recovers)}.</p><ul>{items}"
             f"<li>Single points of failure: {spofs}</li></ul>"
         )
@@ -275,10 +278,26 @@ def chart_bytes(comparison: Comparison, suffix: str) -> bytes:
             seconds = row.failure.worst.seconds
             x = manual_x if seconds is None else seconds
             y = float(row.monthly)
-            ax.scatter([x], [y], s=120 * len(row.parts), alpha=0.35, edgecolors="black")
+            area = 120 * len(row.parts)
+            ax.scatter([x], [y], s=area, alpha=0.35, edgecolors="black")
             vms = f"{row.vms} VM" + ("" if row.vms == 1 else "s")
-            label = f"{row.blueprint}\n{len(row.parts)} moving parts, {vms}"
-            ax.annotate(label, (x, y), ha="center", va="center", fontsize=9)
+            if row.spare is None:
+                label = f"{row.blueprint}\n{len(row.parts)} moving parts, {vms}"
+                ax.annotate(label, (x, y), ha="center", va="center", fontsize=9)
+            else:
+                # A blueprint shown in two spare modes: the warm one's label left of its bubble,
+                # the cold one's right of it, so two bubbles close together stay readable.
+                label = f"{row.blueprint}\n{row.spare} spare\n{len(row.parts)} moving parts, {vms}"
+                side = -1 if row.spare == "warm" else 1
+                ax.annotate(
+                    label,
+                    (x, y),
+                    xytext=(side * ((area / math.pi) ** 0.5 + 4), 0),
+                    textcoords="offset points",
+                    ha="right" if side < 0 else "left",
+                    va="center",
+                    fontsize=9,
+                )
         boundary = manual_x * 0.87
         ax.axvspan(boundary, manual_x * 1.25, color="grey", alpha=0.12)
         ax.text(manual_x, 0, "needs a person", ha="center", va="bottom", color="dimgrey")

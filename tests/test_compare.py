@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 import xml.etree.ElementTree as ET
 from decimal import Decimal
@@ -20,6 +23,7 @@ from blueprints import compare_output, costs
 from blueprints.cli import app
 from blueprints.compare import CompareError, compare, moving_parts
 from blueprints.failure import CLOUD_TIMES, failure_model
+from blueprints.rungs.single_vm.failure import single_vm_recovery
 from blueprints.settings import StackSettings
 from blueprints.spec import load_spec
 
@@ -37,8 +41,12 @@ def localstack():
     return compare("localstack", project_dir=ROOT)
 
 
-def row(comparison, blueprint):
-    return next(r for r in comparison.rows if r.blueprint == blueprint)
+def row(comparison, label):
+    """The row named `label` in the tables: a blueprint, or "single-vm (warm spare)"."""
+    return next(r for r in comparison.rows if r.label == label)
+
+
+WARM, COLD = "single-vm (warm spare)", "single-vm (cold spare)"
 
 
 def planned(r) -> dict[str, Decimal]:
@@ -61,10 +69,12 @@ def test_hcloud_cost_is_the_price_table_times_the_planned_resources(hcloud):
     # volume is pgdata's 20 GB + 1 GB for TLS state = 21 GB. (Backups go to the stack's bucket,
     # priced in tests/test_costs.py; no rung turns on Hetzner's server backups.)
     volume = D(21) * D("0.044")
+    # primary + spare, their IPv4s, the floating IP, the volume: the same with a warm (running)
+    # and a cold (powered-off) spare, as Hetzner bills a powered-off server in full
+    single_vm = 2 * D("2.99") + 2 * D("0.50") + D("3.00") + volume
     expected = {
-        # primary + spare (a powered-off Hetzner server is billed in full), their IPv4s,
-        # the floating IP, the volume
-        "single-vm": 2 * D("2.99") + 2 * D("0.50") + D("3.00") + volume,
+        WARM: single_vm,
+        COLD: single_vm,
         # one VM, its IPv4, the floating IP, the volume
         "compose": D("2.99") + D("0.50") + D("3.00") + volume,
         # three nodes and their IPv4s, the volume, the load balancer
@@ -72,11 +82,13 @@ def test_hcloud_cost_is_the_price_table_times_the_planned_resources(hcloud):
         # six nodes and their IPv4s, the ingress load balancer, postgres' 20 GiB claim
         "k8s": 6 * D("2.99") + 6 * D("0.50") + D("5.39") + D(20) * D("0.044"),
     }
-    for blueprint, amount in expected.items():
-        r = row(hcloud, blueprint)
-        assert planned(r) == {"EUR": amount}, blueprint
+    for label, amount in expected.items():
+        r = row(hcloud, label)
+        assert planned(r) == {"EUR": amount}, label
         assert r.cost.unpriced == ()
-    assert row(hcloud, "single-vm").cost.by_category()["servers"] == 2 * D("2.99")
+    for label in (WARM, COLD):
+        assert row(hcloud, label).cost.by_category()["servers"] == 2 * D("2.99")
+    assert [r.label for r in hcloud.rows] == [WARM, COLD, "compose", "nomad", "k8s"]
 
 
 def test_hetzner_server_backups_cost_a_share_of_the_server():
@@ -86,10 +98,10 @@ def test_hetzner_server_backups_cost_a_share_of_the_server():
     assert backups == [(D("2.99") * D("0.2"), "20% backups")]
 
 
-def test_aws_cost_bills_a_stopped_spare_for_its_disk_only(localstack):
+def test_aws_cost_bills_a_cold_spare_for_its_disk_only(localstack):
     # eu-central-1 USD: t3.small 0.024/h, public IPv4 0.005/h, gp3 0.0952/GB-month, 730 h.
     hours = D(730)
-    r = row(localstack, "single-vm")
+    r = row(localstack, COLD)
     running = D("0.024") * hours  # the primary; its Elastic IP replaces the auto-assigned IPv4
     eip = D("0.005") * hours
     disks = 2 * D(20) * D("0.0952") + D(21) * D("0.0952")  # two root volumes + data
@@ -101,6 +113,35 @@ def test_aws_cost_bills_a_stopped_spare_for_its_disk_only(localstack):
     }
     ips = [line.resource for line in r.cost.lines if line.category == "ips"]
     assert ips == ["shop-single-vm-localstack-ip"]  # one address billed, not two
+
+
+def test_aws_cost_bills_a_warm_spare_as_a_running_instance(localstack):
+    # The warm spare runs: its compute and its auto-assigned public IPv4 are billed too.
+    hours = D(730)
+    warm, cold = row(localstack, WARM), row(localstack, COLD)
+    spare = {
+        line.category: line.amount for line in warm.cost.lines if line.resource.endswith("-spare")
+    }
+    assert spare == {
+        "servers": D("0.024") * hours,
+        "ips": D("0.005") * hours,
+        "volumes": D(20) * D("0.0952"),
+    }
+    assert planned(warm)["USD"] - planned(cold)["USD"] == (D("0.024") + D("0.005")) * hours
+
+
+def test_cost_rows_show_both_spare_modes(hcloud, localstack):
+    for comparison, currency in ((hcloud, "EUR"), (localstack, "USD")):
+        cells = {c["blueprint"]: c for c in compare_output.cost_rows(comparison)}
+        for label in (WARM, COLD):
+            r = row(comparison, label)
+            assert cells[label]["total"] == costs.money(r.monthly, currency)
+            assert cells[label]["servers"] == costs.money(r.cost.by_category()["servers"], currency)
+    # the stack's own mode is named on the row planned with it
+    assert row(hcloud, WARM).notes[0] == (
+        "the stack runs a warm spare (blueprints:spareMode unset: the hcloud default)"
+    )
+    assert row(localstack, WARM).notes[0].startswith("planned with blueprints:spareMode: warm;")
 
 
 def test_aws_region_outside_the_table_is_flagged():
@@ -279,16 +320,96 @@ def settings(**kw) -> StackSettings:
 APP = load_spec(ROOT / "examples/app.yaml")
 
 
-def test_single_vm_recovery_follows_the_watchdog_settings():
-    base = failure_model(settings(blueprint="single-vm", target="hcloud"), APP).worst
+def expected_recovery(cloud: str, spare: str, interval=5, failures=3, timeout=3) -> float:
+    """The single-VM model as documented, from CLOUD_TIMES and the example app (web's health
+    check every 10 s)."""
+    t = CLOUD_TIMES[cloud]
+    # the primary dies just after a good probe; a cycle starts every interval, or when the
+    # previous one ends
+    detect = interval + (failures - 1) * max(interval, timeout) + timeout
+    host_checks = timeout  # public address, private network, floating IP at once
+    # the promotion's calls: lock (clock, create, read back) 3, first read 1, 4 before each of
+    # six steps, a read after the power-off 1; the settle; its probe of the hung primary
+    promotion = (3 + 1 + 6 * 4 + 1) * t["api"] + 0.5 + timeout
+    moves = t["power_off"] + t["detach"] + t["attach"]
+    if spare == "cold":  # the spare boots while the primary is fenced; it pulls the images
+        moves = max(t["boot"], moves) + t["pull"]
+    return detect + host_checks + promotion + moves + t["app_start"] + 10 + t["ip_move"]
+
+
+@pytest.mark.parametrize("target", ["hcloud", "aws", "localstack"])
+@pytest.mark.parametrize("spare", ["warm", "cold"])
+def test_single_vm_recovery_per_spare_mode_and_cloud(target, spare):
+    s = settings(blueprint="single-vm", target=target, spareMode=spare)
+    model = failure_model(s, APP)
+    assert model.worst.dies == "primary"
+    assert model.worst.seconds == pytest.approx(expected_recovery(s.cloud, spare), abs=0.05)
+    assert model.worst == single_vm_recovery(s, APP)
+    whats = [step.what for step in model.worst.steps]
+    assert any("boots" in w for w in whats) is (spare == "cold")
+    assert any("pulled" in w for w in whats) is (spare == "cold")
+
+
+def test_cold_costs_the_boot_and_the_pull():
+    for cloud in ("hcloud", "aws"):
+        warm, cold = (
+            single_vm_recovery(settings(blueprint="single-vm", target=cloud, spareMode=m), APP)
+            for m in ("warm", "cold")
+        )
+        assert cold.seconds > warm.seconds
+    # the spare mode defaults to the cloud's: warm on hcloud, cold on aws
+    for target, spare in (("hcloud", "warm"), ("aws", "cold"), ("localstack", "cold")):
+        s = settings(blueprint="single-vm", target=target)
+        assert single_vm_recovery(s, APP) == single_vm_recovery(
+            settings(blueprint="single-vm", target=target, spareMode=spare), APP
+        )
+
+
+@pytest.mark.parametrize("spare", ["warm", "cold"])
+def test_single_vm_recovery_follows_the_watchdog_settings(spare):
+    base = failure_model(settings(blueprint="single-vm", target="hcloud", spareMode=spare), APP)
     slower = failure_model(
-        settings(blueprint="single-vm", target="hcloud", watchInterval=10, watchFailures=4), APP
-    ).worst
-    # detection = interval x failures + probe timeout; the promotion itself is unchanged
-    assert slower.seconds - base.seconds == (10 * 4) - (5 * 3)
-    times = CLOUD_TIMES["hcloud"]
-    promotion = max(times["boot"], times["power_off"] + times["detach"] + times["attach"])
-    assert base.seconds == 5 * 3 + 3 + promotion + times["container"] + 10 + times["ip_move"]
+        settings(
+            blueprint="single-vm",
+            target="hcloud",
+            spareMode=spare,
+            watchInterval=10,
+            watchFailures=4,
+            probeTimeout=5,
+        ),
+        APP,
+    )
+    # detection = interval x failures + probe timeout, then the host checks and the
+    # promotion's probe of the primary wait one probe timeout each; the rest is unchanged
+    assert slower.worst.seconds - base.worst.seconds == pytest.approx(
+        (10 * 4 + 5 + 5 + 5) - (5 * 3 + 3 + 3 + 3)
+    )
+    assert slower.worst.seconds == pytest.approx(
+        expected_recovery("hcloud", spare, interval=10, failures=4, timeout=5), abs=0.05
+    )
+
+
+def test_a_probe_slower_than_the_interval_slows_the_watchdog():
+    # a cycle starts when the previous one ends: probes 4s apart, not 2s
+    s = settings(blueprint="single-vm", target="hcloud", watchInterval=2, probeTimeout=4)
+    model = single_vm_recovery(s, APP)
+    assert model.steps[0].seconds == 2 + 2 * 4 + 4
+    assert model.seconds == pytest.approx(expected_recovery("hcloud", "warm", 2, 3, 4), abs=0.05)
+
+
+def test_measured_operation_times_replace_the_estimates():
+    # A drill that measured its own cloud's operations gets the model's figure for them.
+    s = settings(blueprint="single-vm", target="hcloud", spareMode="warm")
+    measured = {"api": 0.05, "power_off": 0.2, "detach": 0.3, "attach": 0.3, "ip_move": 0.1}
+    measured["app_start"] = 7.5
+    got = single_vm_recovery(s, APP, measured)
+    calls = 29 * 0.05 + 0.5
+    moves = 0.2 + 0.3 + 0.3
+    # (each step to a tenth of a second)
+    expected = 5 * 3 + 3 + 3 + calls + 3 + moves + 7.5 + 10 + 0.1
+    assert got.seconds == pytest.approx(expected, abs=0.1)
+    with pytest.raises(ValueError, match="unknown cloud operation boto; known: api, "):
+        single_vm_recovery(s, APP, {"boto": 1})
 
 
 def test_nomad_recovery_follows_heartbeat_settings():
@@ -334,11 +455,97 @@ def test_a_timeout_in_the_stack_file_changes_the_compared_recovery(tmp_path):
     (project / "stacks").mkdir()
     stack = yaml.safe_load((ROOT / "stacks/Pulumi.single-vm-hcloud.yaml").read_text())
     (project / "stacks/Pulumi.single-vm-hcloud.yaml").write_text(yaml.safe_dump(stack))
-    before = compare("hcloud", project_dir=project).rows[0].failure.worst.seconds
+    before = [r.failure.worst.seconds for r in compare("hcloud", project_dir=project).rows]
     stack["config"]["blueprints:watchInterval"] = 20
     (project / "stacks/Pulumi.single-vm-hcloud.yaml").write_text(yaml.safe_dump(stack))
-    after = compare("hcloud", project_dir=project).rows[0].failure.worst.seconds
-    assert after - before == (20 - 5) * 3
+    compared = compare("hcloud", project_dir=project)
+    after = [r.failure.worst.seconds for r in compared.rows]
+    assert [r.label for r in compared.rows] == [WARM, COLD]
+    assert [a - b for a, b in zip(after, before, strict=True)] == pytest.approx([(20 - 5) * 3] * 2)
+    # and the drill prints the same figures for the changed stack
+    out = drill_output(["--stack", "single-vm-hcloud"], project)
+    for r in compared.rows:
+        assert drill_figure(out, r.spare) == compare_output.recovery_text(r.failure.worst.seconds)
+
+
+# ----------------------------------------------------------------------------- the drill
+
+
+def drill_output(args: list[str], root: Path = ROOT) -> str:
+    """What scripts/drill.py prints for args, run in this process."""
+    import contextlib
+    import io
+
+    spec = importlib.util.spec_from_file_location("drill", ROOT / "scripts/drill.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert module.main(args, root) == 0
+    return buffer.getvalue()
+
+
+def drill_figure(out: str, spare: str) -> str:
+    """The drill's 'death to serving' figure for one spare mode, e.g. '66.6 s'."""
+    section = out.split(f"  {spare} spare:\n", 1)[1]
+    line = next(x for x in section.splitlines() if "death to serving from the spare:" in x)
+    return line.split(": ", 1)[1].split(" (", 1)[0]
+
+
+@pytest.mark.parametrize(("target", "stack"), [("hcloud", "hcloud"), ("localstack", "localstack")])
+def test_the_drill_prints_the_figure_compare_prints(request, target, stack):
+    comparison = request.getfixturevalue(target)
+    out = drill_output(["--stack", f"single-vm-{stack}"])
+    table = {r["blueprint"]: r["worst VM loss"] for r in compare_output.summary_rows(comparison)}
+    for label, spare in ((WARM, "warm"), (COLD, "cold")):
+        seconds = row(comparison, label).failure.worst.seconds
+        assert drill_figure(out, spare) == table[label] == compare_output.recovery_text(seconds)
+        # each step of the drill's timeline is a step of the model
+        steps = row(comparison, label).failure.worst.steps
+        section = out.split(f"  {spare} spare:\n", 1)[1]
+        for step in steps:
+            assert step.what in section
+
+
+def test_the_drill_refuses_bad_input_in_one_line():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/drill.py"), "--time", "boot=soon"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "drill.py: error: --time: 'boot=soon' is not NAME=SECONDS with SECONDS >= 0"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/drill.py"), "--stack", "compose-hcloud"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stderr.splitlines()[-1].endswith("compose-hcloud is a compose stack, not single-vm")
+
+
+def test_the_drill_takes_measured_times_and_checks_the_target():
+    out = drill_output(["--spare", "warm", "--time", "power_off=1", "--time", "api=0"])
+    assert "cold spare:" not in out
+    s = settings(blueprint="single-vm", target="hcloud", spareMode="warm")
+    model = single_vm_recovery(s, APP, {"power_off": 1, "api": 0})
+    assert drill_figure(out, "warm") == compare_output.recovery_text(model.seconds)
+    assert "power_off 1s (given)" in out
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/drill.py"), "--spare", "cold", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    over = single_vm_recovery(
+        settings(blueprint="single-vm", target="hcloud", spareMode="cold"), APP
+    )
+    assert over.seconds is not None and over.seconds >= 60
+    assert proc.returncode == 1 and "over the 60 s target" in proc.stdout
 
 
 # ----------------------------------------------------------------------------- counted parts
@@ -377,12 +584,12 @@ def test_k3s_packaged_components_follow_the_disable_list():
 
 
 def test_each_rung_has_its_own_parts(hcloud):
-    kinds = {r.blueprint: {p.kind for p in r.parts} for r in hcloud.rows}
-    assert "outside the VMs" in kinds["single-vm"]  # the watchdog
+    kinds = {r.label: {p.kind for p in r.parts} for r in hcloud.rows}
+    assert "run separately" in kinds[WARM] and "run separately" in kinds[COLD]  # the watchdog
     assert "container" in kinds["compose"]
     assert "nomad task" in kinds["nomad"]
     assert {"workload", "add-on"} <= kinds["k8s"]
-    assert [r.vms for r in hcloud.rows] == [2, 1, 3, 6]
+    assert [r.vms for r in hcloud.rows] == [2, 2, 1, 3, 6]
     assert all(r.config_lines > 100 for r in hcloud.rows)
 
 
@@ -391,13 +598,22 @@ def test_each_rung_has_its_own_parts(hcloud):
 
 def test_every_format_renders(hcloud):
     data = json.loads(compare_output.to_json(hcloud))
-    assert [b["blueprint"] for b in data["blueprints"]] == ["single-vm", "compose", "nomad", "k8s"]
+    assert [(b["blueprint"], b["spare"]) for b in data["blueprints"]] == [
+        ("single-vm", "warm"),
+        ("single-vm", "cold"),
+        ("compose", None),
+        ("nomad", None),
+        ("k8s", None),
+    ]
     assert data["prices"][0]["as_of"] == "2025-10"
-    assert data["blueprints"][0]["cost"]["monthly"] == str(row(hcloud, "single-vm").monthly)
+    assert data["blueprints"][1]["cost"]["monthly"] == str(row(hcloud, COLD).monthly)
+    cold = data["blueprints"][1]["failure"]["worst"]
+    assert cold["seconds"] == row(hcloud, COLD).failure.worst.seconds
 
     md = compare_output.to_markdown(hcloud)
     assert md.startswith("## shop: the four blueprints on hcloud\n")
-    assert "| single-vm | single-vm-hcloud | 2 | 4 | 8 GiB |" in md
+    assert "| single-vm (warm spare) | single-vm-hcloud | 2 | 4 | 8 GiB |" in md
+    assert "| single-vm (cold spare) | single-vm-hcloud | 2 | 4 | 8 GiB |" in md
     assert "node-1 dies: manual" in md
 
     page = compare_output.to_html(hcloud)
@@ -469,7 +685,7 @@ def test_a_spec_option_changes_what_is_compared(tmp_path):
     bigger.write_text(text)
     result = compare("hcloud", project_dir=ROOT, spec=bigger)
     # 100 GB + 1 GB on the single-VM volume instead of 21 GB
-    delta = row(result, "single-vm").monthly - D("10.904")
+    delta = row(result, WARM).monthly - D("10.904")
     assert delta == D(80) * D("0.044")
 
 

@@ -287,3 +287,65 @@ def test_compare_without_a_bucket_shows_no_object_storage(compared):
         assert object_storage_lines(row.cost) == []
         assert not any(n.startswith("backups:") for n in row.notes)
         assert row.cost.unpriced == ()
+
+
+# ----------------------------------------------------------------------------- spare modes
+
+
+def _aws_pair(spare_state: str | None, with_ids: bool = True) -> list[tuple]:
+    """An aws single-vm's two instances (the primary with an Elastic IP), the spare kept in
+    `spare_state` by an InstanceState (None: no InstanceState, the instance simply runs).
+    Without ids, as in a preview of new resources: the power resource names its instance."""
+    root = {"volumeSize": 20, "volumeType": "gp3"}
+    instance = {"instanceType": "t3.small", "associatePublicIpAddress": True}
+    instance["rootBlockDevice"] = root
+    out: list[tuple] = [
+        (costs.AWS_INSTANCE, "app-primary", instance, "i-1" if with_ids else None),
+        (costs.AWS_INSTANCE, "app-spare", instance, "i-2" if with_ids else None),
+        (costs.AWS_EIP, "app-ip", {}),
+        (costs.AWS_EIP_ASSOCIATION, "app-ip-assoc", {"instanceId": "i-1"}),
+    ]
+    if spare_state is not None:
+        power = {"state": spare_state, "instanceId": "i-2" if with_ids else "[unknown]"}
+        out.append((costs.AWS_INSTANCE_STATE, "app-spare-power", power))
+    return out
+
+
+def _spare_lines(summary: costs.CostSummary) -> dict[str, Decimal]:
+    return {line.category: line.amount for line in summary.lines if line.resource == "app-spare"}
+
+
+def test_an_aws_cold_spare_costs_its_root_disk_only():
+    disk = 20 * AWS.decimal("ebs_gb_month", "gp3")
+    for with_ids in (True, False):
+        summary = costs.price_resources(_aws_pair("stopped", with_ids))
+        # no compute, and no public IPv4: a stopped instance gives its address back
+        assert _spare_lines(summary) == {"servers": D(0), "volumes": disk}, with_ids
+        spare = next(line for line in summary.lines if line.resource == "app-spare")
+        assert spare.detail == "t3.small, stopped: no compute charge"
+
+
+def test_an_aws_warm_spare_costs_a_running_instance():
+    hours = AWS.decimal("hours_per_month")
+    disk = 20 * AWS.decimal("ebs_gb_month", "gp3")
+    ipv4 = AWS.decimal("public_ipv4_hour") * hours
+    compute = AWS.server_types["t3.small"].price * hours
+    for state in ("running", None):
+        summary = costs.price_resources(_aws_pair(state))
+        assert _spare_lines(summary) == {"servers": compute, "ips": ipv4, "volumes": disk}
+    warm, cold = (costs.price_resources(_aws_pair(s)).total["USD"] for s in ("running", "stopped"))
+    assert warm - cold == compute + ipv4
+
+
+def test_a_hetzner_spare_costs_the_same_warm_or_cold():
+    # Hetzner bills a powered-off server in full: whatever keeps it off changes nothing.
+    server = {"serverType": "cx23", "location": "fsn1"}
+    warm = costs.price_resources([(costs.HCLOUD_SERVER, "app-spare", server)])
+    cold = costs.price_resources(
+        [
+            (costs.HCLOUD_SERVER, "app-spare", server),
+            ("command:local:Command", "app-spare-power", {"create": "poweroff"}),
+        ]
+    )
+    assert warm.total == cold.total == {"EUR": D("2.99") + D("0.50")}
+    assert warm.lines[0].detail == "cx23, billed running or off"
