@@ -13,7 +13,12 @@ The harness (root only; `scripts/install-realnode` installs what it drives):
 - `node.Node(name, user_data, network, disk=..., images=...)`: a systemd-nspawn container that
   boots the overlay of the root plus what cloud-init would install from the user data;
   `start`, `wait_booted`, `wait_active`, `exec`, `containers`, `diagnose` (failed units and
-  their journals), `reboot`, `kill`, `destroy`. `node.TEST_ONLY` lists every test-only bridge.
+  their journals), `reboot`, `kill`, `hang`, `attach_volume`/`detach_volume` (hot-plug),
+  `destroy`. `node.TEST_ONLY` lists every test-only bridge.
+- `fake_cloud.NodeCloud(network, app=..., stack=...)`: the fake Hetzner API (FakeHcloud) whose
+  actions happen to the nodes (power, the volume's loop device hot-plugged, the floating IP's
+  route), served on the network's client side for a real `blueprints watch`; `HolderWatch`
+  samples that at most one node holds the volume.
 - `stacks.user_data(stack, suffix)`: a server's user data from the offline plan of a stack;
   `stacks.HttpsClient`: curl on the test network against a node's proxy, TLS verified.
 - `light`: fixtures that need no systemd: `DockerEngine` (dockerd in a network namespace),

@@ -110,6 +110,10 @@ class TestNetwork:
         """Route `floating_ip` to the node at `node_address` (moving it if routed elsewhere)."""
         run(["ip", "-n", self.lan, "route", "replace", f"{floating_ip}/32", "via", node_address])
 
+    def unassign(self, floating_ip: str) -> None:
+        """Route `floating_ip` nowhere (a request to it fails at once: no route)."""
+        run(["ip", "-n", self.lan, "route", "del", f"{floating_ip}/32"], check=False)
+
     def run(self, argv: list[str], **kwargs):
         """Run a command on the client side of the network (the bridge's namespace)."""
         return run(["ip", "netns", "exec", self.lan, *argv], **kwargs)

@@ -7,6 +7,10 @@
     node.exec(["systemctl", "is-active", "app.target"])   # any command inside the node
     node.reboot(); node.destroy(); disk.destroy()
 
+    spare = Node("spare", user_data, network)             # no volume: the units needing it wait
+    spare.start(); spare.attach_volume(disk)              # the cloud attached it: hot-plugged
+    spare.detach_volume(); spare.hang()                   # gone again; a hung VM (cloud: running)
+
 What cloud-init does on a real VM, `install_user_data` prepares from the same #cloud-config
 text: users and keys before the first boot; write_files (content, owner, permissions) staged and
 copied into place early in the first boot, after systemd loaded its units (as cloud-init's init
@@ -16,7 +20,9 @@ in the document or in an entry, are refused. A few things cannot be real here; e
 test-only addition listed in TEST_ONLY, never a change to a rendered file:
 - no udev in a container, so the data volume's /dev/disk/by-id path is a bind of the loop device
   and srv-data.mount gets a drop-in pointing at a second bind outside /dev (a mount on a /dev
-  path waits for a device unit only udev announces);
+  path waits for a device unit only udev announces); a volume attached to a running node
+  (`attach_volume`) appears as device nodes of the loop device made at both paths, and the units
+  its device unit wants are started, as systemd does when udev announces the device;
 - no registry, so the stand-in images are `docker import`ed before the runcmd (the prepare step's
   pull fails and falls back to the local copy, as it does during a registry outage);
 - no ACME, so the Caddy config's issuer is Caddy's internal CA (its root in the data volume);
@@ -26,6 +32,7 @@ test-only addition listed in TEST_ONLY, never a change to a rendered file:
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -72,6 +79,8 @@ KNOWN_KEYS = {
 }
 TEST_ONLY = (
     "srv-data.mount drop-in: What= a bind of the loop device outside /dev (no udev)",
+    "a volume attached to a running node: device nodes made with mknod, and the units its "
+    "device unit wants started with systemctl (udev would announce it)",
     "stand-in images imported with `docker import` before the runcmd (no registry)",
     "Caddy issues from its internal CA (install_trust false) instead of ACME",
     "/etc/netplan/50-cloud-init.yaml gives eth0 the node's address (no datasource)",
@@ -215,6 +224,10 @@ class Node:
                 f"--bind={self.disk.loop}:{self.data_device}",
                 f"--bind={self.disk.loop}:{DATA_BIND}",
             ]
+        else:
+            # What an earlier attachment left in the root (a device node, a bind's mount point)
+            # is not a volume: without one the node boots finding nothing there.
+            (self.root / DATA_BIND.lstrip("/")).unlink(missing_ok=True)
         self.started_at = time.monotonic()
         with open(self.console, "ab") as console:
             self.proc = subprocess.Popen(
@@ -298,14 +311,102 @@ class Node:
             stop_pid(self.leader, signal_first=9, grace=10)
         self.stop(timeout=10)
 
-    def reboot(self) -> None:
-        """Power off and boot again. eth0 keeps only the node's own address, as after a power
-        cycle: whatever the node configures at boot (its netplan files) must do so again."""
-        self.stop()
+    def hang(self) -> None:
+        """The VM hangs: every process in it is gone and its network answers nothing, not even
+        with a TCP reset; the cloud would still report it running. start() boots it again."""
+        self.kill()
+        assert self.netns is not None
+        run(["ip", "-n", self.netns, "link", "set", "eth0", "down"])
+
+    def reset_network(self) -> None:
+        """eth0 as after a power cycle: up, with only the node's own address (whatever the node
+        configures at boot, its netplan files, must do so again)."""
         assert self.netns is not None
         run(["ip", "-n", self.netns, "addr", "flush", "dev", "eth0"])
         run(["ip", "-n", self.netns, "addr", "add", f"{self.address}/24", "dev", "eth0"])
+        run(["ip", "-n", self.netns, "link", "set", "eth0", "up"])
+
+    def reboot(self) -> None:
+        """Power off and boot again, with the network as after a power cycle (reset_network)."""
+        self.stop()
+        self.reset_network()
         self.start()
+
+    # --- the data volume, attached and detached while the node runs ----------------------------
+
+    def attach_volume(self, disk: DataDisk) -> list[str]:
+        """The cloud attached `disk` to this node. Running: its device appears (at the by-id
+        path and at the mount's path outside /dev) and the units its device unit wants are
+        started, as systemd does when udev announces a device; those units are returned. Not
+        running: it is there at the next start()."""
+        if self.data_device is None:
+            raise HarnessError(f"node {self.name}: the user data mounts no data volume")
+        if disk.loop is None:
+            raise HarnessError(f"node {self.name}: the volume has no loop device")
+        self.disk = disk
+        if self.leader is None:
+            return []
+        rdev = os.stat(disk.loop).st_rdev
+        lines = ["set -e"]
+        for path in (self.data_device, DATA_BIND):
+            lines += [
+                f"mkdir -p {shlex.quote(os.path.dirname(path))}",
+                f"umount {shlex.quote(path)} 2>/dev/null || true",
+                f"rm -f {shlex.quote(path)}",
+                f"mknod -m 0660 {shlex.quote(path)} b {os.major(rdev)} {os.minor(rdev)}",
+            ]
+        self.sh("\n".join(lines))
+        units = self.device_wants()
+        if units:
+            self.exec(["systemctl", "start", "--no-block", *units])
+        return units
+
+    def detach_volume(self) -> None:
+        """The cloud detached the volume: its device nodes go (a mount made from them stays, as
+        a filesystem stays mounted on a VM whose volume was pulled; detach from a node that is
+        off to avoid that). Not running: the next start() finds no volume."""
+        self.disk = None
+        if self.leader is None:
+            return
+        lines = []
+        for path in (self.data_device, DATA_BIND):
+            if path is not None:
+                lines += [
+                    f"umount {shlex.quote(path)} 2>/dev/null || true",
+                    f"rm -f {shlex.quote(path)}",
+                ]
+        self.sh("\n".join(lines))
+
+    def device_wants(self) -> list[str]:
+        """The units the data volume's device unit wants (its .wants/ directories, as
+        `systemctl enable` of a unit WantedBy= it fills them)."""
+        assert self.data_device is not None
+        unit = self.exec(
+            ["systemd-escape", "--path", "--suffix=device", self.data_device]
+        ).stdout.strip()
+        wants = self.exec(["systemctl", "show", "--value", "--property=Wants", unit]).stdout
+        return sorted(wants.split())
+
+    def holds_data_mount(self) -> bool:
+        """/srv/data is mounted in the node (read from its init's mount table, no process)."""
+        leader = self.leader
+        if leader is None:
+            return False
+        try:
+            table = Path(f"/proc/{leader}/mountinfo").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return any(line.split()[4] == "/srv/data" for line in table.splitlines())
+
+    def has_volume_device(self) -> bool:
+        """The volume's by-id device node exists in the running node."""
+        leader = self.leader
+        if leader is None or self.data_device is None:
+            return False
+        try:
+            return Path(f"/proc/{leader}/root{self.data_device}").is_block_device()
+        except OSError:
+            return False
 
     def destroy(self) -> None:
         """Stop the node and remove its namespace, mounts and files. Safe to call twice."""
