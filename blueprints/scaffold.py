@@ -80,7 +80,10 @@ PULUMI_IMAGE = "pulumi/pulumi-python-3.12:3.272.0"
 WATCHDOG_IMAGE = "python:3.12.8-bookworm"  # no Pulumi CLI: a promotion is recorded in the file
 LOCALSTACK_IMAGE = "localstack/localstack:4.13.1"
 UV_VERSION = "0.13.8"
-WATCH_FOR = "55s"  # scheduled every minute; resource_group keeps two runs from overlapping
+# The scheduled watchdog is a backstop to the long-lived one (`blueprints watchdog-unit`):
+# gitlab.com runs a schedule at most every 5 minutes (24 pipelines a day per schedule on the Free
+# tier), so one run checks for a minute; resource_group keeps two runs from overlapping.
+WATCH_FOR = "60s"
 
 _PROJECT_NAME = re.compile(r"[^\x00-\x1f\x7f{}]{1,80}")
 _JINJA = ("{{", "{%", "{#")
@@ -466,6 +469,8 @@ def pulumi_yaml_text(answers: Answers) -> str:
         "main": PROGRAM_FILE,
         "stackConfigDir": "stacks",
         "runtime": {"name": "python", "options": {"toolchain": "uv", "virtualenv": ".venv"}},
+        # Promotions move the volume and IP outside Pulumi: read the cloud before each update.
+        "options": {"refresh": "always"},
     }
     head = _comment(
         "The Pulumi project: `pulumi up` runs program.py with the stack's config from "
@@ -550,7 +555,8 @@ def gitlab_ci_text(answers: Answers) -> str:
 #   the merge request (`blueprints preview-report`).
 # Default branch: `pulumi up` per stack. Every job that changes a stack holds the resource_group
 #   named after it, so two deploys of a stack never overlap (nor a deploy and the watchdog).
-# Schedules (CI/CD > Schedules, every minute): the failover watchdog of single-VM stacks.
+# Schedules (CI/CD > Schedules, e.g. hourly): a backstop check of single-VM stacks' failover; the
+#   watchdog itself runs as a service (`blueprints watchdog-unit`, blueprints README: Failover).
 #
 # CI/CD variables (Settings > CI/CD > Variables, masked):
 #   PULUMI_ACCESS_TOKEN   the Pulumi Cloud backend; for a self-managed backend set
@@ -682,11 +688,12 @@ def gitlab_ci_text(answers: Answers) -> str:
         )
     for stack in watched:
         out += _comment(
-            f"The watchdog of {stack}: probes the app every few seconds for {WATCH_FOR} and "
-            "promotes the parked spare after repeated failures (blueprints README: Failover). A "
-            "promotion is recorded in stacks/ here, in CI's checkout only: the job then fails, "
-            "keeps the changed stack file as an artifact and says to commit it before the next "
-            "deploy (which would otherwise move the volume back)."
+            f"A backstop watchdog of {stack}: probes the app every few seconds for {WATCH_FOR}, "
+            "promotes the spare if the primary's host is dead and fails (exit 4) if the app fails "
+            "on a live host (blueprints README: Failover). A promotion is recorded in stacks/ "
+            "here, in CI's checkout only: the job then fails and keeps the changed stack file as "
+            "an artifact to commit (the next deploy keeps the app where the cloud runs it, and "
+            "warns until the file agrees)."
         )
         out += _job(
             f"watchdog:{stack}",

@@ -238,7 +238,7 @@ def test_gitlab_ci_jobs_per_stack(baked):
             dog = jobs[f"watchdog:{stack}"]
             assert dog["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
             assert dog["resource_group"] == jobs[f"deploy:{stack}"]["resource_group"]  # never both
-            assert f"uv run blueprints watch {stack} --for 55s" in dog["script"][0]
+            assert f"uv run blueprints watch {stack} --for 60s" in dog["script"][0]
         # One report job after every preview, on merge requests only.
         report = jobs["preview-report"]
         assert report["rules"] == [{"if": mr, "when": "always"}]  # after a failed preview too
