@@ -267,3 +267,19 @@ def assert_promoted(world: World, to: str = "spare") -> None:
 def primary_dies(world: World) -> None:
     """A hung primary: the cloud still says running, the app no longer answers."""
     world.broken.add("primary")
+
+
+def killed_after_boot(world: World, owner: str = "ci-1") -> None:
+    """A hung primary, and a promoter that dies right after booting the spare: its lock stays
+    `running` with no one refreshing it."""
+    primary_dies(world)
+
+    def die(at: str) -> None:
+        if at == "boot":
+            raise Killed(at)
+
+    try:
+        world.promotion(owner=owner, after_step=die).run(world.options(), "primary")
+    except Killed:
+        return
+    raise AssertionError("the promotion was not killed after boot")

@@ -15,6 +15,7 @@ from failover_world import (
     assert_promoted,
     hcloud_world,
     is_action,
+    killed_after_boot,
     primary_dies,
 )
 from fakes import FakeHcloud
@@ -350,14 +351,7 @@ def test_park_does_not_bring_back_a_record_after_a_takeover(world):
 
 
 def test_park_refuses_while_a_promotion_runs(world):
-    primary_dies(world)
-
-    def die(at: str) -> None:
-        if at == "boot":
-            raise Killed(at)
-
-    with pytest.raises(Killed):
-        world.promotion(owner="ci-1", after_step=die).run(world.options(), "primary")
+    killed_after_boot(world)
     mark = len(world.calls())
     with pytest.raises(PromotionRefused, match="another promotion to spare is in progress"):
         park(world.cloud, "primary", settle=0)

@@ -20,9 +20,9 @@ import boto3
 import pytest
 from emulators import FaultProxy, build_single_vm
 from failover_world import (
-    Killed,
     assert_promoted,
     is_action,
+    killed_after_boot,
     primary_dies,
 )
 from fakes import FakeHcloud
@@ -461,20 +461,9 @@ def test_owner_ids_differ_across_hosts_with_the_same_hostname():
 # -- clocks --------------------------------------------------------------------------------
 
 
-def _killed_after_boot(world) -> None:
-    primary_dies(world)
-
-    def die(at: str) -> None:
-        if at == "boot":
-            raise Killed(at)
-
-    with pytest.raises(Killed):
-        world.promotion(owner="ci-1", after_step=die).run(world.options(), "primary")
-
-
 def test_a_cloud_clock_behind_the_local_one_does_not_expire_a_live_lock(world):
     world.shift_clock(-ELEVEN_MINUTES)  # by the local clock, the lock's beat is 11 minutes old
-    _killed_after_boot(world)
+    killed_after_boot(world)
     assert abs(world.lock().beat - (time.time() - ELEVEN_MINUTES)) < 5
     with pytest.raises(PromotionRefused, match="another promotion to spare is in progress"):
         world.promotion(owner="ci-2").run(world.options(), "primary")
@@ -485,7 +474,7 @@ def test_a_cloud_clock_behind_the_local_one_does_not_expire_a_live_lock(world):
 
 def test_a_cloud_clock_ahead_of_the_local_one_does_not_keep_an_expired_lock(world):
     world.shift_clock(ELEVEN_MINUTES)  # by the local clock, the lock's beat is in the future
-    _killed_after_boot(world)
+    killed_after_boot(world)
     with pytest.raises(PromotionRefused, match="another promotion to spare is in progress"):
         world.promotion(owner="ci-2").run(world.options(), "primary")
     world.shift_clock(world.options().lock_ttl - 10)
