@@ -7,10 +7,13 @@ field path and what is allowed.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
+import shlex
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -21,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,7 +41,7 @@ SSH_KEY = re.compile(
 _ENV_RULE = "(letters, digits and _, not starting with a digit)"
 HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 
-_DURATION = re.compile(r"^([0-9]+)(s|m|h)?\Z")
+_DURATION = re.compile(r"^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?(?:([0-9]+)ms)?\Z")
 _MEMORY = re.compile(r"^([0-9]+)(Mi|Gi|M|G)?\Z")
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
 _UNIONS = (Union, types.UnionType)
@@ -60,20 +64,47 @@ class FieldProblem(ValueError):
         self.message = message
 
 
-def _duration(value: Any) -> Any:
-    """Accept 10, "10", "10s", "2m", "1h"; return whole seconds between 1s and 1h."""
-    seconds = None
+def _seconds(value: Any) -> int | None:
+    """Whole seconds from 90, "90", "90s", "1m30s", "2h", "500ms" (rounded up), or None."""
     if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif isinstance(value, str):
-        m = _DURATION.match(value.strip())
-        if m:
-            seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-    if seconds is None:
-        raise ValueError(f"must be a duration such as 10s, 2m or 1h (got {_show(value)})")
-    if not 1 <= seconds <= 3600:
-        raise ValueError(f"must be a duration from 1s to 1h (got {_show(value)})")
-    return seconds
+        return value
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    m = _DURATION.match(text)
+    if not m or not text:
+        return None
+    h, mins, secs, ms = (int(g) if g else 0 for g in m.groups())
+    return h * 3600 + mins * 60 + secs + -(-ms // 1000)
+
+
+def _duration_between(low: int, high: int, example: str) -> Any:
+    def check(value: Any) -> Any:
+        seconds = _seconds(value)
+        if seconds is None:
+            raise ValueError(
+                f"must be a duration such as {example} (got {_show(value)}); "
+                "units are h, m, s and ms, and 500ms counts as 1s"
+            )
+        if not low <= seconds <= high:
+            raise ValueError(
+                f"must be a duration from {_span(low)} to {_span(high)} (got {_show(value)})"
+            )
+        return seconds
+
+    return check
+
+
+def _span(seconds: int) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+_duration = _duration_between(1, 3600, "10s, 1m30s or 1h")
 
 
 def _memory(value: Any) -> Any:
@@ -93,6 +124,47 @@ def _memory(value: Any) -> Any:
 
 
 Seconds = Annotated[int, BeforeValidator(_duration), Field(ge=1, le=3600)]
+# Tasks and schedules may run longer than a probe: up to a day.
+LongSeconds = Annotated[
+    int, BeforeValidator(_duration_between(1, 86400, "10m, 1h30m or 24h")), Field(ge=1, le=86400)
+]
+
+
+def _argv(value: Any) -> Any:
+    """A command as a list (numbers become strings) or a string split by shell rules."""
+    if isinstance(value, str):
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"cannot be split into words by shell rules ({exc}); write it as a list"
+            ) from None
+        if not words:
+            raise ValueError("must not be empty: give a program and its arguments")
+        return words
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise ValueError(f"every word must be a string, and one is {_show(item)}; quote it")
+            out.append(item if isinstance(item, str) else str(item))
+        return out
+    return value
+
+
+def _env_value(value: Any) -> Any:
+    """YAML numbers and booleans as the strings a process receives ("3", "true")."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if value is None:
+        raise ValueError('must be a value; write "" for an empty string')
+    return value
+
+
+Argv = Annotated[list[str], BeforeValidator(_argv)]
+EnvValue = Annotated[str, BeforeValidator(_env_value)]
 MiB = Annotated[int, BeforeValidator(_memory), Field(ge=16, le=262144)]
 
 
@@ -114,17 +186,32 @@ class HealthCheck(_Model):
         description="Container port to probe (http/tcp); defaults to the service's first port.",
     )
     path: str = Field(default="/", description="HTTP path to request (http only).")
-    command: list[str] | None = Field(
-        default=None, description="Command and arguments run in the container (command only)."
+    command: Argv | None = Field(
+        default=None,
+        description="Command and arguments run in the container (command only): a list, or a "
+        "string split by shell rules.",
     )
     interval: Seconds = Field(default=10, description="Time between probes (e.g. 10s).")
-    timeout: Seconds = Field(default=5, description="Time one probe may take.")
+    timeout: Seconds = Field(
+        default=5, description="Time one probe may take; 5s, or the interval when that is shorter."
+    )
     retries: int = Field(
         default=3, ge=1, le=100, description="Consecutive failures before the service is unhealthy."
     )
     start_period: Seconds = Field(
         default=30, description="Grace time after start during which failures do not count."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _timeout_follows_interval(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "timeout" not in data and "interval" in data:
+            try:
+                interval = _duration(data["interval"])
+            except ValueError:
+                return data  # the interval's own check reports it
+            return {**data, "timeout": min(5, interval)}
+        return data
 
     @field_validator("path")
     @classmethod
@@ -156,7 +243,20 @@ class HealthCheck(_Model):
 class Port(_Model):
     """A port the service listens on inside its container, and how it is exposed."""
 
-    port: int = Field(ge=1, le=65535, description="Port the container listens on.")
+    port: int = Field(
+        ge=1,
+        le=65535,
+        description="The service's port: where other services and the proxy reach it, and the "
+        "port the container listens on unless container_port says otherwise.",
+    )
+    container_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port the process listens on inside the container, when it differs from "
+        "port (an image fixed on 80, say). On single-vm and compose other services reach the "
+        "container itself, so on port only through ${services.NAME.port}, which each rung fills.",
+    )
     expose: Literal["private", "http", "tcp"] = Field(
         default="private",
         description="private: reachable only by other services; http: routed by the reverse proxy "
@@ -213,6 +313,11 @@ class Port(_Model):
     def published(self) -> int:
         return self.public_port or self.port
 
+    @property
+    def target(self) -> int:
+        """The container-side port: what the process listens on."""
+        return self.container_port or self.port
+
 
 class Mount(_Model):
     """A named data volume mounted into a service's container."""
@@ -237,12 +342,12 @@ class Dump(_Model):
     Both commands run inside one of the service's running containers (`docker exec`, `docker
     compose exec`, `kubectl exec`), so they reach a database over its local socket."""
 
-    dump: list[str] = Field(
+    dump: Argv = Field(
         description="Command that writes a consistent copy of the service's state to standard "
         "output, like [pg_dump, --username=shop, --format=custom, shop]. The backup stores that "
         "output instead of the service's volumes, so the service is never paused.",
     )
-    restore: list[str] = Field(
+    restore: Argv = Field(
         description="Command that reads such a copy on standard input and loads it into the "
         "service, run by a restore: on single-vm, compose and nomad into a fresh, empty service; "
         "on k8s into the running one, so it should replace what is there, like [pg_restore, "
@@ -257,15 +362,295 @@ class Dump(_Model):
         return v
 
 
+# --- references inside env values and file contents -------------------------------------------
+
+# `${secrets.NAME}`, `${services.NAME.host}`, `${services.NAME.port}`; `$${` is a literal `${`.
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_SECRET_REF = re.compile(r"^secrets\.([A-Za-z_][A-Za-z0-9_]*)\Z")
+_SERVICE_REF = re.compile(r"^services\.([a-z0-9-]+)\.(host|port)\Z")
+_REF_RULE = (
+    "references are ${secrets.NAME}, ${services.NAME.host} and ${services.NAME.port}; "
+    "write $${ for a literal ${"
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One `${...}` in a value: a secret's name, or a service's host or port."""
+
+    kind: Literal["secret", "service"]
+    name: str
+    attr: str = ""
+
+
+def references(text: str) -> list[Reference]:
+    """The references in text, in order; ValueError (one sentence) for one that is not allowed."""
+    found = []
+    for m in _REFERENCE.finditer(text):
+        whole = m.group(0)
+        if whole == "$${":
+            continue
+        if m.group(1) is None:
+            raise ValueError(f"has a ${{ that is never closed by }}; {_REF_RULE}")
+        inner = m.group(1).strip()
+        secret, service = _SECRET_REF.match(inner), _SERVICE_REF.match(inner)
+        if secret:
+            found.append(Reference("secret", secret.group(1)))
+        elif service:
+            found.append(Reference("service", service.group(1), service.group(2)))
+        else:
+            raise ValueError(f"has an unknown reference {whole!r}; {_REF_RULE}")
+    return found
+
+
+def interpolate(text: str, secret: Callable[[str], str], address: Callable[[str, str], str]) -> str:
+    """text with every reference replaced (and `$${` turned into `${`)."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$${":
+            return "${"
+        ref = references(m.group(0))[0]
+        return secret(ref.name) if ref.kind == "secret" else address(ref.name, ref.attr)
+
+    return _REFERENCE.sub(one, text)
+
+
+def _referenced_secrets(text: str) -> set[str]:
+    return {r.name for r in references(text) if r.kind == "secret"}
+
+
+# How a rung addresses a service from another one: the host is the service's name everywhere;
+# the port is the first port's container side where containers reach each other directly on a
+# Docker network (single-vm, compose), and the service port where the cluster maps it (nomad's
+# host ports, k8s Services).
+Addressing = Literal["docker", "cluster"]
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A service's environment on one rung: values with no secret in them, and secret ones."""
+
+    plain: dict[str, str] = field(default_factory=dict)
+    secret: dict[str, str] = field(default_factory=dict)
+
+
+class File(_Model):
+    """A file placed into the service's container: a config file, or a secret as a file."""
+
+    path: str = Field(description="Absolute path of the file inside the container.")
+    content: str | None = Field(
+        default=None,
+        description="The file's text; may reference ${secrets.NAME} (then the file is kept as a "
+        "secret) and ${services.NAME.host}/${services.NAME.port}.",
+    )
+    source: str | None = Field(
+        default=None,
+        description="A text file to read the content from instead, relative to the spec's "
+        "directory (like config/prometheus.yml).",
+    )
+    mode: str = Field(
+        default="0444",
+        description="Permissions of the file in the container, in octal. The file belongs to "
+        "root, so a process running as another user reads it only through the last digit "
+        "(0444, the default, lets everyone read it).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_source(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or data.get("source") is None:
+            return data
+        if data.get("content") is not None:
+            raise FieldProblem(("source",), "give content or source, not both")
+        source = data["source"]
+        if not isinstance(source, str) or not source.strip():
+            raise FieldProblem(("source",), "must be a file path relative to the spec")
+        base = (info.context or {}).get("base_dir")
+        if base is None:
+            raise FieldProblem(
+                ("source",), "a source file needs a spec loaded from a file; use content here"
+            )
+        rel = Path(source)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise FieldProblem(
+                ("source",),
+                f"must be a path inside the spec's directory, without .. (got {source!r})",
+            )
+        path = Path(base) / rel
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            reason = "no such file" if isinstance(exc, FileNotFoundError) else "cannot be read"
+            raise FieldProblem(("source",), f"{source}: {reason}") from None
+        if len(raw) > FILE_LIMIT:
+            raise FieldProblem(("source",), _too_big(len(raw)))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FieldProblem(
+                ("source",), f"{source} is not UTF-8 text; binary files belong in the image"
+            ) from None
+        return {**data, "content": text}
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _container_path(v)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, v: Any) -> Any:
+        text = f"{v:o}" if isinstance(v, int) and not isinstance(v, bool) else v
+        if not isinstance(text, str) or not re.match(r"^0?[0-7]{3}\Z", text):
+            raise ValueError(f'must be octal permissions like "0444" or "0640" (got {_show(v)})')
+        return text.rjust(4, "0")
+
+    @model_validator(mode="after")
+    def _shape(self) -> File:
+        if self.content is None:
+            raise FieldProblem(("content",), "is required: give content, or a source file")
+        if len(self.content.encode()) > FILE_LIMIT:
+            raise FieldProblem(("content",), _too_big(len(self.content.encode())))
+        if "\0" in self.content:
+            raise FieldProblem(("content",), "contains a NUL character; files here are text")
+        try:
+            references(self.content)
+        except ValueError as exc:
+            raise FieldProblem(("content",), str(exc)) from None
+        if int(self.mode, 8) & 0o444 == 0:
+            raise FieldProblem(("mode",), f"{self.mode} lets nobody read the file")
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.content or ""
+
+    @property
+    def mode_int(self) -> int:
+        return int(self.mode, 8)
+
+    @property
+    def secret(self) -> bool:
+        return bool(_referenced_secrets(self.text))
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe, unique, stable name for this file (host files, ConfigMap keys)."""
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", self.path.strip("/")).strip(".-")[-40:]
+        return f"{stem.strip('.-') or 'file'}-{hashlib.sha256(self.path.encode()).hexdigest()[:8]}"
+
+
+# Files travel in release documents, Nomad templates and ConfigMaps: config, not data.
+FILE_LIMIT = 64 * 1024
+
+
+def _too_big(size: int) -> str:
+    return (
+        f"is {size} bytes, and a file here may hold at most {FILE_LIMIT} (64 KiB); "
+        "put larger files in the image or on a volume"
+    )
+
+
+def _container_path(v: str) -> str:
+    if not re.match(r"^/[A-Za-z0-9._/-]*\Z", v) or "/../" in v + "/" or "/./" in v + "/":
+        raise ValueError(
+            f"must be an absolute container path of letters, digits and ._/- (got {v!r})"
+        )
+    if v.endswith("/") or v == "/":
+        raise ValueError(f"must name a file, not a directory (got {v!r})")
+    return v
+
+
+class Registry(_Model):
+    """Credentials for pulling images from one private registry."""
+
+    username: str = Field(description="User name; plain text or ${secrets.NAME}.")
+    password: str = Field(
+        description="Password or token, as a reference to a secret: ${secrets.NAME}."
+    )
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        references(v)
+        return v
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, v: str) -> str:
+        refs = references(v)
+        if not refs or any(r.kind != "secret" for r in refs):
+            raise ValueError(
+                "must come from a secret, written ${secrets.NAME} and set with "
+                "`pulumi config set --secret --path 'blueprints:secrets.NAME'`; a password in "
+                "the spec would be in git"
+            )
+        return v
+
+
+class Task(_Model):
+    """A command run once per release, before the rollout (a database migration)."""
+
+    service: str = Field(
+        description="Service whose image, entrypoint, env, secrets, files and volumes it runs with."
+    )
+    command: Argv = Field(
+        description="Command and arguments: a list, or a string split by shell rules."
+    )
+    timeout: LongSeconds = Field(
+        default=600, description="How long it may run; past that the release fails (e.g. 10m)."
+    )
+
+
+class Schedule(_Model):
+    """A command run on a schedule with a service's image (a cleanup every 5 minutes)."""
+
+    service: str = Field(
+        description="Service whose image, entrypoint, env, secrets, files and volumes it runs with."
+    )
+    command: Argv = Field(
+        description="Command and arguments: a list, or a string split by shell rules."
+    )
+    cron: str = Field(
+        description="When, in UTC: five cron fields (minute hour day-of-month month day-of-week, "
+        "like */5 * * * *) or @hourly, @daily, @weekly, @monthly. A run never overlaps the last."
+    )
+    timeout: LongSeconds = Field(default=3600, description="How long one run may take (e.g. 1h).")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from blueprints.cron import CronError, normalise
+
+        try:
+            return normalise(v)
+        except CronError as exc:
+            raise ValueError(str(exc)) from None
+
+
 class Service(_Model):
     """One containerised process group of the app."""
 
     image: str = Field(description="Container image reference, ideally pinned by tag or digest.")
-    command: list[str] | None = Field(
-        default=None, description="Command and arguments; the image's default when omitted."
+    entrypoint: Argv | None = Field(
+        default=None,
+        description="Program run instead of the image's entrypoint (a list, or a string split by "
+        "shell rules); the image's when omitted.",
+    )
+    command: Argv | None = Field(
+        default=None,
+        description="Command and arguments (a list, or a string split by shell rules); the "
+        "image's default when omitted.",
     )
     ports: list[Port] = Field(default_factory=list, description="Ports the service listens on.")
-    env: dict[str, str] = Field(default_factory=dict, description="Plain environment variables.")
+    env: dict[str, EnvValue] = Field(
+        default_factory=dict,
+        description="Environment variables. Numbers and booleans are passed as text. A value may "
+        "reference ${secrets.NAME} (then the variable is kept as a secret), "
+        "${services.NAME.host} and ${services.NAME.port}; $${ is a literal ${.",
+    )
     secret_env: list[str] = Field(
         default_factory=list,
         description="Names of environment variables whose values are secrets, set per stack with "
@@ -275,7 +660,16 @@ class Service(_Model):
     cpu: float = Field(default=0.5, gt=0, le=64, description="CPU limit in cores.")
     memory: MiB = Field(default=256, description="Memory limit, e.g. 256Mi or 1Gi.")
     health: HealthCheck | None = Field(default=None, description="Health check; none if omitted.")
-    volumes: list[Mount] = Field(default_factory=list, description="Data volumes to mount.")
+    volumes: list[Mount] = Field(
+        default_factory=list,
+        description="Data volumes to mount; several services may mount one volume, and then run "
+        "on one machine.",
+    )
+    files: list[File] = Field(
+        default_factory=list,
+        description="Files placed into the container, read-only: config files, or secrets as "
+        "files.",
+    )
     depends_on: list[str] = Field(
         default_factory=list, description="Services that must be started (and healthy) first."
     )
@@ -299,11 +693,15 @@ class Service(_Model):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
+        for name, value in v.items():
             if not ENV_NAME.match(name):
                 raise FieldProblem(
                     (name,), f"{name!r} is not a valid environment variable name {_ENV_RULE}"
                 )
+            try:
+                references(value)
+            except ValueError as exc:
+                raise FieldProblem((name,), str(exc)) from None
         return v
 
     @field_validator("secret_env")
@@ -327,6 +725,18 @@ class Service(_Model):
     @property
     def public_tcp_ports(self) -> list[Port]:
         return [p for p in self.ports if p.expose == "tcp"]
+
+    @property
+    def health_port(self) -> int | None:
+        """The container-side port an http or tcp health check probes."""
+        if self.health is None or self.health.type == "command":
+            return None
+        if self.health.port is None:
+            return self.ports[0].target if self.ports else None
+        for p in self.ports:
+            if p.port == self.health.port:
+                return p.target
+        return self.health.port
 
 
 class Volume(_Model):
@@ -405,6 +815,19 @@ class AppSpec(_Model):
     volumes: dict[str, Volume] = Field(
         default_factory=dict, description="Named data volumes by name (DNS labels)."
     )
+    tasks: dict[str, Task] = Field(
+        default_factory=dict,
+        description="Commands run once per release before the rollout, in the order written "
+        "(migrations); one that fails stops the release and the previous one keeps serving.",
+    )
+    schedules: dict[str, Schedule] = Field(
+        default_factory=dict, description="Commands run on a cron schedule, by name."
+    )
+    registries: dict[str, Registry] = Field(
+        default_factory=dict,
+        description="Credentials for private registries, by host (ghcr.io, registry.gitlab.com, "
+        "docker.io).",
+    )
     backups: Backups = Field(default_factory=Backups, description="Backup schedule and retention.")
     admin: Admin = Field(default_factory=Admin, description="Admin SSH keys and networks.")
 
@@ -429,7 +852,12 @@ class AppSpec(_Model):
             raise FieldProblem(("services",), "must declare at least one service")
         for vname in self.volumes:
             _check_label(("volumes", vname), vname, "volume name")
-        owners: dict[str, str] = {}
+        for host in self.registries:
+            if not REGISTRY_HOST.match(host):
+                raise FieldProblem(
+                    ("registries", host),
+                    f"{host!r} is not a registry host like ghcr.io or registry.example.com:5000",
+                )
         routes: dict[tuple[str, str], str] = {}
         published: dict[int, str] = {}
         for sname, svc in self.services.items():
@@ -479,16 +907,34 @@ class AppSpec(_Model):
                         (*base, "volumes", i, "volume"),
                         f"names undeclared volume {m.volume!r}; declared volumes: {declared}",
                     )
-                if m.volume in owners and owners[m.volume] != sname:
-                    raise FieldProblem(
-                        (*base, "volumes", i, "volume"),
-                        f"volume {m.volume!r} is already mounted by service {owners[m.volume]}; "
-                        "each volume belongs to one service",
-                    )
-                owners[m.volume] = sname
                 if m.path in paths:
                     raise FieldProblem((*base, "volumes", i, "path"), f"{m.path} is mounted twice")
                 paths.add(m.path)
+            for i, f in enumerate(svc.files):
+                if f.path in paths:
+                    raise FieldProblem(
+                        (*base, "files", i, "path"), f"{f.path} is already mounted in this service"
+                    )
+                paths.add(f.path)
+            for i, p in enumerate(svc.ports):
+                if (
+                    p.container_port is not None
+                    and sum(q.target == p.target for q in svc.ports) > 1
+                ):
+                    raise FieldProblem(
+                        (*base, "ports", i, "container_port"),
+                        f"container port {p.target} is used by two of this service's ports",
+                    )
+            if svc.backup is not None:
+                for m in svc.volumes:
+                    others = [u for u in self.volume_users(m.volume) if u != sname]
+                    if others:
+                        raise FieldProblem(
+                            (*base, "backup"),
+                            f"volume {m.volume!r} is also mounted by service {others[0]}, and a "
+                            "dump stands in for the volume's files in a backup, so theirs would "
+                            "be lost; give the dumped service a volume of its own",
+                        )
             if svc.backup is not None and not svc.stateful:
                 raise FieldProblem(
                     (*base, "backup"),
@@ -511,6 +957,8 @@ class AppSpec(_Model):
                     raise FieldProblem(
                         (*base, "depends_on", i), "a service cannot depend on itself"
                     )
+        self._check_references()
+        self._check_runs()
         cycle = _find_cycle({n: s.depends_on for n, s in self.services.items()})
         if cycle:
             raise FieldProblem(
@@ -519,12 +967,138 @@ class AppSpec(_Model):
             )
         return self
 
+    def _check_references(self) -> None:
+        """${services.NAME...} names a service (one with a port, for .port)."""
+
+        def check(path: tuple[str | int, ...], text: str) -> None:
+            for ref in references(text):
+                if ref.kind != "service":
+                    continue
+                if ref.name not in self.services:
+                    raise FieldProblem(
+                        path,
+                        f"references unknown service {ref.name!r}; "
+                        f"services: {', '.join(sorted(self.services))}",
+                    )
+                if ref.attr == "port" and not self.services[ref.name].ports:
+                    raise FieldProblem(
+                        path, f"references the port of service {ref.name}, which has no ports"
+                    )
+
+        for sname, svc in self.services.items():
+            for var, value in svc.env.items():
+                check(("services", sname, "env", var), value)
+            for i, f in enumerate(svc.files):
+                check(("services", sname, "files", i, "content"), f.text)
+        for host, reg in self.registries.items():
+            check(("registries", host, "username"), reg.username)
+
+    def _check_runs(self) -> None:
+        taken = {name: "a service" for name in self.services}
+        for kind, runs in (("tasks", self.tasks), ("schedules", self.schedules)):
+            for name, run in runs.items():
+                _check_label((kind, name), name, f"{kind[:-1]} name")
+                if name in taken:
+                    raise FieldProblem(
+                        (kind, name),
+                        f"{name!r} is already the name of {taken[name]}; services, tasks and "
+                        "schedules share one set of names",
+                    )
+                taken[name] = f"a {kind[:-1]}"
+                if run.service not in self.services:
+                    raise FieldProblem(
+                        (kind, name, "service"),
+                        f"names unknown service {run.service!r}; "
+                        f"services: {', '.join(sorted(self.services))}",
+                    )
+
     # Convenience views used by the renderers; always in a stable order.
     def sorted_services(self) -> list[tuple[str, Service]]:
         return sorted(self.services.items())
 
     def secret_names(self) -> list[str]:
-        return sorted({n for s in self.services.values() for n in s.secret_env})
+        """Every secret the app reads: secret_env, and ${secrets.NAME} in env, files, registries."""
+        names: set[str] = set()
+        for svc in self.services.values():
+            names.update(svc.secret_env)
+            for value in svc.env.values():
+                names |= _referenced_secrets(value)
+            for f in svc.files:
+                names |= _referenced_secrets(f.text)
+        for reg in self.registries.values():
+            names |= _referenced_secrets(reg.username) | _referenced_secrets(reg.password)
+        return sorted(names)
+
+    def volume_users(self, volume: str) -> list[str]:
+        """The services mounting a volume, by name."""
+        return sorted(
+            n for n, s in self.services.items() if any(m.volume == volume for m in s.volumes)
+        )
+
+    def shared_volumes(self) -> dict[str, list[str]]:
+        """Volumes mounted by two or more services, with those services."""
+        out = {v: self.volume_users(v) for v in sorted(self.volumes)}
+        return {v: users for v, users in out.items() if len(users) > 1}
+
+    def address(self, addressing: Addressing) -> Callable[[str, str], str]:
+        """How one service reaches another on a rung (see Addressing)."""
+
+        def resolve(service: str, attr: str) -> str:
+            if attr == "host":
+                return service
+            first = self.services[service].ports[0]
+            return str(first.target if addressing == "docker" else first.port)
+
+        return resolve
+
+    def environment(
+        self,
+        name: str,
+        secrets: Mapping[str, str],
+        addressing: Addressing | Callable[[str, str], str],
+    ) -> Environment:
+        """Service name's environment on a rung, references resolved: a variable whose value
+        names a secret is secret as a whole. secrets maps every name of secret_names() (a
+        placeholder will do where values are not at hand; the split does not depend on them)."""
+        svc = self.services[name]
+        address = self.address(addressing) if isinstance(addressing, str) else addressing
+        plain: dict[str, str] = {}
+        secret: dict[str, str] = {}
+        for var, value in svc.env.items():
+            text = interpolate(value, lambda n: secrets[n], address)
+            (secret if _referenced_secrets(value) else plain)[var] = text
+        for var in svc.secret_env:
+            secret[var] = secrets[var]
+        return Environment(dict(sorted(plain.items())), dict(sorted(secret.items())))
+
+    def file_text(
+        self,
+        file: File,
+        secrets: Mapping[str, str],
+        addressing: Addressing | Callable[[str, str], str],
+    ) -> str:
+        """A file's content on a rung, references resolved."""
+        address = self.address(addressing) if isinstance(addressing, str) else addressing
+        return interpolate(file.text, lambda n: secrets[n], address)
+
+    def registry_for(self, image: str) -> str | None:
+        """The registry host image is pulled from, when the spec has credentials for it."""
+        host = registry_host(image)
+        return host if host in self.registries else None
+
+    def registry_auth(self, secrets: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+        """(username, password) per registry host, secrets filled in."""
+
+        def no_service(service: str, attr: str) -> str:  # refused by validation
+            raise AssertionError(service)
+
+        return {
+            host: (
+                interpolate(reg.username, lambda n: secrets[n], no_service),
+                interpolate(reg.password, lambda n: secrets[n], no_service),
+            )
+            for host, reg in sorted(self.registries.items())
+        }
 
     def start_order(self) -> list[str]:
         """Service names with every dependency before its dependents (ties by name)."""
@@ -544,6 +1118,18 @@ class AppSpec(_Model):
         All volumes plus 1 GB for TLS state.
         """
         return sum(v.size_gb for v in self.volumes.values()) + 1
+
+
+REGISTRY_HOST = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?\Z")
+
+
+def registry_host(image: str) -> str:
+    """The registry an image reference names: its first path part when that looks like a host
+    (has a dot or a port, or is localhost), else Docker Hub (docker.io)."""
+    first, _, rest = image.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return "docker.io" if first in ("index.docker.io", "registry-1.docker.io") else first
+    return "docker.io"
 
 
 def _check_label(path: tuple[str | int, ...], value: str, what: str) -> None:
@@ -712,7 +1298,9 @@ def problems(model: type[BaseModel], exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_spec(data: Any, source: str = "<spec>") -> AppSpec:
+def parse_spec(data: Any, source: str = "<spec>", base_dir: str | Path | None = None) -> AppSpec:
+    """Validate a spec's data; base_dir is where files' `source` paths start (the spec's
+    directory), None when the spec was not read from a file."""
     keys = "name, domain, acme_email and services"
     if data is None:
         raise SpecError([f"{source}: is empty; an app spec is a YAML mapping with {keys}"])
@@ -721,7 +1309,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> AppSpec:
             [f"{source}: the top level must be a YAML mapping with {keys} (got {_show(data)})"]
         )
     try:
-        return AppSpec.model_validate(data)
+        return AppSpec.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise SpecError([f"{source}: {line}" for line in problems(AppSpec, exc)]) from None
 
@@ -768,4 +1356,4 @@ def load_spec(path: str | Path) -> AppSpec:
         if "<block" in what:
             what += "; check the indentation"
         raise SpecError([f"{p}: is not valid YAML at {where}: {what}"]) from None
-    return parse_spec(data, str(p))
+    return parse_spec(data, str(p), p.parent)

@@ -4,6 +4,7 @@ own rules (descriptions, defaults, extra="forbid")."""
 from __future__ import annotations
 
 import copy
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -238,11 +239,24 @@ REQUIRED = {
     "Volume": set(),
     "Backups": set(),
     "Admin": set(),
+    "File": {"path"},
+    "Registry": {"username", "password"},
+    "Task": {"service", "command"},
+    "Schedule": {"service", "command", "cron"},
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "AppSpec": {"volumes": {}, "backups": Backups(), "admin": spec_module.Admin()},
+    "AppSpec": {
+        "volumes": {},
+        "backups": Backups(),
+        "admin": spec_module.Admin(),
+        "tasks": {},
+        "schedules": {},
+        "registries": {},
+    },
     "Service": {
+        "entrypoint": None,
         "command": None,
+        "files": [],
         "ports": [],
         "env": {},
         "secret_env": [],
@@ -254,7 +268,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "depends_on": [],
         "backup": None,
     },
-    "Port": {"expose": "private", "host": None, "path": "/", "public_port": None},
+    "Port": {
+        "expose": "private",
+        "host": None,
+        "path": "/",
+        "public_port": None,
+        "container_port": None,
+    },
     "HealthCheck": {
         "port": None,
         "path": "/",
@@ -269,6 +289,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "Volume": {"size_gb": 10},
     "Backups": {"enabled": True, "schedule": "daily", "at": "03:00", "keep": 7},
     "Admin": {"ssh_keys": [], "cidrs": []},
+    "File": {"content": None, "source": None, "mode": "0444"},
+    "Registry": {},
+    "Task": {"timeout": 600},
+    "Schedule": {"timeout": 3600},
 }
 
 
@@ -310,3 +334,159 @@ def test_format_path() -> None:
     assert format_path(()) == "(top level)"
     assert format_path(("services", "web", "ports", 0, "port")) == "services.web.ports[0].port"
     assert format_path(("services", "web", "env", "A B")) == "services.web.env['A B']"
+
+
+# ---------------------------------------------------------------- issue 20: what real apps need
+
+EVERYTHING = Path(__file__).resolve().parent / "everything" / "app.yaml"
+
+
+def with_web(**fields: Any) -> AppSpec:
+    data = copy.deepcopy(MINIMAL)
+    data["services"]["web"].update(fields)
+    return parse_spec(data)
+
+
+def test_friendlier_units() -> None:
+    web = with_web(
+        command="gunicorn app:wsgi --bind '0.0.0.0:8000' --name \"a b\"",
+        entrypoint="/usr/bin/tini --",
+        env={"WORKERS": 3, "RATIO": 0.5, "DEBUG": False, "ON": True},
+        health={"type": "command", "command": "pg_isready -U shop", "interval": "1m30s"},
+    ).services["web"]
+    assert web.command == ["gunicorn", "app:wsgi", "--bind", "0.0.0.0:8000", "--name", "a b"]
+    assert web.entrypoint == ["/usr/bin/tini", "--"]
+    assert web.env == {"WORKERS": "3", "RATIO": "0.5", "DEBUG": "false", "ON": "true"}
+    assert web.health is not None and (web.health.interval, web.health.timeout) == (90, 5)
+    assert with_web(command=["sleep", 5]).services["web"].command == ["sleep", "5"]
+    # 500ms is rounded up to a whole second; compound durations add up
+    health = HealthCheck(type="tcp", interval="500ms", start_period="2m3s")
+    assert (health.interval, health.start_period) == (1, 123)
+    # a short interval brings the default timeout down with it; an explicit one is kept
+    assert HealthCheck(type="tcp", interval="3s").timeout == 3
+    assert HealthCheck(type="tcp", interval="3s", timeout="2s").timeout == 2
+    assert HealthCheck(type="tcp").timeout == 5
+
+
+def test_environment_resolves_references_per_rung_and_keeps_secret_values_secret() -> None:
+    app = load_spec(EVERYTHING)
+    secrets = {n: f"<{n}>" for n in app.secret_names()}
+    docker = app.environment("web", secrets, "docker")
+    cluster = app.environment("web", secrets, "cluster")
+    # redis listens on 6379 and is reached on 6380 where the rung maps ports
+    assert docker.plain["REDIS_URL"] == "redis://redis:6379/0"
+    assert cluster.plain["REDIS_URL"] == "redis://redis:6380/0"
+    assert docker.plain["WORKERS"] == "3"
+    url = "postgres://full:<POSTGRES_PASSWORD>@postgres:5432/full"
+    assert docker.secret["DATABASE_URL"] == cluster.secret["DATABASE_URL"] == url
+    assert docker.secret["DJANGO_SECRET_KEY"] == "<DJANGO_SECRET_KEY>"
+    assert not any("<" in v for v in docker.plain.values())
+    assert app.secret_names() == ["DJANGO_SECRET_KEY", "GHCR_TOKEN", "POSTGRES_PASSWORD"]
+    # a literal ${ is written $${, and survives as ${
+    lit = with_web(env={"TPL": "cost $${amount} ($$)"})
+    assert lit.environment("web", {}, "docker").plain == {"TPL": "cost ${amount} ($$)"}
+
+
+def test_files_read_their_source_and_are_secret_when_they_name_a_secret(tmp_path: Path) -> None:
+    app = load_spec(EVERYTHING)
+    files = {f.path: f for f in app.services["web"].files}
+    nginx = files["/etc/full/nginx.conf"]
+    assert nginx.content == (EVERYTHING.parent / "config" / "nginx.conf").read_text()
+    assert (nginx.mode, nginx.mode_int, nginx.secret) == ("0440", 0o440, False)
+    assert files["/run/secrets/db_password"].secret
+    settings_ini = files["/etc/full/settings.ini"]
+    assert "upstream = redis:6379" in app.file_text(settings_ini, {}, "docker")
+    keys = [f.key for s in app.services.values() for f in s.files]
+    assert len(set(keys)) == len(keys) and all(re.fullmatch(r"[A-Za-z0-9._-]+", k) for k in keys)
+    # a spec given as data has no directory to read a source from
+    data = yaml.safe_load(EVERYTHING.read_text())
+    with pytest.raises(SpecError, match="a source file needs a spec loaded from a file"):
+        parse_spec(data)
+    # an integer mode (YAML 0o440 read as 288) is octal permissions too
+    assert (
+        with_web(files=[{"path": "/a", "content": "x", "mode": 0o440}])
+        .services["web"]
+        .files[0]
+        .mode
+        == "0440"
+    )
+
+
+def test_registries_and_shared_volumes() -> None:
+    app = load_spec(EVERYTHING)
+    assert app.registry_for("ghcr.io/example/full-web:2.0.1") == "ghcr.io"
+    assert app.registry_for("postgres:16.4") is None
+    assert spec_module.registry_host("postgres:16.4") == "docker.io"
+    assert spec_module.registry_host("library/postgres") == "docker.io"
+    assert spec_module.registry_host("localhost:5000/app:1") == "localhost:5000"
+    assert app.registry_auth({"GHCR_TOKEN": "t0k"}) == {"ghcr.io": ("full-bot", "t0k")}
+    assert app.shared_volumes() == {"uploads": ["web", "worker"]}
+    assert app.volume_users("pgdata") == ["postgres"]
+    assert list(app.tasks) == ["migrate", "seed"]  # the order written is the run order
+    assert app.tasks["migrate"].timeout == 300 and app.tasks["seed"].timeout == 600
+    assert app.schedules["report"].cron == "30 6 * * 1-5"
+
+
+def _cron_matches(fields: list[str], moment: Any) -> bool:
+    from blueprints.cron import _parse_field
+
+    values = [moment.minute, moment.hour, moment.day, moment.month, (moment.weekday() + 1) % 7]
+    for index, (text, value) in enumerate(zip(fields, values, strict=True)):
+        ok = False
+        for first, last, step, _ in _parse_field(text, index):
+            allowed = set(range(first, last + 1, step or 1))
+            if index == 4:
+                allowed = {v % 7 for v in allowed}
+            ok = ok or value in allowed
+        if not ok:
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "*/5 * * * *",
+        "@hourly",
+        "@weekly",
+        "0 3 * * 1-5",
+        "15,45 8-18/2 * * *",
+        "0 0 1 */3 *",
+        "30 2 * * 7",
+        "7 */6 10-20 * *",
+        "0 12 * 2,8 sun",
+    ],
+)
+def test_cron_and_its_systemd_calendar_fire_at_the_same_minutes(cron: str) -> None:
+    """systemd itself lists the next firings of the rendered OnCalendar; a brute-force cron
+    matcher lists the cron's; they must agree."""
+    import datetime
+    import shutil
+    import subprocess
+
+    from blueprints.cron import normalise, on_calendar
+
+    systemd = shutil.which("systemd-analyze")
+    assert systemd, "systemd-analyze is needed (apt-get install systemd)"
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    out = subprocess.run(
+        [
+            systemd,
+            "calendar",
+            "--iterations=12",
+            f"--base-time=@{int(start.timestamp())}",
+            on_calendar(cron),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"TZ": "UTC", "LC_ALL": "C"},
+    ).stdout
+    fired = re.findall(r"(\d{4}-\d\d-\d\d \d\d:\d\d):00 UTC", out)
+    fields = normalise(cron).split()
+    expected, moment = [], start + datetime.timedelta(minutes=1)
+    while len(expected) < 12:
+        if _cron_matches(fields, moment):
+            expected.append(moment.strftime("%Y-%m-%d %H:%M"))
+        moment += datetime.timedelta(minutes=1)
+    assert fired == expected
