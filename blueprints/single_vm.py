@@ -38,6 +38,7 @@ from blueprints.release import channel
 from blueprints.render import NodeContext, check_app, render_cloud_init
 from blueprints.render.single_vm import (
     PULL_IMAGES_COMMAND,
+    private_standby_images,
     release_documents,
     standby_images_text,
 )
@@ -270,6 +271,14 @@ class SingleVm(pulumi.ComponentResource):
                 after.append(first_boot(prefix, node, server, deploy_key, app, self))
             power[node] = target.server_power(
                 f"{prefix}-{node}-power", server, running=wanted[node], depends_on=after
+            )
+        private = private_standby_images(app)
+        if private:
+            pulumi.log.info(
+                f"{len(private)} image(s) come from a registry with credentials "
+                f"({', '.join(private)}); the standby holds no secret, so a promotion pulls "
+                "them with the release's credentials, which adds their download to the "
+                "recovery time"
             )
         if mode == "warm":
             # The warm standby keeps the current release's images, so a promotion starts

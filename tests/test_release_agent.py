@@ -128,9 +128,14 @@ def secrets_doc(values: dict[str, str]) -> tuple[str, str]:
     return digest, yaml.safe_dump(body, sort_keys=True)
 
 
-def release(services, *, rung="single-vm", secrets=None, files=None, units=None, volumes=()):
+def release(
+    services, *, rung="single-vm", secrets=None, files=None, units=None, volumes=(), tasks=None
+):
     if files is None:
         files = single_vm_files(services) if rung == "single-vm" else compose_files(services)
+        for task in tasks or []:
+            if task["argv"] and task["argv"][0].startswith(SCRIPTS + "/"):
+                files[task["argv"][0]] = {"mode": "0755", "text": "#!/bin/bash\n"}
     body = {
         "format": agent.RELEASE_FORMAT,
         "rung": rung,
@@ -141,6 +146,8 @@ def release(services, *, rung="single-vm", secrets=None, files=None, units=None,
         "services": services,
         "files": files,
     }
+    if tasks is not None:
+        body["tasks"] = tasks
     body["release"] = agent.release_id(body)
     return body["release"], yaml.safe_dump(body, sort_keys=True)
 
@@ -170,6 +177,8 @@ class FakeNode(agent.Node):
         self.unpullable: set[str] = set()
         self.missing: set[str] = set()  # images not present locally
         self.containers: dict[str, dict] = {}  # compose
+        self.task_results: dict[str, agent.Result] = {}  # task name -> what its command returns
+        self.envs: list[dict[str, str]] = []  # the extra environment of each command
         self._ids = 0
         (root / "srv/data").mkdir(parents=True)
         if rung == "compose":
@@ -202,7 +211,15 @@ class FakeNode(agent.Node):
 
     def run(self, argv, input=None, timeout=None):
         self.commands.append((self.clock, list(argv)))
+        self.envs.append(dict(self.env))
         self.clock += 0.1
+        task = re.fullmatch(rf"{SCRIPTS}/task-([a-z0-9-]+)", argv[0])
+        if task:
+            assert self.exists(argv[0]), "a task runs after the release's files are installed"
+            result = self.task_results.get(task.group(1), agent.Result(0, "done\n"))
+            if result.code == 124:
+                self.clock += timeout
+            return result
         if argv[0] == "systemctl":
             return self._systemctl(argv[1:])
         if argv[0] == "docker":
@@ -991,3 +1008,192 @@ def test_a_rolled_service_health_timer_is_paused_meanwhile(node):
     assert steps[0] == "systemctl stop app-web-health.timer"
     assert steps[-1] == "systemctl start app-web-health.timer"
     assert "app-web-health.timer" in node.active
+
+
+# --- tasks (once per release, before the rollout) ------------------------------------------------
+
+
+def task(name, timeout=60, needs=None):
+    out = {"name": name, "argv": [f"{SCRIPTS}/task-{name}"], "timeout": timeout}
+    if needs is not None:
+        out["needs"] = needs
+    return out
+
+
+def _replacing(argv) -> bool:
+    """A command that starts or stops a container of the app."""
+    return argv[0] == "systemctl" and argv[1] in ("start", "stop") and "@" in argv[-1]
+
+
+def test_a_task_runs_after_the_pull_and_install_and_before_any_container_is_replaced(node):
+    deployed(node, shop())
+    node.commands.clear()
+    code, out, err = run_agent(
+        node,
+        "deploy",
+        stdin=release(shop(web_image="ghcr.io/example/shop-web:1.4.3"), tasks=[task("migrate")])[1],
+    )
+    assert code == 0, out + err
+    log = node.argv_log()
+    at = log.index([f"{SCRIPTS}/task-migrate"])
+    assert log.index(["docker", "pull", "--quiet", "ghcr.io/example/shop-web:1.4.3"]) < at
+    assert not any(_replacing(a) for a in log[:at])
+    assert any(_replacing(a) for a in log[at:])
+    assert "task migrate: running (at most 60 s)" in out and "task migrate: done in" in out
+
+
+def _failed_task(node, result, timeout=60):
+    previous = deployed(node, shop())
+    before = file_state(Path(node.root))
+    node.task_results["migrate"] = result
+    node.commands.clear()
+    rid, text = release(
+        shop(web_image="ghcr.io/example/shop-web:1.4.3"),
+        tasks=[task("migrate", timeout), task("seed")],
+    )
+    code, out, err = run_agent(node, "deploy", stdin=text)
+    assert code == 1
+    assert (Path(node.root) / STATE.lstrip("/") / "current").read_text() == previous + "\n"
+    assert not (Path(node.root) / STATE.lstrip("/") / f"releases/{rid}.yaml").exists()
+    # Nothing was replaced, the next task never ran, and the previous files are back.
+    assert not any(_replacing(a) for a in node.argv_log())
+    assert [f"{SCRIPTS}/task-seed"] not in node.argv_log()
+    after = file_state(Path(node.root))
+    assert {p: v for p, v in after.items() if "/.blueprints/" not in p} == {
+        p: v for p, v in before.items() if "/.blueprints/" not in p
+    }
+    assert node.active >= {"app-web@1.service", "app-web@2.service", "app-postgres@1.service"}
+    return rid, previous, out, err
+
+
+def test_a_failing_task_fails_the_release_and_the_previous_one_keeps_serving(node):
+    output = "".join(f"line {i}\n" for i in range(30)) + "django.db.utils.OperationalError: boom\n"
+    rid, previous, out, err = _failed_task(node, agent.Result(1, output))
+    assert err.strip() == (
+        f"release {rid}: task migrate failed with exit status 1: django.db.utils."
+        f"OperationalError: boom; rolled back to {previous}, which kept serving: no container "
+        "was replaced"
+    )
+    # The task's last output lines, not all of them.
+    assert "task migrate | django.db.utils.OperationalError: boom" in out
+    assert "task migrate | line 29" in out and "task migrate | line 5\n" not in out
+
+
+def test_a_task_running_out_of_time_fails_the_release_likewise(node):
+    rid, previous, _, err = _failed_task(
+        node, agent.Result(124, "", "no answer within 90 s"), timeout=60
+    )
+    assert err.strip().startswith(f"release {rid}: task migrate did not finish within 60 s;")
+    assert f"rolled back to {previous}" in err
+    tasks = [c for c in node.commands if c[1] == [f"{SCRIPTS}/task-migrate"]]
+    assert len(tasks) == 1
+
+
+def test_tasks_run_in_the_document_order(node):
+    deployed(node, shop())
+    node.commands.clear()
+    order = [task("zeta"), task("alpha"), task("migrate")]
+    deployed(node, shop(web_image="ghcr.io/example/shop-web:1.4.3"), tasks=order)
+    ran = [a[0] for a in node.argv_log() if a[0].startswith(f"{SCRIPTS}/task-")]
+    assert ran == [f"{SCRIPTS}/task-zeta", f"{SCRIPTS}/task-alpha", f"{SCRIPTS}/task-migrate"]
+
+
+def test_tasks_do_not_run_again_for_the_current_release(node):
+    deployed(node, shop(), tasks=[task("migrate")])
+    node.commands.clear()
+    deployed(node, shop(), tasks=[task("migrate")])
+    assert [f"{SCRIPTS}/task-migrate"] not in node.argv_log()
+
+
+def test_a_release_without_tasks_has_none_to_run(node):
+    _, text = release(shop())
+    assert "tasks" not in yaml.safe_load(text)
+    deployed(node, shop())
+    deployed(node, shop(web_image="ghcr.io/example/shop-web:1.4.3"), tasks=[])
+    assert not [a for a in node.argv_log() if "task-" in a[0]]
+
+
+def test_a_first_release_starts_what_its_tasks_need_before_them(node):
+    deployed(node, shop(), tasks=[task("migrate", needs=["postgres"])])
+    log = node.argv_log()
+    at = log.index([f"{SCRIPTS}/task-migrate"])
+    assert ["systemctl", "start", "--no-block", "app-postgres@1.service"] in log[:at]
+    assert ["systemctl", "start", "--no-block", "app-web@1.service"] in log[at:]
+    assert not [a for a in log[:at] if _replacing(a) and "postgres" not in a[-1]]
+
+
+def test_a_failing_first_release_stops_what_it_started_for_its_tasks(node):
+    node.task_results["migrate"] = agent.Result(2, "no such table\n")
+    _, text = release(shop(), tasks=[task("migrate", needs=["postgres"])])
+    code, _, err = run_agent(node, "deploy", stdin=text)
+    assert code == 1 and "nothing to roll back to" in err
+    assert not any(u.startswith("app-") and u.endswith(".service") for u in node.active)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"name": "Bad_Name", "argv": ["/x"], "timeout": 1},
+        {"name": "ok", "argv": ["relative"], "timeout": 1},
+        {"name": "ok", "argv": [], "timeout": 1},
+        {"name": "ok", "argv": ["/x"], "timeout": 0},
+        {"name": "ok", "argv": ["/x"], "timeout": 1, "needs": ["nope"]},
+        {"name": "ok", "argv": ["/x"], "timeout": 1, "extra": 1},
+    ],
+)
+def test_a_malformed_task_is_refused(node, bad):
+    _, text = release(shop(), tasks=[bad])
+    code, _, err = run_agent(node, "deploy", stdin=text)
+    assert code == 2 and "task" in err
+    assert node.changes() == []
+
+
+# --- registry credentials ------------------------------------------------------------------------
+
+DOCKER_CONFIG_FILE = "/etc/blueprints/secrets/docker/config.json"
+
+
+def _docker_secrets(auth: str) -> tuple[str, str]:
+    files = {DOCKER_CONFIG_FILE: {"mode": "0600", "text": f'{{"auths": {{"x": "{auth}"}}}}\n'}}
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    body = {"format": agent.SECRETS_FORMAT, "digest": digest, "files": files}
+    return digest, yaml.safe_dump(body, sort_keys=True)
+
+
+def test_pulls_and_tasks_read_the_registry_credentials_of_the_release(node):
+    digest, text = _docker_secrets("one")
+    assert run_agent(node, "secrets", stdin=text)[0] == 0
+    deployed(node, shop(), secrets=digest, tasks=[task("migrate")])
+    # Even on the first release, its credentials are in place before the first pull.
+    for argv, env in zip(node.argv_log(), node.envs, strict=True):
+        if argv[:2] == ["docker", "pull"] or "task-" in argv[0]:
+            assert env.get("DOCKER_CONFIG") == "/etc/blueprints/secrets/docker", argv
+    assert (Path(node.root) / DOCKER_CONFIG_FILE.lstrip("/")).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_failed_pull_puts_the_previous_credentials_back(node):
+    digest, text = _docker_secrets("one")
+    run_agent(node, "secrets", stdin=text)
+    deployed(node, shop(), secrets=digest)
+    digest2, text2 = _docker_secrets("two")
+    run_agent(node, "secrets", stdin=text2)
+    node.unpullable.add("ghcr.io/example/shop-web:9")
+    node.missing.add("ghcr.io/example/shop-web:9")
+    _, release_text = release(shop(web_image="ghcr.io/example/shop-web:9"), secrets=digest2)
+    code, _, _ = run_agent(node, "deploy", stdin=release_text)
+    assert code == 1
+    assert '"one"' in (Path(node.root) / DOCKER_CONFIG_FILE.lstrip("/")).read_text()
+
+
+def test_a_removed_timer_is_stopped_and_its_files_go(node):
+    timer = f"{UNITS}/app-schedule-report.timer"
+    service_unit = f"{UNITS}/app-schedule-report.service"
+    files = single_vm_files(shop())
+    files[timer] = {"mode": "0644", "text": "[Timer]\nOnCalendar=daily\n"}
+    files[service_unit] = {"mode": "0644", "text": "[Service]\nType=oneshot\n"}
+    deployed(node, shop(), files=files, units=["app-schedule-report.timer"])
+    assert "app-schedule-report.timer" in node.active
+    deployed(node, shop())
+    assert "app-schedule-report.timer" not in node.active
+    assert ["systemctl", "stop", "app-schedule-report.service"] in node.argv_log()
+    assert not (Path(node.root) / timer.lstrip("/")).exists()

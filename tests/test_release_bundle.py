@@ -12,6 +12,7 @@ from blueprints.release import agent
 from blueprints.release.bundle import (
     BundleError,
     ServiceRelease,
+    TaskRelease,
     parse_release,
     release_document,
     secrets_document,
@@ -88,3 +89,53 @@ def test_the_agent_accepts_what_the_renderers_write(golden):
     text = (Path(__file__).parent / golden).read_text()
     body = agent.check_release(text)
     assert body["release"] == parse_release(text)["release"]
+
+
+def _with_tasks(tasks: list[TaskRelease]) -> str:
+    web = ServiceRelease("web", "example/web:1", 2, "surge", "0123456789abcdef", 30)
+    return release_document(
+        "key",
+        rung="single-vm",
+        app="shop",
+        services=[web],
+        files={},
+        modes={},
+        volumes=[],
+        units=[],
+        secrets=None,
+        tasks=tasks,
+    )
+
+
+def test_tasks_travel_in_order_and_count_in_the_release_id():
+    migrate = TaskRelease("migrate", ["/usr/local/lib/blueprints/app/task-migrate"], 300, ["web"])
+    seed = TaskRelease("seed", ["/usr/local/lib/blueprints/app/task-seed"], 60)
+    body = parse_release(_with_tasks([seed, migrate]))
+    assert body["tasks"] == [
+        {"name": "seed", "argv": ["/usr/local/lib/blueprints/app/task-seed"], "timeout": 60},
+        {
+            "name": "migrate",
+            "argv": ["/usr/local/lib/blueprints/app/task-migrate"],
+            "timeout": 300,
+            "needs": ["web"],
+        },
+    ]
+    other = parse_release(_with_tasks([seed, TaskRelease("migrate", migrate.argv, 301, ["web"])]))
+    assert other["release"] != body["release"]
+    # The agent checks the same document, and the id it computes.
+    assert agent.check_release(_with_tasks([seed, migrate]))["release"] == body["release"]
+
+
+def test_a_release_without_tasks_has_no_tasks_key():
+    assert "tasks" not in parse_release(_with_tasks([]))
+
+
+def test_secret_files_keep_the_modes_given():
+    _, text = secrets_document(
+        "key",
+        {"/etc/blueprints/secrets/a": "x", "/etc/blueprints/secrets/b": "y"},
+        {"/etc/blueprints/secrets/b": "0440"},
+    )
+    body = agent.check_secrets(text)
+    assert body["files"]["/etc/blueprints/secrets/a"]["mode"] == "0600"
+    assert body["files"]["/etc/blueprints/secrets/b"]["mode"] == "0440"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import json
@@ -50,7 +51,7 @@ from blueprints.render.single_vm import (
     standby_images,
     standby_images_text,
 )
-from blueprints.spec import AppSpec, format_path
+from blueprints.spec import AppSpec, format_path, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "single-vm"
@@ -244,32 +245,36 @@ class Sandbox:
         return [p.read_bytes().decode().split("\0")[:-1] for p in calls]
 
 
-def expected_docker_run(app: AppSpec, name: str, replica: int = 1) -> list[str]:
+def expected_docker_run(
+    app: AppSpec, name: str, replica: int = 1, command: list[str] | None = None
+) -> list[str]:
+    """The docker run a service's replica (or, with command, its task or schedule) makes."""
     svc = app.services[name]
-    args = [
-        "docker",
-        "run",
-        "--rm",
-        "--name",
-        f"{name}-{replica}",
-        "--network",
-        f"{app.name}-net",
-        "--network-alias",
-        name,
-        "--cpus",
-        f"{svc.cpu:g}",
-        "--memory",
-        f"{svc.memory}m",
-    ]
-    for var, value in sorted(svc.env.items()):
+    env = app.environment(name, dict.fromkeys(app.secret_names(), ""), "docker")
+    args = ["docker", "run", "--rm", "--name"]
+    if command is not None:  # a task's or schedule's PID 1 passes SIGTERM on
+        args[3:3] = ["--init"]
+    if command is None:
+        args += [f"{name}-{replica}", "--network", f"{app.name}-net", "--network-alias", name]
+    else:
+        args += [f"blueprints_task_{replica}", "--network", f"{app.name}-net"]
+    args += ["--cpus", f"{svc.cpu:g}", "--memory", f"{svc.memory}m"]
+    if svc.entrypoint is not None:
+        args += ["--entrypoint", svc.entrypoint[0] if svc.entrypoint else ""]
+    for var, value in sorted(env.plain.items()):
         args += ["--env", f"{var}={value}"]
-    if svc.secret_env:
+    if env.secret:
         args += ["--env-file", f"/etc/blueprints/secrets/{name}.env"]
     for m in svc.volumes:
         args += ["--volume", f"/srv/data/{m.volume}:{m.path}" + (":ro" if m.read_only else "")]
-    for p in svc.public_tcp_ports:
-        args += ["--publish", f"{p.published}:{p.port}"]
-    return [*args, svc.image, *(svc.command or [])]
+    for f in svc.files:
+        root = "/etc/blueprints/secrets/files" if f.secret else "/etc/blueprints/files"
+        args += ["--volume", f"{root}/{name}/{f.key}:{f.path}:ro"]
+    if command is None:
+        for p in svc.public_tcp_ports:
+            args += ["--publish", f"{p.published}:{p.target}"]
+    rest = svc.command or [] if command is None else command
+    return [*args, svc.image, *(svc.entrypoint or [])[1:], *rest]
 
 
 # --- the example renders and passes the real validators -------------------------------------
@@ -741,6 +746,17 @@ def test_standby_images_are_the_release_images_and_the_proxy():
     data = copy.deepcopy(EXAMPLE_DATA)
     data["services"]["web"]["ports"] = [{"port": 8000}]
     assert CADDY_IMAGE not in standby_images(spec(data))
+
+
+def test_the_standby_leaves_images_of_registries_with_credentials_to_the_promotion():
+    """The standby holds no secret, so it cannot pull a private image ahead."""
+    from blueprints.render.single_vm import private_standby_images
+
+    app = everything()
+    private = "ghcr.io/example/full-web:2.0.1"
+    assert private_standby_images(app) == [private]
+    assert private not in standby_images(app)
+    assert standby_images(app) == sorted({"postgres:16.4", "redis:7.4-alpine", CADDY_IMAGE})
 
 
 def _fake_bin(folder: Path, name: str, body: str) -> None:
@@ -1306,7 +1322,8 @@ NASTY_PATH = "/h'\"$(touch${IFS}/tmp/blueprints-pwned)`id`${HOME}%n;&|<>*?~!#"
 def nasty_data() -> dict[str, Any]:
     data = copy.deepcopy(EXAMPLE_DATA)
     web = data["services"]["web"]
-    web["env"] = {f"NASTY_{i}": v for i, v in enumerate(NASTY_MULTILINE)}
+    # $${ is a literal ${ in the spec: the container gets the value as written here.
+    web["env"] = {f"NASTY_{i}": v.replace("${", "$${") for i, v in enumerate(NASTY_MULTILINE)}
     web["command"] = list(NASTY_MULTILINE)
     web["health"]["path"] = NASTY_PATH
     data["services"]["worker"]["health"]["command"] = ["sh", "-c", *NASTY_MULTILINE]
@@ -1398,7 +1415,7 @@ env_value = st.one_of(
 )
 def test_any_env_value_and_argument_round_trips(tmp_path_factory, env, command):
     data = copy.deepcopy(EXAMPLE_DATA)
-    data["services"]["redis"]["env"] = env
+    data["services"]["redis"]["env"] = {k: v.replace("${", "$${") for k, v in env.items()}
     data["services"]["redis"]["command"] = command
     app = spec(data)
     ctx = context(app)
@@ -1417,7 +1434,9 @@ def test_any_env_value_and_argument_round_trips(tmp_path_factory, env, command):
 @given(values=st.lists(env_value, min_size=1, max_size=5))
 def test_scripts_with_any_values_pass_shellcheck(tmp_path_factory, values):
     data = copy.deepcopy(EXAMPLE_DATA)
-    data["services"]["redis"]["env"] = {f"V{i}": v for i, v in enumerate(values)}
+    data["services"]["redis"]["env"] = {
+        f"V{i}": v.replace("${", "$${") for i, v in enumerate(values)
+    }
     data["services"]["redis"]["command"] = values
     data["services"]["worker"]["health"]["command"] = values
     files = render_node_files(primary(spec(data)))
@@ -1441,6 +1460,7 @@ def test_yaml_serializer_round_trips_any_text(text):
     [
         ({"env": {"BAD": "a\0b"}}, "env.BAD"),
         ({"command": ["ok", "a\0b"]}, "command[1]"),
+        ({"entrypoint": ["a\0b", "ok"]}, "entrypoint[0]"),
         ({"health": {"type": "command", "command": ["a\0b"]}}, "health.command[0]"),
         ({"health": {"type": "http", "path": "/a\0b"}, "ports": [{"port": 1}]}, "health.path"),
     ],
@@ -1484,3 +1504,268 @@ def test_golden_example_mentions_no_real_secret():
     for path in GOLDEN.rglob("*"):
         if path.is_file():
             assert re.search(r"PASSWORD=(?!PLACEHOLDER-)", path.read_text()) is None, path
+
+
+# --- every field of the spec (tests/everything/app.yaml) -----------------------------------------
+
+EVERYTHING = ROOT / "tests" / "everything" / "app.yaml"
+SECRET_MARK = "S3CR3T-xyz"
+
+
+def everything(edit=None) -> AppSpec:
+    data = yaml.safe_load(EVERYTHING.read_text())
+    if edit is not None:
+        edit(data)
+    return parse_spec(data, str(EVERYTHING), EVERYTHING.parent)
+
+
+def everything_secrets(app: AppSpec) -> dict[str, str]:
+    return secrets_for(app, lambda name: f"{SECRET_MARK}-{name}")
+
+
+def everything_documents(app: AppSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    docs = release_documents(app, "key", everything_secrets(app))
+    assert docs.secrets is not None
+    return parse_release(docs.release), yaml.safe_load(docs.secrets)
+
+
+def test_every_new_field_reaches_the_rendered_files(tmp_path: Path):
+    app = everything()
+    release, secret = everything_documents(app)
+    files = {p: e["text"] for p, e in release["files"].items()}
+    web = app.services["web"]
+    box = Sandbox(tmp_path, render_node_files(context(app, secrets=everything_secrets(app))))
+    # entrypoint: docker's --entrypoint takes the program, the rest goes before the command
+    box.run("run-web", "start", "1")
+    (run,) = box.recorded()
+    assert run == expected_docker_run(app, "web")
+    image_at = run.index(web.image)
+    assert run[run.index("--entrypoint") + 1] == "/usr/bin/tini"
+    command = ["gunicorn", "full.wsgi", "--bind", "0.0.0.0:80", "--workers", "3"]
+    assert run[image_at + 1 :] == ["--", *command]
+    # env: plain values resolved on the command line, secret ones only in the secret env file
+    assert {"WORKERS=3", "DEBUG=false", "REDIS_URL=redis://redis:6379/0"} <= set(run)
+    assert not [a for a in run if a.startswith("DATABASE_URL")]
+    web_env = secret["files"][f"{SECRETS}web.env"]["text"]
+    password = f"{SECRET_MARK}-POSTGRES_PASSWORD"
+    assert f"DATABASE_URL=postgres://full:{password}@postgres:5432/full\n" in web_env
+    assert f"DJANGO_SECRET_KEY={SECRET_MARK}-DJANGO_SECRET_KEY\n" in web_env
+    # files: plain ones are release files with their mode, secret ones secret files with theirs
+    by_path = {f.path: f for f in web.files}
+    settings_file = f"/etc/blueprints/files/web/{by_path['/etc/full/settings.ini'].key}"
+    nginx = f"/etc/blueprints/files/web/{by_path['/etc/full/nginx.conf'].key}"
+    secret_file = f"{SECRETS}files/web/{by_path['/run/secrets/db_password'].key}"
+    assert release["files"][settings_file] == {
+        "mode": "0444",
+        "text": "[web]\nupstream = redis:6379\n",
+    }
+    assert release["files"][nginx]["mode"] == "0440"
+    assert release["files"][nginx]["text"] == (EVERYTHING.parent / "config/nginx.conf").read_text()
+    assert secret["files"][secret_file] == {"mode": "0400", "text": password}
+    assert not [p for p in release["files"] if "db_password" in p]
+    for path, target in [
+        (settings_file, "/etc/full/settings.ini"),
+        (nginx, "/etc/full/nginx.conf"),
+        (secret_file, "/run/secrets/db_password"),
+    ]:
+        assert f"{path}:{target}:ro" in run
+    # registries: a docker config in the secrets, read by what pulls a ghcr.io image
+    config = json.loads(secret["files"]["/etc/blueprints/secrets/docker/config.json"]["text"])
+    token = config["auths"]["ghcr.io"]["auth"]
+    assert base64.b64decode(token).decode() == f"full-bot:{SECRET_MARK}-GHCR_TOKEN"
+    assert secret["files"]["/etc/blueprints/secrets/docker/config.json"]["mode"] == "0600"
+    docker_config = "export DOCKER_CONFIG=/etc/blueprints/secrets/docker\n"
+    for script in ("run-web", "run-worker", "task-migrate", "schedule-report"):
+        assert docker_config in files[APP + script], script
+    assert docker_config not in files[APP + "run-postgres"]  # docker.io: no credentials
+    # container_port: the proxy, probes and other services reach the container side
+    caddy = json.loads(files["/etc/blueprints/caddy.json"])
+    dials = [
+        u["dial"]
+        for u in caddy["apps"]["http"]["servers"]["app"]["routes"][0]["handle"][0]["upstreams"]
+    ]
+    assert dials == ["web-1:80", "web-2:80"]
+    assert "port=6379\n" in files[APP + "health-redis"]
+    assert "port=80\n" in files[APP + "health-web"]
+    # shared volumes: the same directory in each service
+    box.run("run-worker", "start", "1")
+    assert "/srv/data/uploads:/srv/uploads:ro" in box.recorded()[0]
+    assert "/srv/data/uploads:/srv/uploads" in run
+    # tasks: a script each, in the release document in the order written
+    assert release["tasks"] == [
+        {
+            "name": "migrate",
+            "argv": [APP + "task-migrate"],
+            "timeout": 300,
+            "needs": ["postgres", "redis"],
+        },
+        {
+            "name": "seed",
+            "argv": [APP + "task-seed"],
+            "timeout": 600,
+            "needs": ["postgres", "redis"],
+        },
+    ]
+    proc = box.run("task-migrate")
+    assert proc.returncode == 0, proc.stderr
+    assert box.recorded() == [
+        ["docker", "rm", "--force", "blueprints_task_migrate"],
+        expected_docker_run(
+            app, "web", "migrate", command=["python", "manage.py", "migrate", "--noinput"]
+        ),
+    ]
+    # schedules: a oneshot service with the timeout and a timer with the calendar, started
+    # by the release
+    assert release["units"] == ["app-schedule-clear-sessions.timer", "app-schedule-report.timer"]
+    timer = files[UNITS + "app-schedule-report.timer"]
+    assert unit_values(timer, "OnCalendar") == ["Mon,Tue,Wed,Thu,Fri", "*-*-*", "06:30:00", "UTC"]
+    report = files[UNITS + "app-schedule-report.service"]
+    assert unit_values(report, "TimeoutStartSec") == ["1200s"]
+    assert unit_values(report, "ExecStart") == [APP + "schedule-report", "run"]
+    assert "Wants=app-schedule-report.timer" in files[UNITS + "app.target"]
+    clear = files[UNITS + "app-schedule-clear-sessions.timer"]
+    assert unit_values(clear, "OnCalendar") == ["*-*-*", "*:00/5:00", "UTC"]
+
+
+def test_every_rendered_calendar_is_one_systemd_accepts():
+    exe = validators.require("systemd-analyze")
+    app = everything()
+    files = {p: f.content for p, f in release_files(app).items()}
+    timers = [t for p, t in files.items() if p.endswith(".timer") and "schedule" in p]
+    assert len(timers) == len(app.schedules)
+    for text in timers:
+        (calendar,) = [
+            ln.split("=", 1)[1] for ln in text.splitlines() if ln.startswith("OnCalendar=")
+        ]
+        proc = subprocess.run(
+            [exe, "calendar", calendar], capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, (calendar, proc.stderr)
+
+
+def test_a_secret_value_is_only_ever_in_the_secrets_document():
+    app = everything()
+    docs = release_documents(app, "key", everything_secrets(app))
+    assert SECRET_MARK not in docs.release
+    assert docs.secrets is not None and SECRET_MARK in docs.secrets
+    files = render_node_files(context(app, secrets=everything_secrets(app)))
+    holders = sorted(p for p, t in files.items() if SECRET_MARK in t)
+    assert holders and all(p.startswith(SECRETS) for p in holders)
+    # the docker config holds it base64-encoded
+    assert "/etc/blueprints/secrets/docker/config.json" in set(
+        secret_files(app, everything_secrets(app))
+    )
+
+
+def test_a_changed_file_restarts_its_service_only():
+    def changed(edit) -> set[str]:
+        before, after = everything(), everything(edit)
+        b = {s["name"]: s["digest"] for s in everything_documents(before)[0]["services"]}
+        a = {s["name"]: s["digest"] for s in everything_documents(after)[0]["services"]}
+        return {n for n in b if a[n] != b[n]}
+
+    def edit_settings(data):
+        data["services"]["web"]["files"][0]["content"] += "workers = 4\n"
+
+    def edit_mode(data):
+        data["services"]["web"]["files"][0]["mode"] = "0440"
+
+    assert changed(edit_settings) == {"web"}
+    assert changed(edit_mode) == {"web"}
+    # a secret file's value: both readers of the password restart (web's file, postgres's)
+    app = everything()
+    one = release_services_digests(app, everything_secrets(app))
+    other = release_services_digests(app, {**everything_secrets(app), "POSTGRES_PASSWORD": "new"})
+    assert {n for n in one if one[n] != other[n]} == {"web", "worker", "postgres"}
+
+
+def release_services_digests(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
+    docs = release_documents(app, "key", secrets)
+    return {s["name"]: s["digest"] for s in parse_release(docs.release)["services"]}
+
+
+HOSTILE = 'it\'s "q" $(touch /tmp/blueprints-pwned) `id` $HOME ; rm -rf / #\n\\ %n %% * \t end'
+
+
+def hostile_everything(data: dict[str, Any]) -> None:
+    web = data["services"]["web"]
+    web["entrypoint"] = [HOSTILE, HOSTILE]
+    web["env"]["HOSTILE"] = HOSTILE
+    web["files"][0]["content"] = HOSTILE + "\n$${literal}\n"
+    data["tasks"]["migrate"]["command"] = ["sh", "-c", HOSTILE, HOSTILE]
+    data["schedules"]["clear-sessions"]["command"] = [HOSTILE, "-"]
+
+
+def test_hostile_values_in_new_fields_change_no_structure(tmp_path: Path):
+    Path(PWNED).unlink(missing_ok=True)
+    clean, evil = everything(), everything(hostile_everything)
+    clean_files = render_node_files(context(clean, secrets=everything_secrets(clean)))
+    evil_files = render_node_files(context(evil, secrets=everything_secrets(evil)))
+    assert list(clean_files) == list(evil_files)
+    assert units(clean_files) == units(evil_files)
+    (tmp_path / "shellcheck").mkdir()
+    _all_scripts_pass_shellcheck(evil_files, tmp_path / "shellcheck")
+    _verify_units(evil_files, tmp_path / "units")
+    box = Sandbox(tmp_path / "box", evil_files)
+    proc = box.run("task-migrate")
+    assert proc.returncode == 0, proc.stderr
+    assert box.recorded()[1] == expected_docker_run(
+        evil, "web", "migrate", command=["sh", "-c", HOSTILE, HOSTILE]
+    )
+    run = box.recorded()[1]
+    assert run[run.index("--entrypoint") + 1] == HOSTILE
+    assert f"HOSTILE={HOSTILE}" in run
+    box.run("schedule-clear-sessions")
+    assert box.recorded()[1][-2:] == [HOSTILE, "-"]
+    (settings_path,) = [p for p in evil_files if "settings.ini" in p]
+    assert evil_files[settings_path] == HOSTILE + "\n${literal}\n"
+    assert not Path(PWNED).exists()
+
+
+def test_a_task_past_its_timeout_is_stopped_and_fails(tmp_path: Path):
+    def quick(data):
+        data["tasks"]["migrate"]["timeout"] = "1s"
+
+    app = everything(quick)
+    box = Sandbox(tmp_path, render_node_files(context(app, secrets=everything_secrets(app))))
+    slow = box.bin / "docker"
+    slow.write_text(
+        STUB.replace(
+            'record "$@"\n    exit', 'record "$@"\n    [[ $1 == run ]] && sleep 20\n    exit', 1
+        )
+    )
+    began = time.monotonic()
+    proc = box.run("task-migrate")
+    assert time.monotonic() - began < 15
+    assert proc.returncode == 124
+    assert "did not finish within 1s" in proc.stderr
+    assert box.recorded()[-1] == ["docker", "rm", "--force", "blueprints_task_migrate"]
+
+
+def test_a_failing_task_script_exits_with_its_status(tmp_path: Path):
+    app = everything()
+    box = Sandbox(tmp_path, render_node_files(context(app, secrets=everything_secrets(app))))
+    proc = box.run("task-seed", STUB_DOCKER_STATUS="3")
+    assert proc.returncode == 3
+    # the agent reports the status; the script adds no line that would hide the task's own
+    assert "exited with status" not in proc.stderr
+
+
+def test_check_app_refuses_nul_in_task_and_schedule_commands():
+    def nul(data):
+        data["tasks"]["seed"]["command"] = ["ok", "a\0b"]
+        data["schedules"]["report"]["command"] = ["a\0b"]
+
+    assert check_app(everything(nul)) == [
+        (("tasks", "seed", "command", 1), NUL),
+        (("schedules", "report", "command", 0), NUL),
+    ]
+
+
+def test_a_removed_schedule_leaves_the_release():
+    def drop(data):
+        del data["schedules"]["report"]
+
+    release, _ = everything_documents(everything(drop))
+    assert release["units"] == ["app-schedule-clear-sessions.timer"]
+    assert not [p for p in release["files"] if "schedule-report" in p]

@@ -21,7 +21,9 @@ without an id goes to the newest release in the history before the current one; 
 goes back and forth.
 
 A deploy checks the document, pulls the changed services' images, installs the release's files,
-reloads the proxy, then replaces containers service by service in the document's order: a
+runs the release's tasks (a migration) in order, each bounded by its timeout, reloads the
+proxy, then replaces containers service by service in the document's order: a task that fails
+fails the release before any container is replaced. Then a
 service whose definition is unchanged is not touched; a stateless one ("surge") gets a new
 container beside the old ones, healthy first, then its replicas are replaced one at a time, each
 healthy before the next; a stateful one ("restart") is stopped, then started. Progress goes to
@@ -66,6 +68,15 @@ CONFIG = "/etc/blueprints/"
 SECRETS_DIR = "/etc/blueprints/secrets/"
 RELEASE_ROOTS = (UNITS, APP_SCRIPTS, CONFIG)
 SECRET_ROOTS = (SECRETS_DIR,)
+
+# Registry credentials (a secrets document's file): every command the agent runs that may pull
+# an image (docker pull, app-compose, a task) reads them through DOCKER_CONFIG.
+DOCKER_CONFIG = "/etc/blueprints/secrets/docker"
+DOCKER_CONFIG_FILE = f"{DOCKER_CONFIG}/config.json"
+# A task's command stops its own work at the task's timeout; the agent stops waiting this much
+# later, and shows this many of its last output lines when it fails.
+TASK_GRACE = 30
+TASK_LINES = 20
 
 CADDY_CONFIG = "/etc/blueprints/caddy.json"
 CADDY_UNIT = "blueprints-caddy.service"
@@ -113,6 +124,14 @@ class Unhealthy(Exception):
         self.what, self.seconds, self.last = what, seconds, last
 
 
+class TaskFailed(Exception):
+    """A task of the release failed or ran out of time: the rollout goes back."""
+
+    def __init__(self, name: str, cause: str):
+        super().__init__(f"task {name} {cause}")
+        self.name, self.cause = name, cause
+
+
 class PullFailed(Exception):
     """An image is neither pullable nor present: nothing was changed yet."""
 
@@ -143,6 +162,8 @@ class Node:
 
     def __init__(self, root: str = "/"):
         self.root = root
+        # Set for every command run: DOCKER_CONFIG while the node has registry credentials.
+        self.env: dict[str, str] = {}
 
     def path(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/"))
@@ -235,6 +256,7 @@ class Node:
     def run(self, argv: list[str], input: str | None = None, timeout: float | None = None):
         env = dict(os.environ)
         env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        env.update(self.env)
         try:
             proc = subprocess.run(
                 argv,
@@ -333,8 +355,9 @@ def check_release(text: object) -> dict:
         raise Refused(
             f"not a release document: format is {body.get('format')!r}, expected {RELEASE_FORMAT}"
         )
+    # tasks: optional (a release without tasks has no such key, as releases had before tasks).
     _only_keys(
-        body,
+        {k: v for k, v in body.items() if k != "tasks"},
         {"format", "rung", "app", "release", "secrets", "volumes", "units", "services", "files"},
         "the release document",
     )
@@ -404,7 +427,47 @@ def check_release(text: object) -> dict:
             ):
                 raise Refused(f"{what}: service {name}'s health must be null or {{budget: N}}")
     _check_files(body["files"], RELEASE_ROOTS, what, refused=SECRET_ROOTS)
+    _check_tasks(body.get("tasks", []), what, seen)
     return body
+
+
+def _check_tasks(tasks: object, what: str, services: set[str]) -> None:
+    if not isinstance(tasks, list):
+        raise Refused(f"{what}: tasks is not a list")
+    seen: set[str] = set()
+    for task in tasks:
+        if not isinstance(task, dict):
+            raise Refused(f"{what}: a task entry is not a mapping")
+        # needs (optional): services the task reaches (a database); a release that brings
+        # them new starts them before its tasks run.
+        _only_keys(
+            {k: v for k, v in task.items() if k != "needs"},
+            {"name", "argv", "timeout"},
+            f"{what}: a task",
+        )
+        needs = task.get("needs", [])
+        if not isinstance(needs, list) or not all(
+            isinstance(n, str) and n in services for n in needs
+        ):
+            raise Refused(f"{what}: task {task.get('name')!r}'s needs must name services")
+        name = task["name"]
+        if not isinstance(name, str) or not LABEL.fullmatch(name) or name in seen:
+            raise Refused(f"{what}: task name {name!r} is not a unique DNS label")
+        seen.add(name)
+        argv = task["argv"]
+        if (
+            not isinstance(argv, list)
+            or not argv
+            or not all(isinstance(a, str) and "\0" not in a for a in argv)
+            or not argv[0].startswith("/")
+        ):
+            raise Refused(
+                f"{what}: task {name}'s argv must be a list of strings starting with an "
+                "absolute program path"
+            )
+        timeout = task["timeout"]
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 1:
+            raise Refused(f"{what}: task {name}'s timeout {timeout!r} is not seconds >= 1")
 
 
 def check_secrets(text: object) -> dict:
@@ -1272,6 +1335,45 @@ class Agent:
             self.say(f"installed {len(changed)} changed file(s)")
         return changed
 
+    def _docker_config(self, entry: dict | None):
+        """With entry (the release's docker config.json), install it now, ahead of the other
+        files, for the pulls; then (in any case) let every command read the node's credentials
+        (DOCKER_CONFIG) while it has some. Returns what puts the previous file back."""
+        before, mode = self.node.read(DOCKER_CONFIG_FILE), self.node.mode(DOCKER_CONFIG_FILE)
+
+        def undo() -> None:
+            if entry is not None and before is None:
+                self.node.remove(DOCKER_CONFIG_FILE)
+            elif entry is not None and (before, mode) != (entry["text"], int(entry["mode"], 8)):
+                self.node.write(DOCKER_CONFIG_FILE, before or "", mode or 0o600)
+            self._docker_config(None)
+
+        if entry is not None:
+            self.install({DOCKER_CONFIG_FILE: entry})
+        if self.node.exists(DOCKER_CONFIG_FILE):
+            self.node.env["DOCKER_CONFIG"] = DOCKER_CONFIG
+        else:
+            self.node.env.pop("DOCKER_CONFIG", None)
+        return undo
+
+    def run_tasks(self, doc: dict) -> None:
+        """The release's tasks, in order; TaskFailed for the first that fails or runs out of
+        time (its last output lines shown)."""
+        for task in doc.get("tasks", []):
+            name, timeout = task["name"], task["timeout"]
+            self.say(f"task {name}: running (at most {timeout} s)")
+            began = self.node.now()
+            result = self.node.run(list(task["argv"]), timeout=timeout + TASK_GRACE)
+            if result.ok:
+                self.say(f"task {name}: done in {self.node.now() - began:.0f} s")
+                continue
+            lines = [ln for ln in (result.out + "\n" + result.err).splitlines() if ln.strip()]
+            for line in lines[-TASK_LINES:]:
+                self.say(f"task {name} | {line}")
+            if result.code == 124:
+                raise TaskFailed(name, f"did not finish within {timeout} s")
+            raise TaskFailed(name, f"failed with exit status {result.code}: {result.last_line()}")
+
     def prune_files(self, keep: dict[str, dict], also: set[str]) -> set[str]:
         """Remove the files an earlier release installed that this one does not have."""
         removed = set()
@@ -1414,9 +1516,12 @@ class Agent:
                 self.say(f"  {name}: removed")
 
         changed_services = [s for s in doc["services"] if _changed(olds.get(s["name"]), s)]
+        # The pulls need the release's registry credentials, before its other files.
+        undo_config = self._docker_config(secrets["files"].get(DOCKER_CONFIG_FILE))
         try:
             driver.pull(changed_services)
         except PullFailed as exc:
+            undo_config()
             self.fail(
                 f"release {rid}: {exc}; nothing was changed, "
                 f"{'still on release ' + prev_id if prev_id else 'no release runs'}"
@@ -1429,19 +1534,50 @@ class Agent:
         changed: set[str] = set()
         try:
             changed = self.install(new_files)
+            self._docker_config(None)
             self.volumes(doc)
             self.daemon_reload()
-            driver.proxy(old, doc, changed)
-            if not olds and doc["services"]:
-                # Nothing runs yet: start everything at once (each after what it depends on).
-                steps = [Progress(svc["name"], None, svc) for svc in doc["services"]]
-                driver.start_all(steps)
+            if prev_id == rid:
+                if doc.get("tasks"):
+                    self.say("tasks: not run again for the release already current")
             else:
+                # Services the tasks need that this release brings new: they replace nothing.
+                needed = {n for task in doc.get("tasks", []) for n in task.get("needs", [])}
                 for svc in doc["services"]:
+                    if svc["name"] in needed and svc["name"] not in olds:
+                        p = Progress(svc["name"], None, svc)
+                        steps.append(p)
+                        driver.roll(p)
+                        p.done = True
+                self.run_tasks(doc)
+            driver.proxy(old, doc, changed)
+            begun = {p.name for p in steps}
+            rest = [svc for svc in doc["services"] if svc["name"] not in begun]
+            if not olds and rest:
+                # Nothing runs yet: start everything at once (each after what it depends on).
+                first = [Progress(svc["name"], None, svc) for svc in rest]
+                steps += first
+                driver.start_all(first)
+            else:
+                for svc in rest:
                     p = Progress(svc["name"], olds.get(svc["name"]), svc)
                     steps.append(p)
                     driver.roll(p)
                     p.done = True
+        except TaskFailed as exc:
+            self._go_back(driver, old, doc, old_files, new_files, steps, changed)
+            self._docker_config(None)
+            if prev_id:
+                self.fail(
+                    f"release {rid}: {exc}; rolled back to {prev_id}, which kept serving: no "
+                    "container was replaced"
+                )
+            else:
+                self.fail(
+                    f"release {rid}: {exc}; this node had no release before, so there is "
+                    "nothing to roll back to: the release's files are removed"
+                )
+            return 1
         except Unhealthy as exc:
             self._go_back(driver, old, doc, old_files, new_files, steps, changed)
             within = f" within {exc.seconds:.0f} s" if exc.seconds is not None else ""
@@ -1534,6 +1670,7 @@ class Agent:
             changed = self.install(files)
             self.prune_files(files, set())
             self.remember(files)
+            self._docker_config(None)
             self.volumes(doc)
             self.daemon_reload()
             started = DRIVERS[doc["rung"]](self).activate(doc)

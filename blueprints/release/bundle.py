@@ -13,7 +13,7 @@ import hmac
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -61,6 +61,28 @@ class ServiceRelease:
         }
 
 
+@dataclass(frozen=True)
+class TaskRelease:
+    """One task as the agent runs it: once per release, after the release's files are installed
+    and its images pulled, before any container is replaced; in the document's order."""
+
+    name: str
+    # The command the agent runs on the node (single-vm: the task's script; compose: an
+    # `app-compose run`); it should stop the work itself at `timeout` seconds.
+    argv: list[str]
+    # Seconds the task may take; the agent gives up on it (and on the release) a little later.
+    timeout: int
+    # Services the task reaches (its service's dependencies, a database): a release bringing
+    # them new starts them before the tasks run. Written only when there are some.
+    needs: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"argv": list(self.argv), "name": self.name, "timeout": self.timeout}
+        if self.needs:
+            out["needs"] = list(self.needs)
+        return out
+
+
 def digest(key: str, *parts: object) -> str:
     """HMAC of the parts' canonical JSON, keyed with `key` (the deploy private key)."""
     body = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -71,11 +93,14 @@ def _files(files: Mapping[str, str], modes: Mapping[str, str]) -> dict[str, dict
     return {path: {"mode": modes[path], "text": files[path]} for path in sorted(files)}
 
 
-def secrets_document(key: str, files: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """(digest, document) of the secret files; (None, None) when the app has none."""
+def secrets_document(
+    key: str, files: Mapping[str, str], modes: Mapping[str, str] | None = None
+) -> tuple[str | None, str | None]:
+    """(digest, document) of the secret files (mode 0600 unless `modes` says otherwise: a
+    service's secret file keeps its own); (None, None) when the app has none."""
     if not files:
         return None, None
-    body = _files(files, {path: "0600" for path in files})
+    body = _files(files, {path: (modes or {}).get(path, "0600") for path in files})
     name = digest(key, SECRETS_FORMAT, body)
     return name, dump({"digest": name, "files": body, "format": SECRETS_FORMAT})
 
@@ -91,7 +116,10 @@ def release_document(
     volumes: Sequence[str],
     units: Sequence[str],
     secrets: str | None,
+    tasks: Sequence[TaskRelease] = (),
 ) -> str:
+    """The release document; `tasks` appear (key `tasks`) only when there are some, so that a
+    release without tasks is the document (and has the id) it had before tasks existed."""
     body: dict[str, Any] = {
         "app": app,
         "files": _files(files, modes),
@@ -102,6 +130,8 @@ def release_document(
         "units": sorted(units),
         "volumes": sorted(volumes),
     }
+    if tasks:
+        body["tasks"] = [t.as_dict() for t in tasks]
     body["release"] = release_id(body)
     return dump(body)
 

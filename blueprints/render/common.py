@@ -3,7 +3,8 @@
 Structured formats (YAML, JSON) only ever come from a serializer with sorted keys. Jinja2 is for
 formats without one (shell scripts, systemd units), and there every value from the spec passes a
 quoting filter: `shell` (shlex.quote) in scripts, `unit_word` (a strict allow-list) in units
-(`unit_name` for the \\xHH escapes of a systemd-escaped unit name).
+(`unit_words` for a value of several such words, `unit_name` for the \\xHH escapes of a
+systemd-escaped unit name).
 """
 
 from __future__ import annotations
@@ -40,6 +41,23 @@ def unit_word(value: object) -> str:
         raise ValueError(
             f"{text!r} cannot be written into a systemd unit safely "
             "(allowed: letters, digits and @._:/-)"
+        )
+    return text
+
+
+# A value of several words (an OnCalendar= expression, a cron line in a comment): unit_word's
+# characters plus single spaces, * , and ~, none of which systemd expands.
+_UNIT_WORDS = re.compile(r"[A-Za-z0-9@._:/*,~-]+(?: [A-Za-z0-9@._:/*,~-]+)*")
+
+
+def unit_words(value: object) -> str:
+    """Let a value of space-separated words into a systemd unit only if it cannot mean anything
+    but itself there (a calendar expression like `Mon,Fri *-*-* 03:00:00 UTC`)."""
+    text = str(value)
+    if not _UNIT_WORDS.fullmatch(text):
+        raise ValueError(
+            f"{text!r} cannot be written into a systemd unit safely "
+            "(allowed: words of letters, digits and @._:/*,~- separated by single spaces)"
         )
     return text
 
@@ -220,6 +238,7 @@ def template_env() -> jinja2.Environment:
     env.filters["shell"] = _shell_filter
     env.filters["shell_words"] = _shell_words
     env.filters["unit_word"] = unit_word
+    env.filters["unit_words"] = unit_words
     env.filters["unit_name"] = unit_name
     env.filters["hcl"] = hcl_string
     env.filters["hcl_name"] = hcl_name

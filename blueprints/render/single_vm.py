@@ -16,6 +16,7 @@ health scripts, Caddy's routes, the admin keys, the secret env files. It travels
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -23,9 +24,11 @@ from dataclasses import dataclass
 
 from blueprints.backup import node_files as backup_files
 from blueprints.backup.storage import Storage
+from blueprints.cron import on_calendar
 from blueprints.release.bundle import (
     Documents,
     ServiceRelease,
+    TaskRelease,
     digest,
     release_document,
     secrets_document,
@@ -38,8 +41,8 @@ from blueprints.render.common import (
     systemd_escape_path,
 )
 from blueprints.render.context import NodeContext
-from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files, secret_values
-from blueprints.spec import AppSpec, Service, format_path
+from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
+from blueprints.spec import AppSpec, File, Service, format_path, references
 
 # A problem with the app spec: its field path (as blueprints.spec writes them) and what is wrong.
 Problem = tuple[tuple[str | int, ...], str]
@@ -60,6 +63,16 @@ RELEASE_UNIT = "blueprints-release.service"
 ADMIN_KEYS_DIR = "/etc/blueprints/admin-keys"
 ADMIN_KEYS_SSHD = "/etc/ssh/sshd_config.d/11-blueprints-admin-keys.conf"
 SECRETS = "/etc/blueprints/secrets"
+# The services' files: a non-secret one is a release file, a secret one a secret file; each is
+# bind-mounted read-only at its path in the container.
+FILES = "/etc/blueprints/files"
+SECRET_FILES = f"{SECRETS}/files"
+# Registry credentials: a docker config.json, read by every docker command that pulls an image of
+# a registry the spec has credentials for (DOCKER_CONFIG names its directory).
+DOCKER_CONFIG = f"{SECRETS}/docker"
+DOCKER_CONFIG_FILE = f"{DOCKER_CONFIG}/config.json"
+# Docker keeps Docker Hub's credentials under this key, not under docker.io.
+DOCKER_HUB_AUTH = "https://index.docker.io/v1/"
 CADDY_CONFIG = "/etc/blueprints/caddy.json"
 # Pinned so that a rebuilt VM runs the same proxy as the one it replaces.
 CADDY_IMAGE = "caddy:2.8.4"
@@ -169,11 +182,18 @@ def render_cloud_init(ctx: NodeContext) -> str:
 
 def standby_images(app: AppSpec) -> list[str]:
     """The images a promoted node starts: every service's, and the proxy's where the app has
-    http routes; sorted, each once."""
-    images = {svc.image for svc in app.services.values()}
+    http routes; sorted, each once. An image from a registry the spec has credentials for is
+    left out: the standby holds no secret (the credentials live with the release on the
+    volume), so a promotion pulls it with them (private_standby_images)."""
+    images = {svc.image for svc in app.services.values() if app.registry_for(svc.image) is None}
     if _caddy_config(app) is not None:
         images.add(CADDY_IMAGE)
     return sorted(images)
+
+
+def private_standby_images(app: AppSpec) -> list[str]:
+    """The images a standby cannot pull ahead: those of registries with credentials."""
+    return sorted({s.image for s in app.services.values() if app.registry_for(s.image)})
 
 
 def standby_images_text(app: AppSpec) -> str:
@@ -199,9 +219,12 @@ def _checked(app: AppSpec) -> None:
         raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
 
 
-def _rendered(texts: Mapping[str, str]) -> dict[str, RenderedFile]:
+def _rendered(
+    texts: Mapping[str, str], modes: Mapping[str, str] | None = None
+) -> dict[str, RenderedFile]:
+    modes = modes or {}
     return {
-        path: RenderedFile(content=texts[path], permissions=file_permissions(path))
+        path: RenderedFile(content=texts[path], permissions=modes.get(path, file_permissions(path)))
         for path in sorted(texts)
     }
 
@@ -270,8 +293,18 @@ def release_files(app: AppSpec, storage: Storage | None = None) -> dict[str, Ren
     stack's backup storage, the backup's script, configuration and units too."""
     _checked(app)
     texts: dict[str, str] = admin_keys_file(app)
+    modes: dict[str, str] = {}
     for name, svc in app.sorted_services():
         texts.update(_service_files(app, name, svc))
+        for f in svc.files:
+            if not f.secret:
+                path = file_path(name, f)
+                texts[path] = app.file_text(f, {}, "docker")
+                modes[path] = host_mode(f)
+    for name in app.tasks:
+        texts.update(_task_files(app, name))
+    for name in app.schedules:
+        texts.update(_schedule_files(app, name))
     caddy = _caddy_config(app)
     if caddy is not None:
         texts[CADDY_CONFIG] = dump_json(caddy)
@@ -282,7 +315,19 @@ def release_files(app: AppSpec, storage: Storage | None = None) -> dict[str, Ren
                 app, storage, backup_runtime(app), name=storage.host, after="app.target"
             )
         )
-    return _rendered(texts)
+    return _rendered(texts, modes)
+
+
+def file_path(service: str, f: File) -> str:
+    """Where a service's file lives on the node: a release file, or (when its content names a
+    secret) a secret file, root-only like every other."""
+    return f"{SECRET_FILES if f.secret else FILES}/{service}/{f.key}"
+
+
+def host_mode(f: File) -> str:
+    """The node file's mode: the file's, without write bits for group and others (the container
+    sees it read-only anyway, and the release agent installs nothing others may write)."""
+    return f"{f.mode_int & ~0o022:04o}"
 
 
 def backup_runtime(app: AppSpec) -> backup_files.Runtime:
@@ -304,12 +349,19 @@ def backup_runtime(app: AppSpec) -> backup_files.Runtime:
 def secret_files(
     app: AppSpec, secrets: Mapping[str, str], storage: Storage | None = None
 ) -> dict[str, str]:
-    """The release's secret files: one env file per service that has secret_env, and with the
-    stack's backup storage, the backup's password and storage keys (secrets carries them under
-    node_files' reserved names)."""
+    """The release's secret files: one env file per service with secret variables, the secret
+    files of the services, the registries' docker config, and with the stack's backup storage,
+    the backup's password and storage keys (secrets carries them under node_files' reserved
+    names). Modes: secret_modes."""
     files = _secret_files(app, backup_files.app_secret_values(secrets))
     files.update(backup_files.backup_secret_files(storage, secrets))
     return files
+
+
+def secret_modes(app: AppSpec, files: Mapping[str, str]) -> dict[str, str]:
+    """The mode of each secret file: a service's file keeps its own, everything else is 0600."""
+    own = {file_path(n, f): host_mode(f) for n, s in app.sorted_services() for f in s.files}
+    return {path: own.get(path, "0600") for path in files}
 
 
 def release_services(
@@ -328,6 +380,11 @@ def release_services(
             files[f"{APP_SCRIPTS}/run-{name}"].content,
             secret.get(f"{SECRETS}/{name}.env", ""),
         ]
+        # A changed file restarts the service: its mounts name the files, not their content.
+        for f in svc.files:
+            path = file_path(name, f)
+            text = secret[path] if f.secret else files[path].content
+            definition.append([path, host_mode(f), text])
         out.append(
             ServiceRelease(
                 name=name,
@@ -341,11 +398,46 @@ def release_services(
     return out
 
 
+def release_tasks(app: AppSpec) -> list[TaskRelease]:
+    """The tasks as the release agent runs them: before the rollout, in the order written."""
+    return [
+        TaskRelease(
+            name=name,
+            argv=[f"{APP_SCRIPTS}/task-{name}"],
+            timeout=task.timeout,
+            needs=task_needs(app, task.service),
+        )
+        for name, task in app.tasks.items()
+    ]
+
+
+def task_needs(app: AppSpec, service: str) -> list[str]:
+    """What a task with service's image reaches: the service's dependencies, theirs too, in
+    start order (a first release starts them before its tasks run)."""
+    found: set[str] = set()
+    pending = list(app.services[service].depends_on)
+    while pending:
+        dep = pending.pop()
+        if dep not in found:
+            found.add(dep)
+            pending += app.services[dep].depends_on
+    return [name for name, _ in dependency_order(app) if name in found]
+
+
+def release_units(app: AppSpec, storage: Storage | None = None) -> list[str]:
+    """The timers the release starts (and restarts when their file changed)."""
+    units = [f"app-schedule-{name}.timer" for name in app.schedules]
+    if storage is not None:
+        units += backup_files.release_units()
+    return sorted(units)
+
+
 def release_documents(
     app: AppSpec, key: str, secrets: Mapping[str, str], storage: Storage | None = None
 ) -> Documents:
     """The app's release as it travels to the node: key is the deploy private key."""
-    secret_digest, secret_doc = secrets_document(key, secret_files(app, secrets, storage))
+    secret = secret_files(app, secrets, storage)
+    secret_digest, secret_doc = secrets_document(key, secret, secret_modes(app, secret))
     files = release_files(app, storage)
     release = release_document(
         key,
@@ -355,8 +447,9 @@ def release_documents(
         files={path: f.content for path, f in files.items()},
         modes={path: f.permissions for path, f in files.items()},
         volumes=sorted(app.volumes),
-        units=backup_files.release_units() if storage is not None else [],
+        units=release_units(app, storage),
         secrets=secret_digest,
+        tasks=release_tasks(app),
     )
     return Documents(release=release, secrets=secret_doc)
 
@@ -424,6 +517,13 @@ def check_app(app: AppSpec) -> list[Problem]:
                 )
             )
         problems += nul_problems(base, svc)
+    for kind, runs in (("tasks", app.tasks), ("schedules", app.schedules)):
+        for name, run in runs.items():
+            problems += [
+                ((kind, name, "command", i), NUL_MESSAGE)
+                for i, arg in enumerate(run.command)
+                if "\0" in arg
+            ]
     return problems
 
 
@@ -432,7 +532,9 @@ def nul_problems(base: tuple[str | int, ...], svc: Service) -> list[Problem]:
     found: list[tuple[str | int, ...]] = [
         ("env", var) for var, value in sorted(svc.env.items()) if "\0" in value
     ]
+    found += [("entrypoint", i) for i, arg in enumerate(svc.entrypoint or []) if "\0" in arg]
     found += [("command", i) for i, arg in enumerate(svc.command or []) if "\0" in arg]
+    found += [("files", i, "content") for i, f in enumerate(svc.files) if "\0" in f.text]
     if svc.health is not None:
         found += [
             ("health", "command", i)
@@ -476,6 +578,8 @@ def _app_units(app: AppSpec, caddy: bool) -> list[str]:
         units += _instances(name, svc)
         if svc.health is not None:
             units.append(f"app-{name}-health.timer")
+    # Stopping the app (a restore) stops the schedules too; starting it starts them again.
+    units += [f"app-schedule-{name}.timer" for name in app.schedules]
     if caddy:
         units.append("blueprints-caddy.service")
     return sorted(units)
@@ -544,14 +648,93 @@ def _metadata_guard_files() -> dict[str, str]:
     }
 
 
+def _secret_users(app: AppSpec, secret: str) -> list[str]:
+    """Who reads a secret: services (by secret_env, env or files) and registries."""
+
+    def names(text: str) -> set[str]:
+        return {r.name for r in references(text) if r.kind == "secret"}
+
+    users = [
+        f"service {n}"
+        for n, svc in app.sorted_services()
+        if secret in svc.secret_env
+        or any(secret in names(v) for v in svc.env.values())
+        or any(secret in names(f.text) for f in svc.files)
+    ]
+    users += [
+        f"registry {host}"
+        for host, reg in sorted(app.registries.items())
+        if secret in names(reg.username) | names(reg.password)
+    ]
+    return users
+
+
 def _secret_files(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
+    for name in app.secret_names():
+        if name not in secrets:
+            raise ValueError(
+                f"secret {name} (read by {', '.join(_secret_users(app, name))}) has no value; "
+                f"set it with `pulumi config set --secret --path 'blueprints:secrets.{name}'`"
+            )
+    values = {name: secrets[name] for name in app.secret_names()}
     out = {}
     for name, svc in app.sorted_services():
-        if not svc.secret_env:
-            continue
-        values = secret_values(secrets, svc.secret_env, name)
-        out[f"{SECRETS}/{name}.env"] = docker_env_file(values, what="secret")
+        env = app.environment(name, values, "docker")
+        if env.secret:
+            out[f"{SECRETS}/{name}.env"] = docker_env_file(env.secret, what="secret")
+        for f in svc.files:
+            if f.secret:
+                out[file_path(name, f)] = app.file_text(f, values, "docker")
+    if app.registries:
+        out[DOCKER_CONFIG_FILE] = docker_config(app.registry_auth(values))
     return out
+
+
+def docker_config(auth: Mapping[str, tuple[str, str]]) -> str:
+    """A docker config.json holding the registries' credentials."""
+    auths = {}
+    for host, (username, password) in sorted(auth.items()):
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        auths[DOCKER_HUB_AUTH if host == "docker.io" else host] = {"auth": token}
+    return dump_json({"auths": auths})
+
+
+@dataclass(frozen=True)
+class Container:
+    """What a container of a service runs with, whatever starts it (its units, a task, a
+    schedule): everything but its name, network alias and published ports."""
+
+    image: str
+    cpus: str
+    memory: str
+    entrypoint: str | None  # docker's --entrypoint: one program ("" clears the image's)
+    args: list[str]  # after the image: the rest of the entrypoint, then the command
+    env_args: list[str]
+    env_file: str | None
+    volume_args: list[str]
+    docker_config: str | None  # DOCKER_CONFIG for pulling the image, when it needs credentials
+
+
+def container(app: AppSpec, name: str, command: list[str] | None = None) -> Container:
+    """Service name's container; command replaces the service's (a task's, a schedule's)."""
+    svc = app.services[name]
+    env = app.environment(name, dict.fromkeys(app.secret_names(), ""), "docker")
+    entrypoint = svc.entrypoint
+    args = [*(entrypoint or [])[1:], *(svc.command or [] if command is None else command)]
+    return Container(
+        image=svc.image,
+        cpus=f"{svc.cpu:g}",
+        memory=f"{svc.memory}m",
+        entrypoint=None if entrypoint is None else (entrypoint[0] if entrypoint else ""),
+        args=args,
+        env_args=[f"{var}={value}" for var, value in env.plain.items()],
+        env_file=f"{SECRETS}/{name}.env" if env.secret else None,
+        volume_args=[
+            f"/srv/data/{m.volume}:{m.path}" + (":ro" if m.read_only else "") for m in svc.volumes
+        ]
+        + [f"{file_path(name, f)}:{f.path}:ro" for f in svc.files],
+        docker_config=DOCKER_CONFIG if app.registry_for(svc.image) else None,
+    )
 
 
 def _service_files(app: AppSpec, name: str, svc: Service) -> dict[str, str]:
@@ -572,24 +755,14 @@ def _service_files(app: AppSpec, name: str, svc: Service) -> dict[str, str]:
         script: _t(
             "run-service.sh.j2",
             name=name,
-            image=svc.image,
             network=_network(app),
-            cpus=f"{svc.cpu:g}",
-            memory=f"{svc.memory}m",
-            env_args=[f"{var}={value}" for var, value in sorted(svc.env.items())],
-            env_file=f"{SECRETS}/{name}.env" if svc.secret_env else None,
-            volume_args=[
-                f"/srv/data/{m.volume}:{m.path}" + (":ro" if m.read_only else "")
-                for m in svc.volumes
-            ],
-            publish_args=[f"{p.published}:{p.port}" for p in svc.public_tcp_ports],
-            command=list(svc.command or []),
+            c=container(app, name),
+            publish_args=[f"{p.published}:{p.target}" for p in svc.public_tcp_ports],
             stop_timeout=STOP_TIMEOUT_SECONDS,
         ),
     }
     health = svc.health
     if health is not None and health_script is not None:
-        port = health.port or (svc.ports[0].port if svc.ports else None)
         files[health_script] = _t(
             "health.sh.j2",
             name=name,
@@ -599,7 +772,7 @@ def _service_files(app: AppSpec, name: str, svc: Service) -> dict[str, str]:
             timeout=health.timeout,
             retries=health.retries,
             start_period=health.start_period,
-            port=port,
+            port=svc.health_port,
             path=health.path,
             host=probe_host(app, svc),
             command=list(health.command or []),
@@ -616,6 +789,53 @@ def _service_files(app: AppSpec, name: str, svc: Service) -> dict[str, str]:
             "health.timer.j2", name=name, interval=health.interval
         )
     return files
+
+
+def _task_files(app: AppSpec, name: str) -> dict[str, str]:
+    task = app.tasks[name]
+    return {
+        f"{APP_SCRIPTS}/task-{name}": _t(
+            "run-once.sh.j2",
+            kind="task",
+            name=name,
+            service=task.service,
+            container_name=f"blueprints_task_{name}",
+            network=_network(app),
+            c=container(app, task.service, task.command),
+            timeout=task.timeout,
+        )
+    }
+
+
+def _schedule_files(app: AppSpec, name: str) -> dict[str, str]:
+    schedule = app.schedules[name]
+    script = f"{APP_SCRIPTS}/schedule-{name}"
+    return {
+        script: _t(
+            "run-once.sh.j2",
+            kind="schedule",
+            name=name,
+            service=schedule.service,
+            container_name=f"blueprints_schedule_{name}",
+            network=_network(app),
+            c=container(app, schedule.service, schedule.command),
+            timeout=schedule.timeout,
+        ),
+        f"{UNITS}/app-schedule-{name}.service": _t(
+            "schedule.service.j2",
+            name=name,
+            script=script,
+            guard=METADATA_GUARD_UNIT,
+            timeout=schedule.timeout,
+            stop_timeout=STOP_TIMEOUT_SECONDS,
+        ),
+        f"{UNITS}/app-schedule-{name}.timer": _t(
+            "schedule.timer.j2",
+            name=name,
+            cron=schedule.cron,
+            on_calendar=on_calendar(schedule.cron),
+        ),
+    }
 
 
 def _caddy_config(app: AppSpec, dynamic: bool = False) -> dict[str, object] | None:
@@ -640,7 +860,8 @@ def _caddy_config(app: AppSpec, dynamic: bool = False) -> dict[str, object] | No
                     "dynamic_upstreams": {
                         "source": "a",
                         "name": name,
-                        "port": str(port.port),
+                        # Containers listen on the port's container side.
+                        "port": str(port.target),
                         "refresh": "1s",
                     },
                     "transport": {"protocol": "http", "dial_timeout": "1s"},
@@ -652,7 +873,7 @@ def _caddy_config(app: AppSpec, dynamic: bool = False) -> dict[str, object] | No
                 # request dialling it is retried on another replica.
                 upstreams = {
                     "upstreams": [
-                        {"dial": f"{name}-{n}:{port.port}"} for n in range(1, svc.replicas + 2)
+                        {"dial": f"{name}-{n}:{port.target}"} for n in range(1, svc.replicas + 2)
                     ],
                     # A container just stopped or a slow lookup must not cost the request
                     # Caddy's default 3 s per attempt (two would overrun try_duration).
@@ -676,8 +897,8 @@ def _caddy_config(app: AppSpec, dynamic: bool = False) -> dict[str, object] | No
                     "interval": f"{svc.health.interval}s",
                     "timeout": f"{svc.health.timeout}s",
                 }
-                health_port = svc.health.port or svc.ports[0].port
-                if health_port != port.port:
+                health_port = svc.health_port
+                if health_port is not None and health_port != port.target:
                     active["port"] = health_port
                 # The route's host, as on the requests it proxies: Caddy would otherwise send
                 # the upstream's address, which an app that checks its host answers with 400.
