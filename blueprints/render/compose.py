@@ -5,19 +5,36 @@ The compose file comes from a serializer (dump_yaml). Around it: the data volume
 environment, a systemd unit that brings the project up at boot once the volume is mounted, a
 timer that restarts unhealthy containers (Compose only restarts exited ones) and, with the
 stack's backup storage, the backup's timers (blueprints.backup).
+
+The spec's tasks and schedules are compose services too, in profiles `up` never starts
+(`tasks`, `schedules`), named `task_<name>` and `schedule_<name>`: the underscore keeps them, like
+the proxy, out of the DNS-label names a spec service may have. Each is run by a release script
+(`app-compose run --rm --no-deps`, bounded by its timeout): a task by the release agent before
+the rollout, a schedule by a systemd timer.
+
+Secret values never enter the compose file. A service's secret variable names a variable of
+Compose's own environment (`${BLUEPRINTS__web__DATABASE_URL?...}`), one per service and name (a
+composed value like DATABASE_URL may differ between services), which the app-compose wrapper
+exports from the root-only env file, verbatim. The same file sets DOCKER_CONFIG when the spec has
+registry credentials, so every pull through the wrapper (the release agent's, `up` at boot, a
+task's or schedule's run) uses them. Files are bind-mounted read-only from the node: release files
+under /etc/blueprints/files/<service>/, secret ones under /etc/blueprints/secrets/files/<service>/.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from blueprints.backup import node_files as backup_files
 from blueprints.backup.storage import Storage
+from blueprints.cron import on_calendar
 from blueprints.release.bundle import (
     Documents,
     ServiceRelease,
+    TaskRelease,
     digest,
     release_document,
     secrets_document,
@@ -30,13 +47,29 @@ from blueprints.render.common import (
     render_template,
 )
 from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files, secret_values
-from blueprints.spec import AppSpec, Service, format_path
+from blueprints.spec import AppSpec, File, Service, format_path
 
 Problem = svm.Problem
 
 COMPOSE_DIR = "/etc/blueprints/compose"
 COMPOSE_FILE = f"{COMPOSE_DIR}/compose.yaml"
+# The wrapper's environment (root-only): the services' secret variables and DOCKER_CONFIG.
 SECRETS_FILE = f"{svm.SECRETS}/app.env"
+# A service's files on the node: release files, and secret ones (in the secrets document).
+FILES_DIR = "/etc/blueprints/files"
+SECRET_FILES_DIR = f"{svm.SECRETS}/files"
+# Registry credentials: a docker config.json, read through DOCKER_CONFIG.
+DOCKER_CONFIG = f"{svm.SECRETS}/docker"
+DOCKER_CONFIG_FILE = f"{DOCKER_CONFIG}/config.json"
+# Docker Hub's credentials are stored under its index address, not under docker.io.
+DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+# Compose variables carrying secret values: BLUEPRINTS__<service, - as _>__<variable>.
+SECRET_VARIABLE_PREFIX = "BLUEPRINTS__"
+# Profiles that keep tasks and schedules out of `up`: only `app-compose run` starts them.
+TASK_PROFILE = "tasks"
+SCHEDULE_PROFILE = "schedules"
+# Seconds a timed-out task's run gets between SIGTERM and SIGKILL.
+TASK_KILL_AFTER = 10
 WRAPPER = "/usr/local/sbin/app-compose"
 APP_UNIT = "app-compose.service"
 # Not a DNS label (underscore), so no spec service can take the proxy's name.
@@ -88,22 +121,83 @@ class ComposeContext:
 
 def check_app(app: AppSpec) -> list[Problem]:
     """The compose blueprint's rules on top of the spec's own: those of the single VM (one host,
-    the proxy's reserved directory, no NUL in values a process receives)."""
+    the proxy's reserved directory, no NUL in values a process receives), and one Compose
+    variable per secret variable of a service."""
     problems = svm.check_app(app)
-    return [
+    problems = [
         (path, msg.replace("single-vm blueprint", "compose blueprint")) for path, msg in problems
     ]
+    taken: dict[str, tuple[str, str]] = {}
+    placeholders = _placeholder_secrets(app)
+    for name, svc in app.sorted_services():
+        for var in app.environment(name, placeholders, "docker").secret:
+            variable = secret_variable(name, var)
+            if variable in taken and taken[variable] != (name, var):
+                other, other_var = taken[variable]
+                where: tuple[str | int, ...] = (
+                    ("secret_env", svc.secret_env.index(var))
+                    if var in svc.secret_env
+                    else ("env", var)
+                )
+                problems.append(
+                    (
+                        ("services", name, *where),
+                        f"travels in the same Compose variable {variable} as {other_var} of "
+                        f"service {other}; rename one of the two",
+                    )
+                )
+            taken[variable] = (name, var)
+    return problems
+
+
+def secret_variable(service: str, var: str) -> str:
+    """The variable of Compose's environment that carries service's secret variable var."""
+    return f"{SECRET_VARIABLE_PREFIX}{service.replace('-', '_')}__{var}"
+
+
+def task_service(name: str) -> str:
+    """The compose service of task `name` (not a DNS label, so no spec service has it)."""
+    return f"task_{name}"
+
+
+def schedule_service(name: str) -> str:
+    """The compose service of schedule `name` (not a DNS label, so no spec service has it)."""
+    return f"schedule_{name}"
+
+
+def task_script(name: str) -> str:
+    return f"{svm.APP_SCRIPTS}/task-{name}"
+
+
+def schedule_script(name: str) -> str:
+    return f"{svm.APP_SCRIPTS}/schedule-{name}"
+
+
+def schedule_unit(name: str) -> str:
+    return f"app-schedule-{name}"
+
+
+def file_source(service: str, file: File) -> str:
+    """Where the node keeps a service's file: a release file, or a secret one."""
+    root = SECRET_FILES_DIR if file.secret else FILES_DIR
+    return f"{root}/{service}/{file.key}"
 
 
 def render_compose_file(app: AppSpec) -> str:
-    """The compose file: every service of the spec, plus the reverse proxy."""
+    """The compose file: every service of the spec, its tasks and schedules, and the proxy."""
     return dump_yaml(compose_document(app))
 
 
 def compose_document(app: AppSpec) -> dict[str, Any]:
     services: dict[str, Any] = {}
     for name, svc in app.sorted_services():
-        services[name] = _escape_interpolation(_service(app, name, svc))
+        services[name] = _service(app, name, svc)
+    for tname, task in sorted(app.tasks.items()):
+        services[task_service(tname)] = _run_service(app, task.service, task.command, TASK_PROFILE)
+    for sname, schedule in sorted(app.schedules.items()):
+        services[schedule_service(sname)] = _run_service(
+            app, schedule.service, schedule.command, SCHEDULE_PROFILE
+        )
     document: dict[str, Any] = {"name": app.name, "services": services}
     if _has_proxy(app):
         # Caddy alone on its own network: a routed service's container joins it, under the
@@ -149,38 +243,69 @@ def _bind(source: str, target: str, read_only: bool = False) -> dict[str, Any]:
     }
 
 
-def _service(app: AppSpec, name: str, svc: Service) -> dict[str, Any]:
+def _placeholder_secrets(app: AppSpec) -> dict[str, str]:
+    # Which variables are secret does not depend on the values.
+    return dict.fromkeys(app.secret_names(), "")
+
+
+def _container(app: AppSpec, name: str, svc: Service) -> dict[str, Any]:
+    """What a service's containers and its tasks' and schedules' have in common: the image,
+    entrypoint, limits, environment, data volumes and files. Spec values escaped for Compose's
+    interpolation; a secret variable is a reference to the wrapper's environment instead."""
     out: dict[str, Any] = {
         "image": svc.image,
-        "restart": "unless-stopped",
-        "stop_grace_period": f"{STOP_GRACE_SECONDS}s",
         "deploy": {
-            "replicas": svc.replicas,
             "resources": {"limits": {"cpus": f"{svc.cpu:g}", "memory": f"{svc.memory}M"}},
         },
     }
-    if svc.command:
-        out["command"] = list(svc.command)
-    environment: dict[str, str | None] = dict(svc.env)
-    # A name without a value: Compose passes the variable from its own environment, which the
-    # app-compose wrapper fills from the root-only secrets file. No value is in this file.
-    environment.update({var: None for var in svc.secret_env})
-    if environment:
-        out["environment"] = dict(sorted(environment.items()))
-    private = [str(p.port) for p in svc.ports if p.expose != "tcp"]
-    if private:
-        out["expose"] = private
-    published = [f"{p.published}:{p.port}" for p in svc.public_tcp_ports]
-    if published:
-        out["ports"] = published
+    if svc.entrypoint is not None:
+        out["entrypoint"] = list(svc.entrypoint)
+    env = app.environment(name, _placeholder_secrets(app), "docker")
+    if env.plain:
+        out["environment"] = dict(env.plain)
     volumes = [_bind(f"/srv/data/{m.volume}", m.path, m.read_only) for m in svc.volumes]
-    health = _healthcheck(app, svc)
-    if health is not None:
-        out["healthcheck"] = health
-        if svc.health is not None and svc.health.type != "command":
-            volumes.append(_bind(HOST_BUSYBOX, PROBE_BUSYBOX, read_only=True))
+    volumes += [_bind(file_source(name, f), f.path, read_only=True) for f in svc.files]
     if volumes:
         out["volumes"] = volumes
+    out = _escape_interpolation(out)
+    if env.secret:
+        # `?`: without the wrapper's environment Compose refuses to run, rather than start the
+        # container with the variable empty.
+        out["environment"] = dict(
+            sorted(
+                {
+                    **out.get("environment", {}),
+                    **{
+                        var: f"${{{secret_variable(name, var)}?set by app-compose}}"
+                        for var in env.secret
+                    },
+                }.items()
+            )
+        )
+    return out
+
+
+def _service(app: AppSpec, name: str, svc: Service) -> dict[str, Any]:
+    out = _container(app, name, svc)
+    out["restart"] = "unless-stopped"
+    out["stop_grace_period"] = f"{STOP_GRACE_SECONDS}s"
+    out["deploy"] = {"replicas": svc.replicas, **out["deploy"]}
+    if svc.command:
+        out["command"] = _escape_interpolation(list(svc.command))
+    private = [str(p.target) for p in svc.ports if p.expose != "tcp"]
+    if private:
+        out["expose"] = private
+    published = [f"{p.published}:{p.target}" for p in svc.public_tcp_ports]
+    if published:
+        out["ports"] = published
+    health = _healthcheck(app, svc)
+    if health is not None:
+        out["healthcheck"] = _escape_interpolation(health)
+        if svc.health is not None and svc.health.type != "command":
+            out["volumes"] = [
+                *out.get("volumes", []),
+                _bind(HOST_BUSYBOX, PROBE_BUSYBOX, read_only=True),
+            ]
     if svc.depends_on:
         out["depends_on"] = {
             dep: {
@@ -193,11 +318,26 @@ def _service(app: AppSpec, name: str, svc: Service) -> dict[str, Any]:
     return out
 
 
+def _run_service(app: AppSpec, name: str, command: list[str], profile: str) -> dict[str, Any]:
+    """A task's or schedule's compose service: service name's container with another command,
+    in a profile `up` never starts, never restarted, and without a health check (the autoheal
+    timer would restart a run an image's own check calls unhealthy)."""
+    out = _container(app, name, app.services[name])
+    out["command"] = _escape_interpolation(list(command))
+    out["profiles"] = [profile]
+    out["restart"] = "no"
+    out["healthcheck"] = {"disable": True}
+    # A PID 1 that passes a stop's SIGTERM on, so a run stops at its timeout even when its
+    # command is a shell (a shell as PID 1 ignores SIGTERM).
+    out["init"] = True
+    return out
+
+
 def _healthcheck(app: AppSpec, svc: Service) -> dict[str, Any] | None:
     health = svc.health
     if health is None:
         return None
-    port = health.port or (svc.ports[0].port if svc.ports else None)
+    port = svc.health_port
     if health.type == "http":
         test = ["CMD", PROBE_BUSYBOX, "sh", "-c", HTTP_PROBE, PROBE_BUSYBOX, health.path]
         test += [svm.probe_host(app, svc), str(port), str(health.timeout)]
@@ -296,8 +436,9 @@ def bootstrap_files(ctx: ComposeContext) -> dict[str, str]:
 
 
 def release_files(app: AppSpec, storage: Storage | None = None) -> dict[str, str]:
-    """Every non-secret file of the app's release; with the stack's backup storage, the
-    backup's script, configuration and units too."""
+    """Every non-secret file of the app's release: the compose file, Caddy's routes, the
+    services' files, the tasks' and schedules' scripts and units; with the stack's backup
+    storage, the backup's script, configuration and units too."""
     problems = check_app(app)
     if problems:
         raise ValueError("\n".join(f"{format_path(path)}: {msg}" for path, msg in problems))
@@ -309,6 +450,8 @@ def release_files(app: AppSpec, storage: Storage | None = None) -> dict[str, str
     caddy = svm._caddy_config(app, dynamic=True)
     if caddy is not None:
         texts[svm.CADDY_CONFIG] = dump_json(caddy)
+    texts.update(_service_files(app, _placeholder_secrets(app), secret=False))
+    texts.update(_run_files(app))
     if storage is not None:
         texts.update(
             backup_files.release_files(
@@ -316,6 +459,68 @@ def release_files(app: AppSpec, storage: Storage | None = None) -> dict[str, str
             )
         )
     return dict(sorted(texts.items()))
+
+
+def _service_files(app: AppSpec, secrets: Mapping[str, str], *, secret: bool) -> dict[str, str]:
+    """The services' files on the node (the secret ones, or the others), references resolved."""
+    return {
+        file_source(name, f): app.file_text(f, secrets, "docker")
+        for name, svc in app.sorted_services()
+        for f in svc.files
+        if f.secret == secret
+    }
+
+
+def _file_modes(app: AppSpec) -> dict[str, str]:
+    """The services' files keep their own modes on the node (a bind mount shows the file)."""
+    return {file_source(name, f): f.mode for name, svc in app.sorted_services() for f in svc.files}
+
+
+def _run_files(app: AppSpec) -> dict[str, str]:
+    """The tasks' scripts (the release agent runs them), the schedules' scripts and their
+    service and timer units."""
+    texts: dict[str, str] = {}
+    for name, task in sorted(app.tasks.items()):
+        texts[task_script(name)] = _t(
+            "run-once.sh.j2",
+            kind="task",
+            name=name,
+            service=task.service,
+            compose_service=task_service(name),
+            container=f"{app.name}-{task_service(name)}",
+            wrapper=WRAPPER,
+            timeout=task.timeout,
+            kill_after=TASK_KILL_AFTER,
+        )
+    for name, schedule in sorted(app.schedules.items()):
+        script = schedule_script(name)
+        texts[script] = _t(
+            "run-once.sh.j2",
+            kind="schedule",
+            name=name,
+            service=schedule.service,
+            compose_service=schedule_service(name),
+            container=f"{app.name}-{schedule_service(name)}",
+            wrapper=WRAPPER,
+            timeout=schedule.timeout,
+            kill_after=TASK_KILL_AFTER,
+        )
+        unit = schedule_unit(name)
+        texts[f"{svm.UNITS}/{unit}.service"] = _t(
+            "schedule.service.j2",
+            name=name,
+            script=script,
+            app_unit=APP_UNIT,
+            timeout=schedule.timeout,
+            stop_timeout=STOP_GRACE_SECONDS,
+        )
+        texts[f"{svm.UNITS}/{unit}.timer"] = _t(
+            "schedule.timer.j2",
+            name=name,
+            cron=schedule.cron,
+            on_calendar=on_calendar(schedule.cron),
+        )
+    return texts
 
 
 # How a backup reaches the app here: through the project's compose wrapper.
@@ -329,7 +534,7 @@ BACKUP_RUNTIME = backup_files.Runtime(
 
 
 def release_units(files: Mapping[str, str]) -> list[str]:
-    """The timers a release starts (the autoheal one, and the backup ones if any)."""
+    """The timers a release starts (autoheal, the schedules', and the backup ones if any)."""
     prefix = f"{svm.UNITS}/"
     return sorted(p[len(prefix) :] for p in files if p.startswith(prefix) and p.endswith(".timer"))
 
@@ -337,33 +542,84 @@ def release_units(files: Mapping[str, str]) -> list[str]:
 def secret_files(
     app: AppSpec, secrets: Mapping[str, str], storage: Storage | None = None
 ) -> dict[str, str]:
-    """The app's secret env file and, with the stack's backup storage, the backup's password
-    and storage keys (secrets carries them under node_files' reserved names)."""
-    secret_env = _secret_env(app, backup_files.app_secret_values(secrets))
-    files = {} if secret_env is None else {SECRETS_FILE: secret_env}
+    """The app's secret files: the wrapper's env file (the services' secret variables, and
+    DOCKER_CONFIG with registry credentials), the services' secret files, the registries'
+    docker config; and, with the stack's backup storage, the backup's password and storage
+    keys (secrets carries them under node_files' reserved names)."""
+    values = backup_files.app_secret_values(secrets)
+    secret_values(values, app.secret_names())  # a missing secret is named, with its command
+    files: dict[str, str] = {}
+    wrapper_env = _wrapper_env(app, values)
+    if wrapper_env:
+        files[SECRETS_FILE] = wrapper_env
+    files.update(_service_files(app, values, secret=True))
+    if app.registries:
+        files[DOCKER_CONFIG_FILE] = _docker_config(app, values)
     files.update(backup_files.backup_secret_files(storage, secrets))
-    return files
+    return dict(sorted(files.items()))
+
+
+def secret_modes(app: AppSpec) -> dict[str, str]:
+    """Modes of the secret files that are not 0600: the services' files keep theirs (in the
+    root-only directory, so only the container they are mounted into can read them)."""
+    return {path: mode for path, mode in _file_modes(app).items() if path.startswith(svm.SECRETS)}
+
+
+def _wrapper_env(app: AppSpec, secrets: Mapping[str, str]) -> str:
+    values: dict[str, str] = {}
+    for name, _svc in app.sorted_services():
+        env = app.environment(name, secrets, "docker")
+        # One line per variable: each value is checked here, named by service and variable.
+        docker_env_file(env.secret, what=f"service {name}'s secret variable")
+        values.update({secret_variable(name, var): value for var, value in env.secret.items()})
+    if app.registries:
+        values["DOCKER_CONFIG"] = DOCKER_CONFIG
+    return docker_env_file(values, what="secret") if values else ""
+
+
+def _docker_config(app: AppSpec, secrets: Mapping[str, str]) -> str:
+    """A docker config.json holding the spec's registry credentials."""
+    auths = {}
+    for host, (username, password) in app.registry_auth(secrets).items():
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        auths[DOCKER_HUB_AUTH_KEY if host == "docker.io" else host] = {"auth": token}
+    return dump_json({"auths": auths})
 
 
 def release_documents(
     app: AppSpec, key: str, secrets: Mapping[str, str], storage: Storage | None = None
 ) -> Documents:
     """The app's release as it travels to the VM: key is the deploy private key."""
-    secret_digest, secret_doc = secrets_document(key, secret_files(app, secrets, storage))
+    secret_texts = secret_files(app, secrets, storage)
+    secret_digest, secret_doc = secrets_document(key, secret_texts, secret_modes(app))
     files = release_files(app, storage)
+    modes = {path: file_permissions(path) for path in files}
+    modes.update({p: m for p, m in _file_modes(app).items() if p in files})
+    values = backup_files.app_secret_values(secrets)
     document = compose_document(app)
     services = []
     for name, svc in svm.dependency_order(app):
         definition = dict(document["services"][name])
         definition["deploy"] = {k: v for k, v in definition["deploy"].items() if k != "replicas"}
-        values = {var: secrets.get(var, "") for var in sorted(svc.secret_env)}
+        parts: list[object] = [
+            definition,
+            app.environment(name, values, "docker").secret,
+        ]
+        # A changed file changes the digest (its path does not), so the container is recreated
+        # and sees it: a bind mount keeps showing the file it was made with.
+        contents = {
+            f.path: files.get(file_source(name, f), secret_texts.get(file_source(name, f)))
+            for f in svc.files
+        }
+        if contents:
+            parts.append(contents)
         services.append(
             ServiceRelease(
                 name=name,
                 image=svc.image,
                 replicas=svc.replicas,
                 rollout=svm.rollout(svc),
-                digest=digest(key, "compose", name, definition, values),
+                digest=digest(key, "compose", name, *parts),
                 budget=svm.health_budget(svc),
             )
         )
@@ -373,15 +629,38 @@ def release_documents(
         app=app.name,
         services=services,
         files=files,
-        modes={path: file_permissions(path) for path in files},
+        modes=modes,
         volumes=sorted(app.volumes),
         units=release_units(files),
         secrets=secret_digest,
+        tasks=[
+            TaskRelease(
+                name=name,
+                argv=[task_script(name)],
+                timeout=task.timeout,
+                needs=task_needs(app, task.service),
+            )
+            for name, task in app.tasks.items()
+        ],
     )
     return Documents(release=release, secrets=secret_doc)
 
 
+def task_needs(app: AppSpec, service: str) -> list[str]:
+    """The services a task of service reaches: what service depends on, directly or not. The
+    task runs with --no-deps, so a release bringing them new starts them first (the agent)."""
+    needs: set[str] = set()
+    pending = list(app.services[service].depends_on)
+    while pending:
+        dep = pending.pop()
+        if dep not in needs:
+            needs.add(dep)
+            pending.extend(app.services[dep].depends_on)
+    return sorted(needs)
+
+
 def file_permissions(path: str) -> str:
+    """The mode of a file of the VM (a service's file has its own: see release_documents)."""
     if path == WRAPPER:
         return "0755"
     return svm.file_permissions(path)
@@ -429,13 +708,6 @@ def autoheal_period(app: AppSpec) -> int:
     intervals = [svc.health.interval for svc in app.services.values() if svc.health]
     shortest = min(intervals, default=AUTOHEAL_MAX_SECONDS)
     return max(AUTOHEAL_MIN_SECONDS, min(AUTOHEAL_MAX_SECONDS, shortest))
-
-
-def _secret_env(app: AppSpec, secrets: Mapping[str, str]) -> str | None:
-    names = app.secret_names()
-    if not names:
-        return None
-    return docker_env_file(secret_values(secrets, names), what="secret")
 
 
 def _t(template: str, **values: object) -> str:
