@@ -341,3 +341,55 @@ def test_nomad_keys_do_not_apply_to_single_vm():
         "stacks/Pulumi.single-vm-hcloud.yaml: blueprints:lostAfter: applies to the nomad "
         "blueprint only, not to single-vm; remove it from the stack file"
     )
+
+
+EVERYTHING = ROOT / "tests" / "everything" / "app.yaml"
+DISTINCTIVE = "Zq9-plan-distinctive"
+
+
+def test_tasks_and_schedules_are_jobs_the_services_wait_for():
+    """Each task: a registered job and a run on the data node per release, in the order written,
+    after the jobs of what its service depends on; web and worker wait for every run; the
+    schedules are periodic jobs. No secret value in any public input."""
+    stack = "nomad-hcloud"
+    secrets = {
+        n: f"{DISTINCTIVE}-{n}" for n in ("GHCR_TOKEN", "POSTGRES_PASSWORD", "DJANGO_SECRET_KEY")
+    }
+    plan = plan_stack(
+        stack, ROOT, {"blueprints:spec": str(EVERYTHING), "blueprints:secrets": secrets}
+    )
+    p = f"full-{stack}"
+    by_name = {r.name: r for r in plan.resources}
+    jobs = {r.name.removeprefix(f"{p}-job-"): r for r in plan.of_type(JOB)}
+    assert {"task-migrate", "task-seed", "schedule-clear-sessions", "schedule-report"} <= set(jobs)
+    runs = [by_name[f"{p}-task-{t}"] for t in ("migrate", "seed")]
+    assert all(r.type == COMMAND for r in runs)
+    assert f"{p}-job-task-migrate" in runs[0].depends_on
+    assert {f"{p}-job-task-seed", f"{p}-task-migrate"} <= set(runs[1].depends_on)
+    assert f"{p}-task-migrate" in jobs["task-seed"].depends_on
+    # the migration's service depends on postgres and redis: their jobs first
+    assert {f"{p}-job-postgres", f"{p}-job-redis"} <= set(jobs["task-migrate"].depends_on)
+    for service in ("web", "worker"):
+        assert {f"{p}-task-migrate", f"{p}-task-seed"} <= set(jobs[service].depends_on)
+    for name in ("postgres", "redis"):
+        assert not any("-task-" in d for d in jobs[name].depends_on)
+    for name in ("schedule-clear-sessions", "schedule-report"):
+        assert jobs[name].plain_inputs()["detach"] is True
+        assert "periodic {" in jobs[name].plain_inputs()["jobspec"]
+    assert jobs["task-migrate"].plain_inputs()["detach"] is True
+    assert "parameterized {" in jobs["task-migrate"].plain_inputs()["jobspec"]
+    run = runs[0].plain_inputs()
+    assert "nomad job dispatch -detach -meta blueprints_release=" in run["create"]
+    assert is_secret(runs[0].inputs["stdin"])
+    variables = {r.name.removeprefix(f"{p}-secrets-") for r in plan.of_type(VARIABLE)}
+    assert {"web", "worker", "postgres", "task-migrate", "schedule-report"} <= variables
+    public = yaml.safe_dump([r.public_inputs() for r in plan.resources])
+    public += yaml.safe_dump(plan.public_outputs())
+    assert DISTINCTIVE not in public
+    web = by_name[f"{p}-secrets-web"].plain_inputs()["items"]
+    assert web["registry-password"] == f"{DISTINCTIVE}-GHCR_TOKEN"
+    # services sharing a volume: the plan says where they run
+    assert any(
+        "services web, worker share volume uploads, so they run on one node" in n
+        for n in plan.notes
+    )

@@ -513,7 +513,7 @@ def test_a_new_secret_value_is_a_new_job_version():
 
 def test_the_secrets_digest_is_keyed_and_reveals_nothing():
     app = spec()
-    values = {"DATABASE_PASSWORD": "hunter2", "DJANGO_SECRET_KEY": "k"}
+    values = {"DATABASE_PASSWORD": "hunter2", "DJANGO_SECRET_KEY": "k", "POSTGRES_PASSWORD": "p"}
     one = secrets_digest("key-one", app, "web", values)
     assert one == secrets_digest("key-one", app, "web", dict(values))
     assert one != secrets_digest("key-two", app, "web", values)
@@ -645,7 +645,8 @@ def test_values_nomad_would_expand_are_refused_with_one_line(value: str, where: 
     data = copy.deepcopy(EXAMPLE)
     web = data["services"]["web"]
     if where == "env":
-        web["env"]["GREETING"] = value
+        # written so that the value the task receives (references resolved) is `value`
+        web["env"]["GREETING"] = value.replace("${", "$${")
         path = ("services", "web", "env", "GREETING")
     elif where == "command":
         web["command"] = ["sh", "-c", value]
@@ -669,7 +670,7 @@ def test_validate_with_the_blueprint_refuses_them(tmp_path: Path):
     from blueprints.cli import app as cli
 
     data = copy.deepcopy(EXAMPLE)
-    data["services"]["web"]["env"]["HOME_DIR"] = "${HOME}"
+    data["services"]["web"]["env"]["HOME_DIR"] = "$${HOME}"
     path = tmp_path / "app.yaml"
     path.write_text(yaml.safe_dump(data))
     runner = CliRunner()
@@ -1029,3 +1030,231 @@ def test_golden_release(update_golden: bool):
 def test_golden_sets_are_exactly_the_nodes_and_the_release(update_golden: bool):
     stale = {p for p in GOLDEN.iterdir() if p.name not in GOLDEN_SETS} if GOLDEN.is_dir() else set()
     check_no_stale_sets(stale, update_golden)
+
+
+# --- the spec's newer fields: entrypoint, container ports, interpolation, files, registries,
+# --- shared volumes, tasks and schedules (tests/everything/app.yaml uses every one) -----------
+
+EVERYTHING = ROOT / "tests" / "everything" / "app.yaml"
+
+
+def everything() -> AppSpec:
+    from blueprints.spec import load_spec
+
+    return load_spec(EVERYTHING)
+
+
+def main_task(group: dict[str, Any], name: str) -> dict[str, Any]:
+    return blocks(group["task"])[name]
+
+
+def test_everything_is_accepted_and_every_new_field_reaches_the_jobs():
+    app = everything()
+    assert check_nomad(app) == []
+    groups = jobs_of(app)
+    for name, svc in app.services.items():
+        group = groups[name]
+        task = main_task(group, name)
+        [config] = task["config"]
+        assert config["image"] == svc.image
+        assert config.get("entrypoint") == (list(svc.entrypoint) if svc.entrypoint else None)
+        if svc.command:
+            assert [config["command"], *config["args"]] == svc.command
+        else:
+            assert "command" not in config
+        # static host port = the service's port, mapped to the container's
+        ports = blocks(group["network"][0]["port"]) if svc.ports else {}
+        assert ports == {
+            f"p{p.port}": {"static": p.port, "to": p.target, "host_network": "private"}
+            for p in svc.ports
+        }
+        # env: resolved plain values in the job, the secret ones named in the Variable template
+        placeholder = dict.fromkeys(app.secret_names(), "")
+        env = app.environment(name, placeholder, "cluster")
+        assert task.get("env", [{}])[0] == env.plain
+        templates = {t["destination"]: t for t in task.get("template", [])}
+        secret_env = templates.get("secrets/env", {}).get("data", "")
+        for var in env.secret:
+            assert f"{var}={{{{ .{var} | toJSON }}}}" in secret_env
+        # files: a template each (perms = mode) mounted read-only at the spec's path
+        mounts = {m["target"]: m for m in config.get("mount", [])}
+        assert sorted(mounts) == sorted(f.path for f in svc.files)
+        for f in svc.files:
+            mount = mounts[f.path]
+            assert mount["type"] == "bind" and mount["readonly"] is True
+            tpl = templates[mount["source"]]
+            assert tpl["perms"] == f.mode
+            assert mount["source"].startswith("secrets/" if f.secret else "local/")
+            if not f.secret:
+                assert tpl["data"] == app.file_text(f, placeholder, "cluster")
+        # registry credentials: named in the job, read from the Variable
+        if app.registry_for(svc.image):
+            assert config["auth"] == [
+                {
+                    "username": "${BLUEPRINTS_REGISTRY_USERNAME}",
+                    "password": "${BLUEPRINTS_REGISTRY_PASSWORD}",
+                }
+            ]
+            assert 'index . "registry-password"' in secret_env
+        else:
+            assert "auth" not in config
+        # shared volume: every user on the data node
+        if svc.volumes:
+            assert {"attribute": "${meta.blueprints_data}", "value": "true"} in group["constraint"]
+    # the redis check probes the port's label; its port 6380 maps to 6379
+    [redis] = groups["redis"]["service"]
+    assert redis["check"][0]["port"] == "p6380"
+    assert app.shared_volumes() == {"uploads": ["web", "worker"]}
+    # DATABASE_URL is composed with a secret: never in the env block
+    assert "DATABASE_URL" not in main_task(groups["web"], "web")["env"][0]
+    # web reaches redis (only referenced in env and a file) and postgres by name
+    hosts = {t["destination"]: t for t in main_task(groups["web"], "web")["template"]}
+    assert re.findall(r'nomadService "([^"]+)"', hosts["local/hosts"]["data"]) == [
+        "full-postgres",
+        "full-redis",
+    ]
+
+
+def test_tasks_and_schedules_are_batch_jobs():
+    from blueprints.rungs.nomad.release import render_run_jobs
+
+    app = everything()
+    runs = render_run_jobs(app)
+    assert list(runs) == [
+        "full-task-migrate",
+        "full-task-seed",
+        "full-schedule-clear-sessions",
+        "full-schedule-report",
+    ]
+    for kind, items in (("task", app.tasks), ("schedule", app.schedules)):
+        for name, run in items.items():
+            job, body = job_of(runs[f"full-{kind}-{name}"])
+            assert job == f"full-{kind}-{name}" and body["type"] == "batch"
+            if kind == "task":
+                assert body["parameterized"] == [
+                    {"payload": "forbidden", "meta_required": ["blueprints_release"]}
+                ]
+                assert "periodic" not in body
+            else:
+                assert body["periodic"] == [
+                    {"crons": [run.cron], "time_zone": "UTC", "prohibit_overlap": True}
+                ]
+            [(group_name, group)] = blocks(body["group"]).items()
+            assert group_name == run.service
+            tasks = blocks(group["task"])
+            task = tasks[run.service]
+            assert task["leader"] is True
+            [config] = task["config"]
+            assert [config["command"], *config["args"]] == run.command
+            svc = app.services[run.service]
+            assert config.get("entrypoint") == (list(svc.entrypoint) if svc.entrypoint else None)
+            # the watchdog keeps the timeout
+            assert tasks["timeout"]["config"][0]["args"][-1] == str(run.timeout)
+            assert group["restart"] == [{"attempts": 0, "mode": "fail"}]
+            if svc.volumes:
+                assert group["constraint"] == [
+                    {"attribute": "${meta.blueprints_data}", "value": "true"}
+                ]
+            env = [t for t in task["template"] if t["destination"] == "secrets/env"]
+            assert f'nomadVar "nomad/jobs/full-{kind}-{name}"' in env[0]["data"]
+
+
+def test_a_secret_value_is_in_no_job_only_in_the_variables():
+    from blueprints.rungs.nomad.release import render_run_jobs
+
+    app = everything()
+    secrets = {n: f"Zq9-distinctive-{n}" for n in app.secret_names()}
+    texts = [*render_jobs(app, Timing()).values(), *render_run_jobs(app).values()]
+    for value in secrets.values():
+        assert not any(value in text for text in texts)
+    stored = variables(app, secrets)
+    web = stored["nomad/jobs/full-web/web/web"]
+    assert web["DATABASE_URL"] == (
+        "postgres://full:Zq9-distinctive-POSTGRES_PASSWORD@postgres:5432/full"
+    )
+    assert web["registry-password"] == "Zq9-distinctive-GHCR_TOKEN"
+    assert "Zq9-distinctive-POSTGRES_PASSWORD" in stored["nomad/jobs/full-task-migrate"].values()
+    assert set(stored) >= {
+        "nomad/jobs/full-postgres/postgres/postgres",
+        "nomad/jobs/full-worker/worker/worker",
+        "nomad/jobs/full-schedule-report",
+    }
+
+
+HOSTILE_FILE = '{{ env "NOMAD_TOKEN" }} «« »» ${HOME} %{ if } \\ " \n\x01 {{ end }}'
+
+
+def test_file_content_is_never_read_as_a_template_and_reads_back_as_written():
+    data = copy.deepcopy(EXAMPLE)
+    web = data["services"]["web"]
+    web["files"] = [{"path": "/etc/app/x.conf", "content": HOSTILE_FILE.replace("${", "$${")}]
+    web["entrypoint"] = ["/bin/tini", "--", *NASTY]
+    app = spec(data)
+    _, group = group_of(render_jobs(app, Timing())["shop-web"])
+    task = main_task(group, "web")
+    [tpl] = [t for t in task["template"] if t["destination"].startswith("local/files/")]
+    assert tpl["data"] == HOSTILE_FILE
+    assert tpl["left_delimiter"] not in tpl["data"]
+    assert set(tpl["left_delimiter"]) == {"«"} and len(tpl["left_delimiter"]) == 3
+    assert task["config"][0]["entrypoint"] == ["/bin/tini", "--", *NASTY]
+
+
+def test_an_image_on_port_80_runs_behind_another_host_port():
+    data = copy.deepcopy(EXAMPLE)
+    data["services"]["web"]["ports"] = [{"port": 8080, "container_port": 80, "expose": "http"}]
+    app = spec(data)
+    assert check_nomad(app) == []
+    _, group = group_of(render_jobs(app, Timing())["shop-web"])
+    assert blocks(group["network"][0]["port"])["p8080"] == {
+        "static": 8080,
+        "to": 80,
+        "host_network": "private",
+    }
+    assert group["service"][0]["check"][0]["port"] == "p8080"
+    # the host side is what Nomad's own ports would clash with
+    data["services"]["web"]["ports"] = [{"port": 80, "container_port": 8080, "expose": "http"}]
+    assert [p for p, _ in check_nomad(spec(data))] == [("services", "web", "ports", 0, "port")]
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "message"),
+    [
+        (
+            lambda d: (
+                d["services"].__setitem__("task-migrate", {"image": "busybox:1.36"})
+                or d.__setitem__("tasks", {"migrate": {"service": "web", "command": "true"}})
+            ),
+            ("tasks", "migrate"),
+            "its Nomad job would be named shop-task-migrate, as the job of service task-migrate "
+            "is; rename the task",
+        ),
+        (
+            lambda d: d.__setitem__(
+                "schedules", {"x" * 55: {"service": "web", "command": "true", "cron": "@daily"}}
+            ),
+            ("schedules", "x" * 55),
+            f"Nomad job name 'shop-schedule-{'x' * 55}' is longer than 63 characters; shorten "
+            "the app or schedule name",
+        ),
+        (
+            lambda d: d.__setitem__(
+                "tasks", {"m": {"service": "web", "command": ["sh", "-c", "echo $${HOME}"]}}
+            ),
+            ("tasks", "m", "command", 2),
+            None,
+        ),
+        (
+            lambda d: d["services"]["web"]["env"].__setitem__("BLUEPRINTS_REGISTRY_PASSWORD", "x"),
+            ("services", "web", "env"),
+            "BLUEPRINTS_REGISTRY_PASSWORD is set by the nomad blueprint (the registry's "
+            "credentials for the image pull); rename the variable",
+        ),
+    ],
+)
+def test_rules_of_tasks_schedules_and_names(change, path, message):
+    data = copy.deepcopy(EXAMPLE)
+    change(data)
+    problems = check_nomad(spec(data))
+    assert [p for p, _ in problems] == [path]
+    if message is not None:
+        assert problems[0][1] == message

@@ -24,6 +24,7 @@ Machines and releases are apart (principle 9):
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from collections.abc import Callable, Mapping
@@ -55,15 +56,28 @@ from blueprints.rungs.nomad.release import (
     Timing,
     backup_variable_path,
     backup_variables,
+    before_tasks,
+    has_secrets,
     job_name,
     render_backup_jobs,
     render_ingress_job,
     render_jobs,
+    render_run_jobs,
+    run_services,
+    run_variable_path,
     secrets_digest,
     variable_path,
     variables,
 )
-from blueprints.rungs.nomad.rules import NODE_COUNT, NOMAD_HTTP, check_nomad, unenforced_health
+from blueprints.rungs.nomad.rules import (
+    NODE_COUNT,
+    NOMAD_HTTP,
+    check_nomad,
+    schedule_job_name,
+    task_job_name,
+    unenforced_health,
+)
+from blueprints.rungs.nomad.tasks import MARGIN_SECONDS, run_command
 from blueprints.settings import StackSettings
 from blueprints.single_vm import PUBLIC, check_release_channel, node_ip, ssh_networks
 from blueprints.spec import AppSpec
@@ -165,6 +179,11 @@ class Nomad(pulumi.ComponentResource):
         labels = resource_labels(app.name, "nomad", stack)
         for note in unenforced_health(app):
             pulumi.log.warn(note)
+        for volume, users in app.shared_volumes().items():
+            pulumi.log.info(
+                f"services {', '.join(users)} share volume {volume}, so they run on one node: "
+                "the data node, which holds every volume"
+            )
         # None (with a warning saying why and what to set) without backups or a bucket.
         backups = stack_backups(app, settings, stack, target, labels, self)
 
@@ -323,6 +342,7 @@ class Nomad(pulumi.ComponentResource):
             deploy_key=deploy_key,
             after=ready,
             backups=backups,
+            data_node=channel.connection(servers[DATA_NODE].public_ip, deploy_key),
         )
 
         self.outputs: dict[str, pulumi.Input[object]] = {
@@ -357,10 +377,18 @@ class Nomad(pulumi.ComponentResource):
         deploy_key: tls.PrivateKey,
         after: list[remote.Command],
         backups: StackBackups | None,
+        data_node: pulumi.Input[remote.ConnectionArgs],
     ) -> None:
         """The app through Nomad's API: a Variable per service with secrets, the ingress job,
         then one job per service, each after the jobs of the services it depends on; with
-        backups, a Variable and a periodic job each for the backup and its weekly check."""
+        backups, a Variable and a periodic job each for the backup and its weekly check.
+
+        Tasks: a parameterized batch job each, and a run per release (`<prefix>-task-<name>`,
+        tasks.py: dispatched and followed on the data node over SSH, failing `pulumi up` when
+        the run fails), in the order written, after the jobs of what their services depend on;
+        every other service's job waits for the last run. Schedules: a periodic batch job each,
+        registered after the tasks ran. Each task and schedule has a Variable of its own (a copy
+        of its service's)."""
         provider = nomad.Provider(
             f"{prefix}-nomad",
             address=address,
@@ -383,11 +411,22 @@ class Nomad(pulumi.ComponentResource):
 
         items = pulumi.Output.from_input(secrets).apply(lambda s: variables(app, dict(s or {})))
         stored: dict[str, nomad.Variable] = {}
-        for name, svc in app.sorted_services():
-            if svc.secret_env:
+        for name, _ in app.sorted_services():
+            if has_secrets(app, name):
                 path = variable_path(app, name)
                 stored[name] = nomad.Variable(
                     f"{prefix}-secrets-{name}",
+                    path=path,
+                    items=pulumi.Output.secret(items.apply(lambda v, p=path: v[p])),
+                    opts=opts([]),
+                )
+        services_of = run_services(app)
+        run_stored: dict[str, nomad.Variable] = {}
+        for job, service in services_of.items():
+            if service in stored:
+                path = run_variable_path(job)
+                run_stored[job] = nomad.Variable(
+                    f"{prefix}-secrets-{job.removeprefix(f'{app.name}-')}",
                     path=path,
                     items=pulumi.Output.secret(items.apply(lambda v, p=path: v[p])),
                     opts=opts([]),
@@ -398,41 +437,115 @@ class Nomad(pulumi.ComponentResource):
             detach=False,
             opts=opts([]),
         )
-        texts = render_jobs(app, timing, only=[n for n in app.services if n not in stored])
-        # A service with secrets carries a keyed digest of their values in its job, so a new
-        # value is a new job version: a deployment, health-gated and reverted if it fails. The
-        # digest reveals nothing, so the jobspec stays readable in a preview (not secret).
-        with_digests = pulumi.Output.all(deploy_key.private_key_openssh, secrets).apply(
-            lambda v: render_jobs(
-                app,
-                timing,
-                {name: secrets_digest(v[0], app, name, dict(v[1] or {})) for name in stored},
-                only=stored,
-            )
+        # A service with secrets carries a keyed digest of their values in its job (and so do
+        # its tasks' and schedules' jobs), so a new value is a new job version: a deployment,
+        # health-gated and reverted if it fails. The digest reveals nothing, so the jobspec
+        # stays readable in a preview (not secret).
+        digests = pulumi.Output.all(deploy_key.private_key_openssh, secrets).apply(
+            lambda v: {name: secrets_digest(v[0], app, name, dict(v[1] or {})) for name in stored}
+        )
+        texts: pulumi.Output[dict[str, str]] = pulumi.Output.unsecret(
+            digests.apply(lambda d: {**render_jobs(app, timing, d), **render_run_jobs(app, d)})
+        )
+        # The jobs of what has no secret do not wait for the digests: known in any preview.
+        plain = {
+            **render_jobs(app, timing, only=[n for n in app.services if n not in stored]),
+            **{
+                job: text
+                for job, text in render_run_jobs(app).items()
+                if services_of[job] not in stored
+            },
+        }
+
+        def spec(job: str) -> pulumi.Input[str]:
+            return plain[job] if job in plain else texts.apply(lambda t: t[job])
+
+        # The release: every job's text, so each release dispatches each task once more.
+        release = texts.apply(
+            lambda t: hashlib.sha256(json.dumps(t, sort_keys=True).encode()).hexdigest()[:16]
         )
         jobs: dict[str, nomad.Job] = {}
+        first = before_tasks(app)
         for name in app.start_order():
-            svc = app.services[name]
-            job = job_name(app, name)
-            spec: pulumi.Input[str] = (
-                pulumi.Output.unsecret(with_digests.apply(lambda t, j=job: t[j]))
-                if name in stored
-                else texts[job]
+            if name in first:
+                jobs[name] = self._service_job(app, prefix, name, spec, stored, jobs, opts, [])
+        runs: list[pulumi.Resource] = []
+        for name, task in app.tasks.items():
+            job = task_job_name(app, name)
+            deps = [jobs[d] for d in app.services[task.service].depends_on]
+            registered = nomad.Job(
+                f"{prefix}-job-task-{name}",
+                jobspec=spec(job),
+                # Registered only: each release dispatches a run (below).
+                detach=True,
+                opts=opts([*([run_stored[job]] if job in run_stored else []), *deps, *runs[-1:]]),
             )
-            jobs[name] = nomad.Job(
-                f"{prefix}-job-{name}",
-                jobspec=spec,
-                # Wait for the deployment: a release that fails fails `pulumi up` here.
-                detach=False,
+            command = release.apply(lambda r, n=name, j=job: run_command(app, n, j, r))
+            runs.append(
+                remote.Command(
+                    f"{prefix}-task-{name}",
+                    connection=data_node,
+                    create=command,
+                    update=command,
+                    stdin=_secret(token, "result"),
+                    add_previous_output_in_env=False,
+                    opts=pulumi.ResourceOptions(
+                        parent=self,
+                        depends_on=[*after, registered, *runs[-1:]],
+                        custom_timeouts=pulumi.CustomTimeouts(
+                            create=f"{(task.timeout + MARGIN_SECONDS) // 60 + 5}m",
+                            update=f"{(task.timeout + MARGIN_SECONDS) // 60 + 5}m",
+                        ),
+                    ),
+                )
+            )
+        for name in app.start_order():
+            if name not in first:
+                jobs[name] = self._service_job(app, prefix, name, spec, stored, jobs, opts, runs)
+        for name, schedule in app.schedules.items():
+            job = schedule_job_name(app, name)
+            nomad.Job(
+                f"{prefix}-job-schedule-{name}",
+                jobspec=spec(job),
+                # A periodic job has no deployment to wait for: registered, it runs at its times.
+                detach=True,
                 opts=opts(
                     [
-                        *([stored[name]] if name in stored else []),
-                        *(jobs[d] for d in svc.depends_on),
+                        *([run_stored[job]] if job in run_stored else []),
+                        *(jobs[d] for d in app.services[schedule.service].depends_on),
+                        *runs,
                     ]
                 ),
             )
         if backups is not None:
             self._backups(app, prefix, backups, opts)
+
+    def _service_job(
+        self,
+        app: AppSpec,
+        prefix: str,
+        name: str,
+        spec: Callable[[str], pulumi.Input[str]],
+        stored: Mapping[str, nomad.Variable],
+        jobs: Mapping[str, nomad.Job],
+        opts: Callable[[list[pulumi.Resource]], pulumi.ResourceOptions],
+        runs: list[pulumi.Resource],
+    ) -> nomad.Job:
+        """One service's job, after its Variable, the jobs of its dependencies and `runs`
+        (the tasks' runs, for a service released after them)."""
+        return nomad.Job(
+            f"{prefix}-job-{name}",
+            jobspec=spec(job_name(app, name)),
+            # Wait for the deployment: a release that fails fails `pulumi up` here.
+            detach=False,
+            opts=opts(
+                [
+                    *([stored[name]] if name in stored else []),
+                    *(jobs[d] for d in app.services[name].depends_on),
+                    *runs,
+                ]
+            ),
+        )
 
     def _backups(
         self,

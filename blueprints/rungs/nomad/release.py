@@ -24,6 +24,7 @@ and `%{` escaped); values the Nomad client would expand at run time are refused 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -41,11 +42,18 @@ from blueprints.rungs.nomad.rules import (
     BACKUP_JOBS,
     NODE_COUNT,
     NOMAD_HTTP,
+    REGISTRY_PASSWORD_ENV,
+    REGISTRY_USERNAME_ENV,
+    address,
     check_nomad,
+    health_port_of,
     host_port,
+    placeholders,
+    schedule_job_name,
     service_name,
+    task_job_name,
 )
-from blueprints.spec import AppSpec, Service, format_path
+from blueprints.spec import AppSpec, File, Service, format_path, references
 
 DATACENTER = "dc1"
 TRAEFIK_IMAGE = "traefik:v3.5.3"
@@ -102,6 +110,13 @@ def variable_path(app: AppSpec, name: str) -> str:
     return f"nomad/jobs/{job_name(app, name)}/{name}/{name}"
 
 
+def run_variable_path(job: str) -> str:
+    """The Variable of a task's or schedule's job (a copy of its service's secrets): readable by
+    that job's tasks alone (a dispatched or periodic run is a child job, whose identity is its
+    parent's)."""
+    return f"nomad/jobs/{job}"
+
+
 def _port_label(port: int) -> str:
     return f"p{port}"
 
@@ -120,18 +135,18 @@ def _router_tags(app: AppSpec, name: str, port: Any) -> list[str]:
 
 
 def _check(svc: Service) -> dict[str, Any] | None:
+    """Nomad probes the port's label: the host side of the mapping, which reaches the
+    container's target port."""
     health = svc.health
     if health is None:
         return None
-    if health.type == "command":
-        if not svc.ports:
-            return None
-        kind, port = "tcp", svc.ports[0].port
-    else:
-        kind, port = health.type, health.port or svc.ports[0].port
+    port = health_port_of(svc)
+    if port is None:
+        return None
+    kind = "tcp" if health.type == "command" else health.type
     check: dict[str, Any] = {
         "type": kind,
-        "port": _port_label(port),
+        "port": _port_label(port.port),
         "interval": health.interval,
         "timeout": health.timeout,
         "limit": health.retries,
@@ -146,13 +161,17 @@ _WORD = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def reached(app: AppSpec, name: str, svc: Service) -> list[str]:
-    """The services this one reaches by name: its dependencies and every other service with a
-    port whose name appears as a word in its env values or command (`postgres`,
+    """The services this one reaches by name: its dependencies, every service its env values or
+    files reference (${services.NAME.host}), and every other service with a port whose name
+    appears as a word in its env values, entrypoint or command (`postgres`,
     `redis://redis:6379/0`)."""
     words: set[str] = set()
-    for text in [*svc.env.values(), *(svc.command or [])]:
+    named: set[str] = set()
+    for text in [*svc.env.values(), *(f.text for f in svc.files)]:
+        named.update(r.name for r in references(text) if r.kind == "service")
+    for text in [*svc.env.values(), *(svc.entrypoint or []), *(svc.command or [])]:
         words.update(_WORD.findall(text))
-    names = set(svc.depends_on) | {w for w in words if w in app.services}
+    names = set(svc.depends_on) | named | {w for w in words if w in app.services}
     return sorted(n for n in names if n != name and app.services[n].ports)
 
 
@@ -184,15 +203,100 @@ WAIT_SCRIPT = (
     "done"
 )
 
+# Items of a service's Variable besides its secret env vars (named after the variable): each
+# has a character no env var name has, so none can take another's item.
+REGISTRY_USERNAME_ITEM = "registry-username"
+REGISTRY_PASSWORD_ITEM = "registry-password"
+FILES_DIR = "files"
 
-def _secret_template(app: AppSpec, name: str, svc: Service) -> str:
+
+def file_item(file: File) -> str:
+    """The Variable item holding a secret file's content."""
+    return f"file-{hashlib.sha256(file.path.encode()).hexdigest()[:12]}"
+
+
+def secret_items(app: AppSpec, name: str, secrets: Mapping[str, str]) -> dict[str, str]:
+    """The items of one service's Variable: every env var with a secret in it (secret_env and
+    env values referencing ${secrets.NAME}, resolved), the content of every secret file, and the
+    credentials of the registry its image comes from. Empty: the service has no Variable."""
+    svc = app.services[name]
+    secret_values(secrets, app.secret_names(), name)  # a missing secret, named
+    items = dict(app.environment(name, secrets, address(app)).secret)
+    for f in svc.files:
+        if f.secret:
+            items[file_item(f)] = app.file_text(f, secrets, address(app))
+    registry = app.registry_for(svc.image)
+    if registry is not None:
+        username, password = app.registry_auth(secrets)[registry]
+        items[REGISTRY_USERNAME_ITEM] = username
+        items[REGISTRY_PASSWORD_ITEM] = password
+    return dict(sorted(items.items()))
+
+
+def has_secrets(app: AppSpec, name: str) -> bool:
+    """Whether the service (and each task or schedule running with it) has a Variable."""
+    return bool(secret_items(app, name, placeholders(app)))
+
+
+def _secret_template(app: AppSpec, name: str, path: str) -> str | None:
     # toJSON writes a JSON string (Go's encoder: \" \\ \n \t and \uXXXX, also for < > & and
     # U+2028/9); Nomad reads the env file with hashicorp/go-envparse, whose double-quoted values
     # take exactly those escapes (envparse.go, parseLine), so any value arrives as it was stored.
-    lines = [f'{{{{ with nomadVar "{variable_path(app, name)}" }}}}\n']
-    lines += [f"{var}={{{{ .{var} | toJSON }}}}\n" for var in sorted(svc.secret_env)]
-    lines.append("{{ end }}\n")
-    return "".join(lines)
+    items = secret_items(app, name, placeholders(app))
+    env = sorted(app.environment(name, placeholders(app), address(app)).secret)
+    lines = [f"{var}={{{{ .{var} | toJSON }}}}\n" for var in env]
+    if REGISTRY_PASSWORD_ITEM in items:
+        lines += [
+            f'{var}={{{{ index . "{item}" | toJSON }}}}\n'
+            for var, item in (
+                (REGISTRY_USERNAME_ENV, REGISTRY_USERNAME_ITEM),
+                (REGISTRY_PASSWORD_ENV, REGISTRY_PASSWORD_ITEM),
+            )
+        ]
+    if not lines:
+        return None
+    return "".join([f'{{{{ with nomadVar "{path}" }}}}\n', *lines, "{{ end }}\n"])
+
+
+def _delimiters(text: str) -> tuple[str, str]:
+    """Template delimiters that do not occur in text, so that none of it (a `{{` in an nginx or
+    Go config, say) is read as a template action: the file arrives as written."""
+    left = "\u00ab"
+    while left in text:
+        left += "\u00ab"
+    return left, "\u00bb" * len(left)
+
+
+def _file_templates(app: AppSpec, name: str, svc: Service, path: str) -> list[dict[str, Any]]:
+    """One template per file, in the task's local/ (plain: its content in the job) or secrets/
+    directory (secret: its content read from the Variable, never in the job)."""
+    out = []
+    for f in svc.files:
+        if f.secret:
+            destination = f"secrets/{FILES_DIR}/{f.key}"
+            data = (
+                f'{{{{ with nomadVar "{path}" }}}}{{{{ index . "{file_item(f)}" }}}}{{{{ end }}}}'
+            )
+            delimiters = None
+            # A new value is a new job version (the digest in its meta), as for the env.
+            change_mode = "noop"
+        else:
+            destination = f"local/{FILES_DIR}/{f.key}"
+            data = app.file_text(f, placeholders(app), address(app))
+            delimiters = _delimiters(data)
+            change_mode = "restart"
+        out.append(
+            {
+                "data": data,
+                "destination": destination,
+                "env": False,
+                "perms": f.mode,
+                "delimiters": delimiters,
+                "change_mode": change_mode,
+                "target": f.path,
+            }
+        )
+    return out
 
 
 def port_instances(app: AppSpec) -> dict[int, int]:
@@ -212,6 +316,62 @@ def _canary(svc: Service, instances: Mapping[int, int]) -> bool:
     if svc.stateful:
         return False
     return all(instances[host_port(p)] < NODE_COUNT for p in svc.ports)
+
+
+def task_body(
+    app: AppSpec,
+    name: str,
+    path: str,
+    command: list[str] | None = None,
+    ports: bool = True,
+) -> dict[str, Any]:
+    """What runs a service's container (the service's own task, or a task's or a schedule's with
+    `command`): image, entrypoint, command, env, secrets (from the Variable at `path`), files,
+    volumes, the hosts it reaches and its resources."""
+    svc = app.services[name]
+    templates = []
+    secret = _secret_template(app, name, path)
+    if secret is not None:
+        templates.append(
+            {
+                "data": secret,
+                "destination": "secrets/env",
+                "env": True,
+                # A new value is a new job version (its digest is in the job's meta), so it
+                # rolls out as a deployment; the running tasks are not restarted behind its back.
+                "change_mode": "noop",
+            }
+        )
+    hosts = _hosts_template(app, name, svc)
+    if hosts is not None:
+        templates.append(
+            {"data": hosts, "destination": "local/hosts", "env": False, "change_mode": "restart"}
+        )
+    files = _file_templates(app, name, svc, path)
+    return {
+        "name": name,
+        "image": svc.image,
+        "entrypoint": list(svc.entrypoint or []),
+        "command": list(svc.command or []) if command is None else list(command),
+        # The docker driver's auth block, filled in by the Nomad client from the task's env (the
+        # secrets/env template): of the ways the driver takes credentials (the job itself, the
+        # client's docker config or a credential helper, both node files), the only one that
+        # keeps them out of the job and off the machines' bootstrap. Nomad cannot keep them out
+        # of the container's env as well (hashicorp/nomad#15384).
+        "auth": app.registry_for(svc.image) is not None,
+        "auth_env": (REGISTRY_USERNAME_ENV, REGISTRY_PASSWORD_ENV),
+        "port_labels": [_port_label(p.port) for p in svc.ports] if ports else [],
+        "hosts": hosts is not None,
+        "env": sorted(app.environment(name, placeholders(app), address(app)).plain.items()),
+        "templates": templates + files,
+        "files": [{"source": t["destination"], "target": t["target"]} for t in files],
+        "mounts": [
+            {"volume": m.volume, "destination": m.path, "read_only": m.read_only}
+            for m in svc.volumes
+        ],
+        "cpu": math.ceil(svc.cpu * MHZ_PER_CORE),
+        "memory": svc.memory,
+    }
 
 
 def job_group(
@@ -240,23 +400,6 @@ def job_group(
                     "check": None,
                 }
             )
-    templates = []
-    if svc.secret_env:
-        templates.append(
-            {
-                "data": _secret_template(app, name, svc),
-                "destination": "secrets/env",
-                "env": True,
-                # A new value is a new job version (its digest is in the job's meta), so it
-                # rolls out as a deployment; the running tasks are not restarted behind its back.
-                "change_mode": "noop",
-            }
-        )
-    hosts = _hosts_template(app, name, svc)
-    if hosts is not None:
-        templates.append(
-            {"data": hosts, "destination": "local/hosts", "env": False, "change_mode": "restart"}
-        )
     deps = sorted(svc.depends_on)
     return {
         "name": name,
@@ -264,27 +407,21 @@ def job_group(
         "canary": _canary(svc, port_instances(app) if instances is None else instances),
         "distinct": bool(svc.ports),
         "data_node": svc.stateful,
+        # The static host port is the service's port (a tcp port's public_port), mapped to the
+        # port the process listens on in the container.
         "ports": [
-            {"label": _port_label(p.port), "static": host_port(p), "to": p.port} for p in svc.ports
+            {"label": _port_label(p.port), "static": host_port(p), "to": p.target}
+            for p in svc.ports
         ],
-        "volumes": [
-            {"name": m.volume, "source": m.volume, "read_only": m.read_only} for m in svc.volumes
-        ],
+        "volumes": _group_volumes(svc),
         "services": services,
         "wait": {"deps": deps, "template": _dependency_template(app, deps)} if deps else None,
-        "image": svc.image,
-        "command": list(svc.command or []),
-        "port_labels": [_port_label(p.port) for p in svc.ports],
-        "hosts": hosts is not None,
-        "env": sorted(svc.env.items()),
-        "templates": templates,
-        "mounts": [
-            {"volume": m.volume, "destination": m.path, "read_only": m.read_only}
-            for m in svc.volumes
-        ],
-        "cpu": math.ceil(svc.cpu * MHZ_PER_CORE),
-        "memory": svc.memory,
+        "task": task_body(app, name, variable_path(app, name)),
     }
+
+
+def _group_volumes(svc: Service) -> list[dict[str, Any]]:
+    return [{"name": m.volume, "source": m.volume, "read_only": m.read_only} for m in svc.volumes]
 
 
 def _checked(app: AppSpec) -> None:
@@ -308,7 +445,8 @@ def render_service_job(
         app=app.name,
         datacenter=DATACENTER,
         secrets_digest=secrets_digest,
-        g=job_group(app, name, app.services[name], instances),
+        g=(group := job_group(app, name, app.services[name], instances)),
+        t=group["task"],
         update=UPDATE,
         timing=timing,
         restart=RESTART,
@@ -321,12 +459,12 @@ def render_service_job(
 
 
 def secrets_digest(key: str, app: AppSpec, name: str, secrets: Mapping[str, str]) -> str | None:
-    """A digest of one service's secret values, keyed with the stack's deploy key (so the
-    values cannot be guessed from it); None for a service without secrets."""
-    svc = app.services[name]
-    if not svc.secret_env:
+    """A digest of one service's secret values (its Variable's items), keyed with the stack's
+    deploy key (so the values cannot be guessed from it); None for a service without secrets."""
+    items = secret_items(app, name, secrets)
+    if not items:
         return None
-    return digest(key, "nomad", name, secret_values(secrets, svc.secret_env, name))
+    return digest(key, "nomad", name, items)
 
 
 def render_jobs(
@@ -367,13 +505,94 @@ def render_ingress_job(app: AppSpec, ca_pem: str, timing: Timing) -> str:
     )
 
 
+# --- tasks and schedules -------------------------------------------------------------------------
+
+# A run's limit is kept inside Nomad: a watchdog task beside the run's own sleeps for the timeout
+# and then fails, and Nomad kills the siblings of a failed task; the run's task is the group's
+# leader, so when it ends first the watchdog is stopped with it (not failed).
+WATCHDOG_TASK = "timeout"
+WATCHDOG_SCRIPT = 'sleep "$1"; echo "the run took longer than its timeout of $1 s" >&2; exit 1'
+# Meta of each dispatched run of a task: the release it belongs to.
+RELEASE_META = "blueprints_release"
+
+
+def _run_job(
+    app: AppSpec, kind: str, name: str, job: str, run: Any, secrets_digest: str | None
+) -> str:
+    svc = app.services[run.service]
+    return _t(
+        "run.nomad.hcl.j2",
+        job=job,
+        app=app.name,
+        kind=kind,
+        name=name,
+        service=run.service,
+        cron=getattr(run, "cron", None),
+        timeout=run.timeout,
+        release_meta=RELEASE_META,
+        datacenter=DATACENTER,
+        data_meta=DATA_META,
+        secrets_digest=secrets_digest,
+        data_node=svc.stateful,
+        volumes=_group_volumes(svc),
+        t=task_body(app, run.service, run_variable_path(job), run.command, ports=False),
+        kill_timeout=KILL_TIMEOUT_SECONDS,
+        watchdog=WATCHDOG_TASK,
+        wait_image=WAIT_IMAGE,
+        watchdog_script=WATCHDOG_SCRIPT,
+    )
+
+
+def render_run_jobs(
+    app: AppSpec, digests: Mapping[str, str | None] | None = None
+) -> dict[str, str]:
+    """Job id -> HCL of every task (a parameterized batch job, dispatched once per release) and
+    every schedule (a periodic batch job), tasks first in the order written. `digests`: service
+    -> its secrets' digest; a run's job carries its service's, so new values are a new job."""
+    _checked(app)
+    out = {}
+    for kind, runs, job_of in (
+        ("task", app.tasks, task_job_name),
+        ("schedule", app.schedules, schedule_job_name),
+    ):
+        for name, run in runs.items():
+            job = job_of(app, name)
+            out[job] = _run_job(app, kind, name, job, run, (digests or {}).get(run.service))
+    return out
+
+
+def run_services(app: AppSpec) -> dict[str, str]:
+    """Job id of each task and schedule -> the service it runs with."""
+    out = {task_job_name(app, n): t.service for n, t in app.tasks.items()}
+    return out | {schedule_job_name(app, n): s.service for n, s in app.schedules.items()}
+
+
+def before_tasks(app: AppSpec) -> set[str]:
+    """Services whose jobs are released before the tasks run: what the tasks' services depend
+    on (a migration needs its database), directly or not. Every other service's job waits for
+    the tasks."""
+    out: set[str] = set()
+    pending = [d for t in app.tasks.values() for d in app.services[t.service].depends_on]
+    while pending:
+        name = pending.pop()
+        if name not in out:
+            out.add(name)
+            pending.extend(app.services[name].depends_on)
+    return out
+
+
 def variables(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """Variable path -> items, for every service with secrets."""
-    return {
-        variable_path(app, name): secret_values(secrets, svc.secret_env, name)
-        for name, svc in app.sorted_services()
-        if svc.secret_env
+    """Variable path -> items, for every service with secrets and every task and schedule of
+    such a service (a copy of its items under the run's job)."""
+    out = {
+        variable_path(app, name): secret_items(app, name, secrets)
+        for name, _ in app.sorted_services()
+        if has_secrets(app, name)
     }
+    for job, service in run_services(app).items():
+        if has_secrets(app, service):
+            out[run_variable_path(job)] = secret_items(app, service, secrets)
+    return out
 
 
 # --- backups -------------------------------------------------------------------------------------

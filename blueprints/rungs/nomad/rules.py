@@ -6,9 +6,10 @@ spec's file name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from blueprints.spec import AppSpec
+from blueprints.spec import AppSpec, Port, Service
 
 Problem = tuple[tuple[str | int, ...], str]
 
@@ -36,6 +37,57 @@ INTERPOLATION_MESSAGE = (
     "{seq!r} (for a shell variable, $NAME works)"
 )
 _SEQUENCES = {"${": "variable", "%{": "template directive"}
+# A task reads its registry's credentials from its Variable into these two variables of its
+# environment, which the docker driver's `auth` block names (release.py); no env var may take them.
+REGISTRY_USERNAME_ENV = "BLUEPRINTS_REGISTRY_USERNAME"
+REGISTRY_PASSWORD_ENV = "BLUEPRINTS_REGISTRY_PASSWORD"
+# Nomad's service names, and so the job names beside them, are DNS labels.
+NAME_LIMIT = 63
+
+
+def task_job_name(app: AppSpec, name: str) -> str:
+    """The batch job of one task (dispatched once per release)."""
+    return f"{app.name}-task-{name}"
+
+
+def schedule_job_name(app: AppSpec, name: str) -> str:
+    """The periodic batch job of one schedule."""
+    return f"{app.name}-schedule-{name}"
+
+
+def address(app: AppSpec) -> Callable[[str, str], str]:
+    """${services.NAME.host|port} on this rung: the name (every task reaching a service has it
+    in its /etc/hosts, from Nomad's catalogue) and the first port's static host port (the
+    public_port of a tcp port)."""
+
+    def resolve(service: str, attr: str) -> str:
+        if attr == "host":
+            return service
+        return str(host_port(app.services[service].ports[0]))
+
+    return resolve
+
+
+def placeholders(app: AppSpec) -> dict[str, str]:
+    """A stand-in value per secret: which values are secret does not depend on the values."""
+    return dict.fromkeys(app.secret_names(), "")
+
+
+def health_port_of(svc: Service) -> Port | None:
+    """The declared port an http or tcp check probes: health.port names a port by its service
+    port or its container port; the first port without one. None when it names neither."""
+    health = svc.health
+    if health is None or not svc.ports:
+        return None
+    if health.type == "command" or health.port is None:
+        return svc.ports[0]
+    for p in svc.ports:
+        if health.port == p.port:
+            return p
+    for p in svc.ports:
+        if health.port == p.target:
+            return p
+    return None
 
 
 def host_port(port: Any) -> int:
@@ -115,7 +167,7 @@ def check_nomad(app: AppSpec) -> list[Problem]:
             health is not None
             and health.type in ("http", "tcp")
             and health.port is not None
-            and health.port not in [p.port for p in svc.ports]
+            and health_port_of(svc) is None
         ):
             problems.append(
                 (
@@ -124,14 +176,30 @@ def check_nomad(app: AppSpec) -> list[Problem]:
                     "declared port",
                 )
             )
-        for var, value in sorted(svc.env.items()):
+        # The env block's values as the task receives them (references resolved); values with a
+        # secret in them travel in the Variable, which the client does not expand.
+        plain = app.environment(name, placeholders(app), address(app)).plain
+        for var, value in sorted(plain.items()):
             problems += _runtime_value((*base, "env", var), value)
-        for i, arg in enumerate(svc.command or []):
-            problems += _runtime_value((*base, "command", i), arg)
+        for var in sorted(
+            {*svc.env, *svc.secret_env} & {REGISTRY_USERNAME_ENV, REGISTRY_PASSWORD_ENV}
+        ):
+            where = "env" if var in svc.env else "secret_env"
+            problems.append(
+                (
+                    (*base, where),
+                    f"{var} is set by the nomad blueprint (the registry's credentials for the "
+                    "image pull); rename the variable",
+                )
+            )
+        for field in ("entrypoint", "command"):
+            for i, arg in enumerate(getattr(svc, field) or []):
+                problems += _runtime_value((*base, field, i), arg)
         if health is not None and health.type == "http":
             problems += _runtime_value((*base, "health", "path"), health.path)
         elif health is not None and "\0" in health.path:
             problems.append(((*base, "health", "path"), NUL_MESSAGE))
+    problems += _check_runs(app)
     for host, holders in sorted(users.items()):
         total = sum(replicas for _, replicas in holders)
         if total > NODE_COUNT:
@@ -144,6 +212,45 @@ def check_nomad(app: AppSpec) -> list[Problem]:
                     f"{NODE_COUNT} instances can use it (got {total}: {who})",
                 )
             )
+    return problems
+
+
+def _check_runs(app: AppSpec) -> list[Problem]:
+    """Tasks and schedules: their commands as the client receives them, and job names that
+    neither collide with another job of the app nor exceed Nomad's limit."""
+    problems: list[Problem] = []
+    jobs = {f"{app.name}-{name}": ("services", name) for name in app.services}
+    if app.backups.enabled:
+        jobs |= {f"{app.name}-{name}": ("backups",) for name in BACKUP_JOBS}
+    for kind, runs, job_of in (
+        ("tasks", app.tasks, task_job_name),
+        ("schedules", app.schedules, schedule_job_name),
+    ):
+        for name, run in runs.items():
+            base: tuple[str | int, ...] = (kind, name)
+            for i, arg in enumerate(run.command):
+                problems += _runtime_value((*base, "command", i), arg)
+            job = job_of(app, name)
+            if len(job) > NAME_LIMIT:
+                problems.append(
+                    (
+                        base,
+                        f"Nomad job name {job!r} is longer than {NAME_LIMIT} characters; "
+                        f"shorten the app or {kind[:-1]} name",
+                    )
+                )
+            if job in jobs:
+                other = jobs[job]
+                what = (
+                    "the backup job" if other == ("backups",) else f"the job of service {other[1]}"
+                )
+                problems.append(
+                    (
+                        base,
+                        f"its Nomad job would be named {job}, as {what} is; rename the {kind[:-1]}",
+                    )
+                )
+            jobs[job] = base
     return problems
 
 
