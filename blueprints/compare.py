@@ -269,15 +269,24 @@ def claimed_volumes(files: Mapping[str, str]) -> dict[str, int]:
         if not _is_manifest(key):
             continue
         for doc in yaml.safe_load_all(text):
-            if not isinstance(doc, dict) or doc.get("kind") != "StatefulSet":
+            if not isinstance(doc, dict):
                 continue
             spec = doc.get("spec") or {}
+            if doc.get("kind") == "PersistentVolumeClaim":
+                # a claim of its own (a volume several services mount): one volume
+                claims[doc["metadata"]["name"]] = _gib(spec)
+            if doc.get("kind") != "StatefulSet":
+                continue
             for claim in spec.get("volumeClaimTemplates") or []:
-                size = str(claim["spec"]["resources"]["requests"]["storage"])
-                gib = int(size.removesuffix("Gi")) if size.endswith("Gi") else 0
+                gib = _gib(claim["spec"])
                 for i in range(int(spec.get("replicas", 1))):
                     claims[f"{claim['metadata']['name']}-{doc['metadata']['name']}-{i}"] = gib
     return dict(sorted(claims.items()))
+
+
+def _gib(claim_spec: Mapping[str, Any]) -> int:
+    size = str(claim_spec["resources"]["requests"]["storage"])
+    return int(size.removesuffix("Gi")) if size.endswith("Gi") else 0
 
 
 # ---------------------------------------------------------------------------------------------

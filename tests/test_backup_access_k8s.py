@@ -897,3 +897,75 @@ def test_a_failed_scale_down_starts_nothing_it_did_not_stop(tmp_path):
         argvs, "statefulset/files", "--replicas=0"
     )
     assert index(argvs, "scale", "deployment/web", "--replicas=2")
+
+
+# --- restore: a volume several services mount ----------------------------------------------------
+
+
+def with_shared() -> dict[str, Any]:
+    """with_files, and a service `viewer` mounting files' uploads volume too."""
+    data = with_files()
+    data["services"]["viewer"] = {
+        "image": "ghcr.io/example/viewer:1.0",
+        "volumes": [{"volume": "uploads", "path": "/srv/uploads", "read_only": True}],
+    }
+    return data
+
+
+def test_restoring_a_shared_volume_stops_every_service_mounting_it(files_node, tmp_path):
+    node = files_node
+    got = access(spec(with_shared()))
+    done = node.run(got.restore("01010101"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    argvs = node.argvs()
+    downs = [index(argvs, "scale", f"statefulset/{s}", "--replicas=0") for s in ("files", "viewer")]
+    gone = index(
+        argvs, "get", "pods", "app.kubernetes.io/instance=shop,app.kubernetes.io/name=viewer"
+    )
+    create = index(argvs, "create", "-f")
+    ups = [index(argvs, "scale", f"statefulset/{s}", "--replicas=1") for s in ("files", "viewer")]
+    ready = index(argvs, "rollout", "statefulset/viewer")
+    assert max(downs) < gone < create < min(ups) and max(ups) < ready
+    manifest = json.loads(node.calls()[create]["stdin"])
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in manifest["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == ["uploads-shared", "thumbs-files-0"]
+    assert (node.data / "uploads" / "a.txt").read_text() == "snap a"
+    # the plan says so
+    plan = node.run(got.restore_plan("01010101"))
+    assert "scale the StatefulSet viewer to 0 too (it mounts uploads)" in plan.stdout
+    assert "scale the StatefulSet viewer back up and wait until it is ready" in plan.stdout
+    for command in (got.restore_plan("latest"), got.restore("latest")):
+        path = tmp_path / "shared.sh"
+        path.write_text(script_of(command))
+        validators.shellcheck(path, "sh")
+
+
+def test_a_shared_volumes_restore_failing_before_the_swap_starts_them_all_again(files_node):
+    node = files_node
+    done = node.run(access(spec(with_shared())).restore("01010101"), FAKE_RESTIC_FAIL="1")
+    assert done.returncode == 1
+    assert "failed before it changed anything" in done.stderr
+    argvs = node.argvs()
+    create = index(argvs, "create")
+    for name in ("files", "viewer"):
+        assert index(argvs, "scale", f"statefulset/{name}", "--replicas=1") > create
+
+
+def test_a_failed_scale_down_of_another_user_starts_what_was_stopped(tmp_path):
+    node = Node(
+        tmp_path,
+        snapshots=snapshot_json("shop-files"),
+        fail=[["statefulset/viewer --replicas=0", 1, "error: forbidden"]],
+    )
+    done = node.run(access(spec(with_shared())).restore("01010101"))
+    assert done.returncode == 1
+    argvs = node.argvs()
+    assert not any(a[2:4] == ["create", "-f"] for a in argvs)
+    for name in ("files", "viewer"):
+        assert index(argvs, "scale", f"statefulset/{name}", "--replicas=1") > index(
+            argvs, "statefulset/viewer", "--replicas=0"
+        )

@@ -886,3 +886,46 @@ def test_an_hcloud_stack_with_a_bucket_backs_up_to_it():
     assert values["AWS_DEFAULT_REGION"] == "fsn1"
     # the user's bucket: the stack creates none
     assert not [r for r in plan.resources if "bucket" in r.type.lower()]
+
+
+def test_a_shared_volume_is_backed_up_once_with_its_first_user():
+    data = with_files()
+    data["services"]["viewer"] = {
+        "image": "ghcr.io/example/viewer:1.0",
+        "volumes": [{"volume": "uploads", "path": "/srv/uploads", "read_only": True}],
+    }
+    data["services"]["zeta"] = {
+        "image": "ghcr.io/example/zeta:1.0",
+        "volumes": [
+            {"volume": "thumbs", "path": "/srv/thumbs"},
+            {"volume": "own", "path": "/srv/own"},
+        ],
+    }
+    data["volumes"]["own"] = {"size_gb": 1}
+    app = spec(data)
+    assert [name for name, _ in rel.backed_up(app)] == ["files", "postgres", "zeta"]
+    jobs = by_name(rel.backup_objects(app), "CronJob")
+    assert "backup-viewer" not in jobs
+    files = pod_of(jobs["backup-files"])
+    assert files["containers"][0]["command"][2:] == ["backup", "/data/uploads", "/data/thumbs"]
+    zeta = pod_of(jobs["backup-zeta"])
+    # thumbs is files'; zeta backs up its own volume only
+    assert zeta["containers"][0]["command"][2:] == ["backup", "/data/own"]
+    assert [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in zeta["volumes"]
+        if "persistentVolumeClaim" in v
+    ] == ["own-zeta-0"]
+    # files backs the shared volumes up from their claims of their own
+    assert [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in files["volumes"]
+        if "persistentVolumeClaim" in v
+    ] == ["uploads-shared", "thumbs-shared"]
+    # the shared volumes are claims of their own; the others their StatefulSet's templates
+    objects = rel.app_objects(app, "hcloud")
+    claims = by_name(objects, "PersistentVolumeClaim")
+    assert sorted(claims) == ["thumbs-shared", "uploads-shared"]
+    sts = by_name(objects, "StatefulSet")
+    assert [t["metadata"]["name"] for t in sts["zeta"]["spec"]["volumeClaimTemplates"]] == ["own"]
+    assert "volumeClaimTemplates" not in sts["viewer"]["spec"]

@@ -570,6 +570,22 @@ def test_moving_parts_are_counted_from_rendered_files():
     ]
 
 
+def test_a_shared_volume_is_priced_once():
+    """A volume several services mount is one claim of its own (not one per user); a volume
+    one service mounts is its StatefulSet's claim template."""
+    from blueprints.compare import claimed_volumes
+    from blueprints.rungs.k8s import release as rel
+
+    app = load_spec(ROOT / "tests/everything/app.yaml")
+    assert list(app.shared_volumes()) == ["uploads"]
+    text = yaml.safe_dump_all(rel.app_objects(app, "hcloud"))
+    claims = claimed_volumes({"release/k8s/app.yaml": text})
+    assert claims == {
+        "pgdata-postgres-0": app.volumes["pgdata"].size_gb,
+        "uploads-shared": app.volumes["uploads"].size_gb,
+    }
+
+
 def test_k3s_packaged_components_follow_the_disable_list():
     files = {
         "cp/etc/systemd/system/k3s.service": "[Service]\nType=notify\n",

@@ -774,3 +774,107 @@ def test_the_first_control_plane_founds_a_cluster_only_once(monkeypatch):
     assert all(ready_stdin(again, node)["pki"] is None for node in NODES)
     allowed = plan_stack("k8s-hcloud", ROOT, {"blueprints:foundCluster": True})
     assert ready_stdin(allowed, "cp-1")["pki"] is not None
+
+
+def test_every_new_field_is_planned_tasks_before_the_workloads(tmp_path):
+    """tests/everything/app.yaml planned on k8s-hcloud: the tasks' Jobs one after another,
+    after the services they need and before every other workload and the schedules; the
+    Secrets (env, files, registry) Pulumi secrets; no secret value in any other input or note;
+    the shared volume in the notes."""
+    project = _copy_project(tmp_path)
+    shutil.copy(ROOT / "tests/everything/app.yaml", project / "examples/app.yaml")
+    shutil.copytree(ROOT / "tests/everything/config", project / "examples/config")
+    secrets = {
+        "POSTGRES_PASSWORD": "pg-Dist1nct-value",
+        "DJANGO_SECRET_KEY": "dj-Dist1nct-value",
+        "GHCR_TOKEN": "ghcr-Dist1nct-value",
+    }
+    plan = plan_stack("k8s-hcloud", project, {"blueprints:secrets": secrets})
+    p = "full-k8s-hcloud"
+    by_name = {r.name: r for r in plan.resources}
+    jobs = [r for r in plan.resources if r.type == "kubernetes:batch/v1:Job"]
+    assert [r.plain_inputs()["metadata"]["name"].rsplit("-", 1)[0] for r in jobs] == [
+        "task-migrate",
+        "task-seed",
+    ]
+    migrate, seed = jobs
+    assert migrate.name in seed.depends_on
+    for needed in ("statefulset-full-postgres", "deployment-full-redis"):
+        assert f"{p}-{needed}" in migrate.depends_on
+    assert f"{p}-networkpolicy-full-runs-web" in migrate.depends_on
+    for secret in ("web-secret-env", "web-secret-files", "registry-auth"):
+        assert f"{p}-secret-full-{secret}" in migrate.depends_on
+    for after in (
+        "statefulset-full-web",
+        "statefulset-full-worker",
+        "cronjob-full-schedule-clear-sessions",
+        "cronjob-full-schedule-report",
+    ):
+        assert seed.name in by_name[f"{p}-{after}"].depends_on, after
+    assert migrate.name not in by_name[f"{p}-statefulset-full-postgres"].depends_on
+    # the shared volume's claim is an object of its own, protected and kept if it leaves the
+    # program; postgres' volume stays its StatefulSet's claim template
+    claims = plan.of_type("kubernetes:core/v1:PersistentVolumeClaim")
+    assert [r.plain_inputs()["metadata"]["name"] for r in claims] == ["uploads-shared"]
+    assert all(r.protect and r.retain_on_delete for r in claims)
+    postgres = by_name[f"{p}-statefulset-full-postgres"].plain_inputs()
+    assert [t["metadata"]["name"] for t in postgres["spec"]["volumeClaimTemplates"]] == ["pgdata"]
+    web = by_name[f"{p}-statefulset-full-web"]
+    assert f"{p}-persistentvolumeclaim-full-uploads-shared" in web.depends_on
+    assert f"{p}-persistentvolumeclaim-full-uploads-shared" in migrate.depends_on
+    assert f"{p}-configmap-full-web-files" in web.depends_on
+    # the Secrets are Pulumi secrets; no value anywhere else, nor in the notes
+    secrets_seen = set()
+    for r in plan.resources:
+        text = json.dumps(r.plain_inputs())
+        found = {v for v in secrets.values() if v in text}
+        if r.type == "kubernetes:core/v1:Secret":
+            assert is_secret(r.inputs["stringData"]), r.name
+            secrets_seen |= found
+        else:
+            assert not found, r.name
+        assert not any(v in json.dumps(r.public_inputs()) for v in secrets.values()), r.name
+    assert secrets_seen == set(secrets.values())
+    assert not any(v in note for note in plan.notes for v in secrets.values())
+    assert any(
+        "services web and worker share volume uploads, so they run on one node" in note
+        for note in plan.notes
+    )
+    # the objects sent are the ones the renderer validates
+    import kubernetes_validate
+
+    from blueprints.rungs.k8s import release
+
+    version = ".".join(release.KUBERNETES_VERSION.split(".")[:2]) + ".0"
+    for (kind, _), obj in kube_objects(plan).items():
+        if kind not in ("HelmChartConfig", "ClusterIssuer"):
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_a_task_mounting_its_services_own_volume_waits_for_that_service(tmp_path):
+    """uploads mounted by web alone: web's StatefulSet keeps its claim template, and the tasks
+    (which mount that claim) run after web's rollout, as the plan's notes say."""
+    project = _copy_project(tmp_path)
+    data = yaml.safe_load((ROOT / "tests/everything/app.yaml").read_text())
+    del data["services"]["worker"]["volumes"]
+    (project / "examples/app.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    shutil.copytree(ROOT / "tests/everything/config", project / "examples/config")
+    secrets = dict.fromkeys(("POSTGRES_PASSWORD", "DJANGO_SECRET_KEY", "GHCR_TOKEN"), "x")
+    plan = plan_stack("k8s-hcloud", project, {"blueprints:secrets": secrets})
+    p = "full-k8s-hcloud"
+    by_name = {r.name: r for r in plan.resources}
+    assert not plan.of_type("kubernetes:core/v1:PersistentVolumeClaim")
+    web = by_name[f"{p}-statefulset-full-web"]
+    templates = web.plain_inputs()["spec"]["volumeClaimTemplates"]
+    assert [t["metadata"]["name"] for t in templates] == ["uploads"]
+    jobs = plan.of_type("kubernetes:batch/v1:Job")
+    assert len(jobs) == 2
+    for job in jobs:
+        assert web.name in job.depends_on
+    schedule = by_name[f"{p}-cronjob-full-schedule-clear-sessions"]
+    assert web.name in schedule.depends_on
+    assert any(
+        "task migrate runs after service web's rollout on k8s, because it mounts web's volume"
+        in note
+        for note in plan.notes
+    )

@@ -303,6 +303,48 @@ def test_server_named_only_by_the_volume_state_or_property_dependencies_is_warne
     ]
 
 
+def test_a_kubernetes_volume_claim_replaced_or_deleted_is_data_loss():
+    pvc = "kubernetes:core/v1:PersistentVolumeClaim"
+    sts = "kubernetes:apps/v1:StatefulSet"
+    meta = {"name": "uploads-shared", "namespace": "shop"}
+
+    def claim(storage_class: str, **extra) -> dict:
+        spec = {"storageClassName": storage_class, "accessModes": ["ReadWriteOnce"]}
+        return state("s", pvc, "uploads", {"metadata": meta, "spec": spec}, **extra)
+
+    steps = [
+        step(
+            "replace",
+            "s",
+            pvc,
+            "uploads",
+            claim("hcloud-volumes", protect=True),
+            claim("other"),
+            upd("spec.storageClassName", "update-replace"),
+            ["spec.storageClassName"],
+        ),
+        step("delete", "s", pvc, "thumbs", claim("hcloud-volumes")),
+        # a workload's change is no data loss
+        step(
+            "update",
+            "s",
+            sts,
+            "web",
+            state("s", sts, "web", {"spec": {"replicas": 1}}),
+            state("s", sts, "web", {"spec": {"replicas": 2}}),
+            upd("spec.replicas"),
+        ),
+    ]
+    rep = build(("k8s-hcloud", doc(steps)), prices=False)
+    assert rep.data_loss
+    assert [(d.name, d.kind, d.what) for d in rep.dangers] == [
+        ("uploads", "replace", "volume claim"),
+        ("thumbs", "delete", "volume claim"),
+    ]
+    assert rep.dangers[0].protect
+    assert "**replace** volume claim `uploads`" in warning_block(rep.markdown)
+
+
 def test_stateless_replace_has_no_warning():
     rep = build(("compose-hcloud", fixture("stateless.json")), prices=False)
     assert not rep.data_loss

@@ -29,11 +29,13 @@ from blueprints.rungs.k8s import release as rel
 from blueprints.rungs.k8s import rules
 from blueprints.rungs.k8s.component import node_document
 from blueprints.settings import K3S_VERSION
-from blueprints.spec import AppSpec
+from blueprints.spec import AppSpec, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "k8s"
 EXAMPLE_DATA: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "app.yaml").read_text())
+# Every field of the spec, the new ones included (files read from tests/everything/config).
+EVERYTHING = Path(__file__).resolve().parent / "everything" / "app.yaml"
 # kubernetes-validate ships schemas per minor version; the pinned k3s runs this one.
 SCHEMA_VERSION = ".".join(rel.KUBERNETES_VERSION.split(".")[:2]) + ".0"
 ALL_NODES = (
@@ -63,6 +65,10 @@ class Case:
 
 def spec(data: Mapping[str, Any] | None = None) -> AppSpec:
     return AppSpec.model_validate(copy.deepcopy(dict(data or EXAMPLE_DATA)))
+
+
+def everything() -> AppSpec:
+    return load_spec(EVERYTHING)
 
 
 def context(
@@ -178,10 +184,14 @@ MINIMAL = {
 
 @pytest.mark.parametrize("cloud", ["hcloud", "aws"])
 @pytest.mark.parametrize(
-    "data", [EXAMPLE_DATA, SHAPES, MINIMAL], ids=["example", "shapes", "minimal"]
+    "data",
+    [EXAMPLE_DATA, SHAPES, MINIMAL, None],
+    ids=["example", "shapes", "minimal", "everything"],
 )
-def test_every_manifest_passes_kubernetes_validate_strict(cloud: rel.Cloud, data: dict[str, Any]):
-    docs = documents(context(spec(data), cloud))
+def test_every_manifest_passes_kubernetes_validate_strict(
+    cloud: rel.Cloud, data: dict[str, Any] | None
+):
+    docs = documents(context(spec(data) if data is not None else everything(), cloud))
     kinds = set()
     for doc in docs:
         kinds.add(doc["kind"])
@@ -266,6 +276,7 @@ def test_storage_keeps_data_on_each_cloud(cloud: rel.Cloud, provisioner: str):
     assert storage["reclaimPolicy"] == "Retain"
     assert storage["volumeBindingMode"] == "WaitForFirstConsumer"
     pg = objects(ctx, "StatefulSet")["postgres"]
+    # a volume one service mounts: its StatefulSet's claim template, as always
     [claim] = pg["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "pgdata"
     assert claim["spec"]["storageClassName"] == storage["metadata"]["name"]
@@ -275,6 +286,8 @@ def test_storage_keeps_data_on_each_cloud(cloud: rel.Cloud, provisioner: str):
         "whenDeleted": "Retain",
         "whenScaled": "Retain",
     }
+    assert "volumes" not in pg["spec"]["template"]["spec"]
+    assert "PersistentVolumeClaim" not in {d["kind"] for d in documents(ctx)}
     # hcloud: claims are Hetzner volumes only, so k3s's node-local default class is off.
     config = b.k3s_config(cluster(cloud), FIRST)
     assert (config.get("disable") == ["local-storage"]) == (cloud == "hcloud")
@@ -291,9 +304,9 @@ def _container(ctx: Case, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return workload, container
 
 
-@pytest.mark.parametrize("data", [EXAMPLE_DATA, SHAPES], ids=["example", "shapes"])
-def test_every_spec_field_reaches_the_manifests(data: dict[str, Any]):
-    ctx = context(spec(data))
+@pytest.mark.parametrize("data", [EXAMPLE_DATA, SHAPES, None], ids=["example", "shapes", "all"])
+def test_every_spec_field_reaches_the_manifests(data: dict[str, Any] | None):
+    ctx = context(spec(data) if data is not None else everything())
     app = ctx.app
     services = objects(ctx, "Service")
     policies = objects(ctx, "NetworkPolicy")
@@ -304,8 +317,9 @@ def test_every_spec_field_reaches_the_manifests(data: dict[str, Any]):
         assert workload["spec"]["replicas"] == svc.replicas
         assert container["image"] == svc.image
         assert container.get("args") == (list(svc.command) if svc.command else None)
+        assert container.get("command") == (list(svc.entrypoint) if svc.entrypoint else None)
         assert [p["containerPort"] for p in container.get("ports", [])] == [
-            p.port for p in svc.ports
+            p.target for p in svc.ports
         ]
         cpu = f"{round(svc.cpu * 1000)}m"
         mem = f"{svc.memory}Mi"
@@ -315,17 +329,55 @@ def test_every_spec_field_reaches_the_manifests(data: dict[str, Any]):
         }
         env = {e["name"]: e for e in container.get("env", [])}
         assert set(env) == set(svc.env) | set(svc.secret_env)
-        for var, value in svc.env.items():
+        resolved = rel.environment(app, name, ctx.secrets)
+        for var, value in resolved.plain.items():
             assert k8s_expand(env[var]["value"], {}) == value
-        for var in svc.secret_env:
+        for var, value in resolved.secret.items():
             ref = env[var]["valueFrom"]["secretKeyRef"]
             assert ref == {"name": f"{name}-secret-env", "key": var}
-            assert var in secrets[ref["name"]]["stringData"]
+            assert secrets[ref["name"]]["stringData"][var] == value
         mounts = [
             (m["name"], m["mountPath"], m.get("readOnly", False))
             for m in container.get("volumeMounts", [])
         ]
-        assert mounts == [(m.volume, m.path, m.read_only) for m in svc.volumes]
+        files = sorted(svc.files, key=lambda f: f.path)
+        assert mounts == [(m.volume, m.path, m.read_only) for m in svc.volumes] + [
+            (rel.SECRET_FILES_VOLUME if f.secret else rel.FILES_VOLUME, f.path, True) for f in files
+        ]
+        pod = workload["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        templates = {
+            t["metadata"]["name"]: t for t in workload["spec"].get("volumeClaimTemplates", [])
+        }
+        for m in svc.volumes:
+            size = {"requests": {"storage": f"{app.volumes[m.volume].size_gb}Gi"}}
+            if m.volume in app.shared_volumes():
+                claim = volumes[m.volume]["persistentVolumeClaim"]["claimName"]
+                assert claim == rel.claim_name(app, m.volume) == f"{m.volume}-shared"
+                assert objects(ctx, "PersistentVolumeClaim")[claim]["spec"]["resources"] == size
+                assert m.volume not in templates
+            else:
+                assert m.volume not in volumes
+                assert templates[m.volume]["spec"]["resources"] == size
+                assert rel.claim_name(app, m.volume) == f"{m.volume}-{name}-0"
+        for f, mount in zip(
+            files, container.get("volumeMounts", [])[len(svc.volumes) :], strict=True
+        ):
+            assert mount["subPath"] == f.key
+            source = volumes[mount["name"]]
+            items = (source.get("configMap") or source["secret"])["items"]
+            assert {"key": f.key, "path": f.key, "mode": f.mode_int} in items
+            text = app.file_text(f, ctx.secrets, rel.address(app))
+            if f.secret:
+                holder = secrets[source["secret"]["secretName"]]
+                assert holder["stringData"][f.key] == text
+            else:
+                configmap = objects(ctx, "ConfigMap")[source["configMap"]["name"]]
+                assert configmap["data"][f.key] == text
+        registry = app.registry_for(svc.image)
+        assert pod.get("imagePullSecrets") == (
+            [{"name": rel.REGISTRY_SECRET}] if registry else None
+        )
         if svc.health is not None:
             probe = container["livenessProbe"]
             assert probe["periodSeconds"] == svc.health.interval
@@ -337,12 +389,12 @@ def test_every_spec_field_reaches_the_manifests(data: dict[str, Any]):
         annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
         assert annotations.get("blueprints.dev/depends-on", "") == ",".join(sorted(svc.depends_on))
         if svc.ports:
-            assert [p["port"] for p in services[name]["spec"]["ports"]] == [
-                p.port for p in svc.ports
+            assert [(p["port"], p["targetPort"]) for p in services[name]["spec"]["ports"]] == [
+                (p.port, p.target) for p in svc.ports
             ]
         # every declared dependency with ports is an allowed connection, both ways
         for dep in svc.depends_on:
-            dep_ports = sorted(p.port for p in app.services[dep].ports)
+            dep_ports = sorted(p.target for p in app.services[dep].ports)
             if not dep_ports:
                 continue
             egress = policies[f"service-{name}"]["spec"]["egress"]
@@ -947,7 +999,8 @@ NASTY = [
 def nasty_data() -> dict[str, Any]:
     data = copy.deepcopy(EXAMPLE_DATA)
     web = data["services"]["web"]
-    web["env"] = {f"NASTY_{i}": v for i, v in enumerate(NASTY)}
+    # in the spec, ${ starts a reference and $${ is a literal ${
+    web["env"] = {f"NASTY_{i}": v.replace("${", "$${") for i, v in enumerate(NASTY)}
     web["command"] = list(NASTY)
     web["health"]["path"] = "/h'\"$(touch)`id`${HOME}%n;&|<>*?~!#"
     data["services"]["worker"]["health"]["command"] = ["sh", "-c", *NASTY]
@@ -969,8 +1022,8 @@ def test_hostile_values_change_no_structure_and_round_trip():
     _, web = _container(evil, "web")
     assert [k8s_expand(a, {}) for a in web["args"]] == NASTY
     env = {e["name"]: e for e in web["env"]}
-    for var, value in evil_app.services["web"].env.items():
-        assert k8s_expand(env[var]["value"], {"HOME": "/root"}) == value
+    for i, value in enumerate(NASTY):
+        assert k8s_expand(env[f"NASTY_{i}"]["value"], {"HOME": "/root"}) == value
     assert web["livenessProbe"]["httpGet"]["path"] == evil_app.services["web"].health.path
     _, worker = _container(evil, "worker")
     assert worker["livenessProbe"]["exec"]["command"] == ["sh", "-c", *NASTY]
@@ -983,6 +1036,55 @@ def test_hostile_values_change_no_structure_and_round_trip():
     # cloud-init round trip: files come back byte for byte
     data = yaml.safe_load(b.render_cloud_init(cluster(), FIRST))
     assert {f["path"]: f["content"] for f in data["write_files"]} == files_of(cluster(), FIRST)
+
+
+def test_hostile_values_in_the_new_fields_change_no_structure_and_round_trip():
+    """Entrypoint, task and schedule commands, file contents, a registry user and secret values
+    (interpolated into env and files) come back exactly, in the same objects."""
+    clean = context(everything())
+    data = yaml.safe_load(EVERYTHING.read_text())
+    web = data["services"]["web"]
+    web["entrypoint"] = list(NASTY)
+    web["files"][0]["content"] = "".join(NASTY).replace("${", "$${")
+    web["env"]["MIXED"] = "pw=${secrets.POSTGRES_PASSWORD};" + "|".join(NASTY).replace("${", "$${")
+    data["tasks"]["migrate"]["command"] = list(NASTY)
+    data["schedules"]["clear-sessions"]["command"] = list(NASTY)
+    data["registries"]["ghcr.io"]["username"] = "u'\"$(id)`x` {y}"
+    evil_app = parse_spec(data, str(EVERYTHING), EVERYTHING.parent)
+    values = {n: f"{NASTY[i]}\n{NASTY[-i]}#{n}" for i, n in enumerate(evil_app.secret_names())}
+    evil = context(evil_app, secrets=values)
+
+    def shape(case: Case) -> list[tuple[str, str]]:
+        # a task's Job is named after the release, which is another one
+        names = [(d["kind"], d["metadata"]["name"]) for d in documents(case)]
+        return [(k, n.rsplit("-", 1)[0] if k == "Job" else n) for k, n in names]
+
+    assert shape(evil) == shape(clean)
+    for doc in documents(evil):
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, SCHEMA_VERSION, strict=True)
+    _, container = _container(evil, "web")
+    assert [k8s_expand(a, {}) for a in container["command"]] == NASTY
+    [job] = [j for n, j in objects(evil, "Job").items() if n.startswith("task-migrate-")]
+    [task] = job["spec"]["template"]["spec"]["containers"]
+    assert [k8s_expand(a, {}) for a in task["args"]] == NASTY
+    cron = objects(evil, "CronJob")["schedule-clear-sessions"]
+    [run] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert [k8s_expand(a, {}) for a in run["args"]] == NASTY
+    settings_file = evil_app.services["web"].files[0]
+    configmap = objects(evil, "ConfigMap")["web-files"]
+    assert configmap["data"][settings_file.key] == "".join(NASTY)
+    secret = objects(evil, "Secret")["web-secret-env"]["stringData"]
+    assert secret["MIXED"] == f"pw={values['POSTGRES_PASSWORD']};" + "|".join(NASTY)
+    db_file = next(f for f in evil_app.services["web"].files if f.secret)
+    assert (
+        objects(evil, "Secret")["web-secret-files"]["stringData"][db_file.key]
+        == (values["POSTGRES_PASSWORD"])
+    )
+    auth = json.loads(objects(evil, "Secret")["registry-auth"]["stringData"][".dockerconfigjson"])
+    entry = auth["auths"]["ghcr.io"]
+    assert (entry["username"], entry["password"]) == ("u'\"$(id)`x` {y}", values["GHCR_TOKEN"])
+    assert base64.b64decode(entry["auth"]).decode() == f"{entry['username']}:{entry['password']}"
 
 
 @settings(max_examples=40, deadline=None)
@@ -1049,6 +1151,8 @@ GOLDEN_SETS = {
         for node in ("first", "joining", "agent")
     },
     **{f"{cloud}/release": (cloud, None) for cloud in ("hcloud", "aws")},
+    # every field of the spec (tests/everything/app.yaml)
+    "hcloud/everything": ("hcloud", "everything"),
 }
 
 
@@ -1057,6 +1161,8 @@ def test_golden_files(name: str, update_golden: bool):
     cloud, node = GOLDEN_SETS[name]
     if node is None:
         rendered = manifests(context(cloud=cloud))  # type: ignore[arg-type]
+    elif node == "everything":
+        rendered = manifests(context(everything(), cloud))  # type: ignore[arg-type]
     else:
         ctx = cluster(cloud)  # type: ignore[arg-type]
         rendered = {p.lstrip("/"): t for p, t in files_of(ctx, NODES[node]).items()}
@@ -1089,3 +1195,329 @@ def test_no_yaml_anchors_or_aliases(cloud: rel.Cloud):
     texts = [*files_of(cluster(cloud), FIRST).values(), b.render_cloud_init(cluster(cloud), FIRST)]
     for text in [*texts, *manifests(context(spec(SHAPES), cloud)).values()]:
         assert re.search(r"[&*]id\d{3}", text) is None
+
+
+# --- the spec's files, registries, shared volumes, tasks and schedules ------------------------
+
+
+def test_a_secret_value_is_only_in_secrets():
+    """A distinctive value of every secret (interpolated into env, files and the registry's
+    credentials) appears in no object but a Secret."""
+    app = everything()
+    values = {n: f"Dist1nct-{n}-v4lue" for n in app.secret_names()}
+    case = context(app, secrets=values)
+    seen = set()
+    for doc in documents(case):
+        text = json.dumps(doc)
+        found = {n for n, v in values.items() if v in text}
+        if doc["kind"] != "Secret":
+            assert not found, (doc["kind"], doc["metadata"]["name"], found)
+        seen |= found
+    assert seen == set(values)
+    # DATABASE_URL is composed with a secret: the whole variable is in the Secret only
+    web = objects(case, "Secret")["web-secret-env"]["stringData"]
+    assert web["DATABASE_URL"] == (
+        f"postgres://full:{values['POSTGRES_PASSWORD']}@postgres:5432/full"
+    )
+    for name in ("web-secret-env", "web-secret-files", "postgres-secret-files", "registry-auth"):
+        assert name in objects(case, "Secret")
+
+
+def test_a_changed_file_rolls_the_pods():
+    app = everything()
+    before = objects(context(app), "StatefulSet")["web"]["spec"]["template"]["metadata"]
+    data = yaml.safe_load(EVERYTHING.read_text())
+    data["services"]["web"]["files"][0]["content"] += "# changed\n"
+    changed = parse_spec(data, str(EVERYTHING), EVERYTHING.parent)
+    after = objects(context(changed), "StatefulSet")["web"]["spec"]["template"]["metadata"]
+    assert before["annotations"][rel.FILES_DIGEST] != after["annotations"][rel.FILES_DIGEST]
+    # a mode counts too; the services without files have no digest
+    data["services"]["web"]["files"][0]["mode"] = "0440"
+    moded = parse_spec(data, str(EVERYTHING), EVERYTHING.parent)
+    third = objects(context(moded), "StatefulSet")["web"]["spec"]["template"]["metadata"]
+    assert third["annotations"][rel.FILES_DIGEST] != after["annotations"][rel.FILES_DIGEST]
+    worker = objects(context(app), "StatefulSet")["worker"]["spec"]["template"]["metadata"]
+    assert rel.FILES_DIGEST not in worker.get("annotations", {})
+    # a secret file: in the keyed secrets digest, which reveals nothing
+    values = {n: f"v-{n}" for n in app.secret_names()}
+    other = {**values, "POSTGRES_PASSWORD": "changed"}
+    for name in ("postgres", "web", "worker"):
+        one = rel.secrets_digest("key", app, name, values)
+        assert one is not None and one != rel.secrets_digest("key", app, name, other)
+        assert values["POSTGRES_PASSWORD"] not in one
+    assert rel.secrets_digest("key", app, "redis", values) is None
+
+
+def test_a_shared_volume_is_one_claim_and_its_users_run_on_one_node():
+    case = context(everything())
+    app = case.app
+    claims = objects(case, "PersistentVolumeClaim")
+    # the shared volume only: postgres' volume stays its StatefulSet's claim template
+    assert sorted(claims) == ["uploads-shared"]
+    assert claims["uploads-shared"]["spec"]["resources"] == {"requests": {"storage": "5Gi"}}
+    sts = objects(case, "StatefulSet")
+    assert [t["metadata"]["name"] for t in sts["postgres"]["spec"]["volumeClaimTemplates"]] == [
+        "pgdata"
+    ]
+    for name in ("web", "worker"):
+        assert "volumeClaimTemplates" not in sts[name]["spec"]
+        assert "persistentVolumeClaimRetentionPolicy" not in sts[name]["spec"]
+    label = f"{rel.VOLUME_LABEL}uploads"
+    term = {
+        "labelSelector": {"matchLabels": {rel.LABEL_INSTANCE: "full", label: "mounted"}},
+        "topologyKey": "kubernetes.io/hostname",
+    }
+    pods = {name: sts["spec"]["template"] for name, sts in objects(case, "StatefulSet").items()}
+    pods |= {n: j["spec"]["template"] for n, j in objects(case, "Job").items()}
+    pods |= {
+        n: c["spec"]["jobTemplate"]["spec"]["template"]
+        for n, c in objects(case, "CronJob").items()
+        if n.startswith("schedule-")
+    }
+    users = [n for n in pods if n != "postgres"]
+    assert len(users) == 6  # web, worker, two tasks, two schedules
+    for name in users:
+        pod = pods[name]
+        assert pod["metadata"]["labels"][label] == "mounted", name
+        affinity = pod["spec"]["affinity"]["podAffinity"]
+        assert affinity["requiredDuringSchedulingIgnoredDuringExecution"] == [term], name
+        [claim] = [
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod["spec"]["volumes"]
+            if "persistentVolumeClaim" in v
+        ]
+        assert claim == "uploads-shared"
+    # the second user is worker, read-only
+    _, worker = _container(case, "worker")
+    assert worker["volumeMounts"] == [
+        {"name": "uploads", "mountPath": "/srv/uploads", "readOnly": True}
+    ]
+    # postgres mounts its volume alone: no affinity
+    assert "affinity" not in pods["postgres"]["spec"]
+    notes = rel.volume_notes(app)
+    assert notes[0].startswith(
+        "services web and worker share volume uploads, so they run on one node"
+    )
+    # backed up once, with its first user: worker has no backup of its own
+    backups = {o["metadata"]["name"] for o in rel.backup_objects(app) if o["kind"] == "CronJob"}
+    assert backups == {"backup-check", "backup-postgres", "backup-web"}
+
+
+def test_a_registry_secret_for_the_pods_pulling_from_it():
+    case = context(everything())
+    [secret] = [s for n, s in objects(case, "Secret").items() if n == rel.REGISTRY_SECRET]
+    assert secret["type"] == "kubernetes.io/dockerconfigjson"
+    config = json.loads(secret["stringData"][".dockerconfigjson"])
+    assert config["auths"]["ghcr.io"]["username"] == "full-bot"
+    assert config["auths"]["ghcr.io"]["password"] == case.secrets["GHCR_TOKEN"]
+    pulls = {
+        d["metadata"]["name"]: d
+        for d in documents(case)
+        if d["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob")
+    }
+    for name, doc in pulls.items():
+        spec = (doc["spec"].get("jobTemplate") or doc)["spec"]["template"]["spec"]
+        image = spec["containers"][0]["image"]
+        expected = [{"name": "registry-auth"}] if image.startswith("ghcr.io/") else None
+        assert spec.get("imagePullSecrets") == expected, name
+    # backup pods run public images of their own
+    for obj in rel.backup_objects(case.app):
+        if obj["kind"] == "CronJob":
+            pod = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            assert "imagePullSecrets" not in pod
+    # Docker Hub's key is the one docker and kubelet look up
+    data = yaml.safe_load(EVERYTHING.read_text())
+    data["registries"]["docker.io"] = {"username": "me", "password": "${secrets.HUB}"}
+    hub = parse_spec(data, str(EVERYTHING), EVERYTHING.parent)
+    secret = rel.registry_secret(hub, {**case.secrets, "HUB": "h"})
+    assert secret is not None
+    auths = json.loads(secret["stringData"][".dockerconfigjson"])["auths"]
+    assert sorted(auths) == ["ghcr.io", "https://index.docker.io/v1/"]
+    pod = objects(context(hub), "StatefulSet")["postgres"]["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-auth"}]
+
+
+def test_tasks_are_jobs_and_schedules_are_cron_jobs():
+    case = context(everything())
+    app = case.app
+    docs = documents(case)
+    jobs = objects(case, "Job")
+    assert [n.rsplit("-", 1)[0] for n in jobs] == ["task-migrate", "task-seed"]
+    # one release, one suffix; another release, another one
+    assert len({n.rsplit("-", 1)[1] for n in jobs}) == 1
+    for name, job in jobs.items():
+        task = app.tasks[name.split("-")[1]]
+        assert job["spec"]["backoffLimit"] == 0
+        assert job["spec"]["activeDeadlineSeconds"] == task.timeout
+        assert job["spec"]["ttlSecondsAfterFinished"] == rel.TASK_KEPT_SECONDS
+        pod = job["spec"]["template"]["spec"]
+        assert pod["restartPolicy"] == "Never"
+        [container] = pod["containers"]
+        assert container["args"] == task.command
+        assert container["command"] == app.services[task.service].entrypoint
+        assert "livenessProbe" not in container and "ports" not in container
+        # the service's environment and files
+        _, svc_container = _container(case, task.service)
+        assert container["env"] == svc_container["env"]
+        assert container["volumeMounts"] == svc_container["volumeMounts"]
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        assert rel.LABEL_NAME not in labels and labels[rel.RUNS_OF] == task.service
+    assert jobs[next(iter(jobs))]["spec"]["activeDeadlineSeconds"] == 300
+    # in order: what the tasks need, the tasks, then the rest
+    order = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    first_job = order.index(("Job", next(iter(jobs))))
+    assert order.index(("StatefulSet", "postgres")) < first_job
+    assert order.index(("Deployment", "redis")) < first_job
+    assert order.index(("StatefulSet", "web")) > first_job
+    assert rel.before_tasks(app) == {"postgres", "redis"}
+    changed = app.model_copy(
+        update={
+            "services": {
+                **app.services,
+                "redis": app.services["redis"].model_copy(update={"image": "redis:7.4.1-alpine"}),
+            }
+        }
+    )
+    assert sorted(objects(context(changed), "Job")) != sorted(jobs)
+    crons = objects(case, "CronJob")
+    assert sorted(n for n in crons if n.startswith("schedule-")) == [
+        "schedule-clear-sessions",
+        "schedule-report",
+    ]
+    for sname, schedule in app.schedules.items():
+        cron = crons[f"schedule-{sname}"]["spec"]
+        assert cron["schedule"] == schedule.cron
+        assert cron["timeZone"] == "Etc/UTC" and cron["concurrencyPolicy"] == "Forbid"
+        assert cron["jobTemplate"]["spec"]["activeDeadlineSeconds"] == schedule.timeout
+        [container] = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == schedule.command
+        _, svc_container = _container(case, schedule.service)
+        assert container["env"] == svc_container["env"]
+    assert crons["schedule-report"]["spec"]["schedule"] == app.schedules["report"].cron
+    # the runs reach what their service depends on, nothing else
+    policies = objects(case, "NetworkPolicy")
+    runs = policies["runs-web"]["spec"]
+    assert runs["podSelector"] == {"matchLabels": {rel.LABEL_INSTANCE: "full", rel.RUNS_OF: "web"}}
+    assert runs["egress"] == policies["service-web"]["spec"]["egress"]
+    pg_in = policies["service-postgres"]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": runs["podSelector"]["matchLabels"]}} in pg_in
+
+
+def test_ports_map_the_service_port_to_the_container_port():
+    case = context(everything())
+    redis = objects(case, "Service")["redis"]["spec"]["ports"]
+    assert redis == [{"name": "tcp-6380", "port": 6380, "targetPort": 6379, "protocol": "TCP"}]
+    _, container = _container(case, "redis")
+    assert container["ports"] == [{"containerPort": 6379, "protocol": "TCP"}]
+    assert container["livenessProbe"]["tcpSocket"] == {"port": 6379}
+    _, web = _container(case, "web")
+    assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 80}
+    [ingress] = objects(case, "Ingress").values()
+    [path] = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["backend"]["service"]["port"] == {"number": 8080}
+    # policies see the pod's port
+    web_in = objects(case, "NetworkPolicy")["service-web"]["spec"]["ingress"]
+    assert web_in[0]["ports"] == [{"port": 80, "protocol": "TCP"}]
+    # a reference reaches the Service's port (a headless one's: the container's)
+    env = {e["name"]: e.get("value") for e in web["env"]}
+    assert env["REDIS_URL"] == "redis://redis:6380/0"
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "message"),
+    [
+        (
+            "tasks",
+            "t" * 50,
+            f"tasks.{'t' * 50}: it runs as the Job task-{'t' * 50}-<8 hex of the release>, and "
+            "Kubernetes limits Job names to 63 characters; shorten the name to 49 characters or "
+            "fewer",
+        ),
+        (
+            "schedules",
+            "s" * 44,
+            f"schedules.{'s' * 44}: it runs as the CronJob schedule-{'s' * 44}, and Kubernetes "
+            "limits CronJob names to 52 characters; shorten the name to 43 characters or fewer",
+        ),
+    ],
+)
+def test_task_and_schedule_names_must_fit_their_jobs(kind: str, name: str, message: str):
+    data = yaml.safe_load(EVERYTHING.read_text())
+    data[kind][name] = data[kind].pop(next(iter(data[kind])))
+    app = parse_spec(data, str(EVERYTHING), EVERYTHING.parent)
+    with pytest.raises(ValueError) as exc:
+        rel.app_objects(app, "hcloud")
+    assert str(exc.value) == message
+    ok = dict(data)
+    ok[kind] = {name[:-1]: data[kind][name]}
+    assert rules.check_app(parse_spec(ok, str(EVERYTHING), EVERYTHING.parent)) == []
+
+
+def test_everything_passes_the_rules_and_renders_the_same_bytes():
+    assert rules.check_app(everything()) == []
+    assert manifests(context(everything())) == manifests(context(everything()))
+
+
+def test_a_shared_claims_name_does_not_follow_its_users():
+    """`<volume>-shared` whoever mounts it: a user added before the first one by name changes
+    nothing (the claim, its backup's owner aside)."""
+    data = yaml.safe_load(EVERYTHING.read_text())
+    data["services"]["aaa"] = {
+        "image": "ghcr.io/example/full-web:2.0.1",
+        "volumes": [{"volume": "uploads", "path": "/srv/uploads", "read_only": True}],
+    }
+    app = parse_spec(data, str(EVERYTHING), EVERYTHING.parent)
+    assert app.volume_users("uploads") == ["aaa", "web", "worker"]
+    assert rel.claim_name(app, "uploads") == rel.claim_name(everything(), "uploads")
+    assert sorted(objects(context(app), "PersistentVolumeClaim")) == ["uploads-shared"]
+
+
+def test_a_task_mounting_its_services_own_volume_runs_after_that_services_rollout():
+    """A volume one service mounts stays its StatefulSet's claim; a task (or schedule) running
+    as that service mounts that claim, beside the service's pod, so the task waits for the
+    service's rollout (which the plan says)."""
+    data = yaml.safe_load(EVERYTHING.read_text())
+    del data["services"]["worker"]["volumes"]  # uploads: web's alone
+    app = parse_spec(data, str(EVERYTHING), EVERYTHING.parent)
+    case = context(app)
+    assert "PersistentVolumeClaim" not in {d["kind"] for d in documents(case)}
+    web = objects(case, "StatefulSet")["web"]
+    assert [t["metadata"]["name"] for t in web["spec"]["volumeClaimTemplates"]] == ["uploads"]
+    assert "affinity" not in web["spec"]["template"]["spec"]
+    assert not any(
+        k.startswith(rel.VOLUME_LABEL) for k in web["spec"]["template"]["metadata"]["labels"]
+    )
+    term = {
+        "labelSelector": {"matchLabels": {rel.LABEL_INSTANCE: "full", rel.LABEL_NAME: "web"}},
+        "topologyKey": "kubernetes.io/hostname",
+    }
+    runs = [j["spec"]["template"] for j in objects(case, "Job").values()]
+    runs.append(
+        objects(case, "CronJob")["schedule-clear-sessions"]["spec"]["jobTemplate"]["spec"][
+            "template"
+        ]
+    )
+    assert len(runs) == 3
+    for pod in runs:
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["uploads"]["persistentVolumeClaim"] == {"claimName": "uploads-web-0"}
+        assert pod["spec"]["affinity"]["podAffinity"] == {
+            "requiredDuringSchedulingIgnoredDuringExecution": [term]
+        }
+    report = objects(case, "CronJob")["schedule-report"]["spec"]["jobTemplate"]["spec"]
+    assert "affinity" not in report["template"]["spec"]
+    # web rolls out before the tasks run
+    assert rel.before_tasks(app) == {"postgres", "redis", "web"}
+    assert rel.claim_holder(app, "web") == "web" and rel.claim_holder(app, "worker") is None
+    order = [(d["kind"], d["metadata"]["name"]) for d in documents(case)]
+    first_job = next(i for i, (kind, _) in enumerate(order) if kind == "Job")
+    assert order.index(("StatefulSet", "web")) < first_job
+    assert order.index(("Deployment", "worker")) > first_job
+    notes = rel.volume_notes(app)
+    assert (
+        "task migrate runs after service web's rollout on k8s, because it mounts web's volume "
+        "(the claim its StatefulSet creates), on web's node"
+    ) in notes
+    assert not any("share volume" in n for n in notes)
+    # the example app has no shared volume and no task: no claim object, no note
+    assert rel.volume_notes(spec()) == []

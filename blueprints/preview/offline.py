@@ -236,6 +236,18 @@ REPLACE_ON_CHANGE: dict[str, tuple[str, ...]] = {
     # the backups' CronJobs and what their pods use (a CronJob's spec, a ConfigMap's data and a
     # Role's rules change in place; a RoleBinding's roleRef cannot)
     "kubernetes:batch/v1:CronJob": ("metadata.name", "metadata.namespace"),  # [k8s]
+    # a task's Job (its pod template cannot change once created) and a shared volume's claim
+    "kubernetes:batch/v1:Job": (  # [k8s]
+        "metadata.name",
+        "metadata.namespace",
+        "spec.template",
+    ),
+    "kubernetes:core/v1:PersistentVolumeClaim": (  # [k8s]
+        "metadata.name",
+        "metadata.namespace",
+        "spec.accessModes",
+        "spec.storageClassName",
+    ),
     "kubernetes:core/v1:ConfigMap": ("metadata.name", "metadata.namespace"),  # [k8s]
     "kubernetes:core/v1:ServiceAccount": ("metadata.name", "metadata.namespace"),  # [k8s]
     "kubernetes:rbac.authorization.k8s.io/v1:Role": (  # [k8s]

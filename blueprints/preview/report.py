@@ -108,6 +108,9 @@ STATEFUL = {
     "hcloud:index/primaryIp:PrimaryIp": "primary IP",
     "aws:ec2/eip:Eip": "elastic IP",
     "aws:s3/bucket:Bucket": "S3 bucket",
+    # the k8s rung's claim of a volume several services mount (a replaced or deleted claim
+    # loses the volume's data)
+    "kubernetes:core/v1:PersistentVolumeClaim": "volume claim",
 }
 # A server labelled (hcloud labels, AWS tags) `holds: <what>` keeps state of its own that a
 # replacement loses or must rebuild: the k8s rung's control planes (an etcd member) and, on AWS,

@@ -433,8 +433,17 @@ def restore_security() -> dict[str, Any]:
     }
 
 
-def _volumes_of(svc: Service) -> list[str]:
-    return list(dict.fromkeys(m.volume for m in svc.volumes))
+def _volumes_of(app: AppSpec, name: str) -> list[str]:
+    """The volumes a service's backup holds: its own, and those several services mount of
+    which it is the first user (backed up, and restored, once)."""
+    return rel.owned_volumes(app, name)
+
+
+def _also_stopped(app: AppSpec, name: str) -> list[str]:
+    """The other services mounting a volume a service's backup holds: stopped with it while
+    the volume is restored (their StatefulSets scaled to 0, then back)."""
+    users = {u for v in _volumes_of(app, name) for u in app.volume_users(v)}
+    return sorted(users - {name})
 
 
 def restore_job(app: AppSpec, name: str, snapshot: str) -> dict[str, Any]:
@@ -442,14 +451,13 @@ def restore_job(app: AppSpec, name: str, snapshot: str) -> dict[str, Any]:
     service's StatefulSet scaled to 0 first). No node is named: the scheduler puts the pod where
     the claims can be mounted (a local-path volume's node; a Hetzner volume is attached to the
     pod's node once the service's pod has let go of it)."""
-    svc = app.services[name]
     volumes, mounts = _scratch()
-    claims = _volumes_of(svc)
+    claims = _volumes_of(app, name)
     for index, volume in enumerate(claims):
         volumes.append(
             {
                 "name": f"data-{index}",
-                "persistentVolumeClaim": {"claimName": rel.claim_name(volume, name)},
+                "persistentVolumeClaim": {"claimName": rel.claim_name(app, volume)},
             }
         )
         mounts.append({"name": f"data-{index}", "mountPath": f"{rel.DATA_DIR}/{volume}"})
@@ -718,10 +726,18 @@ class _Restore:
                 Var("keep"),
                 f"/{name}.before-restore.dump (never deleted)",
             )
-        for i, name, svc in self.files:
-            claims = _volumes_of(svc)
-            paths = _mount_paths(svc)
+        for i, name, _ in self.files:
+            claims = _volumes_of(self.app, name)
+            paths = _mount_paths(self.app, name)
+            others = _also_stopped(self.app, name)
             step(i, f"scale the StatefulSet {name} to 0 and wait until its pod {name}-0 is gone")
+            for other in others:
+                step(
+                    i,
+                    f"scale the StatefulSet {other} to 0 too (it mounts "
+                    + ", ".join(v for v in claims if other in self.app.volume_users(v))
+                    + ") and wait until its pods are gone",
+                )
             asides: list[str | Var] = []
             for path in paths:
                 asides += [", " if asides else "", f"{path}/{BEFORE_PREFIX}", Var("t")]
@@ -731,7 +747,7 @@ class _Restore:
                 Var("t"),
                 f" (restic as root with only {', '.join(RESTORE_CAPABILITIES)}, on the node "
                 "where the claim(s) "
-                + ", ".join(rel.claim_name(v, name) for v in claims)
+                + ", ".join(rel.claim_name(self.app, v) for v in claims)
                 + " can be mounted): restore "
                 + ", ".join(f"{rel.DATA_DIR}/{v}" for v in claims)
                 + f" of {self._source(name)} into {STAGE_PREFIX}",
@@ -744,6 +760,8 @@ class _Restore:
                 ") and the snapshot's files into their place",
             )
             step(i, f"scale the StatefulSet {name} back up and wait until it is ready")
+            for other in others:
+                step(i, f"scale the StatefulSet {other} back up and wait until it is ready")
             out.append(
                 f'[ "$sel_{i}" = 0 ] || kept="${{kept:+$kept; }}"{_cat(*asides, f" in {name}-0")}\n'
             )
@@ -862,8 +880,44 @@ class _Restore:
         pods = f"{rel.LABEL_INSTANCE}={self.app.name},{rel.LABEL_NAME}={name}"
         sts = f"statefulset/{name}"
         asides: list[str | Var] = []
-        for path in _mount_paths(svc):
+        for path in _mount_paths(self.app, name):
             asides += [" " if asides else "", f"{path}/{BEFORE_PREFIX}", Var("t")]
+        # The other services mounting its volumes (a shared volume): stopped with it, started
+        # with it; `group` holds their NAME=REPLICAS.
+        others = _also_stopped(self.app, name)
+        stop_others = "".join(
+            f'  replicas_o=$(k -n "$ns" get {q("statefulset/" + o)} '
+            "-o 'jsonpath={.spec.replicas}') ||\n"
+            f"    fail {_cat(f'reading the StatefulSet {o} failed')}\n"
+            "  case $replicas_o in '' | *[!0-9]* | 0) replicas_o=1 ;; esac\n"
+            f'  sts_down="$sts_down {o}=$replicas_o" group="$group {o}=$replicas_o"\n'
+            f"  say {_cat(f'scaling the StatefulSet {o} to 0 (it mounts a volume of {name})...')}\n"
+            f'  k -n "$ns" scale {q("statefulset/" + o)} --replicas=0 >/dev/null ||\n'
+            f"    fail {_cat(f'scaling the StatefulSet {o} to 0 failed')}\n"
+            for o in others
+        )
+        wait_others = "".join(
+            f"  wait_gone {q(f'{rel.LABEL_INSTANCE}={self.app.name},{rel.LABEL_NAME}={o}')} "
+            f"{q(f'the StatefulSet {o}')}\n"
+            for o in others
+        )
+        start_others = (
+            (
+                "  for pair in $group; do\n"
+                '    say "starting ${pair%%=*} again..."\n'
+                '    k -n "$ns" scale "statefulset/${pair%%=*}" "--replicas=${pair#*=}" '
+                ">/dev/null ||\n"
+                '      fail "scaling the StatefulSet ${pair%%=*} back up failed"\n'
+                "  done\n"
+                "  for pair in $group; do\n"
+                '    k -n "$ns" rollout status "statefulset/${pair%%=*}" '
+                f"--timeout={READY_TIMEOUT} ||\n"
+                '      fail "${pair%%=*} is not ready after the restore"\n'
+                "  done\n"
+            )
+            if others
+            else ""
+        )
         return (
             f'if [ "$sel_{i}" = 1 ]; then\n'
             f"  replicas=$(k -n \"$ns\" get {q(sts)} -o 'jsonpath={{.spec.replicas}}') ||\n"
@@ -875,9 +929,12 @@ class _Restore:
             f"  say {_cat(f'scaling the StatefulSet {name} to 0...')}\n"
             f'  k -n "$ns" scale {q(sts)} --replicas=0 >/dev/null ||\n'
             f"    fail {_cat(f'scaling the StatefulSet {name} to 0 failed')}\n"
-            f"  wait_gone {q(pods)} {q(f'the StatefulSet {name}')}\n"
-            f"  job={_cat(_fit(f'restore-{name}') + '-', Var('t'))}\n"
-            f'  say {_cat(f"restoring {name} with the Job ")}"$job"...\n'
+            + ("  group=''\n" if others else "")
+            + stop_others
+            + f"  wait_gone {q(pods)} {q(f'the StatefulSet {name}')}\n"
+            + wait_others
+            + f"  job={_cat(_fit(f'restore-{name}') + '-', Var('t'))}\n"
+            + f'  say {_cat(f"restoring {name} with the Job ")}"$job"...\n'
             "  # shellcheck disable=SC2016 # the manifest holds the Job's script, as written\n"
             f"  printf '%s\\n' {q(manifest)} | sed \"s/{STAMP}/$t/g\" |\n"
             '    ki -n "$ns" create -f - >/dev/null ||\n'
@@ -894,7 +951,9 @@ class _Restore:
             '    code=$(k -n "$ns" get pods -l "batch.kubernetes.io/job-name=$job" \\\n'
             '      -o "jsonpath=$path")\n'
             f'    if [ "$code" = {UNCHANGED} ]; then\n'
-            '      written=$written_before sts_down="$sts_down $svc=$replicas"\n'
+            '      written=$written_before sts_down="$sts_down $svc=$replicas'
+            + ("$group" if others else "")
+            + '"\n'
             "      fail "
             + _cat(
                 f"the restore Job of {name} failed before it changed anything (its log above); "
@@ -932,7 +991,8 @@ class _Restore:
                 f" (in {name}-0)",
             )
             + "\n"
-            "fi\n"
+            + start_others
+            + "fi\n"
         )
 
     def _load_dump(self, i: int, name: str, svc: Service) -> str:
@@ -975,6 +1035,6 @@ class _Restore:
         )
 
 
-def _mount_paths(svc: Service) -> list[str]:
-    paths = {m.volume: m.path for m in svc.volumes}
-    return [paths[v] for v in _volumes_of(svc)]
+def _mount_paths(app: AppSpec, name: str) -> list[str]:
+    paths = {m.volume: m.path for m in app.services[name].volumes}
+    return [paths[v] for v in _volumes_of(app, name)]

@@ -526,7 +526,7 @@ class K8s(pulumi.ComponentResource):
         # A service with secrets carries a keyed digest of their values in its pod template,
         # so a new value rolls its pods. The digest reveals nothing: the objects stay readable
         # in a preview (not secret).
-        with_secrets = [name for name, svc in app.sorted_services() if svc.secret_env]
+        with_secrets = [name for name, _ in app.sorted_services() if release.has_secrets(app, name)]
         digests = pulumi.Output.all(deploy_key.private_key_openssh, secrets).apply(
             lambda v: {
                 name: release.secrets_digest(v[0], app, name, dict(v[1] or {}))
@@ -541,29 +541,73 @@ class K8s(pulumi.ComponentResource):
                 for obj in release.secret_objects(app, dict(s or {}))
             }
         )
-        sent: dict[str, KubeObject] = {}
-        # One Secret per service with secrets, in service order (release.secret_objects).
-        shapes = release.secret_objects(app, dict.fromkeys(app.secret_names(), ""))
-        for service, obj in zip(with_secrets, shapes, strict=True):
+        sent: dict[tuple[str, str], KubeObject] = {}
+        # The Secrets (a service's environment, its secret files, the registries' credentials),
+        # their values Pulumi secrets; their shapes from placeholders.
+        for obj in release.secret_objects(app, release.placeholders(app)):
             secret_name = obj["metadata"]["name"]
             obj["stringData"] = pulumi.Output.secret(values.apply(lambda v, n=secret_name: v[n]))
-            sent[service] = self._object(prefix, obj, opts(namespace))
+            sent[("Secret", secret_name)] = self._object(prefix, obj, opts(namespace))
         with_digests = pulumi.Output.unsecret(
             digests.apply(lambda d: release.app_objects(app, cloud, d))
         )
         rollout = pulumi.CustomTimeouts(
             create=f"{ROLLOUT_TIMEOUT_MINUTES}m", update=f"{ROLLOUT_TIMEOUT_MINUTES}m"
         )
-        for index, obj in enumerate(objects[1:], start=1):
+        for note in release.volume_notes(app):
+            pulumi.log.info(note)
+        # The tasks run one after another once what they need is rolled out (the services their
+        # services depend on, the network policies, and the task's own service when the task
+        # mounts that service's claim); every other workload and the schedules wait for the
+        # last task: a failing task fails the release before anything else rolls. The network
+        # policies come first (they are last in the rendered order).
+        needed = release.before_tasks(app)
+        early: list[pulumi.Resource] = []
+        policies: list[pulumi.Resource] = []
+        tasks: list[pulumi.Resource] = []
+        order = sorted(range(1, len(objects)), key=lambda i: objects[i]["kind"] != "NetworkPolicy")
+        for index in order:
+            obj = objects[index]
+            kind, name = obj["kind"], obj["metadata"]["name"]
             service = obj["metadata"].get("labels", {}).get(release.LABEL_NAME)
             needs: list[pulumi.Resource] = [namespace]
+            needs += [sent[ref] for ref in release.references_of(obj) if ref in sent]
             shape: dict[str, pulumi.Input[Any]] = dict(obj)
-            if obj["kind"] in ("Deployment", "StatefulSet"):
+            extra: dict[str, Any] = {}
+            if kind in ("Deployment", "StatefulSet"):
                 needs.append(storage)
-                if service in sent:
-                    needs.append(sent[service])
+                if service not in needed:
+                    needs += tasks[-1:]
+                if service in with_secrets:
                     shape["spec"] = with_digests.apply(lambda objs, i=index: objs[i]["spec"])
-            self._object(prefix, shape, opts(*needs, custom_timeouts=rollout))
+                extra["custom_timeouts"] = rollout
+            elif kind == "Job":
+                needs += [*policies, *early, *tasks[-1:]]
+                # Pulumi waits for the Job to complete; its deadline ends it before this does.
+                limit = obj["spec"]["activeDeadlineSeconds"] // 60 + ROLLOUT_TIMEOUT_MINUTES
+                extra["custom_timeouts"] = pulumi.CustomTimeouts(create=f"{limit}m")
+            elif kind == "CronJob":
+                needs += tasks[-1:]
+            elif kind == "PersistentVolumeClaim":
+                # A shared volume's claim, the app's data: never deleted or replaced by
+                # accident, and left in the cluster if it leaves the program.
+                needs.append(storage)
+                extra["protect"] = settings.protect_data
+                extra["retain_on_delete"] = True
+            if kind in ("Job", "CronJob"):
+                # A run mounting its service's own claim (created by the service's StatefulSet)
+                # waits for that StatefulSet: the claim exists, the run's pod joins the service's.
+                holder = release.claim_holder(app, obj["metadata"]["labels"][release.RUNS_OF])
+                if holder is not None:
+                    needs.append(sent[("StatefulSet", holder)])
+            resource = self._object(prefix, shape, opts(*needs, **extra))
+            sent[(kind, name)] = resource
+            if kind == "NetworkPolicy":
+                policies.append(resource)
+            elif kind == "Job":
+                tasks.append(resource)
+            elif service in needed:
+                early.append(resource)
         if backups is not None:
             self._backups(app, prefix, backups, lambda *needs: opts(namespace, *needs))
 

@@ -20,8 +20,10 @@ Secret with the repository, its password and the bucket's keys (`backup_objects`
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,7 +33,7 @@ from blueprints.render.common import dump_yaml, render_template
 from blueprints.render.vm import secret_values
 from blueprints.rungs.k8s.marks import SECRETS_DIGEST
 from blueprints.rungs.k8s.rules import require_valid
-from blueprints.spec import AppSpec, Port, Service
+from blueprints.spec import AppSpec, Environment, File, Port, Service
 
 if TYPE_CHECKING:
     from blueprints.backup.storage import Storage
@@ -51,6 +53,7 @@ PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,17 @@ STORAGE = {
 
 
 def secrets_digest(key: str, app: AppSpec, name: str, secrets: Mapping[str, str]) -> str | None:
-    """A digest of one service's secret values, keyed with the stack's deploy key (so the
-    values cannot be guessed from it); None for a service without secrets."""
-    svc = app.services[name]
-    if not svc.secret_env:
+    """A digest of one service's secret values (its secret environment and secret files),
+    keyed with the stack's deploy key (so the values cannot be guessed from it); None for a
+    service without secrets."""
+    if not has_secrets(app, name):
         return None
-    return digest(key, "k8s", name, secret_values(secrets, sorted(svc.secret_env), name))
+    values = secret_env(app, name, secrets)
+    files = {f.key: app.file_text(f, secrets, address(app)) for f in secret_files(app, name)}
+    if not files:
+        # as before files existed: a service's digest does not change with this release
+        return digest(key, "k8s", name, values)
+    return digest(key, "k8s", name, values, files)
 
 
 # --- the app as Kubernetes objects ------------------------------------------------------------
@@ -104,26 +112,190 @@ def _meta(app: AppSpec, name: str, **extra: Any) -> dict[str, Any]:
 
 
 def secret_name(service: str) -> str:
+    """The Secret with a service's secret environment."""
     return f"{service}-secret-env"
+
+
+def secret_files_name(service: str) -> str:
+    """The Secret with a service's secret files."""
+    return f"{service}-secret-files"
+
+
+def files_name(service: str) -> str:
+    """The ConfigMap with a service's plain files."""
+    return f"{service}-files"
+
+
+# The Secret every pod pulling from a private registry names in imagePullSecrets.
+REGISTRY_SECRET = "registry-auth"
+# Docker Hub's key in a docker config (what kubelet and docker look up for docker.io images).
+DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+# Pod volumes of a service's files: names no spec volume can have (those start with a letter).
+FILES_VOLUME = "0-files"
+SECRET_FILES_VOLUME = "0-secret-files"
+# The pod-template annotation with a digest of the service's plain files: a changed file is a
+# new pod template, so it rolls out (files mounted with subPath are never updated in place).
+FILES_DIGEST = "blueprints.dev/files-digest"
+# Every pod mounting a claim that other pods mount too carries `<prefix><volume>: mounted` and
+# must run on the node of the others (a ReadWriteOnce volume is attached to one node).
+VOLUME_LABEL = "volume.blueprints.dev/"
+# The service a task's or schedule's pods run as (they carry no app.kubernetes.io/name, so no
+# Service, budget or workload selects them; the network policies let them through as that
+# service).
+RUNS_OF = "blueprints.dev/runs-of"
+RUN_NAME = "blueprints.dev/run"
+# A task's Job (and its pods, with their logs) stays this long after it ended.
+TASK_KEPT_SECONDS = 7 * 24 * 3600
+SCHEDULE_JOBS_KEPT = 3
+
+
+def address(app: AppSpec) -> Callable[[str, str], str]:
+    """How a service reaches another: by its name, on its Service's port; a service with
+    volumes has a headless Service (its name resolves to the pod itself, no port mapping), so
+    on the port its container listens on."""
+
+    def resolve(service: str, attr: str) -> str:
+        if attr == "host":
+            return service
+        svc = app.services[service]
+        first = svc.ports[0]
+        return str(first.target if svc.stateful else first.port)
+
+    return resolve
+
+
+def placeholders(app: AppSpec) -> dict[str, str]:
+    """Stand-ins for the secret values where only the shape matters."""
+    return dict.fromkeys(app.secret_names(), "")
+
+
+def environment(app: AppSpec, name: str, secrets: Mapping[str, str]) -> Environment:
+    return app.environment(name, secrets, address(app))
+
+
+def _check_secrets(app: AppSpec, name: str, secrets: Mapping[str, str]) -> None:
+    """Name a secret the service needs that has no value (before anything reads it)."""
+    svc = app.services[name]
+    secret_values(secrets, sorted(svc.secret_env), name)
+    missing = sorted(set(_service_secret_names(app, name)) - set(secrets))
+    if missing:
+        raise ValueError(
+            f"secret {missing[0]} (referenced by service {name}) has no value; set it with "
+            f"`pulumi config set --secret --path 'blueprints:secrets.{missing[0]}'`"
+        )
+
+
+def _service_secret_names(app: AppSpec, name: str) -> list[str]:
+    from blueprints.spec import references
+
+    svc = app.services[name]
+    texts = [*svc.env.values(), *(f.text for f in svc.files)]
+    return sorted({r.name for t in texts for r in references(t) if r.kind == "secret"})
+
+
+def secret_env(app: AppSpec, name: str, secrets: Mapping[str, str]) -> dict[str, str]:
+    """The service's secret environment: secret_env, and every variable naming a secret."""
+    _check_secrets(app, name, secrets)
+    return environment(app, name, secrets).secret
+
+
+def secret_files(app: AppSpec, name: str) -> list[File]:
+    return sorted((f for f in app.services[name].files if f.secret), key=lambda f: f.key)
+
+
+def plain_files(app: AppSpec, name: str) -> list[File]:
+    return sorted((f for f in app.services[name].files if not f.secret), key=lambda f: f.key)
+
+
+def has_secrets(app: AppSpec, name: str) -> bool:
+    return bool(environment(app, name, placeholders(app)).secret or secret_files(app, name))
+
+
+def volume_owner(app: AppSpec, volume: str) -> str:
+    """The service whose backup backs a volume up: its only user, or the first user by name of
+    a volume several services mount (backed up once)."""
+    return app.volume_users(volume)[0]
+
+
+def is_shared(app: AppSpec, volume: str) -> bool:
+    """Whether several services mount a volume: then its claim is an object of its own."""
+    return volume in app.shared_volumes()
+
+
+def owned_volumes(app: AppSpec, name: str) -> list[str]:
+    """The volumes a service's backup holds: its own, and the shared volumes it is the first
+    user of."""
+    mounted = dict.fromkeys(m.volume for m in app.services[name].volumes)
+    return [v for v in mounted if volume_owner(app, v) == name]
+
+
+def claim_holder(app: AppSpec, service: str) -> str | None:
+    """The service whose StatefulSet must be rolled out before a task or schedule running as
+    `service` can mount its volumes: `service` itself when it mounts a volume no other service
+    mounts (the StatefulSet creates that claim, `<volume>-<service>-0`); None otherwise (a
+    shared volume's claim is an object of its own, created before every workload)."""
+    svc = app.services[service]
+    return service if any(not is_shared(app, m.volume) for m in svc.volumes) else None
+
+
+def _runs(app: AppSpec) -> list[tuple[str, str, str]]:
+    """(kind, name, service) of every task and schedule, in the order written."""
+    return [
+        *(("task", name, t.service) for name, t in app.tasks.items()),
+        *(("schedule", name, s.service) for name, s in app.schedules.items()),
+    ]
+
+
+def volume_notes(app: AppSpec) -> list[str]:
+    """What the plan says about volumes several pods mount (they run on one node) and about
+    tasks that wait for their service's rollout (they mount its claim)."""
+    notes = []
+    for volume, users in app.shared_volumes().items():
+        notes.append(
+            f"services {_and(users)} share volume {volume}, so they run on one node (a "
+            f"ReadWriteOnce claim, {claim_name(app, volume)}, is attached to one node at a "
+            f"time); it is backed up once, with {volume_owner(app, volume)}. Had one of them "
+            f"mounted {volume} alone before, its data stays in that service's claim "
+            f"({volume}-<service>-0) and is not moved into {claim_name(app, volume)}"
+        )
+        runs = [f"{kind} {name}" for kind, name, service in _runs(app) if service in users]
+        if runs:
+            notes.append(
+                f"{_and(runs)} {'mounts' if len(runs) == 1 else 'mount'} volume {volume} too, "
+                "so its pods run on the node of the services mounting it"
+            )
+    for kind, name, service in _runs(app):
+        holder = claim_holder(app, service)
+        if holder is None:
+            continue
+        if kind == "task":
+            notes.append(
+                f"task {name} runs after service {holder}'s rollout on k8s, because it mounts "
+                f"{holder}'s volume (the claim its StatefulSet creates), on {holder}'s node"
+            )
+        else:
+            notes.append(
+                f"schedule {name} mounts service {holder}'s volume, so its pods run on "
+                f"{holder}'s node"
+            )
+    return notes
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _cpu(cores: float) -> str:
     return f"{max(1, round(cores * 1000))}m"
 
 
-def _health_port(svc: Service) -> int | None:
-    if svc.health is None:
-        return None
-    return svc.health.port or (svc.ports[0].port if svc.ports else None)
-
-
 def _probe_handler(svc: Service) -> dict[str, Any]:
     health = svc.health
     assert health is not None
     if health.type == "http":
-        return {"httpGet": {"path": health.path, "port": _health_port(svc)}}
+        return {"httpGet": {"path": health.path, "port": svc.health_port}}
     if health.type == "tcp":
-        return {"tcpSocket": {"port": _health_port(svc)}}
+        return {"tcpSocket": {"port": svc.health_port}}
     return {"exec": {"command": list(health.command or [])}}
 
 
@@ -155,39 +327,189 @@ def probes(svc: Service) -> dict[str, Any]:
     }
 
 
-def _container(app: AppSpec, name: str, svc: Service) -> dict[str, Any]:
+def _container(
+    app: AppSpec, name: str, svc: Service, run: tuple[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """The service's container; run: (name, command) of a task or schedule running as it
+    (then without ports and probes, and with that command)."""
+    values = environment(app, name, placeholders(app))
     env: list[dict[str, Any]] = [
-        {"name": var, "value": escape_dollars(value)} for var, value in sorted(svc.env.items())
+        {"name": var, "value": escape_dollars(value)} for var, value in values.plain.items()
     ]
     env += [
         {"name": var, "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": var}}}
-        for var in sorted(svc.secret_env)
+        for var in values.secret
     ]
     memory = f"{svc.memory}Mi"
     container: dict[str, Any] = {
-        "name": name,
+        "name": name if run is None else run[0],
         "image": svc.image,
         # Requests equal limits: the scheduler reserves what the spec allows (Guaranteed QoS).
         "resources": {
             "limits": {"cpu": _cpu(svc.cpu), "memory": memory},
             "requests": {"cpu": _cpu(svc.cpu), "memory": memory},
         },
-        **probes(svc),
+        **(probes(svc) if run is None else {}),
     }
-    if svc.command:
+    if svc.entrypoint:
+        # The spec's entrypoint replaces the image's ENTRYPOINT, which Kubernetes calls command.
+        container["command"] = [escape_dollars(a) for a in svc.entrypoint]
+    args = svc.command if run is None else run[1]
+    if args:
         # The spec's command replaces the image's CMD (as `docker run IMAGE CMD...`), which is
-        # what Kubernetes calls args; the image's ENTRYPOINT stays.
-        container["args"] = [escape_dollars(a) for a in svc.command]
+        # what Kubernetes calls args; the image's ENTRYPOINT stays unless entrypoint is set.
+        container["args"] = [escape_dollars(a) for a in args]
     if env:
         container["env"] = env
-    if svc.ports:
-        container["ports"] = [{"containerPort": p.port, "protocol": "TCP"} for p in svc.ports]
-    if svc.volumes:
-        container["volumeMounts"] = [
-            {"name": m.volume, "mountPath": m.path, **({"readOnly": True} if m.read_only else {})}
-            for m in svc.volumes
-        ]
+    if svc.ports and run is None:
+        container["ports"] = [{"containerPort": p.target, "protocol": "TCP"} for p in svc.ports]
+    mounts = [
+        {"name": m.volume, "mountPath": m.path, **({"readOnly": True} if m.read_only else {})}
+        for m in svc.volumes
+    ]
+    for f in sorted(svc.files, key=lambda f: f.path):
+        volume = SECRET_FILES_VOLUME if f.secret else FILES_VOLUME
+        mounts.append({"name": volume, "mountPath": f.path, "subPath": f.key, "readOnly": True})
+    if mounts:
+        container["volumeMounts"] = mounts
     return container
+
+
+def claim_name(app: AppSpec, volume: str) -> str:
+    """A volume's claim. A volume one service mounts: the claim that service's StatefulSet
+    creates from its template, `<volume>-<service>-0` (as it always has). A volume several
+    services mount: a claim of its own named after the volume alone, `<volume>-shared` (the
+    same name whoever mounts it)."""
+    if is_shared(app, volume):
+        return f"{volume}-shared"
+    return f"{volume}-{volume_owner(app, volume)}-0"
+
+
+def _claim_spec(app: AppSpec, volume: str, storage: StorageClass) -> dict[str, Any]:
+    return {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": storage.name,
+        "resources": {"requests": {"storage": f"{app.volumes[volume].size_gb}Gi"}},
+    }
+
+
+def _shared_claim(app: AppSpec, volume: str, storage: StorageClass) -> dict[str, Any]:
+    """The claim of a volume several services mount (the component protects it and keeps it
+    when it leaves the program)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": claim_name(app, volume),
+            "namespace": app.name,
+            "labels": {
+                LABEL_INSTANCE: app.name,
+                LABEL_MANAGED: "blueprints",
+                f"{VOLUME_LABEL}{volume}": "shared",
+            },
+        },
+        "spec": _claim_spec(app, volume, storage),
+    }
+
+
+def _files_map(app: AppSpec, name: str) -> dict[str, Any] | None:
+    files = plain_files(app, name)
+    if not files:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(app, files_name(name)),
+        "data": {f.key: app.file_text(f, placeholders(app), address(app)) for f in files},
+    }
+
+
+def files_digest(app: AppSpec, name: str) -> str | None:
+    """A digest of the service's plain files (their paths, modes and texts); None without."""
+    files = [
+        (f.path, f.mode, app.file_text(f, placeholders(app), address(app)))
+        for f in plain_files(app, name)
+    ]
+    if not files:
+        return None
+    body = json.dumps(files, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def _pod_volumes(app: AppSpec, name: str, svc: Service, run: bool) -> list[dict[str, Any]]:
+    """The pod's volumes: the claims it names (a service's own volumes come from its
+    StatefulSet's claim templates; a task or schedule names those claims), its files."""
+    volumes: list[dict[str, Any]] = [
+        {"name": v, "persistentVolumeClaim": {"claimName": claim_name(app, v)}}
+        for v in dict.fromkeys(m.volume for m in svc.volumes)
+        if run or is_shared(app, v)
+    ]
+    for source, files, volume in (
+        ("configMap", plain_files(app, name), FILES_VOLUME),
+        ("secret", secret_files(app, name), SECRET_FILES_VOLUME),
+    ):
+        if not files:
+            continue
+        items = [{"key": f.key, "path": f.key, "mode": f.mode_int} for f in files]
+        ref = (
+            {"name": files_name(name)}
+            if source == "configMap"
+            else {"secretName": secret_files_name(name)}
+        )
+        volumes.append({"name": volume, source: {**ref, "items": items}})
+    return volumes
+
+
+def _volume_labels(app: AppSpec, svc: Service) -> dict[str, str]:
+    """`<VOLUME_LABEL><volume>: mounted` for each shared volume the pod mounts."""
+    return {f"{VOLUME_LABEL}{m.volume}": "mounted" for m in svc.volumes if is_shared(app, m.volume)}
+
+
+def _affinity(app: AppSpec, name: str, svc: Service, run: bool) -> dict[str, Any] | None:
+    """Required: run on the node of the other pods mounting the same claim (a ReadWriteOnce
+    claim is attached to one node). A shared volume: the pods carrying its label (a pod
+    matching its own term is placed freely while no such pod runs). A task or schedule mounting
+    its service's own claim: that service's pods."""
+    terms = [
+        {
+            "labelSelector": {"matchLabels": {LABEL_INSTANCE: app.name, key: value}},
+            "topologyKey": "kubernetes.io/hostname",
+        }
+        for key, value in sorted(_volume_labels(app, svc).items())
+    ]
+    if run and claim_holder(app, name) is not None:
+        terms.append(
+            {
+                "labelSelector": {"matchLabels": _selector(app, name)},
+                "topologyKey": "kubernetes.io/hostname",
+            }
+        )
+    if not terms:
+        return None
+    return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": terms}}
+
+
+def _pod_spec_of(
+    app: AppSpec, name: str, svc: Service, run: tuple[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """What every pod of a service (or of a task or schedule running as it) has in common."""
+    spec: dict[str, Any] = {
+        "containers": [_container(app, name, svc, run)],
+        # The app does not talk to the Kubernetes API, and a service named like another's
+        # environment (POSTGRES_PORT=tcp://...) must not leak into its variables.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": STOP_TIMEOUT_SECONDS,
+    }
+    if app.registry_for(svc.image) is not None:
+        spec["imagePullSecrets"] = [{"name": REGISTRY_SECRET}]
+    volumes = _pod_volumes(app, name, svc, run is not None)
+    if volumes:
+        spec["volumes"] = volumes
+    affinity = _affinity(app, name, svc, run is not None)
+    if affinity is not None:
+        spec["affinity"] = affinity
+    return spec
 
 
 def _pod_template(
@@ -198,35 +520,29 @@ def _pod_template(
         # Kubernetes restarts no pod when a Secret changes: a new digest of the service's secret
         # values is a new pod template, so a new value rolls out like a new image.
         annotations[SECRETS_DIGEST] = digest
+    files = files_digest(app, name)
+    if files is not None:
+        annotations[FILES_DIGEST] = files
     if svc.depends_on:
         # Kubernetes starts every service at once and lets dependents retry (readiness keeps
         # them out of their Service until they answer); the dependencies show up here and in the
         # network policies that let exactly these connections through.
         annotations["blueprints.dev/depends-on"] = ",".join(sorted(svc.depends_on))
-    metadata: dict[str, Any] = {"labels": _labels(app, name)}
+    metadata: dict[str, Any] = {"labels": {**_labels(app, name), **_volume_labels(app, svc)}}
     if annotations:
         metadata["annotations"] = annotations
-    return {
-        "metadata": metadata,
-        "spec": {
-            "containers": [_container(app, name, svc)],
-            # The app does not talk to the Kubernetes API, and a service named like another's
-            # environment (POSTGRES_PORT=tcp://...) must not leak into its variables.
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": STOP_TIMEOUT_SECONDS,
-            # Spread replicas over the workers, but never leave one pending for it: a hard rule
-            # would strand pods while a node is down.
-            "topologySpreadConstraints": [
-                {
-                    "maxSkew": 1,
-                    "topologyKey": "kubernetes.io/hostname",
-                    "whenUnsatisfiable": "ScheduleAnyway",
-                    "labelSelector": {"matchLabels": _selector(app, name)},
-                }
-            ],
-        },
-    }
+    spec = _pod_spec_of(app, name, svc)
+    # Spread replicas over the workers, but never leave one pending for it: a hard rule
+    # would strand pods while a node is down.
+    spec["topologySpreadConstraints"] = [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": _selector(app, name)},
+        }
+    ]
+    return {"metadata": metadata, "spec": spec}
 
 
 def _workload(
@@ -244,39 +560,41 @@ def _workload(
                 "template": template,
             },
         }
+    # A volume only this service mounts: a claim from the StatefulSet's template,
+    # `<volume>-<service>-0`. A volume other services mount too is a claim of its own
+    # (_shared_claim), which the pod template names.
     claims = [
         {
             "metadata": {"name": m.volume, "labels": _labels(app, name)},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": storage.name,
-                "resources": {"requests": {"storage": f"{app.volumes[m.volume].size_gb}Gi"}},
-            },
+            "spec": _claim_spec(app, m.volume, storage),
         }
         for m in svc.volumes
+        if not is_shared(app, m.volume)
     ]
+    spec: dict[str, Any] = {
+        "replicas": svc.replicas,
+        "serviceName": name,
+        "selector": {"matchLabels": _selector(app, name)},
+        "template": template,
+    }
+    if claims:
+        spec["volumeClaimTemplates"] = claims
+        # Claims (and so the data) outlive the StatefulSet and its scaling.
+        spec["persistentVolumeClaimRetentionPolicy"] = {
+            "whenDeleted": "Retain",
+            "whenScaled": "Retain",
+        }
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": _meta(app, name),
-        "spec": {
-            "replicas": svc.replicas,
-            "serviceName": name,
-            "selector": {"matchLabels": _selector(app, name)},
-            "template": template,
-            "volumeClaimTemplates": claims,
-            # Claims (and so the data) outlive the StatefulSet and its scaling.
-            "persistentVolumeClaimRetentionPolicy": {
-                "whenDeleted": "Retain",
-                "whenScaled": "Retain",
-            },
-        },
+        "spec": spec,
     }
 
 
 def _service(app: AppSpec, name: str, svc: Service) -> dict[str, Any] | None:
     ports = [
-        {"name": f"tcp-{p.port}", "port": p.port, "targetPort": p.port, "protocol": "TCP"}
+        {"name": f"tcp-{p.port}", "port": p.port, "targetPort": p.target, "protocol": "TCP"}
         for p in svc.ports
     ]
     spec: dict[str, Any] = {"selector": _selector(app, name)}
@@ -306,7 +624,7 @@ def _public_tcp_service(app: AppSpec, name: str, svc: Service) -> dict[str, Any]
                 {
                     "name": f"tcp-{p.published}",
                     "port": p.published,
-                    "targetPort": p.port,
+                    "targetPort": p.target,
                     "protocol": "TCP",
                 }
                 for p in svc.public_tcp_ports
@@ -457,31 +775,48 @@ def _network_policies(app: AppSpec) -> list[dict[str, Any]]:
     for name, svc in app.sorted_services():
         for dep in svc.depends_on:
             dependents.setdefault(dep, []).append(name)
+    with_runs = _services_with_runs(app)
+    # Ports as the pods see them (a policy applies after a Service's port mapping).
     for name, svc in app.sorted_services():
         ingress: list[dict[str, Any]] = []
-        http = [p.port for p in svc.public_http_ports]
+        http = [p.target for p in svc.public_http_ports]
         if http:
             ingress.append({"from": [_from_traefik()], "ports": _tcp(http)})
-        tcp = [p.port for p in svc.public_tcp_ports]
+        tcp = [p.target for p in svc.public_tcp_ports]
         if tcp:
             # Published on the nodes by k3s's service load balancer: from anywhere.
             ingress.append({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": _tcp(tcp)})
         users = sorted(dependents.get(name, []))
         if users and svc.ports:
-            ingress.append(
-                {
-                    "from": [{"podSelector": {"matchLabels": _selector(app, u)}} for u in users],
-                    "ports": _tcp([p.port for p in svc.ports]),
-                }
-            )
+            peers = [{"podSelector": {"matchLabels": _selector(app, u)}} for u in users]
+            # a task or schedule reaches what its service depends on
+            peers += [
+                {"podSelector": {"matchLabels": _runs_selector(app, u)}}
+                for u in users
+                if u in with_runs
+            ]
+            ingress.append({"from": peers, "ports": _tcp([p.target for p in svc.ports])})
         egress = [
             {
                 "to": [{"podSelector": {"matchLabels": _selector(app, dep)}}],
-                "ports": _tcp([p.port for p in app.services[dep].ports]),
+                "ports": _tcp([p.target for p in app.services[dep].ports]),
             }
             for dep in sorted(svc.depends_on)
             if app.services[dep].ports
         ]
+        if egress and name in with_runs:
+            policies.append(
+                {
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "NetworkPolicy",
+                    "metadata": {"name": f"runs-{name}", **_policy_meta(app)},
+                    "spec": {
+                        "podSelector": {"matchLabels": _runs_selector(app, name)},
+                        "policyTypes": ["Egress"],
+                        "egress": copy.deepcopy(egress),
+                    },
+                }
+            )
         if not ingress and not egress:
             continue
         spec: dict[str, Any] = {"podSelector": {"matchLabels": _selector(app, name)}}
@@ -504,14 +839,130 @@ def _network_policies(app: AppSpec) -> list[dict[str, Any]]:
     return policies
 
 
+def _services_with_runs(app: AppSpec) -> set[str]:
+    return {run.service for run in [*app.tasks.values(), *app.schedules.values()]}
+
+
+def _runs_selector(app: AppSpec, service: str) -> dict[str, str]:
+    return {LABEL_INSTANCE: app.name, RUNS_OF: service}
+
+
+def _run_labels(app: AppSpec, kind: str, run: str, service: str) -> dict[str, str]:
+    return {
+        LABEL_INSTANCE: app.name,
+        LABEL_MANAGED: "blueprints",
+        LABEL_COMPONENT: kind,
+        RUNS_OF: service,
+        RUN_NAME: run,
+    }
+
+
+def _run_pod(app: AppSpec, kind: str, run: str, service: str, command: list[str]) -> dict[str, Any]:
+    """The pod template of a task's Job or a schedule's CronJob: the service's image,
+    entrypoint, environment, files and volumes, with the run's command; never restarted."""
+    svc = app.services[service]
+    spec = _pod_spec_of(app, service, svc, (run, command))
+    spec["restartPolicy"] = "Never"
+    labels = {**_run_labels(app, kind, run, service), **_volume_labels(app, svc)}
+    return {"metadata": {"labels": labels}, "spec": spec}
+
+
+def task_job_name(run: str, release: str) -> str:
+    return f"task-{run}-{release[:8]}"
+
+
+def schedule_job_name(run: str) -> str:
+    return f"schedule-{run}"
+
+
+def _task_job(app: AppSpec, run: str, release: str) -> dict[str, Any]:
+    task = app.tasks[run]
+    labels = _run_labels(app, "task", run, task.service)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": task_job_name(run, release),
+            "namespace": app.name,
+            "labels": labels,
+        },
+        "spec": {
+            # One try: a failed task fails the release (Pulumi waits for the Job to complete).
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": task.timeout,
+            "ttlSecondsAfterFinished": TASK_KEPT_SECONDS,
+            "template": _run_pod(app, "task", run, task.service, task.command),
+        },
+    }
+
+
+def _schedule_job(app: AppSpec, run: str) -> dict[str, Any]:
+    schedule = app.schedules[run]
+    labels = _run_labels(app, "schedule", run, schedule.service)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": schedule_job_name(run), "namespace": app.name, "labels": labels},
+        "spec": {
+            "schedule": schedule.cron,
+            "timeZone": "Etc/UTC",
+            # A run never overlaps the last; a run missed by more than the deadline is skipped.
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": STARTING_DEADLINE_SECONDS,
+            "successfulJobsHistoryLimit": SCHEDULE_JOBS_KEPT,
+            "failedJobsHistoryLimit": SCHEDULE_JOBS_KEPT,
+            "jobTemplate": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "backoffLimit": 0,
+                    "activeDeadlineSeconds": schedule.timeout,
+                    "template": _run_pod(app, "schedule", run, schedule.service, schedule.command),
+                },
+            },
+        },
+    }
+
+
+def before_tasks(app: AppSpec) -> set[str]:
+    """The services rolled out before the tasks run: those the tasks' services depend on (all
+    the way down: a migration needs its database), and a task's service itself when the task
+    mounts a volume only that service mounts (the claim its StatefulSet creates; the task's pod
+    runs beside the service's). Every other workload waits for the tasks."""
+    out: set[str] = set()
+    pending = [app.tasks[t].service for t in app.tasks]
+    for task in app.tasks.values():
+        holder = claim_holder(app, task.service)
+        if holder is not None and holder not in out:
+            out.add(holder)
+    while pending:
+        for dep in app.services[pending.pop()].depends_on:
+            if dep not in out:
+                out.add(dep)
+                pending.append(dep)
+    return out
+
+
+def release_hash(objects: list[dict[str, Any]]) -> str:
+    """A digest of the release (every object but the secret values): a task's Job is named
+    after it, so each new release runs the tasks once again."""
+    body = json.dumps(objects, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def app_objects(
     app: AppSpec, cloud: Cloud, digests: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
-    """Every object of the app except its Secrets, in a stable order; `digests`: service ->
-    the digest of its secret values (secrets_digest), for services with secrets."""
+    """Every object of the app except its Secrets, in the order the component creates them;
+    `digests`: service -> the digest of its secret values (secrets_digest), for services
+    with secrets.
+
+    The order: the namespace, the shared volumes' claims and the files; the workloads the
+    tasks need; the tasks' Jobs, one after another; every other workload; the schedules'
+    CronJobs, the ingress and the network policies (the component creates the policies
+    first)."""
     require_valid(app)
     storage = STORAGE[cloud]
-    objects: list[dict[str, Any]] = [
+    head: list[dict[str, Any]] = [
         {
             "apiVersion": "v1",
             "kind": "Namespace",
@@ -519,41 +970,133 @@ def app_objects(
                 "name": app.name,
                 "labels": {LABEL_INSTANCE: app.name, LABEL_MANAGED: "blueprints"},
             },
-        }
+        },
     ]
+    head += [_shared_claim(app, v, storage) for v in app.shared_volumes()]
+    for name, _ in app.sorted_services():
+        files = _files_map(app, name)
+        if files is not None:
+            head.append(files)
+    first: list[dict[str, Any]] = []
+    rest: list[dict[str, Any]] = []
+    needed = before_tasks(app)
     for name, svc in app.sorted_services():
-        objects.append(_workload(app, name, svc, storage, (digests or {}).get(name)))
+        group = first if name in needed else rest
+        group.append(_workload(app, name, svc, storage, (digests or {}).get(name)))
         for extra in (
             _service(app, name, svc),
             _public_tcp_service(app, name, svc),
             _pdb(app, name, svc),
         ):
             if extra is not None:
-                objects.append(extra)
+                group.append(extra)
+    tail: list[dict[str, Any]] = [_schedule_job(app, run) for run in app.schedules]
     ingress = _ingress(app)
     if ingress is not None:
-        objects.append(ingress)
-    objects += _network_policies(app)
-    return objects
+        tail.append(ingress)
+    tail += _network_policies(app)
+    jobs: list[dict[str, Any]] = []
+    if app.tasks and digests:
+        # Named after the release without the secrets' digests (the same names in a plan, a
+        # render and the component's objects with digests).
+        jobs = [o for o in app_objects(app, cloud) if o["kind"] == "Job"]
+    elif app.tasks:
+        unnamed = [_task_job(app, run, "0" * 8) for run in app.tasks]
+        release = release_hash([*head, *first, *unnamed, *rest, *tail])
+        jobs = [_task_job(app, run, release) for run in app.tasks]
+    return [*head, *first, *jobs, *rest, *tail]
+
+
+def registry_secret(app: AppSpec, secrets: Mapping[str, str]) -> dict[str, Any] | None:
+    """The credentials of the spec's registries as a docker config (imagePullSecrets)."""
+    import base64
+
+    if not app.registries:
+        return None
+    auths = {}
+    for host, (user, password) in app.registry_auth(secrets).items():
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        key = DOCKER_HUB_KEY if host == "docker.io" else host
+        auths[key] = {"username": user, "password": password, "auth": token}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": REGISTRY_SECRET,
+            "namespace": app.name,
+            "labels": {LABEL_INSTANCE: app.name, LABEL_MANAGED: "blueprints"},
+        },
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": json.dumps({"auths": auths}, sort_keys=True)},
+    }
 
 
 def secret_objects(app: AppSpec, secrets: Mapping[str, str]) -> list[dict[str, Any]]:
-    """One Secret per service with secret_env, holding exactly that service's values."""
-    out = []
-    for name, svc in app.sorted_services():
-        if not svc.secret_env:
-            continue
-        values = secret_values(secrets, sorted(svc.secret_env), name)
-        out.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": _meta(app, secret_name(name)),
-                "type": "Opaque",
-                "stringData": values,
-            }
+    """The app's Secrets, holding exactly the values their readers need: per service its
+    secret environment and its secret files (one Secret each), then the registries'."""
+    missing = sorted(set(app.secret_names()) - set(secrets))
+    for name, _ in app.sorted_services():
+        _check_secrets(app, name, secrets)
+    if missing:
+        raise ValueError(
+            f"secret {missing[0]} has no value; set it with "
+            f"`pulumi config set --secret --path 'blueprints:secrets.{missing[0]}'`"
         )
+    out = []
+    for name, _ in app.sorted_services():
+        values = secret_env(app, name, secrets)
+        if values:
+            out.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": _meta(app, secret_name(name)),
+                    "type": "Opaque",
+                    "stringData": values,
+                }
+            )
+        files = secret_files(app, name)
+        if files:
+            out.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": _meta(app, secret_files_name(name)),
+                    "type": "Opaque",
+                    "stringData": {f.key: app.file_text(f, secrets, address(app)) for f in files},
+                }
+            )
+    registry = registry_secret(app, secrets)
+    if registry is not None:
+        out.append(registry)
     return out
+
+
+def references_of(obj: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(kind, name) of every object of the app a workload, Job or CronJob reads: its Secrets,
+    ConfigMaps and claims (the component creates it after them)."""
+    spec = obj.get("spec") or {}
+    if obj.get("kind") == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    pod = (spec.get("template") or {}).get("spec")
+    if not pod:
+        return []
+    found: list[tuple[str, str]] = []
+    for ref in pod.get("imagePullSecrets", []):
+        found.append(("Secret", ref["name"]))
+    for volume in pod.get("volumes", []):
+        if "persistentVolumeClaim" in volume:
+            found.append(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+        if "configMap" in volume:
+            found.append(("ConfigMap", volume["configMap"]["name"]))
+        if "secret" in volume:
+            found.append(("Secret", volume["secret"]["secretName"]))
+    for container in pod["containers"]:
+        for var in container.get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                found.append(("Secret", ref["name"]))
+    return sorted(set(found))
 
 
 # --- backups ----------------------------------------------------------------------------------
@@ -580,7 +1123,6 @@ BACKUP_CONFIGMAP = "backup-script"
 BACKUP_SCRIPT = "blueprints-backup.sh"
 CHECK_JOB = "backup-check"
 API_POLICY = "backup-kubernetes-api"
-LABEL_COMPONENT = "app.kubernetes.io/component"
 # The service a backup pod backs up. Backup pods carry no app.kubernetes.io/name, so no
 # Service, policy or budget of the app ever selects one.
 BACKUP_OF = "blueprints.dev/backup-of"
@@ -626,21 +1168,17 @@ def backup_job(name: str) -> str:
     return f"backup-{name}"
 
 
-def claim_name(volume: str, name: str) -> str:
-    """The claim of a StatefulSet's only pod: `<template>-<statefulset>-0`."""
-    return f"{volume}-{name}-0"
-
-
 def dump_file(name: str) -> str:
     return f"{DUMP_DIR}/{name}.dump"
 
 
 def backed_up(app: AppSpec) -> list[tuple[str, Service]]:
-    """The services a backup CronJob backs up (those with volumes), in name order; none when the
-    spec turns backups off."""
+    """The services a backup CronJob backs up (those owning a volume's claim: a volume several
+    services mount is backed up once, with its first user), in name order; none when the spec
+    turns backups off."""
     if not app.backups.enabled:
         return []
-    return [(name, svc) for name, svc in app.sorted_services() if svc.stateful]
+    return [(name, svc) for name, svc in app.sorted_services() if owned_volumes(app, name)]
 
 
 def backup_script() -> str:
@@ -900,14 +1438,14 @@ def _service_backup(app: AppSpec, name: str, svc: Service) -> list[dict[str, Any
         pod["serviceAccountName"] = backup_job(name)
         objects += _dump_access(app, name, labels)
     else:
-        claims = list(dict.fromkeys(m.volume for m in svc.volumes))
+        claims = owned_volumes(app, name)
         mounts = []
         for index, volume in enumerate(claims):
             volumes.append(
                 {
                     "name": f"data-{index}",
                     "persistentVolumeClaim": {
-                        "claimName": claim_name(volume, name),
+                        "claimName": claim_name(app, volume),
                         "readOnly": True,
                     },
                 }
