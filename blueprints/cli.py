@@ -1314,6 +1314,91 @@ def diff(
     _publish_report(parsed, title, output, fail_on, gitlab, no_prices)
 
 
+@app.command("import")
+@_reports_bad_input
+def import_(
+    compose: Annotated[Path, typer.Argument(help="The docker-compose.yml to import.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Spec file to write; default app.yaml beside it."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="App name (a DNS label).")] = None,
+    domain: Annotated[
+        str | None, typer.Option("--domain", help="Public DNS name the app is served on.")
+    ] = None,
+    acme_email: Annotated[
+        str | None, typer.Option("--acme-email", help="E-mail address for the ACME account.")
+    ] = None,
+    http: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--http", help="SERVICE:PORT the proxy routes https to (repeatable), or none."
+        ),
+    ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option("--image", help="SERVICE=IMAGE for a service compose builds (repeatable)."),
+    ] = None,
+    env_file: Annotated[
+        Path | None,
+        typer.Option("--env-file", help="Values for compose's ${VAR} (secret names excepted)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+) -> None:
+    """Turn a Docker Compose file into an app spec; print each compose field it dropped or
+    guessed, and the secrets to set (values never reach the spec).
+
+    Asks for what compose does not say (domain, e-mail, the http port) on a terminal; elsewhere
+    give the flags. Example: blueprints import docker-compose.yml --domain app.example.com
+    --acme-email ops@example.com --http web:80
+    """
+    from blueprints.importer import ImportProblem, Options, import_compose
+
+    target = output if output is not None else compose.parent / "app.yaml"
+    if target.exists() and not force:
+        raise BadInput(f"{target}: exists; pass --force to replace it")
+    if target.exists() and not target.is_file():
+        raise BadInput(f"{target}: exists and is not a file")
+    if not target.parent.is_dir():
+        raise BadInput(f"{target}: directory {target.parent} does not exist")
+    ask = (lambda text: typer.prompt(text)) if sys.stdin.isatty() else None
+    options = Options(
+        output=target,
+        name=name,
+        domain=domain,
+        acme_email=acme_email,
+        http=list(http or []),
+        images=list(image or []),
+        env_file=env_file,
+        ask=ask,
+    )
+    try:
+        result = import_compose(compose, options)
+    except ImportProblem as exc:
+        raise BadInput(str(exc)) from None
+    for line in result.notes:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    try:
+        _write_atomically(target, result.text)
+    except OSError as exc:
+        raise BadInput(f"{target}: cannot be written ({exc.strerror or exc})") from None
+    services = ", ".join(result.data["services"])
+    out.print(
+        f"wrote {target}: app {result.data['name']} ({services})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    if result.secrets:
+        out.print(
+            "set these secrets in each stack before `pulumi up` (pulumi asks for the value):",
+            markup=False,
+            highlight=False,
+        )
+        for line in result.config_lines():
+            out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console entry point. Usage errors exit 2 (click's convention), as does bad input."""
     app()
