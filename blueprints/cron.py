@@ -95,6 +95,16 @@ def normalise(text: str) -> str:
         _parse_field(word, index)
         if index >= 3:  # names as numbers, which every reader of cron text takes
             words[index] = re.sub(r"[a-z]+", lambda m, at=index: str(_number(m.group(0), at)), word)
+    if any(7 in (first, last) for first, last, _, _ in _parse_field(words[4], 4)):
+        # Sunday as 7 is cron's, not every reader's (Kubernetes' CronJob takes 0-6 only)
+        days = sorted(
+            {
+                v % 7
+                for first, last, step, _ in _parse_field(words[4], 4)
+                for v in range(first, last + 1, step or 1)
+            }
+        )
+        words[4] = "*" if len(days) == 7 and words[2] == "*" else ",".join(map(str, days))
     if words[2] != "*" and words[4] != "*":
         raise CronError(
             "restricts both the day of month and the day of week, which cron reads as either "

@@ -477,6 +477,12 @@ class File(_Model):
                 f"must be a path inside the spec's directory, without .. (got {source!r})",
             )
         path = Path(base) / rel
+        if not path.resolve().is_relative_to(Path(base).resolve()):
+            raise FieldProblem(
+                ("source",),
+                f"{source} leads outside the spec's directory (through a symbolic link); "
+                "copy the file in instead",
+            )
         try:
             raw = path.read_bytes()
         except OSError as exc:
@@ -500,10 +506,12 @@ class File(_Model):
     @field_validator("mode", mode="before")
     @classmethod
     def _mode(cls, v: Any) -> Any:
-        text = f"{v:o}" if isinstance(v, int) and not isinstance(v, bool) else v
-        if not isinstance(text, str) or not re.match(r"^0?[0-7]{3}\Z", text):
+        if isinstance(v, int) and not isinstance(v, bool):
+            # YAML reads 440 as the number 440 and 0440 as 288: neither can be trusted
+            raise ValueError(f'must be quoted octal permissions like "0440" (got {v}); quote it')
+        if not isinstance(v, str) or not re.match(r"^0?[0-7]{3}\Z", v):
             raise ValueError(f'must be octal permissions like "0444" or "0640" (got {_show(v)})')
-        return text.rjust(4, "0")
+        return v.rjust(4, "0")
 
     @model_validator(mode="after")
     def _shape(self) -> File:
@@ -574,7 +582,8 @@ class Registry(_Model):
     def _username(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
-        references(v)
+        if any(r.kind != "secret" for r in references(v)):
+            raise ValueError("may reference secrets (${secrets.NAME}) but not services")
         return v
 
     @field_validator("password")
@@ -590,6 +599,14 @@ class Registry(_Model):
         return v
 
 
+def _some_command(v: list[str]) -> list[str]:
+    if not v or not v[0]:
+        raise ValueError(
+            "must be a command: a program and its arguments, like [./manage.py, migrate]"
+        )
+    return v
+
+
 class Task(_Model):
     """A command run once per release, before the rollout (a database migration)."""
 
@@ -602,6 +619,11 @@ class Task(_Model):
     timeout: LongSeconds = Field(
         default=600, description="How long it may run; past that the release fails (e.g. 10m)."
     )
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        return _some_command(v)
 
 
 class Schedule(_Model):
@@ -618,6 +640,11 @@ class Schedule(_Model):
         "like */5 * * * *) or @hourly, @daily, @weekly, @monthly. A run never overlaps the last."
     )
     timeout: LongSeconds = Field(default=3600, description="How long one run may take (e.g. 1h).")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        return _some_command(v)
 
     @field_validator("cron")
     @classmethod

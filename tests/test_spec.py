@@ -402,14 +402,41 @@ def test_files_read_their_source_and_are_secret_when_they_name_a_secret(tmp_path
     data = yaml.safe_load(EVERYTHING.read_text())
     with pytest.raises(SpecError, match="a source file needs a spec loaded from a file"):
         parse_spec(data)
-    # an integer mode (YAML 0o440 read as 288) is octal permissions too
-    assert (
-        with_web(files=[{"path": "/a", "content": "x", "mode": 0o440}])
-        .services["web"]
-        .files[0]
-        .mode
-        == "0440"
-    )
+    # an unquoted mode is refused: YAML reads 440 as four hundred and forty, 0440 as 288
+    for mode in (440, 0o440):
+        with pytest.raises(SpecError, match='must be quoted octal permissions like "0440"'):
+            with_web(files=[{"path": "/a", "content": "x", "mode": mode}])
+
+
+def test_a_source_file_may_not_lead_out_of_the_spec_directory(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("TOKEN=shh\n")
+    project = tmp_path / "project"
+    (project / "config").mkdir(parents=True)
+    (project / "config" / "app.conf").symlink_to(outside)
+    spec = copy.deepcopy(MINIMAL)
+    spec["services"]["web"]["files"] = [{"path": "/etc/app.conf", "source": "config/app.conf"}]
+    (project / "app.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match="leads outside the spec's directory"):
+        load_spec(project / "app.yaml")
+
+
+def test_commands_of_tasks_and_schedules_and_registry_users_are_checked() -> None:
+    base = copy.deepcopy(MINIMAL)
+    for extra, message in (
+        ({"tasks": {"m": {"service": "web", "command": []}}}, "tasks.m.command: must be a"),
+        (
+            {"registries": {"ghcr.io": {"username": "${services.web.host}", "password": "x"}}},
+            "may reference secrets",
+        ),
+    ):
+        with pytest.raises(SpecError, match=re.escape(message)):
+            parse_spec({**base, **extra})
+    # cron's Sunday as 7 becomes 0, which Kubernetes' CronJob also reads
+    from blueprints.cron import normalise
+
+    assert normalise("0 0 * * 7") == "0 0 * * 0"
+    assert normalise("0 0 * * 5-7") == "0 0 * * 0,5,6"
 
 
 def test_registries_and_shared_volumes() -> None:
@@ -453,6 +480,7 @@ def _cron_matches(fields: list[str], moment: Any) -> bool:
         "15,45 8-18/2 * * *",
         "0 0 1 */3 *",
         "30 2 * * 7",
+        "0 9 * * 5-7",
         "7 */6 10-20 * *",
         "0 12 * 2,8 sun",
     ],
