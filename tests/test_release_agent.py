@@ -1105,6 +1105,18 @@ def test_tasks_do_not_run_again_for_the_current_release(node):
     assert [f"{SCRIPTS}/task-migrate"] not in node.argv_log()
 
 
+def test_a_rollback_does_not_run_the_older_release_tasks_again(node):
+    """They ran when that release was deployed; an older migration over a newer database could
+    fail the rollback that is needed."""
+    deployed(node, shop(), tasks=[task("migrate")])
+    deployed(node, shop(web_image="ghcr.io/example/shop-web:1.4.3"), tasks=[task("migrate")])
+    node.commands.clear()
+    code, out, err = run_agent(node, "rollback")
+    assert code == 0, err
+    assert [f"{SCRIPTS}/task-migrate"] not in node.argv_log()
+    assert "tasks: not run again for a rollback" in out
+
+
 def test_a_release_without_tasks_has_none_to_run(node):
     _, text = release(shop())
     assert "tasks" not in yaml.safe_load(text)

@@ -1485,9 +1485,11 @@ class Agent:
             text = self.node.read(f"{STATE}/releases/{target}.yaml")
             doc = self.store.release(target)
             self.say(f"rolling back to release {target}")
-            return self._deploy(doc, text or "")
+            # Its tasks ran when it was deployed; an older migration run again over a newer
+            # database could fail the very rollback that is needed.
+            return self._deploy(doc, text or "", tasks=False)
 
-    def _deploy(self, doc: dict, text: str) -> int:
+    def _deploy(self, doc: dict, text: str, tasks: bool = True) -> int:
         rid = doc["release"]
         self._check_mounted(rid)
         prev_id = self.store.current()
@@ -1537,9 +1539,10 @@ class Agent:
             self._docker_config(None)
             self.volumes(doc)
             self.daemon_reload()
-            if prev_id == rid:
+            if prev_id == rid or not tasks:
                 if doc.get("tasks"):
-                    self.say("tasks: not run again for the release already current")
+                    why = "a rollback" if not tasks else "the release already current"
+                    self.say(f"tasks: not run again for {why}")
             else:
                 # Services the tasks need that this release brings new: they replace nothing.
                 needed = {n for task in doc.get("tasks", []) for n in task.get("needs", [])}
