@@ -601,10 +601,16 @@ def release_documents(
     for name, svc in svm.dependency_order(app):
         definition = dict(document["services"][name])
         definition["deploy"] = {k: v for k, v in definition["deploy"].items() if k != "replicas"}
-        parts: list[object] = [
-            definition,
-            app.environment(name, values, "docker").secret,
-        ]
+        secret_env = app.environment(name, values, "docker").secret
+        if secret_env:
+            # A secret variable counts by its value, not by how Compose is handed it (the name
+            # alone, as before per-service variables): an app that changed nothing keeps its
+            # digests, so its containers (a database's) are not recreated for this.
+            definition["environment"] = {
+                var: None if var in secret_env else value
+                for var, value in definition["environment"].items()
+            }
+        parts: list[object] = [definition, secret_env]
         # A changed file changes the digest (its path does not), so the container is recreated
         # and sees it: a bind mount keeps showing the file it was made with.
         contents = {
