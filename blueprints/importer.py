@@ -140,6 +140,17 @@ def secret_name(text: str) -> str:
     return out if out and not out[0].isdigit() else f"S_{out}"
 
 
+def _unset(name: str) -> str:
+    """Why a value with ${name} cannot be written into the spec."""
+    if looks_secret(name):
+        return (
+            f"${{{name}}} is a secret, and this field would hold its value in clear; give the "
+            f"service secret_env: [{name}] and read it from the environment, as "
+            f"sh -c '... \"${name}\"'"
+        )
+    return f"${{{name}}} is set when compose runs; give --env-file"
+
+
 def looks_secret(name: str) -> bool:
     upper = name.upper()
     return bool(SECRET_WORDS.search(upper)) and not NOT_SECRET.search(upper)
@@ -464,7 +475,7 @@ class _Importer:
         reported, when compose would take it from the shell."""
         text, _, missing = self._interpolate(path, str(value), allow_secrets=False)
         if missing:
-            self.note(path, f"dropped (${{{missing}}} is set when compose runs; give --env-file)")
+            self.note(path, f"dropped ({_unset(missing)})")
             return None
         return text
 
@@ -489,6 +500,11 @@ class _Importer:
                 secrets.append(ref)
                 self._secret(ref, f"${{{name}}} in {path}")
                 return f"${{secrets.{ref}}}"
+            if looks_secret(name):
+                # Here (a command, a health check) a value would be written out in clear: the
+                # field is dropped, whatever --env-file holds.
+                missing = missing or name
+                return whole
             if name in self.env_file:
                 value = self.env_file[name]
                 if rest.startswith(":-") and not value:
@@ -905,7 +921,18 @@ class _Importer:
             return None
         entry: dict[str, Any] = {"path": target}
         out_dir = self.opts.output.resolve().parent
-        if host.is_relative_to(out_dir):
+        if looks_secret(host.name) or host.suffix in (".pem", ".key", ".p12", ".pfx"):
+            self.note(
+                path,
+                f"dropped ({host.name} looks secret, and a spec file travels in clear; make it "
+                f"a compose secret, or a file whose content is ${{secrets.NAME}})",
+            )
+            return None
+        if "${" in text:
+            # A spec file's ${ starts a reference: the content goes inline, escaped.
+            entry["content"] = self._escape(text)
+            self.note(path, f"content of {host.name} written inline, its ${{ escaped as $${{")
+        elif host.is_relative_to(out_dir):
             entry["source"] = host.relative_to(out_dir).as_posix()
         else:
             entry["content"] = self._escape(text)
@@ -914,11 +941,6 @@ class _Importer:
             )
         if mode != "0444":
             entry["mode"] = mode
-        if "${" in text and "source" in entry:
-            self.note(
-                path,
-                f"{host.name} contains ${{; in a spec file that starts a reference, so check it",
-            )
         return entry
 
     def _top_level(self, kind: str, name: str) -> dict | None:
@@ -1103,7 +1125,7 @@ class _Importer:
         for w in command:
             text, _, missing = self._interpolate(f"{path}.test", w, allow_secrets=False)
             if missing:
-                self.note(f"{path}.test", f"dropped (${{{missing}}} is set when compose runs)")
+                self.note(f"{path}.test", f"dropped ({_unset(missing)})")
                 return None
             words.append(text)
         out: dict[str, Any] = {"type": "command", "command": words}

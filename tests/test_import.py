@@ -462,3 +462,42 @@ secrets:
     assert files["/run/secrets/api-key"].mode == "0400"
     assert [(m.volume, m.path) for m in web.volumes] == [("up-loads", "/data")]
     assert "pulumi config set --secret --path 'blueprints:secrets.API_KEY'" in res.stdout
+
+
+def test_a_secret_never_reaches_a_command_a_health_check_or_a_file(tmp_path):
+    """--env-file fills ${VAR} in plain fields, except names that look secret: those fields are
+    dropped with the reason. A bind-mounted file that looks secret is dropped; one holding ${
+    goes inline, escaped, so the spec reads it as the literal text."""
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n"
+        "  redis:\n"
+        "    image: redis:7.4\n"
+        "    command: redis-server --requirepass ${REDIS_PASSWORD}\n"
+        '    healthcheck: {test: ["CMD", "redis-cli", "-a", "${REDIS_PASSWORD}", "ping"]}\n'
+        "    volumes: [./tls.key:/etc/tls.key:ro, ./nginx.conf:/etc/nginx.conf:ro]\n"
+        '    ports: ["6379:6379"]\n'
+    )
+    (tmp_path / ".env").write_text("REDIS_PASSWORD=EnvFileRedisPw77\n")
+    (tmp_path / "tls.key").write_text("-----BEGIN PRIVATE KEY-----\nKeyBytes99\n")
+    (tmp_path / "nginx.conf").write_text("server_name ${NGINX_HOST};\n")
+    out = tmp_path / "app.yaml"
+    res = run(
+        "import",
+        str(tmp_path / "compose.yaml"),
+        "-o",
+        str(out),
+        *BASE_FLAGS,
+        "--env-file",
+        str(tmp_path / ".env"),
+        "--http",
+        "none",
+    )
+    assert res.returncode == 0, res.stderr
+    text = out.read_text()
+    assert "EnvFileRedisPw77" not in text and "KeyBytes99" not in text
+    for field in ("services.redis.command", "services.redis.healthcheck.test"):
+        assert f"{field}: dropped (${{REDIS_PASSWORD}} is a secret" in res.stdout
+    assert "services.redis.volumes[0]: dropped (tls.key looks secret" in res.stdout
+    spec = load_spec(out)
+    [conf] = spec.services["redis"].files
+    assert spec.file_text(conf, {}, "docker") == "server_name ${NGINX_HOST};\n"
