@@ -1129,3 +1129,42 @@ def test_a_periodic_job_change_is_not_described_as_a_deployment():
         "a new version of the periodic job: its next run uses it, nothing running restarts"
     )
     assert periodic.files and "-    crons" in periodic.files[0].diff
+
+
+def test_a_stateful_set_leaving_its_volume_claims_is_data_loss():
+    """On k8s a volume that gains a second user moves from the StatefulSet's claim template to a
+    claim of its own: the pods start on a new, empty claim. The gate says so; a replace that
+    keeps the templates (same claims) does not warn."""
+    sts = "kubernetes:apps/v1:StatefulSet"
+
+    def workload(name: str, claims: list[str], image: str) -> dict:
+        templates = [{"metadata": {"name": c}} for c in claims]
+        spec = {"volumeClaimTemplates": templates, "template": {"image": image}}
+        return state("s", sts, name, {"spec": spec})
+
+    steps = [
+        step(
+            "replace",
+            "s",
+            sts,
+            "web",
+            workload("web", ["uploads"], "a"),
+            workload("web", [], "a"),
+            upd("spec.volumeClaimTemplates", "update-replace"),
+            ["spec.volumeClaimTemplates"],
+        ),
+        step(
+            "replace",
+            "s",
+            sts,
+            "postgres",
+            workload("postgres", ["pgdata"], "a"),
+            workload("postgres", ["pgdata"], "b"),
+            upd("spec.template", "update-replace"),
+            ["spec.template"],
+        ),
+    ]
+    rep = build(("k8s-hcloud", doc(steps)), prices=False)
+    assert [(d.name, d.what) for d in rep.dangers] == [("web", "StatefulSet")]
+    line = warning_block(rep.markdown)
+    assert "volume claims of its pods (uploads)" in line and "`postgres`" not in line

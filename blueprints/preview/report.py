@@ -334,6 +334,26 @@ def _holds(c: Change) -> str | None:
     return None
 
 
+STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
+
+
+def _claim_templates(state: State | None) -> list[str]:
+    """The claim template names of a StatefulSet's state (its pods' claims are named after
+    them): a replace that drops one leaves the pods' data behind (a volume becoming shared by
+    several services on the k8s rung moves to a claim of its own)."""
+    spec = state.inputs.get("spec") if state is not None else None
+    templates = spec.get("volumeClaimTemplates") if isinstance(spec, Mapping) else None
+    if not isinstance(templates, list):
+        return []
+    names = []
+    for t in templates:
+        meta = t.get("metadata") if isinstance(t, Mapping) else None
+        name = meta.get("name") if isinstance(meta, Mapping) else None
+        if isinstance(name, str):
+            names.append(name)
+    return names
+
+
 def find_dangers(changes: Sequence[Change]) -> tuple[Danger, ...]:
     """Replaces and deletes of volumes, IPs and servers that hold a volume, in step order."""
     holders = _holders(changes)
@@ -349,6 +369,14 @@ def find_dangers(changes: Sequence[Change]) -> tuple[Danger, ...]:
             state = _holds(c)
             if holder is not None or state is not None:
                 what = "server"
+        if what is None and c.type == STATEFUL_SET and c.kind != "delete":
+            left = [n for n in _claim_templates(c.old) if n not in _claim_templates(c.new)]
+            if left:
+                what = "StatefulSet"
+                state = (
+                    f"volume claims of its pods ({', '.join(left)}); its new pods mount other, "
+                    "new claims and the old ones stay unmounted with the data"
+                )
         if what is None:
             continue
         before = c.old or c.new
