@@ -71,7 +71,7 @@ def _seconds(value: Any) -> int | None:
     if not isinstance(value, str):
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     m = _DURATION.match(text)
     if not m or not text:
