@@ -799,6 +799,10 @@ def test_every_new_field_is_planned_tasks_before_the_workloads(tmp_path):
     ]
     migrate, seed = jobs
     assert migrate.name in seed.depends_on
+    # the secrets' keyed digests are folded into the Jobs' pod template (new values, new run)
+    for job in jobs:
+        notes = job.plain_inputs()["spec"]["template"]["metadata"]["annotations"]
+        assert len(notes["blueprints.dev/secrets-digest"]) == 16
     for needed in ("statefulset-full-postgres", "deployment-full-redis"):
         assert f"{p}-{needed}" in migrate.depends_on
     assert f"{p}-networkpolicy-full-runs-web" in migrate.depends_on
@@ -851,9 +855,11 @@ def test_every_new_field_is_planned_tasks_before_the_workloads(tmp_path):
             kubernetes_validate.validate(obj, version, strict=True)
 
 
-def test_a_task_mounting_its_services_own_volume_waits_for_that_service(tmp_path):
-    """uploads mounted by web alone: web's StatefulSet keeps its claim template, and the tasks
-    (which mount that claim) run after web's rollout, as the plan's notes say."""
+def test_a_task_mounting_its_services_own_volume_mounts_a_claim_created_first(tmp_path):
+    """uploads mounted by web alone, whose tasks and schedule mount it too: its claim
+    uploads-web-0 is an object of its own (protected, kept), created before the tasks; web's
+    StatefulSet keeps its claim template (it uses that claim) and rolls out after the tasks;
+    the notes say how an existing stack imports the claim."""
     project = _copy_project(tmp_path)
     data = yaml.safe_load((ROOT / "tests/everything/app.yaml").read_text())
     del data["services"]["worker"]["volumes"]
@@ -863,18 +869,35 @@ def test_a_task_mounting_its_services_own_volume_waits_for_that_service(tmp_path
     plan = plan_stack("k8s-hcloud", project, {"blueprints:secrets": secrets})
     p = "full-k8s-hcloud"
     by_name = {r.name: r for r in plan.resources}
-    assert not plan.of_type("kubernetes:core/v1:PersistentVolumeClaim")
+    [claim] = plan.of_type("kubernetes:core/v1:PersistentVolumeClaim")
+    assert claim.name == f"{p}-persistentvolumeclaim-full-uploads-web-0"
+    assert claim.plain_inputs()["metadata"]["name"] == "uploads-web-0"
+    assert claim.protect and claim.retain_on_delete
+    assert claim.ignore_changes == ["spec.volumeMode", "spec.volumeName"]
     web = by_name[f"{p}-statefulset-full-web"]
     templates = web.plain_inputs()["spec"]["volumeClaimTemplates"]
     assert [t["metadata"]["name"] for t in templates] == ["uploads"]
+    assert claim.name in web.depends_on
     jobs = plan.of_type("kubernetes:batch/v1:Job")
     assert len(jobs) == 2
     for job in jobs:
-        assert web.name in job.depends_on
+        # the claim first; the task before web's new version
+        assert claim.name in job.depends_on
+        assert web.name not in job.depends_on
+        assert job.plain_inputs()["metadata"]["annotations"] == {
+            "pulumi.com/replaceUnready": "true"
+        }
+        assert "ttlSecondsAfterFinished" not in job.plain_inputs()["spec"]
+    assert jobs[-1].name in web.depends_on
     schedule = by_name[f"{p}-cronjob-full-schedule-clear-sessions"]
-    assert web.name in schedule.depends_on
+    assert claim.name in schedule.depends_on
+    assert web.name not in schedule.depends_on
     assert any(
-        "task migrate runs after service web's rollout on k8s, because it mounts web's volume"
+        "so its claim uploads-web-0 (the one web's StatefulSet names) is an object of its own"
         in note
+        and f"pulumi import kubernetes:core/v1:PersistentVolumeClaim {claim.name} "
+        "full/uploads-web-0"
+        in note
+        and "urn:pulumi:k8s-hcloud::blueprints::blueprints:index:K8s::full" in note
         for note in plan.notes
     )

@@ -1349,7 +1349,10 @@ def test_tasks_are_jobs_and_schedules_are_cron_jobs():
         task = app.tasks[name.split("-")[1]]
         assert job["spec"]["backoffLimit"] == 0
         assert job["spec"]["activeDeadlineSeconds"] == task.timeout
-        assert job["spec"]["ttlSecondsAfterFinished"] == rel.TASK_KEPT_SECONDS
+        # kept (no TTL: a refresh would drop a deleted Job and run the task again); a failed
+        # one is run again at the next `pulumi up`
+        assert "ttlSecondsAfterFinished" not in job["spec"]
+        assert job["metadata"]["annotations"] == {"pulumi.com/replaceUnready": "true"}
         pod = job["spec"]["template"]["spec"]
         assert pod["restartPolicy"] == "Never"
         [container] = pod["containers"]
@@ -1472,25 +1475,41 @@ def test_a_shared_claims_name_does_not_follow_its_users():
     assert sorted(objects(context(app), "PersistentVolumeClaim")) == ["uploads-shared"]
 
 
-def test_a_task_mounting_its_services_own_volume_runs_after_that_services_rollout():
-    """A volume one service mounts stays its StatefulSet's claim; a task (or schedule) running
-    as that service mounts that claim, beside the service's pod, so the task waits for the
-    service's rollout (which the plan says)."""
+def test_a_task_mounting_its_services_own_volume_mounts_a_claim_of_its_own():
+    """A volume one service mounts, whose service has tasks and schedules: a claim of its own
+    named as the StatefulSet's template names it (the StatefulSet, unchanged, uses it), created
+    before the tasks; the task runs before the service rolls out, every pod mounting the claim
+    carries the volume's label and runs beside the others (the plan says so, and how an
+    existing stack imports the claim)."""
     data = yaml.safe_load(EVERYTHING.read_text())
     del data["services"]["worker"]["volumes"]  # uploads: web's alone
     app = parse_spec(data, str(EVERYTHING), EVERYTHING.parent)
     case = context(app)
-    assert "PersistentVolumeClaim" not in {d["kind"] for d in documents(case)}
+    for doc in documents(case):
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, SCHEMA_VERSION, strict=True)
+    claims = objects(case, "PersistentVolumeClaim")
+    assert sorted(claims) == ["uploads-web-0"]
+    claim = claims["uploads-web-0"]
     web = objects(case, "StatefulSet")["web"]
-    assert [t["metadata"]["name"] for t in web["spec"]["volumeClaimTemplates"]] == ["uploads"]
-    assert "affinity" not in web["spec"]["template"]["spec"]
-    assert not any(
-        k.startswith(rel.VOLUME_LABEL) for k in web["spec"]["template"]["metadata"]["labels"]
-    )
+    # the StatefulSet keeps its claim template: the claim is the one it would create
+    [template] = web["spec"]["volumeClaimTemplates"]
+    assert template["metadata"]["name"] == "uploads"
+    assert claim["spec"] == template["spec"]
+    assert claim["metadata"]["labels"] == template["metadata"]["labels"]
+    assert rel.own_claims(app) == [("web", "uploads")]
+    label = {f"{rel.VOLUME_LABEL}uploads": "mounted"}
     term = {
-        "labelSelector": {"matchLabels": {rel.LABEL_INSTANCE: "full", rel.LABEL_NAME: "web"}},
+        "labelSelector": {"matchLabels": {rel.LABEL_INSTANCE: "full", **label}},
         "topologyKey": "kubernetes.io/hostname",
     }
+    affinity = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+    pod = web["spec"]["template"]
+    assert pod["metadata"]["labels"].items() >= label.items()
+    assert pod["spec"]["affinity"] == affinity
+    assert "volumes" not in pod["spec"] or not any(
+        "persistentVolumeClaim" in v for v in pod["spec"]["volumes"]
+    )
     runs = [j["spec"]["template"] for j in objects(case, "Job").values()]
     runs.append(
         objects(case, "CronJob")["schedule-clear-sessions"]["spec"]["jobTemplate"]["spec"][
@@ -1498,26 +1517,85 @@ def test_a_task_mounting_its_services_own_volume_runs_after_that_services_rollou
         ]
     )
     assert len(runs) == 3
-    for pod in runs:
-        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    for run in runs:
+        volumes = {v["name"]: v for v in run["spec"]["volumes"]}
         assert volumes["uploads"]["persistentVolumeClaim"] == {"claimName": "uploads-web-0"}
-        assert pod["spec"]["affinity"]["podAffinity"] == {
-            "requiredDuringSchedulingIgnoredDuringExecution": [term]
+        assert run["metadata"]["labels"].items() >= label.items()
+        # and, preferred, the node of web's pods (of a version from before the label)
+        preferred = {
+            "weight": 100,
+            "podAffinityTerm": {
+                "labelSelector": {
+                    "matchLabels": {rel.LABEL_INSTANCE: "full", rel.LABEL_NAME: "web"}
+                },
+                "topologyKey": "kubernetes.io/hostname",
+            },
+        }
+        assert run["spec"]["affinity"] == {
+            "podAffinity": {
+                **affinity["podAffinity"],
+                "preferredDuringSchedulingIgnoredDuringExecution": [preferred],
+            }
         }
     report = objects(case, "CronJob")["schedule-report"]["spec"]["jobTemplate"]["spec"]
     assert "affinity" not in report["template"]["spec"]
-    # web rolls out before the tasks run
-    assert rel.before_tasks(app) == {"postgres", "redis", "web"}
-    assert rel.claim_holder(app, "web") == "web" and rel.claim_holder(app, "worker") is None
+    # the claim first, then the tasks, then web rolls out (after its tasks, like every other)
+    assert rel.before_tasks(app) == {"postgres", "redis"}
     order = [(d["kind"], d["metadata"]["name"]) for d in documents(case)]
     first_job = next(i for i, (kind, _) in enumerate(order) if kind == "Job")
-    assert order.index(("StatefulSet", "web")) < first_job
+    assert order.index(("PersistentVolumeClaim", "uploads-web-0")) < first_job
+    assert order.index(("StatefulSet", "web")) > first_job
     assert order.index(("Deployment", "worker")) > first_job
-    notes = rel.volume_notes(app)
+    # the component creates the StatefulSet after the claim it creates itself
+    assert ("PersistentVolumeClaim", "uploads-web-0") in rel.references_of(web)
+    notes = rel.volume_notes(app, "prod")
+    [note] = notes
+    assert note.startswith(
+        "task migrate, task seed and schedule clear-sessions mount service web's volume "
+        "uploads, so its claim uploads-web-0"
+    )
+    assert "AlreadyExists" in note and "4.29" in note
     assert (
-        "task migrate runs after service web's rollout on k8s, because it mounts web's volume "
-        "(the claim its StatefulSet creates), on web's node"
-    ) in notes
-    assert not any("share volume" in n for n in notes)
+        "`pulumi import kubernetes:core/v1:PersistentVolumeClaim "
+        "full-prod-persistentvolumeclaim-full-uploads-web-0 full/uploads-web-0 "
+        "--parent 'app=urn:pulumi:prod::blueprints::blueprints:index:K8s::full' "
+        "--provider 'kubernetes=urn:pulumi:prod::blueprints::blueprints:index:K8s"
+        "$pulumi:providers:kubernetes::full-prod-kubernetes'`"
+    ) in note
+    # postgres has no task: its claim stays the StatefulSet's, without label or affinity
+    postgres = objects(case, "StatefulSet")["postgres"]["spec"]["template"]
+    assert "affinity" not in postgres["spec"]
+    assert not any(k.startswith(rel.VOLUME_LABEL) for k in postgres["metadata"]["labels"])
     # the example app has no shared volume and no task: no claim object, no note
     assert rel.volume_notes(spec()) == []
+
+
+def test_new_secret_values_are_a_new_task_job_template():
+    """The Jobs keep the release's name (the same in a plan and a render), and the keyed
+    digests of the secret values are folded into their pod template: a fixed secret replaces
+    the Job, which runs the task again."""
+    app = everything()
+
+    def jobs(secrets):
+        digests = {
+            name: rel.secrets_digest("key", app, name, secrets)
+            for name, _ in app.sorted_services()
+            if rel.has_secrets(app, name)
+        }
+        return {
+            o["metadata"]["name"]: o
+            for o in rel.app_objects(app, "hcloud", digests)
+            if o["kind"] == "Job"
+        }
+
+    secrets = {n: f"value-{n}" for n in app.secret_names()}
+    before = jobs(secrets)
+    after = jobs({**secrets, "POSTGRES_PASSWORD": "fixed"})
+    plain = {o["metadata"]["name"] for o in rel.app_objects(app, "hcloud") if o["kind"] == "Job"}
+    assert set(before) == set(after) == plain
+    for name in plain:
+        was = before[name]["spec"]["template"]["metadata"]["annotations"][rel.SECRETS_DIGEST]
+        now = after[name]["spec"]["template"]["metadata"]["annotations"][rel.SECRETS_DIGEST]
+        assert was != now and len(now) == 16
+        assert "value-" not in json.dumps(before[name]) and "fixed" not in json.dumps(after[name])
+    assert jobs(secrets) == before

@@ -397,6 +397,7 @@ class K8s(pulumi.ComponentResource):
             cloud_token=target.cluster_api_token(),
             backups=backups,
             after=ready,
+            stack=stack,
         )
 
         self.outputs: dict[str, pulumi.Input[object]] = {
@@ -465,6 +466,7 @@ class K8s(pulumi.ComponentResource):
         cloud_token: pulumi.Output[str] | None,
         backups: StackBackups | None,
         after: list[remote.Command],
+        stack: str,
     ) -> None:
         """Every Kubernetes object through the API, once the whole cluster is Ready: the
         add-ons (Helm releases, storage class, Traefik's redirect, the ACME issuer), then the
@@ -554,14 +556,15 @@ class K8s(pulumi.ComponentResource):
         rollout = pulumi.CustomTimeouts(
             create=f"{ROLLOUT_TIMEOUT_MINUTES}m", update=f"{ROLLOUT_TIMEOUT_MINUTES}m"
         )
-        for note in release.volume_notes(app):
+        for note in release.volume_notes(app, stack, pulumi.get_project()):
             pulumi.log.info(note)
-        # The tasks run one after another once what they need is rolled out (the services their
-        # services depend on, the network policies, and the task's own service when the task
-        # mounts that service's claim); every other workload and the schedules wait for the
-        # last task: a failing task fails the release before anything else rolls. The network
-        # policies come first (they are last in the rendered order).
+        # The tasks run one after another once what they need is there (the claims, the
+        # services their services depend on, the network policies); every other workload (the
+        # tasks' own services included) and the schedules wait for the last task: a failing
+        # task fails the release before anything of it rolls. The network policies come first
+        # (they are last in the rendered order).
         needed = release.before_tasks(app)
+        own_claims = {release.claim_name(app, volume) for _, volume in release.own_claims(app)}
         early: list[pulumi.Resource] = []
         policies: list[pulumi.Resource] = []
         tasks: list[pulumi.Resource] = []
@@ -583,23 +586,25 @@ class K8s(pulumi.ComponentResource):
                 extra["custom_timeouts"] = rollout
             elif kind == "Job":
                 needs += [*policies, *early, *tasks[-1:]]
+                if with_secrets:
+                    # the release's secrets folded in: new values re-run the task
+                    shape["spec"] = with_digests.apply(lambda objs, i=index: objs[i]["spec"])
                 # Pulumi waits for the Job to complete; its deadline ends it before this does.
                 limit = obj["spec"]["activeDeadlineSeconds"] // 60 + ROLLOUT_TIMEOUT_MINUTES
                 extra["custom_timeouts"] = pulumi.CustomTimeouts(create=f"{limit}m")
             elif kind == "CronJob":
                 needs += tasks[-1:]
             elif kind == "PersistentVolumeClaim":
-                # A shared volume's claim, the app's data: never deleted or replaced by
-                # accident, and left in the cluster if it leaves the program.
+                # A claim of its own (a shared volume's, or a volume whose service has tasks or
+                # schedules), the app's data: never deleted or replaced by accident, and left in
+                # the cluster if it leaves the program.
                 needs.append(storage)
                 extra["protect"] = settings.protect_data
                 extra["retain_on_delete"] = True
-            if kind in ("Job", "CronJob"):
-                # A run mounting its service's own claim (created by the service's StatefulSet)
-                # waits for that StatefulSet: the claim exists, the run's pod joins the service's.
-                holder = release.claim_holder(app, obj["metadata"]["labels"][release.RUNS_OF])
-                if holder is not None:
-                    needs.append(sent[("StatefulSet", holder)])
+                if name in own_claims:
+                    # Imported from a running StatefulSet (release.volume_notes), it has the
+                    # binding the cluster filled in, which is not a change.
+                    extra["ignore_changes"] = ["spec.volumeName", "spec.volumeMode"]
             resource = self._object(prefix, shape, opts(*needs, **extra))
             sent[(kind, name)] = resource
             if kind == "NetworkPolicy":

@@ -144,8 +144,12 @@ VOLUME_LABEL = "volume.blueprints.dev/"
 # service).
 RUNS_OF = "blueprints.dev/runs-of"
 RUN_NAME = "blueprints.dev/run"
-# A task's Job (and its pods, with their logs) stays this long after it ended.
-TASK_KEPT_SECONDS = 7 * 24 * 3600
+# A task's Job has no ttlSecondsAfterFinished: Pulumi refreshes before each `pulumi up`, and a
+# Job deleted by its TTL would drop out of the state and run again on an unchanged release. The
+# previous release's Job is deleted by Pulumi (its name changes with each release).
+# pulumi-kubernetes replaces a Job with this annotation that did not complete (a failed task) at
+# the next `pulumi up`, instead of failing on it again: the task runs again.
+REPLACE_UNREADY = "pulumi.com/replaceUnready"
 SCHEDULE_JOBS_KEPT = 3
 
 
@@ -229,13 +233,30 @@ def owned_volumes(app: AppSpec, name: str) -> list[str]:
     return [v for v in mounted if volume_owner(app, v) == name]
 
 
-def claim_holder(app: AppSpec, service: str) -> str | None:
-    """The service whose StatefulSet must be rolled out before a task or schedule running as
-    `service` can mount its volumes: `service` itself when it mounts a volume no other service
-    mounts (the StatefulSet creates that claim, `<volume>-<service>-0`); None otherwise (a
-    shared volume's claim is an object of its own, created before every workload)."""
-    svc = app.services[service]
-    return service if any(not is_shared(app, m.volume) for m in svc.volumes) else None
+def own_claim(app: AppSpec, volume: str) -> bool:
+    """Whether a volume one service mounts has a claim of its own beside that service's
+    StatefulSet: when a task or schedule runs as the service. The claim is named what the
+    StatefulSet's template names it, `<volume>-<service>-0`, and created before the workloads
+    and the tasks' Jobs: the StatefulSet controller uses the claim of that name it finds, so a
+    task can mount the volume before the service's new version rolls out (and on a first deploy,
+    before the service has ever run)."""
+    return not is_shared(app, volume) and volume_owner(app, volume) in _services_with_runs(app)
+
+
+def own_claims(app: AppSpec) -> list[tuple[str, str]]:
+    """(service, volume) of every claim of its own of a volume one service mounts (own_claim)."""
+    return [
+        (name, volume)
+        for name, svc in app.sorted_services()
+        for volume in dict.fromkeys(m.volume for m in svc.volumes)
+        if own_claim(app, volume)
+    ]
+
+
+def colocated(app: AppSpec, volume: str) -> bool:
+    """Whether the pods mounting a volume's claim carry its label and run beside each other: a
+    volume several services mount, or one whose service has tasks or schedules."""
+    return is_shared(app, volume) or own_claim(app, volume)
 
 
 def _runs(app: AppSpec) -> list[tuple[str, str, str]]:
@@ -246,9 +267,15 @@ def _runs(app: AppSpec) -> list[tuple[str, str, str]]:
     ]
 
 
-def volume_notes(app: AppSpec) -> list[str]:
-    """What the plan says about volumes several pods mount (they run on one node) and about
-    tasks that wait for their service's rollout (they mount its claim)."""
+def claim_resource(app: AppSpec, claim: str, stack: str) -> str:
+    """The Pulumi resource name of a claim of the app (what the component names it)."""
+    return f"{app.name}-{stack}-persistentvolumeclaim-{app.name}-{claim}"
+
+
+def volume_notes(app: AppSpec, stack: str = "<stack>", project: str = "blueprints") -> list[str]:
+    """What the plan says about volumes several pods mount (they run on one node), including a
+    task's or schedule's pods mounting their service's volume (a claim of its own, which an
+    existing stack imports first)."""
     notes = []
     for volume, users in app.shared_volumes().items():
         notes.append(
@@ -264,20 +291,23 @@ def volume_notes(app: AppSpec) -> list[str]:
                 f"{_and(runs)} {'mounts' if len(runs) == 1 else 'mount'} volume {volume} too, "
                 "so its pods run on the node of the services mounting it"
             )
-    for kind, name, service in _runs(app):
-        holder = claim_holder(app, service)
-        if holder is None:
-            continue
-        if kind == "task":
-            notes.append(
-                f"task {name} runs after service {holder}'s rollout on k8s, because it mounts "
-                f"{holder}'s volume (the claim its StatefulSet creates), on {holder}'s node"
-            )
-        else:
-            notes.append(
-                f"schedule {name} mounts service {holder}'s volume, so its pods run on "
-                f"{holder}'s node"
-            )
+    stack_urn = f"urn:pulumi:{stack}::{project}::blueprints:index:K8s"
+    for service, volume in own_claims(app):
+        claim = claim_name(app, volume)
+        runs = [f"{kind} {name}" for kind, name, of in _runs(app) if of == service]
+        notes.append(
+            f"{_and(runs)} {'mounts' if len(runs) == 1 else 'mount'} service {service}'s volume "
+            f"{volume}, so its claim {claim} (the one {service}'s StatefulSet names) is an object "
+            f"of its own, created before the tasks run and before {service} rolls out, and the "
+            f"pods of {service} and of {_and(runs)} run on one node. On an existing stack whose "
+            f"{service} already runs, the claim exists and `pulumi up` stops with AlreadyExists "
+            "(pulumi-kubernetes >= 4.29 creates with a client-side create and does not adopt): "
+            "import it first with `pulumi import kubernetes:core/v1:PersistentVolumeClaim "
+            f"{claim_resource(app, claim, stack)} {app.name}/{claim} "
+            f"--parent 'app={stack_urn}::{app.name}' "
+            f"--provider 'kubernetes={stack_urn}$pulumi:providers:kubernetes::"
+            f"{app.name}-{stack}-kubernetes'`"
+        )
     return notes
 
 
@@ -412,6 +442,21 @@ def _shared_claim(app: AppSpec, volume: str, storage: StorageClass) -> dict[str,
     }
 
 
+def _own_claim(app: AppSpec, name: str, volume: str, storage: StorageClass) -> dict[str, Any]:
+    """The claim of a volume one service mounts, as its StatefulSet would create it from its
+    template (same name, labels and spec), created by the component instead (own_claim)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": claim_name(app, volume),
+            "namespace": app.name,
+            "labels": _labels(app, name),
+        },
+        "spec": _claim_spec(app, volume, storage),
+    }
+
+
 def _files_map(app: AppSpec, name: str) -> dict[str, Any] | None:
     files = plain_files(app, name)
     if not files:
@@ -461,15 +506,18 @@ def _pod_volumes(app: AppSpec, name: str, svc: Service, run: bool) -> list[dict[
 
 
 def _volume_labels(app: AppSpec, svc: Service) -> dict[str, str]:
-    """`<VOLUME_LABEL><volume>: mounted` for each shared volume the pod mounts."""
-    return {f"{VOLUME_LABEL}{m.volume}": "mounted" for m in svc.volumes if is_shared(app, m.volume)}
+    """`<VOLUME_LABEL><volume>: mounted` for each volume the pod mounts whose claim other pods
+    mount too: a shared volume, or a service's own volume its tasks and schedules mount."""
+    return {f"{VOLUME_LABEL}{m.volume}": "mounted" for m in svc.volumes if colocated(app, m.volume)}
 
 
 def _affinity(app: AppSpec, name: str, svc: Service, run: bool) -> dict[str, Any] | None:
     """Required: run on the node of the other pods mounting the same claim (a ReadWriteOnce
-    claim is attached to one node). A shared volume: the pods carrying its label (a pod
-    matching its own term is placed freely while no such pod runs). A task or schedule mounting
-    its service's own claim: that service's pods."""
+    claim is attached to one node): the pods carrying its label. A pod matching its own term is
+    placed freely while no such pod runs (a task's pod on a first deploy, before its service's
+    pods exist). A task or schedule mounting its service's own claim also prefers the node of
+    the service's pods: those of a version from before the claim had its label do not carry it
+    (the release that adds a task to a running service)."""
     terms = [
         {
             "labelSelector": {"matchLabels": {LABEL_INSTANCE: app.name, key: value}},
@@ -477,16 +525,20 @@ def _affinity(app: AppSpec, name: str, svc: Service, run: bool) -> dict[str, Any
         }
         for key, value in sorted(_volume_labels(app, svc).items())
     ]
-    if run and claim_holder(app, name) is not None:
-        terms.append(
-            {
-                "labelSelector": {"matchLabels": _selector(app, name)},
-                "topologyKey": "kubernetes.io/hostname",
-            }
-        )
     if not terms:
         return None
-    return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": terms}}
+    affinity: dict[str, Any] = {"requiredDuringSchedulingIgnoredDuringExecution": terms}
+    if run and any(own_claim(app, m.volume) for m in svc.volumes):
+        affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [
+            {
+                "weight": 100,
+                "podAffinityTerm": {
+                    "labelSelector": {"matchLabels": _selector(app, name)},
+                    "topologyKey": "kubernetes.io/hostname",
+                },
+            }
+        ]
+    return {"podAffinity": affinity}
 
 
 def _pod_spec_of(
@@ -885,12 +937,12 @@ def _task_job(app: AppSpec, run: str, release: str) -> dict[str, Any]:
             "name": task_job_name(run, release),
             "namespace": app.name,
             "labels": labels,
+            "annotations": {REPLACE_UNREADY: "true"},
         },
         "spec": {
             # One try: a failed task fails the release (Pulumi waits for the Job to complete).
             "backoffLimit": 0,
             "activeDeadlineSeconds": task.timeout,
-            "ttlSecondsAfterFinished": TASK_KEPT_SECONDS,
             "template": _run_pod(app, "task", run, task.service, task.command),
         },
     }
@@ -925,15 +977,10 @@ def _schedule_job(app: AppSpec, run: str) -> dict[str, Any]:
 
 def before_tasks(app: AppSpec) -> set[str]:
     """The services rolled out before the tasks run: those the tasks' services depend on (all
-    the way down: a migration needs its database), and a task's service itself when the task
-    mounts a volume only that service mounts (the claim its StatefulSet creates; the task's pod
-    runs beside the service's). Every other workload waits for the tasks."""
+    the way down: a migration needs its database). Every other workload, the tasks' own
+    services included, waits for the tasks."""
     out: set[str] = set()
     pending = [app.tasks[t].service for t in app.tasks]
-    for task in app.tasks.values():
-        holder = claim_holder(app, task.service)
-        if holder is not None and holder not in out:
-            out.add(holder)
     while pending:
         for dep in app.services[pending.pop()].depends_on:
             if dep not in out:
@@ -949,6 +996,16 @@ def release_hash(objects: list[dict[str, Any]]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def release_secrets_digest(digests: Mapping[str, str | None]) -> str | None:
+    """The release's secrets, folded from every service's keyed digest (secrets_digest), which
+    reveal nothing; None when no service has secrets."""
+    known = {name: value for name, value in sorted(digests.items()) if value is not None}
+    if not known:
+        return None
+    body = json.dumps(known, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
 def app_objects(
     app: AppSpec, cloud: Cloud, digests: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
@@ -956,7 +1013,8 @@ def app_objects(
     `digests`: service -> the digest of its secret values (secrets_digest), for services
     with secrets.
 
-    The order: the namespace, the shared volumes' claims and the files; the workloads the
+    The order: the namespace, the claims of their own (a shared volume's; a volume whose
+    service has tasks or schedules, own_claim) and the files; the workloads the
     tasks need; the tasks' Jobs, one after another; every other workload; the schedules'
     CronJobs, the ingress and the network policies (the component creates the policies
     first)."""
@@ -973,6 +1031,7 @@ def app_objects(
         },
     ]
     head += [_shared_claim(app, v, storage) for v in app.shared_volumes()]
+    head += [_own_claim(app, name, v, storage) for name, v in own_claims(app)]
     for name, _ in app.sorted_services():
         files = _files_map(app, name)
         if files is not None:
@@ -998,8 +1057,14 @@ def app_objects(
     jobs: list[dict[str, Any]] = []
     if app.tasks and digests:
         # Named after the release without the secrets' digests (the same names in a plan, a
-        # render and the component's objects with digests).
+        # render and the component's objects with digests); the digests are folded into the
+        # release by the pod template's annotation: new secret values are a new template, which
+        # replaces the Job (its template is immutable), so the tasks run again.
         jobs = [o for o in app_objects(app, cloud) if o["kind"] == "Job"]
+        folded = release_secrets_digest(digests)
+        if folded is not None:
+            for job in jobs:
+                job["spec"]["template"]["metadata"]["annotations"] = {SECRETS_DIGEST: folded}
     elif app.tasks:
         unnamed = [_task_job(app, run, "0" * 8) for run in app.tasks]
         release = release_hash([*head, *first, *unnamed, *rest, *tail])
@@ -1074,7 +1139,8 @@ def secret_objects(app: AppSpec, secrets: Mapping[str, str]) -> list[dict[str, A
 
 def references_of(obj: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(kind, name) of every object of the app a workload, Job or CronJob reads: its Secrets,
-    ConfigMaps and claims (the component creates it after them)."""
+    ConfigMaps and claims, a StatefulSet's claims from its templates included (the component
+    creates it after those it creates itself)."""
     spec = obj.get("spec") or {}
     if obj.get("kind") == "CronJob":
         spec = spec["jobTemplate"]["spec"]
@@ -1082,6 +1148,13 @@ def references_of(obj: Mapping[str, Any]) -> list[tuple[str, str]]:
     if not pod:
         return []
     found: list[tuple[str, str]] = []
+    if obj.get("kind") == "StatefulSet":
+        set_name = obj["metadata"]["name"]
+        found += [
+            ("PersistentVolumeClaim", f"{t['metadata']['name']}-{set_name}-{ordinal}")
+            for t in spec.get("volumeClaimTemplates", [])
+            for ordinal in range(spec.get("replicas", 1))
+        ]
     for ref in pod.get("imagePullSecrets", []):
         found.append(("Secret", ref["name"]))
     for volume in pod.get("volumes", []):
