@@ -393,3 +393,15 @@ def test_tasks_and_schedules_are_jobs_the_services_wait_for():
         "services web, worker share volume uploads, so they run on one node" in n
         for n in plan.notes
     )
+    # the registry's pull token reaches the pulling tasks' environment: the plan warns
+    assert any(
+        "pull token of ghcr.io is visible in the environment" in n
+        and "hashicorp/nomad#15384" in n
+        and "read-only pull token" in n
+        for n in plan.notes
+    )
+
+
+def test_no_registry_no_registry_warning(plans):
+    for plan in plans.values():
+        assert not any("pull token" in n for n in plan.notes)

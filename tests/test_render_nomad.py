@@ -1149,7 +1149,7 @@ def test_tasks_and_schedules_are_batch_jobs():
             svc = app.services[run.service]
             assert config.get("entrypoint") == (list(svc.entrypoint) if svc.entrypoint else None)
             # the watchdog keeps the timeout
-            assert tasks["timeout"]["config"][0]["args"][-1] == str(run.timeout)
+            assert tasks["blueprints_timeout"]["config"][0]["args"][-1] == str(run.timeout)
             assert group["restart"] == [{"attempts": 0, "mode": "fail"}]
             if svc.volumes:
                 assert group["constraint"] == [
@@ -1157,6 +1157,28 @@ def test_tasks_and_schedules_are_batch_jobs():
                 ]
             env = [t for t in task["template"] if t["destination"] == "secrets/env"]
             assert f'nomadVar "nomad/jobs/full-{kind}-{name}"' in env[0]["data"]
+
+
+def test_a_service_named_timeout_runs_a_task_beside_the_watchdog():
+    """The watchdog's task name has an underscore, which no service (a DNS label) can take: a
+    service named `timeout` and its task's watchdog are two tasks of the group, not one."""
+    from blueprints.rungs.nomad.release import WATCHDOG_TASK, render_run_jobs
+
+    data = copy.deepcopy(EXAMPLE)
+    data["services"]["timeout"] = data["services"].pop("worker")
+    data["tasks"] = {"sweep": {"service": "timeout", "command": ["sweep", "--now"]}}
+    app = spec(data)
+    assert check_nomad(app) == []
+    [text] = render_run_jobs(app).values()
+    _, body = job_of(text)
+    [(group_name, group)] = blocks(body["group"]).items()
+    assert group_name == "timeout"
+    labels = [label for item in group["task"] for label in item]
+    assert sorted(labels) == sorted(["timeout", WATCHDOG_TASK])
+    tasks = blocks(group["task"])
+    assert tasks["timeout"]["leader"] is True
+    assert tasks["timeout"]["config"][0]["command"] == "sweep"
+    assert "leader" not in tasks[WATCHDOG_TASK]
 
 
 def test_a_secret_value_is_in_no_job_only_in_the_variables():

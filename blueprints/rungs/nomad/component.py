@@ -73,6 +73,7 @@ from blueprints.rungs.nomad.rules import (
     NODE_COUNT,
     NOMAD_HTTP,
     check_nomad,
+    registry_note,
     schedule_job_name,
     task_job_name,
     unenforced_health,
@@ -179,6 +180,9 @@ class Nomad(pulumi.ComponentResource):
         labels = resource_labels(app.name, "nomad", stack)
         for note in unenforced_health(app):
             pulumi.log.warn(note)
+        registries = registry_note(app)
+        if registries is not None:
+            pulumi.log.warn(registries)
         for volume, users in app.shared_volumes().items():
             pulumi.log.info(
                 f"services {', '.join(users)} share volume {volume}, so they run on one node: "

@@ -509,8 +509,9 @@ def render_ingress_job(app: AppSpec, ca_pem: str, timing: Timing) -> str:
 
 # A run's limit is kept inside Nomad: a watchdog task beside the run's own sleeps for the timeout
 # and then fails, and Nomad kills the siblings of a failed task; the run's task is the group's
-# leader, so when it ends first the watchdog is stopped with it (not failed).
-WATCHDOG_TASK = "timeout"
+# leader, so when it ends first the watchdog is stopped with it (not failed). Its name has an
+# underscore, which no service (a DNS label, the run's task's name) can have.
+WATCHDOG_TASK = "blueprints_timeout"
 WATCHDOG_SCRIPT = 'sleep "$1"; echo "the run took longer than its timeout of $1 s" >&2; exit 1'
 # Meta of each dispatched run of a task: the release it belongs to.
 RELEASE_META = "blueprints_release"

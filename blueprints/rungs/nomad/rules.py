@@ -45,6 +45,19 @@ REGISTRY_PASSWORD_ENV = "BLUEPRINTS_REGISTRY_PASSWORD"
 NAME_LIMIT = 63
 
 
+def registry_note(app: AppSpec) -> str | None:
+    """What the plan says when the app pulls from registries with credentials: they reach the
+    pulling task's environment (the docker driver's `auth` block reads them from there)."""
+    if not app.registries:
+        return None
+    hosts = ", ".join(app.registries)
+    return (
+        f"the pull token of {hosts} is visible in the environment of every task pulling from "
+        "it (the Nomad docker driver's auth block reads it from there, hashicorp/nomad#15384): "
+        "use a read-only pull token"
+    )
+
+
 def task_job_name(app: AppSpec, name: str) -> str:
     """The batch job of one task (dispatched once per release)."""
     return f"{app.name}-task-{name}"
