@@ -355,6 +355,256 @@ def test_stateless_replace_has_no_warning():
 
 
 # ---------------------------------------------------------------------------------------------
+# The stateful table (blueprints/preview/stateful.yaml, issue 21)
+
+TABLE = report_mod.DEFAULT_TABLE
+TABLE_TYPES = sorted({**TABLE.stateful, **TABLE.identity})
+UNKNOWN_TYPE = "acme:index/widget:Widget"
+# a provider's token prefix -> the words its section comment in stateful.yaml names it by
+PROVIDERS = {
+    "aws": "aws",
+    "gcp": "google cloud",
+    "azure-native": "azure native",
+    "azure": "azure classic",
+    "kubernetes": "kubernetes",
+    "digitalocean": "digitalocean",
+    "hcloud": "hetzner",
+    "random": "random",
+    "tls": "tls",
+}
+
+
+def replace_of(type_: str, name: str = "it", stack: str = "s", **extra) -> dict:
+    """The same real replace step (a volume whose location changes), retyped."""
+    return step(
+        "replace",
+        stack,
+        type_,
+        name,
+        state(stack, type_, name, {"location": "fsn1", "size": 10}, id_="1", **extra),
+        state(stack, type_, name, {"location": "nbg1", "size": 10}),
+        upd("location", "update-replace"),
+        ["location"],
+    )
+
+
+def delete_of(type_: str, name: str = "it", stack: str = "s", **extra) -> dict:
+    return step("delete", stack, type_, name, state(stack, type_, name, {"size": 10}, **extra))
+
+
+@pytest.mark.parametrize("type_", TABLE_TYPES)
+def test_every_type_of_the_stateful_table_replaced_is_data_loss(type_):
+    rep = build(("s", doc([replace_of(type_)])), prices=False)
+    assert rep.data_loss
+    assert [(d.name, d.kind, d.level) for d in rep.dangers] == [("it", "replace", "data loss")]
+    assert not rep.reviews
+    what = {**TABLE.stateful, **TABLE.identity}[type_]
+    assert rep.dangers[0].what == what
+    block = warning_block(rep.markdown)
+    assert f"**replace** {what} `it` (`{type_}`)" in block
+    assert "No stateful resource" not in rep.markdown and "⚠️ data loss" in rep.markdown
+
+
+def test_the_cli_fails_on_every_type_of_the_table(tmp_path):
+    steps = [replace_of(t, f"r{i}") for i, t in enumerate(TABLE_TYPES)]
+    (tmp_path / "preview-s.json").write_text(json.dumps(doc(steps)))
+    res = run(str(tmp_path / "preview-s.json"), "--fail-on", "data-loss", "--no-prices")
+    assert res.returncode == 4, res.stderr
+    assert f"Data loss: {len(TABLE_TYPES)} stateful resources would be" in res.stdout
+    for i, t in enumerate(TABLE_TYPES):
+        assert f"`r{i}` (`{t}`)" in warning_block(res.stdout)
+
+
+def test_the_table_covers_the_providers_teams_use():
+    by_provider: dict[str, int] = {}
+    for t in TABLE_TYPES:
+        by_provider[t.split(":", 1)[0]] = by_provider.get(t.split(":", 1)[0], 0) + 1
+    assert set(by_provider) == set(PROVIDERS)
+    for token in (
+        "aws:rds/instance:Instance",
+        "aws:rds/cluster:Cluster",
+        "aws:dynamodb/table:Table",
+        "aws:efs/fileSystem:FileSystem",
+        "aws:s3/bucketV2:BucketV2",
+        "gcp:sql/databaseInstance:DatabaseInstance",
+        "gcp:compute/disk:Disk",
+        "gcp:compute/address:Address",
+        "azure-native:storage:StorageAccount",
+        "azure:postgresql/flexibleServer:FlexibleServer",
+        "kubernetes:core/v1:PersistentVolume",
+        "kubernetes:apps/v1:StatefulSet",
+        "digitalocean:index/volume:Volume",
+        "hcloud:index/volume:Volume",
+        "random:index/randomPassword:RandomPassword",
+        "tls:index/privateKey:PrivateKey",
+    ):
+        assert token in TABLE_TYPES, token
+    # the types the blueprints themselves delete or replace are known either way
+    for t in (SRV, ATT, FW, "command:remote:Command", "aws:ec2/instance:Instance"):
+        assert TABLE.is_stateless(t), t
+
+
+def test_the_table_file_is_documented():
+    """Every provider's entries sit under a comment naming the provider; the file says what the
+    levels are and how to add types."""
+    text = report_mod.STATEFUL_FILE.read_text()
+    assert "data loss" in text and "review" in text and "blueprints-stateful.yaml" in text
+    section = heading = None
+    seen: set[str] = set()
+    for line in text.splitlines():
+        if line and not line.startswith((" ", "#")):
+            section, heading = line.rstrip(":"), None
+        elif line.strip().startswith("# ---"):
+            heading = line.strip().lower()
+        elif line.strip().startswith("#"):
+            continue
+        elif section in ("stateful", "identity") and line.startswith("  ") and ": " in line:
+            provider = line.strip().split(":", 1)[0]
+            assert heading is not None and PROVIDERS[provider] in heading, line
+            seen.add(provider)
+    assert seen == set(PROVIDERS)
+
+
+def test_deletes_of_the_table_are_data_loss_and_of_identities_review():
+    steps = [delete_of(t, f"d{i}") for i, t in enumerate(TABLE_TYPES)]
+    rep = build(("s", doc(steps)), prices=False)
+    lost = {d.type for d in rep.dangers}
+    reviewed = {d.type for d in rep.reviews}
+    # a StatefulSet whose spec cannot be read may delete its claims: data loss (fails closed)
+    assert lost == set(TABLE.stateful)
+    assert reviewed == set(TABLE.identity)
+    assert all(d.kind == "delete" for d in rep.dangers + rep.reviews)
+
+
+def test_an_azure_native_token_pinned_to_an_api_version_is_in_the_table():
+    rep = build(("s", doc([replace_of("azure-native:storage/v20230101:StorageAccount")])))
+    assert rep.data_loss and rep.dangers[0].what == "storage account"
+
+
+def test_a_protected_resource_of_a_stateless_type_replaced_or_deleted_is_data_loss():
+    steps = [
+        replace_of(FW, "fw", protect=True),
+        delete_of("kubernetes:apps/v1:Deployment", "web", protect=True),
+        delete_of(UNKNOWN_TYPE, "widget", protect=True),
+        replace_of(FW, "fw2"),  # not protected: no warning
+    ]
+    rep = build(("s", doc(steps)), prices=False)
+    assert rep.data_loss
+    assert [(d.name, d.kind, d.what, d.protect) for d in rep.dangers] == [
+        ("fw", "replace", "protected resource", True),
+        ("web", "delete", "protected resource", True),
+        ("widget", "delete", "protected resource", True),
+    ]
+    assert not rep.reviews
+    assert "**replace** protected resource `fw`" in warning_block(rep.markdown)
+
+
+def test_a_delete_of_an_unknown_type_is_listed_for_review_not_data_loss(tmp_path):
+    component = state("s", "acme:index:Stack", "group", {})
+    component["custom"] = False
+    steps = [
+        delete_of(UNKNOWN_TYPE, "widget"),
+        delete_of(FW, "fw"),  # known stateless: nothing to review
+        step("delete", "s", "acme:index:Stack", "group", component),  # holds nothing itself
+        delete_of("random:index/randomPassword:RandomPassword", "token"),  # an identity deleted
+    ]
+    rep = build(("s", doc(steps)), prices=False)
+    assert not rep.data_loss and not rep.dangers
+    assert [(d.name, d.level) for d in rep.reviews] == [("widget", "review"), ("token", "review")]
+    md = rep.markdown
+    # no false "No stateful resource" claim; the review list has its own heading
+    assert "No stateful resource" not in md and "[!warning]" not in md
+    assert "No resource of a type known to be stateful is replaced or deleted, but 2" in md
+    assert "> **Review: 2 replaced or deleted resources of a type not known" in md
+    assert (
+        f"> - **delete** resource of a type not known to hold no data `widget` (`{UNKNOWN_TYPE}`)"
+        in md
+    )
+    assert "🔎 review" in md
+    # the gate: data-loss passes (and says what to review), review fails with 6
+    (tmp_path / "preview-s.json").write_text(json.dumps(doc(steps)))
+    res = run(str(tmp_path / "preview-s.json"), "--fail-on", "data-loss", "--no-prices")
+    assert res.returncode == 0, res.stderr
+    assert "review: s/widget, s/token" in res.stderr
+    res = run(str(tmp_path / "preview-s.json"), "--fail-on", "review", "--no-prices")
+    assert res.returncode == 6, res.stderr
+    # a replace of an unknown type is listed too
+    rep = build(("s", doc([replace_of(UNKNOWN_TYPE)])), prices=False)
+    assert not rep.data_loss and [d.kind for d in rep.reviews] == ["replace"]
+
+
+def test_a_stateful_set_is_data_loss_unless_its_pods_keep_their_claims():
+    sts = "kubernetes:apps/v1:StatefulSet"
+
+    def workload(claims, image, name="db", policy=None):
+        spec: dict[str, Any] = {"template": {"image": image}}
+        if claims:
+            spec["volumeClaimTemplates"] = [{"metadata": {"name": c}} for c in claims]
+        if policy:
+            spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": policy}
+        inputs: dict[str, Any] = {"spec": spec}
+        if name:
+            inputs["metadata"] = {"name": name, "namespace": "shop"}
+        return state("s", sts, name or "auto", inputs)
+
+    def replaced(n, old, new):
+        return step("replace", "s", sts, n, old, new, upd("spec", "update-replace"), ["spec"])
+
+    steps = [
+        # auto-named: the replacement gets a new name, so new claims
+        replaced("auto", workload(["pgdata"], "a", None), workload(["pgdata"], "b", None)),
+        replaced("renamed", workload(["pgdata"], "a"), workload(["pgdata"], "b", "db2")),
+        step("delete", "s", sts, "gone", workload(["pgdata"], "a", policy="Delete")),
+        # kept: same name and templates; a delete that retains its claims; no claims at all
+        replaced("same", workload(["pgdata"], "a"), workload(["pgdata"], "b")),
+        step("delete", "s", sts, "kept", workload(["pgdata"], "a", policy="Retain")),
+        replaced("plain", workload([], "a"), workload([], "b")),
+    ]
+    rep = build(("s", doc(steps)), prices=False)
+    assert [d.name for d in rep.dangers] == ["auto", "renamed", "gone"]
+    assert not rep.reviews
+    block = warning_block(rep.markdown)
+    assert "not named the same" in block and "whenDeleted: Delete" in block
+
+
+def test_types_added_by_parameter_or_config_file_are_data_loss(tmp_path):
+    steps = [replace_of(UNKNOWN_TYPE, "widget")]
+    assert not build(("s", doc(steps)), prices=False).data_loss
+    rep = build(("s", doc(steps)), prices=False, stateful={UNKNOWN_TYPE: "Acme widget store"})
+    assert rep.data_loss and not rep.reviews
+    assert "**replace** Acme widget store `widget`" in warning_block(rep.markdown)
+    with pytest.raises(PreviewError, match="not a Pulumi type token"):
+        build(("s", doc(steps)), stateful={"widget": "x"})
+
+    (tmp_path / "preview-s.json").write_text(json.dumps(doc(steps)))
+    preview = str(tmp_path / "preview-s.json")
+    res = run(preview, "--fail-on", "data-loss", "--no-prices", cwd=tmp_path)
+    assert res.returncode == 0 and "review: s/widget" in res.stderr
+    # blueprints-stateful.yaml in the current directory
+    (tmp_path / "blueprints-stateful.yaml").write_text(
+        f"stateful:\n  # --- Acme ---\n  {UNKNOWN_TYPE}: Acme widget store\n"
+    )
+    res = run(preview, "--fail-on", "data-loss", "--no-prices", cwd=tmp_path)
+    assert res.returncode == 4, res.stderr
+    assert "**replace** Acme widget store `widget`" in res.stdout
+    # --stateful FILE; a type the user calls stateless is neither data loss nor review
+    other = tmp_path / "other.yaml"
+    other.write_text(f"stateless:\n  - {UNKNOWN_TYPE}\n")
+    res = run(preview, "--fail-on", "review", "--no-prices", "--stateful", str(other))
+    assert res.returncode == 0, res.stderr
+    assert "No stateful resource" in res.stdout
+    # a bad or missing file is bad input: exit 2, one line, nothing passes
+    other.write_text("stateful: [a, b]\n")
+    res = run(preview, "--fail-on", "data-loss", "--stateful", str(other))
+    assert res.returncode == 2 and "stateful: expected a mapping" in red_line(res)
+    res = run(preview, "--stateful", str(tmp_path / "missing.yaml"))
+    assert res.returncode == 2 and "missing.yaml: no such file" in red_line(res)
+    (tmp_path / "blueprints-stateful.yaml").write_text("stateful: {a\n")
+    res = run(preview, cwd=tmp_path)
+    assert res.returncode == 2 and "is not valid YAML" in red_line(res)
+
+
+# ---------------------------------------------------------------------------------------------
 # Secrets
 
 
@@ -949,7 +1199,7 @@ def test_cli_fail_on_data_loss_prints_then_exits_4(tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--fail-on", "cost"], "--fail-on: must be data-loss (got 'cost')"),
+        (["--fail-on", "cost"], "--fail-on: must be data-loss or review (got 'cost')"),
         (["missing.json"], "missing.json: no such file"),
         (["{bad}"], "is not valid JSON (line 1 column 12: Expecting value)"),
         (["{list}"], "expected a JSON object"),
@@ -1134,13 +1384,15 @@ def test_a_periodic_job_change_is_not_described_as_a_deployment():
 def test_a_stateful_set_leaving_its_volume_claims_is_data_loss():
     """On k8s a volume that gains a second user moves from the StatefulSet's claim template to a
     claim of its own: the pods start on a new, empty claim. The gate says so; a replace that
-    keeps the templates (same claims) does not warn."""
+    keeps the templates and the name (same claims, as the k8s rung names its sets) does not
+    warn."""
     sts = "kubernetes:apps/v1:StatefulSet"
 
     def workload(name: str, claims: list[str], image: str) -> dict:
         templates = [{"metadata": {"name": c}} for c in claims]
         spec = {"volumeClaimTemplates": templates, "template": {"image": image}}
-        return state("s", sts, name, {"spec": spec})
+        meta = {"name": name, "namespace": "shop"}
+        return state("s", sts, name, {"metadata": meta, "spec": spec})
 
     steps = [
         step(

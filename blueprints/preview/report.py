@@ -2,8 +2,9 @@
 
 Layout, most important first: a per-stack summary table (with the monthly cost delta when the
 price table covers the resources), a warning block naming every stateful resource that would be
-replaced or deleted, then per stack its diagnostics and one collapsible block per changed
-resource with property-level changes.
+replaced or deleted (the table: stateful.yaml, beside this file), a review list of replaced or
+deleted resources of types the table does not know, then per stack its diagnostics and one
+collapsible block per changed resource with property-level changes.
 
 Safety rules:
 - Secret values never appear: Pulumi's secret wrapper and its "[secret]" placeholder are masked,
@@ -37,6 +38,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from blueprints.preview.document import (
@@ -100,18 +102,129 @@ OP_NOTES = {
     "delete": "removed from the program; deleted",
 }
 
-# Stateful resources: losing one loses data or an address clients use.
-STATEFUL = {
-    "hcloud:index/volume:Volume": "volume",
-    "aws:ebs/volume:Volume": "EBS volume",
-    "hcloud:index/floatingIp:FloatingIp": "floating IP",
-    "hcloud:index/primaryIp:PrimaryIp": "primary IP",
-    "aws:ec2/eip:Eip": "elastic IP",
-    "aws:s3/bucket:Bucket": "S3 bucket",
-    # the k8s rung's claim of a volume several services mount (a replaced or deleted claim
-    # loses the volume's data)
-    "kubernetes:core/v1:PersistentVolumeClaim": "volume claim",
-}
+# Stateful resources: losing one loses data, an address clients use or an identity others trust.
+# The table is blueprints/preview/stateful.yaml (documented there, per provider); users add types
+# with `blueprints-stateful.yaml` in the current directory or `--stateful FILE` (read_stateful),
+# or build_report(stateful=...).
+STATEFUL_FILE = Path(__file__).with_name("stateful.yaml")
+USER_STATEFUL_FILE = "blueprints-stateful.yaml"
+DATA_LOSS = "data loss"  # Danger.level: the warning block, Report.data_loss, --fail-on data-loss
+REVIEW = "review"  # Danger.level: listed for review; never data loss by itself
+_TOKEN = re.compile(r"^[A-Za-z0-9_.-]+:[^:\s]+:[^:\s]+$")
+_AZURE_VERSION = re.compile(r"^(azure-native:[^:/]+)/v[0-9]+[a-z]*:")
+
+
+@dataclass(frozen=True)
+class StatefulTable:
+    """Type token -> what it holds (stateful: data loss on replace or delete; identity: data
+    loss on replace, review on delete), and the types known to hold nothing (stateless)."""
+
+    stateful: Mapping[str, str]
+    identity: Mapping[str, str]
+    stateless: frozenset[str]  # exact tokens, or a prefix ending in "*"
+
+    def merged(self, other: StatefulTable) -> StatefulTable:
+        listed = set(other.stateful) | set(other.identity)
+        return StatefulTable(
+            stateful={
+                **{k: v for k, v in self.stateful.items() if k not in other.identity},
+                **other.stateful,
+            },
+            identity={
+                **{k: v for k, v in self.identity.items() if k not in other.stateful},
+                **other.identity,
+            },
+            stateless=frozenset(t for t in self.stateless if t not in listed) | other.stateless,
+        )
+
+    def is_stateless(self, type_: str) -> bool:
+        if type_ in self.stateful or type_ in self.identity:
+            return False
+        return type_ in self.stateless or any(
+            p.endswith("*") and type_.startswith(p[:-1]) for p in self.stateless
+        )
+
+
+def _type_key(type_: str) -> str:
+    """The table's key of a type: an azure-native token pinned to an API version matches the
+    unversioned one (azure-native:storage/v20230101:StorageAccount -> azure-native:storage:...)."""
+    return _AZURE_VERSION.sub(r"\1:", type_)
+
+
+def parse_stateful(data: Any, source: str) -> StatefulTable:
+    """A stateful table (the shape of stateful.yaml) -> StatefulTable; PreviewError on a bad one."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise PreviewError(f"{source}: expected a mapping with stateful, identity, stateless")
+    extra = sorted(str(k) for k in data if k not in ("stateful", "identity", "stateless"))
+    if extra:
+        raise PreviewError(
+            f"{source}: unknown section {extra[0]!r}; the sections are stateful, identity "
+            "(type: what it holds) and stateless (a list of types)"
+        )
+    sections: dict[str, dict[str, str]] = {}
+    for name in ("stateful", "identity"):
+        section = data.get(name) or {}
+        if not isinstance(section, Mapping):
+            raise PreviewError(f"{source}: {name}: expected a mapping of type token: what it holds")
+        entries = {}
+        for key, what in section.items():
+            if not isinstance(key, str) or not _TOKEN.match(key):
+                raise PreviewError(
+                    f"{source}: {name}: {key!r} is not a Pulumi type token "
+                    "(package:module:Type, e.g. aws:rds/instance:Instance)"
+                )
+            if not isinstance(what, str) or not what.strip():
+                raise PreviewError(f"{source}: {name}.{key}: say what it holds (a short phrase)")
+            entries[_type_key(key)] = " ".join(what.split())
+        sections[name] = entries
+    stateless = data.get("stateless") or []
+    if not isinstance(stateless, list) or not all(
+        isinstance(t, str) and _TOKEN.match(t) for t in stateless
+    ):
+        raise PreviewError(f"{source}: stateless: expected a list of Pulumi type tokens")
+    return StatefulTable(
+        stateful=sections["stateful"],
+        identity=sections["identity"],
+        stateless=frozenset(_type_key(t) for t in stateless),
+    )
+
+
+def read_stateful(path: str | Path | None) -> StatefulTable | None:
+    """The user's table: `path` (which must exist), else blueprints-stateful.yaml in the current
+    directory when there is one, else None. PreviewError on a missing or bad file."""
+    import yaml
+
+    where = Path(path) if path is not None else Path(USER_STATEFUL_FILE)
+    if path is None and not where.is_file():
+        return None
+    try:
+        text = where.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PreviewError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PreviewError(f"{where}: cannot be read ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark is not None else ""
+        raise PreviewError(f"{where}: is not valid YAML{at}") from None
+    return parse_stateful(data, str(where))
+
+
+def _load_default() -> StatefulTable:
+    import yaml
+
+    return parse_stateful(
+        yaml.safe_load(STATEFUL_FILE.read_text(encoding="utf-8")), "stateful.yaml"
+    )
+
+
+DEFAULT_TABLE = _load_default()
+STATEFUL = DEFAULT_TABLE.stateful
+IDENTITY = DEFAULT_TABLE.identity
 # A server labelled (hcloud labels, AWS tags) `holds: <what>` keeps state of its own that a
 # replacement loses or must rebuild: the k8s rung's control planes (an etcd member) and, on AWS,
 # its workers (k3s local-path volumes).
@@ -166,7 +279,8 @@ class Change:
 
 @dataclass(frozen=True)
 class Danger:
-    """A stateful resource that would be replaced or deleted."""
+    """A stateful resource that would be replaced or deleted (level DATA_LOSS), or one whose
+    type nobody said holds no data (level REVIEW)."""
 
     stack: str
     name: str
@@ -180,6 +294,7 @@ class Danger:
     index: int
     # For a server: what it holds itself (HOLDS_LABEL), as a phrase.
     state: str | None = None
+    level: str = DATA_LOSS
 
 
 @dataclass(frozen=True)
@@ -202,6 +317,7 @@ class StackSummary:
     changes: tuple[Change, ...]
     diagnostics: tuple[Diagnostic, ...]
     maybe_corrupt: bool
+    reviews: tuple[Danger, ...] = ()  # level REVIEW: listed, not data loss
 
 
 @dataclass(frozen=True)
@@ -215,6 +331,11 @@ class Report:
     @property
     def dangers(self) -> tuple[Danger, ...]:
         return tuple(d for s in self.stacks for d in s.dangers)
+
+    @property
+    def reviews(self) -> tuple[Danger, ...]:
+        """Replaced or deleted resources of types the table does not know: to review."""
+        return tuple(d for s in self.stacks for d in s.reviews)
 
     @property
     def failed(self) -> tuple[str, ...]:
@@ -354,29 +475,84 @@ def _claim_templates(state: State | None) -> list[str]:
     return names
 
 
-def find_dangers(changes: Sequence[Change]) -> tuple[Danger, ...]:
-    """Replaces and deletes of volumes, IPs and servers that hold a volume, in step order."""
+def _meta(state: State | None, key: str) -> str | None:
+    meta = state.inputs.get("metadata") if state is not None else None
+    value = meta.get(key) if isinstance(meta, Mapping) else None
+    return value if isinstance(value, str) and value and value != UNKNOWN else None
+
+
+def _stateful_set_loss(c: Change) -> str | None:
+    """What a StatefulSet's replace or delete loses (its pods' claims, as a phrase), or None when
+    its pods keep them. Fails closed: a spec it cannot read loses them."""
+    spec = c.old.inputs.get("spec") if c.old is not None else None
+    if not isinstance(spec, Mapping):
+        return "volume claims of its pods, if it has any (its spec cannot be read)"
+    claims = _claim_templates(c.old)
+    if not claims:
+        return None
+    names = ", ".join(claims)
+    policy = spec.get("persistentVolumeClaimRetentionPolicy")
+    if isinstance(policy, Mapping) and policy.get("whenDeleted") == "Delete":
+        return (
+            f"volume claims of its pods ({names}), which are deleted with it "
+            "(persistentVolumeClaimRetentionPolicy.whenDeleted: Delete)"
+        )
+    if c.kind == "delete":
+        return None  # the claims outlive it, data included
+    left = [n for n in claims if n not in _claim_templates(c.new)]
+    if left:
+        return (
+            f"volume claims of its pods ({', '.join(left)}); its new pods mount other, "
+            "new claims and the old ones stay unmounted with the data"
+        )
+    old_name, new_name = _meta(c.old, "name"), _meta(c.new, "name")
+    same_place = _meta(c.old, "namespace") == _meta(c.new, "namespace")
+    if old_name is None or old_name != new_name or not same_place:
+        return (
+            f"volume claims of its pods ({names}); the replacement is not named the same "
+            "(metadata.name, namespace), so its pods start on new, empty claims"
+        )
+    return None
+
+
+def find_dangers(
+    changes: Sequence[Change], table: StatefulTable = DEFAULT_TABLE
+) -> tuple[Danger, ...]:
+    """Replaces and deletes that lose data, in step order (level DATA_LOSS): types of the
+    stateful table, identities replaced, servers that hold a volume or cluster state,
+    StatefulSets whose pods lose their claims, protected resources. Then (level REVIEW)
+    replaces and deletes of types the table does not know, and deletes of identities."""
     holders = _holders(changes)
     out = []
     for c in changes:
         if c.kind not in ("replace", "delete", "import-replacement"):
             continue
-        what = STATEFUL.get(c.type)
+        key = _type_key(c.type)
+        level = DATA_LOSS
+        what = table.stateful.get(key)
         holder = None
         state = None
+        if what is None and key in table.identity:
+            what = table.identity[key]
+            if c.kind == "delete":
+                level = REVIEW
         if what is None and c.type in SERVERS:
             holder = next((holders[r] for r in _server_refs(c) if r in holders), None)
             state = _holds(c)
             if holder is not None or state is not None:
                 what = "server"
-        if what is None and c.type == STATEFUL_SET and c.kind != "delete":
-            left = [n for n in _claim_templates(c.old) if n not in _claim_templates(c.new)]
-            if left:
-                what = "StatefulSet"
-                state = (
-                    f"volume claims of its pods ({', '.join(left)}); its new pods mount other, "
-                    "new claims and the old ones stay unmounted with the data"
-                )
+        if key == STATEFUL_SET and what is not None:
+            state = _stateful_set_loss(c)
+            if state is None:
+                what = None
+        if what is None and c.protect:
+            what = "protected resource"
+        elif what is not None and c.protect:
+            level = DATA_LOSS
+        component = any(s is not None and not s.custom for s in (c.old, c.new))
+        known = key in table.stateful or key in table.identity or table.is_stateless(key)
+        if what is None and not component and not known:
+            what, level = "resource of a type not known to hold no data", REVIEW
         if what is None:
             continue
         before = c.old or c.new
@@ -393,6 +569,7 @@ def find_dangers(changes: Sequence[Change]) -> tuple[Danger, ...]:
                 retain_on_delete=bool(before and before.retain_on_delete),
                 index=c.index,
                 state=state,
+                level=level,
             )
         )
     return tuple(out)
@@ -1334,6 +1511,20 @@ def _warning_block(dangers: Sequence[Danger], many_stacks: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _review_block(reviews: Sequence[Danger], many_stacks: bool) -> str:
+    n = len(reviews)
+    lines = [
+        "> [!note]",
+        f"> **Review: {n} replaced or deleted resource{'s' if n != 1 else ''} of a type not "
+        "known to hold no data.** Not counted as data loss (`--fail-on data-loss` passes; "
+        "`--fail-on review` does not). Check what each held; list its type under `stateful:` "
+        f"or `stateless:` in {code(USER_STATEFUL_FILE)}.",
+        ">",
+    ]
+    lines += [f"> {_danger_line(d, many_stacks)}" for d in reviews]
+    return "\n".join(lines) + "\n"
+
+
 def _table(stacks: Sequence[StackSummary], with_cost: bool) -> str:
     head = ["stack", *COLUMNS]
     if with_cost:
@@ -1430,18 +1621,22 @@ def _cost_note(with_cost: bool, stacks: Sequence[StackSummary] = ()) -> str:
     return note
 
 
-def _summary_html(c: Change, danger: bool) -> str:
+def _summary_html(c: Change, danger: bool, review: bool = False) -> str:
     known = c.kind in CATEGORY
     parts = [f"<b>{c.kind}</b>"] if known else ["<b>unknown op</b>", html_code(c.kind)]
     parts += [html_code(c.name), html_code(c.type)]
     if danger:
         parts.append("⚠️ data loss")
+    elif review:
+        parts.append("🔎 review")
     if c.protect:
         parts.append("🔒 protected")
     return " ".join(parts)
 
 
-def _resource_block(c: Change, danger: bool, values: bool, waits: Sequence[Change] = ()) -> str:
+def _resource_block(
+    c: Change, danger: bool, values: bool, waits: Sequence[Change] = (), review: bool = False
+) -> str:
     body: list[str] = []
     if c.kind not in CATEGORY:
         body.append(f"- unknown step operation {code(c.kind)}; shown as Pulumi reported it")
@@ -1479,7 +1674,7 @@ def _resource_block(c: Change, danger: bool, values: bool, waits: Sequence[Chang
     if not body:
         body.append("- no property changes reported")
     return (
-        f"<details><summary>{_summary_html(c, danger)}</summary>\n\n"
+        f"<details><summary>{_summary_html(c, danger, review)}</summary>\n\n"
         + "\n".join(body)
         + "\n\n</details>\n"
     )
@@ -1528,20 +1723,24 @@ def _diagnostics_block(s: StackSummary) -> str:
 # Assembly
 
 
-def summarize(stack: str, preview: Preview, *, prices: bool) -> StackSummary:
+def summarize(
+    stack: str, preview: Preview, *, prices: bool, table: StatefulTable = DEFAULT_TABLE
+) -> StackSummary:
     changes = group_changes(stack, preview)
     counts, other = _counts(changes, preview.change_summary)
+    found = find_dangers(changes, table)
     return StackSummary(
         stack=stack,
         counts=counts,
         other_ops=other,
         errors=sum(1 for d in preview.diagnostics if d.severity == "error"),
         warnings=sum(1 for d in preview.diagnostics if d.severity == "warning"),
-        dangers=find_dangers(changes),
+        dangers=tuple(d for d in found if d.level == DATA_LOSS),
         cost=cost_delta(changes) if prices else None,
         changes=changes,
         diagnostics=preview.diagnostics,
         maybe_corrupt=preview.maybe_corrupt,
+        reviews=tuple(d for d in found if d.level != DATA_LOSS),
     )
 
 
@@ -1570,17 +1769,27 @@ def build_report(
     prices: bool = True,
     limit: int = GITLAB_NOTE_LIMIT,
     title: str | None = None,
+    stateful: Mapping[str, str] | StatefulTable | None = None,
 ) -> Report:
-    """The markdown report of [(stack name, parsed `pulumi preview --json`)], in that order."""
+    """The markdown report of [(stack name, parsed `pulumi preview --json`)], in that order.
+
+    `stateful`: types to add to the stateful table (type token -> what it holds, data loss on
+    replace or delete), or a whole StatefulTable (read_stateful) to merge into it."""
+    table = DEFAULT_TABLE
+    if isinstance(stateful, StatefulTable):
+        table = table.merged(stateful)
+    elif stateful:
+        table = table.merged(parse_stateful({"stateful": dict(stateful)}, "stateful="))
     summaries = []
     for stack, doc in documents:
         preview = doc if isinstance(doc, Preview) else parse_preview(doc, source=f"stack {stack}")
-        summaries.append(summarize(stack, preview, prices=prices))
+        summaries.append(summarize(stack, preview, prices=prices, table=table))
     if not summaries:
         raise PreviewError("no preview documents were given")
     with_cost = prices and any(s.cost is not None for s in summaries)
     many = len(summaries) > 1
     dangers = [d for s in summaries for d in s.dangers]
+    reviews = [d for s in summaries for d in s.reviews]
 
     core = [
         f"{MARKER}\n## {md_text(title) if title else DEFAULT_TITLE}\n",
@@ -1592,11 +1801,20 @@ def build_report(
             core.append(extra)
     if dangers:
         core.append(_warning_block(dangers, many))
+    elif reviews:
+        core.append(
+            "No resource of a type known to be stateful is replaced or deleted, but "
+            f"{len(reviews)} of a type not known to hold no data "
+            f"{'is' if len(reviews) == 1 else 'are'}: review below.\n"
+        )
     else:
         core.append(
-            "No stateful resource (volume, floating/elastic/primary IP, bucket, server holding a "
-            "volume) is replaced or deleted.\n"
+            "No stateful resource (volume, IP address, database, bucket, file system, key, "
+            "namespace, server holding a volume; the table is blueprints/preview/stateful.yaml) "
+            "is replaced or deleted.\n"
         )
+    if reviews:
+        core.append(_review_block(reviews, many))
 
     heads: list[str] = []
     diags: list[str] = []
@@ -1614,19 +1832,22 @@ def build_report(
         heads.append(head)
         diags.append(_diagnostics_block(s))
         danger_idx = {d.index for d in s.dangers}
+        review_idx = {d.index for d in s.reviews}
         waits = _waits(s)
         for c in s.changes:
             if not _shown(c):
                 continue
             danger = c.index in danger_idx
-            prio = (0 if danger else _PRIORITY.get(c.category, 4), si, c.index)
+            review = c.index in review_idx
+            prio = (0 if danger or review else _PRIORITY.get(c.category, 4), si, c.index)
+            wait = waits.get(c.urn, ())
             items.append(
                 _Item(
                     si,
                     c.index,
                     prio,
-                    _resource_block(c, danger, values=True, waits=waits.get(c.urn, ())),
-                    _resource_block(c, danger, values=False, waits=waits.get(c.urn, ())),
+                    _resource_block(c, danger, values=True, waits=wait, review=review),
+                    _resource_block(c, danger, values=False, waits=wait, review=review),
                 )
             )
 
