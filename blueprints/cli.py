@@ -1042,7 +1042,10 @@ def _rmtree(path: Path) -> None:
 
 EXIT_DATA_LOSS = 4  # `preview-report --fail-on data-loss` and a stateful resource is at risk
 EXIT_PREVIEW_FAILED = 5  # `--fail-on data-loss` and a preview reported errors: data loss unknown
-FAIL_ON = ("data-loss",)
+FAIL_ON = ("data-loss", "review")
+# `--fail-on review` also fails (exit 6) on replaced/deleted resources of types the
+# stateful table does not know (report "review" level); it implies data-loss.
+EXIT_REVIEW = 6
 
 # Options preview-report and diff share: both end in the same report (_publish_report).
 ReportOutputOpt = Annotated[
@@ -1054,9 +1057,11 @@ FailOnOpt = Annotated[
     typer.Option(
         "--fail-on",
         help=f"data-loss: exit {EXIT_DATA_LOSS} (after printing and posting the report) when a "
-        "volume, floating/elastic/primary IP, S3 bucket or a server holding a volume or cluster "
-        f"state would be replaced or deleted, and {EXIT_PREVIEW_FAILED} when a preview reported "
-        "errors.",
+        "resource of a stateful type (blueprints/preview/stateful.yaml: volumes, IPs, databases, "
+        "buckets, keys...), a protected resource or a server holding a volume or cluster state "
+        f"would be replaced or deleted, and {EXIT_PREVIEW_FAILED} when a preview reported "
+        f"errors. review: that too, and exit {EXIT_REVIEW} when a resource of a type not known "
+        "to hold no data would be replaced or deleted.",
     ),
 ]
 GitLabOpt = Annotated[
@@ -1068,6 +1073,16 @@ GitLabOpt = Annotated[
     ),
 ]
 NoPricesOpt = Annotated[bool, typer.Option("--no-prices", help="Leave the monthly cost delta out.")]
+# More stateful types for the data-loss gate.
+StatefulOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--stateful",
+        help="A YAML file of more types for the data-loss gate (sections stateful, identity, "
+        "stateless, as blueprints/preview/stateful.yaml); default: blueprints-stateful.yaml in "
+        "the current directory when there is one.",
+    ),
+]
 
 
 def _check_fail_on(fail_on: list[str] | None) -> None:
@@ -1105,6 +1120,15 @@ def _preview_stack_name(explicit: str | None, where: str, preview) -> str:
         f"{where}: has no steps to read the stack name from; pass it as STACK={where} "
         "or name the file preview-STACK.json"
     )
+
+
+def _with_stack(message: str, stack: str | None) -> str:
+    """The suggested `pulumi preview` command with the stack named, when it is known."""
+    from blueprints.preview.document import RUN_PREVIEW
+
+    if not stack:
+        return message
+    return message.replace(RUN_PREVIEW, RUN_PREVIEW.replace("STACK", stack))
 
 
 def _run_pulumi_preview(stack: str) -> tuple[str, str]:
@@ -1166,7 +1190,10 @@ def preview_report(
         list[str] | None,
         typer.Argument(
             help="`pulumi preview --json` outputs: FILE, STACK=FILE, or - for stdin. The stack "
-            "name comes from the resource URNs, else STACK=, else a preview-STACK.json name.",
+            "name comes from the resource URNs, else STACK=, else a preview-STACK.json name. "
+            "Pulumi's engine events of a preview (one JSON object per line: --event-log FILE, or "
+            "--json with PULUMI_ENABLE_STREAMING_JSON_PREVIEW=true) are read too; anything else "
+            "(a stack export, {}, an update's events) is refused.",
             show_default=False,
         ),
     ] = None,
@@ -1183,6 +1210,7 @@ def preview_report(
     fail_on: FailOnOpt = None,
     gitlab: GitLabOpt = False,
     no_prices: NoPricesOpt = False,
+    stateful: StatefulOpt = None,
 ) -> None:
     """Turn `pulumi preview --json` documents into one markdown report for a merge request.
 
@@ -1192,32 +1220,37 @@ def preview_report(
     loss and 5 a preview that reported errors (what it did not reach is unknown).
     Example: blueprints preview-report prod=preview-prod.json --fail-on data-loss --gitlab
     """
-    from blueprints.preview.document import PreviewError, load_preview, loads, parse_preview
+    from blueprints.preview.document import PreviewError, load_preview, read_preview
 
     _check_fail_on(fail_on)
     if not files and not stack:
         raise BadInput("give preview JSON files (FILE or STACK=FILE) or --stack S")
     documents = []
-    try:
-        for arg in files or []:
-            explicit, path = _preview_input(arg)
+    # Every input is read before anything is written: one that cannot be read (or is not a
+    # preview) stops the command with exit 2, so --fail-on never passes on what it did not see.
+    for arg in files or []:
+        explicit, path = _preview_input(arg)
+        try:
             if path == "-":
                 where, preview = "stdin", load_preview("stdin", sys.stdin.read())
             else:
                 where, preview = path, load_preview(path)
-            documents.append((_preview_stack_name(explicit, where, preview), preview))
-        for name in stack or []:
-            where, text = _run_pulumi_preview(name)
-            documents.append((name, parse_preview(loads(text, where), source=where)))
-    except PreviewError as exc:
-        raise BadInput(str(exc)) from None
-    _publish_report(documents, None, output, fail_on, gitlab, no_prices)
+        except PreviewError as exc:
+            raise BadInput(_with_stack(str(exc), explicit)) from None
+        documents.append((_preview_stack_name(explicit, where, preview), preview))
+    for name in stack or []:
+        where, text = _run_pulumi_preview(name)
+        try:
+            documents.append((name, read_preview(text, where)))
+        except PreviewError as exc:
+            raise BadInput(_with_stack(str(exc), name)) from None
+    _publish_report(documents, None, output, fail_on, gitlab, no_prices, stateful)
 
 
-def _publish_report(documents, title, output, fail_on, gitlab, no_prices) -> None:
+def _publish_report(documents, title, output, fail_on, gitlab, no_prices, stateful=None) -> None:
     """Build the report, write or print it, post it to GitLab, apply --fail-on."""
     from blueprints.preview.document import PreviewError
-    from blueprints.preview.report import build_report
+    from blueprints.preview.report import build_report, read_stateful
 
     seen: set[str] = set()
     for name, _ in documents:
@@ -1225,7 +1258,8 @@ def _publish_report(documents, title, output, fail_on, gitlab, no_prices) -> Non
             raise BadInput(f"stack {name} is given twice; give one preview per stack")
         seen.add(name)
     try:
-        report = build_report(documents, prices=not no_prices, title=title)
+        table = read_stateful(stateful)
+        report = build_report(documents, prices=not no_prices, title=title, stateful=table)
     except PreviewError as exc:
         raise BadInput(str(exc)) from None
 
@@ -1248,14 +1282,20 @@ def _publish_report(documents, title, output, fail_on, gitlab, no_prices) -> Non
     if report.data_loss:
         names = ", ".join(f"{d.stack}/{d.name}" for d in report.dangers)
         err.print(f"[yellow]data loss:[/yellow] {escape(names)}", soft_wrap=True)
-        if "data-loss" in (fail_on or []):
+        if {"data-loss", "review"} & set(fail_on or []):
             raise typer.Exit(EXIT_DATA_LOSS)
     if report.failed:
         names = ", ".join(report.failed)
         err.print(f"[yellow]preview failed:[/yellow] {escape(names)}", soft_wrap=True)
         # What a failed preview did not reach may lose data too: do not pass the gate.
-        if "data-loss" in (fail_on or []):
+        if {"data-loss", "review"} & set(fail_on or []):
             raise typer.Exit(EXIT_PREVIEW_FAILED)
+    # The review level (types the stateful table does not know).
+    if report.reviews:
+        names = ", ".join(f"{d.stack}/{d.name}" for d in report.reviews)
+        err.print(f"[yellow]review:[/yellow] {escape(names)}", soft_wrap=True)
+        if "review" in (fail_on or []):
+            raise typer.Exit(EXIT_REVIEW)
 
 
 # --- diff (issue 9, offline preview) ----------------------------------------------------------
@@ -1280,6 +1320,7 @@ def diff(
     fail_on: FailOnOpt = None,
     gitlab: GitLabOpt = False,
     no_prices: NoPricesOpt = False,
+    stateful: StatefulOpt = None,
     project: ProjectOpt = None,
 ) -> None:
     """Preview offline: plan the stacks at a git ref and in the working tree, report the diff.
@@ -1311,7 +1352,7 @@ def diff(
     except PreviewError as exc:
         raise BadInput(str(exc)) from None
     title = f"Offline diff of the working tree against {base}"
-    _publish_report(parsed, title, output, fail_on, gitlab, no_prices)
+    _publish_report(parsed, title, output, fail_on, gitlab, no_prices, stateful)
 
 
 @app.command("import")
