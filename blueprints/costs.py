@@ -47,6 +47,66 @@ AWS_BUCKET = "aws:s3/bucket:Bucket"
 # Not a Pulumi resource (no provider has this type): the backup bucket's contents, see above.
 BACKUP_STORAGE = "blueprints:backup/objectStorage:ObjectStorage"
 
+# Types that bill nothing of their own (their cost, if any, is on a priced resource), by exact
+# type or by prefix (ending in "/" or ":"). With strict pricing (the merge-request report) every
+# other type the table cannot price is listed as not priced, so a total never reads as free
+# when it is not known (an EKS cluster, a NAT gateway, an RDS instance, anything off AWS and
+# Hetzner).
+FREE_TYPES = (
+    "pulumi:",
+    "pulumi-python:dynamic:",
+    "command:",
+    "random:",
+    "tls:",
+    "kubernetes:",
+    "nomad:",
+    "aws:iam/",
+    "aws:ec2/securityGroup",
+    "aws:vpc/securityGroup",
+    "aws:ec2/vpc:Vpc",
+    "aws:ec2/subnet:Subnet",
+    "aws:ec2/routeTable",
+    "aws:ec2/route:Route",
+    "aws:ec2/mainRouteTableAssociation:",
+    "aws:ec2/internetGateway:",
+    "aws:ec2/keyPair:",
+    "aws:ec2/placementGroup:",
+    "aws:ec2/volumeAttachment:",
+    AWS_EIP_ASSOCIATION,
+    AWS_INSTANCE_STATE,
+    AWS_DLM,
+    AWS_BUCKET,
+    "aws:s3/bucketV2:",
+    "aws:s3/bucketPublicAccessBlock:",
+    "aws:s3/bucketVersioning",
+    "aws:s3/bucketServerSideEncryption",
+    "aws:s3/bucketLifecycleConfiguration",
+    "aws:lb/targetGroup",
+    "aws:lb/listener",
+    "aws:route53/record:",
+    "hcloud:index/network:",
+    "hcloud:index/networkSubnet:",
+    "hcloud:index/networkRoute:",
+    "hcloud:index/firewall:",
+    "hcloud:index/firewallAttachment:",
+    "hcloud:index/sshKey:",
+    "hcloud:index/placementGroup:",
+    "hcloud:index/volumeAttachment:",
+    "hcloud:index/floatingIpAssignment:",
+    "hcloud:index/primaryIpAssignment:",
+    "hcloud:index/rdns:",
+    "hcloud:index/serverNetwork:",
+    "hcloud:index/loadBalancerService:",
+    "hcloud:index/loadBalancerTarget:",
+    "hcloud:index/loadBalancerNetwork:",
+)
+
+
+def bills_nothing(type_: str) -> bool:
+    """A type known to bill nothing of its own (FREE_TYPES)."""
+    return any(type_ == f or type_.startswith(f) for f in FREE_TYPES)
+
+
 # How big a stack's restic repository is assumed to be. restic stores each chunk once,
 # deduplicated and compressed: the first snapshot holds the data, each further snapshot only the
 # chunks that changed since. The model: the data volume full (the spec's data size, an upper
@@ -379,7 +439,7 @@ def _region(inputs: Mapping[str, Any]) -> str | None:
 
 def _aws(p: _Pricer, type_: str, name: str, inputs: Mapping[str, Any], ctx: dict) -> None:
     t = p.tables["aws"]
-    region = _region(inputs)
+    region = _region(inputs) or ctx.get("region")
     if region is not None and t.places and region not in t.places:
         p.missing(name, f"region {region} is not in the price table ({', '.join(t.places)})")
         return
@@ -440,8 +500,13 @@ def _aws(p: _Pricer, type_: str, name: str, inputs: Mapping[str, Any], ctx: dict
 def price_resources(
     resources: Iterable[tuple[Any, ...]],
     tables: Mapping[str, PriceTable] | None = None,
+    *,
+    region: str | None = None,
+    strict: bool = False,
 ) -> CostSummary:
-    """Price (type, name, inputs[, id]) tuples; see the module docstring."""
+    """Price (type, name, inputs[, id]) tuples; see the module docstring. region: the AWS
+    region of the stack (its `aws:region` config) for resources that do not name a zone.
+    strict: list every resource neither priced nor known to bill nothing as not priced."""
     tables = tables if tables is not None else shipped_tables()
     items = [(r[0], r[1], r[2] or {}, r[3] if len(r) > 3 else None) for r in resources]
     items = [(t, n, i if isinstance(i, Mapping) else {}, x) for t, n, i, x in items]
@@ -472,13 +537,17 @@ def price_resources(
             except (TypeError, ValueError, AttributeError, ArithmeticError):
                 pricer.missing(name, "an input it is priced by is secret or not known yet")
             continue
+        if bills_nothing(type_):
+            continue
         cloud = cloud_of(type_)
         if cloud not in tables:
+            if strict and not bills_nothing(type_):
+                pricer.missing(name, f"{type_} is not in the price table (hcloud and aws only)")
             continue
-        ctx = {"id": id_, "stopped": stopped, "stopped_names": stopped_names}
+        ctx = {"id": id_, "stopped": stopped, "stopped_names": stopped_names, "region": region}
         ctx["dlm_targets"] = dlm_targets
         ctx["eip_instances"] = eip_instances
-        before = len(pricer.lines)
+        before, unpriced = len(pricer.lines), len(pricer.unpriced)
         try:
             (_hcloud if cloud == "hcloud" else _aws)(pricer, type_, name, inputs, ctx)
         except (TypeError, ValueError, AttributeError, ArithmeticError):
@@ -486,6 +555,8 @@ def price_resources(
             # unknown value) where a number or a mapping belongs: say so, never guess.
             del pricer.lines[before:]
             pricer.missing(name, "an input it is priced by is secret or not known yet")
+        if strict and len(pricer.lines) == before and len(pricer.unpriced) == unpriced:
+            pricer.missing(name, f"{type_} is not in the price table")
     return CostSummary(
         lines=tuple(pricer.lines),
         unpriced=tuple(pricer.unpriced),
