@@ -184,7 +184,9 @@ def test_every_op_is_grouped_counted_and_shown():
                 if kind != "teleport"
                 else "<b>unknown op</b> <code>teleport</code>"
             )
-            assert f"<summary>{label} <code>{name}</code>" in md
+            marker = report_mod.MARKERS.get(report_mod.CATEGORY.get(kind, "other"), "")
+            prefix = f"{marker} " if marker else ""
+            assert f"<summary>{prefix}{label} <code>{name}</code>" in md
             assert md.count(f"<code>{name}</code>") == 1, name
     assert "unknown step operation `teleport`" in md
     assert '`publicKey` (changed, forces replacement): `"ssh-ed25519 R1"` → ' in md
@@ -1420,3 +1422,176 @@ def test_a_stateful_set_leaving_its_volume_claims_is_data_loss():
     assert [(d.name, d.what) for d in rep.dangers] == [("web", "StatefulSet")]
     line = warning_block(rep.markdown)
     assert "volume claims of its pods (uploads)" in line and "`postgres`" not in line
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 21 part 3: readable per-resource diffs, ordering, markers
+
+LAMBDA = "aws:lambda/function:Function"
+ROOT_STACK = "pulumi:pulumi:Stack"
+
+
+def _stack_step(op, stack, old_out, new_out):
+    u = f"urn:pulumi:{stack}::blueprints::{ROOT_STACK}::blueprints-{stack}"
+    base = {"urn": u, "custom": False, "type": ROOT_STACK, "inputs": {}}
+    return {
+        "op": op,
+        "urn": u,
+        "oldState": {**base, "outputs": old_out},
+        "newState": {**base, "outputs": new_out},
+    }
+
+
+def test_long_replaced_value_shows_the_changed_lines():
+    prefix = "x" * 3000
+    old_code = prefix + "OLD-MARKER" + "y" * 2000
+    new_code = prefix + "NEW-MARKER" + "y" * 2000
+    policy_old = {
+        "Statement": [{"Action": "s3:GetObject", "Resource": "r" * 500 + str(i)} for i in range(5)]
+    }
+    policy_new = copy.deepcopy(policy_old)
+    policy_new["Statement"][3]["Action"] = "s3:DeleteObject"
+    old = state("p", LAMBDA, "fn", {"code": old_code, "policy": json.dumps(policy_old)})
+    new = state("p", LAMBDA, "fn", {"code": new_code, "policy": json.dumps(policy_new)})
+    detailed = {**upd("code", "update-replace"), **upd("policy")}
+    md = build(
+        ("p", doc([step("replace", "p", LAMBDA, "fn", old, new, detailed, ["code"])])), prices=False
+    ).markdown
+    assert any(line.strip().startswith("-") and "OLD-MARKER" in line for line in md.splitlines())
+    assert any(line.strip().startswith("+") and "NEW-MARKER" in line for line in md.splitlines())
+    # the JSON policy is pretty-printed first: the changed line is the Action
+    assert '-      "Action": "s3:GetObject",' in md
+    assert '+      "Action": "s3:DeleteObject",' in md
+    assert "characters)" not in md  # no cut prefixes
+
+
+def test_null_detailed_diff_unknowns_and_bookkeeping():
+    old = state(
+        "p",
+        SRV,
+        "web",
+        {
+            "name": "web",
+            "serverType": "cx22",
+            "__defaults": ["name"],
+            "labels": {"a": "1", "__defaults": []},
+        },
+    )
+    new = state(
+        "p",
+        SRV,
+        "web",
+        {
+            "name": "web",
+            "serverType": "cx32",
+            "ipv4": UNKNOWN,
+            "__defaults": [],
+            "labels": {"a": "1", "__defaults": ["x"]},
+        },
+    )
+    md = build(("p", doc([step("update", "p", SRV, "web", old, new, None)])), prices=False).markdown
+    assert "(none)* → *(none)" not in md
+    assert '`serverType` (changed): `"cx22"` → `"cx32"`' in md
+    assert "`ipv4` (added): *(known after apply)*" in md
+    assert "__defaults" not in md and "labels" not in md
+    assert UNKNOWN not in md
+    same = state("p", SRV, "web", {"name": "web"})
+    md = build(
+        ("p", doc([step("update", "p", SRV, "web", same, same, None)])), prices=False
+    ).markdown
+    assert "no property changes reported" in md
+    nested = state("p", SRV, "web", {"userData": {"k": UNKNOWN, "v": "z" * 600}})
+    md = build(
+        ("p", doc([step("update", "p", SRV, "web", old, nested, None)])), prices=False
+    ).markdown
+    assert UNKNOWN not in md and "(known after apply)" in md
+
+
+def test_stack_output_changes_are_shown_and_secrets_masked():
+    steps = [
+        _stack_step(
+            "same",
+            "p",
+            {"url": "http://a", "token": {**SIG, "plaintext": SECRET}},
+            {"url": "http://b", "token": {**SIG, "plaintext": SECRET + "2"}, "ip": UNKNOWN},
+        )
+    ]
+    md = build(("p", doc(steps)), prices=False).markdown
+    assert "<b>outputs</b>" in md
+    assert '`url` (changed): `"http://a"` → `"http://b"`' in md
+    assert "`ip` (added): *(known after apply)*" in md
+    assert "`token` (changed): [secret]" in md
+    assert SECRET not in md
+    unchanged = [_stack_step("same", "p", {"url": "a"}, {"url": "a"})]
+    assert "<details>" not in build(("p", doc(unchanged)), prices=False).markdown
+
+
+def test_protected_delete_is_described_as_refused():
+    old = state("p", FW, "fw", {"name": "fw"}, protect=True)
+    md = build(("p", doc([step("delete", "p", FW, "fw", old=old)])), prices=False).markdown
+    assert "<b>delete refused</b>" in md
+    assert "refuses to delete a protected resource" in md
+    assert "Pulumi will refuse to delete protected `fw`" in md
+    assert "removed from the program; deleted" not in md
+
+
+def _ordering_doc():
+    k = "hcloud:index/sshKey:SshKey"
+    return doc(
+        [
+            step("create", "p", k, "c1", new=state("p", k, "c1", {"publicKey": "a"})),
+            step(
+                "update",
+                "p",
+                k,
+                "u1",
+                state("p", k, "u1", {"publicKey": "a"}),
+                state("p", k, "u1", {"publicKey": "b"}),
+                upd("publicKey"),
+            ),
+            step(
+                "replace",
+                "p",
+                k,
+                "r1",
+                state("p", k, "r1", {"publicKey": "a"}),
+                state("p", k, "r1", {"publicKey": "b"}),
+                upd("publicKey", "update-replace"),
+                ["publicKey"],
+            ),
+            step("delete", "p", k, "d1", old=state("p", k, "d1", {"publicKey": "a"})),
+            step(
+                "replace",
+                "p",
+                VOL,
+                "data",
+                state("p", VOL, "data", {"size": 10}),
+                state("p", VOL, "data", {"size": 5}),
+                upd("size", "update-replace"),
+                ["size"],
+            ),
+        ]
+    )
+
+
+def test_report_structure_with_a_commonmark_parser():
+    md = build(("p", _ordering_doc()), prices=False).markdown
+    tokens = MD.parse(md)
+    first_details = next(
+        i for i, t in enumerate(tokens) if t.type == "html_block" and "<details>" in t.content
+    )
+    table = next(i for i, t in enumerate(tokens) if t.type == "table_open")
+    headings = [i for i, t in enumerate(tokens) if t.type == "heading_open"]
+    warning = next(
+        i for i, t in enumerate(tokens) if t.type == "inline" and "data loss" in t.content.lower()
+    )
+    assert table < first_details and warning < first_details and headings[-1] < first_details
+    summaries = [t.content for t in tokens if t.type == "html_block" and "<summary>" in t.content]
+    rows = [s.split("<summary>", 1)[1].split("</summary>", 1)[0] for s in summaries]
+    names = [r.split("<code>", 1)[1].split("</code>", 1)[0] for r in rows]
+    markers = [r.split(" ", 1)[0] for r in rows]
+    assert names == ["r1", "d1", "data", "u1", "c1"]  # replaces and deletes first, then by step
+    assert markers == ["±", "-", "±", "~", "+"]
+    # every <details> is one well-formed HTML block: nothing of it leaks into markdown text
+    assert md.count("<details>") == md.count("</details>") == 5
+    assert build(("p", _ordering_doc()), prices=False).markdown == md  # same input, same bytes

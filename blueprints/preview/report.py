@@ -667,12 +667,17 @@ def backup_storage_items(resources: Sequence[tuple]) -> list[tuple]:
     return items
 
 
-def cost_delta(changes: Sequence[Change]) -> CostDelta | None:
+def cost_delta(changes: Sequence[Change], region: str | None = None) -> CostDelta | None:
     """Monthly price of the new states minus that of the old states they replace, the backup
-    buckets' contents included (backup_storage_items, on each side)."""
-    price = _pricer()
-    if price is None:
+    buckets' contents included (backup_storage_items, on each side). region: the stack's
+    `aws:region`. Strict: a resource neither priced nor known to bill nothing is listed as not
+    priced (and the total marked partial), never counted as free."""
+    pricer = _pricer()
+    if pricer is None:
         return None
+
+    def price(resources: Iterable[tuple]) -> Any:
+        return pricer(resources, region=region, strict=True)
 
     def priced(state: State, name: str) -> tuple:
         return (state.type, name, mask_secrets(dict(state.inputs)), state.id)
@@ -865,9 +870,58 @@ class PropertyChange:
         return self.kind.endswith("-replace")
 
 
+BOOKKEEPING = frozenset({"__defaults", "__meta", "__inputs", "__provider", "@isPulumiResource"})
+
+
+def _bookkeeping(key: Any, top: bool = False) -> bool:
+    """A key providers or the engine keep for themselves (a bridged provider's `__defaults`):
+    never a property anyone set. Any `__` key at the top of the inputs; the known ones deeper."""
+    return isinstance(key, str) and (key in BOOKKEEPING or (top and key.startswith("__")))
+
+
+def _strip(value: Any) -> Any:
+    """The value without bookkeeping keys, at any depth."""
+    if isinstance(value, Mapping) and not is_secret(value):
+        return {k: _strip(v) for k, v in value.items() if not _bookkeeping(k)}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def _hidden_path(path: str) -> bool:
+    segments = parse_path(path) or [path]
+    return _bookkeeping(segments[0], top=True) or any(_bookkeeping(s) for s in segments[1:])
+
+
+def _input_diffs(c: Change) -> tuple[PropertyDiff, ...]:
+    """Changed top-level inputs of old vs new (Pulumi sent no detailedDiff), reasons included."""
+    old = _strip(
+        {k: v for k, v in c.old.inputs.items() if not _bookkeeping(k, True)} if c.old else {}
+    )
+    new = _strip(
+        {k: v for k, v in c.new.inputs.items() if not _bookkeeping(k, True)} if c.new else {}
+    )
+    replace = set(c.replace_reasons)
+    out = {}
+    for key in sorted(set(old) | set(new) | set(c.diff_reasons) | replace):
+        if key in old and key in new and old[key] == new[key] and key not in c.diff_reasons:
+            continue
+        if key in replace or key in c.diff_reasons or (key in old) == (key in new):
+            kind = "update"
+        else:
+            kind = "add" if key in new else "delete"
+        if key in replace:
+            kind += "-replace"
+        out[key] = PropertyDiff(key, kind, True)
+    return tuple(out.values())
+
+
 def property_changes(c: Change) -> list[PropertyChange]:
-    """The changed properties of one resource, sorted by path, secrets flagged."""
+    """The changed properties of one resource, sorted by path, secrets flagged, bookkeeping
+    keys left out."""
     diffs = c.diffs
+    if not diffs and c.old is not None and c.new is not None:
+        diffs = _input_diffs(c)
     if not diffs:
         paths = list(c.diff_reasons) or list(c.replace_reasons)
         if paths:
@@ -886,6 +940,8 @@ def property_changes(c: Change) -> list[PropertyChange]:
             return []
     out = []
     for d in diffs:
+        if _hidden_path(d.path):
+            continue
         segments = parse_path(d.path) or [d.path]
         trees = []
         if c.old is not None:
@@ -910,14 +966,48 @@ def property_changes(c: Change) -> list[PropertyChange]:
     return out
 
 
+KNOWN_AFTER_APPLY = "(known after apply)"
+WRAP = 100  # characters of one line of a long value in a diff
+
+
+def _json(value: Any, indent: int | None = None) -> str:
+    """A value as JSON: secrets masked, bookkeeping keys left out, unknowns named."""
+    seps = (",", ": ") if indent else (", ", ": ")
+    text = json.dumps(
+        _strip(mask_secrets(value)),
+        sort_keys=True,
+        ensure_ascii=False,
+        indent=indent,
+        separators=seps,
+    )
+    return text.replace(json.dumps(UNKNOWN), KNOWN_AFTER_APPLY)
+
+
+def _diff_text(value: Any) -> str:
+    """A value as lines to diff: a string as itself (JSON in it pretty-printed), anything else
+    as pretty-printed JSON; lines longer than WRAP wrapped, so a change in a long line shows."""
+    if isinstance(value, str) and value != UNKNOWN:
+        text = value
+        if text.lstrip()[:1] in ("{", "["):
+            try:
+                text = _json(json.loads(text), indent=2)
+            except ValueError:
+                text = value
+    else:
+        text = _json(value, indent=2)
+    lines = []
+    for line in text.split("\n"):
+        lines += [line[i : i + WRAP] for i in range(0, len(line), WRAP)] or [""]
+    return "\n".join(lines)
+
+
 def show_value(value: Any) -> str:
     """One value as a code span: JSON, masked, unknowns named, long ones cut."""
     if value is _MISSING:
         return "*(none)*"
     if value == UNKNOWN:
-        return "*(known after apply)*"
-    value = mask_secrets(value)
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
+        return f"*{KNOWN_AFTER_APPLY}*"
+    text = _json(value)
     if len(text) > VALUE_LIMIT:
         text = f"{text[:VALUE_LIMIT]}… ({len(text)} characters)"
     return code(text)
@@ -927,7 +1017,7 @@ def _text_diff(old: str, new: str) -> str | None:
     """A unified diff of two multi-line strings, or None when it does not help."""
     if "\n" not in old and "\n" not in new:
         return None
-    return _unified(old, new, "old", "new")
+    return _unified(_diff_text(old), _diff_text(new), "old", "new")
 
 
 def _unified(old: str, new: str, old_name: str, new_name: str) -> str:
@@ -940,7 +1030,7 @@ def _unified(old: str, new: str, old_name: str, new_name: str) -> str:
     if len(lines) > DIFF_LINES:
         lines = [*lines[:DIFF_LINES], f"... ({len(lines) - DIFF_LINES} more diff lines)"]
     lines = [line if len(line) <= VALUE_LIMIT else line[:VALUE_LIMIT] + "…" for line in lines]
-    return "\n".join(one_line(line) for line in lines)
+    return "\n".join(one_line(line.replace(UNKNOWN, KNOWN_AFTER_APPLY)) for line in lines)
 
 
 KIND_WORDS = {
@@ -964,9 +1054,17 @@ def _property_line(p: PropertyChange, values: bool) -> str:
         return f"{head}: {show_value(p.new)}"
     if p.kind.startswith("delete"):
         return f"{head}: was {show_value(p.old)}"
+    if p.old is _MISSING and p.new is _MISSING:
+        return f"{head}: values not reported"
     if isinstance(p.old, str) and isinstance(p.new, str):
         diff = _text_diff(p.old, p.new)
         if diff is not None:
+            return f"{head}:\n\n{fenced(diff, indent='  ', info='diff')}\n"
+    both = p.old is not _MISSING and p.new is not _MISSING and UNKNOWN not in (p.old, p.new)
+    if both and max(len(_json(p.old)), len(_json(p.new))) > VALUE_LIMIT // 2:
+        # Long values: the changed lines, not two cut prefixes that look the same.
+        diff = _unified(_diff_text(p.old), _diff_text(p.new), "old", "new")
+        if diff:
             return f"{head}:\n\n{fenced(diff, indent='  ', info='diff')}\n"
     return f"{head}: {show_value(p.old)} → {show_value(p.new)}"
 
@@ -1574,8 +1672,20 @@ def _headline(stacks: Sequence[StackSummary]) -> str:
     if failed:
         names = ", ".join(code(n) for n in failed)
         head = f"**The preview failed for {names}**; its changes below may be incomplete.\n\n"
-        return head + _headline_counts(total, where)
-    return _headline_counts(total, where)
+        return head + _headline_counts(total, where) + _refused_line(stacks)
+    return _headline_counts(total, where) + _refused_line(stacks)
+
+
+def _refused_line(stacks: Sequence[StackSummary]) -> str:
+    refused = [c for s in stacks for c in s.changes if _refused(c)]
+    if not refused:
+        return ""
+    names = ", ".join(code(c.name) for c in refused[:20])
+    more = f" and {len(refused) - 20} more" if len(refused) > 20 else ""
+    return (
+        f"\n**Pulumi will refuse to delete protected {names}{more}**: the preview and the "
+        "update fail there until it is unprotected.\n"
+    )
 
 
 def _headline_counts(total: dict[str, int], where: str) -> str:
@@ -1606,12 +1716,27 @@ def _notes(stacks: Sequence[StackSummary], with_cost: bool) -> str:
     return ("\n".join(lines) + "\n") if lines else ""
 
 
+def _price_dates() -> str:
+    """ " (hcloud as of 2025-10, aws as of 2025-10)": when the shipped prices hold."""
+    try:
+        from blueprints.costs import PriceError, shipped_tables
+    except ImportError:
+        return ""
+    try:
+        tables = shipped_tables()
+    except (PriceError, OSError):  # the report stands without the dates
+        return ""
+    return " (" + ", ".join(f"{c} as of {t.as_of}" for c, t in sorted(tables.items())) + ")"
+
+
 def _cost_note(with_cost: bool, stacks: Sequence[StackSummary] = ()) -> str:
     if not with_cost:
         return ""
     note = (
         "Monthly cost: new prices of created, updated and replaced resources minus old prices "
-        "of deleted, updated and replaced ones, from the price table shipped with blueprints.\n"
+        f"of deleted, updated and replaced ones, from the price table shipped with blueprints"
+        f"{_price_dates()}; a resource it cannot price is listed and the total marked "
+        "(partial).\n"
     )
     if any(s.cost is not None and s.cost.backup_storage for s in stacks):
         note += (
@@ -1621,9 +1746,42 @@ def _cost_note(with_cost: bool, stacks: Sequence[StackSummary] = ()) -> str:
     return note
 
 
+MARKERS = {"create": "+", "delete": "-", "update": "~", "replace": "±"}
+
+
+def _refused(c: Change) -> bool:
+    """A delete of a protected resource: Pulumi refuses it, and the preview (and update) fail."""
+    return c.kind == "delete" and c.old is not None and c.old.protect
+
+
+def _output_changes(c: Change) -> list[PropertyChange]:
+    """The stack's changed outputs (its pulumi:pulumi:Stack step), by top-level name. Nothing
+    when the new outputs are not in the preview (they can arrive only with the update)."""
+    if c.type != ROOT_STACK_TYPE or c.old is None or c.new is None or not c.new.outputs:
+        return []
+    old = _strip(dict(c.old.outputs))
+    new = _strip(dict(c.new.outputs))
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in old and key in new and old[key] == new[key]:
+            continue
+        kind = "update" if key in old and key in new else "add" if key in new else "delete"
+        before, after = old.get(key, _MISSING), new.get(key, _MISSING)
+        secret = any(_contains_secret(v) for v in (before, after) if v is not _MISSING)
+        out.append(PropertyChange(key, kind, before, after, secret))
+    return out
+
+
 def _summary_html(c: Change, danger: bool, review: bool = False) -> str:
     known = c.kind in CATEGORY
-    parts = [f"<b>{c.kind}</b>"] if known else ["<b>unknown op</b>", html_code(c.kind)]
+    marker = "~" if _output_changes(c) else MARKERS.get(c.category, "")
+    parts = [marker] if marker else []
+    if _refused(c):
+        parts.append("<b>delete refused</b>")
+    elif c.category == "same" and _output_changes(c):
+        parts.append("<b>outputs</b>")
+    else:
+        parts += [f"<b>{c.kind}</b>"] if known else ["<b>unknown op</b>", html_code(c.kind)]
     parts += [html_code(c.name), html_code(c.type)]
     if danger:
         parts.append("⚠️ data loss")
@@ -1640,6 +1798,12 @@ def _resource_block(
     body: list[str] = []
     if c.kind not in CATEGORY:
         body.append(f"- unknown step operation {code(c.kind)}; shown as Pulumi reported it")
+    elif _refused(c):
+        body.append(
+            "- **protected**: removed from the program, but Pulumi refuses to delete a protected "
+            "resource, so the preview and the update fail here; unprotect it first "
+            "(`protect: false`, or `pulumi state unprotect`) if the delete is meant"
+        )
     elif c.kind in OP_NOTES:
         body.append(f"- {OP_NOTES[c.kind]}")
     if waits:
@@ -1668,8 +1832,12 @@ def _resource_block(
             PropertyChange(p.path, p.kind, p.old, p.new, True) if _top_key(p.path) == "stdin" else p
             for p in changes
         ]
+    outputs = _output_changes(c)
+    if outputs:
+        body.append("- stack outputs:")
+        body += ["  " + _property_line(p, values).replace("\n", "\n  ") for p in outputs]
     body += [_property_line(p, values) for p in changes]
-    if changes and not values:
+    if (changes or outputs) and not values:
         body.append("- *(values trimmed to fit the comment)*")
     if not body:
         body.append("- no property changes reported")
@@ -1723,6 +1891,12 @@ def _diagnostics_block(s: StackSummary) -> str:
 # Assembly
 
 
+def _aws_region(preview: Preview) -> str | None:
+    """The stack's AWS region from the preview's config (`aws:region`), if it names one."""
+    value = (preview.config or {}).get("aws:region")
+    return value if isinstance(value, str) and value else None
+
+
 def summarize(
     stack: str, preview: Preview, *, prices: bool, table: StatefulTable = DEFAULT_TABLE
 ) -> StackSummary:
@@ -1736,7 +1910,7 @@ def summarize(
         errors=sum(1 for d in preview.diagnostics if d.severity == "error"),
         warnings=sum(1 for d in preview.diagnostics if d.severity == "warning"),
         dangers=tuple(d for d in found if d.level == DATA_LOSS),
-        cost=cost_delta(changes) if prices else None,
+        cost=cost_delta(changes, _aws_region(preview)) if prices else None,
         changes=changes,
         diagnostics=preview.diagnostics,
         maybe_corrupt=preview.maybe_corrupt,
@@ -1747,10 +1921,12 @@ def summarize(
 def _shown(c: Change) -> bool:
     if c.category != "same":
         return True
-    return bool(c.old and c.new and c.old.protect != c.new.protect)
+    return bool(c.old and c.new and c.old.protect != c.new.protect) or bool(_output_changes(c))
 
 
 _PRIORITY = {"replace": 1, "delete": 1, "update": 2, "create": 3, "other": 4, "same": 5}
+# Within a stack, resources are listed replaces and deletes first, then updates, creates, the rest.
+_ORDER = {"replace": 0, "delete": 0, "update": 1, "create": 2, "other": 3, "same": 4}
 
 
 @dataclass
@@ -1834,7 +2010,7 @@ def build_report(
         danger_idx = {d.index for d in s.dangers}
         review_idx = {d.index for d in s.reviews}
         waits = _waits(s)
-        for c in s.changes:
+        for c in sorted(s.changes, key=lambda c: (_ORDER.get(c.category, 3), c.index)):
             if not _shown(c):
                 continue
             danger = c.index in danger_idx
