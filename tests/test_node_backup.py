@@ -433,3 +433,22 @@ def test_no_backup_runs_while_a_restore_holds_the_lock(node: Node):
     )
     assert node.snapshots() == [] and not node.log.exists()
     assert node.run("backup").returncode == 0  # released: the next run goes ahead
+
+
+def test_a_service_between_stop_and_start_is_waited_for_not_a_failed_backup(node: Node):
+    """`compose pause` fails while a container restarts (a health-driven restart): the tool
+    resumes, waits and pauses again, instead of failing the backup."""
+    write_app_data(node.data)
+    marker = node.root / "restarting"
+    marker.write_text("")
+    node.config["pause"] = [
+        "sh",
+        "-c",
+        f"if [ -e {marker} ]; then rm {marker}; echo 'container x is not running' >&2; exit 1; "
+        f"fi; echo pause >> {node.log}",
+    ]
+    node.write_config()
+    done = node.run("backup")
+    assert done.returncode == 0, done.stderr
+    assert node.log.read_text() == "resume\npause\nresume\n"
+    assert "services paused for" in done.stdout

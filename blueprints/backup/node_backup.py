@@ -315,6 +315,11 @@ def human(size):
     return f"{size:.1f} TB"
 
 
+# Pausing the file-backed services: tries, and the wait between two.
+PAUSE_ATTEMPTS = 3
+PAUSE_RETRY_SECONDS = 5
+
+
 def run_command(argv, timeout, stdin=None, stdout=None):
     try:
         return subprocess.run(
@@ -394,12 +399,20 @@ def backup(config, restic):
     args += config["paths"]
     paused = None
     if config["pause"] is not None:
-        done = run_command(config["pause"], config["timeout"])
-        if done.returncode != 0:
+        # A container between a restart's stop and start (a health-driven restart, a rollout)
+        # cannot be paused: undo, wait for it, try again before giving up.
+        for attempt in range(PAUSE_ATTEMPTS):
+            done = run_command(config["pause"], config["timeout"])
+            if done.returncode == 0:
+                break
             run_command(config["resume"], config["timeout"])
+            if attempt + 1 < PAUSE_ATTEMPTS:
+                time.sleep(PAUSE_RETRY_SECONDS)
+        else:
             raise Exit(
                 1,
-                f"{PROG}: pausing the services failed: "
+                f"{PROG}: pausing the services failed {PAUSE_ATTEMPTS} times, "
+                f"{PAUSE_RETRY_SECONDS} s apart: "
                 f"{last_line(done.stderr.decode('utf-8', 'replace'))}; no snapshot was taken",
             )
         paused = time.monotonic()
