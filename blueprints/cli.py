@@ -38,8 +38,31 @@ app = typer.Typer(
     "  blueprints plan --all --json > plan.json\n\n"
     "  blueprints render single-vm-localstack -o rendered/",
 )
-out = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that wraps only on a terminal: piped output (a CI log, a file) keeps each line
+    whole instead of folding it at 80 columns; tables still fit the width (COLUMNS, else 80)."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.soft_wrap = True
+    return console
+
+
+out = _console()
+err = _console(stderr=True)
+
+
+@contextlib.contextmanager
+def _progress(what: str):
+    """Show progress of a long command on stderr: a spinner with the current step on a terminal,
+    one dim line per step otherwise (a CI log). Yields step(text) to report the next step."""
+    if err.is_terminal:
+        with err.status(f"[dim]{escape(what)}...[/dim]") as status:
+            yield lambda text: status.update(f"[dim]{escape(what)}: {escape(text)}...[/dim]")
+    else:
+        err.print(f"[dim]{escape(what)}...[/dim]", highlight=False)
+        yield lambda text: err.print(f"[dim]  {escape(text)}...[/dim]", highlight=False)
 
 
 class BadInput(Exception):
