@@ -33,6 +33,7 @@ from blueprints.spec import (
     format_path,
     parse_spec,
 )
+from blueprints.yaml_text import SafeDumper
 
 DEFAULT_VOLUME_GB = 10
 # Ports the blueprints keep for SSH and the reverse proxy: never a service's port.
@@ -1214,8 +1215,14 @@ HEADER = """\
 
 
 def render(data: dict[str, Any], source: str) -> str:
-    body = yaml.safe_dump(
-        data, sort_keys=False, default_flow_style=False, width=100, allow_unicode=True
+    # Quoted where another YAML reader would take a string for a bool, number, null or date.
+    body = yaml.dump(
+        data,
+        Dumper=SafeDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        width=100,
+        allow_unicode=True,
     )
     return HEADER.format(source=source) + body
 

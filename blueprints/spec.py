@@ -12,6 +12,7 @@ import ipaddress
 import re
 import shlex
 import types
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,10 @@ DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*\Z")
 HOSTNAME = re.compile(r"^(?=.{1,253}\Z)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z")
-EMAIL = re.compile(r"^[^@\s\"'`$\\]+@[a-z0-9.-]+\.[a-z]{2,63}\Z")
+# No braces: Caddy expands {...} in the ACME e-mail as a placeholder (and refuses to start on
+# an unknown one, or silently fills in {env.*}); its `\{` escape does not survive the second
+# expansion Caddy applies to the same address.
+EMAIL = re.compile(r"^[^@\s\"'`$\\{}]+@[a-z0-9.-]+\.[a-z]{2,63}\Z")
 SSH_KEY = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com)"
     r" [A-Za-z0-9+/]+={0,3}( [^\n\r]*)?\Z"
@@ -44,6 +48,28 @@ HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 _DURATION = re.compile(r"^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?(?:([0-9]+)ms)?\Z")
 _MEMORY = re.compile(r"^([0-9]+)(Mi|Gi|M|G)?\Z")
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
+# A % that does not start a %XX escape, and what follows it (for the message).
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2}).{0,2}", re.DOTALL)
+# The Kubernetes API server's rule for Ingress paths of pathType Prefix and Exact
+# (pkg/apis/networking/validation: invalidPathSequences, invalidPathSuffixes).
+INGRESS_BAD_SEQUENCES = ("//", "/./", "/../", "%2f", "%2F")
+INGRESS_BAD_SUFFIXES = ("/..", "/.")
+
+
+def ingress_path_problem(path: str) -> str | None:
+    """What the Kubernetes API server refuses in an Ingress path (pathType Prefix or Exact),
+    as 'must not ...', or None when it accepts it."""
+    if not path.startswith("/"):
+        return "must be an absolute path"
+    for seq in INGRESS_BAD_SEQUENCES:
+        if seq in path:
+            return f"must not contain {seq!r}"
+    for suffix in INGRESS_BAD_SUFFIXES:
+        if path.endswith(suffix):
+            return f"must not end with {suffix!r}"
+    return None
+
+
 _UNIONS = (Union, types.UnionType)
 
 
@@ -216,9 +242,21 @@ class HealthCheck(_Model):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        if not v.startswith("/") or any(c.isspace() for c in v):
+        # A NUL is left to the renderers' check, which names it in every field alike.
+        control = any(unicodedata.category(c) == "Cc" and c != "\0" for c in v)
+        if not v.startswith("/") or control or any(c.isspace() for c in v):
             raise ValueError(
-                f"must be an absolute URL path without spaces, like /healthz (got {v!r})"
+                "must be an absolute URL path without spaces or control characters, like "
+                f"/healthz (got {v!r})"
+            )
+        bad = _BAD_ESCAPE.search(v)
+        if bad:
+            # Caddy parses it as a URL (so do Nomad and the kubelet) and refuses the whole
+            # proxy configuration over one bad escape. Braces need nothing: Caddy expands no
+            # placeholder in a health check's path, and sends them escaped (%7B, %7D).
+            raise ValueError(
+                f"has a % that does not start a %XX escape ({bad.group()!r}); the proxy reads "
+                f"the path as a URL and refuses it (write a literal % as %25; got {v!r})"
             )
         return v
 
@@ -291,6 +329,9 @@ class Port(_Model):
                 "must be a URL path prefix of letters, digits and ._~/- starting with / "
                 f"(got {v!r})"
             )
+        problem = ingress_path_problem(v)
+        if problem:
+            raise ValueError(f"{problem}, which Kubernetes refuses in an Ingress path (got {v!r})")
         return v
 
     @model_validator(mode="after")
@@ -868,6 +909,11 @@ class AppSpec(_Model):
     @field_validator("acme_email")
     @classmethod
     def _email(cls, v: str) -> str:
+        if "{" in v or "}" in v:
+            raise ValueError(
+                "must not contain { or }: the proxy (Caddy) reads {...} in it as a placeholder "
+                f"and refuses to start; use an address without braces (got {v!r})"
+            )
         if not EMAIL.match(v):
             raise ValueError(f"must be an e-mail address like ops@example.com (got {v!r})")
         return v

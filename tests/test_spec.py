@@ -74,7 +74,7 @@ def test_example_loads_with_expected_shape() -> None:
 
     web = app.services["web"]
     assert web.replicas == 2
-    assert web.memory == 512
+    assert web.memory == 384
     assert [p.port for p in web.public_http_ports] == [8000]
     assert web.health is not None and web.health.timeout == 3
     assert app.services["postgres"].memory == 1024
@@ -518,3 +518,67 @@ def test_cron_and_its_systemd_calendar_fire_at_the_same_minutes(cron: str) -> No
             expected.append(moment.strftime("%Y-%m-%d %H:%M"))
         moment += datetime.timedelta(minutes=1)
     assert fired == expected
+
+
+# ---------------------------------------------------------------- values the proxy reads
+
+
+def _with_web(**fields: Any) -> dict[str, Any]:
+    data = copy.deepcopy(MINIMAL)
+    data["services"]["web"].update(fields)
+    return data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="/.a_~%2fF", max_size=12))
+def test_a_route_path_passes_exactly_when_an_ingress_path_could_hold_it(tail: str) -> None:
+    """The Kubernetes API server's rule for Prefix/Exact Ingress paths, as written in
+    pkg/apis/networking/validation, plus the spec's own characters; either way one line."""
+    path = "/" + tail
+    ingress_ok = not any(s in path for s in ("//", "/./", "/../", "%2f", "%2F")) and not (
+        path.endswith(("/..", "/."))
+    )
+    chars_ok = re.fullmatch(r"/[A-Za-z0-9._~/-]*", path) is not None
+    data = _with_web(ports=[{"port": 8000, "expose": "http", "path": path}])
+    if ingress_ok and chars_ok:
+        assert parse_spec(data).services["web"].ports[0].path == path
+        return
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    [line] = info.value.lines
+    assert line.startswith("<spec>: services.web.ports[0].path: ")
+    assert ("Kubernetes refuses in an Ingress path" in line) == chars_ok
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="/%0aF{}zx?=&", max_size=12))
+def test_a_health_path_passes_exactly_when_every_percent_starts_an_escape(tail: str) -> None:
+    path = "/" + tail
+    health = {"type": "http", "path": path}
+    data = _with_web(ports=[{"port": 8000, "expose": "http"}], health=health)
+    if re.fullmatch(r"([^%]|%[0-9A-Fa-f]{2})*", path):
+        assert parse_spec(data).services["web"].health.path == path
+        return
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    [line] = info.value.lines
+    assert line.startswith("<spec>: services.web.health.path: has a % that does not start")
+
+
+@pytest.mark.parametrize(
+    "email", ["ops+{x}@example.com", "{env.HOME}@example.com", "ops}@example.com"]
+)
+def test_an_acme_email_with_braces_is_refused_by_the_spec_and_new_and_import(email: str) -> None:
+    from blueprints import scaffold
+
+    data = copy.deepcopy(MINIMAL)
+    data["acme_email"] = email
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    assert info.value.lines == [
+        "<spec>: acme_email: must not contain { or }: the proxy (Caddy) reads {...} in it as a "
+        f"placeholder and refuses to start; use an address without braces (got {email!r})"
+    ]
+    assert not spec_module.EMAIL.match(email)  # the rule `blueprints new` and `import` use
+    with pytest.raises(scaffold.ScaffoldError):
+        scaffold.check_email(email)

@@ -20,6 +20,7 @@ import yaml
 
 # The formats and the release id are the agent's: what the node checks is what is built here.
 from blueprints.release.agent import RELEASE_FORMAT, SECRETS_FORMAT, release_id
+from blueprints.yaml_text import SafeDumper
 
 DIGEST_CHARS = 16
 
@@ -136,8 +137,9 @@ def release_document(
     return dump(body)
 
 
-class _BlockDumper(yaml.SafeDumper):
-    pass
+class _BlockDumper(SafeDumper):
+    """Blocks for multi-line text; a string another YAML reader would take for a bool, number,
+    null or date quoted (blueprints/yaml_text.py)."""
 
 
 # Characters YAML does not keep as themselves inside a block: control characters, and the

@@ -20,9 +20,41 @@ from typing import Any
 import jinja2
 import yaml
 
+from blueprints.yaml_text import FastDumper
+
 # Characters that need no escaping anywhere in a unit file: systemd expands % (specifiers) and
 # $ (environment) and splits on whitespace and quotes, none of which are in here.
 _UNIT_WORD = re.compile(r"[A-Za-z0-9@._:/-]+")
+
+
+# Words bash reads as syntax in some positions. As an argument they mean themselves, but
+# quoting them costs nothing and keeps a reader (and shellcheck) from taking `x then` for code.
+_SHELL_RESERVED = frozenset(
+    [
+        "!",
+        "[[",
+        "]]",
+        "{",
+        "}",
+        "case",
+        "coproc",
+        "do",
+        "done",
+        "elif",
+        "else",
+        "esac",
+        "fi",
+        "for",
+        "function",
+        "if",
+        "in",
+        "select",
+        "then",
+        "time",
+        "until",
+        "while",
+    ]
+)
 
 
 def shell_quote(value: object) -> str:
@@ -31,6 +63,8 @@ def shell_quote(value: object) -> str:
     if "\0" in text:
         # The value itself stays out of the message: it may be sensitive.
         raise ValueError("a value contains a NUL character, which no process argument can hold")
+    if text in _SHELL_RESERVED:
+        return f"'{text}'"
     return shlex.quote(text)
 
 
@@ -113,13 +147,10 @@ def docker_env_file(values: Mapping[str, str], what: str = "variable") -> str:
 _UNICODE_LINE_BREAKS = "\x85\u2028\u2029"
 
 
-# libyaml's emitter is several times faster than PyYAML's pure-Python one and writes the same
-# bytes for what we dump (the golden files are checked with it); PyPI wheels always ship it.
-_BaseDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
-class _Dumper(_BaseDumper):  # type: ignore[misc, valid-type]
-    """A safe dumper printing multi-line strings as `|` blocks, so embedded files read well."""
+class _Dumper(FastDumper):
+    """A safe dumper printing multi-line strings as `|` blocks, so embedded files read well,
+    and quoting every string another YAML reader would take for a bool, number, null or date
+    (blueprints/yaml_text.py: k3s and Compose read with Go's YAML, not PyYAML's)."""
 
 
 def _represent_str(dumper: Any, data: str) -> yaml.nodes.ScalarNode:
