@@ -386,12 +386,11 @@ def list_stacks(project_dir: Path) -> list[str]:
 
 
 def _config_value(value: Any) -> str:
-    """Pulumi hands config to programs as strings; objects and lists as JSON."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value, sort_keys=True)
+    """Pulumi hands config to programs as strings; objects and lists as JSON. The stack file's
+    values come as Pulumi reads them (settings.load_stack_file); overrides may be any."""
+    from blueprints.settings import config_text
+
+    return config_text(value)
 
 
 def _placeholder(key: str) -> str:
@@ -430,19 +429,14 @@ def read_stack_file(
     if not path.is_file():
         known = ", ".join(list_stacks(project_dir)) or "none"
         raise PlanError(f"{rel}: no such stack file; stacks here: {known}")
+    # Its shape (YAML, a mapping, `config:` of text keys, none twice), each problem by line.
+    from blueprints.settings import load_stack_file
+    from blueprints.spec import SpecError
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise PlanError(f"{rel}: is not valid YAML{where}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
-        raise PlanError(f"{rel}: must be a mapping with a `config:` mapping")
-    config = data.get("config") or {}
-    for key in config:
-        if not isinstance(key, str):
-            raise PlanError(f"{rel}: config key {key!r} is not a string; quote it")
-    return path, rel, config
+        return path, rel, load_stack_file(path, str(rel)).config
+    except SpecError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def load_stack_config(
@@ -483,8 +477,11 @@ def load_stack_config(
         raise PlanError(f"{rel}: {secrets_key}: must be a map of NAME: value")
     given = dict(given or {})
     raw_secrets = entries.get(secrets_key) or entries.get("secrets") or {}
+    # (anything but a map is refused above, or by the program: `secrets:` without a namespace)
     plain = sorted(
-        k for k, v in raw_secrets.items() if not (isinstance(v, dict) and set(v) == {"secure"})
+        k
+        for k, v in (raw_secrets.items() if isinstance(raw_secrets, dict) else ())
+        if not (isinstance(v, dict) and set(v) == {"secure"})
     )
     if plain:
         notes.append(
@@ -522,14 +519,20 @@ def plan_stack(
     project_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
     lookup: Lookup | None = None,
+    *,
+    spec: Path | None = None,
 ) -> Plan:
     """Evaluate one stack under the mock runtime and return what it would create.
 
     `overrides` replaces stack config entries (e.g. {"blueprints:active": "spare"}), as
     `pulumi config set` would, without touching the file. `lookup` answers the program's
     look-ups of the cloud (invokes; see Lookup); unanswered, the cloud holds nothing yet.
+    `spec` plans this app spec instead of the stack's own `blueprints:spec` (`--spec`).
     """
     project_dir = (project_dir or find_project()).resolve()
+    if spec is not None:
+        # Absolute: the program reads blueprints:spec relative to the project directory.
+        overrides = {**(overrides or {}), "blueprints:spec": str(Path(spec).resolve())}
     project, stacks_dir, main = read_project(project_dir)
     config, secret_keys, notes = load_stack_config(
         project, stacks_dir, stack, project_dir, overrides
@@ -615,3 +618,55 @@ def _note_logger(stack: str, notes: list[str]) -> logging.Logger:
 def plan_all(project_dir: Path | None = None, stacks: list[str] | None = None) -> list[Plan]:
     project_dir = (project_dir or find_project()).resolve()
     return [plan_stack(s, project_dir) for s in (stacks or list_stacks(project_dir))]
+
+
+@dataclass
+class Outcome:
+    """Planning several stacks, each on its own: the plans, in the order asked, and why each
+    stack that could not be planned failed (stack -> one message: the PlanError's, or the
+    type and message of an unexpected error)."""
+
+    plans: list[Plan]
+    failed: dict[str, str]
+
+
+def plan_each(
+    stacks: list[str],
+    project_dir: Path | None = None,
+    *,
+    spec: Path | None = None,
+    step: Callable[[str], Any] | None = None,
+) -> Outcome:
+    """Plan every stack although some cannot be planned (a rung refusing the spec, a bad stack
+    file): one stack's failure never hides the others. `step(stack)` is called before each."""
+    project_dir = (project_dir or find_project()).resolve()
+    plans: list[Plan] = []
+    failed: dict[str, str] = {}
+    for stack in stacks:
+        if step is not None:
+            step(stack)
+        try:
+            plans.append(plan_stack(stack, project_dir, spec=spec))
+        except PlanError as exc:
+            failed[stack] = str(exc).strip() or "cannot be planned"
+        except Exception as exc:  # a bug: this stack's failure, not the run's, and named
+            failed[stack] = _unexpected(exc)
+    return Outcome(plans, failed)
+
+
+def _unexpected(exc: Exception) -> str:
+    """One line for an error nothing expected: its type, where it was raised, its message."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if frames:
+        path = Path(frames[-1].filename)
+        package = Path(__file__).resolve().parent
+        shown = path.relative_to(package.parent) if path.is_relative_to(package) else path.name
+        where = f" at {shown}:{frames[-1].lineno}"
+    message = " ".join(str(exc).split()) or "no message"
+    return (
+        f"unexpected {type(exc).__name__}{where}: {message} (a bug in blueprints: please "
+        "report it with this line)"
+    )

@@ -6,14 +6,24 @@ The app spec says what the app needs; these settings live in stacks/Pulumi.<stac
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import contextvars
+import difflib
+import functools
+import importlib
 import ipaddress
 import json
+import math
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel as _pydantic_camel
 
@@ -40,18 +50,27 @@ HCLOUD_LOCATIONS = {
     "sin": "ap-southeast",
 }
 
+
+def priced_locations() -> list[str]:
+    """The Hetzner locations a stack may use: those the price table covers (server_problems)."""
+    from blueprints.costs import shipped_tables
+
+    return [place for place in HCLOUD_LOCATIONS if place in shipped_tables()["hcloud"].places]
+
+
 BLUEPRINTS = ("single-vm", "compose", "nomad", "k8s")
 TARGETS = ("hcloud", "localstack", "aws")
 
 # Server size per (blueprint, cloud). hcloud cx23: 2 vCPU / 4 GB x86 (the 2025 cost-optimized line);
-# aws t3.small: 2 vCPU / 2 GB, a Nitro type, so EBS volumes appear as NVMe with stable by-id paths.
+# aws t3.medium: 2 vCPU / 4 GiB, the same size, a Nitro type, so EBS volumes appear as NVMe with
+# stable by-id paths. Both hold the example app with the room blueprints/capacity.py asks for.
 DEFAULT_SERVER_TYPE = {
     ("single-vm", "hcloud"): "cx23",
-    ("single-vm", "aws"): "t3.small",
+    ("single-vm", "aws"): "t3.medium",
     ("compose", "hcloud"): "cx23",
-    ("compose", "aws"): "t3.small",
+    ("compose", "aws"): "t3.medium",
     ("nomad", "hcloud"): "cx23",
-    ("nomad", "aws"): "t3.small",
+    ("nomad", "aws"): "t3.medium",
     ("k8s", "hcloud"): "cx23",
     ("k8s", "aws"): "t3.medium",
 }
@@ -128,8 +147,8 @@ class StackSettings(BaseModel):
     )
     location: str = Field(
         default="fsn1",
-        description="hcloud location of servers, volume and floating IP: "
-        + ", ".join(HCLOUD_LOCATIONS),
+        description="hcloud location of servers, volume and floating IP, one the price table "
+        "covers: " + ", ".join(priced_locations()),
     )
     image: str = Field(default="ubuntu-24.04", description="hcloud OS image.")
     hcloud_ssh_key: str | None = Field(
@@ -163,6 +182,12 @@ class StackSettings(BaseModel):
     protect_data: bool = Field(
         default=True,
         description="Protect the data volume and the floating IP against delete and replace.",
+    )
+    overcommit: bool = Field(
+        default=False,
+        description="Plan although the app's cpu and memory do not fit the servers: each "
+        "shortfall of a total a warning instead of an error; one instance larger than a server "
+        "stays an error (blueprints/capacity.py says what is checked).",
     )
 
     # -- failover (single-vm): the watchdog and the promotion ------------------------------
@@ -468,7 +493,7 @@ class StackSettings(BaseModel):
             raise FieldProblem(
                 ("location",),
                 f"unknown hcloud location {self.location!r}; "
-                f"allowed: {', '.join(HCLOUD_LOCATIONS)}",
+                f"allowed: {', '.join(priced_locations())}",
             )
         subnet = ipaddress.ip_network(self.subnet_cidr)
         if subnet.num_addresses < 16:
@@ -559,27 +584,57 @@ def _allowed_fields(raw: dict[str, Any]) -> list[str]:
     return [f for f in StackSettings.model_fields if f not in excluded]
 
 
-def parse_settings(raw: dict[str, Any], source: str) -> StackSettings:
-    """Validate `blueprints:` config (keys without namespace, camelCase) into StackSettings."""
+def parse_settings(
+    raw: dict[str, Any], source: str, lines: Mapping[str, int] | None = None
+) -> StackSettings:
+    """Validate `blueprints:` config (keys without namespace, camelCase) into StackSettings.
+
+    `lines`: the stack file's line of each key (camelCase, without namespace), where known;
+    a problem with such a key is reported as `source:line: blueprints:key: ...`.
+    """
+
+    def at(key: str) -> str:
+        line = (lines or {}).get(key)
+        return f"{source}:{line}" if line else source
+
+    # A setting may be written camelCase or snake_case, but once only.
+    twice = [
+        f for f in StackSettings.model_fields if to_camel(f) != f and {f, to_camel(f)} <= set(raw)
+    ]
+    out = []
+    for field in twice:
+        camel = to_camel(field)
+        first, second = (lines or {}).get(camel), (lines or {}).get(field)
+        given = (
+            f"{camel} on line {first}, {field} on line {second}"
+            if first and second
+            else f"as {NAMESPACE}:{camel} and as {NAMESPACE}:{field}"
+        )
+        out.append(f"{at(camel)}: {NAMESPACE}:{camel}: is given twice ({given}); keep one")
+    raw = {k: v for k, v in raw.items() if k not in twice}
     try:
         settings = StackSettings.model_validate(raw)
     except ValidationError as exc:
-        lines = []
         for line in problems(StackSettings, exc):
             path, _, msg = line.partition(": ")
             key = path.split(".")[0].split("[")[0]
             if key in StackSettings.model_fields:
                 key = to_camel(key)
             if msg.startswith(_UNKNOWN):
-                msg = _UNKNOWN + ", ".join(sorted(to_camel(f) for f in _allowed_fields(raw)))
-            lines.append(f"{source}: {NAMESPACE}:{key}: {msg}")
-        raise SpecError(lines) from None
+                allowed = sorted(to_camel(f) for f in _allowed_fields(raw))
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"did you mean {NAMESPACE}:{close[0]}? " if close else ""
+                msg = f"unknown key; {hint}allowed keys here: " + ", ".join(allowed)
+            out.append(f"{at(key)}: {NAMESPACE}:{key}: {msg}")
+        raise SpecError(out) from None
+    if out:
+        raise SpecError(out)
 
     def given(field: str) -> bool:
         return to_camel(field) in raw or field in raw
 
     stray = [
-        f"{source}: {config_key(f)}: does not apply to target {settings.target}; "
+        f"{at(to_camel(f))}: {config_key(f)}: does not apply to target {settings.target}; "
         "remove it from the stack file"
         for f in (
             *([] if settings.cloud == "hcloud" else _HCLOUD_ONLY),
@@ -589,7 +644,7 @@ def parse_settings(raw: dict[str, Any], source: str) -> StackSettings:
         if given(f)
     ]
     stray += [
-        f"{source}: {config_key(f)}: applies to the {owner} blueprint only, not to "
+        f"{at(to_camel(f))}: {config_key(f)}: applies to the {owner} blueprint only, not to "
         f"{settings.blueprint}; remove it from the stack file"
         for owner, fields in BLUEPRINT_ONLY.items()
         if owner != settings.blueprint
@@ -609,3 +664,743 @@ def read_settings(get: Callable[[str], Any], source: str) -> StackSettings:
         if value is not None:
             raw[to_camel(name)] = value
     return parse_settings(raw, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stack files: stacks/Pulumi.<stack>.yaml as written, with the line of every key
+
+# The top-level keys Pulumi reads in a stack file.
+STACK_FILE_KEYS = ("config", "encryptedkey", "encryptionsalt", "environment", "secretsprovider")
+# `blueprints:` keys that are not settings: the app's secrets and the backup bucket's secret key.
+SECRETS_KEY = "secrets"
+NOT_SETTINGS = (SECRETS_KEY, BACKUP_SECRET_KEY)
+# Namespaces a stack file may use: this project's, Pulumi's own, and the providers' whose
+# stack config the program reads (see provider_keys). The aws and localstack stacks make an AWS
+# provider of their own, which reads no `aws:` config; `aws:region` is read by the merge-request
+# report only (the region its prices are for).
+PROVIDER_NAMESPACES = ("hcloud", "aws")
+PULUMI_NAMESPACE = "pulumi"
+NAMESPACES = (NAMESPACE, *PROVIDER_NAMESPACES, PULUMI_NAMESPACE)
+AWS_KEYS = ("region",)
+
+
+class StackFile:
+    """One stack file as Pulumi reads it: its `config:` mapping, each value as Pulumi hands it to
+    a program (a scalar as its text, a mapping or list as an object; see _pulumi_text), the line
+    each key is on (`key`, and `key.sub` for the keys of a mapping value) and the name of the
+    project the file belongs to (from the nearest Pulumi.yaml above it; None without one)."""
+
+    def __init__(
+        self,
+        shown: str,
+        config: dict[str, Any],
+        lines: dict[str, int],
+        project: str | None = None,
+    ):
+        self.shown = shown
+        self.config = config
+        self.lines = lines
+        self.project = project
+
+    def at(self, key: str) -> str:
+        """`file:line` of a config key, or the file alone when the key is not in it."""
+        line = self.lines.get(key)
+        return f"{self.shown}:{line}" if line else self.shown
+
+
+# How Pulumi reads a stack file (sdk/go/common/workspace/loaders.go, LoadProjectStackBytes): Go's
+# yaml.v3 decodes it into plain values, Pulumi writes those back as YAML and decodes that again,
+# each config value into a string (an object as its JSON). So a plain scalar gets yaml.v3's type,
+# not YAML 1.1's: `yes`, `on`, `1:30` and `2024-01-01` stay text; true/false and null are words
+# only in the three spellings true, True, TRUE; a number comes back in Go's spelling (1.10 as
+# 1.1, 0x10 as 16, 010 as 8, 1e3 as 1000). The reader below composes nodes only (no PyYAML
+# types) and gives each plain scalar the tag _PLAIN, so that yaml.v3's rules can decide.
+_PLAIN = "!blueprints/plain"
+_YAML_TAG = "tag:yaml.org,2002:"
+_STR_TAG = _YAML_TAG + "str"
+_GO_WORDS: dict[str, Any] = {
+    **dict.fromkeys(("true", "True", "TRUE"), True),
+    **dict.fromkeys(("false", "False", "FALSE"), False),
+    **dict.fromkeys(("", "~", "null", "Null", "NULL"), None),
+    **dict.fromkeys((".nan", ".NaN", ".NAN"), math.nan),
+    **{
+        f"{sign}.{word}": -math.inf if sign == "-" else math.inf
+        for sign in ("", "+", "-")
+        for word in ("inf", "Inf", "INF")
+    },
+}
+# strconv.ParseInt(s, 0, 64) (then ParseUint) on the text without its underscores; then, if it
+# has yamlStyleFloat's shape, strconv.ParseFloat; a scalar starting with '.' is tried as a float.
+_GO_INT = re.compile(r"([-+]?)(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)")
+_GO_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+_GO_DOT_FLOAT = re.compile(r"\.[0-9]+([eE][-+]?[0-9]+)?")
+_MERGE = "<<"
+
+
+class _Reader(yaml.SafeLoader):
+    """Composes a YAML document into nodes, a plain scalar tagged _PLAIN (nothing is
+    constructed: no dates, no bytes, no merged mappings)."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        if kind is yaml.ScalarNode and implicit[0]:
+            return _PLAIN
+        return super().resolve(kind, value, implicit)
+
+    def compose_scalar_node(self, anchor: Any) -> yaml.ScalarNode:
+        tag = self.peek_event().tag
+        node = super().compose_scalar_node(anchor)
+        if tag == "!":  # the non-specific tag: text, for yaml.v3 as for YAML
+            node.tag = _STR_TAG
+        return node
+
+
+def _go_int(plain: str) -> int | None:
+    found = _GO_INT.fullmatch(plain)
+    if found is None:
+        return None
+    sign, body = found.groups()
+    base = {"0x": 16, "0o": 8, "0b": 2}.get(body[:2].lower())
+    number = int(body[2:], base) if base else int(body, 8 if body.startswith("0") else 10)
+    number = -number if sign == "-" else number
+    if -(2**63) <= number < 2**63 or (not sign and number < 2**64):
+        return number
+    return None
+
+
+def _go_plain(text: str) -> Any:
+    """A plain scalar as yaml.v3 decodes it into an interface{}: None, a bool, an int, a float
+    or the text (a timestamp too: yaml.v3 keeps it as text there)."""
+    if text in _GO_WORDS:
+        return _GO_WORDS[text]
+    if text[:1] == ".":
+        return float(text) if _GO_DOT_FLOAT.fullmatch(text) else text
+    if text[:1] in tuple("0123456789+-"):
+        plain = text.replace("_", "")
+        number = _go_int(plain)
+        if number is not None:
+            return number
+        if _GO_FLOAT.fullmatch(plain) and math.isfinite(float(plain)):
+            return float(plain)
+    return text
+
+
+def _go_float(value: float) -> str:
+    """A float as yaml.v3 writes it: strconv.FormatFloat(f, 'g', -1, 64), .inf/.nan words."""
+    if math.isnan(value):
+        return ".nan"
+    if math.isinf(value):
+        return ".inf" if value > 0 else "-.inf"
+    sign, digits, exponent = Decimal(repr(value)).as_tuple()
+    text = "".join(map(str, digits)).rstrip("0")
+    minus = "-" if sign else ""
+    if not text:
+        return minus + "0"
+    point = len(digits) + int(exponent)  # the value is 0.<digits> x 10**point
+    if point - 1 < -4 or point - 1 >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{minus}{mantissa}e{point - 1:+03d}"
+    if point <= 0:
+        return f"{minus}0.{'0' * -point}{text}"
+    if point >= len(text):
+        return minus + text + "0" * (point - len(text))
+    return f"{minus}{text[:point]}.{text[point:]}"
+
+
+def _pulumi_text(value: Any) -> str:
+    """A decoded scalar as Pulumi hands it to the program: yaml.v3's spelling, null as ''."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _go_float(value)
+    return str(value)
+
+
+def _scalar(node: yaml.ScalarNode) -> tuple[Any, str | None]:
+    """(the scalar as yaml.v3 decodes it into an interface{}, why Pulumi could not read it)."""
+    tag, text = node.tag, node.value
+    if tag == _PLAIN:
+        return _go_plain(text), None
+    if tag == _YAML_TAG + "binary":
+        try:
+            data = base64.b64decode(re.sub(r"[\r\n]", "", text), validate=True)
+            return data.decode("utf-8"), None
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            return text, "is !!binary, but not base64 of UTF-8 text; write the text itself"
+    kinds = {"int": int, "float": (int, float), "bool": bool, "null": type(None)}
+    kind = tag[len(_YAML_TAG) :] if tag.startswith(_YAML_TAG) else None
+    if kind in kinds:
+        value = _go_plain(text)
+        ok = isinstance(value, kinds[kind]) and not (kind != "bool" and isinstance(value, bool))
+        if not ok:
+            return (
+                text,
+                f"is tagged !!{kind}, and yaml.v3 (Pulumi's reader) refuses {text!r} as one",
+            )
+        return float(value) if kind == "float" else value, None
+    return text, None  # quoted, !!str, !!timestamp, a tag of another kind: text
+
+
+def _is_merge(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _PLAIN and node.value == _MERGE
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if node.tag == _PLAIN and _go_plain(node.value) is None:
+        return "an empty value"
+    return repr(node.value)
+
+
+def _is_text(node: yaml.Node) -> bool:
+    """Whether yaml.v3 reads the node as a string (as a mapping key must be here)."""
+    if not isinstance(node, yaml.ScalarNode) or _is_merge(node):
+        return False
+    value, problem = _scalar(node)
+    return isinstance(value, str) and problem is None
+
+
+def _duplicate(key: str, first: int) -> str:
+    # yaml.v3 refuses a mapping that gives a key twice, and Pulumi with it the whole file.
+    return (
+        f"{key}: is given twice (first on line {first}); Pulumi refuses a stack file that "
+        "gives a key twice: keep one"
+    )
+
+
+_MERGE_KEYS = (
+    "is a YAML merge key, which blueprints does not read in a stack file; write each key out"
+)
+
+
+def _object(node: yaml.Node, path: str, problems_: list[tuple[int, str]], active: set[int]) -> Any:
+    """A mapping or list value as Pulumi hands it over: yaml.v3's values, its floats as they
+    come back from Pulumi writing them as YAML and reading them again (1000.0 as 1000)."""
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.ScalarNode):
+        value, problem = _scalar(node)
+        if problem is not None:
+            problems_.append((line, f"{path}: {problem}"))
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                problems_.append((line, f"{path}: {node.value} cannot be passed on as JSON"))
+            value = _go_plain(_go_float(value))
+        return value
+    if id(node) in active:
+        problems_.append((line, f"{path}: holds itself (a recursive alias)"))
+        return None
+    active.add(id(node))
+    try:
+        if isinstance(node, yaml.SequenceNode):
+            return [_object(n, f"{path}[{i}]", problems_, active) for i, n in enumerate(node.value)]
+        out: dict[str, Any] = {}
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            if _is_merge(key_node):
+                problems_.append((key_line, f"{path}.<<: {_MERGE_KEYS}"))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems_.append(
+                    (key_line, f"{path}: has {_kind(key_node)} as a key; keys are text")
+                )
+                continue
+            if key_node.value in seen:
+                sub = f"{path}.{key_node.value}"
+                problems_.append((key_line, _duplicate(sub, seen[key_node.value])))
+                continue
+            seen[key_node.value] = key_line
+            key = _pulumi_text(_scalar(key_node)[0])
+            out[key] = _object(value_node, f"{path}.{key}", problems_, active)
+        return out
+    finally:
+        active.discard(id(node))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f":{mark.line + 1}" if mark else ""
+    what = getattr(exc, "problem", None) or "invalid syntax"
+    context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and cmark:
+        what += f" ({context} from line {cmark.line + 1})"
+    if "<block" in what or "mapping values are not allowed" in what:
+        what += "; check the indentation and quote values holding ': '"
+    return f"{where}: is not valid YAML: {what}"
+
+
+def project_name(path: Path) -> str | None:
+    """The name in the nearest Pulumi.yaml above `path` (a stack file); None without one."""
+    for folder in path.resolve().parents:
+        project = folder / "Pulumi.yaml"
+        if project.is_file():
+            try:
+                data = yaml.safe_load(project.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                return None
+            name = data.get("name") if isinstance(data, dict) else None
+            return name if isinstance(name, str) and name else None
+    return None
+
+
+def load_stack_file(path: Path, shown: str) -> StackFile:
+    """Read a stack file as Pulumi reads it (see _PLAIN), keeping the line of every key; its
+    shape is checked here (a mapping, known top-level keys, `config:` a mapping of text keys,
+    no key given twice, no merge keys, no number Pulumi would spell otherwise than written).
+    SpecError names the file and line of each problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([f"{shown}: no such stack file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"{shown}: cannot be read ({exc.__class__.__name__})"]) from None
+    reader = _Reader(text)
+    try:
+        root = reader.get_single_node()
+    except yaml.YAMLError as exc:
+        raise SpecError([f"{shown}{_yaml_problem(exc)}"]) from None
+    finally:
+        reader.dispose()
+    needs = (
+        "a stack file is a mapping whose `config:` sets at least "
+        f"{NAMESPACE}:blueprint and {NAMESPACE}:target"
+    )
+    if root is None or _kind(root) == "an empty value":
+        raise SpecError([f"{shown}: is empty; {needs}"])
+    if not isinstance(root, yaml.MappingNode):
+        raise SpecError([f"{shown}:{root.start_mark.line + 1}: is {_kind(root)}; {needs}"])
+    problems_: list[str] = []
+    config_node: yaml.MappingNode | None = None
+    seen: dict[str, int] = {}
+    for key_node, value_node in root.value:
+        line = key_node.start_mark.line + 1
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else _kind(key_node)
+        if _is_merge(key_node):
+            problems_.append(f"{shown}:{line}: <<: {_MERGE_KEYS}")
+            continue
+        if key in seen:
+            problems_.append(f"{shown}:{line}: {_duplicate(key, seen[key])}")
+            continue
+        seen[key] = line
+        if key == "config":
+            if isinstance(value_node, yaml.MappingNode):
+                config_node = value_node
+            elif _kind(value_node) != "an empty value":
+                problems_.append(
+                    f"{shown}:{line}: config: must be a mapping of key: value "
+                    f"(got {_kind(value_node)})"
+                )
+        elif key not in STACK_FILE_KEYS:
+            if ":" in key:
+                hint = "a config key belongs under `config:`, indented"
+            else:
+                close = difflib.get_close_matches(key, STACK_FILE_KEYS, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                hint += "allowed: " + ", ".join(STACK_FILE_KEYS)
+            problems_.append(f"{shown}:{line}: {key}: is not a stack file key; {hint}")
+    config: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    if config_node is not None:
+        for key_node, value_node in config_node.value:
+            line = key_node.start_mark.line + 1
+            if _is_merge(key_node):
+                problems_.append(f"{shown}:{line}: <<: {_MERGE_KEYS}")
+                continue
+            if not _is_text(key_node):
+                shown_key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                shown_key = shown_key if shown_key is not None else _kind(key_node)
+                problems_.append(f"{shown}:{line}: config key {shown_key}: is not text; quote it")
+                continue
+            key = str(_scalar(key_node)[0])
+            if key in lines:
+                problems_.append(f"{shown}:{line}: {_duplicate(key, lines[key])}")
+                continue
+            lines[key] = line
+            if isinstance(value_node, yaml.ScalarNode):
+                value, problem = _scalar(value_node)
+                config[key] = _pulumi_text(value)
+                if problem is not None:
+                    problems_.append(f"{shown}:{line}: {key}: {problem}")
+                elif (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and config[key] != value_node.value
+                ):
+                    # 1.10 for a version, 010 for a number of seconds: not what was meant.
+                    problems_.append(
+                        f"{shown}:{line}: {key}: Pulumi reads the unquoted {value_node.value} "
+                        f"as the number {config[key]} and passes '{config[key]}' on; write "
+                        f"{config[key]}, or quote it ('{value_node.value}') to keep the text"
+                    )
+                continue
+            found: list[tuple[int, str]] = []
+            config[key] = _object(value_node, key, found, set())
+            problems_ += [f"{shown}:{n}: {message}" for n, message in found]
+            if isinstance(value_node, yaml.MappingNode):
+                for sub_node, _ in value_node.value:
+                    if isinstance(sub_node, yaml.ScalarNode) and not _is_merge(sub_node):
+                        lines.setdefault(f"{key}.{sub_node.value}", sub_node.start_mark.line + 1)
+    if problems_:
+        raise SpecError(problems_)
+    if not config and "environment" not in seen:
+        raise SpecError([f"{shown}: sets no config; {needs}"])
+    return StackFile(shown, config, lines, project_name(path))
+
+
+def _secure(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"secure"}
+
+
+@functools.cache
+def provider_keys(namespace: str) -> tuple[str, ...]:
+    """The stack config keys a provider's default instance reads, from its installed SDK."""
+    if namespace == "aws":
+        return AWS_KEYS
+    module = importlib.import_module(f"pulumi_{namespace}.config.vars")
+    names = [n for n, v in vars(module._ExportableConfig).items() if isinstance(v, property)]
+    return tuple(sorted(to_camel(n) for n in names))
+
+
+def _setting_names() -> dict[str, str]:
+    """Every name a setting may be written as (camelCase, snake_case) -> its camelCase key."""
+    names = {to_camel(f): to_camel(f) for f in StackSettings.model_fields}
+    names.update({f: to_camel(f) for f in StackSettings.model_fields})
+    names.update({k: k for k in NOT_SETTINGS})
+    return names
+
+
+def stack_file_problems(stack: StackFile) -> list[str]:
+    """Keys of a stack file that nothing would read: without a namespace, in a namespace
+    outside NAMESPACES, a provider key the provider does not have or that does not apply to
+    the stack's cloud, and settings given encrypted (they are read as plain text)."""
+    target = stack.config.get(f"{NAMESPACE}:target")
+    cloud = {"hcloud": "hcloud", "aws": "aws", "localstack": "aws"}.get(str(target))
+    settings = _setting_names()
+    out = []
+    for key, value in stack.config.items():
+        where = stack.at(key)
+        namespace, colon, name = key.partition(":")
+        if not colon:
+            if key in settings and stack.project == NAMESPACE:
+                # Pulumi reads it as blueprints:key here, but only because of the project's
+                # name: a project baked from this one has its own, and the key is lost there.
+                out.append(
+                    f"{where}: {key}: has no namespace; write {NAMESPACE}:{settings[key]} "
+                    f"(Pulumi puts a key without one in the project's namespace, {NAMESPACE} "
+                    "here, but a project baked from this one has a name of its own)"
+                )
+            elif key in settings:
+                project = stack.project or "<project name>"
+                out.append(
+                    f"{where}: {key}: has no namespace; did you mean "
+                    f"{NAMESPACE}:{settings[key]}? (Pulumi reads a key without one as "
+                    f"{project}:{key}, which nothing reads)"
+                )
+            else:
+                out.append(
+                    f"{where}: {key}: has no namespace and is no setting; keys are written "
+                    f"namespace:key, with the namespaces {', '.join(NAMESPACES)}"
+                )
+            continue
+        if namespace == NAMESPACE:
+            if name in NOT_SETTINGS or not _secure(value):
+                continue
+            out.append(
+                f"{where}: {key}: is encrypted (secure:), but it is a setting, read as plain "
+                f"text; set it with `pulumi config set {key} VALUE` (no --secret)"
+            )
+        elif namespace in PROVIDER_NAMESPACES:
+            if cloud is not None and namespace != cloud:
+                out.append(
+                    f"{where}: {key}: applies to {namespace} stacks, and this stack's target "
+                    f"is {target}; remove it from the stack file"
+                )
+                continue
+            known = provider_keys(namespace)
+            if name in known:
+                continue
+            if namespace == "aws":
+                out.append(
+                    f"{where}: {key}: is not read: the aws and localstack stacks make their "
+                    f"own AWS provider, with the region from {NAMESPACE}:region and the "
+                    "credentials from the environment (AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY); allowed here: aws:region"
+                )
+            else:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {namespace}:{close[0]}? " if close else ""
+                out.append(
+                    f"{where}: {key}: unknown {namespace} provider key; {hint}allowed: "
+                    + ", ".join(f"{namespace}:{k}" for k in known)
+                )
+        elif namespace != PULUMI_NAMESPACE:
+            close = difflib.get_close_matches(namespace, NAMESPACES, n=1)
+            hint = f"did you mean {close[0]}:{name}? " if close else ""
+            out.append(
+                f"{where}: {key}: unknown namespace {namespace}; {hint}allowed namespaces: "
+                + ", ".join(NAMESPACES)
+            )
+    region = stack.config.get("aws:region")
+    ours = stack.config.get(f"{NAMESPACE}:region", StackSettings.model_fields["region"].default)
+    if cloud == "aws" and region is not None and region != ours:
+        out.append(
+            f"{stack.at('aws:region')}: aws:region: {region} differs from "
+            f"{NAMESPACE}:region {ours}, where the servers are; make them equal or remove "
+            "aws:region"
+        )
+    return out
+
+
+def checked_settings(
+    raw: dict[str, Any],
+    source: str,
+    file: StackFile | None,
+    tables: Mapping[str, Any] | None = None,
+    *,
+    priced: bool = True,
+) -> tuple[StackSettings, list[str]]:
+    """The stack's settings checked as `pulumi up` checks them: the stack file's keys
+    (stack_file_problems), the `blueprints:` settings (raw: keys without namespace, values as
+    Pulumi hands them over) and, unless not `priced`, the server type and place against the
+    price table (`tables`, else price_tables()). Returns the settings and the warnings;
+    SpecError has one line per problem, by file and line."""
+    found = stack_file_problems(file) if file is not None else []
+    if file is not None:
+        # An encrypted setting is reported above; its placeholder is not validated as well.
+        prefix = f"{NAMESPACE}:"
+        raw = {k: v for k, v in raw.items() if not _secure(file.config.get(prefix + k))}
+    lines = setting_lines(file, raw) if file is not None else {}
+    try:
+        settings = parse_settings(raw, source, lines)
+    except SpecError as exc:
+        raise SpecError(_by_line(found + exc.lines, source)) from None
+    errors, warnings = server_problems(settings, tables) if priced else ([], [])
+    found += [
+        (f"{source}:{lines[key]}" if key in lines else source) + f": {NAMESPACE}:{key}: {message}"
+        for key, message in errors
+    ]
+    if found:
+        raise SpecError(_by_line(found, source))
+    return settings, warnings
+
+
+def _by_line(problems_: list[str], source: str) -> list[str]:
+    """Problems in the order of the file: by line, those naming no line first."""
+
+    def line(problem: str) -> int:
+        found = re.match(rf"{re.escape(source)}:([0-9]+): ", problem)
+        return int(found.group(1)) if found else 0
+
+    return sorted(problems_, key=line)
+
+
+def read_stack_settings(
+    path: Path, shown: str, tables: Mapping[str, Any] | None = None, *, priced: bool = True
+) -> tuple[StackSettings, list[str]]:
+    """A stack file's settings and warnings, checked as checked_settings does (against
+    `tables`, else price_tables(); not at all when not `priced`), from the file alone (as
+    `pulumi up` would read it: every value as text)."""
+    file = load_stack_file(path, shown)
+    prefix = f"{NAMESPACE}:"
+    raw = {
+        key[len(prefix) :]: config_text(value)
+        for key, value in file.config.items()
+        if key.startswith(prefix) and key[len(prefix) :] not in NOT_SETTINGS
+    }
+    return checked_settings(raw, shown, file, tables, priced=priced)
+
+
+def setting_lines(stack: StackFile, raw: Mapping[str, Any]) -> dict[str, int]:
+    """The line of each `blueprints:` setting (key without namespace) whose value in `raw`
+    (as Pulumi hands it to the program: text, objects as JSON) is the one the file holds."""
+    prefix = f"{NAMESPACE}:"
+    out = {}
+    for key, line in stack.lines.items():
+        if not key.startswith(prefix) or "." in key:
+            continue
+        name = key[len(prefix) :]
+        if name in raw and _same_value(raw[name], stack.config[key]):
+            out[name] = line
+    return out
+
+
+def _same_value(given: Any, held: Any) -> bool:
+    """Whether a value handed over (text, an object as JSON in any layout) is the file's."""
+    if config_text(given) == config_text(held):
+        return True
+    if isinstance(held, (dict, list)) and isinstance(given, str):
+        try:
+            return json.loads(given) == json.loads(config_text(held))
+        except ValueError:
+            return False
+    return False
+
+
+def config_text(value: Any) -> str:
+    """A config value as Pulumi hands it to a program: text (a scalar as yaml.v3 spells it, see
+    _pulumi_text); objects and lists as JSON."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return _pulumi_text(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Server types and places, against the price table (blueprints/prices.yaml)
+
+PRICES_FILE = "blueprints/prices.yaml"
+# The price tables stacks are checked against when no caller names them: the shipped ones, or
+# those `blueprints compare --live-prices` read, for the stacks it plans (see price_tables).
+_PRICE_TABLES: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "blueprints_price_tables", default=None
+)
+
+
+def price_tables() -> Mapping[str, Any]:
+    """The price tables in effect: those set by using_price_tables, else the shipped ones."""
+    from blueprints.costs import shipped_tables
+
+    return _PRICE_TABLES.get() or shipped_tables()
+
+
+@contextlib.contextmanager
+def using_price_tables(tables: Mapping[str, Any]) -> Iterator[None]:
+    """Check server types and places against `tables` inside the block, in the programs that
+    the offline plan runs there too (it runs them in a copy of the current context)."""
+    token = _PRICE_TABLES.set(tables)
+    try:
+        yield
+    finally:
+        _PRICE_TABLES.reset(token)
+
+
+# An EC2 instance type: family (generation digit included) and size, like t3.small, m7i.large.
+AWS_TYPE = re.compile(r"([a-z][a-z0-9-]*[0-9][a-z0-9-]*)\.([a-z0-9-]+)")
+# Graviton (arm64) families: a digit then `g` (t4g, m7gd, c6gn, im4gn, is4gen), and a1.
+AWS_ARM_FAMILY = re.compile(r"a1|[a-z]+[0-9]+g[a-z]*")
+# EC2 families built on Xen, not Nitro: their EBS volumes appear as /dev/xvd*, while the servers
+# find the data volume by its NVMe name. The older generations (c1, cc2, m1, t1...) and T2, M4,
+# C4, R4, X1, X1e, D2, H1, I2, I3, P2, P3, G3 (and g3s), F1; not i3en nor p3dn (Nitro, their
+# family names differ), nor a .metal size (bare metal on Nitro, like i3.metal).
+AWS_XEN_FAMILIES = (
+    "c1", "c3", "c4", "cc1", "cc2", "cg1", "cr1", "d2", "f1", "g2", "g3", "g3s", "h1", "hi1",
+    "hs1", "i2", "i3", "m1", "m2", "m3", "m4", "p2", "p3", "r3", "r4", "t1", "t2", "x1", "x1e",
+)  # fmt: skip
+
+
+def server_problems(
+    settings: StackSettings, tables: Mapping[str, Any] | None = None
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The stack's server type and place checked against the price table: (errors as
+    (setting key, message), warnings).
+
+    hcloud: the type and the location must be in the table, which lists Hetzner's lines the
+    blueprints are sized against. aws (and localstack): the type must be an EC2 type the
+    servers can boot (x86, Nitro) unless an AMI is given; one outside the table is a warning,
+    as the table holds a few of the hundreds of EC2 types, and so is a region outside it.
+    """
+    table = (tables or price_tables())[settings.cloud]
+    size, errors, warnings = settings.size, [], []
+    known = ", ".join(table.server_types)
+    like = DEFAULT_SERVER_TYPE[(settings.blueprint, settings.cloud)]
+    places = ", ".join(table.places)
+    live = table.as_of == "live"  # Hetzner's price list, read by `compare --live-prices`
+    if settings.cloud == "hcloud":
+        if size not in table.server_types and live:
+            errors.append(
+                (
+                    "serverType",
+                    f"{size} is not a server type Hetzner's live price list has for {places}; "
+                    f"allowed: {known}",
+                )
+            )
+        elif size not in table.server_types:
+            errors.append(
+                (
+                    "serverType",
+                    f"{size} is not a Hetzner server type of the price table ({PRICES_FILE}); "
+                    f"allowed: {known}; another type needs its vCPUs, memory and price added "
+                    "there (`blueprints compare --live-prices` reads the types Hetzner offers "
+                    "today)",
+                )
+            )
+        elif size.startswith("cax"):
+            warnings.append(
+                f"{NAMESPACE}:serverType {size} is an Arm64 (Ampere) server: Hetzner boots the "
+                f"arm64 build of image {settings.image}, and every container image of the app "
+                "must be published for linux/arm64"
+            )
+        if settings.location not in table.places and live:
+            errors.append(
+                (
+                    "location",
+                    f"{settings.location}: Hetzner's live price list was read for {places}, "
+                    "the location of the stacks compared with this one; compare the stacks "
+                    "of one location at a time",
+                )
+            )
+        elif settings.location not in table.places:
+            errors.append(
+                (
+                    "location",
+                    f"{settings.location} is not covered by the price table ({PRICES_FILE}): "
+                    f"its server types and prices are Hetzner's in {places}, and Hetzner "
+                    "offers other types at other prices elsewhere, so a server here could be "
+                    f"neither checked nor priced; choose one of {places} (`blueprints compare "
+                    f"--live-prices` reads Hetzner's list for {settings.location})",
+                )
+            )
+        return errors, warnings
+    match = AWS_TYPE.fullmatch(size)
+    if match is None:
+        hetzner = " (a Hetzner type; this stack runs on AWS)" if _is_hetzner(size) else ""
+        errors.append(
+            (
+                "serverType",
+                f"{size}{hetzner} is not an EC2 instance type like {like} (family.size); "
+                f"priced: {known}",
+            )
+        )
+        return errors, warnings
+    family, kind = match.groups()
+    if family in AWS_XEN_FAMILIES and kind != "metal":
+        errors.append(
+            (
+                "serverType",
+                f"{size} is a Xen-based EC2 type, whose EBS volumes appear as /dev/xvd*; the "
+                "servers find the data volume by its NVMe name, which Nitro types give: choose "
+                f"one like {like}",
+            )
+        )
+    elif AWS_ARM_FAMILY.fullmatch(family) and settings.ami is None:
+        errors.append(
+            (
+                "serverType",
+                f"{size} is an Arm64 (Graviton) type, and the servers boot an amd64 Ubuntu "
+                f"image; choose an x86 type like {like}, or set {NAMESPACE}:ami to an arm64 "
+                "AMI",
+            )
+        )
+    elif size not in table.server_types:
+        warnings.append(
+            f"{NAMESPACE}:serverType {size} is not in the price table ({PRICES_FILE}: {known}): "
+            "its price, vCPUs and memory are not known here, so `blueprints compare` leaves it "
+            "unpriced"
+        )
+    if settings.region not in table.places:
+        warnings.append(
+            f"{NAMESPACE}:region {settings.region}: the price table has AWS prices for {places} "
+            "only, so this stack's costs are not known here"
+        )
+    return errors, warnings
+
+
+def _is_hetzner(size: str) -> bool:
+    from blueprints.costs import shipped_tables
+
+    return size in shipped_tables()["hcloud"].server_types or bool(
+        re.fullmatch(r"(cx|cpx|cax|ccx)[0-9]+", size)
+    )

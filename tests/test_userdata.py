@@ -14,16 +14,16 @@ LARGE = "#cloud-config\nwrite_files:\n" + "".join(
 
 
 def test_small_text_goes_as_is_or_plain_base64():
-    assert userdata.encode(SMALL, 32768, base64_always=False, what="n") == SMALL
-    b64 = userdata.encode(SMALL, 16384, base64_always=True, what="n")
+    assert userdata.encode(SMALL, 32768, base64_always=False, what="n", cloud="c") == SMALL
+    b64 = userdata.encode(SMALL, 16384, base64_always=True, what="n", cloud="c")
     assert base64.b64decode(b64).decode() == SMALL
     assert userdata.decode(b64, base64_always=True) == SMALL
     assert userdata.decode(SMALL) == SMALL
 
 
 def test_large_text_is_gzipped_deterministically_and_round_trips():
-    a = userdata.encode(LARGE, 32768, base64_always=False, what="n")
-    b = userdata.encode(LARGE, 32768, base64_always=False, what="n")
+    a = userdata.encode(LARGE, 32768, base64_always=False, what="n", cloud="c")
+    b = userdata.encode(LARGE, 32768, base64_always=False, what="n", cloud="c")
     assert a == b
     raw = base64.b64decode(a)
     assert raw[:2] == b"\x1f\x8b" and len(a) < 32768 < len(LARGE)
@@ -31,7 +31,8 @@ def test_large_text_is_gzipped_deterministically_and_round_trips():
     assert userdata.decode(a) == LARGE
     assert (
         userdata.decode(
-            userdata.encode(LARGE, 16384, base64_always=True, what="n"), base64_always=True
+            userdata.encode(LARGE, 16384, base64_always=True, what="n", cloud="c"),
+            base64_always=True,
         )
         == LARGE
     )

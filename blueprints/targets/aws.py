@@ -245,7 +245,11 @@ class AwsTarget(Target):
             # Always the base64 field: the limit (16 KB) applies to the decoded bytes there.
             user_data_base64=pulumi.Output.from_input(spec.user_data).apply(
                 lambda text: userdata.encode(
-                    text, self.user_data_limit, base64_always=True, what=spec.name
+                    text,
+                    self.user_data_limit,
+                    base64_always=True,
+                    what=spec.name,
+                    cloud="AWS",
                 )
             ),
             associate_public_ip_address=True,

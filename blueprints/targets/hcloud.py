@@ -114,7 +114,11 @@ class HcloudTarget(Target):
             ssh_keys=[spec.ssh_key.id] if spec.ssh_key else [],
             user_data=pulumi.Output.from_input(spec.user_data).apply(
                 lambda text: userdata.encode(
-                    text, self.user_data_limit, base64_always=False, what=spec.name
+                    text,
+                    self.user_data_limit,
+                    base64_always=False,
+                    what=spec.name,
+                    cloud="Hetzner Cloud",
                 )
             ),
             labels=spec.labels,
