@@ -10,13 +10,19 @@ planned and priced as that mode, whichever the stack file sets. Two costs are no
 in the plan and are priced from what the stack says instead: volumes claimed by k8s workloads
 (from the rendered manifests) and the backup bucket's contents (from the stack's backupBucket
 and the spec's data size and retention, costs.stack_backup_storage).
+
+Capacity counts only the machines that serve the app (blueprints/capacity.py): not single-vm's
+spare, warm or cold, nor the k8s control planes. Backups are a line of their own, outside the
+monthly total, so every row's total prices the same thing (what runs the app) whatever backups
+its stack takes. A stack that cannot be planned (a rung refusing the spec, a bad stack file)
+is reported as failed, with why, and the others are compared all the same.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -24,11 +30,11 @@ from typing import Any
 
 import yaml
 
-from blueprints import costs
+from blueprints import capacity, costs
 from blueprints.failure import SPARE_MODES, FailureModel, failure_model
 from blueprints.plan import PlanError, find_project, list_stacks, plan_stack, read_project
-from blueprints.settings import StackSettings, parse_settings
-from blueprints.spec import load_spec
+from blueprints.settings import StackSettings, read_stack_settings, using_price_tables
+from blueprints.spec import SpecError, load_spec
 
 LADDER = ("single-vm", "compose", "nomad", "k8s")
 TARGETS = ("hcloud", "localstack", "aws")
@@ -57,6 +63,9 @@ class Row:
     stack: str
     target: str
     vms: int
+    # What serves the app: how many of the VMs, their vCPU and RAM (None: a type the price
+    # table lacks). Not single-vm's spare, not the k8s control planes.
+    serving: int
     vcpu: int | None
     memory_gib: Decimal | None
     cloud_resources: int
@@ -67,6 +76,7 @@ class Row:
     failure: FailureModel
     notes: tuple[str, ...]
     spare: str | None = None  # single-vm: the spare mode this row was planned with
+    fit: capacity.Fit | None = None  # what the app needs of the serving machines
 
     @property
     def label(self) -> str:
@@ -78,8 +88,32 @@ class Row:
         return next(iter(self.cost.total), "")
 
     @property
+    def backup_lines(self) -> tuple[costs.CostLine, ...]:
+        """What the stack's backups cost: its bucket's contents, snapshots, server backups."""
+        return tuple(line for line in self.cost.lines if line.category == "backups")
+
+    @property
+    def backups(self) -> Decimal:
+        """Backups per month, outside `monthly`."""
+        return sum((line.amount for line in self.backup_lines), Decimal(0))
+
+    @property
     def monthly(self) -> Decimal:
+        """Per month without backups: what runs the app, the same basis on every row."""
+        return sum(self.cost.total.values(), Decimal(0)) - self.backups
+
+    @property
+    def with_backups(self) -> Decimal:
         return sum(self.cost.total.values(), Decimal(0))
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A row that could not be compared, and why (one line)."""
+
+    label: str
+    stack: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -88,26 +122,21 @@ class Comparison:
     app: str
     rows: tuple[Row, ...]
     tables: tuple[costs.PriceTable, ...]
+    failed: tuple[Failed, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
 # Stacks
 
 
-def _stack_settings(root: Path, stacks_dir: Path, stack: str) -> StackSettings:
+def _stack_settings(
+    root: Path, stacks_dir: Path, stack: str, *, priced: bool = True
+) -> StackSettings:
     path = stacks_dir / f"Pulumi.{stack}.yaml"
     rel = path.relative_to(root) if path.is_relative_to(root) else path
-    try:
-        config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        raise CompareError(f"{rel}: cannot be read as a stack file") from None
-    raw = {
-        k[len(NAMESPACE) :]: v
-        for k, v in config.items()
-        if isinstance(k, str) and k.startswith(NAMESPACE) and k[len(NAMESPACE) :] != "secrets"
-    }
-    # A stack that cannot be compared is an error, not a silently missing row.
-    return parse_settings(raw, str(rel))
+    # A stack that cannot be compared is an error, not a silently missing row; its file is
+    # checked as `pulumi up` checks it (SpecError, by file and line).
+    return read_stack_settings(path, str(rel), priced=priced)[0]
 
 
 def stack_settings(root: Path, stack: str) -> StackSettings:
@@ -119,16 +148,42 @@ def stack_settings(root: Path, stack: str) -> StackSettings:
     return _stack_settings(root, stacks_dir, stack)
 
 
+def _raw_target(path: Path) -> str | None:
+    """The blueprints:target a stack file names, read loosely (None when it names none)."""
+    try:
+        config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+        value = config.get(f"{NAMESPACE}target")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _one_line(exc: Exception) -> str:
+    """An error's lines as one line (several problems joined by '; ')."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def choose_stacks(
-    root: Path, target: str
+    root: Path, target: str, failed: list[Failed] | None = None, *, priced: bool = True
 ) -> tuple[dict[str, tuple[str, StackSettings]], dict[str, list[str]]]:
     """blueprint -> (stack, its settings) for this target (first by name when several);
-    blueprint -> notes."""
+    blueprint -> notes. A stack file whose settings do not validate is an error (SpecError),
+    or, given `failed`, added there when it is (or may be) a stack of this target. Not
+    `priced`: server types and places are not checked against a price table."""
     _, stacks_dir, _ = read_project(root)
     found: dict[str, list[str]] = {}
     settings_of: dict[str, StackSettings] = {}
     for stack in list_stacks(root):
-        settings = settings_of[stack] = _stack_settings(root, stacks_dir, stack)
+        try:
+            settings = _stack_settings(root, stacks_dir, stack, priced=priced)
+            settings_of[stack] = settings
+        except SpecError as exc:
+            if failed is None:
+                raise
+            named = _raw_target(stacks_dir / f"Pulumi.{stack}.yaml")
+            if named in (None, target) or (target == "aws" and named == "localstack"):
+                failed.append(Failed(stack, stack, _one_line(exc)))
+            continue
         found.setdefault(f"{settings.blueprint}/{settings.target}", []).append(stack)
     chosen: dict[str, tuple[str, StackSettings]] = {}
     notes: dict[str, list[str]] = {b: [] for b in LADDER}
@@ -144,7 +199,7 @@ def choose_stacks(
             if len(candidates) > 1:
                 others = ", ".join(candidates[1:])
                 notes[blueprint].append(f"compared {candidates[0]}; also here: {others}")
-    if not chosen:
+    if not chosen and not failed:
         raise CompareError(
             f"no stack with target {target} in {stacks_dir.relative_to(root)}/; "
             f"a stack file sets blueprints:target to one of {', '.join(TARGETS)}"
@@ -154,8 +209,10 @@ def choose_stacks(
 
 def hcloud_location(root: Path, target: str) -> str:
     """The location of the stacks compared for target (the first, if they differ)."""
-    chosen, _ = choose_stacks(root, target)
-    return sorted({settings.location for _, settings in chosen.values()})[0]
+    # Not against a price table: this picks the one --live-prices reads (any location).
+    chosen, _ = choose_stacks(root, target, [], priced=False)
+    locations = sorted({settings.location for _, settings in chosen.values()})
+    return locations[0] if locations else StackSettings.model_fields["location"].default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,16 +377,17 @@ def _row(
     servers = [r for r in plan.resources if r.type in SERVER_TYPES]
     cloud = settings.cloud
     table = tables[cloud]
-    vcpu: int | None = 0
-    memory: Decimal | None = Decimal(0)
-    for server in servers:
-        kind = server.inputs.get("serverType") or server.inputs.get("instanceType")
-        spec_ = table.server_types.get(str(kind))
-        if spec_ is None or vcpu is None or memory is None:
-            vcpu = memory = None
-            continue
-        vcpu += spec_.vcpu
-        memory += spec_.memory_gib
+    # Capacity: the serving machines only (every server of a stack has the stack's type).
+    serving = min(capacity.serving(blueprint), len(servers))
+    kinds = {str(s.inputs.get("serverType") or s.inputs.get("instanceType")) for s in servers}
+    sizes = [table.server_types.get(kind) for kind in sorted(kinds)]
+    vcpu: int | None = None
+    memory: Decimal | None = None
+    if len(sizes) == 1 and sizes[0] is not None:
+        vcpu, memory = serving * sizes[0].vcpu, serving * sizes[0].memory_gib
+    fit = capacity.check(app, settings, tables)
+    notes += [f"{line} (the stack sets blueprints:overcommit)" for line in fit.lines()]
+    notes += [fit.unknown] if fit.unknown else []
     priced: list[tuple[Any, ...]] = [
         (r.type, r.name, r.plain_inputs(), r.id) for r in plan.resources if r.custom
     ]
@@ -362,6 +420,7 @@ def _row(
         stack=stack,
         target=settings.target,
         vms=len(servers),
+        serving=serving,
         vcpu=vcpu,
         memory_gib=memory,
         cloud_resources=sum(1 for r in plan.resources if costs.cloud_of(r.type) and r.custom),
@@ -372,6 +431,7 @@ def _row(
         failure=failure,
         notes=tuple(notes),
         spare=spare,
+        fit=fit,
     )
 
 
@@ -391,13 +451,27 @@ def _modes(blueprint: str) -> tuple[str | None, ...]:
     return SPARE_MODES if blueprint == "single-vm" else (None,)
 
 
+def _app_name(root: Path, chosen: Mapping[str, tuple[str, StackSettings]]) -> str:
+    """The app's name, from the first compared stack whose spec loads."""
+    for _, settings in chosen.values():
+        try:
+            return load_spec(root / settings.spec).name
+        except SpecError:
+            continue
+    return "the app"
+
+
 def compare(
     target: str = "hcloud",
     *,
     project_dir: Path | None = None,
     spec: Path | None = None,
     tables: Mapping[str, costs.PriceTable] | None = None,
+    step: Callable[[str], Any] | None = None,
 ) -> Comparison:
+    """Plan and compare the target's stacks. Each row is planned on its own: one that cannot be
+    (a rung refusing the spec, a bad stack file) is in `failed` with why, the others are rows.
+    `step(text)` is called before each plan (progress)."""
     if target not in TARGETS:
         raise CompareError(f"unknown target {target!r}; allowed: {', '.join(TARGETS)}")
     root = (project_dir or find_project()).resolve()
@@ -405,24 +479,37 @@ def compare(
         spec = spec.resolve()
         app_name = load_spec(spec).name  # a bad spec fails here, with the spec's own message
     tables = dict(tables or costs.shipped_tables())
-    chosen, notes = choose_stacks(root, target)
-    rows = tuple(
-        _row(root, b, stack, settings, spec, tables, notes[b], spare)
-        for b, (stack, settings) in chosen.items()
-        for spare in _modes(b)
-    )
+    failed: list[Failed] = []
+    rows: list[Row] = []
+    # Server types and places are checked against these tables (live ones with --live-prices),
+    # here and in the program each row plans.
+    with using_price_tables(tables):
+        chosen, notes = choose_stacks(root, target, failed)
+        for b, (stack, settings) in chosen.items():
+            for spare in _modes(b):
+                label = b if spare is None else f"{b} ({spare} spare)"
+                if step is not None:
+                    step(f"{stack}" + ("" if spare is None else f" with a {spare} spare"))
+                try:
+                    rows.append(_row(root, b, stack, settings, spec, tables, notes[b], spare))
+                except (PlanError, SpecError, CompareError) as exc:
+                    failed.append(Failed(label, stack, _one_line(exc)))
     if spec is None:
-        _, first = next(iter(chosen.values()))
-        app_name = load_spec(root / first.spec).name
+        app_name = _app_name(root, chosen)
     used = {t.cloud: t for row in rows for t in row.cost.tables}
     return Comparison(
-        target=target, app=app_name, rows=rows, tables=tuple(used[c] for c in sorted(used))
+        target=target,
+        app=app_name,
+        rows=tuple(rows),
+        tables=tuple(used[c] for c in sorted(used)),
+        failed=tuple(failed),
     )
 
 
 __all__ = [
     "CompareError",
     "Comparison",
+    "Failed",
     "PlanError",
     "Row",
     "compare",

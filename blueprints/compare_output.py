@@ -1,8 +1,8 @@
 """The comparison as a terminal table, Markdown, JSON, HTML, and a chart (SVG or PNG).
 
-All formats show the same figures from one `Comparison`; the chart puts cost, recovery time and
-moving parts of each blueprint on one picture. Output is deterministic: same comparison, same
-bytes (the chart's SVG ids are salted with a constant and its metadata carries no date).
+All formats show the same figures from one `Comparison`; the chart puts each blueprint's monthly
+cost beside the downtime of every failure scenario. Output is deterministic: same comparison,
+same bytes (the chart's SVG ids are salted with a constant and its metadata carries no date).
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from blueprints.compare import Comparison, Row
-from blueprints.costs import CATEGORIES, backup_storage_lines, money
+from blueprints.costs import (
+    BACKUP_STORAGE_PREFIX,
+    CATEGORIES,
+    CostLine,
+    backup_storage_lines,
+    money,
+)
 from blueprints.failure import seconds_text
 
 CHART_SUFFIXES = (".svg", ".png")
@@ -30,14 +36,46 @@ def _gib(value: Decimal | None) -> str:
     return "?" if value is None else f"{value.normalize():f} GiB"
 
 
+def _partial(row: Row) -> str:
+    return " (partial)" if row.cost.unpriced else ""
+
+
 def _cost(row: Row) -> str:
-    """The monthly total; '(partial)' when something billable could not be priced."""
-    total = " + ".join(money(v, c) for c, v in row.cost.total.items()) or "0"
-    return total + (" (partial)" if row.cost.unpriced else "")
+    """The monthly total without backups; '(partial)' when something billable could not be
+    priced."""
+    return money(row.monthly, row.currency) + _partial(row)
+
+
+def backup_kind(line: CostLine) -> str:
+    """What a backup cost line is: the bucket's contents, snapshots, or server backups."""
+    if line.resource.startswith(BACKUP_STORAGE_PREFIX):
+        return "bucket"
+    if line.detail.startswith("snapshots"):
+        return "snapshots"
+    return "server backups"
+
+
+def backups_text(row: Row, itemized: bool = True) -> str:
+    """The row's backups per month, each kind apart ('USD 0.82 bucket + USD 1.13 snapshots'),
+    or 'none' when its stack takes none; the same form on every row."""
+    kinds: dict[str, Decimal] = {}
+    for line in row.backup_lines:
+        kinds[backup_kind(line)] = kinds.get(backup_kind(line), Decimal(0)) + line.amount
+    if not kinds:
+        return "none"
+    if not itemized:
+        return money(row.backups, row.currency)
+    return " + ".join(f"{money(v, row.currency)} {k}" for k, v in sorted(kinds.items()))
+
+
+def serving_text(row: Row) -> str:
+    """How many of the VMs serve the app: '3', or '1 of 2' (a spare), '3 of 6' (k8s)."""
+    return str(row.serving) if row.serving == row.vms else f"{row.serving} of {row.vms}"
 
 
 def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
-    """One dict per blueprint, the columns every format shows (in this order)."""
+    """One dict per blueprint, the columns every format shows (in this order). vCPU and RAM
+    are those of the VMs serving the app; 'per month' is without backups (their own column)."""
     out = []
     for row in comparison.rows:
         worst = row.failure.worst
@@ -46,10 +84,12 @@ def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
                 "blueprint": row.label,
                 "stack": row.stack,
                 "VMs": str(row.vms),
+                "serving": serving_text(row),
                 "vCPU": "?" if row.vcpu is None else str(row.vcpu),
                 "RAM": _gib(row.memory_gib),
                 "cloud resources": str(row.cloud_resources),
                 "per month": _cost(row),
+                "backups": backups_text(row, itemized=False),
                 "moving parts": str(len(row.parts)),
                 "config lines": str(row.config_lines),
                 "worst VM loss": recovery_text(worst.seconds),
@@ -59,14 +99,40 @@ def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
 
 
 def cost_rows(comparison: Comparison) -> list[dict[str, str]]:
+    """Per blueprint: the categories of what runs the app, their sum ('per month'), the
+    backups apart (each kind on its own), and the sum with them."""
     out = []
     for row in comparison.rows:
         by = row.cost.by_category()
         cells = {"blueprint": row.label}
-        cells.update({c: money(by[c], row.currency) for c in CATEGORIES})
-        cells["total"] = _cost(row)
+        cells.update({c: money(by[c], row.currency) for c in CATEGORIES if c != "backups"})
+        cells["per month"] = _cost(row)
+        cells["backups"] = backups_text(row)
+        cells["with backups"] = money(row.with_backups, row.currency) + _partial(row)
         out.append(cells)
     return out
+
+
+def capacity_text(row: Row) -> str:
+    """The serving machines and what the app needs of them (blueprints/capacity.py)."""
+    fit = row.fit
+    if fit is None:
+        return "not checked"
+    if fit.machine is None:
+        return fit.summary()
+    what = {"single-vm": "the primary", "compose": "the VM", "nomad": "nodes", "k8s": "workers"}
+    count = f"{fit.serving} " if fit.serving > 1 else ""
+    return f"{count}{what[row.blueprint]} ({fit.machine.describe()}); {fit.summary()}"
+
+
+def failed_lines(comparison: Comparison) -> list[str]:
+    """One line per row that could not be compared: its label, stack and why."""
+    return [
+        f"{f.label}: not compared: {f.reason}"
+        if f.label == f.stack
+        else f"{f.label} ({f.stack}): not compared: {f.reason}"
+        for f in comparison.failed
+    ]
 
 
 def sources(comparison: Comparison) -> list[str]:
@@ -83,6 +149,15 @@ def sources(comparison: Comparison) -> list[str]:
                 f"{block.get('as_of')}; the stored size is an estimate from the spec "
                 "(see the notes)."
             )
+    lines.append(
+        "Backups are apart from 'per month', which prices what runs the app on every row "
+        "alike: 'backups' is the stack's own (its bucket's contents, snapshots, server backups), "
+        "'none' where its stack sets no backupBucket."
+    )
+    lines.append(
+        "Capacity: vCPU and RAM of the VMs that serve the app; single-vm's spare (warm or cold) "
+        "and the k8s control planes do not (blueprints/capacity.py)."
+    )
     lines.append(
         "Recovery: estimated from each stack's configured timeouts plus cloud operation "
         "times that are estimates, not measurements (blueprints/failure.py); 'manual' means "
@@ -115,12 +190,16 @@ def to_data(comparison: Comparison) -> dict[str, Any]:
                 "stack": row.stack,
                 "target": row.target,
                 "vms": row.vms,
+                "serving": row.serving,
                 "vcpu": row.vcpu,
                 "memory_gib": None if row.memory_gib is None else str(row.memory_gib),
+                "capacity": _capacity_data(row),
                 "cloud_resources": row.cloud_resources,
                 "cost": {
                     "currency": row.currency,
                     "monthly": str(row.monthly),
+                    "backups": str(row.backups),
+                    "with_backups": str(row.with_backups),
                     "by_category": {k: str(v) for k, v in row.cost.by_category().items()},
                     "lines": [
                         {
@@ -153,6 +232,26 @@ def to_data(comparison: Comparison) -> dict[str, Any]:
             for t in comparison.tables
         ],
         "blueprints": rows,
+        "failed": [
+            {"label": f.label, "stack": f.stack, "reason": f.reason} for f in comparison.failed
+        ],
+    }
+
+
+def _capacity_data(row: Row) -> dict[str, Any] | None:
+    fit = row.fit
+    if fit is None:
+        return None
+    return {
+        "server_type": None if fit.machine is None else fit.machine.type,
+        "serving": fit.serving,
+        "cpu_needed": None if fit.cpu_needed is None else str(fit.cpu_needed),
+        "cpu_offered": None if fit.cpu_offered is None else str(fit.cpu_offered),
+        "memory_needed_mib": fit.memory_needed,
+        "memory_offered_mib": fit.memory_offered,
+        "fits": fit.fits,
+        "problems": fit.lines(),
+        "not_checked": fit.unknown,
     }
 
 
@@ -169,6 +268,8 @@ def _md_cell(text: str) -> str:
 
 
 def _md_table(rows: list[dict[str, str]]) -> list[str]:
+    if not rows:
+        return ["(no stack could be compared)"]
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(_md_cell(r[h]) for h in head) + " |" for r in rows]
@@ -200,10 +301,14 @@ def to_markdown(comparison: Comparison, level: int = 2) -> str:
             out.append(f"- {s.dies} dies: {how}. {s.effect[:1].upper()}{s.effect[1:]}.")
         out.append(f"- Single points of failure: {', '.join(f.single_points)}.")
         out.append("")
-    out += [f"{sub} Moving parts", ""]
+    out += [f"{sub} Capacity", ""]
+    out += [f"- **{row.label}**: {capacity_text(row)}" for row in comparison.rows]
+    out += ["", f"{sub} Moving parts", ""]
     for row in comparison.rows:
         names = ", ".join(f"{p.name} ({p.kind})" for p in row.parts)
         out.append(f"- **{row.label}** ({len(row.parts)}): {names}")
+    if comparison.failed:
+        out += ["", f"{sub} Not compared", "", *[f"- {line}" for line in failed_lines(comparison)]]
     out += ["", *[f"_{line}_" for line in sources(comparison)]]
     notes = [f"{row.label}: {n}" for row in comparison.rows for n in row.notes]
     notes += [f"{row.label}: not priced: {u}" for row in comparison.rows for u in row.cost.unpriced]
@@ -217,6 +322,8 @@ def to_markdown(comparison: Comparison, level: int = 2) -> str:
 
 
 def _html_table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "<p>No stack could be compared.</p>"
     head = "".join(f"<th>{html.escape(h)}</th>" for h in rows[0])
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r.values()) + "</tr>" for r in rows
@@ -241,6 +348,9 @@ def to_html(comparison: Comparison) -> str:
             f"recovered by {html.escape(f.recovers)}.</p><ul>{items}"
             f"<li>Single points of failure: {spofs}</li></ul>"
         )
+    failed = "".join(f"<li>{html.escape(line)}</li>" for line in failed_lines(comparison))
+    if failed:
+        failures.append(f"<h2>Not compared</h2><ul>{failed}</ul>")
     foot = "".join(f"<p><small>{html.escape(line)}</small></p>" for line in sources(comparison))
     title = html.escape(f"{comparison.app}: the four blueprints on {comparison.target}")
     return (
@@ -261,7 +371,7 @@ def to_html(comparison: Comparison) -> str:
 
 
 def chart_bytes(comparison: Comparison, suffix: str) -> bytes:
-    """Cost (y) against worst-case recovery (x); bubble area grows with the moving parts."""
+    """The chart (chart_figure) as SVG or PNG bytes."""
     if suffix not in CHART_SUFFIXES:
         raise ValueError(suffix)
     import matplotlib
@@ -269,48 +379,8 @@ def chart_bytes(comparison: Comparison, suffix: str) -> bytes:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    rows = comparison.rows
-    known = [r.failure.worst.seconds for r in rows if r.failure.worst.seconds is not None]
-    manual_x = max([*known, 60]) * 1.5 + 30
-    with matplotlib.rc_context({"svg.hashsalt": "blueprints", "font.size": 10}):
-        fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-        for row in rows:
-            seconds = row.failure.worst.seconds
-            x = manual_x if seconds is None else seconds
-            y = float(row.monthly)
-            area = 120 * len(row.parts)
-            ax.scatter([x], [y], s=area, alpha=0.35, edgecolors="black")
-            vms = f"{row.vms} VM" + ("" if row.vms == 1 else "s")
-            if row.spare is None:
-                label = f"{row.blueprint}\n{len(row.parts)} moving parts, {vms}"
-                ax.annotate(label, (x, y), ha="center", va="center", fontsize=9)
-            else:
-                # A blueprint shown in two spare modes: the warm one's label left of its bubble,
-                # the cold one's right of it, so two bubbles close together stay readable.
-                label = f"{row.blueprint}\n{row.spare} spare\n{len(row.parts)} moving parts, {vms}"
-                side = -1 if row.spare == "warm" else 1
-                ax.annotate(
-                    label,
-                    (x, y),
-                    xytext=(side * ((area / math.pi) ** 0.5 + 4), 0),
-                    textcoords="offset points",
-                    ha="right" if side < 0 else "left",
-                    va="center",
-                    fontsize=9,
-                )
-        boundary = manual_x * 0.87
-        ax.axvspan(boundary, manual_x * 1.25, color="grey", alpha=0.12)
-        ax.text(manual_x, 0, "needs a person", ha="center", va="bottom", color="dimgrey")
-        ax.set_xticks([t for t in ax.get_xticks() if 0 <= t < boundary])
-        currency = rows[0].currency if rows else ""
-        ax.set_xlabel("app downtime when the worst VM dies (s, estimated)")
-        ax.set_ylabel(f"{currency} per month")
-        ax.set_xlim(0, manual_x * 1.25)
-        top = max([float(r.monthly) for r in rows] + [1.0])
-        ax.set_ylim(0, top * 1.3)
-        ax.set_title(f"{comparison.app} on {comparison.target}: cost, recovery, moving parts")
-        ax.grid(True, alpha=0.3)
-        fig.tight_layout()
+    with matplotlib.rc_context({"svg.hashsalt": "blueprints", "font.size": 9}):
+        fig = chart_figure(comparison)
         buffer = io.BytesIO()
         if suffix == ".svg":
             fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
@@ -318,6 +388,123 @@ def chart_bytes(comparison: Comparison, suffix: str) -> bytes:
             fig.savefig(buffer, format="png", metadata={"Software": None})
         plt.close(fig)
     return buffer.getvalue()
+
+
+def chart_figure(comparison: Comparison):
+    """Two panels sharing one row per blueprint: its monthly cost (without backups), and the
+    app's downtime in every failure scenario of its model (one bar each; a scenario that needs
+    a person reaches into the shaded "needs a person" band, hatched). Both axes start at 0; the
+    legend names each blueprint's colour and the hatching. The caller closes the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    rows = comparison.rows
+    known = [s.seconds for r in rows for s in r.failure.scenarios if s.seconds is not None]
+    boundary = max([*known, 60]) * 1.15  # where "needs a person" starts
+    manual_x = boundary * 1.3  # how far a manual scenario's bar reaches
+    colours = plt.get_cmap("tab10").colors
+    # One bar per scenario, top to bottom; a gap between blueprints.
+    slots: list[tuple[int, Any, float]] = []  # (row index, scenario, position)
+    centres: list[float] = []
+    y = 0.0
+    for i, row in enumerate(rows):
+        first = y
+        for scenario in row.failure.scenarios:
+            slots.append((i, scenario, y))
+            y += 1
+        centres.append((first + y - 1) / 2)
+        y += 0.6
+    height = max(4.0, 0.34 * (y + 4))
+    with matplotlib.rc_context({"font.size": 9}):
+        fig, (cost_ax, time_ax) = plt.subplots(
+            1,
+            2,
+            figsize=(10, height),
+            dpi=100,
+            sharey=True,
+            gridspec_kw={"width_ratios": [1, 2.2]},
+        )
+        for i, row in enumerate(rows):
+            colour = colours[i % len(colours)]
+            cost_ax.barh(centres[i], float(row.monthly), height=0.8, color=colour, alpha=0.8)
+            cost_ax.text(
+                float(row.monthly),
+                centres[i],
+                f" {money(row.monthly, row.currency)}",
+                va="center",
+                fontsize=8,
+            )
+        for i, scenario, pos in slots:
+            colour = colours[i % len(colours)]
+            seconds = scenario.seconds
+            width = manual_x if seconds is None else float(seconds)
+            time_ax.barh(
+                pos,
+                width,
+                height=0.8,
+                color=colour,
+                alpha=0.45 if seconds is None else 0.8,
+                hatch="//" if seconds is None else None,
+                edgecolor="dimgrey" if seconds is None else colour,
+            )
+            if seconds == 0:
+                # No downtime: a mark on the axis instead of a bar of no length.
+                time_ax.plot([0], [pos], marker="D", markersize=5, color=colour, clip_on=False)
+            text = f"  {scenario.dies}: {recovery_text(seconds)}"
+            time_ax.text(width, pos, text, va="center", fontsize=8)
+        labels = [
+            f"{row.label}\n{row.vms} VM{'' if row.vms == 1 else 's'}, {len(row.parts)} moving parts"
+            for row in rows
+        ]
+        cost_ax.set_yticks(centres, labels)
+        cost_ax.invert_yaxis()
+        currency = rows[0].currency if rows else ""
+        top = max([float(r.monthly) for r in rows] + [1.0])
+        cost_ax.set_xlim(0, top * 1.6)
+        cost_ax.xaxis.set_major_locator(MaxNLocator(4))
+        cost_ax.set_xlabel(f"{currency} per month, without backups")
+        time_ax.axvspan(boundary, manual_x * 1.8, color="grey", alpha=0.12, lw=0)
+        time_ax.text(
+            boundary,
+            0.995,
+            "  needs a person",
+            ha="left",
+            va="top",
+            color="dimgrey",
+            transform=time_ax.get_xaxis_transform(),
+        )
+        time_ax.set_xlim(0, manual_x * 1.8)
+        ticks = MaxNLocator(5).tick_values(0, boundary)
+        time_ax.set_xticks([t for t in ticks if 0 <= t < boundary])
+        time_ax.set_xlabel("app downtime when that VM dies (s, estimated)")
+        for ax in (cost_ax, time_ax):
+            ax.grid(True, axis="x", alpha=0.3)
+            ax.set_axisbelow(True)
+        handles = [
+            Patch(facecolor=colours[i % len(colours)], alpha=0.8, label=row.label)
+            for i, row in enumerate(rows)
+        ]
+        handles.append(
+            Patch(facecolor="white", edgecolor="dimgrey", hatch="//", label="needs a person")
+        )
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=min(len(handles), 4),
+            fontsize=8,
+            frameon=False,
+        )
+        fig.suptitle(
+            f"{comparison.app} on {comparison.target}: cost and downtime per failure scenario"
+        )
+        rows_of_legend = math.ceil(len(handles) / 4)
+        # Room at the bottom for the legend: about 0.2 inch per line of it, and a margin.
+        fig.tight_layout(rect=(0, (0.15 + 0.2 * rows_of_legend) / height, 1, 1))
+    return fig
 
 
 def write_chart(comparison: Comparison, path: Path) -> None:

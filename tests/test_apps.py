@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = sorted(p.parent.name for p in (ROOT / "tests/apps").glob("*/app.yaml"))
 STACKS = list_stacks(ROOT)
 RUNNER = ["203.0.113.7/32"]
+# Apps that need more than the stacks' servers (2 vCPU, 4 GiB) plan on the size they need: the
+# capacity check refuses them on the defaults (tests/test_capacity.py).
+SERVER_TYPES = {"plausible": {"hcloud": "cx33", "localstack": "t3.xlarge"}}
 _PLANS: dict[tuple[str, str], object] = {}
 
 
@@ -46,6 +49,9 @@ def planned(app: str, stack: str):
     if key not in _PLANS:
         # The apps name no admin network: the release channel (SSH) is opened to a runner.
         overrides = {"blueprints:spec": str(spec_of(app)), "blueprints:deployerNetworks": RUNNER}
+        size = SERVER_TYPES.get(app, {}).get(stack.rsplit("-", 1)[1])
+        if size is not None:
+            overrides["blueprints:serverType"] = size
         _PLANS[key] = plan_stack(stack, ROOT, overrides)
     return _PLANS[key]
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import os
+import re
 import shutil
 import struct
 import subprocess
@@ -99,10 +102,10 @@ def test_hetzner_server_backups_cost_a_share_of_the_server():
 
 
 def test_aws_cost_bills_a_cold_spare_for_its_disk_only(localstack):
-    # eu-central-1 USD: t3.small 0.024/h, public IPv4 0.005/h, gp3 0.0952/GB-month, 730 h.
+    # eu-central-1 USD: t3.medium 0.048/h, public IPv4 0.005/h, gp3 0.0952/GB-month, 730 h.
     hours = D(730)
     r = row(localstack, COLD)
-    running = D("0.024") * hours  # the primary; its Elastic IP replaces the auto-assigned IPv4
+    running = D("0.048") * hours  # the primary; its Elastic IP replaces the auto-assigned IPv4
     eip = D("0.005") * hours
     disks = 2 * D(20) * D("0.0952") + D(21) * D("0.0952")  # two root volumes + data
     assert planned(r) == {"USD": running + eip + disks}
@@ -123,11 +126,11 @@ def test_aws_cost_bills_a_warm_spare_as_a_running_instance(localstack):
         line.category: line.amount for line in warm.cost.lines if line.resource.endswith("-spare")
     }
     assert spare == {
-        "servers": D("0.024") * hours,
+        "servers": D("0.048") * hours,
         "ips": D("0.005") * hours,
         "volumes": D(20) * D("0.0952"),
     }
-    assert planned(warm)["USD"] - planned(cold)["USD"] == (D("0.024") + D("0.005")) * hours
+    assert planned(warm)["USD"] - planned(cold)["USD"] == (D("0.048") + D("0.005")) * hours
 
 
 def test_cost_rows_show_both_spare_modes(hcloud, localstack):
@@ -135,7 +138,7 @@ def test_cost_rows_show_both_spare_modes(hcloud, localstack):
         cells = {c["blueprint"]: c for c in compare_output.cost_rows(comparison)}
         for label in (WARM, COLD):
             r = row(comparison, label)
-            assert cells[label]["total"] == costs.money(r.monthly, currency)
+            assert cells[label]["per month"] == costs.money(r.monthly, currency)
             assert cells[label]["servers"] == costs.money(r.cost.by_category()["servers"], currency)
     # the stack's own mode is named on the row planned with it
     assert row(hcloud, WARM).notes[0] == (
@@ -628,8 +631,10 @@ def test_every_format_renders(hcloud):
 
     md = compare_output.to_markdown(hcloud)
     assert md.startswith("## shop: the four blueprints on hcloud\n")
-    assert "| single-vm (warm spare) | single-vm-hcloud | 2 | 4 | 8 GiB |" in md
-    assert "| single-vm (cold spare) | single-vm-hcloud | 2 | 4 | 8 GiB |" in md
+    # capacity: what serves the app, not the spare
+    assert "| single-vm (warm spare) | single-vm-hcloud | 2 | 1 of 2 | 2 | 4 GiB |" in md
+    assert "| single-vm (cold spare) | single-vm-hcloud | 2 | 1 of 2 | 2 | 4 GiB |" in md
+    assert "| k8s | k8s-hcloud | 6 | 3 of 6 | 6 | 12 GiB |" in md
     assert "node-1 dies: manual" in md
 
     page = compare_output.to_html(hcloud)
@@ -663,7 +668,7 @@ def test_chart_is_a_valid_svg_and_png(tmp_path, hcloud):
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (800, 500)
+    assert width == 1000 and height >= 400
     from PIL import Image
 
     Image.open(png).verify()
@@ -755,32 +760,282 @@ def test_secret_or_unknown_inputs_are_reported_not_crashed_on():
     assert [u.split(":")[0] for u in summary.unpriced] == ["vm", "data", "i"]
 
 
-def test_a_stack_with_bad_settings_stops_the_comparison(tmp_path):
-    project = tmp_path / "p"
-    project.mkdir()
-    (project / "Pulumi.yaml").write_text("name: x\nruntime: python\nstackConfigDir: stacks\n")
-    (project / "stacks").mkdir()
-    (project / "stacks/Pulumi.nomad-hcloud.yaml").write_text(
-        "config:\n  blueprints:blueprint: nomad\n  blueprints:target: hcloud\n"
-        "  blueprints:heartbeatGrce: 5\n"
-    )
-    res = CliRunner().invoke(app, ["compare", "-C", str(project)])
-    assert res.exit_code == 2
-    assert "stacks/Pulumi.nomad-hcloud.yaml: blueprints:heartbeatGrce: unknown key" in res.output
-    assert "Traceback" not in res.output
-
-
-def test_unpriced_resources_mark_the_total_partial(tmp_path):
+def small_project(tmp_path: Path, stacks: dict[str, str]) -> Path:
+    """A project with the example spec and these stack files (name -> text)."""
     project = tmp_path / "p"
     shutil.copytree(ROOT / "examples", project / "examples")
     shutil.copy(ROOT / "Pulumi.yaml", project / "Pulumi.yaml")
     (project / "blueprints").mkdir()
     shutil.copy(ROOT / "blueprints/program.py", project / "blueprints/program.py")
     (project / "stacks").mkdir()
-    text = (ROOT / "stacks/Pulumi.compose-hcloud.yaml").read_text()
-    text = text.replace("blueprints:serverType: cx23", "blueprints:serverType: ccx13")
-    (project / "stacks/Pulumi.compose-hcloud.yaml").write_text(text)
+    for name, text in stacks.items():
+        (project / f"stacks/Pulumi.{name}.yaml").write_text(text)
+    return project
+
+
+def test_a_stack_with_bad_settings_is_reported_and_the_others_compared(tmp_path):
+    project = small_project(
+        tmp_path,
+        {
+            "compose-hcloud": (ROOT / "stacks/Pulumi.compose-hcloud.yaml").read_text(),
+            "nomad-hcloud": "config:\n  blueprints:blueprint: nomad\n  blueprints:target: hcloud\n"
+            "  blueprints:heartbeatGrce: 5\n",
+            # another target's stack, bad or not, is not this comparison's business
+            "nomad-localstack": "config:\n  blueprints:target: localstack\n  blueprints:x: 1\n",
+        },
+    )
     res = CliRunner().invoke(app, ["compare", "-C", str(project)], env={"COLUMNS": "200"})
+    assert res.exit_code == 2
+    assert "compose" in res.stdout and "EUR 7.41" in res.stdout
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    (line,) = errors
+    assert line.startswith("error: nomad-hcloud: not compared: stacks/Pulumi.nomad-hcloud.yaml")
+    assert "blueprints:heartbeatGrce: unknown key" in line
+    assert "Traceback" not in res.output
+
+
+def test_unpriced_resources_mark_the_total_partial(tmp_path):
+    """An EC2 type the price table lacks (a Hetzner type must be in it, shipped or live): not
+    priced, the total partial, and the capacity not checked; never guessed."""
+    project = small_project(
+        tmp_path,
+        {"compose-localstack": (ROOT / "stacks/Pulumi.compose-localstack.yaml").read_text()},
+    )
+    shipped = costs.shipped_tables()
+    aws = shipped["aws"]
+    lacking = dataclasses.replace(
+        aws, server_types={k: v for k, v in aws.server_types.items() if k != "t3.medium"}
+    )
+    result = compare("aws", project_dir=project, tables={**shipped, "aws": lacking})
+    (r,) = result.rows
+    assert r.vcpu is None and r.fit is not None and r.fit.machine is None
+    assert compare_output.summary_rows(result)[0]["per month"].endswith("(partial)")
+    md = compare_output.to_markdown(result)
+    assert "not priced: shop-compose-localstack-vm: instance type t3.medium" in md
+    assert "capacity: not checked: server type t3.medium is not in the price table" in md
+
+
+# ----------------------------------------------------------------------------- what serves
+
+
+def test_capacity_counts_only_what_serves(hcloud, localstack):
+    """single-vm's spare (warm or cold) and the k8s control planes run no part of the app."""
+    for comparison in (hcloud, localstack):
+        serving = {r.label: (r.vms, r.serving, r.vcpu, r.memory_gib) for r in comparison.rows}
+        assert serving == {
+            WARM: (2, 1, 2, D(4)),
+            COLD: (2, 1, 2, D(4)),
+            "compose": (1, 1, 2, D(4)),
+            "nomad": (3, 3, 6, D(12)),
+            "k8s": (6, 3, 6, D(12)),
+        }
+        for r in comparison.rows:
+            assert r.fit is not None and r.fit.fits and r.fit.serving == r.serving
+    cells = {c["blueprint"]: c for c in compare_output.summary_rows(hcloud)}
+    assert (cells[WARM]["serving"], cells["k8s"]["serving"], cells["nomad"]["serving"]) == (
+        "1 of 2",
+        "3 of 6",
+        "3",
+    )
+    data = json.loads(compare_output.to_json(hcloud))
+    k8s = data["blueprints"][4]["capacity"]
+    assert (k8s["server_type"], k8s["serving"], k8s["fits"]) == ("cx23", 3, True)
+    assert k8s["cpu_needed"] == "2.75" and k8s["memory_needed_mib"] == 2560
+
+
+# ----------------------------------------------------------------------------- backups apart
+
+
+def test_backups_are_a_line_of_their_own(localstack):
+    """The monthly total prices what runs the app on every row alike; backups (the bucket's
+    restic repository, and compose's EBS snapshots on AWS) are their own line, shown the same
+    way on every row."""
+    bucket = set()
+    for r in localstack.rows:
+        running = sum((line.amount for line in r.cost.lines if line.category != "backups"), D(0))
+        assert r.monthly == running
+        assert r.monthly + r.backups == r.with_backups == sum(r.cost.total.values())
+        storage = costs.backup_storage_lines(r.cost)
+        assert len(storage) == 1
+        bucket.add(storage[0].amount)
+    assert len(bucket) == 1  # the same repository estimate on every rung: comparable
+    cells = {c["blueprint"]: c for c in compare_output.cost_rows(localstack)}
+    (amount,) = bucket
+    snapshots = D(21) * D("0.054")
+    assert cells["compose"]["backups"] == (
+        f"{costs.money(amount, 'USD')} bucket + {costs.money(snapshots, 'USD')} snapshots"
+    )
+    assert cells["nomad"]["backups"] == f"{costs.money(amount, 'USD')} bucket"
+    assert "backups" not in [c for c in cells["nomad"] if c not in ("backups", "with backups")]
+    compose = row(localstack, "compose")
+    assert cells["compose"]["with backups"] == costs.money(
+        compose.monthly + amount + snapshots, "USD"
+    )
+
+
+def test_rows_without_backups_say_none(hcloud):
+    assert {c["backups"] for c in compare_output.cost_rows(hcloud)} == {"none"}
+    assert all(r.monthly == r.with_backups for r in hcloud.rows)
+
+
+# ----------------------------------------------------------------------------- the chart
+
+
+def test_the_chart_shows_every_scenario_from_zero_with_a_legend(hcloud):
+    from matplotlib import pyplot as plt
+
+    fig = compare_output.chart_figure(hcloud)
+    try:
+        cost_ax, time_ax = fig.axes
+        assert cost_ax.get_xlim()[0] == 0 and time_ax.get_xlim()[0] == 0
+        assert 0 in list(time_ax.get_xticks()) and 0 in list(cost_ax.get_xticks())
+        texts = [t.get_text().strip() for t in time_ax.texts]
+        for r in hcloud.rows:
+            for s in r.failure.scenarios:
+                assert f"{s.dies}: {compare_output.recovery_text(s.seconds)}" in texts
+        scenarios = sum(len(r.failure.scenarios) for r in hcloud.rows)
+        assert scenarios > len(hcloud.rows)  # more than the worst case of each
+        (legend,) = fig.legends
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert labels == [r.label for r in hcloud.rows] + ["needs a person"]
+    finally:
+        plt.close(fig)
+    svg = compare_output.chart_bytes(hcloud, ".svg").decode()
+    assert "node-1: manual" in svg and "a worker without stateful pods: 80 s" in svg
+
+
+# ----------------------------------------------------------------------------- per stack
+
+
+@pytest.fixture(scope="module")
+def heavy(tmp_path_factory):
+    """The example with a postgres of 1.95 cores: it fits one 2-vCPU machine, not a nomad node
+    nor a k8s worker (1.9 cores each, after the agent's and add-ons' share)."""
+    data = yaml.safe_load((ROOT / "examples/app.yaml").read_text())
+    data["services"]["postgres"]["cpu"] = 1.95
+    path = tmp_path_factory.mktemp("heavy") / "app.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_rung_refusing_the_spec_leaves_the_others_compared(heavy):
+    result = compare("hcloud", project_dir=ROOT, spec=heavy)
+    assert [r.label for r in result.rows] == [WARM, COLD, "compose"]
+    assert [(f.label, f.stack) for f in result.failed] == [
+        ("nomad", "nomad-hcloud"),
+        ("k8s", "k8s-hcloud"),
+    ]
+    nomad, k8s = (f.reason for f in result.failed)
+    assert nomad == (
+        f"stacks/Pulumi.nomad-hcloud.yaml: capacity: {heavy} does not fit: service postgres (one "
+        "instance): CPU 1.95 cores needed, 1.9 cores offered by one nomad node (cx23: 2 vCPU, "
+        "3891 of 4096 MiB usable, less the 200 MHz and 256 MiB the Nomad client keeps; 2000 MHz "
+        "per core)"
+    )
+    assert "CPU 1.95 cores needed, 1.9 cores offered by one worker (cx23" in k8s
+    md = compare_output.to_markdown(result)
+    assert "### Not compared" in md and "- nomad (nomad-hcloud): not compared: " in md
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_compare_with_a_refused_spec_shows_the_rest_and_exits_2(heavy, fmt):
+    res = CliRunner().invoke(
+        app, ["compare", "-C", str(ROOT), "--spec", str(heavy), "-f", fmt], env={"COLUMNS": "200"}
+    )
+    assert res.exit_code == 2
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert [e.split(": not compared: ")[0] for e in errors] == [
+        "error: nomad (nomad-hcloud)",
+        "error: k8s (k8s-hcloud)",
+    ]
+    assert "2 of 5 could not be compared" in res.stderr
+    if fmt == "json":
+        data = json.loads(res.stdout)
+        assert [b["blueprint"] for b in data["blueprints"]] == ["single-vm", "single-vm", "compose"]
+        assert [f["stack"] for f in data["failed"]] == ["nomad-hcloud", "k8s-hcloud"]
+    else:
+        assert "compose" in res.stdout and "EUR 7.41" in res.stdout
+        assert "k8s" not in res.stdout.split("monthly cost")[0]
+
+
+def test_planning_shows_progress():
+    res = CliRunner().invoke(app, ["compare", "-C", str(ROOT), "-f", "json"])
     assert res.exit_code == 0, res.output
-    assert "(partial)" in res.stdout
-    assert "not priced compose: shop-compose-hcloud-vm: server type ccx13" in res.stdout
+    assert "comparing the hcloud stacks..." in res.stderr
+    for step in (
+        "planning single-vm-hcloud with a warm spare...",
+        "planning single-vm-hcloud with a cold spare...",
+        "planning k8s-hcloud...",
+    ):
+        assert step in res.stderr
+
+
+# ----------------------------------------------------------------------------- narrow output
+
+BOX = str.maketrans("", "", "┃│━╇─┡┩┏┓┗┛┳┻╋┼")
+NUMBER, UNIT = r"\d+(?:\.\d+)?", r"(?:s|GiB|MiB|cores?|vCPU)\b"
+AMOUNT = re.compile(
+    rf"(?:EUR|USD) {NUMBER}|{NUMBER} (?:of|x) {NUMBER}(?: {UNIT})?|{NUMBER} {UNIT}"
+    r"|\w+ \(\w+ spare\)"
+)
+
+
+def shown(comparison, width: int, terminal: bool) -> str:
+    """What the table format prints on a console of this width (a terminal wraps prose at
+    words; piped, it does not wrap at all)."""
+    import io
+
+    from rich.console import Console
+
+    from blueprints import cli
+
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer, width=width, force_terminal=terminal, color_system=None, soft_wrap=not terminal
+    )
+    saved = cli.out
+    cli.out = console
+    try:
+        cli._show_comparison(comparison)
+    finally:
+        cli.out = saved
+    return buffer.getvalue()
+
+
+def tokens(text: str) -> set[str]:
+    return set(text.translate(BOX).split())
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+@pytest.mark.parametrize("target", ["hcloud", "localstack"])
+def test_at_80_columns_no_word_or_amount_is_split(request, target, terminal):
+    comparison = request.getfixturevalue(target)
+    wide = shown(comparison, 400, terminal)
+    narrow = shown(comparison, 80, terminal)
+    assert "┃" in wide and "┃" not in narrow  # the table at 400 columns, stacked at 80
+    # every word of the wide rendering appears whole in the narrow one
+    # (but the first column's title: a block is headed by the blueprint itself)
+    missing = tokens(wide) - tokens(narrow) - {"blueprint"}
+    assert not missing, sorted(missing)
+    # and every amount stays on one line
+    lines = narrow.splitlines()
+    for amount in set(AMOUNT.findall(wide)):
+        assert any(amount in line for line in lines), amount
+    if terminal:
+        assert max(len(line) for line in lines) <= 80
+
+
+def test_at_80_columns_piped_through_the_command():
+    """The real command, its output piped (as in a CI log), COLUMNS=80."""
+    env = {**os.environ, "COLUMNS": "80"}
+    command = Path(sys.executable).parent / "blueprints"  # the installed entry point
+    proc = subprocess.run(
+        [str(command), "compare", "-C", str(ROOT)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "┃" not in out and "single-vm (warm spare)\n" in out
+    assert "  per month        EUR 10.90\n" in out
+    # the blocks fit the width; prose lines (notes, failure effects) are left whole
+    block = out.split("single-vm (warm spare):", 1)[0]
+    assert max(len(line) for line in block.splitlines()) <= 80

@@ -17,7 +17,7 @@ import pytest
 from baked_repo import bake_project, commit_all, edit, git
 from typer.testing import CliRunner
 
-from blueprints.cli import EXIT_DATA_LOSS, app
+from blueprints.cli import EXIT_DATA_LOSS, EXIT_PREVIEW_FAILED, app
 from blueprints.preview.document import parse_preview
 from blueprints.preview.offline import (
     REPLACE_ON_CHANGE,
@@ -26,6 +26,7 @@ from blueprints.preview.offline import (
     DiffError,
     build_document,
     diff_inputs,
+    offline_diff,
     offline_documents,
 )
 from blueprints.preview.report import MARKER, build_report
@@ -378,15 +379,23 @@ def test_project_that_did_not_exist_at_the_base(tmp_path):
 
 
 def test_cost_delta_counts_only_the_running_instance(repo):
-    """t3.small -> t3.large on single-vm-localstack: the parked spare is stopped, so only the
+    """A bigger instance type on single-vm-localstack: the parked spare is stopped, so only the
     primary's compute changes price (the unchanged InstanceState is in the document)."""
+    from blueprints.costs import shipped_tables
+
     stack = "single-vm-localstack"
-    edit(repo, f"stacks/Pulumi.{stack}.yaml", "serverType: t3.small", "serverType: t3.large")
+    text = (repo / f"stacks/Pulumi.{stack}.yaml").read_text()
+    [before] = re.findall(r"blueprints:serverType: (\S+)", text)
+    after = "t3.xlarge"
+    assert before != after
+    edit(repo, f"stacks/Pulumi.{stack}.yaml", f"serverType: {before}", f"serverType: {after}")
     commit_all(repo, "bigger instances")
     [(name, doc)] = offline_documents(repo, "HEAD~1", [stack])
     rep = build_report([(name, doc)])
     hours = Decimal(730)
-    assert rep.stacks[0].cost.delta == {"USD": (Decimal("0.096") - Decimal("0.024")) * hours}
+    types = shipped_tables()["aws"].server_types
+    assert types[after].price > types[before].price  # per hour
+    assert rep.stacks[0].cost.delta == {"USD": (types[after].price - types[before].price) * hours}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +428,7 @@ APP_CHANGES = {
         ", DJANGO_SECRET_KEY]\n    health:\n      type: http",
         ["web: container definition changed", "shop.settings.staging"],
     ),
-    "replicas": ("    replicas: 2\n", "    replicas: 3\n", ["web: replicas 2 -> 3"]),
+    "replicas": ("    replicas: 2\n", "    replicas: 1\n", ["web: replicas 2 -> 1"]),
 }
 
 
@@ -453,3 +462,168 @@ def test_an_app_change_is_one_release_update_per_stack(repo, change):
         assert f"Release `shop-{stack}-release` (update)" in section
         for text in shown:
             assert text in section, (stack, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per stack (issue 22): a stack that cannot be planned is reported, the others are diffed
+
+OTHER_STACK = "single-vm-localstack"
+OTHER_FILE = f"stacks/Pulumi.{OTHER_STACK}.yaml"
+OWN_SPEC = "blueprints:spec: examples/app.yaml"
+MISSING_SPEC = "blueprints:spec: examples/missing.yaml"
+
+
+def test_a_stack_that_cannot_be_planned_is_reported_and_the_others_diffed(repo, scratch):
+    edit(repo, STACK_FILE, "blueprints:location: fsn1", "blueprints:location: nbg1")
+    edit(repo, OTHER_FILE, OWN_SPEC, MISSING_SPEC)
+
+    res = diff(repo, "--base", "HEAD", STACK, OTHER_STACK)
+    assert res.exit_code == 2, res.stderr
+    report = res.stdout
+    assert report.startswith(MARKER)
+    [failed] = [line for line in report.splitlines() if line.startswith("**The preview failed")]
+    assert f"`{OTHER_STACK}`" in failed  # (and single-vm-hcloud: its protected volume's error)
+    section = report.split(f"### Stack `{OTHER_STACK}`")[1]
+    assert (
+        f"{OTHER_STACK} could not be planned in the working tree, so it was not diffed: " in section
+    )
+    assert "missing.yaml" in section
+    # Not "no changes" and not a cost of 0: the row's cost is unknown, the section says why.
+    assert "No resource changes could be shown: the preview failed (why under Diagnostics)." in (
+        section
+    )
+    assert "\nNo resource changes.\n" not in section
+    [row] = [line for line in report.splitlines() if line.startswith(f"| `{OTHER_STACK}` |")]
+    assert row.split(" | ")[-2:] == ["?", "1 / 0 |"], row
+    [total] = [line for line in report.splitlines() if line.startswith("| **total** |")]
+    assert total.split(" | ")[-2].endswith("(partial)"), total
+    assert (
+        f"`{OTHER_STACK}`: **the preview reported 1 error(s)**, so its cost delta is unknown (`?`)"
+        in report
+    )
+    # The stack that planned is diffed as usual, its data loss named.
+    assert "volume `shop-single-vm-hcloud-data`" in report.split("### Stack")[0]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert errors and all(
+        line.startswith(f"error: {OTHER_STACK} (in the working tree): ") for line in errors
+    )
+    assert "missing.yaml" in errors[0]
+    assert res.stderr.splitlines()[-1] == (
+        f"1 of 2 stacks could not be planned and were not diffed: {OTHER_STACK}"
+    )
+    # Progress: a line per stack and side.
+    for line in (f"  {STACK} at HEAD...", f"  {STACK} in the working tree..."):
+        assert line in res.stderr.splitlines()
+    assert "Traceback" not in res.stderr
+    assert list(scratch.iterdir()) == []
+
+    # The gate: data loss in the stacks that planned is exit 4; the unplanned one still listed.
+    gated = diff(repo, "--base", "HEAD", STACK, OTHER_STACK, "--fail-on", "data-loss")
+    assert gated.exit_code == EXIT_DATA_LOSS
+    assert gated.stdout == report
+    assert errors[0] in gated.stderr.splitlines()
+
+
+def test_a_stack_broken_only_at_the_base_is_shown_against_nothing(repo, tmp_path):
+    """The MR that fixes a stack broken at the base passes without a gate: the stack is
+    diffed against nothing (all creates) with a warning; --fail-on data-loss still fails closed
+    (exit 5, data loss unknown), after writing the report."""
+    edit(repo, OTHER_FILE, OWN_SPEC, MISSING_SPEC)
+    commit_all(repo, "broken")
+    edit(repo, OTHER_FILE, MISSING_SPEC, OWN_SPEC)
+
+    result = offline_diff(repo, "HEAD", [STACK, OTHER_STACK])
+    assert result.failed == {}
+    [(label, why)] = result.against_nothing.values()
+    assert list(result.against_nothing) == [OTHER_STACK] and label == "HEAD"
+    assert "missing.yaml" in why
+    docs = dict(result.documents)
+    ops = {step["op"] for step in docs[OTHER_STACK]["steps"]}
+    assert ops == {"create"} and len(docs[OTHER_STACK]["steps"]) > 10
+    assert {step["op"] for step in docs[STACK]["steps"]} == {"same"}  # the other stack as usual
+
+    res = diff(repo, "--base", "HEAD", STACK, OTHER_STACK)
+    assert res.exit_code == 0, res.stderr
+    report = res.stdout
+    head, section = report.split(f"### Stack `{OTHER_STACK}`")
+    assert (
+        f"**`{OTHER_STACK}` could not be planned at `HEAD`**: shown against nothing (every "
+        "resource as created), so what this change replaces or deletes there is unknown."
+    ) in head
+    assert "The preview failed" not in report
+    assert f"where the preview is complete; for `{OTHER_STACK}` it is unknown" in head
+    assert "**Shown against nothing**: this stack could not be planned at `HEAD`" in section
+    assert f"{OTHER_STACK} could not be planned at HEAD, so it is shown against nothing" in section
+    assert "missing.yaml" in section
+    assert "(create)" in section and "No resource changes" not in section
+    [row] = [line for line in head.splitlines() if line.startswith(f"| `{OTHER_STACK}` |")]
+    assert row.split(" | ")[-2] == "?", row  # all creates, not a cost delta
+    assert (
+        f"`{OTHER_STACK}`: **not planned at `HEAD`**: shown against nothing, so its cost delta"
+        in head
+    )
+    # The base's reason names the file as git does, not the temporary copy it was planned in.
+    assert "HEAD:examples/missing.yaml: no such file" in section
+    assert TEMP_PREFIX not in report
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"warning: {OTHER_STACK} could not be planned at HEAD: ")
+    assert warnings[0].endswith("; shown against nothing") and "missing.yaml" in warnings[0]
+    assert "error:" not in res.stderr and "Traceback" not in res.stderr
+    assert f"data loss unknown: {OTHER_STACK}: " in res.stderr
+
+    out = tmp_path / "report.md"
+    gated = diff(
+        repo, "--base", "HEAD", STACK, OTHER_STACK, "--fail-on", "data-loss", "-o", str(out)
+    )
+    assert gated.exit_code == EXIT_PREVIEW_FAILED, gated.stderr
+    assert out.read_text() == report
+    assert warnings[0] in gated.stderr.splitlines()
+    assert "pulumi preview" in gated.stderr  # what to do instead
+
+
+def test_a_stack_broken_on_both_sides_is_not_diffed_and_exits_2(repo):
+    """Still broken in the working tree: the working tree is what merges, so exit 2."""
+    edit(repo, OTHER_FILE, OWN_SPEC, MISSING_SPEC)
+    commit_all(repo, "broken")
+    result = offline_diff(repo, "HEAD", [OTHER_STACK])
+    assert [label for label, _ in result.failed[OTHER_STACK]] == ["HEAD", "working tree"]
+    assert result.against_nothing == {}
+    res = diff(repo, "--base", "HEAD", OTHER_STACK)
+    assert res.exit_code == 2
+    assert f"{OTHER_STACK} could not be planned at HEAD, so it was not diffed" in res.stdout
+    assert f"{OTHER_STACK} could not be planned in the working tree, so it" in res.stdout
+    assert "No resource changes could be shown" in res.stdout
+    assert f"error: {OTHER_STACK} (at HEAD): " in res.stderr
+    assert f"error: {OTHER_STACK} (in the working tree): " in res.stderr
+    with pytest.raises(DiffError, match=r"missing\.yaml"):
+        offline_documents(repo, "HEAD", [OTHER_STACK])
+
+
+def test_spec_plans_the_working_tree_with_it_and_the_base_as_it_was(repo, tmp_path):
+    spec = tmp_path / "next.yaml"
+    spec.write_text(
+        (repo / "examples/app.yaml").read_text().replace("shop-web:1.4.2", "shop-web:1.4.3")
+    )
+    [(_, doc)] = offline_documents(repo, "HEAD", [STACK], spec=spec)
+    changed = {n: s["op"] for n, s in steps_by_name(doc).items() if s["op"] != "same"}
+    assert changed == {
+        "shop-single-vm-hcloud-release": "update",
+        "shop-single-vm-hcloud-standby-images": "update",
+    }
+    res = diff(repo, "--base", "HEAD", STACK, "--spec", str(spec), "--fail-on", "data-loss")
+    assert res.exit_code == 0, res.stderr
+    assert "against HEAD, the working tree planned with next" in res.stdout
+    assert "web: image ghcr.io/example/shop-web:1.4.2 -> 1.4.3" in res.stdout
+    # Without --spec the working tree plans its own spec: nothing changed.
+    assert "No resource changes" in diff(repo, "--base", "HEAD", STACK).stdout
+
+
+def test_bad_spec_is_one_line_before_anything_is_planned(repo, tmp_path, made):
+    res = diff(repo, "--base", "HEAD", "--spec", str(tmp_path / "nope.yaml"))
+    assert res.exit_code == 2
+    assert (
+        res.stderr.strip()
+        == f"error: --spec: {tmp_path / 'nope.yaml'} does not exist or is not a file"
+    )
+    assert res.stdout == "" and not made
