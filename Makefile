@@ -4,16 +4,23 @@
 #               test suite, real nodes included
 SHELL := /bin/bash
 BP := .venv/bin/blueprints
+# The README's `blueprints ...` commands run as printed with .venv/bin on PATH.
+PATH_HINT = case ":$$PATH:" in *":$(CURDIR)/.venv/bin:"*) ;; *) echo "blueprints is installed \
+in .venv: run 'source .venv/bin/activate' to put it on PATH for the README's commands (or call \
+.venv/bin/blueprints)";; esac
 
 .PHONY: setup demo test validators realnode-tools lint bench boot-check drill
 
 setup:
 	@scripts/bootstrap
+	@$(PATH_HINT)
 
-demo: setup
+demo:
+	@scripts/bootstrap
 	$(BP) validate examples/app.yaml
 	$(BP) plan --all
 	$(BP) render single-vm-hcloud -o rendered/single-vm-hcloud
+	@$(PATH_HINT)
 
 validators:
 	@scripts/install-validators

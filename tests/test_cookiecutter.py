@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from blueprints.settings import BLUEPRINTS as ALL_KNOWN_BLUEPRINTS
 from blueprints.settings import parse_settings
 from blueprints.spec import load_spec
 from blueprints.stack import BLUEPRINT_COMPONENTS
+from blueprints.vendoring import build_wheel, find_uv
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "cookiecutter-app"
@@ -34,6 +36,9 @@ TARGET_CHOICES = [*scaffold.TARGETS, scaffold.BOTH_TARGETS]
 COMBOS = [(b, t) for b in BLUEPRINT_CHOICES for t in TARGET_CHOICES]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc2mXkq1QeC3rVbCq1y8f0p5h0dU7v9yq8x3r0mP6Fh dev@laptop"
 VERSION = importlib.metadata.version("blueprints")
+UV = find_uv()  # `blueprints new` from a checkout builds the wheel with it
+assert UV, "uv is not installed (scripts/bootstrap installs it)"
+PATH = f"{Path(UV).parent}:/usr/bin:/bin"
 
 
 def expected_stacks(blueprint: str, target: str) -> set[str]:
@@ -60,12 +65,19 @@ def home(tmp_path_factory):
         yield home
 
 
-def bake(home: Path, out: Path, **answers: str) -> Path:
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel of this blueprints, built once: handed to the hook as `blueprints new` does
+    (`_wheel`); `test_the_hook_builds_the_wheel_itself` bakes without it."""
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def bake(home: Path, out: Path, wheel: Path | None = None, **answers: str) -> Path:
     return Path(
         cookiecutter(
             str(TEMPLATE),
             no_input=True,
-            extra_context=answers,
+            extra_context={**answers, **({"_wheel": str(wheel)} if wheel else {})},
             output_dir=str(out),
             config_file=str(home / "cookiecutter.yaml"),
         )
@@ -73,11 +85,14 @@ def bake(home: Path, out: Path, **answers: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def baked(home, tmp_path_factory) -> dict[object, Path]:
+def baked(home, wheel, tmp_path_factory) -> dict[object, Path]:
     """The default bake and one per blueprint x target answer, each baked once."""
-    projects: dict[object, Path] = {"default": bake(home, tmp_path_factory.mktemp("default"))}
+    projects: dict[object, Path] = {
+        "default": bake(home, tmp_path_factory.mktemp("default"), wheel)
+    }
     for b, t in COMBOS:
-        projects[(b, t)] = bake(home, tmp_path_factory.mktemp(f"{b}-{t}"), blueprint=b, target=t)
+        out = tmp_path_factory.mktemp(f"{b}-{t}")
+        projects[(b, t)] = bake(home, out, wheel, blueprint=b, target=t)
     return projects
 
 
@@ -92,8 +107,8 @@ CUSTOM = {
 
 
 @pytest.fixture(scope="module")
-def custom(home, tmp_path_factory) -> Path:
-    return bake(home, tmp_path_factory.mktemp("custom"), **CUSTOM, target="hcloud")
+def custom(home, wheel, tmp_path_factory) -> Path:
+    return bake(home, tmp_path_factory.mktemp("custom"), wheel, **CUSTOM, target="hcloud")
 
 
 # -- what a bake holds ------------------------------------------------------------------------
@@ -127,15 +142,18 @@ def test_every_combination_holds_exactly_its_stacks(baked):
 def test_no_template_syntax_left_anywhere(baked, custom):
     for project in [*baked.values(), custom]:
         files = [p for p in project.rglob("*") if p.is_file()]
-        assert len(files) >= 9
+        assert len(files) >= 10
         for path in files:
+            if path.suffix == ".whl":
+                assert zipfile.is_zipfile(path), path
+                continue
             text = path.read_text()
             for mark in ("{{ cookiecutter.", "{{cookiecutter.", "{%", "{#", "cookiecutter."):
                 assert mark not in text, f"{path.relative_to(project)} holds {mark!r}"
             assert "{" not in str(path.relative_to(project)), path
 
 
-def test_answers_reach_every_file(custom):
+def test_answers_reach_every_file(custom, wheel):
     app = load_spec(custom / "app.yaml")
     assert (app.name, app.domain, app.acme_email) == (
         "acme-shop",
@@ -162,7 +180,14 @@ def test_answers_reach_every_file(custom):
     pyproject = tomllib.loads((custom / "pyproject.toml").read_text())
     assert pyproject["project"]["name"] == "acme-shop"
     assert pyproject["project"]["dependencies"] == [f"blueprints=={VERSION}"]
-    assert "git+https://" in (custom / "pyproject.toml").read_text()
+    # blueprints from the wheel it carries; everything else pinned to what runs here.
+    source = pyproject["tool"]["uv"]["sources"]["blueprints"]
+    assert source == {"path": f"vendor/blueprints-{VERSION}-py3-none-any.whl"}
+    assert (custom / source["path"]).read_bytes() == wheel.read_bytes()
+    pins = pyproject["tool"]["uv"]["constraint-dependencies"]
+    assert f"pulumi=={importlib.metadata.version('pulumi')}" in pins
+    assert f"pytest=={importlib.metadata.version('pytest')}" in pins
+    assert not any(p.startswith("blueprints") for p in pins)
 
     readme = (custom / "README.md").read_text()
     assert readme.startswith("# Acme Shop\n")
@@ -179,10 +204,10 @@ def test_answers_reach_every_file(custom):
     assert "single-vm-localstack" not in readme
 
 
-def test_hostile_answers_are_data_not_code(home, tmp_path):
+def test_hostile_answers_are_data_not_code(home, wheel, tmp_path):
     # Quotes of every kind (the hooks embed the answers in Python), shell syntax and a backslash.
     name = "Shop \"Deluxe\" '''x''' $(touch /tmp/pwned) `id` \\ ; --"
-    project = bake(home, tmp_path, project_name=name, project_slug="deluxe")
+    project = bake(home, tmp_path, wheel, project_name=name, project_slug="deluxe")
     assert (project / "README.md").read_text().startswith(f"# {name}\n")
     assert yaml.safe_load((project / "Pulumi.yaml").read_text())["description"].startswith(name)
     assert tomllib.loads((project / "pyproject.toml").read_text())["project"][
@@ -190,9 +215,10 @@ def test_hostile_answers_are_data_not_code(home, tmp_path):
     ].startswith(name)
 
 
-def test_baking_is_deterministic(home, tmp_path):
-    first = bake(home, tmp_path / "a", blueprint="all")
-    second = bake(home, tmp_path / "b", blueprint="all")
+def test_baking_is_deterministic(home, wheel, tmp_path):
+    # The wheel's own reproducibility: tests/test_new.py.
+    first = bake(home, tmp_path / "a", wheel, blueprint="all")
+    second = bake(home, tmp_path / "b", wheel, blueprint="all")
 
     def tree(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
@@ -344,8 +370,7 @@ BAD = [
     ),
     (
         {"hcloud_location": "mars1"},
-        "hcloud_location: 'mars1' is not a Hetzner Cloud location; allowed: fsn1, nbg1, hel1, "
-        "ash, hil, sin",
+        "hcloud_location: 'mars1' is not a Hetzner Cloud location; allowed: fsn1, nbg1, hel1",
     ),
     (
         {"blueprint": "swarm"},
@@ -411,6 +436,25 @@ def test_hooks_are_plain_importable_functions(home, tmp_path, capsys):
     (tmp_path / "README.md").write_text(f"# Shop\n\n{scaffold.README_MARKER}\n")
     assert _hook("post_gen_project").main(answers, tmp_path) == 0
     assert stacks_in(tmp_path) == {"single-vm-hcloud", "single-vm-localstack"}
+    # Without `_wheel` (plain cookiecutter), the hook builds the wheel of blueprints itself.
+    wheels = [p.name for p in (tmp_path / "vendor").iterdir()]
+    assert wheels == [f"blueprints-{VERSION}-py3-none-any.whl"]
+
+
+def test_a_hook_that_fails_unexpectedly_says_so_in_one_line(home, tmp_path, capsys, monkeypatch):
+    answers = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+    answers.update(project_name="Shop", project_slug="shop", _output_dir=str(tmp_path))
+
+    def broken(*_args, **_kwargs):
+        raise tomllib.TOMLDecodeError("Escaped character is not a Unicode scalar value\n(line 7)")
+
+    monkeypatch.setattr(scaffold, "write_project", broken)
+    monkeypatch.setattr(scaffold, "validate_answers", broken)
+    for hook, args in (("post_gen_project", (answers, tmp_path)), ("pre_gen_project", (answers,))):
+        assert _hook(hook).main(*args) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith("error: ") and "(TOMLDecodeError: Escaped character is not a " in err
 
 
 def test_one_list_of_blueprints_and_the_template_asks_every_answer():
@@ -440,7 +484,7 @@ def new(home: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"},
+        env={"PATH": PATH, "HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"},
     )
 
 
