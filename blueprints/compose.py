@@ -14,8 +14,11 @@ import pulumi
 
 from blueprints.backup.remote import Access, vm_access
 from blueprints.backup.storage import Storage, stack_backups, with_backup_secrets
+from blueprints.dns import dns_records
 from blueprints.release import channel
 from blueprints.render.compose import (
+    PROXY_SERVICE,
+    WRAPPER,
     ComposeContext,
     check_app,
     release_documents,
@@ -37,7 +40,9 @@ class Compose(pulumi.ComponentResource):
 
     @staticmethod
     def check_settings(app: AppSpec, settings: StackSettings) -> list[str]:
-        return check_release_channel(app, settings)
+        from blueprints.capacity import stack_problems
+
+        return check_release_channel(app, settings) + stack_problems(app, settings)
 
     @staticmethod
     def backup_access(app: AppSpec, outputs: Mapping[str, object]) -> Access:
@@ -127,7 +132,12 @@ class Compose(pulumi.ComponentResource):
             "url": f"https://{app.domain}",
             "sshCommand": public.apply(lambda ip: f"ssh deploy@{ip}"),
             "deployKey": pulumi.Output.secret(deploy_key.private_key_openssh),
-            "dnsRecord": public.apply(lambda ip: f"{app.domain}. A {ip}"),
+            "dnsRecord": public.apply(lambda ip: dns_records(app, ip)),
+            # The first certificates asked for again at once (acme-retry does it by itself
+            # once DNS answers).
+            "retryCertificates": public.apply(
+                lambda ip: f"ssh deploy@{ip} sudo {WRAPPER} restart {PROXY_SERVICE}"
+            ),
             "backups": _backup_note(app, storage, snapshots),
             **(stack_backup.outputs if stack_backup is not None else {}),
         }

@@ -33,6 +33,7 @@ from pulumi_command import remote
 
 from blueprints.backup.remote import Access, vm_access
 from blueprints.backup.storage import stack_backups, with_backup_secrets
+from blueprints.dns import dns_records
 from blueprints.failover.lock import LockRecord, lock_name
 from blueprints.release import channel
 from blueprints.render import NodeContext, check_app, render_cloud_init
@@ -190,7 +191,9 @@ class SingleVm(pulumi.ComponentResource):
 
     @staticmethod
     def check_settings(app: AppSpec, settings: StackSettings) -> list[str]:
-        return check_release_channel(app, settings)
+        from blueprints.capacity import stack_problems
+
+        return check_release_channel(app, settings) + stack_problems(app, settings)
 
     @staticmethod
     def backup_access(app: AppSpec, outputs: Mapping[str, object]) -> Access:
@@ -319,7 +322,12 @@ class SingleVm(pulumi.ComponentResource):
             "sshCommand": fip.address.apply(lambda ip: f"ssh deploy@{ip}"),
             "deployKey": pulumi.Output.secret(deploy_key.private_key_openssh),
             "serverIps": {node: s.public_ip for node, s in servers.items()},
-            "dnsRecord": fip.address.apply(lambda ip: f"{app.domain}. A {ip}"),
+            "dnsRecord": fip.address.apply(lambda ip: dns_records(app, ip)),
+            # The first certificates asked for again at once (acme-retry does it by itself
+            # once DNS answers).
+            "retryCertificates": fip.address.apply(
+                lambda ip: f"ssh deploy@{ip} sudo systemctl restart blueprints-caddy.service"
+            ),
             "spareBilling": target.spare_billing[mode],
             **(backups.outputs if backups is not None else {}),
         }

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from blueprints.dns import APEX_NOTE
 from blueprints.plan import PlanError, is_secret, list_stacks, plan_stack
 from blueprints.render.unpack import server_user_data, user_data_files
 from blueprints.spec import AppSpec
@@ -297,7 +298,9 @@ def test_aws_load_balancers_targets_and_listeners(plans):
     }
     out = plan.public_outputs()
     assert out["apiEndpoint"] == "https://shop-k8s-localstack-api.elb.offline:6443"
-    assert out["dnsRecord"] == "shop.example.com. CNAME shop-k8s-localstack-ingress.elb.offline."
+    assert out["dnsRecord"] == (
+        f"shop.example.com. CNAME shop-k8s-localstack-ingress.elb.offline.\n{APEX_NOTE}"
+    )
 
 
 @pytest.mark.parametrize("stack", STACKS)

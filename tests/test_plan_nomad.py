@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from blueprints.dns import APEX_NOTE
 from blueprints.plan import PlanError, is_secret, list_stacks, plan_stack
 from blueprints.render.unpack import server_user_data, stack_files, user_data_files
 from blueprints.rungs.nomad import bootstrap as r
@@ -251,7 +252,7 @@ def test_outputs(plans, stack):
     assert out["nomadCaCert"].startswith("-----BEGIN CERTIFICATE-----")
     address = out["loadBalancer"]
     record = f"shop.example.com. A {address}" if stack.endswith("hcloud") else None
-    assert out["dnsRecord"] == (record or f"shop.example.com. CNAME {address}.")
+    assert out["dnsRecord"] == (record or f"shop.example.com. CNAME {address}.\n{APEX_NOTE}")
     assert len(nodes) == 3
 
 

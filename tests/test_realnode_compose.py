@@ -21,10 +21,11 @@ import pytest
 
 from blueprints.backup import node_files
 from blueprints.backup.storage import Storage
+from blueprints.render.vm import BOOTSTRAP_FAILED, INSTALL_PACKAGES
 from tests.realnode.host import wait_for
 from tests.realnode.light import NodeS3
 from tests.realnode.node import TIMINGS
-from tests.realnode.release import ReleaseChannel, example_app
+from tests.realnode.release import ReleaseChannel, Traffic, example_app
 from tests.realnode.stacks import PROJECT as PROJECT_DIR
 from tests.realnode.stacks import booted_stack_node, http_status
 
@@ -152,6 +153,51 @@ def test_an_unhealthy_container_is_restarted_by_autoheal(vm):
         ("compose: web container unhealthy -> restarted by autoheal", time.monotonic() - started)
     )
     assert f"{name} is unhealthy; restarting it" in node.journal("app-autoheal.service", 200)
+
+
+def test_the_bootstrap_finished_and_docker_keeps_containers_across_its_restart(vm):
+    """The user data's guard ran every command (no bootstrap-failed marker, install-packages
+    found every package), and with live-restore a restart of dockerd restarts no container and
+    not the app's unit (which only Wants docker), while HTTPS keeps being answered.
+
+    Run last before the reboot: Docker before 23.0 (this root's Debian 12 has 20.10) stops the
+    health checks of live-restored containers (moby#41871), which the reboot starts again;
+    Ubuntu 24.04's Docker (24 and later) resumes them."""
+    node = vm.node
+    assert node.exec(["test", "-e", BOOTSTRAP_FAILED], check=False).returncode == 1
+    first_boot = node.exec(["journalctl", "--no-pager", "-u", "bpt-first-boot.service"]).stdout
+    assert INSTALL_PACKAGES in first_boot and "install-packages: installing" not in first_boot
+    assert node.exec(["docker", "info", "--format", "{{.LiveRestoreEnabled}}"]).stdout == "true\n"
+    before = node.containers()
+    unit_since = node.exec(
+        ["systemctl", "show", "--property=ActiveEnterTimestampMonotonic", "app-compose.service"]
+    ).stdout
+    with Traffic(vm.client(), timeout=5) as traffic:
+        time.sleep(2)
+        started = time.monotonic()
+        node.exec(["systemctl", "restart", "docker.service"])
+        wait_for(
+            "docker to answer again",
+            lambda: node.exec(["docker", "info"], check=False).returncode == 0,
+            60,
+            0.5,
+        )
+        restarted = time.monotonic() - started
+        time.sleep(3)
+    after = node.containers()
+    assert {n: c["started"] for n, c in after.items()} == {
+        n: c["started"] for n, c in before.items()
+    }
+    assert all(after[name]["state"] == "running" for name in CONTAINERS)
+    assert (
+        node.exec(
+            ["systemctl", "show", "--property=ActiveEnterTimestampMonotonic", "app-compose.service"]
+        ).stdout
+        == unit_since
+    )
+    assert vm.client().get("/", timeout=5).status == 200
+    TIMINGS.append(("compose: dockerd restarted (live-restore) -> answering", restarted))
+    print(f"HTTPS during the docker restart: {traffic.summary()}", file=sys.stderr)
 
 
 def test_second_boot_keeps_the_volume_and_brings_the_project_back(vm):

@@ -394,7 +394,7 @@ def nasty_data() -> dict[str, Any]:
     web = data["services"]["web"]
     web["env"] = {**web["env"], **{f"NASTY_{i}": v for i, v in enumerate(NASTY)}}
     web["command"] = list(NASTY)
-    web["health"]["path"] = "/h'\"$(id)`id`$HOME$$%n;&|<>*?~!#"
+    web["health"]["path"] = "/h'\"$(id)`id`$HOME$$%6e;&|<>*?~!#"
     data["services"]["redis"]["command"] = [*NASTY, "--", "-"]
     return data
 
@@ -654,6 +654,10 @@ def test_values_nomad_would_expand_are_refused_with_one_line(value: str, where: 
     else:
         web["health"]["path"] = "/" + value.replace(" ", "")  # a path holds no space
         path = ("services", "web", "health", "path")
+        if "%{" in value:  # not a %XX escape: the spec refuses the path before any rung
+            with pytest.raises(ValueError, match="does not start a %XX escape"):
+                spec(data)
+            return
     problems = check_nomad(spec(data))
     assert [p for p, _ in problems] == [path]
     [(_, message)] = problems

@@ -286,6 +286,7 @@ def test_example_renders_every_expected_file():
     expected = {
         "/etc/ssh/sshd_config.d/10-blueprints.conf",
         "/etc/apt/apt.conf.d/52blueprints-auto-upgrades",
+        "/etc/apt/apt.conf.d/51blueprints-lock-timeout",
         "/etc/docker/daemon.json",
         "/etc/blueprints/caddy.json",
         "/etc/netplan/60-floating-ip.yaml",
@@ -298,7 +299,11 @@ def test_example_renders_every_expected_file():
         UNITS + "blueprints-metadata-guard.service",
         UNITS + "dev-disk-by\\x2did-scsi\\x2d0HC_Volume_12345678.device.d/blueprints-timeout.conf",
         UNITS + "blueprints-release.service",
+        UNITS + "blueprints-acme-retry.service",
+        UNITS + "blueprints-acme-retry.timer",
         "/etc/ssh/sshd_config.d/11-blueprints-admin-keys.conf",
+        SCRIPTS + "acme-retry",
+        SCRIPTS + "install-packages",
         SCRIPTS + "caddy",
         SCRIPTS + "metadata-guard",
         SCRIPTS + "create-network",
@@ -562,7 +567,7 @@ def test_health_timers_exist_exactly_for_services_with_health():
     data = copy.deepcopy(EXAMPLE_DATA)
     del data["services"]["redis"]["health"]
     files = render_node_files(primary(spec(data)))
-    timers = {Path(p).name for p in files if p.endswith(".timer")}
+    timers = {Path(p).name for p in files if p.endswith("-health.timer")}
     assert timers == {f"app-{s}-health.timer" for s in ("web", "worker", "postgres")}
     assert APP + "health-redis" not in files
     assert UNITS + "app-redis-health.service" not in files
@@ -834,7 +839,7 @@ def test_pull_images_pulls_each_image_on_stdin_once(tmp_path: Path):
 def test_pull_images_is_bounded(tmp_path: Path):
     """A first boot that never ends, or a registry that never answers, fails the command (and
     `pulumi up`) with one line saying which, instead of holding it forever."""
-    assert "timeout 1200 cloud-init status --wait" in PULL_IMAGES_COMMAND
+    assert "timeout 3000 cloud-init status --wait" in PULL_IMAGES_COMMAND
     assert "sudo timeout 600 docker pull" in PULL_IMAGES_COMMAND
     short = pull_images_command(boot_wait=1, pull_wait=1)
     images = standby_images_text(spec())
@@ -1316,7 +1321,7 @@ NASTY = [
     "\u201ccurly\u201d \u2018quotes\u2019",
 ]
 NASTY_MULTILINE = [*NASTY, "line one\nline two", "ends with newline\n", "\n\nblank lines\n\n"]
-NASTY_PATH = "/h'\"$(touch${IFS}/tmp/blueprints-pwned)`id`${HOME}%n;&|<>*?~!#"
+NASTY_PATH = "/h'\"$(touch${IFS}/tmp/blueprints-pwned)`id`${HOME}%6e;&|<>*?~!#"
 
 
 def nasty_data() -> dict[str, Any]:

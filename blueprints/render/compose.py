@@ -46,7 +46,14 @@ from blueprints.render.common import (
     dump_yaml,
     render_template,
 )
-from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files, secret_values
+from blueprints.render.vm import (
+    ACME_RETRY_UNIT,
+    DEPLOY_USER,
+    acme_retry_files,
+    cloud_config,
+    host_files,
+    secret_values,
+)
 from blueprints.spec import AppSpec, File, Service, format_path
 
 Problem = svm.Problem
@@ -385,6 +392,21 @@ def unescape_interpolation(value: Any) -> Any:
 # the backup units (their schedule and paused services follow the spec), the secrets.
 
 
+# What the VM's user data installs (cloud-init's `packages:`, then install-packages for what it
+# left out): Ubuntu's own Docker and Compose v2 packages, so security updates come with the
+# distro's (unattended-upgrades), and the release pins their major versions; restic for the
+# backups (blueprints-backup, a release file, runs it).
+PACKAGES = (
+    "busybox-static",
+    "curl",
+    "docker-compose-v2",
+    "docker.io",
+    "iptables",
+    "restic",
+    "unattended-upgrades",
+)
+
+
 def render_vm_files(ctx: ComposeContext) -> dict[str, str]:
     """Absolute path on the VM -> text, for every file the VM ends up with: its bootstrap and the
     release (secret files included, from ctx.secrets)."""
@@ -400,7 +422,7 @@ def bootstrap_files(ctx: ComposeContext) -> dict[str, str]:
     device = svm._checked_device(ctx.data_device)
     data_ctx = svm.NodeContext(app=app, node="compose", data_device=device, floating_ip=None)
     texts: dict[str, str] = {
-        **host_files(),
+        **host_files(PACKAGES),
         **svm.deploy_access_files(),
         WRAPPER: _t(
             "app-compose.sh.j2",
@@ -409,7 +431,10 @@ def bootstrap_files(ctx: ComposeContext) -> dict[str, str]:
             secrets_file=SECRETS_FILE,
         ),
         f"{svm.UNITS}/{APP_UNIT}": _t(
-            "app-compose.service.j2", wrapper=WRAPPER, guard=svm.METADATA_GUARD_UNIT
+            "app-compose.service.j2",
+            wrapper=WRAPPER,
+            guard=svm.METADATA_GUARD_UNIT,
+            guard_script=f"{svm.SCRIPTS}/metadata-guard",
         ),
         f"{svm.SCRIPTS}/autoheal": _t(
             "autoheal.sh.j2",
@@ -427,6 +452,17 @@ def bootstrap_files(ctx: ComposeContext) -> dict[str, str]:
             "autoheal.service.j2", script=f"{svm.SCRIPTS}/autoheal"
         ),
     }
+    # Caddy is a service of the compose file; a restart of its container asks for the first
+    # certificates again once DNS answers. `restart` would also start a proxy an admin stopped:
+    # acme-retry restarts it only while `ps` lists it running.
+    texts.update(
+        acme_retry_files(
+            svm.CADDY_CONFIG,
+            svm.CADDY_STORAGE,
+            restart=[WRAPPER, "restart", PROXY_SERVICE],
+            running=[WRAPPER, "ps", "--status", "running", "--quiet", PROXY_SERVICE],
+        )
+    )
     texts.update(svm._data_volume_files(data_ctx))
     texts.update(svm._metadata_guard_files())
     texts.update(svm.release_agent_files(device, requires=[]))
@@ -689,23 +725,13 @@ def render_cloud_init(ctx: ComposeContext) -> str:
         f"systemctl enable {svm.RELEASE_UNIT}",
         # --no-block: the app waits for the data volume, which cloud-init must not wait for.
         f"systemctl start --no-block {svm.RELEASE_UNIT}",
+        f"systemctl enable --now {ACME_RETRY_UNIT}.timer",
     ]
-    # Ubuntu's own Docker and Compose v2 packages: security updates come with the distro's
-    # (unattended-upgrades), and the release pins their major versions.
     return cloud_config(
         [ctx.deploy_key] if ctx.deploy_key else [],
         files,
         file_permissions,
-        [
-            "busybox-static",
-            "curl",
-            "docker-compose-v2",
-            "docker.io",
-            "iptables",
-            # The backups (blueprints-backup, a release file, runs it).
-            "restic",
-            "unattended-upgrades",
-        ],
+        PACKAGES,
         runcmd,
     )
 

@@ -41,8 +41,22 @@ from blueprints.render.common import (
     systemd_escape_path,
 )
 from blueprints.render.context import NodeContext
-from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
+from blueprints.render.vm import (
+    ACME_RETRY_UNIT,
+    BOOTSTRAP_FAILED,
+    BOOTSTRAP_FAILED_HINT,
+    CLOUD_INIT_LOG,
+    DEPLOY_USER,
+    FIRST_BOOT_MAX_SECONDS,
+    acme_retry_files,
+    cloud_config,
+    host_files,
+)
 from blueprints.spec import AppSpec, File, Service, format_path, references
+
+# What the node's user data installs (cloud-init's `packages:`, then install-packages for what it
+# left out). restic: the backups (blueprints-backup, a release file, runs it).
+PACKAGES = ("curl", "docker.io", "iptables", "restic", "unattended-upgrades")
 
 # A problem with the app spec: its field path (as blueprints.spec writes them) and what is wrong.
 Problem = tuple[tuple[str | int, ...], str]
@@ -80,13 +94,17 @@ CADDY_IMAGE = "caddy:2.8.4"
 CADDY_CONTAINER = "blueprints_caddy"
 # Reserved directory under /srv/data for Caddy's TLS state.
 CADDY_DIR = "caddy"
+# Caddy's certificates on the host: the container's /data is /srv/data/CADDY_DIR, and its config's
+# storage root is /data/caddy (_caddy_config).
+CADDY_STORAGE = f"/srv/data/{CADDY_DIR}/caddy"
 DATA_LABEL = "blueprints-data"
 # How long a node waits at boot for the data volume to be attached.
 DEVICE_WAIT_SECONDS = 180
 # How long the standby's image pull waits for the node's first boot (cloud-init), and for one
 # `docker pull`: a hung boot or registry fails `pulumi up` with a line saying which, instead of
-# holding it forever.
-BOOT_WAIT_SECONDS = 1200
+# holding it forever. The boot wait is the longest first boot that may still be installing
+# (apt's lock waits, install-packages' deadline and a margin); it starts after the server does.
+BOOT_WAIT_SECONDS = FIRST_BOOT_MAX_SECONDS
 PULL_WAIT_SECONDS = 600
 
 
@@ -99,12 +117,17 @@ def pull_images_command(
     containers instead of downloading them. Fixed text: the images travel on stdin, so no
     spec value is ever part of a command line. cloud-init's own verdict is not judged here (a
     boot with recoverable errors still pulls; the agent says what is missing); only its
-    running past `boot_wait` seconds, or a pull failing or running past `pull_wait`, fails."""
+    running past `boot_wait` seconds, the bootstrap having stopped at a failing command
+    (BOOTSTRAP_FAILED), or a pull failing or running past `pull_wait`, fails."""
     return (
         f"timeout {boot_wait} cloud-init status --wait >/dev/null 2>&1; "
         'if [ "$?" -eq 124 ]; then '
         f'echo "blueprints: cloud-init still runs after {boot_wait}s on this node; '
         'its first boot did not finish" >&2; exit 1; fi; '
+        f"if [ -e {BOOTSTRAP_FAILED} ]; then "
+        f'echo "blueprints: the bootstrap of this node failed: $(cat {BOOTSTRAP_FAILED})" >&2; '
+        f'echo "blueprints: {BOOTSTRAP_FAILED_HINT}" >&2; '
+        "exit 1; fi; "
         "while IFS= read -r image; do "
         'if [ -n "$image" ]; then '
         f'sudo timeout {pull_wait} docker pull --quiet "$image" </dev/null || {{ '
@@ -169,13 +192,13 @@ def render_cloud_init(ctx: NodeContext) -> str:
         f"systemctl enable {RELEASE_UNIT}",
         # --no-block: starting waits for the data volume, which cloud-init must not wait for.
         f"systemctl start --no-block {RELEASE_UNIT}",
+        f"systemctl enable --now {ACME_RETRY_UNIT}.timer",
     ]
     return cloud_config(
         [ctx.deploy_key] if ctx.deploy_key else [],
         {path: f.content for path, f in sorted(files.items())},
         lambda path: files[path].permissions,
-        # restic: the backups (blueprints-backup, a release file, runs it).
-        ["curl", "docker.io", "iptables", "restic", "unattended-upgrades"],
+        PACKAGES,
         runcmd,
     )
 
@@ -232,7 +255,7 @@ def _rendered(
 def bootstrap_files(ctx: NodeContext) -> dict[str, RenderedFile]:
     """Every file of the node's user data: machine-level only (see the module's docstring)."""
     app = ctx.app
-    texts: dict[str, str] = host_files()
+    texts: dict[str, str] = host_files(PACKAGES)
     texts.update(deploy_access_files())
     texts.update(_data_volume_files(ctx))
     texts.update(_network_files(app))
@@ -252,6 +275,14 @@ def bootstrap_files(ctx: NodeContext) -> dict[str, RenderedFile]:
         config_path=CADDY_CONFIG,
         guard=METADATA_GUARD_UNIT,
     )
+    texts.update(
+        acme_retry_files(
+            CADDY_CONFIG,
+            CADDY_STORAGE,
+            restart=["systemctl", "try-restart", "blueprints-caddy.service"],
+            running=["systemctl", "is-active", "blueprints-caddy.service"],
+        )
+    )
     if ctx.floating_ip is not None:
         texts["/etc/netplan/60-floating-ip.yaml"] = _floating_ip_netplan(ctx.floating_ip)
     return _rendered(texts)
@@ -269,7 +300,12 @@ def release_agent_files(device: str, requires: list[str]) -> dict[str, str]:
     """What installs the release agent, and the unit that starts the release on the volume."""
     return {
         INSTALL_AGENT: _t(
-            "install-agent.sh.j2", agent=RELEASE_AGENT, wait_seconds=AGENT_WAIT_SECONDS
+            "install-agent.sh.j2",
+            agent=RELEASE_AGENT,
+            wait_seconds=AGENT_WAIT_SECONDS,
+            bootstrap_failed=BOOTSTRAP_FAILED,
+            bootstrap_failed_hint=BOOTSTRAP_FAILED_HINT,
+            cloud_init_log=CLOUD_INIT_LOG,
         ),
         AGENT_SHIM: _t("release-agent.sh.j2", agent=RELEASE_AGENT),
         f"{UNITS}/{RELEASE_UNIT}": _t(

@@ -84,7 +84,8 @@ TEST_ONLY = (
     "stand-in images imported with `docker import` before the runcmd (no registry)",
     "Caddy issues from its internal CA (install_trust false) instead of ACME",
     "/etc/netplan/50-cloud-init.yaml gives eth0 the node's address (no datasource)",
-    "package_update is skipped and packages are preinstalled in the root (no network)",
+    "package_update is skipped and packages are preinstalled in the root (no network); a "
+    "stand-in package gets a dpkg record, so the bootstrap's install-packages finds it",
     "`netplan apply` is a stand-in that sets the files' static addresses with `ip` (no udev)",
 )
 
@@ -595,6 +596,7 @@ def install_user_data(root: Path, user_data: str, hostname: str, address: str) -
         plugin.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(compose_plugin_binary(), plugin)
         plugin.chmod(0o755)
+        _dpkg_installed(root, "docker-compose-v2")
     (root / "etc/hostname").write_text(hostname + "\n")
     _netplan(root, address)
     for user in doc.get("users") or []:
@@ -620,6 +622,20 @@ def install_user_data(root: Path, user_data: str, hostname: str, address: str) -
         )
     _test_only_files(root)
     _first_boot(root, doc.get("runcmd") or [], doc.get("power_state"))
+
+
+def _dpkg_installed(root: Path, package: str) -> None:
+    """dpkg's record of a stand-in package, so the bootstrap's install-packages finds it
+    installed (as on Ubuntu) instead of asking apt, which has no network here."""
+    status = root / "var/lib/dpkg/status"
+    stanza = (
+        f"Package: {package}\nStatus: install ok installed\nPriority: optional\n"
+        "Section: admin\nMaintainer: real-node harness\nArchitecture: all\nVersion: 0\n"
+        f"Description: stand-in: {PACKAGE_STANDINS[package]}\n\n"
+    )
+    text = status.read_text()
+    if f"Package: {package}\n" not in text:
+        status.write_text(text.rstrip("\n") + "\n\n" + stanza)
 
 
 def _write(root: Path, path: str, data: bytes, permissions: str, owner: str = "root:root") -> None:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from blueprints.release.node_kit_ship import shipped_source
 from blueprints.render.common import dump_json, dump_yaml, render_template
 from blueprints.render.single_vm import ADMIN_KEYS_DIR, ADMIN_KEYS_SSHD
-from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
+from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files, install_node_ready
 from blueprints.rungs.k8s.release import Cloud
 from blueprints.settings import K3S_VERSION, StackSettings
 
@@ -62,6 +62,9 @@ READY_PROGRESS_SECONDS = 15
 JOIN_WAIT_SECONDS = 180
 # Where the control planes put their etcd snapshots in the stack's backup bucket.
 ETCD_SNAPSHOT_FOLDER = "etcd-snapshots"
+# What each node's user data installs (cloud-init's `packages:`, then install-packages for what
+# it left out); k3s itself is the pinned binary (install-k3s), with its own containerd.
+PACKAGES = ("curl", "python3", "unattended-upgrades")
 # The app's pods run on the workers: the control planes only take cluster add-ons.
 CONTROL_PLANE_TAINT = "CriticalAddonsOnly=true:NoExecute"
 
@@ -232,15 +235,13 @@ def file_permissions(path: str) -> str:
 def render_node_files(ctx: ClusterContext, node: K8sNode) -> dict[str, str]:
     """Absolute path on the VM -> text, for every file the node's cloud-init writes."""
     files: dict[str, str] = {
-        **host_files(docker=False),
+        **host_files(PACKAGES, docker=False),
         ADMIN_KEYS_SSHD: render_template(
             "single-vm/admin-keys.conf.j2", admin_keys_dir=ADMIN_KEYS_DIR
         ),
         K3S_CONFIG: dump_yaml(k3s_config(ctx, node)),
         NODE_CONFIG: node_config(ctx, node),
-        INSTALL_NODE_READY: render_template(
-            "install-node-ready.sh.j2", target=NODE_READY, name="k3s-node-ready"
-        ),
+        INSTALL_NODE_READY: install_node_ready(NODE_READY, "k3s-node-ready"),
         f"{SCRIPTS}/install-k3s": _t(
             "install-k3s.sh.j2", version=ctx.k3s_version, binary=K3S_BINARY
         ),
@@ -277,6 +278,6 @@ def render_cloud_init(ctx: ClusterContext, node: K8sNode) -> str:
         [ctx.deploy_key] if ctx.deploy_key else [],
         files,
         file_permissions,
-        ["curl", "python3", "unattended-upgrades"],
+        PACKAGES,
         runcmd,
     )

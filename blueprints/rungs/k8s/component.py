@@ -26,7 +26,6 @@ Without a bucket the plan says what to set, and nothing of the app is backed up.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from pulumi_command import remote
 
 from blueprints.backup.remote import Access
 from blueprints.backup.storage import StackBackups, secret_key, stack_backups
+from blueprints.dns import dns_records
 from blueprints.release import channel
 from blueprints.render.vm import DEPLOY_USER
 from blueprints.rungs.k8s import release
@@ -190,11 +190,13 @@ class K8s(pulumi.ComponentResource):
     def check_settings(app: AppSpec, settings: StackSettings) -> list[str]:
         """Pulumi reaches the cluster from where `pulumi up` runs: the Kubernetes API for the
         app, SSH for each node's token. Refuse a stack whose firewall admits neither."""
+        from blueprints.capacity import stack_problems
+
         return check_release_channel(
             app,
             settings,
             "the app is sent to the Kubernetes API (port 6443) and each node's token over SSH",
-        )
+        ) + stack_problems(app, settings)
 
     @staticmethod
     def backup_access(app: AppSpec, outputs: Mapping[str, object]) -> Access:
@@ -405,7 +407,11 @@ class K8s(pulumi.ComponentResource):
             "kubeconfig": kubeconfig,
             "apiEndpoint": api_url,
             "ingressAddress": ingress.address,
-            "dnsRecord": ingress.address.apply(lambda a: _dns_record(app.domain, a)),
+            "dnsRecord": ingress.address.apply(lambda a: dns_records(app, a)),
+            # cert-manager waits an hour and more after a failed issuance; the Ingress's
+            # Certificate (named after its TLS secret), deleted, is made again and issued now.
+            "retryCertificates": f"kubectl --namespace {app.name} delete certificate "
+            f"{app.name}-tls",
             "controlPlaneIps": {
                 n.name: servers[n.name].public_ip for n in nodes if n.role == "server"
             },
@@ -676,14 +682,6 @@ def _pki_files(pki: Mapping[str, str]) -> dict[str, str]:
         "service_key": "service.key",
     }
     return {names[field]: pki[field] for field in sorted(names)}
-
-
-def _dns_record(domain: str, address: str) -> str:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return f"{domain}. CNAME {address}."
-    return f"{domain}. A {address}"
 
 
 def _pki(

@@ -33,7 +33,14 @@ from blueprints.render.single_vm import (
     _metadata_guard_files,
     volume_mount_files,
 )
-from blueprints.render.vm import DEPLOY_USER, cloud_config, host_files
+from blueprints.render.vm import (
+    APT_LOCK_TIMEOUT_SECONDS,
+    DEPLOY_USER,
+    PACKAGES_DEADLINE_SECONDS,
+    cloud_config,
+    host_files,
+    install_node_ready,
+)
 from blueprints.rungs.nomad.release import DATA_META, DATACENTER, INGRESS_VOLUME, Timing
 from blueprints.rungs.nomad.rules import INGRESS_DIR, NODE_COUNT, NOMAD_HTTP, NOMAD_RPC
 
@@ -72,6 +79,19 @@ READY_POLL_SECONDS = 2
 READY_PROGRESS_SECONDS = 15
 # How long the data node's ACL bootstrap waits for a leader (a new cluster's nodes boot in turn).
 LEADER_WAIT_MINUTES = 30
+# What each node's user data installs (cloud-init's `packages:`, then install-packages for what
+# it left out). restic: the backup jobs' tool (raw_exec on the data node; every node has it, so
+# a node's user data does not depend on the app or on where the data is).
+PACKAGES = (
+    "ca-certificates",
+    "curl",
+    "docker.io",
+    "gnupg",
+    "iptables",
+    "python3",
+    "restic",
+    "unattended-upgrades",
+)
 
 
 @dataclass(frozen=True)
@@ -173,7 +193,7 @@ def file_permissions(path: str) -> str:
 def render_node_files(node: NomadNode) -> dict[str, str]:
     """Absolute path on the VM -> text, for every file the node's cloud-init writes."""
     files: dict[str, str] = {
-        **host_files(),
+        **host_files(PACKAGES),
         ADMIN_KEYS_SSHD: render_template(
             "single-vm/admin-keys.conf.j2", admin_keys_dir=ADMIN_KEYS_DIR
         ),
@@ -183,12 +203,12 @@ def render_node_files(node: NomadNode) -> dict[str, str]:
             key_url=HASHICORP_KEY_URL,
             fingerprint=HASHICORP_FINGERPRINT,
             repository=HASHICORP_APT,
+            lock_timeout=APT_LOCK_TIMEOUT_SECONDS,
+            deadline=PACKAGES_DEADLINE_SECONDS,
         ),
         AGENT_CONFIG: render_agent_config(node),
         NODE_CONFIG: node_config(node),
-        INSTALL_NODE_READY: render_template(
-            "install-node-ready.sh.j2", target=NODE_READY, name="nomad-node-ready"
-        ),
+        INSTALL_NODE_READY: install_node_ready(NODE_READY, "nomad-node-ready"),
         f"{UNITS}/nomad.service": _t(
             "nomad.service.j2",
             agent_config=AGENT_CONFIG,
@@ -247,18 +267,7 @@ def render_cloud_init(node: NomadNode) -> str:
         [node.deploy_key] if node.deploy_key else [],
         files,
         file_permissions,
-        [
-            "ca-certificates",
-            "curl",
-            "docker.io",
-            "gnupg",
-            "iptables",
-            "python3",
-            # The backup jobs' tool (raw_exec on the data node; every node has it, so a node's
-            # user data does not depend on the app or on where the data is).
-            "restic",
-            "unattended-upgrades",
-        ],
+        PACKAGES,
         runcmd,
     )
 

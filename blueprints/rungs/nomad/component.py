@@ -25,7 +25,6 @@ Machines and releases are apart (principle 9):
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 from collections.abc import Callable, Mapping
 
@@ -38,6 +37,7 @@ from pulumi_command import remote
 from blueprints.backup.node_files import PASSWORD_VALUE, SECRET_KEY_VALUE
 from blueprints.backup.remote import Access
 from blueprints.backup.storage import StackBackups, stack_backups
+from blueprints.dns import dns_records
 from blueprints.release import channel
 from blueprints.render.vm import DEPLOY_USER
 from blueprints.rungs.nomad.backup_access import backup_access
@@ -53,6 +53,7 @@ from blueprints.rungs.nomad.bootstrap import (
 )
 from blueprints.rungs.nomad.release import (
     DEPLOY_TIMEOUT_MINUTES,
+    INGRESS_JOB,
     Timing,
     backup_variable_path,
     backup_variables,
@@ -159,11 +160,13 @@ class Nomad(pulumi.ComponentResource):
     def check_settings(app: AppSpec, settings: StackSettings) -> list[str]:
         """The release reaches the cluster from where `pulumi up` runs: Nomad's API for the app,
         SSH for each node's files. Refuse a stack whose firewall admits neither."""
+        from blueprints.capacity import stack_problems
+
         return check_release_channel(
             app,
             settings,
             "the app is sent to Nomad's API (port 4646) and each node's TLS files over SSH",
-        )
+        ) + stack_problems(app, settings)
 
     def __init__(
         self,
@@ -352,7 +355,10 @@ class Nomad(pulumi.ComponentResource):
         self.outputs: dict[str, pulumi.Input[object]] = {
             "url": f"https://{app.domain}",
             "loadBalancer": lb.address,
-            "dnsRecord": lb.address.apply(lambda a: _dns_record(app.domain, a)),
+            "dnsRecord": lb.address.apply(lambda a: dns_records(app, a)),
+            # Traefik asks again for a missing certificate only when its routes change or it
+            # restarts: this restarts it (with NOMAD_ADDR, NOMAD_CACERT and NOMAD_TOKEN set).
+            "retryCertificates": f"nomad job restart -yes {INGRESS_JOB}",
             "serverIps": {node: s.public_ip for node, s in zip(NODE_NAMES, servers, strict=True)},
             "dataNode": NODE_NAMES[DATA_NODE],
             "nomadAddress": address,
@@ -581,14 +587,6 @@ class Nomad(pulumi.ComponentResource):
                 detach=True,
                 opts=opts([variable, *([backups.bucket] if backups.bucket is not None else [])]),
             )
-
-
-def _dns_record(domain: str, address: str) -> str:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return f"{domain}. CNAME {address}."
-    return f"{domain}. A {address}"
 
 
 def _user_data(

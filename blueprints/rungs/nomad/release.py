@@ -64,7 +64,7 @@ INGRESS_JOB = "blueprints_ingress"
 INGRESS_VOLUME = "blueprints_traefik"
 DATA_META = "blueprints_data"
 # Nomad schedules CPU in MHz. The spec's cores are converted at 2000 MHz per core, a floor for the
-# default server types (Hetzner cx23, AWS t3.small both run at 2.0 GHz or more), so what the spec
+# default server types (Hetzner cx23, AWS t3.medium both run at 2.0 GHz or more), so what the spec
 # reserves fits on the node. It is a reservation for placement and a relative weight under
 # contention (docker CPU shares), not a hard cap.
 MHZ_PER_CORE = 2000

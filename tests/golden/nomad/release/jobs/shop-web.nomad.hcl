@@ -156,8 +156,8 @@ job "shop-web" {
       }
 
       resources {
-        cpu    = 2000
-        memory = 512
+        cpu    = 1000
+        memory = 384
       }
     }
   }
