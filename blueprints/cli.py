@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -16,7 +17,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from rich.tree import Tree
 
 from blueprints import scaffold
 from blueprints.spec import SpecError, load_spec
@@ -43,7 +43,8 @@ app = typer.Typer(
 def _console(stderr: bool = False) -> Console:
     """A console that wraps only on a terminal: piped output (a CI log, a file) keeps each line
     whole instead of folding it at 80 columns; tables still fit the width (COLUMNS, else 80)."""
-    console = Console(stderr=stderr)
+    # No emoji codes: a stack key such as `blueprints:x:` must not print as an emoji.
+    console = Console(stderr=stderr, emoji=False)
     if not console.is_terminal:
         console.soft_wrap = True
     return console
@@ -122,7 +123,9 @@ def validate(
             "--blueprint",
             "-b",
             help="Also check the rules of this blueprint (single-vm, compose, nomad, k8s): "
-            "what the spec must satisfy to run on it.",
+            "what the spec must satisfy to run on it; and whether it fits the blueprint's "
+            "default server type on each cloud (a warning if not: each stack's own servers are "
+            "checked when it is planned).",
         ),
     ] = None,
 ) -> None:
@@ -137,21 +140,110 @@ def validate(
             f"--blueprint: unknown blueprint {blueprint!r}; choose one of {', '.join(BLUEPRINTS)}"
         )
     app_spec = load_spec(spec)
-    if blueprint is not None:
-        from blueprints.spec import format_path
-        from blueprints.stack import blueprint_class
-
-        problems = blueprint_class(blueprint).check(app_spec)
-        if problems:
-            raise SpecError(
-                [
-                    f"{spec}: {format_path(path)}: {message} ({blueprint})"
-                    for path, message in problems
-                ]
-            )
     services = ", ".join(f"{n} x{s.replicas}" for n, s in app_spec.sorted_services())
-    fits = f"; fits {blueprint}" if blueprint is not None else ""
-    out.print(f"[green]ok[/green] {escape(str(spec))}: app {app_spec.name} ({services}){fits}")
+    if blueprint is None:
+        out.print(f"[green]ok[/green] {escape(str(spec))}: app {app_spec.name} ({services})")
+        return
+    from blueprints import capacity
+    from blueprints.spec import format_path
+    from blueprints.stack import blueprint_class
+
+    problems = blueprint_class(blueprint).check(app_spec)
+    if problems:
+        raise SpecError(
+            [f"{spec}: {format_path(path)}: {message} ({blueprint})" for path, message in problems]
+        )
+    # The capacity check of blueprints/capacity.py on the rung's default server types, with
+    # default settings (no plan): a stack with other servers is checked when it is planned.
+    fits = capacity.default_fits(app_spec, blueprint)
+    servers = ", ".join(
+        f"{fit.machine.type if fit.machine else '?'} on {cloud}" for cloud, fit in fits
+    )
+    short = [(cloud, fit) for cloud, fit in fits if not fit.fits]
+    verdict = (
+        f"does not fit its default servers ({servers}), see the warnings"
+        if short
+        else f"fits its default servers ({servers})"
+    )
+    out.print(
+        f"[green]ok[/green] {escape(str(spec))}: app {app_spec.name} ({services}); passes the "
+        f"{blueprint} rules; {verdict}; each stack's servers are checked when it is planned"
+    )
+    for cloud, fit in short:
+        for line in fit.lines(str(spec)) or [fit.unknown or ""]:
+            err.print(
+                f"[yellow]warning:[/yellow] {blueprint} on {cloud}'s default server type: "
+                f"{escape(line)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if short:
+        instance = any(p.instance for _, fit in short for p in fit.problems)
+        err.print(
+            f"a {blueprint} stack plans this spec only with a larger blueprints:serverType"
+            + ("" if instance else " (or blueprints:overcommit: true, as only totals are short)"),
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+SpecOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--spec",
+        help="Plan this app spec instead of each stack's own (its blueprints:spec).",
+        dir_okay=False,
+    ),
+]
+
+
+def _spec_file(spec: Path | None) -> Path | None:
+    """--spec, checked before anything is planned: a readable, valid app spec (absolute)."""
+    if spec is None:
+        return None
+    if not spec.is_file():
+        raise BadInput(f"--spec: {spec} does not exist or is not a file")
+    load_spec(spec)  # a bad spec: its own lines naming the field, exit 2
+    return spec.resolve()
+
+
+def _report_unplanned(failed: dict[str, str], total: int) -> None:
+    """The stacks that could not be planned, each with why; then exit 2. With several stacks
+    each error line starts with its stack's name."""
+    if not failed:
+        return
+    for stack, message in failed.items():
+        for line in message.splitlines():
+            if total > 1:
+                line = f"{stack}: {line.removeprefix(f'stack {stack}: ')}"
+            err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    if total > 1:
+        err.print(
+            f"{len(failed)} of {total} stacks could not be planned: {', '.join(failed)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _print_whole(renderable) -> None:
+    """Print a table to stdout. Piped (a CI log, a file), a table wider than the width when its
+    longest words are kept whole gets the width it needs: no path is cut or folded."""
+    from rich.measure import Measurement
+
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    width = out.width
+    needed = Measurement.get(out, out.options.update_width(10_000), renderable).minimum
+    if needed <= width:
+        out.print(renderable)
+        return
+    out.width = needed
+    try:
+        out.print(renderable)
+    finally:
+        out.width = width
 
 
 @app.command()
@@ -171,61 +263,107 @@ def plan(
             "secret values are masked.",
         ),
     ] = False,
+    spec: SpecOpt = None,
     project: ProjectOpt = None,
 ) -> None:
     """Evaluate stacks under Pulumi's mock runtime and show what they would create.
 
-    Examples: blueprints plan single-vm-hcloud; blueprints plan --all --json
+    Each stack is planned on its own: the ones that plan are shown; each one
+    that cannot be planned (a rung refusing the spec, a bad stack file) says
+    why on stderr, and the exit status is then 2 (--json too).
+
+    Examples: blueprints plan single-vm-hcloud; blueprints plan --all --json;
+    blueprints plan --all --spec my-app.yaml
     """
-    from blueprints.plan import list_stacks, plan_stack
+    from blueprints.plan import list_stacks, plan_each
 
     root = _project(project)
     known = list_stacks(root)
     if all_stacks and stacks:
         raise BadInput("give stack names or --all, not both")
-    chosen = known if all_stacks else list(stacks or [])
+    chosen = list(dict.fromkeys(known if all_stacks else list(stacks or [])))
     if not chosen:
         raise BadInput(f"name a stack or pass --all; stacks here: {', '.join(known) or 'none'}")
     _require_stacks(root, chosen, known)
+    spec_path = _spec_file(spec)
 
-    plans = []
-    for stack in chosen:
-        if not as_json:
-            err.print(f"[dim]planning {stack}...[/dim]")
-        plans.append(plan_stack(stack, root))
+    if len(chosen) == 1:
+        with _progress(f"planning {chosen[0]}"):
+            outcome = plan_each(chosen, root, spec=spec_path)
+    else:
+        with _progress(f"planning {len(chosen)} stacks") as step:
+            outcome = plan_each(chosen, root, spec=spec_path, step=step)
 
     if as_json:
-        rows = [r.as_json() for p in plans for r in p.resources]
+        # Always a JSON list, `[]` when no stack planned: a script can parse it either way.
+        rows = [r.as_json() for p in outcome.plans for r in p.resources]
         sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+        sys.stdout.flush()
+        _report_unplanned(outcome.failed, len(chosen))
         return
-    for p in plans:
+    for p in outcome.plans:
         _show_plan(p)
-    if len(plans) > 1:
+    if len(chosen) > 1:
         table = Table(title="summary", show_edge=False)
         table.add_column("stack")
         table.add_column("cloud resources", justify="right")
         table.add_column("servers", justify="right")
-        for p in plans:
+        planned = {p.stack: p for p in outcome.plans}
+        for stack in chosen:
+            p = planned.get(stack)
+            if p is None:
+                table.add_row(escape(stack), "[red]not planned[/red]", "-")
+                continue
             servers = sum(1 for r in p.custom if r.type.endswith((":Server", ":Instance")))
-            table.add_row(p.stack, str(len(p.custom)), str(servers))
-        out.print(table)
+            table.add_row(escape(stack), str(len(p.custom)), str(servers))
+        _print_whole(table)
+    out.file.flush()
+    _report_unplanned(outcome.failed, len(chosen))
+
+
+def _tree_lines(p) -> list[str]:
+    """The plan as a tree, one markup line per resource under its parent. Written out line by
+    line (not a rich Tree, which crops each line at the width): a long name or type is never
+    cut, piped or not."""
+    names = {r.name for r in p.resources}
+    # A component and a custom resource may share a name: the component is the parent.
+    holder = {}
+    for r in p.resources:
+        if r.name not in holder or not r.custom:
+            holder[r.name] = r
+    children: dict[str | None, list] = {}
+    for r in p.resources:
+        parent = r.parent if r.parent in names and holder[r.parent] is not r else None
+        children.setdefault(parent, []).append(r)
+    lines = [f"[bold]{escape(p.stack)}[/bold]"]
+    seen: set[int] = set()
+
+    def walk(parent: str | None, indent: str) -> None:
+        kids = sorted(children.get(parent, []), key=lambda r: (r.name, r.type))
+        for i, r in enumerate(kids):
+            if id(r) in seen:
+                continue
+            seen.add(id(r))
+            last = i == len(kids) - 1
+            flags = " [yellow](protected)[/yellow]" if r.protect else ""
+            label = f"{escape(r.name)} [dim]{escape(r.type)}[/dim]{flags}"
+            lines.append(f"{indent}{'└── ' if last else '├── '}{label}")
+            if holder.get(r.name) is r:
+                walk(r.name, indent + ("    " if last else "│   "))
+
+    walk(None, "")
+    return lines
 
 
 def _show_plan(p) -> None:
-    tree = Tree(f"[bold]{p.stack}[/bold]")
-    nodes = {None: tree}
-    for r in sorted(p.resources, key=lambda r: (r.parent is not None, r.name)):
-        flags = " [yellow](protected)[/yellow]" if r.protect else ""
-        label = f"{r.name} [dim]{r.type}[/dim]{flags}"
-        parent = nodes.get(r.parent, tree)
-        nodes[r.name] = parent.add(label)
-    out.print(tree)
+    for line in _tree_lines(p):
+        out.print(line, soft_wrap=True, highlight=False)
     counts = Counter(r.type for r in p.custom)
     summary = ", ".join(f"{n} {t.split(':')[-1]}" for t, n in sorted(counts.items()))
-    out.print(f"{len(p.custom)} cloud resources: {summary}")
+    out.print(f"{len(p.custom)} cloud resources: {escape(summary)}", soft_wrap=True)
     for key, value in sorted(p.public_outputs().items()):
         shown = escape(json.dumps(value, sort_keys=True))
-        out.print(f"  [cyan]{key}[/cyan]: {shown}", soft_wrap=True)
+        out.print(f"  [cyan]{escape(key)}[/cyan]: {shown}", soft_wrap=True)
     for note in p.notes:
         out.print(f"  [yellow]note[/yellow]: {escape(note)}", soft_wrap=True)
     out.print()
@@ -239,29 +377,39 @@ def render(
         Path | None,
         typer.Option("--output", "-o", help="Directory to write into; default rendered/<stack>."),
     ] = None,
+    spec: SpecOpt = None,
     project: ProjectOpt = None,
 ) -> None:
     """Write every file the stack's VMs run to disk: each server's bootstrap (its user data and
     each file it installs) and, beside them in release/, the app's release (the document the
     node receives and each file in it).
 
-    Secrets appear as placeholders. Example: blueprints render single-vm-hcloud -o rendered/
+    Secrets appear as placeholders.
+
+    Examples: blueprints render single-vm-hcloud -o rendered/;
+    blueprints render compose-hcloud --spec my-app.yaml
     """
     from blueprints.plan import plan_stack
     from blueprints.render.unpack import stack_files
 
     root = _project(project)
     _require_stacks(root, [stack])
+    spec_path = _spec_file(spec)
     target = output or Path("rendered") / stack
     _check_output_dir(target)
-    files = stack_files(plan_stack(stack, root))
+    with _progress(f"planning {stack}"):
+        files = stack_files(plan_stack(stack, root, spec=spec_path))
     try:
         _write_tree(target.resolve(), files)
     except OSError as exc:
         raise BadInput(f"{target}: cannot be written ({exc.strerror or exc})") from None
-    out.print(f"[green]wrote[/green] {len(files)} files to {target}/")
+    out.print(
+        f"[green]wrote[/green] {len(files)} files to {escape(str(target))}/",
+        soft_wrap=True,
+        highlight=False,
+    )
     for path in sorted(files):
-        out.print(f"  {path}")
+        out.print(f"  {escape(path)}", soft_wrap=True, highlight=False)
 
 
 COMPARE_FORMATS = ("table", "markdown", "json", "html")
@@ -284,7 +432,11 @@ def compare(
     ] = "table",
     chart: Annotated[
         Path | None,
-        typer.Option("--chart", help="Also draw cost vs recovery vs moving parts (.svg or .png)."),
+        typer.Option(
+            "--chart",
+            help="Also draw each blueprint's cost and the downtime of every failure scenario "
+            "(.svg or .png).",
+        ),
     ] = None,
     live_prices: Annotated[
         bool,
@@ -296,9 +448,11 @@ def compare(
     ] = False,
     project: ProjectOpt = None,
 ) -> None:
-    """Compare the four blueprints for one target: VMs, cost per month, moving parts, lines
-    of configuration, and what happens when a VM dies. Everything is derived from the stacks'
-    offline plans and rendered files.
+    """Compare the four blueprints for one target: VMs, what serves the app, cost per month
+    (backups apart), moving parts, lines of configuration, and what happens when a VM dies.
+    Everything is derived from the stacks' offline plans and rendered files. A stack that
+    cannot be planned (a rung refusing the spec) is reported with why, the others are still
+    compared, and the exit status is then 2.
 
     Examples: blueprints compare; blueprints compare -t localstack -f markdown --chart ladder.svg
     """
@@ -315,28 +469,34 @@ def compare(
         raise BadInput(f"--chart: {chart} must end in .svg or .png")
     if chart is not None and not chart.resolve().parent.is_dir():
         raise BadInput(f"--chart: directory {chart.parent} does not exist")
-    if spec is not None and not spec.is_file():
-        raise BadInput(f"--spec: {spec} does not exist")
+    spec = _spec_file(spec)
     tables = dict(shipped_tables())
+    root = _project(project)
+    token = os.environ.get("HCLOUD_TOKEN")
+    if live_prices and target == "hcloud" and not token:
+        raise BadInput("--live-prices needs HCLOUD_TOKEN (a read-only Hetzner API token)")
+    if live_prices and target != "hcloud":
+        err.print(
+            f"[yellow]note[/yellow] --live-prices reads Hetzner's prices; {target} "
+            "is priced from the shipped AWS table"
+        )
     try:
-        if live_prices and target == "hcloud":
-            token = os.environ.get("HCLOUD_TOKEN")
-            if not token:
-                raise BadInput("--live-prices needs HCLOUD_TOKEN (a read-only Hetzner API token)")
-            from blueprints.costs import live_hcloud_table
+        with _progress(f"comparing the {target} stacks") as step:
+            if live_prices and target == "hcloud" and token:
+                from blueprints.costs import live_hcloud_table
 
-            err.print("[dim]reading Hetzner's price list...[/dim]")
-            location = hcloud_location(_project(project), target)
-            tables["hcloud"] = live_hcloud_table(
-                token, os.environ.get("HCLOUD_ENDPOINT"), location=location
+                step("reading Hetzner's price list")
+                location = hcloud_location(root, target)
+                tables["hcloud"] = live_hcloud_table(
+                    token, os.environ.get("HCLOUD_ENDPOINT"), location=location
+                )
+            comparison = run_compare(
+                target,
+                project_dir=root,
+                spec=spec,
+                tables=tables,
+                step=lambda text: step(f"planning {text}"),
             )
-        elif live_prices:
-            err.print(
-                f"[yellow]note[/yellow] --live-prices reads Hetzner's prices; {target} "
-                "is priced from the shipped AWS table"
-            )
-        err.print(f"[dim]planning the {target} stacks...[/dim]")
-        comparison = run_compare(target, project_dir=_project(project), spec=spec, tables=tables)
     except (CompareError, PriceError) as exc:
         raise BadInput(str(exc)) from None
     if fmt == "json":
@@ -345,46 +505,118 @@ def compare(
         sys.stdout.write(compare_output.to_markdown(comparison))
     elif fmt == "html":
         sys.stdout.write(compare_output.to_html(comparison))
-    else:
+    elif comparison.rows:
         _show_comparison(comparison)
-    if chart is not None:
+    if chart is not None and comparison.rows:
         try:
             compare_output.write_chart(comparison, chart)
         except OSError as exc:
             raise BadInput(f"--chart: {chart} cannot be written ({exc.strerror or exc})") from None
         err.print(f"[green]wrote[/green] {chart}")
+    if comparison.failed:
+        # Each stack that could not be compared: one line saying why; then exit 2.
+        sys.stdout.flush()
+        for line in compare_output.failed_lines(comparison):
+            err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+        compared = len(comparison.rows) + len(comparison.failed)
+        err.print(
+            f"{len(comparison.failed)} of {compared} could not be compared",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def _show_comparison(comparison) -> None:
-    from blueprints.compare_output import cost_rows, sources, summary_rows
+    """The comparison's tables, each as a table when it fits the width (COLUMNS, else 80
+    piped), else stacked: one block per blueprint, a figure per line, so that no word or
+    amount is ever split across lines. Then what happens when a VM dies, the notes, sources."""
+    from blueprints.compare_output import capacity_text, cost_rows, sources, summary_rows
     from blueprints.failure import seconds_text
 
     summary = [{k: v for k, v in r.items() if k != "stack"} for r in summary_rows(comparison)]
     for title, rows in (
         (f"{comparison.app} on {comparison.target}", summary),
-        ("monthly cost", cost_rows(comparison)),
+        ("monthly cost (backups apart)", cost_rows(comparison)),
     ):
-        table = Table(title=title, show_edge=False)
-        for i, head in enumerate(rows[0]):
-            table.add_column(head, justify="left" if i == 0 else "right", overflow="fold")
-        for row in rows:
-            table.add_row(*(escape(v) for v in row.values()))
-        out.print(table)
+        _print_table_or_blocks(title, rows)
     for row in comparison.rows:
         f = row.failure
-        out.print(f"[bold]{escape(row.label)}[/bold]: {escape(f.detects)}; {escape(f.recovers)}")
+        _say(f"{row.label}: {f.detects}; {f.recovers}", style="bold", head=len(row.label) + 1)
         for s in f.scenarios:
-            how = seconds_text(s.seconds)
-            out.print(f"  {escape(s.dies)} dies: [cyan]{how}[/cyan], {escape(s.effect)}")
+            _say(f"{s.dies} dies: {seconds_text(s.seconds)}, {s.effect}", indent="  ")
+        _say(f"capacity: {capacity_text(row)}", indent="  ")
     for row in comparison.rows:
         for note in row.notes:
-            out.print(f"[yellow]note[/yellow] {escape(row.label)}: {escape(note)}", soft_wrap=True)
+            _say(f"note {row.label}: {note}", style="yellow", head=4)
         for line in row.cost.unpriced:
-            out.print(
-                f"[yellow]not priced[/yellow] {escape(row.label)}: {escape(line)}", soft_wrap=True
-            )
+            _say(f"not priced {row.label}: {line}", style="yellow", head=10)
     for line in sources(comparison):
-        out.print(f"[dim]{escape(line)}[/dim]", soft_wrap=True)
+        _say(line, style="dim")
+
+
+# An amount in the comparison's prose, kept on one line when it is wrapped: money, durations,
+# sizes, counts ('EUR 10.90', '73.2 s', '4096 MiB', '2.75 cores', '3 of 6', '2 x 512').
+_NUMBER, _UNIT = r"\d+(?:\.\d+)?", r"(?:s|GiB|MiB|GB|cores?|vCPU)\b"
+_AMOUNT = re.compile(
+    rf"(?:EUR|USD) {_NUMBER}|{_NUMBER} (?:of|x) {_NUMBER}(?: {_UNIT})?|{_NUMBER} {_UNIT}"
+)
+
+
+def _say(text: str, indent: str = "", style: str | None = None, head: int = 0) -> None:
+    """One line of prose on stdout: whole when piped (a CI log keeps lines whole); on a
+    terminal wrapped at spaces to its width, continuation lines indented two more, never
+    inside a word or an amount. `style` colours the first `head` characters (all if 0)."""
+    lines = [indent + text] if out.soft_wrap else _wrap(text, out.width, indent)
+    for i, line in enumerate(lines):
+        if style is None:
+            markup = escape(line)
+        elif i == 0 and head:
+            cut = len(indent) + head
+            markup = f"[{style}]{escape(line[:cut])}[/{style}]{escape(line[cut:])}"
+        else:
+            markup = f"[{style}]{escape(line)}[/{style}]" if not head else escape(line)
+        out.print(markup, highlight=False, soft_wrap=True)
+
+
+def _wrap(text: str, width: int, indent: str) -> list[str]:
+    glue = "\0"
+    words = _AMOUNT.sub(lambda m: m.group(0).replace(" ", glue), text).split(" ")
+    lines: list[str] = []
+    line = indent
+    for word in words:
+        word = word.replace(glue, " ")
+        start = line.strip() == ""
+        if not start and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = indent + "  " + word
+        else:
+            line = line + word if start else f"{line} {word}"
+    lines.append(line)
+    return lines
+
+
+def _print_table_or_blocks(title: str, rows: list[dict[str, str]]) -> None:
+    """rows (dicts of the same keys, the first one naming the row) as a table whose cells never
+    wrap, when it fits the console's width; else one block per row, `key  value` per line."""
+    from rich.measure import Measurement
+
+    table = Table(title=title, show_edge=False)
+    for i, head in enumerate(rows[0]):
+        table.add_column(head, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(escape(v) for v in row.values()))
+    width = Measurement.get(out, out.options.update_width(10_000), table).maximum
+    if width <= out.width:
+        out.print(table)
+        return
+    out.print(f"[italic]{escape(title)}[/italic]")
+    name, *keys = list(rows[0])
+    pad = max(len(key) for key in keys)
+    for row in rows:
+        out.print(f"[bold]{escape(row[name])}[/bold]")
+        for key in keys:
+            out.print(f"  [dim]{escape(key.ljust(pad))}[/dim]  {escape(row[key])}", highlight=False)
 
 
 def _answer(flag: str, text: str):
@@ -400,6 +632,16 @@ def new(
         typer.Argument(
             help="Directory for the project, new or empty; default ./<project slug>.",
             file_okay=False,
+        ),
+    ] = None,
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            help="Your own app spec, baked as written instead of the example (validated "
+            "first; the files its services read come along). Its name, domain and e-mail are "
+            "the project's: an option saying otherwise is an error.",
+            dir_okay=False,
         ),
     ] = None,
     no_input: Annotated[
@@ -452,10 +694,17 @@ def new(
 ) -> None:
     """Bake your own project from the scaffold: app spec, stacks, Pulumi project, tests, CI.
 
-    Without --no-input it asks for every answer (options become the suggested ones). All of the
-    project is written, or none of it. Example:
+    Without --no-input it asks each answer (options become the suggested ones) and checks it
+    right away: a bad one is said in one line and asked again. All of the project is written,
+    or none of it. It carries the wheel of this blueprints (vendor/), so it installs offline.
+    Examples:
+
     blueprints new shop-infra --no-input --blueprint all --domain shop.example.org
+
+    blueprints new my-infra --spec my-app.yaml --no-input --target hcloud
     """
+    from blueprints.vendoring import VendorError
+
     given = {
         key: value
         for key, value in {
@@ -471,12 +720,52 @@ def new(
         }.items()
         if value is not None
     }
+
+    asked: list[str] = []
+
+    def ask(question: scaffold.Question) -> str:
+        if not asked and spec is not None:  # once, before the first question
+            app_spec = load_spec(spec)
+            admin = app_spec.admin
+            out.print(
+                f"from {escape(str(spec))}: app {app_spec.name}, domain {app_spec.domain}, "
+                f"ACME e-mail {escape(app_spec.acme_email)}"
+                + (f", {len(admin.ssh_keys)} admin SSH key(s)" if admin.ssh_keys else "")
+                + (f", admin networks {', '.join(admin.cidrs)}" if admin.cidrs else ""),
+                highlight=False,
+                soft_wrap=True,
+            )
+        asked.append(question.key)
+        return typer.prompt(question.text, default=question.default)
+
+    def complain(message: str) -> None:
+        err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
     try:
-        path = scaffold.bake(directory, given, no_input=no_input)
+        # Progress starts with the first slow step, after every check and question.
+        with contextlib.ExitStack() as stack:
+            steps: list = []
+
+            def step(text: str) -> None:
+                if not steps:
+                    steps.append(stack.enter_context(_progress("baking the project")))
+                steps[0](text)
+
+            path = scaffold.bake(
+                directory,
+                given,
+                spec=spec,
+                ask=None if no_input else ask,
+                complain=complain,
+                step=step,
+            )
     except scaffold.ScaffoldError as exc:
         raise BadInput(str(exc)) from None
     except scaffold.AnswersRefused:
         raise typer.Exit(EXIT_BAD_INPUT) from None  # the template's hook printed why
+    except VendorError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
     shown = os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
     stacks = sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in (path / "stacks").iterdir())
     out.print(f"[green]baked[/green] {escape(shown)}/ with stacks {', '.join(stacks)}")
@@ -966,7 +1255,7 @@ def backups_list(
             human(size) if isinstance(size, int | float) else "?",
             escape(" ".join(row.get("paths", []))),
         )
-    out.print(table)
+    _print_whole(table)  # piped: a long path stays whole
     out.print(f"{len(rows)} snapshot(s)")
 
 
@@ -1082,8 +1371,9 @@ FailOnOpt = Annotated[
         help=f"data-loss: exit {EXIT_DATA_LOSS} (after printing and posting the report) when a "
         "resource of a stateful type (blueprints/preview/stateful.yaml: volumes, IPs, databases, "
         "buckets, keys...), a protected resource or a server holding a volume or cluster state "
-        f"would be replaced or deleted, and {EXIT_PREVIEW_FAILED} when a preview reported "
-        f"errors. review: that too, and exit {EXIT_REVIEW} when a resource of a type not known "
+        f"would be replaced or deleted, and {EXIT_PREVIEW_FAILED} when that is unknown (a "
+        "preview reported errors; diff: a stack whose base could not be planned). review: that "
+        f"too, and exit {EXIT_REVIEW} when a resource of a type not known "
         "to hold no data would be replaced or deleted.",
     ),
 ]
@@ -1270,8 +1560,25 @@ def preview_report(
     _publish_report(documents, None, output, fail_on, gitlab, no_prices, stateful)
 
 
-def _publish_report(documents, title, output, fail_on, gitlab, no_prices, stateful=None) -> None:
-    """Build the report, write or print it, post it to GitLab, apply --fail-on."""
+def _publish_report(
+    documents,
+    title,
+    output,
+    fail_on,
+    gitlab,
+    no_prices,
+    stateful=None,
+    unplanned=None,
+    against_nothing=None,
+) -> None:
+    """Build the report, write or print it, post it to GitLab, apply --fail-on.
+
+    `unplanned` (diff): stack -> [(where, why)] for the stacks that could not be planned in the
+    working tree; their documents are failed previews. They are listed on stderr and the exit
+    status is 2, unless --fail-on finds data loss in the stacks that planned (4).
+    `against_nothing` (diff): stack -> (base's label, why) for the stacks that could not be
+    planned at the base only; their documents show them against nothing. A warning on stderr;
+    what they replace or delete is unknown, so --fail-on exits 5 as for a failed preview."""
     from blueprints.preview.document import PreviewError
     from blueprints.preview.report import build_report, read_stateful
 
@@ -1282,7 +1589,13 @@ def _publish_report(documents, title, output, fail_on, gitlab, no_prices, statef
         seen.add(name)
     try:
         table = read_stateful(stateful)
-        report = build_report(documents, prices=not no_prices, title=title, stateful=table)
+        report = build_report(
+            documents,
+            prices=not no_prices,
+            title=title,
+            stateful=table,
+            against_nothing={s: label for s, (label, _) in (against_nothing or {}).items()},
+        )
     except PreviewError as exc:
         raise BadInput(str(exc)) from None
 
@@ -1302,17 +1615,53 @@ def _publish_report(documents, title, output, fail_on, gitlab, no_prices, statef
             err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_FAILED) from None
         err.print(f"[green]{result.action}[/green] note {result.note_id}: {escape(result.url)}")
+    from blueprints.preview.offline import where
+
+    for stack, reasons in (unplanned or {}).items():
+        for label, message in reasons:
+            for line in message.splitlines():
+                err.print(
+                    f"[red]error:[/red] {escape(f'{stack} ({where(label)}): {line}')}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+    for stack, (label, message) in (against_nothing or {}).items():
+        why = " ".join(line.strip() for line in message.splitlines() if line.strip())
+        err.print(
+            "[yellow]warning:[/yellow] "
+            + escape(f"{stack} could not be planned {where(label)}: {why}; shown against nothing"),
+            highlight=False,
+            soft_wrap=True,
+        )
     if report.data_loss:
         names = ", ".join(f"{d.stack}/{d.name}" for d in report.dangers)
         err.print(f"[yellow]data loss:[/yellow] {escape(names)}", soft_wrap=True)
         if {"data-loss", "review"} & set(fail_on or []):
             raise typer.Exit(EXIT_DATA_LOSS)
+    if unplanned:
+        err.print(
+            f"{len(unplanned)} of {len(documents)} stacks could not be planned and were not "
+            f"diffed: {', '.join(unplanned)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
     if report.failed:
         names = ", ".join(report.failed)
         err.print(f"[yellow]preview failed:[/yellow] {escape(names)}", soft_wrap=True)
-        # What a failed preview did not reach may lose data too: do not pass the gate.
-        if {"data-loss", "review"} & set(fail_on or []):
-            raise typer.Exit(EXIT_PREVIEW_FAILED)
+    if report.against_nothing:
+        names = ", ".join(report.against_nothing)
+        err.print(
+            f"[yellow]data loss unknown:[/yellow] {escape(names)}: not planned at the base, so "
+            "what this change replaces or deletes where it runs cannot be checked offline; "
+            "check it with `pulumi preview` of the deployed stack",
+            highlight=False,
+            soft_wrap=True,
+        )
+    # What a failed preview did not reach may lose data too, and so may a stack shown against
+    # nothing: do not pass the gate.
+    if (report.failed or report.against_nothing) and {"data-loss", "review"} & set(fail_on or []):
+        raise typer.Exit(EXIT_PREVIEW_FAILED)
     # The review level (types the stateful table does not know).
     if report.reviews:
         names = ", ".join(f"{d.stack}/{d.name}" for d in report.reviews)
@@ -1344,38 +1693,75 @@ def diff(
     gitlab: GitLabOpt = False,
     no_prices: NoPricesOpt = False,
     stateful: StatefulOpt = None,
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            help="Plan the working tree's stacks with this app spec instead of each one's own "
+            "(what would my spec change?); the base is planned as it was at the ref, with the "
+            "spec its stacks named there.",
+            dir_okay=False,
+        ),
+    ] = None,
     project: ProjectOpt = None,
 ) -> None:
     """Preview offline: plan the stacks at a git ref and in the working tree, report the diff.
 
     Both sides run under Pulumi's mock runtime (no cloud account, no backend).
-    The report is the one preview-report writes, with the same --fail-on and --gitlab.
-    Example: blueprints diff --base origin/main --fail-on data-loss
+    The report is the one preview-report writes, with the same --fail-on and
+    --gitlab.
+
+    Each stack is planned on its own. One that cannot be planned in the
+    working tree is a failed preview in the report, with why, and listed on
+    stderr; the others are diffed. The exit status is then 2 once the report
+    is written (4 when --fail-on finds data loss in the others). One that
+    cannot be planned only at the base (this change may fix it) is shown
+    against nothing, every resource as created, with a warning: exit 0, but 5
+    with --fail-on, as what it replaces or deletes is unknown.
+
+    Examples: blueprints diff --base origin/main --fail-on data-loss;
+    blueprints diff --base HEAD --spec my-app.yaml
     """
     from blueprints.preview.document import PreviewError, parse_preview
-    from blueprints.preview.offline import DiffError, offline_documents
+    from blueprints.preview.offline import DiffError, offline_diff, where
 
     _check_fail_on(fail_on)
     root = _project(project)
+    spec_path = _spec_file(spec)
     shown = ", ".join(stacks) if stacks else "all stacks"
-    err.print(
-        f"[dim]planning {escape(shown)} at {escape(base)} and in the working tree...[/dim]",
-        soft_wrap=True,
-    )
     try:
-        documents = offline_documents(root, base, list(stacks or []))
+        with _progress(f"planning {shown} at {base} and in the working tree") as step:
+            result = offline_diff(
+                root,
+                base,
+                list(stacks or []),
+                spec=spec_path,
+                progress=lambda label, stack: step(f"{stack} {where(label)}"),
+            )
     except DiffError as exc:
         raise BadInput(str(exc)) from None
     # The documents have the shape of `pulumi preview --json`: the same parser and report.
     try:
         parsed = [
             (stack, parse_preview(document, source=f"offline diff of {stack}"))
-            for stack, document in documents
+            for stack, document in result.documents
         ]
     except PreviewError as exc:
         raise BadInput(str(exc)) from None
     title = f"Offline diff of the working tree against {base}"
-    _publish_report(parsed, title, output, fail_on, gitlab, no_prices, stateful)
+    if spec_path is not None:
+        title += f", the working tree planned with {spec.name}"
+    _publish_report(
+        parsed,
+        title,
+        output,
+        fail_on,
+        gitlab,
+        no_prices,
+        stateful,
+        unplanned=result.failed,
+        against_nothing=result.against_nothing,
+    )
 
 
 @app.command("import")

@@ -12,6 +12,15 @@ How the two sides are planned
   side's project directory as cwd. When that tree holds its own `blueprints/` package (this
   repository), it is first on PYTHONPATH, so each ref is evaluated with its own code; a baked
   project (no `blueprints/` directory) uses the installed blueprints for both sides.
+- Each stack is planned on its own (offline_diff). One that cannot be planned in the working
+  tree (a rung refusing the spec, a bad stack file) is a failed preview of that stack, with
+  why, never read as "no changes". One that cannot be planned only at the base (the change
+  fixes it) is diffed against an empty base, with a warning: what it replaces or deletes where
+  it runs is unknown (the report and --fail-on treat that as for a failed preview). Paths in
+  the base's messages are written REF:path, not as the temporary copy's.
+- `--spec FILE` (spec=) plans the working tree's stacks with that app spec instead of each
+  stack's own blueprints:spec; the base is planned as it was at the ref, with the spec its
+  stacks named there. The diff then shows what the spec would change in what the base deploys.
 
 How two plans become a preview
 - Resources are matched by URN (stack, project, parent type chain, type, name), as Pulumi
@@ -42,7 +51,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -385,69 +395,155 @@ class Side:
     project: str | None
     stacks: list[str]
     plans: dict[str, dict[str, Any]]
+    # Stacks of this side that could not be planned -> why (the PlanError's message).
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+WORKING_TREE = "working tree"
+
+
+def where(label: str) -> str:
+    """A side's label as a place: "in the working tree", "at origin/main"."""
+    return "in the working tree" if label == WORKING_TREE else f"at {label}"
+
+
+# A line plan_dump.py prints on stdout before planning a stack (for progress).
+PROGRESS_PREFIX = "blueprints-diff: planning "
+# Where plan_dump.py reads --spec from (the working-tree side only).
+SPEC_VARIABLE = "BLUEPRINTS_DIFF_SPEC"
+# progress(side's label, stack): called as each side starts planning a stack.
+Progress = Callable[[str, str], Any]
 
 
 def _dump_source() -> str:
     return (Path(__file__).with_name("plan_dump.py")).read_text(encoding="utf-8")
 
 
-def _start_plan(project_dir: Path, out: Path, stacks: Sequence[str], key: str):
+@dataclass
+class _Running:
+    """One side's plan_dump.py subprocess, its stdout followed for progress lines."""
+
+    proc: subprocess.Popen
+    out: Path
+    log: Path
+    label: str
+    follower: threading.Thread
+
+
+def _start_plan(
+    project_dir: Path,
+    out: Path,
+    stacks: Sequence[str],
+    key: str,
+    label: str,
+    *,
+    spec: Path | None = None,
+    progress: Progress | None = None,
+) -> _Running:
     env = dict(os.environ)
     env["BLUEPRINTS_DIFF_KEY"] = key
+    env.pop(SPEC_VARIABLE, None)
+    if spec is not None:
+        env[SPEC_VARIABLE] = str(spec)
     if (project_dir / "blueprints" / "__init__.py").is_file():
         paths = [str(project_dir), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(paths)
     cmd = [sys.executable, "-c", _dump_source(), str(out), str(project_dir), *stacks]
-    return subprocess.Popen(
-        cmd,
-        cwd=project_dir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = out.with_suffix(".log")
+    with log.open("w", encoding="utf-8") as stderr:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=project_dir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            errors="replace",
+        )
+
+    def follow() -> None:
+        # Read all of stdout (the program may print too), so the child never blocks on it.
+        for line in proc.stdout:
+            if progress is not None and line.startswith(PROGRESS_PREFIX):
+                with contextlib.suppress(Exception):
+                    progress(label, line[len(PROGRESS_PREFIX) :].strip())
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    return _Running(proc, out, log, label, follower)
 
 
-def _finish_plan(proc, out: Path, label: str) -> Side:
+def _stop(running: _Running) -> None:
+    if running.proc.poll() is None:
+        running.proc.kill()
+        running.proc.wait()
+    running.follower.join(timeout=5)
+
+
+def _finish_plan(running: _Running) -> Side:
+    proc, out, label = running.proc, running.out, running.label
     try:
-        _, stderr = proc.communicate(timeout=PLAN_TIMEOUT_SECONDS)
+        proc.wait(timeout=PLAN_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        _stop(running)
         raise DiffError(f"planning the {label} took longer than {PLAN_TIMEOUT_SECONDS} s") from None
+    running.follower.join(timeout=5)
     if proc.returncode != 0 or not out.is_file():
-        last = [line for line in (stderr or "").strip().splitlines() if line.strip()][-1:]
+        stderr = running.log.read_text(encoding="utf-8", errors="replace")
+        last = [line for line in stderr.strip().splitlines() if line.strip()][-1:]
         raise DiffError(
             f"planning the {label} failed (exit {proc.returncode}): {' '.join(last) or 'no output'}"
         )
     data = json.loads(out.read_text(encoding="utf-8"))
     if data.get("fatal"):
         raise DiffError(f"{label}: {data['fatal']}")
-    for stack, message in sorted(data.get("errors", {}).items()):
-        first = message.strip().splitlines()[0] if message.strip() else "cannot be planned"
-        raise DiffError(f"{label}: stack {stack}: {first}")
-    return Side(label, data.get("project"), list(data.get("stacks", [])), data.get("plans", {}))
+    errors = {
+        str(stack): str(message).strip() or "cannot be planned"
+        for stack, message in sorted((data.get("errors") or {}).items())
+    }
+    return Side(
+        label, data.get("project"), list(data.get("stacks", [])), data.get("plans", {}), errors
+    )
+
+
+def _at_ref(message: str, root: Path, ref: str) -> str:
+    """A base-side message with the temporary copy's paths written as git does, REF:path (the
+    copy is gone when the report is read, and its name changes with every run)."""
+    for prefix in dict.fromkeys((str(root.resolve()), str(root))):
+        message = message.replace(prefix + os.sep, f"{ref}:")
+    return message
 
 
 def plan_sides(
-    project_dir: Path, base: Base, stacks: Sequence[str], work: Path
+    project_dir: Path,
+    base: Base,
+    stacks: Sequence[str],
+    work: Path,
+    *,
+    spec: Path | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Side, Side]:
-    """(base side, working-tree side); both planned at the same time in subprocesses."""
+    """(base side, working-tree side); both planned at the same time in subprocesses. `spec`
+    (absolute) replaces each stack's own spec on the working-tree side only."""
     key = secrets.token_hex(32)
     base_dir = extract_base(base, work / "base")
     head_out, base_out = work / "head.json", work / "base.json"
-    head = _start_plan(project_dir.resolve(), head_out, stacks, key)
+    head = _start_plan(
+        project_dir.resolve(), head_out, stacks, key, WORKING_TREE, spec=spec, progress=progress
+    )
     try:
-        old = (
-            _finish_plan(_start_plan(base_dir, base_out, stacks, key), base_out, base.ref)
-            if base_dir is not None
-            else Side(base.ref, None, [], {})
-        )
-        new = _finish_plan(head, head_out, "working tree")
+        if base_dir is not None:
+            running = _start_plan(base_dir, base_out, stacks, key, base.ref, progress=progress)
+            try:
+                old = _finish_plan(running)
+            finally:
+                _stop(running)
+            old.errors = {s: _at_ref(m, work / "base", base.ref) for s, m in old.errors.items()}
+        else:
+            old = Side(base.ref, None, [], {})
+        new = _finish_plan(head)
     finally:
-        if head.poll() is None:
-            head.kill()
-            head.communicate()
+        _stop(head)
     return old, new
 
 
@@ -899,25 +995,106 @@ def choose_stacks(requested: Sequence[str], old: Side, new: Side) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
-def offline_documents(
-    project_dir: Path, base_ref: str, stacks: Sequence[str] = ()
-) -> list[tuple[str, dict[str, Any]]]:
-    """[(stack, preview document)] comparing base_ref with the working tree of project_dir."""
+def failed_document(stack: str, reasons: Sequence[tuple[str, str]], project: str) -> dict:
+    """The preview of a stack that could not be planned: no steps, one error per side that
+    failed (`pulumi preview --json` of a failed preview has that shape), so the report shows
+    the stack as failed with why, and --fail-on never reads it as a stack without changes."""
+    urn = root_urn(stack, project)
+    return {
+        "config": {},
+        "steps": [],
+        "diagnostics": [
+            {
+                "urn": urn,
+                "message": f"{stack} could not be planned {where(label)}, so it was not "
+                f"diffed: {message}",
+                "severity": "error",
+            }
+            for label, message in reasons
+        ],
+        "changeSummary": {},
+    }
+
+
+def against_nothing(document: dict, stack: str, label: str, message: str, project: str) -> dict:
+    """The document of a stack planned in the working tree but not at the base (label): its
+    working-tree plan against an empty base, every resource a create, with a warning saying
+    why. What it replaces or deletes where it is deployed is unknown: the report says so and
+    --fail-on fails on it (build_report's against_nothing)."""
+    diagnostic = {
+        "urn": root_urn(stack, project),
+        "message": f"{stack} could not be planned {where(label)}, so it is shown against "
+        f"nothing (every resource as created): {message}",
+        "severity": "warning",
+    }
+    return {**document, "diagnostics": [diagnostic, *document["diagnostics"]]}
+
+
+@dataclass
+class OfflineDiff:
+    """offline_diff's result: a preview document per stack (a failed one for each stack that
+    could not be planned in the working tree), stack -> [(side's label, why)] for those
+    stacks, and stack -> (base's label, why) for the stacks that could be planned in the
+    working tree only (their documents are against an empty base)."""
+
+    documents: list[tuple[str, dict[str, Any]]]
+    failed: dict[str, list[tuple[str, str]]]
+    against_nothing: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def offline_diff(
+    project_dir: Path,
+    base_ref: str,
+    stacks: Sequence[str] = (),
+    *,
+    spec: Path | None = None,
+    progress: Progress | None = None,
+) -> OfflineDiff:
+    """Compare base_ref with the working tree of project_dir, stack by stack. A stack that
+    cannot be planned in the working tree is a failed preview (not diffed); one that cannot be
+    planned only at the base is diffed against nothing. `spec`: plan the working tree with this
+    app spec instead of each stack's own."""
     base = resolve_base(project_dir, base_ref)
+    spec = Path(spec).resolve() if spec is not None else None
     with workspace() as work:
-        old, new = plan_sides(project_dir, base, list(stacks), work)
+        old, new = plan_sides(project_dir, base, list(stacks), work, spec=spec, progress=progress)
     chosen = choose_stacks(stacks, old, new)
-    return [
-        (
+    documents: list[tuple[str, dict[str, Any]]] = []
+    failed: dict[str, list[tuple[str, str]]] = {}
+    baseless: dict[str, tuple[str, str]] = {}
+    for stack in chosen:
+        if stack in new.errors:
+            # The working tree is what is merged: not diffed, exit 2 (also fails at the base?).
+            reasons = [(s.label, s.errors[stack]) for s in (old, new) if stack in s.errors]
+            failed[stack] = reasons
+            project = new.project or old.project or "project"
+            documents.append((stack, failed_document(stack, reasons, project)))
+            continue
+        document = build_document(
             stack,
-            build_document(
-                stack,
-                old.plans.get(stack),
-                new.plans.get(stack),
-                old_project=old.project,
-                new_project=new.project,
-                base_label=base.ref,
-            ),
+            old.plans.get(stack),
+            new.plans.get(stack),
+            old_project=old.project,
+            new_project=new.project,
+            base_label=base.ref,
         )
-        for stack in chosen
-    ]
+        if stack in old.errors:
+            # Broken at the base only (this change may be its fix): shown against nothing.
+            baseless[stack] = (old.label, old.errors[stack])
+            project = new.project or old.project or "project"
+            document = against_nothing(document, stack, old.label, old.errors[stack], project)
+        documents.append((stack, document))
+    return OfflineDiff(documents, failed, baseless)
+
+
+def offline_documents(
+    project_dir: Path, base_ref: str, stacks: Sequence[str] = (), *, spec: Path | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """[(stack, preview document)] comparing base_ref with the working tree of project_dir;
+    DiffError when a stack cannot be planned on either side (offline_diff reports it instead)."""
+    result = offline_diff(project_dir, base_ref, stacks, spec=spec)
+    unplanned = [(s, r[0]) for s, r in result.failed.items()]
+    unplanned += list(result.against_nothing.items())
+    for stack, (label, message) in unplanned:
+        raise DiffError(f"{label}: stack {stack}: {message.splitlines()[0]}")
+    return result.documents

@@ -7,7 +7,10 @@ its own: it imports nothing from blueprints.preview (older refs do not have it),
 one for a baked project), and tolerates older PlannedResource versions (getattr with defaults).
 
 Usage: python -c "$(cat plan_dump.py)" OUT.json PROJECT_DIR [STACK...]
-The key for secret digests comes from the environment (BLUEPRINTS_DIFF_KEY, hex).
+The key for secret digests comes from the environment (BLUEPRINTS_DIFF_KEY, hex); an app spec
+to plan instead of each stack's own from BLUEPRINTS_DIFF_SPEC (an absolute path, `--spec`).
+Before each stack it prints "blueprints-diff: planning STACK" on stdout (progress).
+Each stack is planned on its own: one that cannot be planned is listed under "errors".
 
 Secrets: a secret value is never written. It is replaced by an HMAC-SHA256 digest under a
 random key that `blueprints diff` makes for one run and never stores, so the two sides can be
@@ -24,6 +27,8 @@ from pathlib import Path
 SIG_KEY = "4dabf18193072939515e22adb298388d"
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 KEY_VARIABLE = "BLUEPRINTS_DIFF_KEY"
+SPEC_VARIABLE = "BLUEPRINTS_DIFF_SPEC"
+PROGRESS_PREFIX = "blueprints-diff: planning "
 
 
 def seal(value, key):
@@ -59,6 +64,9 @@ def resource_json(r, key):
 def main(argv):
     out_path, project_dir, stacks = Path(argv[0]), Path(argv[1]).resolve(), argv[2:]
     key = bytes.fromhex(os.environ.pop(KEY_VARIABLE, "") or os.urandom(32).hex())
+    spec = os.environ.pop(SPEC_VARIABLE, "")
+    # The spec as a config override: plan_stack(..., overrides) exists in every version.
+    overrides = {"blueprints:spec": spec} if spec else None
     result = {"project": None, "stacks": [], "plans": {}, "errors": {}}
     try:
         from blueprints import plan as bp
@@ -77,8 +85,10 @@ def main(argv):
     for stack in stacks or known:
         if stack not in known:
             continue
+        sys.stdout.write(f"{PROGRESS_PREFIX}{stack}\n")
+        sys.stdout.flush()
         try:
-            plan = bp.plan_stack(stack, project_dir)
+            plan = bp.plan_stack(stack, project_dir, overrides)
         except bp.PlanError as exc:
             result["errors"][stack] = str(exc)
             continue

@@ -37,6 +37,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import replace as _replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,14 @@ class StackSummary:
     diagnostics: tuple[Diagnostic, ...]
     maybe_corrupt: bool
     reviews: tuple[Danger, ...] = ()  # level REVIEW: listed, not data loss
+    # `blueprints diff`: the base (this label) could not be planned; shown against nothing.
+    against_nothing: str | None = None
+
+    @property
+    def unknown(self) -> bool:
+        """What this stack replaces or deletes is not known: its preview failed, or it is
+        shown against nothing. Its cost delta is unknown too."""
+        return bool(self.errors or self.against_nothing)
 
 
 @dataclass(frozen=True)
@@ -341,6 +350,11 @@ class Report:
     def failed(self) -> tuple[str, ...]:
         """Stacks whose preview reported errors: their changes may be incomplete."""
         return tuple(s.stack for s in self.stacks if s.errors)
+
+    @property
+    def against_nothing(self) -> tuple[str, ...]:
+        """Stacks shown against nothing (`blueprints diff`, the base could not be planned)."""
+        return tuple(s.stack for s in self.stacks if s.against_nothing and not s.errors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1647,6 +1661,8 @@ def _table(stacks: Sequence[StackSummary], with_cost: bool) -> str:
         cost = format_delta(s.cost.delta) if s.cost else None
         if s.cost and s.cost.unpriced:
             cost = f"{cost} (partial)"
+        if s.unknown:
+            cost = "?"  # a failed preview's changes, or changes against nothing: not a delta
         lines.append(row(cell_code(s.stack), s.counts, cost, f"{s.errors} / {s.warnings}"))
     if len(stacks) > 1:
         total = {c: sum(s.counts[c] for s in stacks) for c in COLUMNS}
@@ -1654,10 +1670,10 @@ def _table(stacks: Sequence[StackSummary], with_cost: bool) -> str:
         if with_cost:
             merged: dict[str, Decimal] = {}
             for s in stacks:
-                for cur, amount in (s.cost.delta if s.cost else {}).items():
+                for cur, amount in (s.cost.delta if s.cost and not s.unknown else {}).items():
                     merged[cur] = merged.get(cur, Decimal(0)) + amount
             cost = format_delta(merged)
-            if any(s.cost is None or s.cost.unpriced for s in stacks):
+            if any(s.cost is None or s.cost.unpriced or s.unknown for s in stacks):
                 cost += " (partial)"
         errors = sum(s.errors for s in stacks)
         warnings = sum(s.warnings for s in stacks)
@@ -1669,11 +1685,21 @@ def _headline(stacks: Sequence[StackSummary]) -> str:
     total = {c: sum(s.counts[c] for s in stacks) for c in COLUMNS}
     where = f"{len(stacks)} stack{'s' if len(stacks) != 1 else ''}"
     failed = [s.stack for s in stacks if s.errors]
+    head = ""
     if failed:
         names = ", ".join(code(n) for n in failed)
         head = f"**The preview failed for {names}**; its changes below may be incomplete.\n\n"
-        return head + _headline_counts(total, where) + _refused_line(stacks)
-    return _headline_counts(total, where) + _refused_line(stacks)
+    baseless: dict[str, list[str]] = {}
+    for s in stacks:
+        if s.against_nothing and not s.errors:
+            baseless.setdefault(s.against_nothing, []).append(code(s.stack))
+    for label, names in baseless.items():
+        head += (
+            f"**{', '.join(names)} could not be planned at {code(label)}**: shown against "
+            "nothing (every resource as created), so what this change replaces or deletes "
+            f"there is unknown.\n\n"
+        )
+    return head + _headline_counts(total, where) + _refused_line(stacks)
 
 
 def _refused_line(stacks: Sequence[StackSummary]) -> str:
@@ -1709,8 +1735,16 @@ def _notes(stacks: Sequence[StackSummary], with_cost: bool) -> str:
             lines.append(
                 f"- {prefix}not priced: {names}" + (f" and {more} more" if more > 0 else "")
             )
+        unknown_cost = ", so its cost delta is unknown (`?`)" if with_cost else ""
         if s.errors:
-            lines.append(f"- {prefix}**the preview reported {s.errors} error(s)**; see below")
+            lines.append(
+                f"- {prefix}**the preview reported {s.errors} error(s)**{unknown_cost}; see below"
+            )
+        elif s.against_nothing:
+            lines.append(
+                f"- {prefix}**not planned at {code(s.against_nothing)}**: shown against "
+                f"nothing{unknown_cost}"
+            )
         if s.maybe_corrupt:
             lines.append(f"- {prefix}**Pulumi reports that the state may be corrupt**")
     return ("\n".join(lines) + "\n") if lines else ""
@@ -1946,11 +1980,15 @@ def build_report(
     limit: int = GITLAB_NOTE_LIMIT,
     title: str | None = None,
     stateful: Mapping[str, str] | StatefulTable | None = None,
+    against_nothing: Mapping[str, str] | None = None,
 ) -> Report:
     """The markdown report of [(stack name, parsed `pulumi preview --json`)], in that order.
 
     `stateful`: types to add to the stateful table (type token -> what it holds, data loss on
-    replace or delete), or a whole StatefulTable (read_stateful) to merge into it."""
+    replace or delete), or a whole StatefulTable (read_stateful) to merge into it.
+    `against_nothing` (`blueprints diff`): stack -> the base's label, for the stacks whose base
+    could not be planned and whose document shows them against nothing; what they replace or
+    delete is unknown, as for a failed preview."""
     table = DEFAULT_TABLE
     if isinstance(stateful, StatefulTable):
         table = table.merged(stateful)
@@ -1959,7 +1997,10 @@ def build_report(
     summaries = []
     for stack, doc in documents:
         preview = doc if isinstance(doc, Preview) else parse_preview(doc, source=f"stack {stack}")
-        summaries.append(summarize(stack, preview, prices=prices, table=table))
+        summary = summarize(stack, preview, prices=prices, table=table)
+        if against_nothing and stack in against_nothing:
+            summary = _replace(summary, against_nothing=against_nothing[stack])
+        summaries.append(summary)
     if not summaries:
         raise PreviewError("no preview documents were given")
     with_cost = prices and any(s.cost is not None for s in summaries)
@@ -1984,10 +2025,18 @@ def build_report(
             f"{'is' if len(reviews) == 1 else 'are'}: review below.\n"
         )
     else:
+        # A failed preview says nothing about what it did not reach, a stack shown against
+        # nothing nothing about what it replaces: never claim either is safe.
+        unknown = ", ".join(code(s.stack) for s in summaries if s.unknown)
         core.append(
             "No stateful resource (volume, IP address, database, bucket, file system, key, "
             "namespace, server holding a volume; the table is blueprints/preview/stateful.yaml) "
-            "is replaced or deleted.\n"
+            + (
+                f"is replaced or deleted where the preview is complete; for {unknown} it is "
+                "unknown.\n"
+                if unknown
+                else "is replaced or deleted.\n"
+            )
         )
     if reviews:
         core.append(_review_block(reviews, many))
@@ -1997,8 +2046,19 @@ def build_report(
     items: list[_Item] = []
     for si, s in enumerate(summaries):
         head = f"### Stack {code(s.stack)}\n"
+        if s.against_nothing and not s.errors:
+            head += (
+                f"\n**Shown against nothing**: this stack could not be planned at "
+                f"{code(s.against_nothing)} (why under Diagnostics), so every resource shows as "
+                "created; what this change replaces or deletes where the stack runs is unknown.\n"
+            )
         if not any(_shown(c) for c in s.changes):
-            head += "\nNo resource changes.\n"
+            head += (
+                "\nNo resource changes could be shown: the preview failed (why under "
+                "Diagnostics).\n"
+                if s.errors
+                else "\nNo resource changes.\n"
+            )
         releases = release_summary(s)
         if releases:
             head += "\n" + releases
