@@ -9,6 +9,7 @@ by node_kit's source: shipped_source.
 from __future__ import annotations
 
 import ast
+import functools
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -26,7 +27,12 @@ OLDEST_PYTHON = (3, 8)
 
 def kit_source() -> str:
     """node_kit.py without its module docstring and without `from __future__` lines."""
-    text = (resources.files("blueprints.release") / "node_kit.py").read_text(encoding="utf-8")
+    return _kit_text((resources.files("blueprints.release") / "node_kit.py").read_text("utf-8"))
+
+
+# A plan ships the same few scripts to many nodes: the parsing below is done once per text.
+@functools.lru_cache(maxsize=8)
+def _kit_text(text: str) -> str:
     tree = ast.parse(text)
     start = 0
     if tree.body and isinstance(tree.body[0], ast.Expr):
@@ -60,8 +66,11 @@ def shipped_source(script_path: Path | Traversable) -> str:
     such block (exactly one, between BEGIN and END, holding only `from node_kit import ...`),
     imports a name node_kit does not define, or defines a name node_kit defines as well (the
     script's definition would replace the one node_kit's functions call)."""
-    text = script_path.read_text(encoding="utf-8")
-    where = f"{script_path}"
+    return _shipped(f"{script_path}", script_path.read_text(encoding="utf-8"), kit_source())
+
+
+@functools.lru_cache(maxsize=32)
+def _shipped(where: str, text: str, kit: str) -> str:
     lines = text.splitlines(keepends=True)
     begins = [i for i, line in enumerate(lines) if line.rstrip("\n") == BEGIN]
     ends = [i for i, line in enumerate(lines) if line.rstrip("\n") == END]
@@ -80,7 +89,6 @@ def shipped_source(script_path: Path | Traversable) -> str:
         if isinstance(node, ast.ImportFrom)
         for alias in node.names
     }
-    kit = kit_source()
     kit_tree = ast.parse(kit)
     kit_names = _defined(kit_tree)
     if unknown := sorted(imported - kit_names):
