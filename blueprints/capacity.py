@@ -261,13 +261,29 @@ def _unknown(settings: StackSettings) -> str:
     )
 
 
+# Terms named one by one in a shortfall's line; an app with more names its largest and sums
+# the rest, so a line stays a line at 500 services.
+MAX_TERMS = 6
+
+
 def _terms(parts: Iterable[tuple[str, int, Decimal | int]], resource: str) -> str:
-    """'web 2 x 512, worker 512' (figures without units: the total names the unit)."""
-    out = []
-    for name, count, each in parts:
-        figure = _cores(Decimal(each)) if resource == CPU else str(int(each))
-        out.append(f"{name} {count} x {figure}" if count != 1 else f"{name} {figure}")
-    return ", ".join(out)
+    """'web 2 x 512, worker 512' (figures without units: the total names the unit); beyond
+    MAX_TERMS the largest MAX_TERMS - 1 in their order, then 'and N more X'."""
+
+    def figure(value: Decimal | int) -> str:
+        return _cores(Decimal(value)) if resource == CPU else str(int(value))
+
+    def term(name: str, count: int, each: Decimal | int) -> str:
+        return f"{name} {count} x {figure(each)}" if count != 1 else f"{name} {figure(each)}"
+
+    listed = list(parts)
+    if len(listed) <= MAX_TERMS:
+        return ", ".join(term(*p) for p in listed)
+    order = sorted(range(len(listed)), key=lambda i: (-listed[i][1] * Decimal(listed[i][2]), i))
+    named = set(order[: MAX_TERMS - 1])
+    rest = sum(Decimal(c) * Decimal(e) for i, (_, c, e) in enumerate(listed) if i not in named)
+    shown = ", ".join(term(*p) for i, p in enumerate(listed) if i in named)
+    return f"{shown}, and {len(listed) - len(named)} more {figure(rest)}"
 
 
 # ---------------------------------------------------------------------------------------------

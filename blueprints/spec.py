@@ -24,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -880,6 +881,7 @@ class AppSpec(_Model):
     domain: str = Field(description="Public DNS name the app is served on (TLS via ACME).")
     acme_email: str = Field(description="E-mail address for the ACME (Let's Encrypt) account.")
     services: dict[str, Service] = Field(description="Services by name (DNS labels).")
+    _secret_names: tuple[str, ...] | None = PrivateAttr(default=None)
     volumes: dict[str, Volume] = Field(
         default_factory=dict, description="Named data volumes by name (DNS labels)."
     )
@@ -1090,7 +1092,15 @@ class AppSpec(_Model):
         return sorted(self.services.items())
 
     def secret_names(self) -> list[str]:
-        """Every secret the app reads: secret_env, and ${secrets.NAME} in env, files, registries."""
+        """Every secret the app reads: secret_env, and ${secrets.NAME} in env, files, registries.
+
+        Worked out once per spec (the model is frozen): renderers ask for it per service, which
+        made a 2,000-service plan quadratic."""
+        if self._secret_names is None:
+            self._secret_names = tuple(self._find_secret_names())
+        return list(self._secret_names)
+
+    def _find_secret_names(self) -> list[str]:
         names: set[str] = set()
         for svc in self.services.values():
             names.update(svc.secret_env)

@@ -564,3 +564,20 @@ def test_validate_with_a_blueprint_checks_its_default_servers(tmp_path):
         )
     ]
     assert "only with a larger blueprints:serverType\n" in res.stderr
+
+
+def test_a_shortfall_line_names_the_largest_and_sums_the_rest():
+    """At hundreds of services the line stays a line: the largest in their order, then the
+    count and sum of the rest."""
+    parts = [(f"s{i}", 2 if i == 0 else 1, 100 + i) for i in range(10)]
+    assert capacity._terms(parts, capacity.MEMORY) == (
+        "s0 2 x 100, s6 106, s7 107, s8 108, s9 109, and 5 more 515"
+    )
+    assert capacity._terms(parts[:3], capacity.MEMORY) == "s0 2 x 100, s1 101, s2 102"
+
+
+def test_secret_names_are_worked_out_once_and_stay_right():
+    spec = load_spec(ROOT / "examples/app.yaml")
+    first = spec.secret_names()
+    first.append("MUTATED")  # a caller's list is its own
+    assert spec.secret_names() == ["DATABASE_PASSWORD", "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD"]
