@@ -882,6 +882,14 @@ class AppSpec(_Model):
     acme_email: str = Field(description="E-mail address for the ACME (Let's Encrypt) account.")
     services: dict[str, Service] = Field(description="Services by name (DNS labels).")
     _secret_names: tuple[str, ...] | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        # The same fields make the same spec: a cache (_secret_names) filled on one of two equal
+        # specs must not make them differ, as pydantic's comparison of private attributes would.
+        if not isinstance(other, AppSpec):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
     volumes: dict[str, Volume] = Field(
         default_factory=dict, description="Named data volumes by name (DNS labels)."
     )

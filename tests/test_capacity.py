@@ -581,3 +581,5 @@ def test_secret_names_are_worked_out_once_and_stay_right():
     first = spec.secret_names()
     first.append("MUTATED")  # a caller's list is its own
     assert spec.secret_names() == ["DATABASE_PASSWORD", "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD"]
+    # the cache is no part of the spec: equal to one that never worked them out
+    assert spec == load_spec(ROOT / "examples/app.yaml")
