@@ -562,6 +562,31 @@ def _cluster_checks(
     return problems
 
 
+def _cluster_fit(
+    blueprint: str,
+    loads: list[Load],
+    node: Mapping[str, Decimal],
+    count: int,
+    who: str,
+    machine: Machine,
+    less: str,
+    lost: str,
+) -> Fit:
+    """A cluster rung's fit: _cluster_checks' problems, and the steady load against `count`
+    nodes of `node` each."""
+    steady = _steady(loads)
+    return Fit(
+        blueprint=blueprint,
+        machine=machine,
+        serving=count,
+        cpu_needed=_total(steady, CPU),
+        memory_needed=int(_total(steady, MEMORY)),
+        cpu_offered=node[CPU] * count,
+        memory_offered=int(node[MEMORY] * count),
+        problems=tuple(_cluster_checks(loads, node, count, who, machine, less, lost)),
+    )
+
+
 def _nomad(app: AppSpec, settings: StackSettings, machine: Machine) -> Fit:
     from blueprints.rungs.nomad.release import MHZ_PER_CORE
 
@@ -574,18 +599,8 @@ def _nomad(app: AppSpec, settings: StackSettings, machine: Machine) -> Fit:
         f", less the {NOMAD_RESERVED_CPU_MHZ} MHz and {NOMAD_RESERVED_MEMORY_MIB} MiB the Nomad "
         f"client keeps; {MHZ_PER_CORE} MHz per core"
     )
-    problems = _cluster_checks(
-        loads, node, NOMAD_NODES, "nomad node", machine, less, "node-2 or node-3"
-    )
-    return Fit(
-        blueprint="nomad",
-        machine=machine,
-        serving=NOMAD_NODES,
-        cpu_needed=_total(_steady(loads), CPU),
-        memory_needed=int(_total(_steady(loads), MEMORY)),
-        cpu_offered=node[CPU] * NOMAD_NODES,
-        memory_offered=int(node[MEMORY] * NOMAD_NODES),
-        problems=tuple(problems),
+    return _cluster_fit(
+        "nomad", loads, node, NOMAD_NODES, "nomad node", machine, less, "node-2 or node-3"
     )
 
 
@@ -709,17 +724,7 @@ def _k8s(app: AppSpec, settings: StackSettings, machine: Machine) -> Fit:
         f", less {K8S_WORKER_RESERVE_MILLICORES}m and {K8S_WORKER_RESERVE_MIB} MiB kept for the "
         "system"
     )
-    problems = _cluster_checks(loads, node, K8S_WORKERS, "worker", machine, less, "a worker")
-    return Fit(
-        blueprint="k8s",
-        machine=machine,
-        serving=K8S_WORKERS,
-        cpu_needed=_total(_steady(loads), CPU),
-        memory_needed=int(_total(_steady(loads), MEMORY)),
-        cpu_offered=node[CPU] * K8S_WORKERS,
-        memory_offered=int(node[MEMORY] * K8S_WORKERS),
-        problems=tuple(problems),
-    )
+    return _cluster_fit("k8s", loads, node, K8S_WORKERS, "worker", machine, less, "a worker")
 
 
 # ---------------------------------------------------------------------------------------------
