@@ -54,8 +54,8 @@ from blueprints.spec import (
     SpecError,
     load_spec,
     parse_spec,
+    read_yaml,
 )
-from blueprints.spec import _UniqueKeyLoader as UniqueKeyLoader
 from blueprints.vendoring import build_wheel, installed_pins, wheel_version
 
 # The blueprints a team can bake, in ladder order: THE list. A blueprint that lands adds itself
@@ -688,7 +688,7 @@ def user_spec_text(text: str, app: AppSpec, answers: Answers, source: str | Path
 
 def strict_yaml(text: str) -> Any:
     """A spec's text as data, read as `load_spec` reads it: a key given twice is an error."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass
+    return read_yaml(text)
 
 
 def spec_sources(text: str) -> list[str]:

@@ -530,6 +530,9 @@ class File(_Model):
         except OSError as exc:
             reason = "no such file" if isinstance(exc, FileNotFoundError) else "cannot be read"
             raise FieldProblem(("source",), f"{source}: {reason}") from None
+        reads = (info.context or {}).get("reads")
+        if reads is not None:
+            reads.append((path, raw))
         if len(raw) > FILE_LIMIT:
             raise FieldProblem(("source",), _too_big(len(raw)))
         try:
@@ -882,13 +885,22 @@ class AppSpec(_Model):
     acme_email: str = Field(description="E-mail address for the ACME (Let's Encrypt) account.")
     services: dict[str, Service] = Field(description="Services by name (DNS labels).")
     _secret_names: tuple[str, ...] | None = PrivateAttr(default=None)
+    _volume_users: dict[str, tuple[str, ...]] | None = PrivateAttr(default=None)
 
     def __eq__(self, other: object) -> bool:
-        # The same fields make the same spec: a cache (_secret_names) filled on one of two equal
-        # specs must not make them differ, as pydantic's comparison of private attributes would.
+        # The same fields make the same spec: a cache (_secret_names, _volume_users) filled on
+        # one of two equal specs must not make them differ, as pydantic's comparison of private
+        # attributes would.
         if not isinstance(other, AppSpec):
             return NotImplemented
         return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False):
+        # A copy with other fields works its caches out again (pydantic copies them as they are).
+        copy = super().model_copy(update=update, deep=deep)
+        copy._secret_names = None
+        copy._volume_users = None
+        return copy
 
     volumes: dict[str, Volume] = Field(
         default_factory=dict, description="Named data volumes by name (DNS labels)."
@@ -1121,10 +1133,17 @@ class AppSpec(_Model):
         return sorted(names)
 
     def volume_users(self, volume: str) -> list[str]:
-        """The services mounting a volume, by name."""
-        return sorted(
-            n for n, s in self.services.items() if any(m.volume == volume for m in s.volumes)
-        )
+        """The services mounting a volume, by name.
+
+        Worked out once per spec for every volume: the k8s rung and the capacity check ask per
+        service and per volume, which made a 500-service plan quadratic."""
+        if self._volume_users is None:
+            users: dict[str, set[str]] = {}
+            for name, svc in self.services.items():
+                for mount in svc.volumes:
+                    users.setdefault(mount.volume, set()).add(name)
+            self._volume_users = {v: tuple(sorted(names)) for v, names in users.items()}
+        return list(self._volume_users.get(volume, ()))
 
     def shared_volumes(self) -> dict[str, list[str]]:
         """Volumes mounted by two or more services, with those services."""
@@ -1194,10 +1213,12 @@ class AppSpec(_Model):
     def start_order(self) -> list[str]:
         """Service names with every dependency before its dependents (ties by name)."""
         done: list[str] = []
+        finished: set[str] = set()  # the same names, looked up in constant time
         pending = dict(sorted(self.services.items()))
         while pending:
-            ready = [n for n, s in pending.items() if all(d in done for d in s.depends_on)]
+            ready = [n for n, s in pending.items() if all(d in finished for d in s.depends_on)]
             done.extend(ready)
+            finished.update(ready)
             for n in ready:
                 del pending[n]
         return done
@@ -1389,9 +1410,15 @@ def problems(model: type[BaseModel], exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_spec(data: Any, source: str = "<spec>", base_dir: str | Path | None = None) -> AppSpec:
+def parse_spec(
+    data: Any,
+    source: str = "<spec>",
+    base_dir: str | Path | None = None,
+    reads: list[tuple[Path, bytes]] | None = None,
+) -> AppSpec:
     """Validate a spec's data; base_dir is where files' `source` paths start (the spec's
-    directory), None when the spec was not read from a file."""
+    directory), None when the spec was not read from a file. Each source file read is appended
+    to `reads` (path, bytes) when given."""
     keys = "name, domain, acme_email and services"
     if data is None:
         raise SpecError([f"{source}: is empty; an app spec is a YAML mapping with {keys}"])
@@ -1400,13 +1427,13 @@ def parse_spec(data: Any, source: str = "<spec>", base_dir: str | Path | None = 
             [f"{source}: the top level must be a YAML mapping with {keys} (got {_show(data)})"]
         )
     try:
-        return AppSpec.model_validate(data, context={"base_dir": base_dir})
+        return AppSpec.model_validate(data, context={"base_dir": base_dir, "reads": reads})
     except ValidationError as exc:
         raise SpecError([f"{source}: {line}" for line in problems(AppSpec, exc)]) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+class _UniqueKeys:
+    """Refuses a key given twice in one mapping (PyYAML keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
@@ -1426,6 +1453,33 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class _UniqueKeyLoader(_UniqueKeys, yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping: PyYAML's own parser, whose
+    messages name the character at fault."""
+
+
+class _FastUniqueKeyLoader(_UniqueKeys, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """The same with libyaml's parser (about 10x faster; its messages say less)."""
+
+
+def read_yaml(text: str) -> Any:
+    """A spec's text as data, a key given twice refused. libyaml reads it; a text libyaml
+    refuses is read again by PyYAML's own parser, so that the error names what is wrong as it
+    always did (libyaml's messages leave out the character at fault)."""
+    try:
+        return yaml.load(text, Loader=_FastUniqueKeyLoader)
+    except yaml.YAMLError:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+# Specs already read in this process: (resolved path, text) -> the spec and the source files
+# read for it. A command reads the same spec for every stack it plans (the planner for the
+# secrets, the program, compare's rows); a spec is immutable, so one read serves them all. An
+# entry counts only while each source file it read still holds the same bytes.
+_LOADED: dict[tuple[str, str], tuple[AppSpec, tuple[tuple[Path, bytes], ...]]] = {}
+_LOADED_MAX = 16
+
+
 def load_spec(path: str | Path) -> AppSpec:
     """Read and validate an app spec YAML file; raise SpecError with one line per problem."""
     p = Path(path)
@@ -1435,8 +1489,12 @@ def load_spec(path: str | Path) -> AppSpec:
         raise SpecError([f"{p}: no such file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([f"{p}: cannot be read ({exc.__class__.__name__})"]) from None
+    key = (str(p.resolve()), text)
+    hit = _LOADED.get(key)
+    if hit is not None and all(_same_bytes(path, raw) for path, raw in hit[1]):
+        return hit[0]
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        data = read_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
@@ -1447,4 +1505,16 @@ def load_spec(path: str | Path) -> AppSpec:
         if "<block" in what:
             what += "; check the indentation"
         raise SpecError([f"{p}: is not valid YAML at {where}: {what}"]) from None
-    return parse_spec(data, str(p), p.parent)
+    reads: list[tuple[Path, bytes]] = []
+    app = parse_spec(data, str(p), p.parent, reads)
+    if len(_LOADED) >= _LOADED_MAX:
+        del _LOADED[next(iter(_LOADED))]
+    _LOADED[key] = (app, tuple(reads))
+    return app
+
+
+def _same_bytes(path: Path, raw: bytes) -> bool:
+    try:
+        return path.read_bytes() == raw
+    except OSError:
+        return False

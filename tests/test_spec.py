@@ -582,3 +582,72 @@ def test_an_acme_email_with_braces_is_refused_by_the_spec_and_new_and_import(ema
     assert not spec_module.EMAIL.match(email)  # the rule `blueprints new` and `import` use
     with pytest.raises(scaffold.ScaffoldError):
         scaffold.check_email(email)
+
+
+# --- reading a spec once per process (load_spec's cache) and the per-spec caches -------------
+
+
+def _spec_with_source(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "app.conf").write_text(text)
+    spec = yaml.safe_load((ROOT / "examples/app.yaml").read_text())
+    web = spec["services"]["web"]
+    web["files"] = [{"path": "/etc/app/app.conf", "source": "app.conf"}]
+    path = tmp_path / "app.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _conf(app) -> str:
+    return next(f.text for f in app.services["web"].files if f.path == "/etc/app/app.conf")
+
+
+def test_a_spec_read_again_unchanged_is_the_same_spec(tmp_path: Path) -> None:
+    path = _spec_with_source(tmp_path, "one\n")
+    first = load_spec(path)
+    assert load_spec(path) is first
+    assert load_spec(tmp_path / "." / "app.yaml") is first  # the same file by another path
+
+
+def test_a_changed_spec_or_source_file_is_read_again(tmp_path: Path) -> None:
+    path = _spec_with_source(tmp_path, "one\n")
+    first = load_spec(path)
+    (tmp_path / "app.conf").write_text("two\n")
+    second = load_spec(path)
+    assert second is not first and _conf(second) == "two\n" and _conf(first) == "one\n"
+    path.write_text(path.read_text().replace("name: shop", "name: shop2"))
+    assert load_spec(path).name == "shop2"
+    (tmp_path / "app.conf").unlink()
+    with pytest.raises(SpecError, match=r"app\.conf: no such file"):
+        load_spec(path)
+
+
+def test_bad_yaml_is_still_described_by_pyyaml(tmp_path: Path) -> None:
+    # libyaml reads specs; its messages leave out the character at fault, PyYAML's do not.
+    path = tmp_path / "app.yaml"
+    path.write_text("name: shop\nservices: @oops\n")
+    with pytest.raises(SpecError, match="found character '@' that cannot start any token"):
+        load_spec(path)
+    path.write_text("name: a\nname: b\n")
+    with pytest.raises(SpecError, match="given twice"):
+        load_spec(path)
+
+
+def test_volume_users_are_worked_out_once_and_follow_a_copy() -> None:
+    app = load_spec(ROOT / "examples/app.yaml")
+    fresh = parse_spec(yaml.safe_load((ROOT / "examples/app.yaml").read_text()))
+    expected = {
+        v: sorted(n for n, s in app.services.items() if any(m.volume == v for m in s.volumes))
+        for v in app.volumes
+    }
+    assert {v: app.volume_users(v) for v in app.volumes} == expected
+    assert app.volume_users("no-such-volume") == []
+    users = app.volume_users(next(iter(app.volumes)))
+    users.append("MUTATED")  # a caller's list is its own
+    assert {v: app.volume_users(v) for v in app.volumes} == expected
+    assert app == fresh  # the caches are no part of the spec
+    # A copy with other services works them out again.
+    volume, (user, *_) = next((v, u) for v, u in expected.items() if u)
+    svc = app.services[user].model_copy(update={"volumes": []})
+    copy_ = app.model_copy(update={"services": {**app.services, user: svc}})
+    assert user not in copy_.volume_users(volume)
+    assert app.volume_users(volume) == expected[volume]
