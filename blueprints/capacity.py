@@ -455,14 +455,21 @@ def _mhz(cores: float) -> int:
 def nomad_loads(app: AppSpec, settings: StackSettings) -> list[Load]:
     """Every allocation the nomad rung runs, in cores (at the rung's MHz per core) and MiB; a
     group with a canary surges by one instance in a release."""
-    from blueprints.rungs.nomad.release import BACKUP_CPU, BACKUP_MEMORY, MHZ_PER_CORE, job_group
+    from blueprints.rungs.nomad.release import (
+        BACKUP_CPU,
+        BACKUP_MEMORY,
+        MHZ_PER_CORE,
+        job_group,
+        port_instances,
+    )
 
     def cores(mhz: int) -> Decimal:
         return Decimal(mhz) / MHZ_PER_CORE
 
     loads = []
+    instances = port_instances(app)  # once: counting them per service was quadratic
     for name, svc in app.sorted_services():
-        group = job_group(app, name, svc)
+        group = job_group(app, name, svc, instances)
         task = group["task"]
         cpu, memory = task["cpu"], task["memory"]
         if group["wait"] is not None:

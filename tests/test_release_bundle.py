@@ -139,3 +139,77 @@ def test_secret_files_keep_the_modes_given():
     body = agent.check_secrets(text)
     assert body["files"]["/etc/blueprints/secrets/a"]["mode"] == "0600"
     assert body["files"]["/etc/blueprints/secrets/b"]["mode"] == "0440"
+
+
+def _pure_dump(body: dict) -> str:
+    """What PyYAML's own emitter writes: bundle.dump must give these bytes, whichever emitter."""
+    import yaml
+
+    from blueprints.release.bundle import _BlockDumper
+
+    return yaml.dump(
+        dict(body),
+        Dumper=_BlockDumper,
+        sort_keys=True,
+        allow_unicode=True,
+        default_flow_style=False,
+        width=4096,
+    )
+
+
+CORNERS = [
+    "",
+    "plain",
+    "trailing space ",
+    "multi\nline\n",
+    "multi\nline, no final break",
+    "kept\n\n",
+    "\n",
+    "  leading spaces\n  on each line\n",
+    "\nleading break\n",
+    "tab\there\n",
+    "tab\tone line",
+    "space before break \nx\n",
+    "next line\x85here\n",
+    "line\u2028separator",
+    "control\x1bcharacter\n",
+    "byte order \ufeff mark",
+    "astral 😀 character\n",
+    "astral 😀",
+    "é non-ascii ü\n",
+    "yes",
+    "0o17",
+    "x" * 5000,
+    "x " * 3000,
+    ("x " * 3000) + "\t",
+    ("long line " * 600) + "\nand more\n",
+    ("é" * 70) + "\t",
+]
+
+
+@pytest.mark.parametrize("text", CORNERS)
+def test_dump_writes_pure_pyyaml_bytes(text):
+    from blueprints.release.bundle import dump
+
+    short_key = text[:40] if text and "\n" not in text and "\t" not in text else "k"
+    for body in (
+        {"files": {"/etc/a": {"mode": "0644", "text": text}}, "app": "shop"},
+        {"files": [text, {"a": text}], "app": text},
+        {short_key: 1, "z": None, "é" * 61: True, "k" * 125: text},
+    ):
+        assert dump(body) == _pure_dump(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(TEXT, st.one_of(TEXT, st.lists(TEXT, max_size=3)), max_size=4))
+def test_dump_writes_pure_pyyaml_bytes_for_any_text(body):
+    from blueprints.release.bundle import dump
+
+    assert dump({"files": body, "app": "shop"}) == _pure_dump({"files": body, "app": "shop"})
+
+
+def test_an_ordinary_release_is_written_by_libyaml():
+    from blueprints.release.bundle import _fast_ok
+
+    body = {"files": {"/etc/unit": {"mode": "0644", "text": "[Unit]\nAfter=x\n"}}, "n": 1}
+    assert _fast_ok(body, set())

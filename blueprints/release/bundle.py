@@ -20,7 +20,7 @@ import yaml
 
 # The formats and the release id are the agent's: what the node checks is what is built here.
 from blueprints.release.agent import RELEASE_FORMAT, SECRETS_FORMAT, release_id
-from blueprints.yaml_text import SafeDumper
+from blueprints.yaml_text import FastDumper, SafeDumper
 
 DIGEST_CHARS = 16
 
@@ -163,10 +163,70 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _BlockDumper.add_representer(str, _str)
 
 
+class _FastBlockDumper(FastDumper):
+    """_BlockDumper on libyaml's emitter: the same bytes for every document _fast_ok accepts."""
+
+
+_FastBlockDumper.add_representer(str, _str)
+
+# Where libyaml's emitter writes other bytes than PyYAML's (found by comparing the two on random
+# documents): a character beyond U+FFFF (libyaml escapes it even in a plain or block scalar); a
+# key PyYAML does not write as a simple key (empty, multi-line, or 123 characters and more,
+# where libyaml counts 128 bytes); a block kept with `|+` (libyaml then ends the document with
+# `...`); a double-quoted string long enough to be folded (libyaml folds elsewhere). A lone
+# surrogate is not UTF-8, which libyaml refuses.
+_ASTRAL = re.compile("[\U00010000-\U0010ffff\ud800-\udfff]")
+# What makes a string double-quoted: _NOT_PLAIN_LINE (the representer asks for it), or in a
+# block a tab, U+FFFE or U+FFFF (the emitter does not write those in a block).
+_DOUBLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
+_BREAK = re.compile("[\r\n\x85\u2028\u2029]")
+_KEY_BYTES = 120
+_QUOTED_CHARS = 500
+
+
+def _fast_str(value: str) -> bool:
+    if _ASTRAL.search(value):
+        return False
+    if "\n" in value and not _DOUBLE.search(value) and not _TRAILING.search(value):
+        return not value.endswith("\n\n") and value != "\n"  # a block, not kept with |+
+    if "\n" in value or _DOUBLE.search(value):
+        return len(value) < _QUOTED_CHARS  # quoted on several lines or double: never folded
+    return True  # one line, plain or single-quoted, which both emitters fold alike
+
+
+def _fast_ok(value: object, seen: set[int]) -> bool:
+    """Whether libyaml writes `value` as PyYAML does: only str, int, bool and None scalars,
+    strings and keys in the classes above, no object twice (an anchor)."""
+    if isinstance(value, str):
+        return _fast_str(value)
+    if value is None or isinstance(value, (bool, int)):
+        return True
+    if isinstance(value, (dict, list)):
+        if id(value) in seen:
+            return False
+        seen.add(id(value))
+        if isinstance(value, list):
+            return all(_fast_ok(item, seen) for item in value)
+        return all(
+            isinstance(k, str)
+            and k != ""
+            and len(k.encode()) < _KEY_BYTES
+            and not _BREAK.search(k)
+            and not _DOUBLE.search(k)
+            and _fast_str(k)
+            and _fast_ok(v, seen)
+            for k, v in value.items()
+        )
+    return False
+
+
 def dump(body: Mapping[str, Any]) -> str:
+    """The document's text; by libyaml when it writes the same bytes (several times faster:
+    the text is hashed, so any byte PyYAML would write differently would change a digest)."""
+    data = dict(body)
     return yaml.dump(
-        dict(body),
-        Dumper=_BlockDumper,
+        data,
+        Dumper=_FastBlockDumper if _fast_ok(data, set()) else _BlockDumper,
         sort_keys=True,
         allow_unicode=True,
         default_flow_style=False,
@@ -174,11 +234,16 @@ def dump(body: Mapping[str, Any]) -> str:
     )
 
 
+# libyaml's loader: the values yaml.safe_load gives, an order of magnitude sooner (a release
+# runs to megabytes at hundreds of services); nothing here needs node marks.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load(text: object, what: str) -> dict[str, Any]:
     if not isinstance(text, str):
         raise BundleError(f"the {what} document is not text")
     try:
-        body = yaml.safe_load(text)
+        body = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         raise BundleError(f"the {what} document is not YAML ({exc.__class__.__name__})") from None
     if not isinstance(body, dict):
@@ -188,7 +253,10 @@ def _load(text: object, what: str) -> dict[str, Any]:
 
 def parse_release(text: object) -> dict[str, Any]:
     """The release document as a dict, checked: its format, its id, its services and files."""
-    body = _load(text, "release")
+    return _checked_release(_load(text, "release"))
+
+
+def _checked_release(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("format") != RELEASE_FORMAT:
         raise BundleError(
             f"not a release document: format is {body.get('format')!r}, expected {RELEASE_FORMAT}"
@@ -215,7 +283,10 @@ def parse_release(text: object) -> dict[str, Any]:
 
 
 def parse_secrets(text: object) -> dict[str, Any]:
-    body = _load(text, "secrets")
+    return _checked_secrets(_load(text, "secrets"))
+
+
+def _checked_secrets(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("format") != SECRETS_FORMAT:
         raise BundleError(
             f"not a secrets document: format is {body.get('format')!r}, expected {SECRETS_FORMAT}"
@@ -223,3 +294,18 @@ def parse_secrets(text: object) -> dict[str, Any]:
     if not isinstance(body.get("files"), dict):
         raise BundleError("the secrets document's files are not a map of path to mode and text")
     return body
+
+
+def parse_delivered(text: object) -> tuple[str, dict[str, Any]] | None:
+    """("release.yaml" or "secrets.yaml", its body) when `text` (a command's stdin) is a
+    document parse_release or parse_secrets accepts, else None; the text is parsed once."""
+    try:
+        body = _load(text, "delivered")
+    except BundleError:
+        return None
+    for name, check in (("release.yaml", _checked_release), ("secrets.yaml", _checked_secrets)):
+        try:
+            return name, check(body)
+        except BundleError:
+            continue
+    return None

@@ -17,6 +17,7 @@ health scripts, Caddy's routes, the admin keys, the secret env files. It travels
 from __future__ import annotations
 
 import base64
+import heapq
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -507,14 +508,26 @@ def health_budget(svc: Service) -> int | None:
 
 def dependency_order(app: AppSpec) -> list[tuple[str, Service]]:
     """Services, each after those it depends on; ties by name."""
+    # Kahn's algorithm, always taking the first ready name: linear in services and edges (a
+    # scan of every pending service per step made 2,000 services take seconds).
+    names = sorted(app.services)
+    waiting = {n: set(app.services[n].depends_on) for n in names}
+    dependents: dict[str, list[str]] = {}
+    for n in names:
+        for d in waiting[n]:
+            dependents.setdefault(d, []).append(n)
+    ready = [n for n in names if not waiting[n]]  # sorted: a valid heap
     done: list[str] = []
-    pending = dict(app.sorted_services())
-    while pending:
-        ready = [n for n, s in pending.items() if all(d in done for d in s.depends_on)]
-        if not ready:  # a cycle; the spec refuses those, so this is for other callers
-            ready = sorted(pending)
-        done.append(ready[0])
-        del pending[ready[0]]
+    while waiting:
+        # No name ready: a cycle; the spec refuses those, so this is for other callers.
+        name = heapq.heappop(ready) if ready else min(waiting)
+        del waiting[name]
+        done.append(name)
+        for n in dependents.get(name, ()):
+            if n in waiting:
+                waiting[n].discard(name)
+                if not waiting[n]:
+                    heapq.heappush(ready, n)
     return [(n, app.services[n]) for n in done]
 
 

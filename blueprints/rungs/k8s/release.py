@@ -223,7 +223,8 @@ def volume_owner(app: AppSpec, volume: str) -> str:
 
 def is_shared(app: AppSpec, volume: str) -> bool:
     """Whether several services mount a volume: then its claim is an object of its own."""
-    return volume in app.shared_volumes()
+    # Not app.shared_volumes(), which maps every volume: asked per service and volume.
+    return volume in app.volumes and len(app.volume_users(volume)) > 1
 
 
 def owned_volumes(app: AppSpec, name: str) -> list[str]:

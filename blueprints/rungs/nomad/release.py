@@ -477,12 +477,13 @@ def render_jobs(
     `digests`: service -> its secrets' digest (secrets_digest)."""
     _checked(app)
     instances = port_instances(app)
+    wanted = None if only is None else set(only)
     return {
         job_name(app, name): render_service_job(
             app, name, timing, (digests or {}).get(name), instances
         )
         for name, _ in app.sorted_services()
-        if only is None or name in only
+        if wanted is None or name in wanted
     }
 
 
