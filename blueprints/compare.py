@@ -20,6 +20,8 @@ is reported as failed, with why, and the others are compared all the same.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Mapping
@@ -33,6 +35,7 @@ import yaml
 from blueprints import capacity, costs
 from blueprints.failure import SPARE_MODES, FailureModel, failure_model
 from blueprints.plan import PlanError, find_project, list_stacks, plan_stack, read_project
+from blueprints.preview.release_text import YAML_LOADER, load_yaml
 from blueprints.settings import StackSettings, read_stack_settings, using_price_tables
 from blueprints.spec import SpecError, load_spec
 
@@ -237,17 +240,36 @@ def _is_manifest(key: str) -> bool:
     return (key.startswith(KUBE_RELEASE) and not name.startswith("helm-")) or "/manifests/" in key
 
 
-def moving_parts(files: Mapping[str, str]) -> tuple[Part, ...]:
+# The rendered files are read with libyaml (yaml.CSafeLoader): the values yaml.safe_load
+# gives, an order of magnitude sooner (user data and releases run to megabytes at hundreds of
+# services); no node marks are needed here.
+_load = load_yaml
+
+
+class _Manifests:
+    """Each rendered manifest's documents, parsed once however many counts read them."""
+
+    def __init__(self) -> None:
+        self._docs: dict[str, list[Any]] = {}
+
+    def docs(self, key: str, text: str) -> list[Any]:
+        if key not in self._docs:
+            self._docs[key] = list(yaml.load_all(text, Loader=YAML_LOADER))
+        return self._docs[key]
+
+
+def moving_parts(files: Mapping[str, str], manifests: _Manifests | None = None) -> tuple[Part, ...]:
     """Distinct things that run and need upgrading, counted in the servers' rendered files.
 
     `files` maps "<server>/<path on the VM>" to text, as `blueprints render` writes them.
     """
+    manifests = manifests or _Manifests()
     parts: set[Part] = set()
     for key, text in files.items():
         _, _, path = key.partition("/")
         name = path.rsplit("/", 1)[-1]
         if path == "user-data.yaml":
-            doc = yaml.safe_load(text) or {}
+            doc = _load(text) or {}
             for package in doc.get("packages") or []:
                 if str(package) in PACKAGE_DAEMONS:
                     parts.add(Part("daemon", PACKAGE_DAEMONS[str(package)]))
@@ -258,7 +280,7 @@ def moving_parts(files: Mapping[str, str]) -> tuple[Part, ...]:
         elif path.startswith("etc/systemd/system/") and name.endswith(".timer"):
             parts.add(Part("scheduled job", name[: -len(".timer")]))
         elif name in ("compose.yaml", "docker-compose.yaml"):
-            services = (yaml.safe_load(text) or {}).get("services") or {}
+            services = (_load(text) or {}).get("services") or {}
             parts.update(Part("container", str(s)) for s in services)
         elif name.endswith(".nomad.hcl"):
             job = re.search(r'^job\s+"([^"]+)"', text, re.M)
@@ -272,9 +294,9 @@ def moving_parts(files: Mapping[str, str]) -> tuple[Part, ...]:
                 parts.add(Part("nomad task", owner + task.group(1)))
         elif key.startswith(KUBE_RELEASE) and name.startswith("helm-"):
             # A Helm release Pulumi installs (release/k8s/helm-<name>.yaml).
-            parts.add(Part("add-on", str((yaml.safe_load(text) or {}).get("name", name))))
+            parts.add(Part("add-on", str((_load(text) or {}).get("name", name))))
         elif _is_manifest(key):
-            for doc in yaml.safe_load_all(text):
+            for doc in manifests.docs(key, text):
                 if not isinstance(doc, dict):
                     continue
                 kind, meta = doc.get("kind"), doc.get("metadata") or {}
@@ -288,7 +310,7 @@ def moving_parts(files: Mapping[str, str]) -> tuple[Part, ...]:
             server = key.partition("/")[0]
             if f"{server}/etc/systemd/system/k3s.service" not in files:
                 continue  # an agent: no packaged components of its own
-            disabled = set((yaml.safe_load(text) or {}).get("disable") or [])
+            disabled = set((_load(text) or {}).get("disable") or [])
             for component in K3S_PACKAGED:
                 if component not in disabled:
                     parts.add(Part("add-on", f"{component} (packaged with k3s)"))
@@ -315,17 +337,20 @@ def config_size(files: Mapping[str, str]) -> tuple[int, int]:
     return len(seen), sum(seen.values())
 
 
-def claimed_volumes(files: Mapping[str, str]) -> dict[str, int]:
+def claimed_volumes(
+    files: Mapping[str, str], manifests: _Manifests | None = None
+) -> dict[str, int]:
     """PersistentVolumeClaims in rendered manifests: claim name -> GiB requested.
 
     The CSI driver creates these volumes at runtime, so they are not in the plan; they cost
     like any other volume.
     """
+    manifests = manifests or _Manifests()
     claims: dict[str, int] = {}
     for key, text in files.items():
         if not _is_manifest(key):
             continue
-        for doc in yaml.safe_load_all(text):
+        for doc in manifests.docs(key, text):
             if not isinstance(doc, dict):
                 continue
             spec = doc.get("spec") or {}
@@ -391,7 +416,8 @@ def _row(
     priced: list[tuple[Any, ...]] = [
         (r.type, r.name, r.plain_inputs(), r.id) for r in plan.resources if r.custom
     ]
-    claims = claimed_volumes(files)
+    manifests = _Manifests()
+    claims = claimed_volumes(files, manifests)
     if claims:
         volume_type = "hcloud:index/volume:Volume" if cloud == "hcloud" else "aws:ebs/volume:Volume"
         for claim, gib in claims.items():
@@ -414,7 +440,8 @@ def _row(
         )
     file_count, lines = config_size(files)
     failure = failure_model(settings, app)
-    parts = moving_parts(files) + tuple(Part("run separately", name) for name in failure.outside)
+    parts = moving_parts(files, manifests)
+    parts += tuple(Part("run separately", name) for name in failure.outside)
     return Row(
         blueprint=blueprint,
         stack=stack,
@@ -468,10 +495,12 @@ def compare(
     spec: Path | None = None,
     tables: Mapping[str, costs.PriceTable] | None = None,
     step: Callable[[str], Any] | None = None,
+    jobs: int = 1,
 ) -> Comparison:
     """Plan and compare the target's stacks. Each row is planned on its own: one that cannot be
     (a rung refusing the spec, a bad stack file) is in `failed` with why, the others are rows.
-    `step(text)` is called before each plan (progress)."""
+    `step(text)` is called before each plan (progress), or with `jobs` > 1 (that many worker
+    processes, see blueprints.parallel) as each row comes back, in the order of the rows."""
     if target not in TARGETS:
         raise CompareError(f"unknown target {target!r}; allowed: {', '.join(TARGETS)}")
     root = (project_dir or find_project()).resolve()
@@ -485,15 +514,34 @@ def compare(
     # here and in the program each row plans.
     with using_price_tables(tables):
         chosen, notes = choose_stacks(root, target, failed)
-        for b, (stack, settings) in chosen.items():
-            for spare in _modes(b):
-                label = b if spare is None else f"{b} ({spare} spare)"
+        pieces = [(b, stack, spare) for b, (stack, _) in chosen.items() for spare in _modes(b)]
+
+        def text(piece: tuple[str, str, str | None]) -> str:
+            _, stack, spare = piece
+            return stack + ("" if spare is None else f" with a {spare} spare")
+
+        def one(piece: tuple[str, str, str | None], *, caught: tuple = ()) -> Row | Failed:
+            b, stack, spare = piece
+            label = b if spare is None else f"{b} ({spare} spare)"
+            settings = chosen[b][1]
+            try:
+                return _row(root, b, stack, settings, spec, tables, notes[b], spare)
+            except (PlanError, SpecError, CompareError) as exc:
+                return Failed(label, stack, _one_line(exc))
+            except caught as exc:  # a bug, in a worker: this row's failure, named
+                return Failed(label, stack, f"{type(exc).__name__}: {_one_line(exc)}")
+
+        if jobs <= 1 or len(pieces) <= 1:
+            outcomes = []
+            for piece in pieces:
                 if step is not None:
-                    step(f"{stack}" + ("" if spare is None else f" with a {spare} spare"))
-                try:
-                    rows.append(_row(root, b, stack, settings, spec, tables, notes[b], spare))
-                except (PlanError, SpecError, CompareError) as exc:
-                    failed.append(Failed(label, stack, _one_line(exc)))
+                    step(text(piece))
+                outcomes.append(one(piece))
+        else:
+            paths = [spec] if spec is not None else [root / s.spec for _, s in chosen.values()]
+            outcomes = _in_workers(pieces, one, text, paths, step, jobs)
+        for outcome in outcomes:
+            (rows if isinstance(outcome, Row) else failed).append(outcome)
     if spec is None:
         app_name = _app_name(root, chosen)
     used = {t.cloud: t for row in rows for t in row.cost.tables}
@@ -504,6 +552,40 @@ def compare(
         tables=tuple(used[c] for c in sorted(used)),
         failed=tuple(failed),
     )
+
+
+def _in_workers(
+    pieces: list[tuple[str, str, str | None]],
+    one: Callable[..., Row | Failed],
+    text: Callable[[tuple[str, str, str | None]], str],
+    paths: list[Path],
+    step: Callable[[str], Any] | None,
+    jobs: int,
+) -> list[Row | Failed]:
+    """The rows planned in `jobs` forked worker processes (blueprints.parallel), in order: the
+    k8s row (the largest plan) in a worker of its own, the others beside it. The specs at
+    `paths` are loaded before (load_spec keeps them), once for all workers."""
+    # What every worker needs, loaded once here rather than once in each of them.
+    import pulumi.runtime.mocks  # noqa: F401
+
+    import blueprints.render.unpack  # noqa: F401
+    from blueprints import parallel
+
+    for path in paths:
+        with contextlib.suppress(SpecError):  # the row says why, as it would in this process
+            load_spec(path)
+    keys = ["k8s" if b == "k8s" else "" for b, _, _ in pieces]
+    outcomes: list[Row | Failed] = []
+    work = functools.partial(one, caught=(Exception,))
+    for piece, outcome, why in parallel.run(pieces, work, keys=keys, jobs=jobs):
+        if step is not None:
+            step(text(piece))
+        if outcome is None:
+            b, stack, spare = piece
+            label = b if spare is None else f"{b} ({spare} spare)"
+            outcome = Failed(label, stack, f"not compared: {why}")
+        outcomes.append(outcome)
+    return outcomes
 
 
 __all__ = [

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import functools
 import hashlib
 import ipaddress
 import json
@@ -256,6 +257,7 @@ EMPTY_FAILURES: dict[str, str] = {
 }
 
 
+@functools.cache
 def _mocks_module():
     # Imported lazily: `blueprints validate` and `--help` should not pay for Pulumi's import.
     import pulumi
@@ -274,7 +276,8 @@ def _mocks_module():
                 return "", {}
             id_ = fake_id(args.typ, args.name)
             outputs = fake_outputs(args.typ, args.name, id_, args.inputs)
-            self.by_id[id_] = outputs
+            if args.typ == "aws:ec2/instance:Instance":  # what getInstance is asked about
+                self.by_id[id_] = outputs
             return id_, outputs
 
         def call(self, args: pm.MockCallArgs):
@@ -311,12 +314,33 @@ def _mocks_module():
             return response
 
         def RegisterResource(self, request):
+            # pm.MockMonitor.RegisterResource, but the inputs deserialized once for the mocks
+            # and the record, and no copy of every resource's outputs kept for the
+            # pulumi:pulumi:getResource invoke, which no program here makes (at thousands of
+            # resources, a sixth of a plan's memory and time).
             from pulumi.runtime import rpc
+            from pulumi.runtime.proto import resource_pb2
+            from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
-            response = super().RegisterResource(request)
             if request.type == "pulumi:pulumi:Stack":
-                return response
+                return super().RegisterResource(request)
+            urn = self.make_urn(request.parent, request.type, request.name)
+            _ensure_event_loop()  # resource references are deserialized on this thread's loop
             inputs = rpc.deserialize_properties(request.object)
+            plain = _plain(inputs)
+            id_, state = self.mocks.new_resource(
+                pm.MockResourceArgs(
+                    typ=request.type,
+                    name=request.name,
+                    inputs=inputs,
+                    provider=request.provider,
+                    resource_id=request.importId,
+                    custom=request.custom or False,
+                    transforms=pm._resolve_callbacks(request.transforms),
+                )
+            )
+            outputs = _sync_await(rpc.serialize_properties(state, {}))
+            response = resource_pb2.RegisterResourceResponse(urn=urn, id=id_, object=outputs)
             self.names_by_urn[response.urn] = request.name
             provider = request.provider.split("::")[-2] if request.provider else None
             self.records.append(
@@ -325,7 +349,7 @@ def _mocks_module():
                     type=request.type,
                     name=request.name,
                     parent=self.names_by_urn.get(request.parent),
-                    inputs=_plain(inputs),
+                    inputs=plain,
                     id=response.id,
                     custom=bool(request.custom),
                     protect=bool(request.protect),
@@ -358,6 +382,10 @@ def _plain(value: Any) -> Any:
 # Stack files
 
 
+# libyaml's loader where no line is reported: PyYAML's own is about 10x slower.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def find_project(start: Path | None = None) -> Path:
     """The nearest directory (from start, default cwd) holding Pulumi.yaml."""
     here = (start or Path.cwd()).resolve()
@@ -371,7 +399,7 @@ def read_project(project_dir: Path) -> tuple[str, Path, Path]:
     """(project name, stack config dir, program path) from Pulumi.yaml."""
     path = project_dir / "Pulumi.yaml"
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_FAST_LOADER) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise PlanError(f"{path}: cannot be read as YAML ({exc.__class__.__name__})") from None
     name = str(data.get("name") or PROJECT_NAME_DEFAULT)
@@ -578,6 +606,18 @@ def _run(
         finally:
             sys.path.remove(str(project_dir))
 
+    # Pulumi records the Python stack of every resource's creation for the engine to show
+    # (source positions); nothing reads them offline, and walking the stack was a tenth of a
+    # plan. Only while this plan runs: a real `pulumi up` never comes through here.
+    from pulumi.runtime import resource as pr
+    from pulumi.runtime import rpc
+    from pulumi.runtime.proto import source_pb2
+
+    stack_trace, pr._get_stack_trace = pr._get_stack_trace, source_pb2.StackTrace
+    # The same answer without the garbage cycle Pulumi's version leaves on every call (a nested
+    # function that refers to itself): millions of them at thousands of resources, and the
+    # CLI runs without the cyclic collector (cli.main).
+    contains_unknowns, rpc.contains_unknowns = rpc.contains_unknowns, _contains_unknowns
     try:
         _sync_await(run_pulumi_func(program))
         root = ps.get_root_resource()
@@ -591,8 +631,32 @@ def _run(
         raise PlanError(str(exc)) from None
     except Exception as exc:
         raise PlanError(f"stack {stack}: the program failed: {exc}") from exc
+    finally:
+        pr._get_stack_trace = stack_trace
+        rpc.contains_unknowns = contains_unknowns
     resources = sorted(monitor.records, key=lambda r: (r.type, r.name))
     return Plan(stack=stack, resources=resources, outputs=outputs, notes=notes, lookups=mocks.calls)
+
+
+def _contains_unknowns(value: Any) -> bool:
+    """pulumi.runtime.rpc.contains_unknowns: whether an unknown value is anywhere in `value`
+    (through dicts and lists, each object looked at once)."""
+    from pulumi.runtime import known_types
+
+    seen: set[int] = set()
+    pending = [value]
+    while pending:
+        val = pending.pop()
+        if known_types.is_unknown(val):
+            return True
+        if id(val) in seen:
+            continue
+        seen.add(id(val))
+        if isinstance(val, dict):
+            pending.extend(val.values())
+        elif isinstance(val, list):
+            pending.extend(val)
+    return False
 
 
 class _Notes(logging.Handler):
@@ -636,22 +700,60 @@ def plan_each(
     *,
     spec: Path | None = None,
     step: Callable[[str], Any] | None = None,
+    jobs: int = 1,
 ) -> Outcome:
     """Plan every stack although some cannot be planned (a rung refusing the spec, a bad stack
-    file): one stack's failure never hides the others. `step(stack)` is called before each."""
+    file): one stack's failure never hides the others. `step(stack)` is called before each
+    stack is planned, or with `jobs` > 1 (that many worker processes, see blueprints.parallel)
+    as each one's plan comes back, in the order of `stacks`."""
+    from blueprints import parallel
+
     project_dir = (project_dir or find_project()).resolve()
+
+    def one(stack: str) -> tuple[Plan | None, str | None]:
+        try:
+            return plan_stack(stack, project_dir, spec=spec), None
+        except PlanError as exc:
+            return None, str(exc).strip() or "cannot be planned"
+        except Exception as exc:  # a bug: this stack's failure, not the run's, and named
+            return None, _unexpected(exc)
+
     plans: list[Plan] = []
     failed: dict[str, str] = {}
-    for stack in stacks:
+
+    def record(stack: str, result: tuple[Plan | None, str | None] | None, why: str | None):
+        plan, problem = result if result is not None else (None, f"not planned: {why}")
+        if plan is not None:
+            plans.append(plan)
+        else:
+            failed[stack] = problem or "cannot be planned"
+
+    if jobs <= 1 or len(stacks) <= 1:
+        for stack in stacks:
+            if step is not None:
+                step(stack)
+            record(stack, one(stack), None)
+        return Outcome(plans, failed)
+    # What every worker needs, imported once here rather than once in each of them.
+    _mocks_module()
+    keys = [_cloud_key(project_dir, s) for s in stacks]
+    for stack, result, why in parallel.run(stacks, one, keys=keys, jobs=jobs):
         if step is not None:
             step(stack)
-        try:
-            plans.append(plan_stack(stack, project_dir, spec=spec))
-        except PlanError as exc:
-            failed[stack] = str(exc).strip() or "cannot be planned"
-        except Exception as exc:  # a bug: this stack's failure, not the run's, and named
-            failed[stack] = _unexpected(exc)
+        record(stack, result, why)
     return Outcome(plans, failed)
+
+
+def _cloud_key(project_dir: Path, stack: str) -> str:
+    """What a stack's plan imports besides the common part: its target's provider SDK. Read
+    loosely (a stack file that cannot be read fails in its own plan, with its own message)."""
+    try:
+        _, stacks_dir, _ = read_project(project_dir)
+        text = (stacks_dir / f"Pulumi.{stack}.yaml").read_text(encoding="utf-8")
+        config = (yaml.load(text, Loader=_FAST_LOADER) or {}).get("config") or {}
+        return str(next((v for k, v in config.items() if str(k).endswith("target")), stack))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError):
+        return stack
 
 
 def _unexpected(exc: Exception) -> str:

@@ -1039,3 +1039,80 @@ def test_at_80_columns_piped_through_the_command():
     # the blocks fit the width; prose lines (notes, failure effects) are left whole
     block = out.split("single-vm (warm spare):", 1)[0]
     assert max(len(line) for line in block.splitlines()) <= 80
+
+
+# ----------------------------------------------------------------------------- reading plans
+
+
+def _accepted(parse, text):
+    from blueprints.release.bundle import BundleError
+
+    try:
+        return parse(text)
+    except BundleError:
+        return None
+
+
+def test_delivered_documents_are_read_as_the_release_bundle_reads_them():
+    """stack_files reads a command's stdin once (bundle.parse_delivered): it takes what
+    parse_release or parse_secrets takes, the same body, and nothing they refuse (issue 23)."""
+    from blueprints.plan import plan_stack
+    from blueprints.release import bundle
+    from blueprints.release.agent import release_id
+    from blueprints.release.bundle import parse_delivered
+    from blueprints.render.unpack import COMMAND_TYPE
+
+    plan = plan_stack("compose-hcloud", ROOT)
+    texts = [r.plain_inputs().get("stdin") for r in plan.resources if r.type == COMMAND_TYPE]
+    release = next(t for t in texts if _accepted(bundle.parse_release, t) is not None)
+    body = bundle.parse_release(release)
+    # Text a block scalar cannot hold, line breaks YAML knows and keys that look like others.
+    tricky = {**body["files"]}
+    for i, text in enumerate(["a\x85b", "x\u2028y\u2029z", "trailing \n", "", "yes", "0o17"]):
+        tricky[f"/etc/tricky/{i}"] = {"mode": "0644", "text": text}
+    tricky_body = {**body, "files": tricky, "true": "1.0", "null": "~"}
+    tricky_body["release"] = release_id(tricky_body)
+    forged = release.replace(body["release"], "0" * 16)
+    candidates = [
+        *texts,
+        bundle.dump(tricky_body),
+        forged,
+        release.replace("services:", "servicez:"),
+        bundle.secrets_document("k", {"/etc/a": "x"}, {"/etc/a": "0600"})[1],
+        "format: blueprints-secrets/1\nfiles: []\n",
+        "a: [b\n",
+        "- a list\n",
+        "",
+        None,
+        7,
+    ]
+    seen = set()
+    for text in candidates:
+        got = parse_delivered(text)
+        as_release = _accepted(bundle.parse_release, text)
+        as_secrets = _accepted(bundle.parse_secrets, text)
+        if as_release is not None:
+            assert got == ("release.yaml", as_release)
+        elif as_secrets is not None:
+            assert got == ("secrets.yaml", as_secrets)
+        else:
+            assert got is None, text
+        seen.add(got[0] if got else None)
+    assert seen == {"release.yaml", "secrets.yaml", None}
+
+
+def test_rendered_files_read_with_libyaml_as_with_pyyaml():
+    """compare reads the rendered files with libyaml: the values yaml.safe_load gives."""
+    from blueprints.plan import plan_stack
+    from blueprints.render.unpack import load_yaml, stack_files
+
+    for stack in ("k8s-hcloud", "nomad-localstack"):
+        files = stack_files(plan_stack(stack, ROOT))
+        for key, text in files.items():
+            if not key.endswith((".yaml", ".yml")):
+                continue
+            assert list(yaml.load_all(text, Loader=yaml.CSafeLoader)) == list(
+                yaml.safe_load_all(text)
+            ), key
+            if "---" not in text:
+                assert load_yaml(text) == yaml.safe_load(text), key

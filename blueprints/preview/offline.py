@@ -526,12 +526,13 @@ def plan_sides(
     """(base side, working-tree side); both planned at the same time in subprocesses. `spec`
     (absolute) replaces each stack's own spec on the working-tree side only."""
     key = secrets.token_hex(32)
-    base_dir = extract_base(base, work / "base")
     head_out, base_out = work / "head.json", work / "base.json"
+    # The working tree starts planning first: the base is extracted meanwhile.
     head = _start_plan(
         project_dir.resolve(), head_out, stacks, key, WORKING_TREE, spec=spec, progress=progress
     )
     try:
+        base_dir = extract_base(base, work / "base")
         if base_dir is not None:
             running = _start_plan(base_dir, base_out, stacks, key, base.ref, progress=progress)
             try:
@@ -539,6 +540,9 @@ def plan_sides(
             finally:
                 _stop(running)
             old.errors = {s: _at_ref(m, work / "base", base.ref) for s, m in old.errors.items()}
+            # Not needed any more: removed while the working tree may still be planning (the
+            # workspace removes whatever is left in any case).
+            shutil.rmtree(work / "base", ignore_errors=True)
         else:
             old = Side(base.ref, None, [], {})
         new = _finish_plan(head)

@@ -11,8 +11,8 @@ import gzip
 import re
 from typing import Any
 
-import yaml
-
+# Planned user data and releases are read with libyaml (blueprints/preview/release_text.py).
+from blueprints.preview.release_text import load_yaml
 from blueprints.render.common import dump_json
 from blueprints.targets import userdata
 
@@ -31,7 +31,7 @@ def _decode(entry: dict[str, Any]) -> str:
 
 def user_data_files(user_data: str) -> dict[str, str]:
     """Path on the VM (without the leading /) -> text, for every write_files entry."""
-    doc = yaml.safe_load(user_data) or {}
+    doc = load_yaml(user_data) or {}
     files = {}
     for entry in doc.get("write_files", []) or []:
         files[str(entry["path"]).lstrip("/")] = _decode(entry)
@@ -55,21 +55,20 @@ def release_files(plan) -> dict[str, str]:
     """Relative path -> text of the release a plan delivers: `release/release.yaml` (the
     document the node receives), `release/<file path>` per file, and the same for the secrets
     document (placeholders in a plan), so the release reads beside each server's bootstrap."""
-    from blueprints.release.bundle import BundleError, parse_release, parse_secrets
+    from blueprints.release.bundle import parse_delivered
 
     files: dict[str, str] = {}
     for res in plan.resources:
         if res.type != COMMAND_TYPE:
             continue
         stdin = res.plain_inputs().get("stdin")
-        for parse, name in ((parse_release, "release.yaml"), (parse_secrets, "secrets.yaml")):
-            try:
-                body = parse(stdin)
-            except BundleError:
-                continue
-            files[f"release/{name}"] = stdin
-            for path, entry in body["files"].items():
-                files[f"release/{str(path).lstrip('/')}"] = entry["text"]
+        delivered = parse_delivered(stdin)
+        if delivered is None:
+            continue
+        name, body = delivered
+        files[f"release/{name}"] = stdin
+        for path, entry in body["files"].items():
+            files[f"release/{str(path).lstrip('/')}"] = entry["text"]
     return files
 
 
