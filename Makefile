@@ -31,9 +31,11 @@ realnode-tools:
 lint: setup
 	.venv/bin/ruff check .
 
-# The real failover drill runs twice here (one failover each way); `make drill` runs it 5 times.
+# The real-node tests run beside the others, which run on one pytest-xdist worker per core
+# (scripts/run-tests). The real failover drill runs twice here (one failover each way); `make
+# drill` runs it 5 times.
 test: setup validators realnode-tools lint
-	BLUEPRINTS_FAILOVER_DRILLS=$${BLUEPRINTS_FAILOVER_DRILLS:-2} .venv/bin/python -m pytest -q
+	BLUEPRINTS_FAILOVER_DRILLS=$${BLUEPRINTS_FAILOVER_DRILLS:-2} scripts/run-tests
 
 # The single-VM failover drill on real nodes, 5 times (about 4 minutes; root).
 drill: setup realnode-tools

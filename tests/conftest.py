@@ -39,7 +39,15 @@ def s3():
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Only a session that will run node tests takes the machine's node lock (and sweeps what an
     interrupted run left), so a unit-test run beside `make test` neither waits nor blocks it."""
+    import gc
     import os
+
+    # The modules and test objects collected so far live as long as the session: the cyclic
+    # collector need not walk them again and again, nor run every 700 allocations (planning
+    # allocates millions). In-process tests use about a fifth less CPU time this way.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
     if os.geteuid() != 0:
         return
@@ -47,6 +55,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     from tests.realnode import host
 
+    if host.STREAM:
+        # One of several sessions of scripts/run-tests, which holds the lock and swept.
+        return
     lock = host.lock_session()
     if lock is None:
         # Another session runs nodes on this machine: leave it alone, refuse the node tests.
@@ -77,6 +88,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         tr.write_line("build the node root: cached from an earlier run")
     for what, seconds in node.TIMINGS:
         tr.write_line(f"{what:<66} {seconds:7.1f} s")
+    from tests.realnode.host import STREAM
+
+    if STREAM:
+        # The sessions beside this one still have their nodes up: scripts/run-tests checks
+        # for leftovers once every session has ended (test_realnode_zz_leftovers.py).
+        return
     left = leftovers()
     if left:
         tr.write_line("LEFT BEHIND: " + "; ".join(left), red=True)

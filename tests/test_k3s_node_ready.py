@@ -1333,7 +1333,8 @@ def test_cluster_keeps_waiting_when_db_info_refuses_or_is_missing(node, cluster,
     cluster.healthy()
     cp1, cp2, cp3 = k3s(), k3s(), k3s()
     peers = [cp1.url, cp2.url, cp3.url]
-    node.configure(peers, name="worker-2", role="agent", ready_timeout=0.3, progress_every=0.05)
+    # Long enough for three polls (30 ms apart) on a busy machine: the suite runs on every core.
+    node.configure(peers, name="worker-2", role="agent", ready_timeout=1.5, progress_every=0.05)
     node.mark_joined()
     node.unit_active()
     other = "K10" + "0f" * 32 + "::server:not-the-clusters-secret"
@@ -1342,7 +1343,7 @@ def test_cluster_keeps_waiting_when_db_info_refuses_or_is_missing(node, cluster,
 
     assert refused.returncode == 1
     assert err_lines(refused) == [
-        f"worker-2: not ready after 0.3 s: waiting for {ETCD_WHAT}; last answer: /db/info "
+        f"worker-2: not ready after 1.5 s: waiting for {ETCD_WHAT}; last answer: /db/info "
         'refused the cluster token: HTTP 401: {"kind": "Status", "code": 401, "message": "no"}'
     ]
     assert any(f"still waiting for {ETCD_WHAT}" in line for line in out_lines(refused))

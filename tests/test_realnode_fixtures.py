@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -201,36 +200,5 @@ def test_a_node_that_fails_to_come_up_leaves_nothing_behind():
                 node.destroy()
         finally:
             disk.destroy()
-    assert leftovers() == []
-
-
-def test_sweep_removes_what_an_interrupted_run_left():
-    # sweep() takes down everything of the harness, so no node may be up: the suites' nodes are
-    # module fixtures, gone when this module runs.
-    from tests.realnode.host import sweep
-
-    scratch = WORK_ROOT / "fixtures" / "interrupted"
-    (scratch / "mnt").mkdir(parents=True)
-    image = scratch / "disk.img"
-    image.write_bytes(b"\0" * 1024 * 1024)
-    run(["ip", "netns", "add", f"{PREFIX}-interrupted-lan"])
-    loop = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
-    run(["mount", "-t", "tmpfs", "tmpfs", str(scratch / "mnt")])
-    # A process whose command line names the scratch space, as a node's nspawn would.
-    sleeper = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)", str(scratch)],
-        start_new_session=True,
-    )
-    try:
-        found = leftovers()
-        assert f"network namespace {PREFIX}-interrupted-lan" in found
-        assert f"mount {scratch / 'mnt'}" in found
-        assert any(item.startswith(f"loop device {loop} ") for item in found)
-        assert any(item.startswith(f"process {sleeper.pid}:") for item in found)
-        assert sorted(sweep()) == sorted(found)
-        sleeper.wait(timeout=10)
-        assert leftovers() == []
-        assert not scratch.exists()
-    finally:
-        stop_pid(sleeper.pid)
-        sweep()
+    # Its own things (other sessions' nodes may be up beside it: scripts/run-tests).
+    assert [item for item in leftovers() if network.name in item] == []

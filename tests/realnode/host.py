@@ -28,6 +28,20 @@ NODE_MARKER = "BPT_NODE"
 # Held (flock) for a whole pytest session that uses the harness; a second session on the same
 # machine would collide on every name, so it is refused instead of sweeping the first one away.
 SESSION_LOCK = WORK_ROOT.parent / "blueprints-realnode.lock"
+# scripts/run-tests runs the real-node modules in several sessions side by side: it holds
+# SESSION_LOCK and sweeps once itself, and gives each session a stream letter, which every
+# network, disk and image directory name starts with (see scoped), so that the sessions'
+# names never meet. Unset: a session of its own, which locks and sweeps (tests/conftest.py).
+STREAM_ENV = "BLUEPRINTS_REALNODE_STREAM"
+STREAM = os.environ.get(STREAM_ENV, "")
+if STREAM and not (STREAM.isascii() and STREAM.isalpha() and STREAM.islower() and len(STREAM) <= 2):
+    raise RuntimeError(f"{STREAM_ENV}={STREAM!r}: must be one or two lowercase letters")
+
+
+def scoped(name: str) -> str:
+    """A harness name made unique to this session's stream (the name itself without one)."""
+    return f"{STREAM}{name}" if STREAM else name
+
 
 INSTALL_HINT = "run scripts/install-realnode (make test does)"
 TOOLS = ("systemd-nspawn", "mmdebstrap", "ip", "losetup", "nsenter", "mount", "curl", "sshd")

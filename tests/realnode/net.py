@@ -15,7 +15,7 @@ import itertools
 import os
 from pathlib import Path
 
-from tests.realnode.host import PREFIX, HarnessError, run
+from tests.realnode.host import PREFIX, HarnessError, run, scoped
 
 _counter = itertools.count(1)
 
@@ -40,9 +40,9 @@ class TestNetwork:
     """A bridge in namespace `<prefix>-<name>-lan` (the client side) and hosts attached to it."""
 
     def __init__(self, name: str):
-        self.name = name
+        self.name = scoped(name)
         self.index = (os.getpid() + next(_counter)) % 250 + 1
-        self.lan = f"{PREFIX}-{name}-lan"
+        self.lan = f"{PREFIX}-{self.name}-lan"
         self.hosts: dict[str, str] = {}  # namespace -> address
 
     @property

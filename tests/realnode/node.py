@@ -48,6 +48,7 @@ from tests.realnode.host import (
     WORK_ROOT,
     HarnessError,
     run,
+    scoped,
     stop_pid,
     wait_for,
 )
@@ -107,7 +108,7 @@ class DataDisk:
     """A sparse file behind a loop device: the cloud volume. Blank until a node formats it."""
 
     def __init__(self, name: str, size_mb: int = 512):
-        self.path = WORK_ROOT / "disks" / f"{name}.img"
+        self.path = WORK_ROOT / "disks" / f"{scoped(name)}.img"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(self.path, "xb") as f:

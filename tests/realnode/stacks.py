@@ -168,7 +168,7 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str, release: bool = 
             # replica slot with no container), which Docker's DNS forwards to it.
             resolver = Resolver(network).__enter__()
         # Like Django or Rails in production, the stand-ins answer only for the app's domain.
-        images = build_standins(app, WORK_ROOT / "images" / stack, host=app.domain)
+        images = build_standins(app, WORK_ROOT / "images" / network.name, host=app.domain)
         disk = DataDisk(f"{stack}-volume")
         node = Node(suffix.lstrip("-") or "node", text, network, disk=disk, images=images)
         fip = floating_ip(text)
@@ -212,7 +212,7 @@ def boot_stack_node(stack: str, suffix: str, ready, label: str, release: bool = 
         if resolver is not None:
             resolver.__exit__(None, None, None)
         network.destroy()
-        shutil.rmtree(WORK_ROOT / "images" / stack, ignore_errors=True)
+        shutil.rmtree(WORK_ROOT / "images" / network.name, ignore_errors=True)
         raise
 
 
@@ -236,7 +236,7 @@ def destroy_stack_node(sn: StackNode) -> None:
             if sn.resolver is not None:
                 sn.resolver.__exit__(None, None, None)
             sn.network.destroy()
-            shutil.rmtree(WORK_ROOT / "images" / sn.stack, ignore_errors=True)
+            shutil.rmtree(WORK_ROOT / "images" / sn.network.name, ignore_errors=True)
 
 
 @contextlib.contextmanager
