@@ -107,6 +107,14 @@ def run(
 
 def _worker(items: Sequence[Any], work: Callable[[Any], Any], share: list[int], fd: int) -> None:
     code = 0
+    # New file objects: the parent's may be locked by a thread that was writing when it forked
+    # (a progress spinner), and only this thread lives on here. Nothing a worker prints belongs
+    # in the output (its results go through the pipe); its warnings still reach stderr.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - for the worker's life
+    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
     if "asyncio" in sys.modules:
         # A loop the parent made would share its epoll instance with this process.
         import asyncio

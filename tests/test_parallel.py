@@ -124,3 +124,15 @@ def test_the_cli_refuses_a_bad_jobs_setting():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "BLUEPRINTS_JOBS='many'" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def _noisy(n: int) -> int:
+    print(f"noise {n}")
+    sys.stdout.flush()
+    return n
+
+
+def test_what_a_worker_prints_stays_out_of_the_output(capfd):
+    got = [value for _, value, _ in parallel.run([1, 2, 3], _noisy, keys=[0, 1, 0], jobs=2)]
+    assert got == [1, 2, 3]
+    assert "noise" not in capfd.readouterr().out
