@@ -76,27 +76,15 @@ def run(
 ) -> Iterator[tuple[T, Any, str | None]]:
     """Yield (item, work(item), None) for each item, in order, as soon as it and every item
     before it are done. `work` should not raise: its exceptions end its worker. An item whose
-    worker ended before handing its result back comes as (item, None, why)."""
-    if jobs <= 1 or len(items) <= 1 or not hasattr(os, "fork"):
+    worker ended before handing its result back comes as (item, None, why). Where no process
+    can be forked (a limit reached), everything runs here, one item after another."""
+    workers = _start(items, work, keys, jobs) if jobs > 1 and len(items) > 1 else None
+    if workers is None:
         for item in items:
             yield item, work(item), None
         return
-    split = shares(list(keys) if keys is not None else list(range(len(items))), jobs)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    workers: dict[int, tuple[int, list[int]]] = {}  # read fd -> (pid, its share)
     finished = False
     try:
-        for share in split:
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the worker
-                os.close(read_fd)
-                for fd in workers:
-                    os.close(fd)
-                _worker(items, work, share, write_fd)
-            os.close(write_fd)
-            workers[read_fd] = (pid, share)
         yield from _collect(items, workers)
         finished = True
     finally:
@@ -105,22 +93,57 @@ def run(
             os.close(read_fd)
 
 
+def _start(
+    items: Sequence[Any],
+    work: Callable[[Any], Any],
+    keys: Sequence[Hashable] | None,
+    jobs: int,
+) -> dict[int, tuple[int, list[int]]] | None:
+    """The workers, by the read end of their pipes: read fd -> (pid, its share); None when
+    they cannot all be started (then none is left running)."""
+    if not hasattr(os, "fork"):
+        return None
+    split = shares(list(keys) if keys is not None else list(range(len(items))), jobs)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    workers: dict[int, tuple[int, list[int]]] = {}
+    for share in split:
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (read_fd, write_fd, *workers):
+                os.close(fd)
+            for pid, _ in workers.values():
+                _reap(pid, stop=True)
+            return None
+        if pid == 0:  # the worker: never returns
+            os.close(read_fd)
+            for fd in workers:
+                os.close(fd)
+            _worker(items, work, share, write_fd)
+        os.close(write_fd)
+        workers[read_fd] = (pid, share)
+    return workers
+
+
 def _worker(items: Sequence[Any], work: Callable[[Any], Any], share: list[int], fd: int) -> None:
     code = 0
-    # New file objects: the parent's may be locked by a thread that was writing when it forked
-    # (a progress spinner), and only this thread lives on here. Nothing a worker prints belongs
-    # in the output (its results go through the pipe); its warnings still reach stderr.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.close(devnull)
-    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - for the worker's life
-    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-    if "asyncio" in sys.modules:
-        # A loop the parent made would share its epoll instance with this process.
-        import asyncio
-
-        asyncio.set_event_loop(asyncio.new_event_loop())
     try:
+        # New file objects: the parent's may be locked by a thread that was writing when it
+        # forked (a progress spinner), and only this thread lives on here. Nothing a worker
+        # prints belongs in the output (its results go through the pipe); its warnings still
+        # reach stderr.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - for the worker's life
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        if "asyncio" in sys.modules:
+            # A loop the parent made would share its epoll instance with this process.
+            import asyncio
+
+            asyncio.set_event_loop(asyncio.new_event_loop())
         with os.fdopen(fd, "wb") as pipe:
             for index in share:
                 body = pickle.dumps((index, work(items[index])), pickle.HIGHEST_PROTOCOL)

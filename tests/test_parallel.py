@@ -136,3 +136,23 @@ def test_what_a_worker_prints_stays_out_of_the_output(capfd):
     got = [value for _, value, _ in parallel.run([1, 2, 3], _noisy, keys=[0, 1, 0], jobs=2)]
     assert got == [1, 2, 3]
     assert "noise" not in capfd.readouterr().out
+
+
+def test_where_no_process_can_be_forked_everything_runs_here(monkeypatch):
+    started = []
+    real_fork = os.fork
+
+    def fork_once():
+        if started:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        pid = real_fork()
+        if pid:
+            started.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork_once)
+    got = list(parallel.run([1, 2, 3, 4], _pid_and_square, keys=[0, 1, 0, 1], jobs=2))
+    assert [value[1] for _, value, _ in got] == [1, 4, 9, 16]
+    assert {value[0] for _, value, _ in got} == {os.getpid()}
+    with pytest.raises(ProcessLookupError):  # the one worker started was stopped and reaped
+        os.kill(started[0], 0)
