@@ -752,7 +752,7 @@ def _cloud_key(project_dir: Path, stack: str) -> str:
         text = (stacks_dir / f"Pulumi.{stack}.yaml").read_text(encoding="utf-8")
         config = (yaml.load(text, Loader=_FAST_LOADER) or {}).get("config") or {}
         return str(next((v for k, v in config.items() if str(k).endswith("target")), stack))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError):
+    except (PlanError, OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError):
         return stack
 
 
