@@ -35,9 +35,9 @@ import yaml
 from blueprints import capacity, costs
 from blueprints.failure import SPARE_MODES, FailureModel, failure_model
 from blueprints.plan import PlanError, find_project, list_stacks, plan_stack, read_project
-from blueprints.preview.release_text import YAML_LOADER, load_yaml
 from blueprints.settings import StackSettings, read_stack_settings, using_price_tables
 from blueprints.spec import SpecError, load_spec
+from blueprints.yaml_text import FastLoader, fast_load
 
 LADDER = ("single-vm", "compose", "nomad", "k8s")
 TARGETS = ("hcloud", "localstack", "aws")
@@ -240,12 +240,6 @@ def _is_manifest(key: str) -> bool:
     return (key.startswith(KUBE_RELEASE) and not name.startswith("helm-")) or "/manifests/" in key
 
 
-# The rendered files are read with libyaml (yaml.CSafeLoader): the values yaml.safe_load
-# gives, an order of magnitude sooner (user data and releases run to megabytes at hundreds of
-# services); no node marks are needed here.
-_load = load_yaml
-
-
 class _Manifests:
     """Each rendered manifest's documents, parsed once however many counts read them."""
 
@@ -254,7 +248,7 @@ class _Manifests:
 
     def docs(self, key: str, text: str) -> list[Any]:
         if key not in self._docs:
-            self._docs[key] = list(yaml.load_all(text, Loader=YAML_LOADER))
+            self._docs[key] = list(yaml.load_all(text, Loader=FastLoader))
         return self._docs[key]
 
 
@@ -269,7 +263,7 @@ def moving_parts(files: Mapping[str, str], manifests: _Manifests | None = None) 
         _, _, path = key.partition("/")
         name = path.rsplit("/", 1)[-1]
         if path == "user-data.yaml":
-            doc = _load(text) or {}
+            doc = fast_load(text) or {}
             for package in doc.get("packages") or []:
                 if str(package) in PACKAGE_DAEMONS:
                     parts.add(Part("daemon", PACKAGE_DAEMONS[str(package)]))
@@ -280,7 +274,7 @@ def moving_parts(files: Mapping[str, str], manifests: _Manifests | None = None) 
         elif path.startswith("etc/systemd/system/") and name.endswith(".timer"):
             parts.add(Part("scheduled job", name[: -len(".timer")]))
         elif name in ("compose.yaml", "docker-compose.yaml"):
-            services = (_load(text) or {}).get("services") or {}
+            services = (fast_load(text) or {}).get("services") or {}
             parts.update(Part("container", str(s)) for s in services)
         elif name.endswith(".nomad.hcl"):
             job = re.search(r'^job\s+"([^"]+)"', text, re.M)
@@ -294,7 +288,7 @@ def moving_parts(files: Mapping[str, str], manifests: _Manifests | None = None) 
                 parts.add(Part("nomad task", owner + task.group(1)))
         elif key.startswith(KUBE_RELEASE) and name.startswith("helm-"):
             # A Helm release Pulumi installs (release/k8s/helm-<name>.yaml).
-            parts.add(Part("add-on", str((_load(text) or {}).get("name", name))))
+            parts.add(Part("add-on", str((fast_load(text) or {}).get("name", name))))
         elif _is_manifest(key):
             for doc in manifests.docs(key, text):
                 if not isinstance(doc, dict):
@@ -310,7 +304,7 @@ def moving_parts(files: Mapping[str, str], manifests: _Manifests | None = None) 
             server = key.partition("/")[0]
             if f"{server}/etc/systemd/system/k3s.service" not in files:
                 continue  # an agent: no packaged components of its own
-            disabled = set((_load(text) or {}).get("disable") or [])
+            disabled = set((fast_load(text) or {}).get("disable") or [])
             for component in K3S_PACKAGED:
                 if component not in disabled:
                     parts.add(Part("add-on", f"{component} (packaged with k3s)"))
@@ -473,6 +467,11 @@ def _spare_note(settings: StackSettings, spare: str) -> str:
     return f"planned with blueprints:spareMode: {spare}; {runs}"
 
 
+def _label(blueprint: str, spare: str | None) -> str:
+    """A row's name: the blueprint, and the spare mode it is compared in."""
+    return blueprint if spare is None else f"{blueprint} ({spare} spare)"
+
+
 def _modes(blueprint: str) -> tuple[str | None, ...]:
     """The spare modes a blueprint is compared in (None: it has no spare)."""
     return SPARE_MODES if blueprint == "single-vm" else (None,)
@@ -522,7 +521,7 @@ def compare(
 
         def one(piece: tuple[str, str, str | None], *, caught: tuple = ()) -> Row | Failed:
             b, stack, spare = piece
-            label = b if spare is None else f"{b} ({spare} spare)"
+            label = _label(b, spare)
             settings = chosen[b][1]
             try:
                 return _row(root, b, stack, settings, spec, tables, notes[b], spare)
@@ -582,8 +581,7 @@ def _in_workers(
             step(text(piece))
         if outcome is None:
             b, stack, spare = piece
-            label = b if spare is None else f"{b} ({spare} spare)"
-            outcome = Failed(label, stack, f"not compared: {why}")
+            outcome = Failed(_label(b, spare), stack, f"not compared: {why}")
         outcomes.append(outcome)
     return outcomes
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from blueprints.yaml_text import fast_load
+
 PROJECT_NAME_DEFAULT = "blueprints"
 SECRET_MASK = "[secret]"
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
@@ -382,10 +384,6 @@ def _plain(value: Any) -> Any:
 # Stack files
 
 
-# libyaml's loader where no line is reported: PyYAML's own is about 10x slower.
-_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def find_project(start: Path | None = None) -> Path:
     """The nearest directory (from start, default cwd) holding Pulumi.yaml."""
     here = (start or Path.cwd()).resolve()
@@ -399,7 +397,7 @@ def read_project(project_dir: Path) -> tuple[str, Path, Path]:
     """(project name, stack config dir, program path) from Pulumi.yaml."""
     path = project_dir / "Pulumi.yaml"
     try:
-        data = yaml.load(path.read_text(), Loader=_FAST_LOADER) or {}
+        data = fast_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise PlanError(f"{path}: cannot be read as YAML ({exc.__class__.__name__})") from None
     name = str(data.get("name") or PROJECT_NAME_DEFAULT)
@@ -750,7 +748,7 @@ def _cloud_key(project_dir: Path, stack: str) -> str:
     try:
         _, stacks_dir, _ = read_project(project_dir)
         text = (stacks_dir / f"Pulumi.{stack}.yaml").read_text(encoding="utf-8")
-        config = (yaml.load(text, Loader=_FAST_LOADER) or {}).get("config") or {}
+        config = (fast_load(text) or {}).get("config") or {}
         return str(next((v for k, v in config.items() if str(k).endswith("target")), stack))
     except (PlanError, OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError):
         return stack

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel as _pydantic_camel
 
 from blueprints.spec import FieldProblem, SpecError, problems
+from blueprints.yaml_text import fast_load
 
 
 def to_camel(field: str) -> str:
@@ -933,16 +934,13 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{where}: is not valid YAML: {what}"
 
 
-_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's: no line reported
-
-
 def project_name(path: Path) -> str | None:
     """The name in the nearest Pulumi.yaml above `path` (a stack file); None without one."""
     for folder in path.resolve().parents:
         project = folder / "Pulumi.yaml"
         if project.is_file():
             try:
-                data = yaml.load(project.read_text(encoding="utf-8"), Loader=_FAST_LOADER)
+                data = fast_load(project.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, yaml.YAMLError):
                 return None
             name = data.get("name") if isinstance(data, dict) else None

@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from blueprints.yaml_text import FastLoader
+
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*\Z")
@@ -1458,7 +1460,7 @@ class _UniqueKeyLoader(_UniqueKeys, yaml.SafeLoader):
     messages name the character at fault."""
 
 
-class _FastUniqueKeyLoader(_UniqueKeys, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+class _FastUniqueKeyLoader(_UniqueKeys, FastLoader):
     """The same with libyaml's parser (about 10x faster; its messages say less)."""
 
 

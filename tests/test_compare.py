@@ -1104,7 +1104,8 @@ def test_delivered_documents_are_read_as_the_release_bundle_reads_them():
 def test_rendered_files_read_with_libyaml_as_with_pyyaml():
     """compare reads the rendered files with libyaml: the values yaml.safe_load gives."""
     from blueprints.plan import plan_stack
-    from blueprints.render.unpack import load_yaml, stack_files
+    from blueprints.render.unpack import stack_files
+    from blueprints.yaml_text import fast_load
 
     for stack in ("k8s-hcloud", "nomad-localstack"):
         files = stack_files(plan_stack(stack, ROOT))
@@ -1115,4 +1116,4 @@ def test_rendered_files_read_with_libyaml_as_with_pyyaml():
                 yaml.safe_load_all(text)
             ), key
             if "---" not in text:
-                assert load_yaml(text) == yaml.safe_load(text), key
+                assert fast_load(text) == yaml.safe_load(text), key

@@ -1161,11 +1161,11 @@ def _release_with_libyaml(text: str) -> dict[str, Any] | None:
     as before, so that every refusal keeps its words."""
     import yaml
 
-    from blueprints.preview.release_text import YAML_LOADER
     from blueprints.release.bundle import parse_delivered
+    from blueprints.yaml_text import FastLoader
 
     try:
-        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=YAML_LOADER)):
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=FastLoader)):
             return None
         delivered = parse_delivered(text)
     except (yaml.YAMLError, ValueError, TypeError, RecursionError):

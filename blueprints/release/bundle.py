@@ -20,7 +20,7 @@ import yaml
 
 # The formats and the release id are the agent's: what the node checks is what is built here.
 from blueprints.release.agent import RELEASE_FORMAT, SECRETS_FORMAT, release_id
-from blueprints.yaml_text import FastDumper, SafeDumper
+from blueprints.yaml_text import FastDumper, SafeDumper, fast_load
 
 DIGEST_CHARS = 16
 
@@ -234,16 +234,11 @@ def dump(body: Mapping[str, Any]) -> str:
     )
 
 
-# libyaml's loader: the values yaml.safe_load gives, an order of magnitude sooner (a release
-# runs to megabytes at hundreds of services); nothing here needs node marks.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def _load(text: object, what: str) -> dict[str, Any]:
     if not isinstance(text, str):
         raise BundleError(f"the {what} document is not text")
     try:
-        body = yaml.load(text, Loader=_LOADER)
+        body = fast_load(text)
     except yaml.YAMLError as exc:
         raise BundleError(f"the {what} document is not YAML ({exc.__class__.__name__})") from None
     if not isinstance(body, dict):

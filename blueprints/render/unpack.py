@@ -11,10 +11,9 @@ import gzip
 import re
 from typing import Any
 
-# Planned user data and releases are read with libyaml (blueprints/preview/release_text.py).
-from blueprints.preview.release_text import load_yaml
 from blueprints.render.common import dump_json
 from blueprints.targets import userdata
+from blueprints.yaml_text import fast_load
 
 SERVER_TYPES = ("hcloud:index/server:Server", "aws:ec2/instance:Instance")
 
@@ -31,7 +30,7 @@ def _decode(entry: dict[str, Any]) -> str:
 
 def user_data_files(user_data: str) -> dict[str, str]:
     """Path on the VM (without the leading /) -> text, for every write_files entry."""
-    doc = load_yaml(user_data) or {}
+    doc = fast_load(user_data) or {}
     files = {}
     for entry in doc.get("write_files", []) or []:
         files[str(entry["path"]).lstrip("/")] = _decode(entry)
