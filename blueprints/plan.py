@@ -734,7 +734,11 @@ def plan_each(
         return Outcome(plans, failed)
     # What every worker needs, imported once here rather than once in each of them.
     _mocks_module()
-    keys = [_cloud_key(project_dir, s) for s in stacks]
+    try:
+        stacks_dir: Path | None = read_project(project_dir)[1]
+    except PlanError:
+        stacks_dir = None  # each stack's plan says why
+    keys = [_cloud_key(stacks_dir, s) for s in stacks]
     for stack, result, why in parallel.run(stacks, one, keys=keys, jobs=jobs):
         if step is not None:
             step(stack)
@@ -742,15 +746,16 @@ def plan_each(
     return Outcome(plans, failed)
 
 
-def _cloud_key(project_dir: Path, stack: str) -> str:
+def _cloud_key(stacks_dir: Path | None, stack: str) -> str:
     """What a stack's plan imports besides the common part: its target's provider SDK. Read
     loosely (a stack file that cannot be read fails in its own plan, with its own message)."""
+    if stacks_dir is None:
+        return stack
     try:
-        _, stacks_dir, _ = read_project(project_dir)
         text = (stacks_dir / f"Pulumi.{stack}.yaml").read_text(encoding="utf-8")
         config = (fast_load(text) or {}).get("config") or {}
         return str(next((v for k, v in config.items() if str(k).endswith("target")), stack))
-    except (PlanError, OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError):
         return stack
 
 
