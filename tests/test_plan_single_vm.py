@@ -1088,16 +1088,17 @@ def test_the_aws_warm_standby_is_reached_at_its_current_address(monkeypatch):
     """A stopped EC2 instance gets a new public address when it starts (the warm standby after
     a fence, say): the image pull asks EC2 for it once the standby's power resource is done,
     with the stack's provider, instead of using the address Pulumi recorded."""
-    import pulumi_aws
+    from blueprints.targets import aws
 
     seen = []
-    real = pulumi_aws.ec2.get_instance_output
+    real = aws._invoke_output
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs)
-        return real(*args, **kwargs)
+    def spy(token, args, opts):
+        if token == "aws:ec2/getInstance:getInstance":
+            seen.append({"args": args, "opts": opts})
+        return real(token, args, opts)
 
-    monkeypatch.setattr(pulumi_aws.ec2, "get_instance_output", spy)
+    monkeypatch.setattr(aws, "_invoke_output", spy)
 
     def answer(token: str, args: dict):
         if token == "aws:ec2/getInstance:getInstance":

@@ -2,6 +2,9 @@
 
 LocalStack is not a third target: it is this one with an explicit provider whose endpoints
 point at the emulator, test credentials, and the account/credential checks skipped.
+
+Resources and look-ups go by pulumi-aws's type tokens and property names (AwsResource, _invoke),
+not through its generated classes: see AwsResource.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import ClassVar
 
 import pulumi
 import pulumi_aws as aws
+from pulumi_aws import _utilities as aws_sdk
 
 from blueprints.settings import LOCALSTACK_AMI, StackSettings
 from blueprints.spec import Backups
@@ -46,17 +50,67 @@ def _tags(name: str, labels: dict[str, str]) -> dict[str, str]:
     return {"Name": name, **labels}
 
 
-def _dlm_create_rule(
-    backups: Backups,
-) -> aws.dlm.LifecyclePolicyPolicyDetailsScheduleCreateRuleArgs:
+class AwsResource(pulumi.CustomResource):
+    """One pulumi-aws resource: its type token and its properties as the provider names them
+    (camelCase, nested objects as dicts), which is what the generated classes send too.
+
+    The generated classes cost every plan of an AWS stack about half a second and 45 MiB:
+    `pulumi_aws.ec2` imports all of its 180 modules and input types to give one class (measured
+    with -X importtime), more than the rest of a plan. The names used here are checked against
+    those classes' metadata by tests/test_aws_resources.py: token, every input and output
+    name (nested ones too), required inputs, and the aliases the classes add.
+
+    `outputs` are the computed properties the blueprints read (as attributes, e.g.
+    `res.publicIp`); `aliases` the older type tokens pulumi-aws gives the type, so that stacks
+    made with them are not replaced."""
+
+    def __init__(
+        self,
+        token: str,
+        name: str,
+        inputs: Mapping[str, pulumi.Input[object]],
+        opts: pulumi.ResourceOptions,
+        *,
+        outputs: Sequence[str] = (),
+        aliases: Sequence[str] = (),
+    ):
+        props: dict[str, object] = dict(inputs)
+        for out in outputs:
+            props.setdefault(out, None)
+        # The plugin version the generated classes ask for, and their aliases.
+        opts = pulumi.ResourceOptions.merge(aws_sdk.get_resource_opts_defaults(), opts)
+        if aliases:
+            alias = pulumi.ResourceOptions(aliases=[pulumi.Alias(type_=a) for a in aliases])
+            opts = pulumi.ResourceOptions.merge(opts, alias)
+        super().__init__(token, name, props, opts)
+
+    def out(self, name: str) -> pulumi.Output:
+        """A property given in `outputs` (or an input, as the provider reports it back)."""
+        return getattr(self, name)
+
+
+def _invoke(token: str, args: Mapping[str, object], opts: pulumi.InvokeOptions) -> dict:
+    """A pulumi-aws data source, answered now: its result as the provider names it."""
+    opts = pulumi.InvokeOptions.merge(aws_sdk.get_invoke_opts_defaults(), opts)
+    return pulumi.runtime.invoke(token, dict(args), opts=opts).value or {}
+
+
+def _invoke_output(
+    token: str, args: Mapping[str, pulumi.Input[object]], opts: pulumi.InvokeOutputOptions
+) -> pulumi.Output[dict]:
+    """A pulumi-aws data source whose arguments may be outputs, answered when they are known."""
+    opts = pulumi.InvokeOutputOptions.merge(aws_sdk.get_invoke_opts_defaults(), opts)
+    return pulumi.runtime.invoke_output(token, dict(args), opts=opts)
+
+
+def _dlm_create_rule(backups: Backups) -> dict[str, object]:
     """When DLM takes a snapshot: every hour, every day at `at`, or Sundays at `at` (UTC)."""
-    args = aws.dlm.LifecyclePolicyPolicyDetailsScheduleCreateRuleArgs
     hour, minute = (int(part) for part in backups.at.split(":"))
     if backups.schedule == "hourly":
-        return args(interval=1, interval_unit="HOURS")
+        return {"interval": 1, "intervalUnit": "HOURS"}
     if backups.schedule == "daily":
-        return args(interval=24, interval_unit="HOURS", times=backups.at)
-    return args(cron_expression=f"cron({minute} {hour} ? * SUN *)")
+        return {"interval": 24, "intervalUnit": "HOURS", "times": backups.at}
+    return {"cronExpression": f"cron({minute} {hour} ? * SUN *)"}
 
 
 # What pulumi-aws's singular data sources say when nothing matches (Terraform's AWS provider,
@@ -121,47 +175,65 @@ class AwsTarget(Target):
             return self.settings.ami
         if self.settings.target == "localstack":
             return LOCALSTACK_AMI
-        found = aws.ec2.get_ami_output(
-            most_recent=True,
-            owners=[CANONICAL_OWNER],
-            filters=[
-                aws.ec2.GetAmiFilterArgs(name="name", values=[UBUNTU_NOBLE]),
-                aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
-            ],
-            opts=pulumi.InvokeOptions(provider=self.provider),
+        found = _invoke_output(
+            "aws:ec2/getAmi:getAmi",
+            {
+                "mostRecent": True,
+                "owners": [CANONICAL_OWNER],
+                "filters": [
+                    {"name": "name", "values": [UBUNTU_NOBLE]},
+                    {"name": "virtualization-type", "values": ["hvm"]},
+                ],
+            },
+            pulumi.InvokeOutputOptions(provider=self.provider),
         )
-        return found.id
+        return found.apply(lambda ami: ami["id"])
 
     def network(self, name: str, labels: dict[str, str]) -> Network:
-        vpc = aws.ec2.Vpc(
+        vpc = AwsResource(
+            "aws:ec2/vpc:Vpc",
             name,
-            cidr_block=self.settings.network_cidr,
-            enable_dns_hostnames=True,
-            enable_dns_support=True,
-            tags=_tags(name, labels),
-            opts=self.opts(),
+            {
+                "cidrBlock": self.settings.network_cidr,
+                "enableDnsHostnames": True,
+                "enableDnsSupport": True,
+                "tags": _tags(name, labels),
+            },
+            self.opts(),
         )
-        subnet = aws.ec2.Subnet(
+        subnet = AwsResource(
+            "aws:ec2/subnet:Subnet",
             f"{name}-subnet",
-            vpc_id=vpc.id,
-            cidr_block=self.settings.subnet_cidr,
-            availability_zone=self.settings.availability_zone,
-            map_public_ip_on_launch=True,
-            tags=_tags(f"{name}-subnet", labels),
-            opts=self.opts(),
+            {
+                "vpcId": vpc.id,
+                "cidrBlock": self.settings.subnet_cidr,
+                "availabilityZone": self.settings.availability_zone,
+                "mapPublicIpOnLaunch": True,
+                "tags": _tags(f"{name}-subnet", labels),
+            },
+            self.opts(),
         )
-        gateway = aws.ec2.InternetGateway(
-            f"{name}-gw", vpc_id=vpc.id, tags=_tags(f"{name}-gw", labels), opts=self.opts()
+        gateway = AwsResource(
+            "aws:ec2/internetGateway:InternetGateway",
+            f"{name}-gw",
+            {"vpcId": vpc.id, "tags": _tags(f"{name}-gw", labels)},
+            self.opts(),
         )
-        routes = aws.ec2.RouteTable(
+        routes = AwsResource(
+            "aws:ec2/routeTable:RouteTable",
             f"{name}-routes",
-            vpc_id=vpc.id,
-            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)],
-            tags=_tags(f"{name}-routes", labels),
-            opts=self.opts(),
+            {
+                "vpcId": vpc.id,
+                "routes": [{"cidrBlock": "0.0.0.0/0", "gatewayId": gateway.id}],
+                "tags": _tags(f"{name}-routes", labels),
+            },
+            self.opts(),
         )
-        assoc = aws.ec2.RouteTableAssociation(
-            f"{name}-routes-assoc", subnet_id=subnet.id, route_table_id=routes.id, opts=self.opts()
+        assoc = AwsResource(
+            "aws:ec2/routeTableAssociation:RouteTableAssociation",
+            f"{name}-routes-assoc",
+            {"subnetId": subnet.id, "routeTableId": routes.id},
+            self.opts(),
         )
         return Network(id=vpc.id, subnet_id=subnet.id, ready=[assoc])
 
@@ -170,101 +242,80 @@ class AwsTarget(Target):
     ) -> Firewall:
         # A security group denies all inbound traffic not listed. Private-network traffic is
         # allowed from the VPC range itself, as on a Hetzner private network.
-        ingress = []
-        for r in rules:
-            v4 = [s for s in r.sources if ":" not in s]
-            v6 = [s for s in r.sources if ":" in s]
-            ingress.append(
-                aws.ec2.SecurityGroupIngressArgs(
-                    protocol=r.protocol,
-                    from_port=r.port,
-                    to_port=r.port,
-                    cidr_blocks=v4,
-                    ipv6_cidr_blocks=v6,
-                    description=r.description,
-                )
-            )
-        ingress.append(
-            aws.ec2.SecurityGroupIngressArgs(
-                protocol="-1",
-                from_port=0,
-                to_port=0,
-                cidr_blocks=[self.settings.network_cidr],
-                description="private network",
-            )
-        )
-        sg = aws.ec2.SecurityGroup(
+        ingress = [_rule(r.protocol, r.port, r.sources, r.description) for r in rules]
+        ingress.append(_rule("-1", 0, (self.settings.network_cidr,), "private network", ipv6=False))
+        sg = AwsResource(
+            "aws:ec2/securityGroup:SecurityGroup",
             name,
-            name=name,
-            description="blueprints: default deny inbound",
-            vpc_id=network.id,
-            ingress=ingress,
-            egress=[
-                aws.ec2.SecurityGroupEgressArgs(
-                    protocol="-1",
-                    from_port=0,
-                    to_port=0,
-                    cidr_blocks=["0.0.0.0/0"],
-                    ipv6_cidr_blocks=["::/0"],
-                    description="all outbound",
-                )
-            ],
-            tags=_tags(name, labels),
-            opts=self.opts(),
+            {
+                "name": name,
+                "description": "blueprints: default deny inbound",
+                "vpcId": network.id,
+                "ingress": ingress,
+                "egress": [_rule("-1", 0, ("0.0.0.0/0", "::/0"), "all outbound")],
+                "tags": _tags(name, labels),
+            },
+            self.opts(),
         )
         return Firewall(id=sg.id)
 
     def placement_group(self, name: str, labels: dict[str, str]) -> Placement:
-        pg = aws.ec2.PlacementGroup(
-            name, name=name, strategy="spread", tags=_tags(name, labels), opts=self.opts()
+        pg = AwsResource(
+            "aws:ec2/placementGroup:PlacementGroup",
+            name,
+            {"name": name, "strategy": "spread", "tags": _tags(name, labels)},
+            self.opts(),
         )
         return Placement(id=pg.id)
 
     def ssh_key(self, name: str, public_keys: list[str], labels: dict[str, str]) -> SshKey | None:
         if not public_keys:
             return None
-        key = aws.ec2.KeyPair(
+        key = AwsResource(
+            "aws:ec2/keyPair:KeyPair",
             name,
-            key_name=name,
-            public_key=public_keys[0],
-            tags=_tags(name, labels),
-            opts=self.opts(),
+            {"keyName": name, "publicKey": public_keys[0], "tags": _tags(name, labels)},
+            self.opts(),
         )
-        return SshKey(id=key.key_name)
+        return SshKey(id=key.out("keyName"))
 
     def server(self, spec: ServerSpec) -> Server:
-        inst = aws.ec2.Instance(
+        inst = AwsResource(
+            "aws:ec2/instance:Instance",
             spec.name,
-            ami=self._ami(),
-            instance_type=self.settings.size,
-            subnet_id=spec.network.subnet_id,
-            private_ip=spec.private_ip,
-            vpc_security_group_ids=[spec.firewall.id],
-            placement_group=spec.placement.id if spec.placement else None,
-            key_name=spec.ssh_key.id if spec.ssh_key else None,
-            # Always the base64 field: the limit (16 KB) applies to the decoded bytes there.
-            user_data_base64=pulumi.Output.from_input(spec.user_data).apply(
-                lambda text: userdata.encode(
-                    text,
-                    self.user_data_limit,
-                    base64_always=True,
-                    what=spec.name,
-                    cloud="AWS",
-                )
-            ),
-            associate_public_ip_address=True,
-            # IMDSv2 only, one hop: containers (a hop further, behind docker's bridge) cannot
-            # read the user data, which holds the app's secrets.
-            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
-                http_tokens="required", http_endpoint="enabled", http_put_response_hop_limit=1
-            ),
-            # cloud-init applies user data once per instance, so a changed spec needs a new one.
-            user_data_replace_on_change=True,
-            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
-                volume_size=20, volume_type="gp3", encrypted=True
-            ),
-            tags=_tags(spec.name, spec.labels),
-            opts=self.opts(
+            {
+                "ami": self._ami(),
+                "instanceType": self.settings.size,
+                "subnetId": spec.network.subnet_id,
+                "privateIp": spec.private_ip,
+                "vpcSecurityGroupIds": [spec.firewall.id],
+                "placementGroup": spec.placement.id if spec.placement else None,
+                "keyName": spec.ssh_key.id if spec.ssh_key else None,
+                # Always the base64 field: the limit (16 KB) applies to the decoded bytes there.
+                "userDataBase64": pulumi.Output.from_input(spec.user_data).apply(
+                    lambda text: userdata.encode(
+                        text,
+                        self.user_data_limit,
+                        base64_always=True,
+                        what=spec.name,
+                        cloud="AWS",
+                    )
+                ),
+                "associatePublicIpAddress": True,
+                # IMDSv2 only, one hop: containers (a hop further, behind docker's bridge)
+                # cannot read the user data, which holds the app's secrets.
+                "metadataOptions": {
+                    "httpTokens": "required",
+                    "httpEndpoint": "enabled",
+                    "httpPutResponseHopLimit": 1,
+                },
+                # cloud-init applies user data once per instance, so a changed spec needs a new
+                # one.
+                "userDataReplaceOnChange": True,
+                "rootBlockDevice": {"volumeSize": 20, "volumeType": "gp3", "encrypted": True},
+                "tags": _tags(spec.name, spec.labels),
+            },
+            self.opts(
                 depends_on=[*spec.network.ready, *spec.after],
                 delete_before_replace=True,
                 # A looked-up AMI is resolved when the instance is created and kept: the newest
@@ -273,20 +324,24 @@ class AwsTarget(Target):
                 # replace them when changed.
                 ignore_changes=[] if self.settings.ami else ["ami"],
             ),
+            outputs=["publicIp"],
         )
         return Server(
-            resource=inst, id=inst.id, public_ip=inst.public_ip, private_ip=spec.private_ip
+            resource=inst, id=inst.id, public_ip=inst.out("publicIp"), private_ip=spec.private_ip
         )
 
     def volume(self, name: str, size_gb: int, labels: dict[str, str]) -> Volume:
-        vol = aws.ebs.Volume(
+        vol = AwsResource(
+            "aws:ebs/volume:Volume",
             name,
-            availability_zone=self.settings.availability_zone,
-            size=size_gb,
-            type="gp3",
-            encrypted=True,
-            tags=_tags(name, labels),
-            opts=self.data_protection(),
+            {
+                "availabilityZone": self.settings.availability_zone,
+                "size": size_gb,
+                "type": "gp3",
+                "encrypted": True,
+                "tags": _tags(name, labels),
+            },
+            self.data_protection(),
         )
         # Nitro instances expose EBS as NVMe; udev names it after the volume id without the dash.
         device = vol.id.apply(
@@ -298,82 +353,101 @@ class AwsTarget(Target):
         self, name: str, bucket: str, labels: dict[str, str]
     ) -> pulumi.CustomResource | None:
         # Protected like a volume: it holds what a lost cluster is restored from.
-        return aws.s3.Bucket(
-            name, bucket=bucket, tags=_tags(name, labels), opts=self.data_protection()
+        return AwsResource(
+            "aws:s3/bucket:Bucket",
+            name,
+            {"bucket": bucket, "tags": _tags(name, labels)},
+            self.data_protection(),
+            aliases=["aws:s3/bucketV2:BucketV2"],
         )
 
     def attach_volume(
         self, name: str, volume: Volume, server: Server, *, retain: bool = False
     ) -> pulumi.CustomResource:
-        return aws.ec2.VolumeAttachment(
+        return AwsResource(
+            "aws:ec2/volumeAttachment:VolumeAttachment",
             name,
-            device_name="/dev/sdf",
-            volume_id=volume.id,
-            instance_id=server.id,
-            # Stop the old holder before detaching, so the filesystem is unmounted cleanly.
-            stop_instance_before_detaching=True,
-            opts=self.one_at_a_time(deleted_with=server.resource, retain_on_delete=retain),
+            {
+                "deviceName": "/dev/sdf",
+                "volumeId": volume.id,
+                "instanceId": server.id,
+                # Stop the old holder before detaching, so the filesystem is unmounted cleanly.
+                "stopInstanceBeforeDetaching": True,
+            },
+            self.one_at_a_time(deleted_with=server.resource, retain_on_delete=retain),
         )
 
     def floating_ip(self, name: str, labels: dict[str, str]) -> FloatingIp:
-        eip = aws.ec2.Eip(name, domain="vpc", tags=_tags(name, labels), opts=self.data_protection())
-        return FloatingIp(resource=eip, id=eip.allocation_id, address=eip.public_ip)
+        eip = AwsResource(
+            "aws:ec2/eip:Eip",
+            name,
+            {"domain": "vpc", "tags": _tags(name, labels)},
+            self.data_protection(),
+            outputs=["allocationId", "publicIp"],
+        )
+        return FloatingIp(resource=eip, id=eip.out("allocationId"), address=eip.out("publicIp"))
 
     def assign_floating_ip(
         self, name: str, ip: FloatingIp, server: Server, *, retain: bool = False
     ) -> pulumi.CustomResource:
-        return aws.ec2.EipAssociation(
+        return AwsResource(
+            "aws:ec2/eipAssociation:EipAssociation",
             name,
-            allocation_id=ip.id,
-            instance_id=server.id,
-            # A retained association is not removed before its successor is made, so the
-            # successor must be allowed to take the address over.
-            allow_reassociation=retain,
-            opts=self.one_at_a_time(retain_on_delete=retain),
+            {
+                "allocationId": ip.id,
+                "instanceId": server.id,
+                # A retained association is not removed before its successor is made, so the
+                # successor must be allowed to take the address over.
+                "allowReassociation": retain,
+            },
+            self.one_at_a_time(retain_on_delete=retain),
         )
 
     def server_power(
         self, name: str, server: Server, running: bool, **opts: object
     ) -> pulumi.CustomResource:
         # pulumi-aws keeps instance power state in a resource of its own.
-        return aws.ec2transitgateway.InstanceState(
+        return AwsResource(
+            "aws:ec2transitgateway/instanceState:InstanceState",
             name,
-            instance_id=server.id,
-            state="running" if running else "stopped",
-            opts=self.opts(**opts),
+            {"instanceId": server.id, "state": "running" if running else "stopped"},
+            self.opts(**opts),
         )
 
     def current_address(self, server: Server, after: pulumi.Resource) -> pulumi.Output[str]:
         # A stopped instance gives its public address back, and gets another one when it
         # starts: ask EC2 once `after` (the instance's power resource) is done.
-        found = aws.ec2.get_instance_output(
-            instance_id=server.id,
-            opts=pulumi.InvokeOutputOptions(depends_on=[after], provider=self.provider),
+        found = _invoke_output(
+            "aws:ec2/getInstance:getInstance",
+            {"instanceId": server.id},
+            pulumi.InvokeOutputOptions(depends_on=[after], provider=self.provider),
         )
-        return found.public_ip
+        return found.apply(lambda instance: instance.get("publicIp"))
 
     def find(
         self, labels: dict[str, str], nodes: Sequence[str], volume: str, address: str, lock: str
     ) -> Found:
         invoke = pulumi.InvokeOptions(provider=self.provider)
         held = self._lock(lock, invoke)
-        volumes = sorted(aws.ebs.get_ebs_volumes(tags=_tags(volume, labels), opts=invoke).ids or [])
-        addresses = sorted(
-            aws.ec2.get_eips(tags=_tags(address, labels), opts=invoke).public_ips or []
+        volumes = _invoke(
+            "aws:ebs/getEbsVolumes:getEbsVolumes", {"tags": _tags(volume, labels)}, invoke
         )
+        addresses = _invoke("aws:ec2/getEips:getEips", {"tags": _tags(address, labels)}, invoke)
+        volume_ids = sorted(volumes.get("ids") or [])
+        public_ips = sorted(addresses.get("publicIps") or [])
 
         def instances(node: str, states: Sequence[str], where: Mapping[str, list[str]]) -> bool:
             """Whether the node's instance is in one of `states` and matches the filters."""
-            found = aws.ec2.get_instances(
-                instance_tags={**labels, "node": node},
-                instance_state_names=list(states),
-                filters=[
-                    aws.ec2.GetInstancesFilterArgs(name=key, values=values)
-                    for key, values in where.items()
-                ],
-                opts=invoke,
+            found = _invoke(
+                "aws:ec2/getInstances:getInstances",
+                {
+                    "instanceTags": {**labels, "node": node},
+                    "instanceStateNames": list(states),
+                    "filters": [{"name": key, "values": values} for key, values in where.items()],
+                },
+                invoke,
             )
-            return bool(found.ids)
+            return bool(found.get("ids"))
 
         def holder(key: str, values: list[str]) -> str | None:
             if not values:
@@ -384,11 +458,11 @@ class AwsTarget(Target):
         live = frozenset(n for n in nodes if instances(n, RUNNING_STATES, {}))
         status = {n: "stopped" for n in stopped} | {n: "running" for n in live}
         return Found(
-            volume=bool(volumes),
-            volume_node=holder("block-device-mapping.volume-id", volumes),
-            address=bool(addresses),
+            volume=bool(volume_ids),
+            volume_node=holder("block-device-mapping.volume-id", volume_ids),
+            address=bool(public_ips),
             # The public address of an instance's interface is its Elastic IP once associated.
-            address_node=holder("network-interface.association.public-ip", addresses),
+            address_node=holder("network-interface.association.public-ip", public_ips),
             running=live,
             off=stopped,
             status=dict(sorted(status.items())),
@@ -400,9 +474,10 @@ class AwsTarget(Target):
         pulumi-aws has only the singular look-up, which fails when nothing matches: that
         failure, in the provider's standard words, is the answer "no lock"."""
         try:
-            pair = aws.ec2.get_key_pair(
-                filters=[aws.ec2.GetKeyPairFilterArgs(name="key-name", values=[name])],
-                opts=invoke,
+            pair = _invoke(
+                "aws:ec2/getKeyPair:getKeyPair",
+                {"filters": [{"name": "key-name", "values": [name]}]},
+                invoke,
             )
         except Exception as exc:
             if NO_KEY_PAIR in str(exc):
@@ -410,59 +485,63 @@ class AwsTarget(Target):
             raise pulumi.RunError(
                 f"single-vm: could not look up the promotion lock (the key pair {name}): {exc}"
             ) from None
-        return dict(pair.tags or {})
+        return dict(pair.get("tags") or {})
 
     def volume_backups(
         self, name: str, selector: dict[str, str], backups: Backups, labels: dict[str, str]
     ) -> list[pulumi.CustomResource]:
         # DLM creates and prunes the snapshots itself, under a role AWS provides for it.
-        role = aws.iam.Role(
+        role = AwsResource(
+            "aws:iam/role:Role",
             f"{name}-role",
-            name=name,
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "dlm.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                },
-                sort_keys=True,
-            ),
-            tags=_tags(f"{name}-role", labels),
-            opts=self.opts(),
+            {
+                "name": name,
+                "assumeRolePolicy": json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Principal": {"Service": "dlm.amazonaws.com"},
+                                "Action": "sts:AssumeRole",
+                            }
+                        ],
+                    },
+                    sort_keys=True,
+                ),
+                "tags": _tags(f"{name}-role", labels),
+            },
+            self.opts(),
+            outputs=["arn"],
         )
-        attached = aws.iam.RolePolicyAttachment(
+        attached = AwsResource(
+            "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
             f"{name}-role-policy",
-            role=role.name,
-            policy_arn=DLM_SERVICE_POLICY,
-            opts=self.opts(),
+            {"role": role.out("name"), "policyArn": DLM_SERVICE_POLICY},
+            self.opts(),
         )
-        policy = aws.dlm.LifecyclePolicy(
+        schedule = {
+            "name": f"{backups.schedule} at {backups.at} UTC",
+            "createRule": _dlm_create_rule(backups),
+            "retainRule": {"count": backups.keep},
+            "copyTags": True,
+            "tagsToAdd": {"snapshot-of": name},
+        }
+        policy = AwsResource(
+            "aws:dlm/lifecyclePolicy:LifecyclePolicy",
             name,
-            description=f"{name}: {backups.schedule} snapshots, {backups.keep} kept",
-            execution_role_arn=role.arn,
-            state="ENABLED",
-            policy_details=aws.dlm.LifecyclePolicyPolicyDetailsArgs(
-                resource_types=["VOLUME"],
-                target_tags=selector,
-                schedules=[
-                    aws.dlm.LifecyclePolicyPolicyDetailsScheduleArgs(
-                        name=f"{backups.schedule} at {backups.at} UTC",
-                        create_rule=_dlm_create_rule(backups),
-                        retain_rule=aws.dlm.LifecyclePolicyPolicyDetailsScheduleRetainRuleArgs(
-                            count=backups.keep
-                        ),
-                        copy_tags=True,
-                        tags_to_add={"snapshot-of": name},
-                    )
-                ],
-            ),
-            tags=_tags(name, labels),
-            opts=self.opts(depends_on=[attached]),
+            {
+                "description": f"{name}: {backups.schedule} snapshots, {backups.keep} kept",
+                "executionRoleArn": role.out("arn"),
+                "state": "ENABLED",
+                "policyDetails": {
+                    "resourceTypes": ["VOLUME"],
+                    "targetTags": selector,
+                    "schedules": [schedule],
+                },
+                "tags": _tags(name, labels),
+            },
+            self.opts(depends_on=[attached]),
         )
         return [role, attached, policy]
 
@@ -476,51 +555,66 @@ class AwsTarget(Target):
         *,
         sources: Mapping[int, Sequence[str]] | None = None,
     ) -> LoadBalancer:
-        extra: dict[str, object] = {}
+        inputs: dict[str, pulumi.Input[object]] = {
+            "name": name,
+            "loadBalancerType": "network",
+            "subnets": [network.subnet_id],
+            "tags": _tags(name, labels),
+        }
         if sources is not None:
             # A security group on the NLB admits each port from its sources only. The NLB then
             # connects to the targets from its own private address (client IP preservation
             # off), which the servers' "private network" rule admits.
-            extra["security_groups"] = [self._load_balancer_group(name, network, sources, labels)]
-        lb = aws.lb.LoadBalancer(
+            inputs["securityGroups"] = [self._load_balancer_group(name, network, sources, labels)]
+        lb = AwsResource(
+            "aws:lb/loadBalancer:LoadBalancer",
             name,
-            name=name,
-            load_balancer_type="network",
-            subnets=[network.subnet_id],
-            tags=_tags(name, labels),
-            opts=self.opts(),
-            **extra,
+            inputs,
+            self.opts(),
+            outputs=["arn", "dnsName"],
+            aliases=["aws:elasticloadbalancingv2/loadBalancer:LoadBalancer"],
         )
         for port in ports:
-            tg = aws.lb.TargetGroup(
+            group: dict[str, pulumi.Input[object]] = {
+                "port": port,
+                "protocol": "TCP",
+                "vpcId": network.id,
+                "targetType": "instance",
+                "tags": _tags(f"{name}-{port}", labels),
+            }
+            if sources is not None:
+                group["preserveClientIp"] = "false"
+            tg = AwsResource(
+                "aws:lb/targetGroup:TargetGroup",
                 f"{name}-{port}",
-                port=port,
-                protocol="TCP",
-                vpc_id=network.id,
-                target_type="instance",
-                tags=_tags(f"{name}-{port}", labels),
-                opts=self.opts(),
-                **({} if sources is None else {"preserve_client_ip": "false"}),
+                group,
+                self.opts(),
+                outputs=["arn"],
+                aliases=["aws:elasticloadbalancingv2/targetGroup:TargetGroup"],
             )
-            aws.lb.Listener(
+            AwsResource(
+                "aws:lb/listener:Listener",
                 f"{name}-{port}",
-                load_balancer_arn=lb.arn,
-                port=port,
-                protocol="TCP",
-                default_actions=[
-                    aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=tg.arn)
-                ],
-                opts=self.opts(),
+                {
+                    "loadBalancerArn": lb.out("arn"),
+                    "port": port,
+                    "protocol": "TCP",
+                    "defaultActions": [{"type": "forward", "targetGroupArn": tg.out("arn")}],
+                },
+                self.opts(),
+                aliases=["aws:elasticloadbalancingv2/listener:Listener"],
             )
             for i, srv in enumerate(servers):
-                aws.lb.TargetGroupAttachment(
+                AwsResource(
+                    "aws:lb/targetGroupAttachment:TargetGroupAttachment",
                     f"{name}-{port}-{i}",
-                    target_group_arn=tg.arn,
-                    target_id=srv.id,
-                    port=port,
-                    opts=self.opts(),
+                    {"targetGroupArn": tg.out("arn"), "targetId": srv.id, "port": port},
+                    self.opts(),
+                    aliases=[
+                        "aws:elasticloadbalancingv2/targetGroupAttachment:TargetGroupAttachment"
+                    ],
                 )
-        return LoadBalancer(resource=lb, id=lb.arn, address=lb.dns_name)
+        return LoadBalancer(resource=lb, id=lb.out("arn"), address=lb.out("dnsName"))
 
     # The NLB's security group admits exactly `sources` per port.
     load_balancer_filters_sources = True
@@ -532,38 +626,47 @@ class AwsTarget(Target):
         sources: Mapping[int, Sequence[str]],
         labels: dict[str, str],
     ) -> pulumi.Output[str]:
-        ingress = []
-        for port, allowed in sorted(sources.items()):
-            v4 = [s for s in allowed if ":" not in s]
-            v6 = [s for s in allowed if ":" in s]
-            if not v4 and not v6:
-                continue  # nobody: no rule at all
-            ingress.append(
-                aws.ec2.SecurityGroupIngressArgs(
-                    protocol="tcp",
-                    from_port=port,
-                    to_port=port,
-                    cidr_blocks=v4,
-                    ipv6_cidr_blocks=v6,
-                    description=f"port {port}",
-                )
-            )
-        sg = aws.ec2.SecurityGroup(
+        ingress = [
+            _rule("tcp", port, allowed, f"port {port}")
+            for port, allowed in sorted(sources.items())
+            if allowed  # nobody: no rule at all
+        ]
+        sg = AwsResource(
+            "aws:ec2/securityGroup:SecurityGroup",
             f"{name}-lb",
-            name=f"{name}-lb",
-            description="blueprints: load balancer sources",
-            vpc_id=network.id,
-            ingress=ingress,
-            egress=[
-                aws.ec2.SecurityGroupEgressArgs(
-                    protocol="-1",
-                    from_port=0,
-                    to_port=0,
-                    cidr_blocks=[self.settings.network_cidr],
-                    description="to the servers on the private network",
-                )
-            ],
-            tags=_tags(f"{name}-lb", labels),
-            opts=self.opts(),
+            {
+                "name": f"{name}-lb",
+                "description": "blueprints: load balancer sources",
+                "vpcId": network.id,
+                "ingress": ingress,
+                "egress": [
+                    _rule(
+                        "-1",
+                        0,
+                        (self.settings.network_cidr,),
+                        "to the servers on the private network",
+                        ipv6=False,
+                    )
+                ],
+                "tags": _tags(f"{name}-lb", labels),
+            },
+            self.opts(),
         )
         return sg.id
+
+
+def _rule(
+    protocol: str, port: int, sources: Sequence[str], description: str, *, ipv6: bool = True
+) -> dict[str, object]:
+    """A security group rule for one port (0 with protocol -1: every port) from `sources`,
+    IPv4 and IPv6 ranges apart; without `ipv6`, no IPv6 list at all."""
+    rule: dict[str, object] = {
+        "protocol": protocol,
+        "fromPort": port,
+        "toPort": port,
+        "cidrBlocks": [s for s in sources if ":" not in s],
+    }
+    if ipv6:
+        rule["ipv6CidrBlocks"] = [s for s in sources if ":" in s]
+    rule["description"] = description
+    return rule
