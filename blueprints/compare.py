@@ -21,7 +21,6 @@ is reported as failed, with why, and the others are compared all the same.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import re
 from collections.abc import Callable, Mapping
@@ -34,7 +33,14 @@ import yaml
 
 from blueprints import capacity, costs
 from blueprints.failure import SPARE_MODES, FailureModel, failure_model
-from blueprints.plan import PlanError, find_project, list_stacks, plan_stack, read_project
+from blueprints.plan import (
+    PlanError,
+    find_project,
+    list_stacks,
+    plan_stack,
+    read_project,
+    unexpected_error,
+)
 from blueprints.settings import StackSettings, read_stack_settings, using_price_tables
 from blueprints.spec import SpecError, load_spec
 from blueprints.yaml_text import FastLoader, fast_load
@@ -519,7 +525,7 @@ def compare(
             _, stack, spare = piece
             return stack + ("" if spare is None else f" with a {spare} spare")
 
-        def one(piece: tuple[str, str, str | None], *, caught: tuple = ()) -> Row | Failed:
+        def one(piece: tuple[str, str, str | None]) -> Row | Failed:
             b, stack, spare = piece
             label = _label(b, spare)
             settings = chosen[b][1]
@@ -527,8 +533,8 @@ def compare(
                 return _row(root, b, stack, settings, spec, tables, notes[b], spare)
             except (PlanError, SpecError, CompareError) as exc:
                 return Failed(label, stack, _one_line(exc))
-            except caught as exc:  # a bug, in a worker: this row's failure, named
-                return Failed(label, stack, f"{type(exc).__name__}: {_one_line(exc)}")
+            except Exception as exc:  # a bug: this row's failure, named, as plan does it
+                return Failed(label, stack, unexpected_error(exc))
 
         if jobs <= 1 or len(pieces) <= 1:
             outcomes = []
@@ -575,8 +581,7 @@ def _in_workers(
             load_spec(path)
     keys = ["k8s" if b == "k8s" else "" for b, _, _ in pieces]
     outcomes: list[Row | Failed] = []
-    work = functools.partial(one, caught=(Exception,))
-    for piece, outcome, why in parallel.run(pieces, work, keys=keys, jobs=jobs):
+    for piece, outcome, why in parallel.run(pieces, one, keys=keys, jobs=jobs):
         if step is not None:
             step(text(piece))
         if outcome is None:

@@ -730,7 +730,7 @@ def plan_each(
         except PlanError as exc:
             return None, str(exc).strip() or "cannot be planned"
         except Exception as exc:  # a bug: this stack's failure, not the run's, and named
-            return None, _unexpected(exc)
+            return None, unexpected_error(exc)
 
     plans: list[Plan] = []
     failed: dict[str, str] = {}
@@ -775,7 +775,7 @@ def _cloud_key(stacks_dir: Path | None, stack: str) -> str:
         return stack
 
 
-def _unexpected(exc: Exception) -> str:
+def unexpected_error(exc: Exception) -> str:
     """One line for an error nothing expected: its type, where it was raised, its message."""
     import traceback
 

@@ -918,6 +918,30 @@ def heavy(tmp_path_factory):
     return path
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_bug_in_one_row_is_that_rows_failure_in_a_worker_or_not(monkeypatch, jobs):
+    """An exception nobody expected while one row is planned fails that row, with the same line
+    whether the rows plan in this process or in workers; the other rows are compared."""
+    import blueprints.compare as compare_module
+
+    real = compare_module._row
+
+    def row(root, blueprint, *args):
+        if blueprint == "compose":
+            raise KeyError("volumes")
+        return real(root, blueprint, *args)
+
+    monkeypatch.setattr(compare_module, "_row", row)
+    result = compare("hcloud", project_dir=ROOT, jobs=jobs)
+    assert [r.label for r in result.rows] == [WARM, COLD, "nomad", "k8s"]
+    [failed] = result.failed
+    assert (failed.label, failed.stack) == ("compose", "compose-hcloud")
+    assert failed.reason.startswith("unexpected KeyError at ")
+    assert failed.reason.endswith(
+        ": 'volumes' (a bug in blueprints: please report it with this line)"
+    )
+
+
 def test_a_rung_refusing_the_spec_leaves_the_others_compared(heavy):
     result = compare("hcloud", project_dir=ROOT, spec=heavy)
     assert [r.label for r in result.rows] == [WARM, COLD, "compose"]
