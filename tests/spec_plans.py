@@ -4,6 +4,7 @@ that compare what an app change touches (the release) with what it leaves alone.
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,19 @@ from blueprints.plan import Plan, plan_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE: dict[str, Any] = yaml.safe_load((ROOT / "examples/app.yaml").read_text())
+
+
+def copy_project(tmp_path: Path) -> Path:
+    """A copy of this project's stacks, example spec and program in tmp_path/project, to plan
+    with changed stack files or spec."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "Pulumi.yaml", project)
+    for folder in ("stacks", "examples"):
+        shutil.copytree(ROOT / folder, project / folder)
+    (project / "blueprints").mkdir()
+    shutil.copy(ROOT / "blueprints/program.py", project / "blueprints/program.py")
+    return project
 
 
 def plan_with_spec(

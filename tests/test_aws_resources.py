@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-import shutil
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pulumi
 import pytest
 from pulumi import _types
+from spec_plans import copy_project
 
 from blueprints.plan import plan_stack
 from blueprints.targets import aws
@@ -47,13 +47,7 @@ class Made(typing.NamedTuple):
 def made(tmp_path_factory) -> tuple[list[Made], list[tuple[str, dict]]]:
     """What the plans above create and look up through the target (in a copy of the project
     with a stack on real AWS)."""
-    project = tmp_path_factory.mktemp("aws") / "project"
-    project.mkdir()
-    shutil.copy(ROOT / "Pulumi.yaml", project)
-    for folder in ("stacks", "examples"):
-        shutil.copytree(ROOT / folder, project / folder)
-    (project / "blueprints").mkdir()
-    shutil.copy(ROOT / "blueprints/program.py", project / "blueprints/program.py")
+    project = copy_project(tmp_path_factory.mktemp("aws"))
     (project / "stacks/Pulumi.single-vm-aws.yaml").write_text(
         "config:\n  blueprints:blueprint: single-vm\n  blueprints:target: aws\n"
         "  blueprints:region: eu-west-1\n"

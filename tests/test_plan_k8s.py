@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from spec_plans import copy_project
 
 from blueprints.dns import APEX_NOTE
 from blueprints.plan import PlanError, is_secret, list_stacks, plan_stack
@@ -610,19 +611,8 @@ def test_bad_stack_settings_give_one_clear_line(stack, overrides, message):
     assert str(exc.value) == message
 
 
-def _copy_project(tmp_path: Path) -> Path:
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(ROOT / "Pulumi.yaml", project)
-    for folder in ("stacks", "examples"):
-        shutil.copytree(ROOT / folder, project / folder)
-    (project / "blueprints").mkdir()
-    shutil.copy(ROOT / "blueprints/program.py", project / "blueprints/program.py")
-    return project
-
-
 def test_blueprint_rules_are_reported_before_any_resource(tmp_path):
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     spec = yaml.safe_load((project / "examples/app.yaml").read_text())
     spec["name"] = "default"
     (project / "examples/app.yaml").write_text(yaml.safe_dump(spec))
@@ -635,7 +625,7 @@ def test_blueprint_rules_are_reported_before_any_resource(tmp_path):
 
 
 def test_a_spec_change_touches_only_the_kubernetes_objects(plans, tmp_path):
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     spec = yaml.safe_load((project / "examples/app.yaml").read_text())
     spec["services"]["web"]["replicas"] = 3
     (project / "examples/app.yaml").write_text(yaml.safe_dump(spec))
@@ -784,7 +774,7 @@ def test_every_new_field_is_planned_tasks_before_the_workloads(tmp_path):
     after the services they need and before every other workload and the schedules; the
     Secrets (env, files, registry) Pulumi secrets; no secret value in any other input or note;
     the shared volume in the notes."""
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     shutil.copy(ROOT / "tests/everything/app.yaml", project / "examples/app.yaml")
     shutil.copytree(ROOT / "tests/everything/config", project / "examples/config")
     secrets = {
@@ -863,7 +853,7 @@ def test_a_task_mounting_its_services_own_volume_mounts_a_claim_created_first(tm
     uploads-web-0 is an object of its own (protected, kept), created before the tasks; web's
     StatefulSet keeps its claim template (it uses that claim) and rolls out after the tasks;
     the notes say how an existing stack imports the claim."""
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     data = yaml.safe_load((ROOT / "tests/everything/app.yaml").read_text())
     del data["services"]["worker"]["volumes"]
     (project / "examples/app.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from spec_plans import copy_project
 
 from blueprints.plan import PlanError, is_secret, list_stacks, plan_stack
 from blueprints.render.unpack import server_user_data
@@ -182,7 +182,7 @@ def test_aws_security_group_rules_exactly(plans):
 
 
 def test_ssh_is_open_to_admin_and_deployer_networks_only(tmp_path):
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     spec = yaml.safe_load((project / "examples/app.yaml").read_text())
     spec["admin"]["cidrs"] = []
     (project / "examples/app.yaml").write_text(yaml.safe_dump(spec))
@@ -328,7 +328,7 @@ def test_localstack_endpoint_is_configurable():
 
 
 def test_real_aws_looks_up_ubuntu_and_uses_default_credentials(tmp_path):
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     stack = project / "stacks/Pulumi.single-vm-aws.yaml"
     stack.write_text(
         "config:\n  blueprints:blueprint: single-vm\n  blueprints:target: aws\n"
@@ -345,7 +345,7 @@ def test_real_aws_looks_up_ubuntu_and_uses_default_credentials(tmp_path):
 
 
 def test_a_pinned_ami_is_the_users_choice_and_changes_replace(tmp_path):
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     (project / "stacks/Pulumi.single-vm-aws.yaml").write_text(
         "config:\n  blueprints:blueprint: single-vm\n  blueprints:target: aws\n"
         "  blueprints:ami: ami-0123456789abcdef0\n"
@@ -770,7 +770,7 @@ def test_unknown_stack_names_the_known_ones():
 
 
 def test_encrypted_secret_becomes_a_placeholder(tmp_path):
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     stack = project / "stacks/Pulumi.single-vm-hcloud.yaml"
     data = yaml.safe_load(stack.read_text())
     data["config"]["blueprints:secrets"] = {"DATABASE_PASSWORD": {"secure": "v1:AAAA"}}
@@ -780,17 +780,6 @@ def test_encrypted_secret_becomes_a_placeholder(tmp_path):
     assert "v1:AAAA" not in text
     assert "<secret:DATABASE_PASSWORD>" in text
     assert any("encrypted" in n for n in plan.notes)
-
-
-def _copy_project(tmp_path: Path) -> Path:
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(ROOT / "Pulumi.yaml", project)
-    for folder in ("stacks", "examples"):
-        shutil.copytree(ROOT / folder, project / folder)
-    (project / "blueprints").mkdir()
-    shutil.copy(ROOT / "blueprints/program.py", project / "blueprints/program.py")
-    return project
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -832,7 +821,7 @@ def test_existing_hcloud_ssh_key_is_referenced_not_uploaded():
 
 
 def test_plain_text_secrets_are_flagged(tmp_path):
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     stack = project / "stacks/Pulumi.single-vm-hcloud.yaml"
     data = yaml.safe_load(stack.read_text())
     data["config"]["blueprints:secrets"] = {
@@ -852,7 +841,7 @@ def test_program_warnings_become_plan_notes(plans):
 
 
 def test_blueprint_rules_are_reported_before_any_resource(tmp_path):
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     spec = yaml.safe_load((project / "examples/app.yaml").read_text())
     spec["volumes"]["caddy"] = {"size_gb": 1}
     spec["services"]["redis"]["ports"] = [{"port": 6379, "expose": "tcp", "public_port": 16379}]
