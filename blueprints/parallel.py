@@ -3,8 +3,8 @@ forked worker processes, one per core, their results handed back in the order as
 
 Planning is CPU-bound Python, so threads would not help; fork does, and cheaply: a worker
 starts with everything the parent has imported already. Work is split by a key (a stack's
-cloud), so that each worker imports only the provider SDKs its share needs: importing
-pulumi_aws's EC2 and S3 modules costs more than planning a stack.
+cloud), so that what a share imports (its cloud's provider SDK and what its rungs use) is
+imported by one worker rather than by each.
 
 `BLUEPRINTS_JOBS` sets the number of workers (1: everything in this process, as before).
 """
