@@ -183,7 +183,7 @@ def fake_outputs(type_: str, name: str, id_: str, inputs: dict[str, Any]) -> dic
 
     A provider reports a new resource's inputs back as its state, and so does this, except for
     Kubernetes objects (KubeObject in the k8s rung): nothing reads one back, and echoing every
-    manifest made a second copy of the whole app at each plan (at 2,000 services, a quarter of
+    manifest made a second copy of the whole app at each plan (at 2,000 services, a fifth of
     the k8s plan's time and 27 MiB). Their outputs are unknown in a plan, as computed values
     are in a preview."""
     if _echo_skipped(type_):
