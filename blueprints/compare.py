@@ -570,11 +570,13 @@ def _in_workers(
     """The rows planned in `jobs` forked worker processes (blueprints.parallel), in order: the
     k8s row (the largest plan) in a worker of its own, the others beside it. The specs at
     `paths` are loaded before (load_spec keeps them), once for all workers."""
-    # What every worker needs, loaded once here rather than once in each of them.
-    import pulumi.runtime.mocks  # noqa: F401
-
+    # What every worker needs, loaded once here rather than once in each of them (as plan_each
+    # does: Pulumi's mock runtime and the offline mocks).
     import blueprints.render.unpack  # noqa: F401
     from blueprints import parallel
+    from blueprints.plan import _mocks_module
+
+    _mocks_module()
 
     for path in paths:
         with contextlib.suppress(SpecError):  # the row says why, as it would in this process
