@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -213,6 +214,11 @@ class Answer:
     error: str
 
 
+# curl's exit status for a connection closed before any answer: HTTP/2 framing (16), TLS
+# handshake (35), empty reply (52), receive failure (56).
+CONNECTION_LOST = re.compile(r"^curl: \((16|35|52|56)\) ")
+
+
 class Traffic:
     """HTTPS requests through the proxy, one after another without pause, in a thread."""
 
@@ -220,6 +226,8 @@ class Traffic:
         self.client = client
         self.timeout = timeout
         self.answers: list[Answer] = []
+        # How often the release under this traffic reloaded Caddy (Live.deploy sets it).
+        self.caddy_reloads = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -243,6 +251,20 @@ class Traffic:
     def failed(self) -> list[Answer]:
         return [a for a in self.answers if a.status != 200]
 
+    def dropped_by_reloads(self) -> list[Answer]:
+        """At most one failed request per Caddy reload whose connection was lost before any
+        answer: a reload replaces Caddy's servers, and a connection the old ones had just
+        accepted can be closed (README: Known issues; about one reload in 16 drops this
+        client's request)."""
+        lost = [a for a in self.failed if a.status == 0 and CONNECTION_LOST.match(a.error)]
+        return lost[: self.caddy_reloads]
+
+    def unexplained(self) -> list[Answer]:
+        """The failed requests but those dropped by reloads: a 5xx, a timeout, a lost
+        connection beyond one per reload."""
+        dropped = {id(a) for a in self.dropped_by_reloads()}
+        return [a for a in self.failed if id(a) not in dropped]
+
     def longest_gap(self) -> float:
         """The longest time between two successive 200 answers (their ends)."""
         ends = [a.ended for a in self.answers if a.status == 200]
@@ -254,8 +276,10 @@ class Traffic:
     def summary(self) -> str:
         failed = self.failed
         head = (
-            f"{len(self.answers)} requests, {len(failed)} failed, slowest "
-            f"{self.slowest():.2f} s, longest gap between two 200s {self.longest_gap():.2f} s"
+            f"{len(self.answers)} requests, {len(failed)} failed "
+            f"({len(self.dropped_by_reloads())} lost at one of {self.caddy_reloads} Caddy "
+            f"reloads), slowest {self.slowest():.2f} s, longest gap between two 200s "
+            f"{self.longest_gap():.2f} s"
         )
         if failed:
             shown = "; ".join(f"{a.status} {a.error or a.body[:80]}" for a in failed[:5])
