@@ -19,7 +19,6 @@ from pulumi_aws import _utilities as aws_sdk
 
 from blueprints.settings import LOCALSTACK_AMI, StackSettings
 from blueprints.spec import Backups
-from blueprints.targets import userdata
 from blueprints.targets.base import (
     Firewall,
     FirewallRule,
@@ -292,15 +291,7 @@ class AwsTarget(Target):
                 "placementGroup": spec.placement.id if spec.placement else None,
                 "keyName": spec.ssh_key.id if spec.ssh_key else None,
                 # Always the base64 field: the limit (16 KB) applies to the decoded bytes there.
-                "userDataBase64": pulumi.Output.from_input(spec.user_data).apply(
-                    lambda text: userdata.encode(
-                        text,
-                        self.user_data_limit,
-                        base64_always=True,
-                        what=spec.name,
-                        cloud="AWS",
-                    )
-                ),
+                "userDataBase64": self.server_user_data(spec, base64_always=True, cloud="AWS"),
                 "associatePublicIpAddress": True,
                 # IMDSv2 only, one hop: containers (a hop further, behind docker's bridge)
                 # cannot read the user data, which holds the app's secrets.

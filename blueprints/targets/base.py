@@ -156,6 +156,19 @@ class Target(ABC):
     def opts(self, **kwargs) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self.parent, **kwargs)
 
+    def server_user_data(
+        self, spec: ServerSpec, *, base64_always: bool, cloud: str
+    ) -> pulumi.Output[str]:
+        """The server's user data as the cloud takes it: compressed (and base64) when over
+        user_data_limit, refused naming the server when still too large (userdata.encode)."""
+        from blueprints.targets import userdata
+
+        return pulumi.Output.from_input(spec.user_data).apply(
+            lambda text: userdata.encode(
+                text, self.user_data_limit, base64_always=base64_always, what=spec.name, cloud=cloud
+            )
+        )
+
     @abstractmethod
     def network(self, name: str, labels: dict[str, str]) -> Network: ...
 

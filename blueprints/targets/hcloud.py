@@ -11,7 +11,6 @@ import pulumi
 import pulumi_hcloud as hcloud
 
 from blueprints.spec import Backups
-from blueprints.targets import userdata
 from blueprints.targets.base import (
     Firewall,
     FirewallRule,
@@ -112,15 +111,7 @@ class HcloudTarget(Target):
             backups=spec.backups,
             firewall_ids=[spec.firewall.id.apply(int)],
             ssh_keys=[spec.ssh_key.id] if spec.ssh_key else [],
-            user_data=pulumi.Output.from_input(spec.user_data).apply(
-                lambda text: userdata.encode(
-                    text,
-                    self.user_data_limit,
-                    base64_always=False,
-                    what=spec.name,
-                    cloud="Hetzner Cloud",
-                )
-            ),
+            user_data=self.server_user_data(spec, base64_always=False, cloud="Hetzner Cloud"),
             labels=spec.labels,
             public_nets=[hcloud.ServerPublicNetArgs(ipv4_enabled=True, ipv6_enabled=True)],
             networks=[
